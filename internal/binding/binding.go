@@ -1,0 +1,39 @@
+// Package binding computes the value that ties an attestation token to one image and one signing
+// key (DESIGN.md, "Binding").
+package binding
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Domain is the domain-separation prefix of binding version 1.
+const Domain = "attested-kv/v1\n"
+
+// ErrInvalidInput reports a digest or key id that cannot be bound.
+var ErrInvalidInput = errors.New("binding: invalid input")
+
+// Compute returns hex(SHA-256("attested-kv/v1\n" || digest || "\n" || keyID)), where digest is
+// the target artifact's OCI digest ("sha256:<hex>") and keyID the signing key's identifier.
+// It refuses empty values and values containing a newline, which would make the encoding
+// ambiguous.
+func Compute(digest, keyID string) (string, error) {
+	if digest == "" || keyID == "" {
+		return "", fmt.Errorf("%w: digest and key id must not be empty", ErrInvalidInput)
+	}
+	if strings.ContainsAny(digest, "\n\r") || strings.ContainsAny(keyID, "\n\r") {
+		return "", fmt.Errorf("%w: digest and key id must not contain line breaks", ErrInvalidInput)
+	}
+	if algo, hexPart, ok := strings.Cut(digest, ":"); !ok || algo == "" || hexPart == "" {
+		return "", fmt.Errorf("%w: digest %q is not of the form algorithm:encoded", ErrInvalidInput, digest)
+	}
+	h := sha256.New()
+	h.Write([]byte(Domain))
+	h.Write([]byte(digest))
+	h.Write([]byte("\n"))
+	h.Write([]byte(keyID))
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
