@@ -1,0 +1,263 @@
+package maa
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-attestation/attest"
+
+	wire "github.com/attested-kv/attested-kv/internal/maa"
+)
+
+// TestAttestHappyPath runs Azure's flow end to end against a real (simulated) TPM: the token
+// comes back encrypted, only the TPM can open it, it verifies against /certs, and its claims are
+// those of a Linux Trusted Launch guest without a TCG log.
+func TestAttestHappyPath(t *testing.T) {
+	e := newEnv(t)
+	in := newInstance(t, e, nil)
+	c := e.collect(t)
+
+	status, body := in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusOK {
+		t.Fatalf("attest: %d %s", status, body)
+	}
+	jwt := openToken(t, e.tpm, c.eph, azurePCRs, body)
+	hdr, claims := in.verifyJWT(t, jwt)
+
+	if hdr.Algorithm != "RS256" || hdr.ExtraHeaders["jku"] != in.ts.URL+"/certs" || hdr.ExtraHeaders["typ"] != "JWT" {
+		t.Errorf("header = alg %q jku %v typ %v", hdr.Algorithm, hdr.ExtraHeaders["jku"], hdr.ExtraHeaders["typ"])
+	}
+	want := map[string]any{
+		"iss":                                   in.ts.URL,
+		"x-ms-ver":                              "1.0",
+		"x-ms-attestation-type":                 "azurevm",
+		"x-ms-azurevm-attestation-protocol-ver": "2.0",
+		"x-ms-azurevm-attested-pcrs":            []any{json.Number("0"), json.Number("1"), json.Number("2"), json.Number("3"), json.Number("4"), json.Number("5"), json.Number("6"), json.Number("7")},
+		"x-ms-azurevm-is-windows":               false,
+		"x-ms-azurevm-ostype":                   "Linux",
+		"x-ms-azurevm-osdistro":                 "Ubuntu",
+		"x-ms-azurevm-osbuild":                  "NotApplication",
+		"x-ms-azurevm-osversion-major":          json.Number("22"),
+		"x-ms-azurevm-osversion-minor":          json.Number("4"),
+		"x-ms-azurevm-vmid":                     "7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B",
+		"x-ms-policy-hash":                      policyHash(DefaultPolicy),
+		// No TCG log: secure-boot claims fail closed.
+		"secureboot":                                   false,
+		"x-ms-azurevm-dbvalidated":                     false,
+		"x-ms-azurevm-dbxvalidated":                    false,
+		"x-ms-azurevm-default-securebootkeysvalidated": false,
+		// Windows boot-configuration claims, constant on Linux as in the real token.
+		"x-ms-azurevm-bootdebug-enabled":       false,
+		"x-ms-azurevm-kerneldebug-enabled":     false,
+		"x-ms-azurevm-testsigning-enabled":     false,
+		"x-ms-azurevm-flightsigning-enabled":   false,
+		"x-ms-azurevm-hypervisordebug-enabled": false,
+		"x-ms-azurevm-signingdisabled":         true,
+		"x-ms-azurevm-debuggersdisabled":       true,
+		"x-ms-azurevm-hvci-policy":             json.Number("0"),
+		"x-ms-azurevm-elam-enabled":            false,
+	}
+	for k, v := range want {
+		if !reflect.DeepEqual(claims[k], v) {
+			t.Errorf("claim %s = %#v, want %#v", k, claims[k], v)
+		}
+	}
+
+	// Times: iat = nbf, exp - iat = 8h.
+	iat, _ := claims["iat"].(json.Number).Int64()
+	nbf, _ := claims["nbf"].(json.Number).Int64()
+	exp, _ := claims["exp"].(json.Number).Int64()
+	if iat != nbf || exp-iat != int64(DefaultTokenLifetime/time.Second) || time.Since(time.Unix(iat, 0)).Abs() > time.Minute {
+		t.Errorf("iat %d nbf %d exp %d", iat, nbf, exp)
+	}
+	if jti, _ := claims["jti"].(string); len(jti) != 64 {
+		t.Errorf("jti = %q, want 64 hex characters", jti)
+	}
+
+	// x-ms-runtime: the client payload exactly as sent, and the ephemeral key as a JWK.
+	runtime, _ := claims["x-ms-runtime"].(map[string]any)
+	if got := runtime["client-payload"]; !reflect.DeepEqual(got, map[string]any{"nonce": b64("binding-of-image-and-key")}) {
+		t.Errorf("x-ms-runtime.client-payload = %#v", got)
+	}
+	keys, _ := runtime["keys"].([]any)
+	if len(keys) != 1 {
+		t.Fatalf("x-ms-runtime.keys = %#v", runtime["keys"])
+	}
+	jwk := keys[0].(map[string]any)
+	wantJWK := ephemeralKeyJWK(c.eph.rsa)
+	if jwk["kid"] != wire.EphemeralKeyKID || jwk["kty"] != "RSA" || jwk["n"] != wantJWK["n"] || jwk["e"] != "AQAB" ||
+		!reflect.DeepEqual(jwk["key_ops"], []any{"encrypt"}) {
+		t.Errorf("ephemeral key JWK = %#v", jwk)
+	}
+
+	// The emulator saw the request and recorded its outcome.
+	recs := in.srv.Requests()
+	if len(recs) != 1 || recs[0].Status != http.StatusOK || recs[0].ErrorCode != "" || recs[0].TokenID != claims["jti"] ||
+		recs[0].ClientPayload[wire.NonceKey] != b64("binding-of-image-and-key") {
+		t.Errorf("Requests() = %+v", recs)
+	}
+}
+
+// TestAttestTokenOnlyForThisPCRState checks that the token's confidentiality rests on the TPM:
+// once a quoted PCR changes, the TPM refuses to unwrap the token key.
+func TestAttestTokenOnlyForThisPCRState(t *testing.T) {
+	e := newEnv(t)
+	in := newInstance(t, e, nil)
+	c := e.collect(t)
+	status, body := in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusOK {
+		t.Fatalf("attest: %d %s", status, body)
+	}
+	var rsp wire.AttestResponse
+	_ = json.Unmarshal(body, &rsp)
+	e.tpm.extend(t, 7, sha256Sum([]byte("changed boot state")))
+	raw, _ := decodeBase64URL(rsp.Token)
+	var et wire.EncryptedToken
+	_ = json.Unmarshal(raw, &et)
+	wrapped, _ := decodeStdBase64(et.EncryptedInnerKey)
+	if _, err := e.tpm.decrypt(t, c.eph, azurePCRs, wrapped); err == nil {
+		t.Fatal("the TPM unwrapped the token key in a different PCR state")
+	}
+}
+
+// TestAttestWithEventLog replays a real firmware log into the TPM, so the quote matches it, and
+// checks the secure-boot claims derived from it.
+func TestAttestWithEventLog(t *testing.T) {
+	e := newEnv(t)
+	raw, err := os.ReadFile("testdata/rhel8-uefi.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	el, err := attest.ParseEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range el.Events(attest.HashSHA256) {
+		if ev.Type != eventTypeNoAction && ev.Index <= 7 {
+			e.tpm.extend(t, ev.Index, ev.Digest)
+		}
+	}
+	in := newInstance(t, e, nil)
+	c := e.collect(t)
+	c.tcgLog = raw
+	status, body := in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusOK {
+		t.Fatalf("attest: %d %s", status, body)
+	}
+	_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+	for _, k := range []string{"secureboot", "x-ms-azurevm-dbvalidated", "x-ms-azurevm-dbxvalidated", "x-ms-azurevm-default-securebootkeysvalidated"} {
+		if claims[k] != true {
+			t.Errorf("claim %s = %v, want true", k, claims[k])
+		}
+	}
+
+	// The same log against a quote of other PCR values is refused.
+	e.tpm.extend(t, 4, sha256Sum([]byte("a boot component the log does not show")))
+	c2 := e.collect(t)
+	c2.tcgLog = raw
+	status, body = in.attest(t, requestBody(t, c2.info()))
+	if status != http.StatusBadRequest || cloudError(t, body).Code != CodeTcgLogMismatch {
+		t.Fatalf("attest with a stale log: %d %s", status, body)
+	}
+}
+
+// TestAttestCriticalSAN accepts an AK certificate whose critical SAN holds only a directoryName,
+// as TPM certificates often do (reference/tpm.md §3.5).
+func TestAttestCriticalSAN(t *testing.T) {
+	e := newEnv(t)
+	e.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{criticalDirNameSAN: true, cn: "not-a-uuid.example"})
+	in := newInstance(t, e, nil)
+	c := e.collect(t)
+	status, body := in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusOK {
+		t.Fatalf("attest: %d %s", status, body)
+	}
+	_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+	// Not a UUID CN: the VM id is derived from the AK, stably.
+	if id, _ := claims["x-ms-azurevm-vmid"].(string); !uuidPattern.MatchString(id) || id != vmID(e.akCert) {
+		t.Errorf("x-ms-azurevm-vmid = %q", id)
+	}
+}
+
+// TestAttestPolicyIssuance checks that issuance rules add claims and authorization rules gate.
+func TestAttestPolicyIssuance(t *testing.T) {
+	e := newEnv(t)
+	in := newInstance(t, e, func(c *Config) {
+		c.Policy = `version=1.0;
+authorizationrules {
+  c:[type=="x-ms-azurevm-ostype", issuer=="AttestationService", value=="Linux"] => permit();
+};
+issuancerules {
+  c:[type=="x-ms-azurevm-osdistro", issuer=="AttestationService"] => issue(type="distro", value=c.value);
+  c:[type=="x-ms-azurevm-attested-pcrs", value>=6] => issue(type="high-pcrs", value=c.value);
+  => issue(type="emulated", value=true);
+};`
+	})
+	c := e.collect(t)
+	status, body := in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusOK {
+		t.Fatalf("attest: %d %s", status, body)
+	}
+	_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+	if claims["distro"] != "Ubuntu" || claims["emulated"] != true ||
+		!reflect.DeepEqual(claims["high-pcrs"], []any{json.Number("6"), json.Number("7")}) {
+		t.Errorf("issued claims: distro=%v emulated=%v high-pcrs=%v", claims["distro"], claims["emulated"], claims["high-pcrs"])
+	}
+	if claims["x-ms-policy-hash"] == policyHash(DefaultPolicy) {
+		t.Error("x-ms-policy-hash does not identify the policy in force")
+	}
+}
+
+func TestAttestReplayedCertifyInfo(t *testing.T) {
+	e := newEnv(t)
+	in := newInstance(t, e, nil)
+	body := requestBody(t, e.collect(t).info())
+	if status, rsp := in.attest(t, body); status != http.StatusOK {
+		t.Fatalf("first attest: %d %s", status, rsp)
+	}
+	status, rsp := in.attest(t, body)
+	if status != http.StatusBadRequest || cloudError(t, rsp).Code != CodeCertifyInfoReplayed {
+		t.Fatalf("replayed attest: %d %s", status, rsp)
+	}
+	// A fresh certification of the same (deterministic) ephemeral key is accepted.
+	if status, rsp := in.attest(t, requestBody(t, e.collect(t).info())); status != http.StatusOK {
+		t.Fatalf("fresh attest: %d %s", status, rsp)
+	}
+	recs := in.srv.Requests()
+	if len(recs) != 3 || recs[1].ErrorCode != CodeCertifyInfoReplayed || recs[1].TokenID != "" {
+		t.Errorf("Requests() = %+v", recs)
+	}
+}
+
+func TestPolicyDenyThenAttest(t *testing.T) {
+	e := newEnv(t)
+	in := newInstance(t, e, nil)
+	deny := `version=1.0; authorizationrules { c:[type=="secureboot", value==false] => deny(); => permit(); }; issuancerules { };`
+	status, body := in.do(t, http.MethodPut, policyURL("AzureGuest"), []byte(unsignedPolicyJWS(deny)), bearer)
+	if status != http.StatusOK {
+		t.Fatalf("PUT policy: %d %s", status, body)
+	}
+	c := e.collect(t)
+	status, body = in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusBadRequest {
+		t.Fatalf("attest under a deny policy: %d %s", status, body)
+	}
+	ce := cloudError(t, body)
+	if ce.Code != CodePolicyEvaluationError || !strings.Contains(ce.Message, "denies") {
+		t.Fatalf("error = %+v", ce)
+	}
+	// Policy refusals do not consume the certify info: under a permissive policy the same
+	// evidence is then accepted.
+	status, body = in.do(t, http.MethodPut, policyURL("azureguest"), []byte(unsignedPolicyJWS(DefaultPolicy)), bearer)
+	if status != http.StatusOK {
+		t.Fatalf("PUT policy: %d %s", status, body)
+	}
+	if status, body = in.attest(t, requestBody(t, c.info())); status != http.StatusOK {
+		t.Fatalf("attest after permit policy: %d %s", status, body)
+	}
+}

@@ -1,0 +1,114 @@
+package maa
+
+import (
+	"bytes"
+	"crypto"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-attestation/attest"
+)
+
+// eventTypeNoAction is EV_NO_ACTION: informational, never extended into a PCR.
+const eventTypeNoAction = 0x03
+
+// bootState is what the TCG log, replayed against the quoted PCRs, says about the boot.
+type bootState struct {
+	// logPresent is false when the client sent no log (Azure Trusted Launch may give none).
+	logPresent bool
+	// secureBoot: the SecureBoot variable measured in PCR 7 was 1.
+	secureBoot bool
+	// dbMeasured, dbxMeasured: a non-empty db / dbx was measured in PCR 7.
+	dbMeasured, dbxMeasured bool
+	// defaultKeysMeasured: non-empty PK and KEK were measured in PCR 7.
+	defaultKeysMeasured bool
+	// note explains why the secure-boot claims are false, for the request log.
+	note string
+}
+
+// verifyTCGLog replays the TCG event log against the quoted SHA-256 PCR values (which
+// verifyEvidence has already proven the TPM signed) and derives the secure-boot state from the
+// events of the replayed PCRs only.
+//
+// An empty log is accepted with every secure-boot claim false (fail closed): Azure's Linux client
+// tolerates a missing log, and what real MAA issues then is UNCONFIRMED. A log that does not
+// replay to the quoted values is refused. The mapping from log to claims is an approximation of
+// MAA's (which is not public): secureboot is the measured SecureBoot variable; dbvalidated,
+// dbxvalidated and default-securebootkeysvalidated mean only that non-empty db, dbx, and PK+KEK
+// variables were measured, not that their contents were compared with Microsoft's defaults.
+func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
+	if len(raw) == 0 {
+		return bootState{note: "no TCG log was sent; secure-boot claims are false"}, nil
+	}
+	el, err := parseEventLog(raw)
+	if err != nil {
+		return bootState{}, refuse(CodeTcgLogInvalid, "TcgLogs is not a TCG event log: %v", err)
+	}
+	quoted := make([]attest.PCR, 0, len(pcrs))
+	for _, p := range pcrs {
+		quoted = append(quoted, attest.PCR{Index: int(p.index), Digest: p.digest, DigestAlg: crypto.SHA256})
+	}
+	events, err := verifyEventLog(el, quoted)
+	if err != nil {
+		var re attest.ReplayError
+		if errors.As(err, &re) {
+			return bootState{}, refuse(CodeTcgLogMismatch, "TcgLogs does not replay to the quoted SHA-256 values of PCRs %v", re.InvalidPCRs)
+		}
+		return bootState{}, refuse(CodeTcgLogMismatch, "TcgLogs does not replay to the quoted SHA-256 PCR values: %v", err)
+	}
+	// go-attestation treats a PCR without events as verified whatever its value; a quoted PCR that
+	// moved from its reset value with nothing in the log to explain it is a mismatch too.
+	extended := map[int]bool{}
+	for _, e := range el.Events(attest.HashSHA256) {
+		if e.Type != eventTypeNoAction {
+			extended[e.Index] = true
+		}
+	}
+	for _, p := range pcrs {
+		if !extended[int(p.index)] && !bytes.Equal(p.digest, make([]byte, len(p.digest))) {
+			return bootState{}, refuse(CodeTcgLogMismatch, "TcgLogs has no event for PCR %d, whose quoted value is not its reset value", p.index)
+		}
+	}
+
+	st := bootState{logPresent: true}
+	sb, err := parseSecurebootState(events)
+	if err != nil {
+		st.note = fmt.Sprintf("secure-boot state could not be established from the log (%v); secure-boot claims are false", err)
+		return st, nil
+	}
+	st.secureBoot = sb.Enabled
+	st.dbMeasured = len(sb.PermittedKeys)+len(sb.PermittedHashes) > 0
+	st.dbxMeasured = len(sb.ForbiddenKeys)+len(sb.ForbiddenHashes) > 0
+	st.defaultKeysMeasured = len(sb.PlatformKeys)+len(sb.PlatformKeyHashes) > 0 && len(sb.ExchangeKeys)+len(sb.ExchangeKeyHashes) > 0
+	return st, nil
+}
+
+// The go-attestation calls below parse attacker-supplied bytes; a panic in them must refuse the
+// request, not kill the emulator.
+
+func parseEventLog(raw []byte) (el *attest.EventLog, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			el, err = nil, fmt.Errorf("malformed event log: %v", r)
+		}
+	}()
+	return attest.ParseEventLog(raw)
+}
+
+func verifyEventLog(el *attest.EventLog, pcrs []attest.PCR) (events []attest.Event, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			events, err = nil, fmt.Errorf("malformed event log: %v", r)
+		}
+	}()
+	return el.Verify(pcrs)
+}
+
+func parseSecurebootState(events []attest.Event) (st *attest.SecurebootState, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			st, err = nil, fmt.Errorf("malformed secure-boot events: %v", r)
+		}
+	}()
+	return attest.ParseSecurebootState(events)
+}

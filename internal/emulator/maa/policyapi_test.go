@@ -1,0 +1,153 @@
+package maa
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	wire "github.com/attested-kv/attested-kv/internal/maa"
+)
+
+var bearer = map[string]string{"Authorization": "Bearer test-token"}
+
+func policyURL(typ string) string {
+	return "/policies/" + typ + "?api-version=" + wire.PolicyAPIVersion
+}
+
+// policyToken verifies a policy response's token and returns its claims.
+func policyToken(t *testing.T, in *instance, body []byte) map[string]any {
+	t.Helper()
+	var rsp wire.PolicyResponse
+	if err := json.Unmarshal(body, &rsp); err != nil || rsp.Token == "" {
+		t.Fatalf("policy response is not {\"token\":...}: %s", body)
+	}
+	_, claims := in.verifyJWT(t, rsp.Token)
+	return claims
+}
+
+func TestPolicyPutGet(t *testing.T) {
+	in := newInstance(t, nil, nil)
+
+	// GET before any PUT returns the initial policy as an unsigned JWS.
+	status, body := in.do(t, http.MethodGet, policyURL("AzureGuest"), nil, bearer)
+	if status != http.StatusOK {
+		t.Fatalf("GET: %d %s", status, body)
+	}
+	if got := policyToken(t, in, body)["x-ms-policy"]; got != unsignedPolicyJWS(DefaultPolicy) {
+		t.Errorf("initial x-ms-policy = %v", got)
+	}
+
+	text := `version=1.2; authorizationrules { c:[type=="secureboot", value==true] => permit(); }; issuancerules { };`
+	jws := unsignedPolicyJWS(text)
+	for _, tc := range []struct {
+		name string
+		body string
+	}{
+		{"raw compact JWS", jws},
+		{"JSON string", `"` + jws + `"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := in.do(t, http.MethodPut, policyURL("azureGuest"), []byte(tc.body), bearer)
+			if status != http.StatusOK {
+				t.Fatalf("PUT: %d %s", status, body)
+			}
+			claims := policyToken(t, in, body)
+			sum := sha256.Sum256([]byte(jws))
+			if claims["x-ms-policy-result"] != "Updated" || claims["x-ms-policy"] != jws ||
+				claims["x-ms-policy-token-hash"] != base64.RawURLEncoding.EncodeToString(sum[:]) || claims["iss"] != in.ts.URL {
+				t.Errorf("PUT claims = %v", claims)
+			}
+			status, body = in.do(t, http.MethodGet, policyURL("AzureGuest"), nil, bearer)
+			if status != http.StatusOK || policyToken(t, in, body)["x-ms-policy"] != jws {
+				t.Errorf("GET after PUT: %d %s", status, body)
+			}
+			if in.srv.currentPolicy().text != text {
+				t.Errorf("stored policy = %q", in.srv.currentPolicy().text)
+			}
+		})
+	}
+}
+
+func TestPolicyRefusals(t *testing.T) {
+	hdrNone := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none"}`))
+	payload := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	stored := func(text string) string {
+		return payload(`{"AttestationPolicy":"` + base64.RawURLEncoding.EncodeToString([]byte(text)) + `"}`)
+	}
+	for _, tc := range []struct {
+		name, method, url, body string
+		hdr                     map[string]string
+		status                  int
+		code, msg               string
+	}{
+		{"unknown type", "PUT", policyURL("SgxEnclave"), unsignedPolicyJWS(DefaultPolicy), bearer, 400, CodeUnsupportedAttestationType, "SgxEnclave"},
+		{"wrong api-version", "PUT", "/policies/AzureGuest?api-version=2020-10-01", unsignedPolicyJWS(DefaultPolicy), bearer, 400, CodeUnsupportedAPIVersion, "2022-08-01"},
+		{"no api-version", "GET", "/policies/AzureGuest", "", bearer, 400, CodeUnsupportedAPIVersion, "api-version"},
+		{"no bearer", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(DefaultPolicy), nil, 401, CodeUnauthorized, "Bearer"},
+		{"bad method", "DELETE", policyURL("AzureGuest"), "", bearer, 405, CodeMethodNotAllowed, "DELETE"},
+		{"policy does not parse", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS("version=1.0; authorizationrules { => permit() };"), bearer, 400, CodeInvalidPolicy, "expected \";\""},
+		{"unsupported section", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS("version=1.2; configurationrules { }; authorizationrules { => permit(); };"), bearer, 400, CodeInvalidPolicy, "configurationrules"},
+		{"issues a service claim", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(`version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type="secureboot", value=true); };`), bearer, 400, CodeInvalidPolicy, "service"},
+		{"signed policy", "PUT", policyURL("AzureGuest"), payload(`{"alg":"RS256"}`) + "." + stored(DefaultPolicy) + ".c2ln", bearer, 400, CodePolicySigningNotSupported, "RS256"},
+		{"not a JWS", "PUT", policyURL("AzureGuest"), DefaultPolicy, bearer, 400, CodeInvalidPolicyDocument, "compact JWS"},
+		{"signature on alg none", "PUT", policyURL("AzureGuest"), hdrNone + "." + stored(DefaultPolicy) + ".c2ln", bearer, 400, CodeInvalidPolicyDocument, "empty signature"},
+		{"payload not a StoredAttestationPolicy", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"Policy":"x"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "StoredAttestationPolicy"},
+		{"policy not base64url", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"AttestationPolicy":"***"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "base64url"},
+		{"oversized", "PUT", policyURL("AzureGuest"), strings.Repeat("a", MaxPolicyBodyBytes+1), bearer, 413, CodeRequestBodyTooLarge, "exceeds"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := newInstance(t, nil, nil)
+			status, body := in.do(t, tc.method, tc.url, []byte(tc.body), tc.hdr)
+			ce := cloudError(t, body)
+			if status != tc.status || ce.Code != tc.code || !strings.Contains(ce.Message, tc.msg) {
+				t.Fatalf("got %d %+v, want %d %s containing %q", status, ce, tc.status, tc.code, tc.msg)
+			}
+			if in.srv.currentPolicy().text != DefaultPolicy {
+				t.Error("a refused request changed the policy")
+			}
+			recs := in.srv.Requests()
+			if len(recs) != 1 || recs[0].ErrorCode != tc.code || recs[0].Status != tc.status {
+				t.Errorf("Requests() = %+v", recs)
+			}
+		})
+	}
+}
+
+func TestMetadataEndpoints(t *testing.T) {
+	in := newInstance(t, nil, nil)
+	status, body := in.do(t, http.MethodGet, wire.OpenIDConfigPath, nil, nil)
+	var oc wire.OpenIDConfiguration
+	if status != http.StatusOK || json.Unmarshal(body, &oc) != nil || oc.Issuer != in.ts.URL || oc.JWKSURI != in.ts.URL+"/certs" {
+		t.Fatalf("openid-configuration: %d %s", status, body)
+	}
+	status, body = in.do(t, http.MethodGet, wire.CertsPath, nil, nil)
+	if status != http.StatusOK || string(body) != string(in.srv.JWKS()) {
+		t.Fatalf("/certs: %d %s", status, body)
+	}
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(body, &set); err != nil || len(set.Keys) != 1 {
+		t.Fatalf("/certs: %s", body)
+	}
+	k := set.Keys[0]
+	for _, f := range []string{"kty", "kid", "n", "e", "x5c", "use", "alg"} {
+		if k[f] == nil {
+			t.Errorf("JWK lacks %q: %v", f, k)
+		}
+	}
+	if k["kty"] != "RSA" || k["use"] != "sig" || k["alg"] != "RS256" || len(k["kid"].(string)) != 44 {
+		t.Errorf("JWK = %v", k)
+	}
+	status, body = in.do(t, http.MethodGet, "/nothing", nil, nil)
+	if status != http.StatusNotFound || cloudError(t, body).Code != CodeNotFound {
+		t.Errorf("unknown path: %d %s", status, body)
+	}
+	status, body = in.do(t, http.MethodPost, wire.CertsPath, nil, nil)
+	if status != http.StatusMethodNotAllowed || cloudError(t, body).Code != CodeMethodNotAllowed {
+		t.Errorf("POST /certs: %d %s", status, body)
+	}
+}

@@ -1,0 +1,162 @@
+package maa
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNewValidatesConfig(t *testing.T) {
+	roots := x509.NewCertPool()
+	ecKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	rsaKey := sharedSigningKey(t)
+	otherCert, err := selfSign(testRSAKey(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		msg  string
+	}{
+		{"no roots", Config{Issuer: "https://127.0.0.1:1"}, "TrustedRoots"},
+		{"no issuer", Config{TrustedRoots: roots}, "Issuer is required"},
+		{"http issuer", Config{TrustedRoots: roots, Issuer: "http://127.0.0.1:1"}, "https"},
+		{"issuer with path", Config{TrustedRoots: roots, Issuer: "https://127.0.0.1:1/x"}, "no path"},
+		{"non-RSA signing key", Config{TrustedRoots: roots, Issuer: "https://h", SigningKey: ecKey}, "RSA"},
+		{"cert without key", Config{TrustedRoots: roots, Issuer: "https://h", SigningCert: otherCert}, "without"},
+		{"cert for another key", Config{TrustedRoots: roots, Issuer: "https://h", SigningKey: rsaKey, SigningCert: otherCert}, "does not certify"},
+		{"bad initial policy", Config{TrustedRoots: roots, Issuer: "https://h", SigningKey: rsaKey, Policy: "permit all"}, "initial policy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("New = %v, want an error containing %q", err, tc.msg)
+			}
+		})
+	}
+
+	s, err := New(Config{TrustedRoots: roots, Issuer: "https://127.0.0.1:8443/", SigningKey: rsaKey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(s.SigningCertificate().Raw)
+	if s.Issuer() != "https://127.0.0.1:8443" || s.kid == "" || !strings.HasSuffix(s.kid, "=") || len(s.kid) != 44 ||
+		s.kid != base64.StdEncoding.EncodeToString(sum[:]) {
+		t.Errorf("issuer %q kid %q", s.Issuer(), s.kid)
+	}
+	if s.tokenLifetime != DefaultTokenLifetime || s.maxSkew != DefaultMaxClockSkew || s.currentPolicy().text != DefaultPolicy {
+		t.Errorf("defaults not applied: %v %v %q", s.tokenLifetime, s.maxSkew, s.currentPolicy().text)
+	}
+}
+
+func TestReplayCache(t *testing.T) {
+	c := newReplayCache(2)
+	t0 := time.Unix(1000, 0)
+	d1, d2, d3 := sha256.Sum256([]byte("1")), sha256.Sum256([]byte("2")), sha256.Sum256([]byte("3"))
+	life := time.Hour
+	if err := c.consume(d1, t0, t0.Add(life)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.consume(d1, t0.Add(time.Minute), t0.Add(time.Minute+life)); asCheckError(err).Code != CodeCertifyInfoReplayed {
+		t.Fatalf("replay = %v", err)
+	}
+	if err := c.consume(d2, t0, t0.Add(life)); err != nil {
+		t.Fatal(err)
+	}
+	// Full of live entries: refuse rather than evict.
+	if err := c.consume(d3, t0, t0.Add(life)); asCheckError(err).Code != CodeReplayCacheFull || asCheckError(err).Status != http.StatusServiceUnavailable {
+		t.Fatalf("full cache = %v", err)
+	}
+	// After the lifetime, entries expire and make room.
+	later := t0.Add(life + time.Second)
+	if err := c.consume(d3, later, later.Add(life)); err != nil {
+		t.Fatalf("after expiry: %v", err)
+	}
+	if err := c.consume(d1, later, later.Add(life)); err != nil {
+		t.Fatalf("expired digest refused: %v", err)
+	}
+	if len(c.seen) != 2 || len(c.queue) != 2 {
+		t.Errorf("cache holds %d/%d entries", len(c.seen), len(c.queue))
+	}
+}
+
+func TestDecodeStrictJSON(t *testing.T) {
+	type doc struct {
+		A string            `json:"A"`
+		M map[string]string `json:"M"`
+	}
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{`{"A":"x","M":{"k":"v"}}`, true},
+		{`{"A":"x","a":"y"}`, false},
+		{`{"M":{"k":"v","k":"w"}}`, false},
+		{`{"A":"x"} {}`, false},
+		{`{"B":1}`, false},
+		{`[{"A":"x"}]`, false},
+		{`{"A":"x","M":{"k":"v"},"A":"z"}`, false},
+		{`{"M":{"k":{"x":1}}}`, false},
+		{strings.Repeat(`{"M":`, 20) + "{}" + strings.Repeat("}", 20), false},
+	} {
+		var d doc
+		if err := decodeStrictJSON([]byte(tc.in), &d); (err == nil) != tc.ok {
+			t.Errorf("decodeStrictJSON(%s) = %v, want ok=%t", tc.in, err, tc.ok)
+		}
+	}
+}
+
+func TestDecodeBase64(t *testing.T) {
+	if _, err := decodeStdBase64("YQ=="); err != nil {
+		t.Error(err)
+	}
+	for _, s := range []string{"YQ", "YR==", "Y Q==", "YQ==\n", "-_8="} {
+		if _, err := decodeStdBase64(s); err == nil {
+			t.Errorf("decodeStdBase64(%q) accepted", s)
+		}
+	}
+	for _, s := range []string{"YQ", "YQ==", "-_8"} {
+		if _, err := decodeBase64URL(s); err != nil {
+			t.Errorf("decodeBase64URL(%q): %v", s, err)
+		}
+	}
+	for _, s := range []string{"YR", "+/8", "YQ=", "YQ\n"} {
+		if _, err := decodeBase64URL(s); err == nil {
+			t.Errorf("decodeBase64URL(%q) accepted", s)
+		}
+	}
+}
+
+// ExampleNew starts an emulated MAA instance on loopback TLS, as the local stack does.
+func ExampleNew() {
+	ts := httptest.NewUnstartedServer(nil)
+	roots := x509.NewCertPool() // the local "vTPM CA" root(s)
+	srv, err := New(Config{TrustedRoots: roots, Issuer: "https://" + ts.Listener.Addr().String()})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	ts.Config.Handler = srv.Handler()
+	ts.StartTLS()
+	defer ts.Close()
+
+	rsp, err := ts.Client().Get(ts.URL + "/.well-known/openid-configuration")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer rsp.Body.Close()
+	body, _ := io.ReadAll(rsp.Body)
+	fmt.Println(rsp.StatusCode, strings.Contains(string(body), `"jwks_uri":"`+ts.URL+`/certs"`))
+	// Output: 200 true
+}

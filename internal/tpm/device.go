@@ -1,0 +1,516 @@
+package tpm
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"sync"
+
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+)
+
+// MaxEventLogSize bounds the TCG event log read from disk. Firmware logs are tens of KiB; MAA's
+// request carries the log base64-encoded twice.
+const MaxEventLogSize = 1 << 20
+
+// quoteAttempts bounds the retries when a PCR changes between PCR_Read and Quote.
+const quoteAttempts = 3
+
+// Device is an open TPM that gathers Azure guest attestation evidence. Its methods are safe for
+// concurrent use; they run one at a time.
+type Device struct {
+	mu           sync.Mutex
+	t            transport.TPMCloser
+	eventLogPath string
+	log          *slog.Logger
+
+	// last is the PCR state the last Evidence bound its ephemeral key to.
+	last *ephemeralState
+}
+
+// ephemeralState is what DecryptWithEphemeralKey needs to recreate the ephemeral key.
+type ephemeralState struct {
+	sel    tpm2.TPMLPCRSelection
+	digest []byte // SHA-256 over the quoted PCR values
+	pub    []byte // the EncKeyPub sent to MAA
+}
+
+// Option configures a Device.
+type Option func(*Device)
+
+// WithEventLogPath reads the TCG event log from path; "" sends no log. Default:
+// DefaultEventLogPath.
+func WithEventLogPath(path string) Option { return func(d *Device) { d.eventLogPath = path } }
+
+// WithLogger logs evidence gathering to l (nothing secret is logged; evidence bytes only at Debug).
+func WithLogger(l *slog.Logger) Option { return func(d *Device) { d.log = l } }
+
+// New returns a Device on an open transport; Close closes the transport.
+func New(t transport.TPMCloser, opts ...Option) *Device {
+	d := &Device{t: t, eventLogPath: DefaultEventLogPath}
+	for _, o := range opts {
+		o(d)
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	return d
+}
+
+// Close closes the TPM connection.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.t.Close()
+}
+
+// Evidence gathers what MAA's AzureGuest endpoint takes, as AZGA's AttestationClientImpl
+// GetTpmInfo does: AK certificate and public area, the SHA-256 quote of AzurePCRs with empty
+// qualifying data, the PCR values, a fresh ephemeral key certified by the AK, and the event log.
+// It checks the quote locally before returning it, so a TPM or transport fault is reported here
+// rather than as a refusal by MAA.
+func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.last = nil
+
+	ak, err := readAK(d.t)
+	if err != nil {
+		return nil, err
+	}
+	certDER, err := readNV(d.t, AKCertIndex)
+	if err != nil {
+		if isHandleError(err) {
+			return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
+		}
+		return nil, fmt.Errorf("reading the AK certificate: %w", err)
+	}
+	if certDER, err = trimDER(certDER); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
+	}
+	cert, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
+	}
+	if !ak.key.Equal(cert.PublicKey) {
+		return nil, fmt.Errorf("%w (certificate %q)", ErrAKCertMismatch, cert.Subject.CommonName)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	sel := pcrSelection(AzurePCRs)
+	var ev *Evidence
+	for attempt := 1; ; attempt++ {
+		ev, err = quote(d.t, ak, sel)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errPCRRace) || attempt == quoteAttempts {
+			return nil, err
+		}
+		d.log.Debug("PCRs changed between read and quote; quoting again", "attempt", attempt)
+	}
+	ev.AKCert = certDER
+	ev.AKPub = ak.pub
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	pcrDigest := digestPCRs(ev.PCRs)
+	st := &ephemeralState{sel: sel, digest: pcrDigest}
+	key, err := createEphemeralKey(d.t, sel, pcrDigest)
+	if err != nil {
+		return nil, err
+	}
+	info, sig, certErr := certify(d.t, key, ak)
+	flushErr := flush(d.t, key.handle)
+	if certErr != nil {
+		return nil, certErr
+	}
+	if flushErr != nil {
+		return nil, fmt.Errorf("flushing the ephemeral key: %w", flushErr)
+	}
+	ev.EncKeyPub, ev.EncKeyCertifyInfo, ev.EncKeyCertifyInfoSignature = key.pub, info, sig
+	st.pub = key.pub
+
+	if ev.TCGLog, err = d.readEventLog(); err != nil {
+		return nil, err
+	}
+	d.last = st
+	d.log.Info("TPM evidence gathered", "ak", cert.Subject.CommonName, "pcrs", len(ev.PCRs), "tcgLogBytes", len(ev.TCGLog))
+	d.log.Debug("TPM evidence", "quote", ev.Quote, "encKeyPub", ev.EncKeyPub)
+	return ev, nil
+}
+
+// DecryptWithEphemeralKey decrypts ciphertext (RSAES-PKCS1-v1_5, as MAA wraps its response key)
+// with the ephemeral key of the last Evidence, as AZGA's DecryptWithEphemeralKey does: the key is
+// recreated from the same template in the NULL hierarchy and used under a PolicyPCR session for
+// the PCR values that were quoted. A TPM reset (new NULL seed) or any PCR change since Evidence
+// makes it fail with ErrStateChanged.
+func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte) ([]byte, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.last
+	if st == nil {
+		return nil, ErrNoEphemeralKey
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	key, err := createEphemeralKey(d.t, st.sel, st.digest)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err := flush(d.t, key.handle); err != nil {
+			d.log.Warn("flushing the ephemeral key", "err", err)
+		}
+	}()
+	if !bytes.Equal(key.pub, st.pub) {
+		return nil, fmt.Errorf("%w: the ephemeral key differs (TPM reset)", ErrStateChanged)
+	}
+	sess, closeSess, err := tpm2.PolicySession(d.t, tpm2.TPMAlgSHA256, 16)
+	if err != nil {
+		return nil, fmt.Errorf("%w: starting a policy session: %w", ErrDecrypt, err)
+	}
+	defer func() {
+		if err := closeSess(); err != nil {
+			d.log.Warn("closing the policy session", "err", err)
+		}
+	}()
+	// PolicyPCR with the expected digest: the TPM compares it with the current PCRs (TPM_RC_VALUE
+	// if they changed), as AZGA's Tss2Session::PolicyPcr does.
+	if _, err := (tpm2.PolicyPCR{
+		PolicySession: sess.Handle(),
+		PcrDigest:     tpm2.TPM2BDigest{Buffer: st.digest},
+		Pcrs:          st.sel,
+	}).Execute(d.t); err != nil {
+		if isValueError(err) {
+			return nil, fmt.Errorf("%w: PCRs 0-7 changed: %w", ErrStateChanged, err)
+		}
+		return nil, fmt.Errorf("%w: PolicyPCR: %w", ErrDecrypt, err)
+	}
+	rsp, err := tpm2.RSADecrypt{
+		KeyHandle:  tpm2.AuthHandle{Handle: key.handle, Name: key.name, Auth: sess},
+		CipherText: tpm2.TPM2BPublicKeyRSA{Buffer: ciphertext},
+		InScheme:   tpm2.TPMTRSADecrypt{Scheme: tpm2.TPMAlgRSAES},
+	}.Execute(d.t)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
+	}
+	return rsp.Message.Buffer, nil
+}
+
+// AKCertificate returns the AK certificate stored at AKCertIndex, padding trimmed.
+func (d *Device) AKCertificate(ctx context.Context) (*x509.Certificate, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	der, err := readNV(d.t, AKCertIndex)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
+	}
+	if der, err = trimDER(der); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
+	}
+	return x509.ParseCertificate(der)
+}
+
+// readEventLog reads the TCG log. A missing file (or no path) is an empty log, as in AZGA ("TCG
+// logs not found on device"); any other read error stops the evidence: sending no log when one
+// exists would silently change the claims MAA issues.
+func (d *Device) readEventLog() ([]byte, error) {
+	if d.eventLogPath == "" {
+		return nil, nil
+	}
+	f, err := os.Open(d.eventLogPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		d.log.Info("no TCG event log; sending an empty one", "path", d.eventLogPath)
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w (point the TCG log path elsewhere, or to \"\" to send none)", ErrEventLog, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxEventLogSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrEventLog, d.eventLogPath, err)
+	}
+	if len(b) > MaxEventLogSize {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrEventLog, d.eventLogPath, MaxEventLogSize)
+	}
+	return b, nil
+}
+
+// akKey is the AK as read from the TPM.
+type akKey struct {
+	handle tpm2.TPMHandle
+	name   tpm2.TPM2BName
+	pub    []byte // marshalled TPM2B_PUBLIC
+	key    *rsa.PublicKey
+}
+
+func readAK(t transport.TPM) (*akKey, error) {
+	rsp, err := tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(AKHandle)}.Execute(t)
+	if err != nil {
+		if isHandleError(err) {
+			return nil, fmt.Errorf("%w: %w", ErrNoAK, err)
+		}
+		return nil, fmt.Errorf("reading the AK: %w", err)
+	}
+	pub, err := rsp.OutPublic.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAKType, err)
+	}
+	if pub.Type != tpm2.TPMAlgRSA || !pub.ObjectAttributes.Restricted || !pub.ObjectAttributes.SignEncrypt || pub.ObjectAttributes.Decrypt {
+		return nil, ErrAKType
+	}
+	parms, err := pub.Parameters.RSADetail()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAKType, err)
+	}
+	unique, err := pub.Unique.RSA()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAKType, err)
+	}
+	key, err := tpm2.RSAPub(parms, unique)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrAKType, err)
+	}
+	return &akKey{handle: tpm2.TPMHandle(AKHandle), name: rsp.Name, pub: tpm2.Marshal(rsp.OutPublic), key: key}, nil
+}
+
+// errPCRRace marks a quote whose PCR digest does not match the values read just before.
+var errPCRRace = errors.New("PCRs changed between PCR_Read and Quote")
+
+// quote reads the selected SHA-256 PCRs and quotes them with the AK (empty qualifying data, the
+// key's own scheme: AZGA Tss2Wrapper::GetPCRQuote), then checks the signature and that the quoted
+// digest is the digest of the values read.
+func quote(t transport.TPM, ak *akKey, sel tpm2.TPMLPCRSelection) (*Evidence, error) {
+	pcrs, err := readPCRs(t, AzurePCRs)
+	if err != nil {
+		return nil, err
+	}
+	rsp, err := tpm2.Quote{
+		SignHandle: tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+		InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+		PCRSelect:  sel,
+	}.Execute(t)
+	if err != nil {
+		return nil, fmt.Errorf("TPM2_Quote: %w", err)
+	}
+	quoted := rsp.Quoted.Bytes()
+	sig, err := rsp.Signature.Signature.RSASSA()
+	if err != nil || rsp.Signature.SigAlg != tpm2.TPMAlgRSASSA {
+		return nil, fmt.Errorf("%w: signature is not RSASSA", ErrQuote)
+	}
+	if h, _ := sig.Hash.Hash(); h != crypto.SHA256 {
+		return nil, fmt.Errorf("%w: signature hash is not SHA-256", ErrQuote)
+	}
+	sum := sha256.Sum256(quoted)
+	if err := rsa.VerifyPKCS1v15(ak.key, crypto.SHA256, sum[:], sig.Sig.Buffer); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrQuote, err)
+	}
+	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](quoted)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrQuote, err)
+	}
+	qi, err := att.Attested.Quote()
+	if err != nil || att.Type != tpm2.TPMSTAttestQuote {
+		return nil, fmt.Errorf("%w: not a quote", ErrQuote)
+	}
+	if subtle.ConstantTimeCompare(qi.PCRDigest.Buffer, digestPCRs(pcrs)) != 1 {
+		return nil, errPCRRace
+	}
+	return &Evidence{Quote: quoted, QuoteSignature: sig.Sig.Buffer, PCRs: pcrs}, nil
+}
+
+// readPCRs reads the SHA-256 values of pcrs, looping because a TPM returns at most 8 digests per
+// PCR_Read.
+func readPCRs(t transport.TPM, pcrs []uint32) ([]PCR, error) {
+	out := make([]PCR, 0, len(pcrs))
+	for _, p := range pcrs {
+		rsp, err := tpm2.PCRRead{PCRSelectionIn: pcrSelection([]uint32{p})}.Execute(t)
+		if err != nil {
+			return nil, fmt.Errorf("TPM2_PCR_Read %d: %w", p, err)
+		}
+		if len(rsp.PCRValues.Digests) != 1 || len(rsp.PCRValues.Digests[0].Buffer) != sha256.Size {
+			return nil, fmt.Errorf("TPM2_PCR_Read %d: the TPM has no SHA-256 value for it (is the SHA-256 bank allocated?)", p)
+		}
+		out = append(out, PCR{Index: p, Digest: rsp.PCRValues.Digests[0].Buffer})
+	}
+	return out, nil
+}
+
+// digestPCRs is SHA-256 over the concatenated PCR values, in selection order: the quote's
+// pcrDigest and the PolicyPCR digest.
+func digestPCRs(pcrs []PCR) []byte {
+	h := sha256.New()
+	for _, p := range pcrs {
+		h.Write(p.Digest)
+	}
+	return h.Sum(nil)
+}
+
+// pcrSelection selects pcrs in the SHA-256 bank, with the 3-byte bitmap of a PC Client TPM.
+func pcrSelection(pcrs []uint32) tpm2.TPMLPCRSelection {
+	bitmap := make([]byte, 3)
+	for _, p := range pcrs {
+		bitmap[p/8] |= 1 << (p % 8)
+	}
+	return tpm2.TPMLPCRSelection{PCRSelections: []tpm2.TPMSPCRSelection{{Hash: tpm2.TPMAlgSHA256, PCRSelect: bitmap}}}
+}
+
+// ephemeralKey is a loaded ephemeral key.
+type ephemeralKey struct {
+	handle tpm2.TPMHandle
+	name   tpm2.TPM2BName
+	pub    []byte
+}
+
+// EphemeralKeyTemplate is AZGA's ephemeral key template (Tss2Util::PopulateEphemeralKeyPublicTemplate):
+// RSA-2048, nameAlg SHA-256, decrypt|fixedTPM|fixedParent|sensitiveDataOrigin|noDA (no
+// userWithAuth: usable only through its policy), scheme NULL, a zeroed 256-byte unique, and
+// authPolicy = TPM2_PolicyPCR over the selection and PCR digest.
+func EphemeralKeyTemplate(policy []byte) tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgRSA,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			Decrypt: true, FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, NoDA: true,
+		},
+		AuthPolicy: tpm2.TPM2BDigest{Buffer: policy},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+			KeyBits:   2048,
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)}),
+	}
+}
+
+// PolicyPCRDigest is the authPolicy of an object usable only while the PCRs in sel have the
+// values whose SHA-256 digest is pcrDigest (TPM2_PolicyPCR from an empty policy).
+func PolicyPCRDigest(sel tpm2.TPMLPCRSelection, pcrDigest []byte) ([]byte, error) {
+	calc, err := tpm2.NewPolicyCalculator(tpm2.TPMAlgSHA256)
+	if err != nil {
+		return nil, err
+	}
+	if err := (tpm2.PolicyPCR{PcrDigest: tpm2.TPM2BDigest{Buffer: pcrDigest}, Pcrs: sel}).Update(calc); err != nil {
+		return nil, err
+	}
+	return calc.Hash().Digest, nil
+}
+
+func createEphemeralKey(t transport.TPM, sel tpm2.TPMLPCRSelection, pcrDigest []byte) (*ephemeralKey, error) {
+	policy, err := PolicyPCRDigest(sel, pcrDigest)
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key policy: %w", err)
+	}
+	rsp, err := tpm2.CreatePrimary{
+		PrimaryHandle: tpm2.TPMRHNull,
+		InPublic:      tpm2.New2B(EphemeralKeyTemplate(policy)),
+	}.Execute(t)
+	if err != nil {
+		return nil, fmt.Errorf("creating the ephemeral key: %w", err)
+	}
+	return &ephemeralKey{handle: rsp.ObjectHandle, name: rsp.Name, pub: tpm2.Marshal(rsp.OutPublic)}, nil
+}
+
+// certify has the AK certify the ephemeral key with empty qualifying data (AZGA
+// Tss2Wrapper::GetCertifiedKeyAndFlushHandle). The key's admin role is authorized by its (empty)
+// authValue, since adminWithPolicy is clear.
+func certify(t transport.TPM, key *ephemeralKey, ak *akKey) (info, sig []byte, err error) {
+	rsp, err := tpm2.Certify{
+		ObjectHandle: tpm2.AuthHandle{Handle: key.handle, Name: key.name, Auth: tpm2.PasswordAuth(nil)},
+		SignHandle:   tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
+		InScheme:     tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+	}.Execute(t)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certifying the ephemeral key: %w", err)
+	}
+	s, err := rsp.Signature.Signature.RSASSA()
+	if err != nil {
+		return nil, nil, fmt.Errorf("certifying the ephemeral key: signature is not RSASSA: %w", err)
+	}
+	return rsp.CertifyInfo.Bytes(), s.Sig.Buffer, nil
+}
+
+func flush(t transport.TPM, h tpm2.TPMHandle) error {
+	_, err := tpm2.FlushContext{FlushHandle: h}.Execute(t)
+	return err
+}
+
+// nvChunk is the largest NV read; TPM_PT_NV_BUFFER_MAX is 1024 on the simulator and AZPY reads
+// 1024-byte chunks.
+const nvChunk = 1024
+
+// readNV reads the whole NV index with owner authorization (AZGA Tss2Util::NvRead reads with
+// ESYS_TR_RH_OWNER and an empty password), in chunks.
+func readNV(t transport.TPM, index uint32) ([]byte, error) {
+	pubRsp, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(index)}.Execute(t)
+	if err != nil {
+		return nil, err
+	}
+	pub, err := pubRsp.NVPublic.Contents()
+	if err != nil {
+		return nil, err
+	}
+	size := int(pub.DataSize)
+	out := make([]byte, 0, size)
+	for len(out) < size {
+		n := min(size-len(out), nvChunk)
+		rsp, err := tpm2.NVRead{
+			AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+			NVIndex:    tpm2.NamedHandle{Handle: tpm2.TPMHandle(index), Name: pubRsp.NVName},
+			Size:       uint16(n),
+			Offset:     uint16(len(out)),
+		}.Execute(t)
+		if err != nil {
+			return nil, fmt.Errorf("TPM2_NV_Read at offset %d: %w", len(out), err)
+		}
+		if len(rsp.Data.Buffer) == 0 {
+			return nil, fmt.Errorf("TPM2_NV_Read at offset %d: no data", len(out))
+		}
+		out = append(out, rsp.Data.Buffer...)
+	}
+	return out, nil
+}
+
+// trimDER returns the first DER object of b: the NV index may be larger than the certificate it
+// holds (cmc's GetVtpmAkCert trims the same way).
+func trimDER(b []byte) ([]byte, error) {
+	var raw asn1.RawValue
+	rest, err := asn1.Unmarshal(b, &raw)
+	if err != nil {
+		return nil, fmt.Errorf("not a DER certificate: %w", err)
+	}
+	return b[:len(b)-len(rest)], nil
+}
+
+// isHandleError reports whether err is the TPM saying a handle or index does not exist.
+func isHandleError(err error) bool {
+	return tpmErrorIs(err, tpm2.TPMRCHandle)
+}
+
+// isValueError reports whether err is TPM_RC_VALUE (PolicyPCR: the PCRs differ from the digest).
+func isValueError(err error) bool {
+	return tpmErrorIs(err, tpm2.TPMRCValue)
+}
+
+func tpmErrorIs(err error, rc tpm2.TPMRC) bool { return errors.Is(err, rc) }

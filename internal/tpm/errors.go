@@ -1,0 +1,29 @@
+package tpm
+
+import "errors"
+
+// Errors of this package, for errors.Is. Each names the step of evidence gathering that failed;
+// wrapped errors carry the TPM's own response code.
+var (
+	// ErrUnavailable means the TPM could not be opened or stopped answering.
+	ErrUnavailable = errors.New("TPM unavailable")
+	// ErrNoAK means there is no key at AKHandle: this is not an Azure vTPM (or not provisioned).
+	ErrNoAK = errors.New("no attestation key at the Azure AK handle 0x81000003")
+	// ErrNoAKCert means NV index AKCertIndex is absent or holds no certificate.
+	ErrNoAKCert = errors.New("no AK certificate at the Azure NV index 0x01C101D0")
+	// ErrAKCertMismatch means the AK certificate does not certify the key at AKHandle.
+	ErrAKCertMismatch = errors.New("the AK certificate does not match the attestation key")
+	// ErrAKType means the key at AKHandle is not an RSA restricted signing key.
+	ErrAKType = errors.New("the key at the AK handle is not an RSA restricted signing key")
+	// ErrQuote means the TPM's quote did not check out locally (signature, PCR digest).
+	ErrQuote = errors.New("TPM quote does not verify")
+	// ErrEventLog means the TCG event log exists but could not be read.
+	ErrEventLog = errors.New("TCG event log unreadable")
+	// ErrNoEphemeralKey means DecryptWithEphemeralKey was called before Evidence.
+	ErrNoEphemeralKey = errors.New("no ephemeral key: gather evidence first")
+	// ErrStateChanged means the TPM was reset or its PCRs changed since the evidence was gathered,
+	// so the ephemeral key can no longer be used (this is the protection, not a fault).
+	ErrStateChanged = errors.New("TPM state changed since the evidence was gathered")
+	// ErrDecrypt means the TPM refused to decrypt with the ephemeral key.
+	ErrDecrypt = errors.New("TPM decryption with the ephemeral key failed")
+)
