@@ -1,0 +1,48 @@
+// Package cliutil holds the few pieces every binary of the project shares: the version string,
+// the logger set-up for --debug, output-format handling and atomic file writes.
+package cliutil
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+)
+
+// Version is set at build time with -ldflags "-X .../internal/cliutil.Version=...".
+var Version = "0.1.0"
+
+// Logger returns the logger for a command: warnings and errors by default, everything with
+// debug. Secrets are only ever logged at debug level, and then only by the packages that hold them.
+func Logger(w io.Writer, debug bool) *slog.Logger {
+	level := slog.LevelWarn
+	if debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// CheckFormat validates an -o value.
+func CheckFormat(format string) error {
+	switch format {
+	case "text", "json":
+		return nil
+	}
+	return fmt.Errorf("unknown output format %q (want text or json)", format)
+}
+
+// WriteJSON writes v as indented JSON followed by a newline.
+func WriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// EnvOr returns the environment variable key, or def when it is unset or empty.
+func EnvOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,61 @@
+package keyvault
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestParseKeyID(t *testing.T) {
+	tests := []struct {
+		in                      string
+		vault, kind, name, ver  string
+		hsm, loopback, wantFail bool
+	}{
+		{in: "https://v1.vault.azure.net/keys/sign/0123456789abcdef0123456789abcdef", vault: "https://v1.vault.azure.net", kind: "keys", name: "sign", ver: "0123456789abcdef0123456789abcdef"},
+		{in: "https://v1.vault.azure.net/keys/sign", vault: "https://v1.vault.azure.net", kind: "keys", name: "sign"},
+		{in: "https://v1.vault.azure.net/keys/sign/", vault: "https://v1.vault.azure.net", kind: "keys", name: "sign"},
+		{in: "https://v1.vault.azure.net/certificates/app-cert/abc", vault: "https://v1.vault.azure.net", kind: "certificates", name: "app-cert", ver: "abc"},
+		{in: "https://h.managedhsm.azure.net/keys/k", vault: "https://h.managedhsm.azure.net", kind: "keys", name: "k", hsm: true},
+		{in: "https://127.0.0.1:8443/keys/k/1", vault: "https://127.0.0.1:8443", kind: "keys", name: "k", ver: "1", loopback: true},
+		{in: "http://v1.vault.azure.net/keys/k", wantFail: true},
+		{in: "https://v1.vault.azure.net/secrets/k", wantFail: true},
+		{in: "https://v1.vault.azure.net/keys", wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/k/v/extra", wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/k_x", wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/k/v?x=1", wantFail: true},
+		{in: "https://user@v1.vault.azure.net/keys/k", wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/../k", wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/k/v%2f1", wantFail: true},
+		{in: "", wantFail: true},
+	}
+	for _, tc := range tests {
+		id, err := ParseKeyID(tc.in)
+		if tc.wantFail {
+			if !errors.Is(err, ErrInvalidKeyID) {
+				t.Errorf("ParseKeyID(%q) = %+v, %v; want ErrInvalidKeyID", tc.in, id, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ParseKeyID(%q): %v", tc.in, err)
+			continue
+		}
+		if id.VaultURL != tc.vault || id.Kind != tc.kind || id.Name != tc.name || id.Version != tc.ver || id.ManagedHSM() != tc.hsm || id.Loopback() != tc.loopback || id.Raw != tc.in {
+			t.Errorf("ParseKeyID(%q) = %+v", tc.in, id)
+		}
+	}
+}
+
+func FuzzParseKeyID(f *testing.F) {
+	f.Add("https://v1.vault.azure.net/keys/sign/0123456789abcdef0123456789abcdef")
+	f.Add("https://127.0.0.1:8443/certificates/c")
+	f.Fuzz(func(t *testing.T, s string) {
+		id, err := ParseKeyID(s)
+		if err != nil {
+			return
+		}
+		if id.Name == "" || (id.Kind != KindKeys && id.Kind != KindCertificates) || id.VaultURL == "" {
+			t.Fatalf("accepted %q as %+v", s, id)
+		}
+	})
+}

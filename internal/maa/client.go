@@ -1,0 +1,422 @@
+package maa
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/attested-kv/attested-kv/internal/tpm"
+)
+
+// EvidenceSource is what the client needs from a TPM (satisfied by *tpm.Device).
+type EvidenceSource interface {
+	// Evidence returns fresh evidence, including a new ephemeral key certified by the AK.
+	Evidence(ctx context.Context) (*tpm.Evidence, error)
+	// DecryptWithEphemeralKey decrypts, with the ephemeral key of the last Evidence, the
+	// RSAES-PKCS1-v1_5 ciphertext MAA returns.
+	DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte) ([]byte, error)
+}
+
+// ClientOptions configures a Client. The zero value gives the defaults.
+type ClientOptions struct {
+	// HTTPClient sends the requests; nil means a client with DefaultHTTPTimeout that does not
+	// follow redirects.
+	HTTPClient *http.Client
+	// Logger receives retry warnings and, at Debug only, request and response sizes; nil is quiet.
+	// Tokens and evidence are never logged.
+	Logger *slog.Logger
+	// OS is the OS description sent to MAA; nil means ReadOSRelease(DefaultOSReleasePath), or
+	// {Linux, "Linux", 0, 0, NotApplication} if that file cannot be read.
+	OS *OSInfo
+	// MaxAttempts bounds the attestation attempts; 0 means DefaultMaxAttempts.
+	MaxAttempts int
+	// RetryBaseDelay is the first retry delay, doubled at each attempt with jitter; 0 means
+	// DefaultRetryBaseDelay.
+	RetryBaseDelay time.Duration
+	// RetryMaxDelay caps each delay, including a Retry-After from MAA; 0 means DefaultRetryMaxDelay.
+	RetryMaxDelay time.Duration
+}
+
+// Client attests an Azure VM guest's TPM evidence with one MAA instance.
+type Client struct {
+	instance    string
+	attestURL   string
+	http        *http.Client
+	log         *slog.Logger
+	os          OSInfo
+	maxAttempts int
+	baseDelay   time.Duration
+	maxDelay    time.Duration
+	sleep       func(ctx context.Context, d time.Duration) error // replaced in tests
+}
+
+// NewClient returns a client for the MAA instance URL, e.g. "https://NAME.REGION.attest.azure.net".
+// The URL must be absolute https with a host and nothing else: no path, query, fragment or user
+// information. One trailing slash is trimmed.
+func NewClient(instance string, o ClientOptions) (*Client, error) {
+	inst, err := parseInstance(instance)
+	if err != nil {
+		return nil, err
+	}
+	if o.MaxAttempts < 0 || o.RetryBaseDelay < 0 || o.RetryMaxDelay < 0 {
+		return nil, errors.New("MAA client: MaxAttempts, RetryBaseDelay and RetryMaxDelay must not be negative")
+	}
+	c := &Client{
+		instance:    inst,
+		attestURL:   inst + AttestPath + "?api-version=" + AttestAPIVersion,
+		http:        o.HTTPClient,
+		log:         o.Logger,
+		maxAttempts: o.MaxAttempts,
+		baseDelay:   o.RetryBaseDelay,
+		maxDelay:    o.RetryMaxDelay,
+		sleep:       sleepCtx,
+	}
+	if c.http == nil {
+		c.http = &http.Client{
+			Timeout: DefaultHTTPTimeout,
+			CheckRedirect: func(*http.Request, []*http.Request) error {
+				return http.ErrUseLastResponse
+			},
+		}
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.maxAttempts == 0 {
+		c.maxAttempts = DefaultMaxAttempts
+	}
+	if c.baseDelay == 0 {
+		c.baseDelay = DefaultRetryBaseDelay
+	}
+	if c.maxDelay == 0 {
+		c.maxDelay = DefaultRetryMaxDelay
+	}
+	if c.baseDelay > c.maxDelay {
+		c.baseDelay = c.maxDelay
+	}
+	if o.OS != nil {
+		c.os = *o.OS
+	} else if info, err := ReadOSRelease(DefaultOSReleasePath); err == nil {
+		c.os = info
+	} else {
+		c.log.Debug("MAA client: os-release unreadable, sending defaults", "err", err)
+		c.os = defaultOSInfo()
+	}
+	return c, nil
+}
+
+// parseInstance validates an instance URL and returns it normalised: scheme://host.
+func parseInstance(instance string) (string, error) {
+	u, err := url.Parse(instance)
+	if err != nil {
+		return "", fmt.Errorf("MAA instance %q: %w", instance, err)
+	}
+	bad := func(why string) error { return fmt.Errorf("MAA instance %q: %s", instance, why) }
+	switch {
+	case u.Scheme != "https":
+		return "", bad("must be an absolute https:// URL")
+	case u.Host == "" || u.Opaque != "":
+		return "", bad("has no host")
+	case u.User != nil:
+		return "", bad("must not carry user information")
+	case u.RawQuery != "" || u.ForceQuery:
+		return "", bad("must not have a query")
+	case u.Fragment != "" || strings.Contains(instance, "#"):
+		return "", bad("must not have a fragment")
+	case strings.TrimSuffix(u.Path, "/") != "":
+		return "", bad("must not have a path (give only https://NAME.REGION.attest.azure.net)")
+	}
+	return "https://" + u.Host, nil
+}
+
+// Instance returns the normalised instance URL, without a trailing slash.
+func (c *Client) Instance() string { return c.instance }
+
+// AttestNonce is Attest with the payload {"nonce": nonce} (NonceKey), as Microsoft's sample app
+// sends; Verify reads it back from x-ms-runtime.client-payload.nonce.
+func (c *Client) AttestNonce(ctx context.Context, src EvidenceSource, nonce string) (string, error) {
+	return c.Attest(ctx, src, map[string]string{NonceKey: nonce})
+}
+
+// Attest sends fresh evidence from src to MAA with payload as ClientPayload and returns the
+// compact JWT, decrypted with src's ephemeral key. The JWT is not verified: that is Verifier's job.
+//
+// Each attempt gathers new evidence. Throttling (429), server errors (5xx), network errors and
+// timeouts are retried with exponential backoff and jitter, honouring Retry-After, up to
+// MaxAttempts and never past ctx's deadline. The error names its stage and matches, with
+// errors.Is, ErrThrottled, ErrUnavailable or ErrResponse, or the TPM's own errors; other HTTP
+// errors are a *ServiceError, not retried.
+func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[string]string) (string, error) {
+	for attempt := 1; ; attempt++ {
+		ev, err := src.Evidence(ctx)
+		if err != nil {
+			return "", fmt.Errorf("TPM evidence: %w", err)
+		}
+		req, err := EncodeAttestationInfo(ev, c.os, payload)
+		if err != nil {
+			return "", err
+		}
+		body, err := json.Marshal(req)
+		if err != nil {
+			return "", fmt.Errorf("encoding the MAA request: %w", err)
+		}
+		respBody, res := c.post(ctx, body)
+		if res == nil {
+			c.log.Debug("MAA attest response", "instance", c.instance, "bytes", len(respBody))
+			return decryptResponse(ctx, respBody, src)
+		}
+		if !res.retryable {
+			return "", res.err
+		}
+		final := func(reason string) error {
+			return fmt.Errorf("MAA %s: %w after %d attempt(s)%s: %w", c.instance, res.sentinel, attempt, reason, res.err)
+		}
+		if ctx.Err() != nil {
+			return "", final("")
+		}
+		if attempt >= c.maxAttempts {
+			return "", final("")
+		}
+		delay := c.backoff(attempt, res.retryAfter)
+		if deadline, ok := ctx.Deadline(); ok && !time.Now().Add(delay).Before(deadline) {
+			return "", final(" (no time left before the deadline for another)")
+		}
+		c.log.Warn("MAA attestation failed, retrying", "instance", c.instance, "attempt", attempt,
+			"max_attempts", c.maxAttempts, "delay", delay, "err", res.err)
+		if err := c.sleep(ctx, delay); err != nil {
+			return "", final("")
+		}
+	}
+}
+
+// attemptError is the failure of one HTTP attempt.
+type attemptError struct {
+	err        error
+	retryable  bool
+	sentinel   error         // ErrThrottled or ErrUnavailable when retryable
+	retryAfter time.Duration // from Retry-After, 0 if absent
+}
+
+// post sends one attest request. It returns the 200 body, or the attempt's failure.
+func (c *Client) post(ctx context.Context, body []byte) ([]byte, *attemptError) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.attestURL, bytes.NewReader(body))
+	if err != nil {
+		return nil, &attemptError{err: fmt.Errorf("MAA %s: building the request: %w", c.instance, err)}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	c.log.Debug("MAA attest request", "url", c.attestURL, "bytes", len(body))
+	resp, err := c.http.Do(req)
+	if err != nil {
+		err = fmt.Errorf("sending the request: %w", err)
+		if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		return nil, &attemptError{err: err, retryable: true, sentinel: ErrUnavailable}
+	}
+	defer resp.Body.Close()
+	data, readErr := readBounded(resp.Body, MaxResponseSize)
+	if resp.StatusCode == http.StatusOK {
+		if errors.Is(readErr, errBodyTooLarge) {
+			return nil, &attemptError{err: fmt.Errorf("decrypting the MAA response: %w: %w", ErrResponse, readErr)}
+		}
+		if readErr != nil {
+			// A 200 cut short is a transport problem, not a bad answer: retry it.
+			return nil, &attemptError{err: fmt.Errorf("reading the response: %w", readErr), retryable: true, sentinel: ErrUnavailable}
+		}
+		return data, nil
+	}
+	se := parseServiceError(resp.StatusCode, resp.Status, data)
+	switch {
+	case resp.StatusCode == http.StatusTooManyRequests:
+		return nil, &attemptError{err: se, retryable: true, sentinel: ErrThrottled, retryAfter: parseRetryAfter(resp.Header.Get("Retry-After"))}
+	case resp.StatusCode >= 500:
+		ra := time.Duration(0)
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			ra = parseRetryAfter(resp.Header.Get("Retry-After"))
+		}
+		return nil, &attemptError{err: se, retryable: true, sentinel: ErrUnavailable, retryAfter: ra}
+	default:
+		return nil, &attemptError{err: fmt.Errorf("MAA %s: %w", c.instance, se)}
+	}
+}
+
+// backoff returns the delay before attempt+1: Retry-After if given (capped), else the exponential
+// delay base*2^(attempt-1), capped, with "equal jitter" (half fixed, half random).
+func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
+	if retryAfter > 0 {
+		return min(retryAfter, c.maxDelay)
+	}
+	d := c.baseDelay
+	for i := 1; i < attempt && d < c.maxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, c.maxDelay)
+	half := d / 2
+	if half <= 0 {
+		return d
+	}
+	return half + rand.N(half+1)
+}
+
+// parseRetryAfter reads a Retry-After given in seconds; HTTP dates and junk give 0.
+func parseRetryAfter(v string) time.Duration {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n <= 0 {
+		return 0
+	}
+	if n > 3600 {
+		n = 3600
+	}
+	return time.Duration(n) * time.Second
+}
+
+// sleepCtx sleeps for d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// errBodyTooLarge is the error of readBounded for a body over its limit.
+var errBodyTooLarge = errors.New("body too large")
+
+// readBounded reads at most limit bytes; a longer body is an error wrapping errBodyTooLarge.
+func readBounded(r io.Reader, limit int64) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, limit+1))
+	if err != nil {
+		return data, err
+	}
+	if int64(len(data)) > limit {
+		return data[:limit], fmt.Errorf("%w: more than %d bytes", errBodyTooLarge, limit)
+	}
+	return data, nil
+}
+
+// parseServiceError reads a CloudError body ({"error": {"code", "message"}}, or the capitalised
+// keys AZGA also accepts); a body that is not one gives a short printable excerpt as Message.
+func parseServiceError(status int, statusText string, body []byte) *ServiceError {
+	se := &ServiceError{StatusCode: status}
+	var doc map[string]json.RawMessage
+	if json.Unmarshal(body, &doc) == nil {
+		inner, ok := doc["error"]
+		if !ok {
+			inner, ok = doc["Error"]
+		}
+		var fields map[string]json.RawMessage
+		if ok && json.Unmarshal(inner, &fields) == nil {
+			se.Code = jsonStringField(fields, "code", "Code")
+			se.Message = jsonStringField(fields, "message", "Message")
+		}
+	}
+	if se.Code == "" && se.Message == "" {
+		se.Message = excerpt(string(body), 200)
+		if se.Message == "" {
+			se.Message = strings.TrimSpace(strings.TrimPrefix(statusText, strconv.Itoa(status)))
+		}
+	}
+	se.Code = excerpt(se.Code, 100)
+	se.Message = excerpt(se.Message, 1000)
+	return se
+}
+
+func jsonStringField(m map[string]json.RawMessage, keys ...string) string {
+	for _, k := range keys {
+		var s string
+		if raw, ok := m[k]; ok && json.Unmarshal(raw, &s) == nil {
+			return s
+		}
+	}
+	return ""
+}
+
+// excerpt returns s with non-printable runes replaced, cut to n bytes.
+func excerpt(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return ' '
+	}, strings.TrimSpace(s))
+	if len(s) > n {
+		s = s[:n] + "..."
+	}
+	return s
+}
+
+// EncodeAttestationInfo builds the AzureGuest request body from TPM evidence, the OS description
+// and the caller's ClientPayload, in AZGA's encodings (see wire.go): the AttestationInfo JSON is
+// base64url without padding; its byte fields, OS strings and payload values are standard base64.
+func EncodeAttestationInfo(ev *tpm.Evidence, os OSInfo, payload map[string]string) (AttestRequest, error) {
+	if ev == nil {
+		return AttestRequest{}, errors.New("TPM evidence: no evidence")
+	}
+	for _, f := range []struct {
+		name string
+		b    []byte
+	}{
+		{"AK certificate", ev.AKCert}, {"AK public area", ev.AKPub}, {"quote", ev.Quote},
+		{"quote signature", ev.QuoteSignature}, {"ephemeral key public area", ev.EncKeyPub},
+		{"ephemeral key certification", ev.EncKeyCertifyInfo},
+		{"ephemeral key certification signature", ev.EncKeyCertifyInfoSignature},
+	} {
+		if len(f.b) == 0 {
+			return AttestRequest{}, fmt.Errorf("TPM evidence: %s is missing", f.name)
+		}
+	}
+	if len(ev.PCRs) == 0 {
+		return AttestRequest{}, errors.New("TPM evidence: no PCR values")
+	}
+	b64 := base64.StdEncoding.EncodeToString
+	info := AttestationInfo{
+		AttestationProtocolVersion: ProtocolVersion,
+		OSType:                     b64([]byte(os.Type)),
+		OSDistro:                   b64([]byte(os.Distro)),
+		OSVersionMajor:             os.VersionMajor,
+		OSVersionMinor:             os.VersionMinor,
+		OSBuild:                    b64([]byte(os.Build)),
+		TcgLogs:                    b64(ev.TCGLog),
+		ClientPayload:              make(map[string]string, len(payload)),
+		TpmInfo: TpmInfo{
+			AikCert:                    b64(ev.AKCert),
+			AikPub:                     b64(ev.AKPub),
+			PcrQuote:                   b64(ev.Quote),
+			PcrSignature:               b64(ev.QuoteSignature),
+			EncKeyPub:                  b64(ev.EncKeyPub),
+			EncKeyCertifyInfo:          b64(ev.EncKeyCertifyInfo),
+			EncKeyCertifyInfoSignature: b64(ev.EncKeyCertifyInfoSignature),
+			PcrSet:                     make([]uint32, 0, len(ev.PCRs)),
+			PCRs:                       make([]PCRValue, 0, len(ev.PCRs)),
+		},
+		IsolationInfo: IsolationInfo{Type: IsolationTrustedLaunch},
+	}
+	for k, v := range payload {
+		info.ClientPayload[k] = b64([]byte(v))
+	}
+	for _, p := range ev.PCRs {
+		info.TpmInfo.PcrSet = append(info.TpmInfo.PcrSet, p.Index)
+		info.TpmInfo.PCRs = append(info.TpmInfo.PCRs, PCRValue{Index: p.Index, Digest: b64(p.Digest)})
+	}
+	doc, err := json.Marshal(info)
+	if err != nil {
+		return AttestRequest{}, fmt.Errorf("encoding AttestationInfo: %w", err)
+	}
+	return AttestRequest{AttestationInfo: base64.RawURLEncoding.EncodeToString(doc)}, nil
+}

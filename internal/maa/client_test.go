@@ -1,0 +1,525 @@
+package maa
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/attested-kv/attested-kv/internal/tpm"
+)
+
+// softwareTPM is the test double at the TPM boundary: fixed evidence, and decryption with a
+// software RSA key standing for the ephemeral TPM key.
+type softwareTPM struct {
+	ev          *tpm.Evidence
+	key         *rsa.PrivateKey
+	evidenceErr error
+	decryptErr  error
+	calls       atomic.Int64
+}
+
+func (s *softwareTPM) Evidence(context.Context) (*tpm.Evidence, error) {
+	s.calls.Add(1)
+	if s.evidenceErr != nil {
+		return nil, s.evidenceErr
+	}
+	return s.ev, nil
+}
+
+func (s *softwareTPM) DecryptWithEphemeralKey(_ context.Context, ciphertext []byte) ([]byte, error) {
+	if s.decryptErr != nil {
+		return nil, s.decryptErr
+	}
+	return rsa.DecryptPKCS1v15(nil, s.key, ciphertext)
+}
+
+func testEvidence() *tpm.Evidence {
+	ev := &tpm.Evidence{
+		AKCert:                     []byte("ak-cert-der\xff\xfe"),
+		AKPub:                      []byte("ak-pub\x00\x01"),
+		Quote:                      []byte("\xffTCG quote"),
+		QuoteSignature:             []byte("quote-sig>>?"),
+		EncKeyPub:                  []byte("enc-key-pub"),
+		EncKeyCertifyInfo:          []byte("certify-info"),
+		EncKeyCertifyInfoSignature: []byte("certify-sig"),
+	}
+	for _, i := range tpm.AzurePCRs {
+		ev.PCRs = append(ev.PCRs, tpm.PCR{Index: i, Digest: bytes.Repeat([]byte{byte(i) + 0xf0}, 32)})
+	}
+	return ev
+}
+
+var testOS = OSInfo{Type: OSTypeLinux, Distro: "Ubuntu", VersionMajor: 22, VersionMinor: 4, Build: OSBuildLinux}
+
+// envelope describes the encrypted response the fake MAA sends; the fields spoil it.
+type envelope struct {
+	jwt          string
+	keyBytes     int
+	keySizeBits  int // KeySizeInBits announced; 0 = keyBytes*8
+	cipher       string
+	ivSize       int
+	tamperTag    bool
+	paddedToken  bool
+	unknownField bool
+}
+
+func (e envelope) body(t *testing.T) []byte {
+	t.Helper()
+	if e.keyBytes == 0 {
+		e.keyBytes = 32
+	}
+	if e.keySizeBits == 0 {
+		e.keySizeBits = e.keyBytes * 8
+	}
+	if e.cipher == "" {
+		e.cipher = CipherAES
+	}
+	if e.ivSize == 0 {
+		e.ivSize = 12
+	}
+	key := make([]byte, e.keyBytes)
+	iv := make([]byte, e.ivSize)
+	rand.Read(key)
+	rand.Read(iv)
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gcm, err := cipher.NewGCMWithNonceSize(block, e.ivSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealed := gcm.Seal(nil, iv, []byte(e.jwt), []byte(TransportKeyAAD))
+	ct, tag := sealed[:len(sealed)-16], sealed[len(sealed)-16:]
+	if e.tamperTag {
+		tag[0] ^= 1
+	}
+	wrapped, err := rsa.EncryptPKCS1v15(rand.Reader, &ephemeralKey.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	std := base64.StdEncoding.EncodeToString
+	doc := map[string]any{
+		"EncryptedInnerKey": std(wrapped),
+		"EncryptionParams": map[string]any{
+			"BlockMode": BlockModeGCM, "BlockPadding": BlockPaddingPKC, "Cipher": e.cipher,
+			"KeySizeInBits": e.keySizeBits, "Iv": std(iv),
+		},
+		"AuthenticationData": std(tag),
+		"Jwt":                std(ct),
+	}
+	if e.unknownField {
+		doc["Extra"] = 1
+	}
+	enc := base64.RawURLEncoding
+	if e.paddedToken {
+		enc = base64.URLEncoding
+	}
+	return mustJSON(t, AttestResponse{Token: enc.EncodeToString(mustJSON(t, doc))})
+}
+
+// fakeMAA is a loopback TLS server for /attest/AzureGuest that checks each request's encoding and
+// answers with respond(attempt).
+type fakeMAA struct {
+	*httptest.Server
+	t        *testing.T
+	requests atomic.Int64
+	respond  func(w http.ResponseWriter, r *http.Request, attempt int)
+}
+
+func newFakeMAA(t *testing.T, respond func(w http.ResponseWriter, r *http.Request, attempt int)) *fakeMAA {
+	f := &fakeMAA{t: t, respond: respond}
+	f.Server = httptest.NewTLSServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeMAA) serve(w http.ResponseWriter, r *http.Request) {
+	n := int(f.requests.Add(1))
+	if err := checkAttestRequest(r); err != nil {
+		f.t.Errorf("request %d: %v", n, err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	f.respond(w, r, n)
+}
+
+// checkAttestRequest checks what AZGA sends, independently of EncodeAttestationInfo.
+func checkAttestRequest(r *http.Request) error {
+	switch {
+	case r.Method != http.MethodPost:
+		return errors.New("method " + r.Method)
+	case r.URL.Path != AttestPath || r.URL.RawQuery != "api-version="+AttestAPIVersion:
+		return errors.New("URL " + r.URL.String())
+	case r.Header.Get("Content-Type") != "application/json" || r.Header.Get("Accept") != "application/json":
+		return errors.New("content-type/accept headers")
+	}
+	body, _ := io.ReadAll(r.Body)
+	var req AttestRequest
+	if err := decodeStrict(body, &req); err != nil {
+		return err
+	}
+	if strings.ContainsAny(req.AttestationInfo, "=+/") {
+		return errors.New("AttestationInfo is not unpadded base64url")
+	}
+	doc, err := base64.RawURLEncoding.DecodeString(req.AttestationInfo)
+	if err != nil {
+		return err
+	}
+	var info AttestationInfo
+	if err := decodeStrict(doc, &info); err != nil {
+		return err
+	}
+	ev := testEvidence()
+	std := base64.StdEncoding.EncodeToString
+	want := AttestationInfo{
+		AttestationProtocolVersion: "2.0",
+		OSType:                     "TGludXg=", // "Linux"
+		OSDistro:                   "VWJ1bnR1", // "Ubuntu"
+		OSVersionMajor:             22,
+		OSVersionMinor:             4,
+		OSBuild:                    "Tm90QXBwbGljYXRpb24=", // "NotApplication"
+		TcgLogs:                    "",
+		ClientPayload:              map[string]string{"nonce": "MTIzNA=="},
+		TpmInfo: TpmInfo{
+			AikCert: std(ev.AKCert), AikPub: std(ev.AKPub), PcrQuote: std(ev.Quote), PcrSignature: std(ev.QuoteSignature),
+			EncKeyPub: std(ev.EncKeyPub), EncKeyCertifyInfo: std(ev.EncKeyCertifyInfo),
+			EncKeyCertifyInfoSignature: std(ev.EncKeyCertifyInfoSignature),
+			PcrSet:                     []uint32{0, 1, 2, 3, 4, 5, 6, 7},
+		},
+		IsolationInfo: IsolationInfo{Type: "TrustedLaunch"},
+	}
+	for _, p := range ev.PCRs {
+		want.TpmInfo.PCRs = append(want.TpmInfo.PCRs, PCRValue{Index: p.Index, Digest: std(p.Digest)})
+	}
+	if !reflect.DeepEqual(info, want) {
+		return errors.New("AttestationInfo differs:\n got " + string(mustJSONNoT(info)) + "\nwant " + string(mustJSONNoT(want)))
+	}
+	return nil
+}
+
+func mustJSONNoT(v any) []byte { b, _ := json.Marshal(v); return b }
+
+func newTestClient(t *testing.T, f *fakeMAA, o ClientOptions) *Client {
+	t.Helper()
+	o.HTTPClient = f.Client()
+	o.OS = &testOS
+	if o.MaxAttempts == 0 {
+		o.MaxAttempts = 3
+	}
+	if o.RetryBaseDelay == 0 {
+		o.RetryBaseDelay = time.Millisecond
+	}
+	if o.RetryMaxDelay == 0 {
+		o.RetryMaxDelay = 10 * time.Millisecond
+	}
+	c, err := NewClient(f.URL+"/", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestAttest(t *testing.T) {
+	testKeys(t)
+	jwt := signJOSE(t, signingKey, testKID, validClaims(testNow, "1234"), nil)
+	ok := func(e envelope) func(w http.ResponseWriter, r *http.Request, n int) {
+		return func(w http.ResponseWriter, r *http.Request, n int) {
+			if e.jwt == "" {
+				e.jwt = jwt
+			}
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(e.body(t))
+		}
+	}
+	status := func(code int, body string, header ...string) func(w http.ResponseWriter, r *http.Request, n int) {
+		return func(w http.ResponseWriter, r *http.Request, n int) {
+			for i := 0; i+1 < len(header); i += 2 {
+				w.Header().Set(header[i], header[i+1])
+			}
+			w.WriteHeader(code)
+			io.WriteString(w, body)
+		}
+	}
+	tpmFailure := errors.New("TPM_RC_POLICY_FAIL")
+
+	tests := []struct {
+		name         string
+		respond      func(w http.ResponseWriter, r *http.Request, n int)
+		evidenceErr  error
+		decryptErr   error
+		wantErr      []error
+		wantService  *ServiceError
+		wantRequests int
+		wantMsg      string
+	}{
+		{name: "success", respond: ok(envelope{}), wantRequests: 1},
+		{name: "AES-128 key, padded token", respond: ok(envelope{keyBytes: 16, paddedToken: true}), wantRequests: 1},
+		{name: "400 CloudError, no retry",
+			respond:      status(400, `{"error":{"code":"InvalidParameter","message":"PcrQuote is not a TPMS_ATTEST"}}`),
+			wantService:  &ServiceError{StatusCode: 400, Code: "InvalidParameter", Message: "PcrQuote is not a TPMS_ATTEST"},
+			wantRequests: 1, wantMsg: "HTTP 400 InvalidParameter: PcrQuote is not a TPMS_ATTEST"},
+		{name: "401 capitalised CloudError keys",
+			respond:      status(401, `{"Error":{"Code":"Unauthorized","Message":"no"}}`),
+			wantService:  &ServiceError{StatusCode: 401, Code: "Unauthorized", Message: "no"},
+			wantRequests: 1},
+		{name: "404 plain text",
+			respond:      status(404, "not here\n"),
+			wantService:  &ServiceError{StatusCode: 404, Message: "not here"},
+			wantRequests: 1},
+		{name: "429 then 200", respond: func(w http.ResponseWriter, r *http.Request, n int) {
+			if n == 1 {
+				status(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`, "Retry-After", "1")(w, r, n)
+				return
+			}
+			ok(envelope{})(w, r, n)
+		}, wantRequests: 2},
+		{name: "500 then 200", respond: func(w http.ResponseWriter, r *http.Request, n int) {
+			if n == 1 {
+				status(500, "")(w, r, n)
+				return
+			}
+			ok(envelope{})(w, r, n)
+		}, wantRequests: 2},
+		{name: "503 forever", respond: status(503, `{"error":{"code":"ServiceUnavailable","message":"busy"}}`),
+			wantErr: []error{ErrUnavailable}, wantService: &ServiceError{StatusCode: 503, Code: "ServiceUnavailable", Message: "busy"},
+			wantRequests: 3, wantMsg: "unavailable after 3 attempt(s): HTTP 503 ServiceUnavailable: busy"},
+		{name: "429 forever", respond: status(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`),
+			wantErr: []error{ErrThrottled}, wantRequests: 3},
+		{name: "tampered tag", respond: ok(envelope{tamperTag: true}), wantErr: []error{ErrResponse}, wantRequests: 1,
+			wantMsg: "decrypting the MAA response: "},
+		{name: "KeySizeInBits does not match the key", respond: ok(envelope{keySizeBits: 128}), wantErr: []error{ErrResponse},
+			wantRequests: 1, wantMsg: "inner key is 256 bits"},
+		{name: "KeySizeInBits not AES", respond: ok(envelope{keySizeBits: 512}), wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "cipher not AES", respond: ok(envelope{cipher: "DES"}), wantErr: []error{ErrResponse}, wantRequests: 1,
+			wantMsg: "unsupported cipher"},
+		{name: "16-byte IV", respond: ok(envelope{ivSize: 16}), wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "unknown envelope field ignored, as AZGA does", respond: ok(envelope{unknownField: true}), wantRequests: 1},
+		{name: "plaintext not a JWS", respond: ok(envelope{jwt: "hello"}), wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "200 body over the limit, no retry", respond: status(200, strings.Repeat(" ", MaxResponseSize+1)),
+			wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "200 not JSON", respond: status(200, "<html>"), wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "200 token not base64url", respond: status(200, `{"token":"a b"}`), wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "evidence error: wrapped, nothing sent", respond: ok(envelope{}), evidenceErr: tpmFailure,
+			wantErr: []error{tpmFailure}, wantRequests: 0, wantMsg: "TPM evidence: TPM_RC_POLICY_FAIL"},
+		{name: "TPM decryption error", respond: ok(envelope{}), decryptErr: tpmFailure,
+			wantErr: []error{tpmFailure, ErrResponse}, wantRequests: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeMAA(t, tc.respond)
+			c := newTestClient(t, f, ClientOptions{})
+			src := &softwareTPM{ev: testEvidence(), key: ephemeralKey, evidenceErr: tc.evidenceErr, decryptErr: tc.decryptErr}
+			got, err := c.AttestNonce(context.Background(), src, "1234")
+			if n := int(f.requests.Load()); n != tc.wantRequests {
+				t.Errorf("%d requests, want %d", n, tc.wantRequests)
+			}
+			if tc.wantErr == nil && tc.wantService == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got != jwt {
+					t.Fatalf("token differs")
+				}
+				if int(src.calls.Load()) != tc.wantRequests {
+					t.Errorf("evidence gathered %d times for %d requests", src.calls.Load(), tc.wantRequests)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, want := range tc.wantErr {
+				if !errors.Is(err, want) {
+					t.Errorf("err = %v, want errors.Is %v", err, want)
+				}
+			}
+			if tc.wantService != nil {
+				var se *ServiceError
+				if !errors.As(err, &se) || *se != *tc.wantService {
+					t.Errorf("err = %#v, want %#v", se, tc.wantService)
+				}
+				if !strings.Contains(err.Error(), "MAA "+f.URL+": ") {
+					t.Errorf("err %q does not name the instance", err)
+				}
+			}
+			if tc.wantMsg != "" && !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Errorf("err = %q, want it to contain %q", err, tc.wantMsg)
+			}
+		})
+	}
+}
+
+func TestAttestDeadline(t *testing.T) {
+	testKeys(t)
+	t.Run("Retry-After beyond the deadline is not slept", func(t *testing.T) {
+		f := newFakeMAA(t, func(w http.ResponseWriter, r *http.Request, n int) {
+			w.Header().Set("Retry-After", "5")
+			w.WriteHeader(http.StatusServiceUnavailable)
+		})
+		c := newTestClient(t, f, ClientOptions{MaxAttempts: 10, RetryMaxDelay: 5 * time.Second})
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := c.AttestNonce(ctx, &softwareTPM{ev: testEvidence(), key: ephemeralKey}, "1234")
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("err = %v", err)
+		}
+		if d := time.Since(start); d > 400*time.Millisecond {
+			t.Errorf("returned after %s: slept towards a delay past the deadline", d)
+		}
+		if n := f.requests.Load(); n != 1 {
+			t.Errorf("%d requests, want 1", n)
+		}
+	})
+	t.Run("hanging server", func(t *testing.T) {
+		release := make(chan struct{})
+		f := newFakeMAA(t, func(w http.ResponseWriter, r *http.Request, n int) {
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+		})
+		defer close(release)
+		c := newTestClient(t, f, ClientOptions{MaxAttempts: 10})
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := c.AttestNonce(ctx, &softwareTPM{ev: testEvidence(), key: ephemeralKey}, "1234")
+		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Errorf("returned after %s", d)
+		}
+		if n := f.requests.Load(); n != 1 {
+			t.Errorf("%d requests, want 1", n)
+		}
+	})
+}
+
+func TestBackoff(t *testing.T) {
+	c := &Client{baseDelay: 100 * time.Millisecond, maxDelay: time.Second}
+	for attempt, max := range map[int]time.Duration{1: 100 * time.Millisecond, 2: 200 * time.Millisecond, 3: 400 * time.Millisecond, 5: time.Second, 40: time.Second} {
+		for range 20 {
+			d := c.backoff(attempt, 0)
+			if d < max/2 || d > max {
+				t.Fatalf("attempt %d: delay %s outside [%s, %s]", attempt, d, max/2, max)
+			}
+		}
+	}
+	if d := c.backoff(1, 3*time.Second); d != time.Second {
+		t.Errorf("Retry-After 3s with max 1s gives %s", d)
+	}
+	if d := c.backoff(1, 300*time.Millisecond); d != 300*time.Millisecond {
+		t.Errorf("Retry-After 300ms gives %s", d)
+	}
+}
+
+func TestNewClient(t *testing.T) {
+	tests := []struct {
+		in, want string
+	}{
+		{"https://x.weu.attest.azure.net", "https://x.weu.attest.azure.net"},
+		{"https://x.weu.attest.azure.net/", "https://x.weu.attest.azure.net"},
+		{"https://127.0.0.1:8443", "https://127.0.0.1:8443"},
+		{"http://x.weu.attest.azure.net", ""},
+		{"x.weu.attest.azure.net", ""},
+		{"https://", ""},
+		{"https://u:p@x.attest.azure.net", ""},
+		{"https://x.attest.azure.net/attest", ""},
+		{"https://x.attest.azure.net?a=b", ""},
+		{"https://x.attest.azure.net/?", ""},
+		{"https://x.attest.azure.net#f", ""},
+		{"https:x.attest.azure.net", ""},
+		{"", ""},
+	}
+	for _, tc := range tests {
+		c, err := NewClient(tc.in, ClientOptions{OS: &testOS})
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("NewClient(%q) accepted", tc.in)
+			}
+			continue
+		}
+		if err != nil || c.Instance() != tc.want {
+			t.Errorf("NewClient(%q) = %v, %v; want %q", tc.in, c, err, tc.want)
+		}
+	}
+}
+
+func TestReadOSRelease(t *testing.T) {
+	tests := []struct {
+		name, content string
+		want          OSInfo
+	}{
+		{"ubuntu", "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n", OSInfo{"Linux", "Ubuntu", 22, 4, OSBuildLinux}},
+		{"no minor", "NAME='Red Hat Enterprise Linux'\nVERSION_ID=9\n", OSInfo{"Linux", "Red Hat Enterprise Linux", 9, 0, OSBuildLinux}},
+		{"three parts", "# comment\nNAME=\"Azure Linux\"\nVERSION_ID=\"3.0.20240101\"\n", OSInfo{"Linux", "Azure Linux", 3, 0, OSBuildLinux}},
+		{"no version", "NAME=\"Arch Linux\"\n", OSInfo{"Linux", "Arch Linux", 0, 0, OSBuildLinux}},
+		{"no name", "VERSION_ID=12\n", OSInfo{"Linux", "Linux", 12, 0, OSBuildLinux}},
+		{"escapes", "NAME=\"Debian \\\"GNU\\\"\"\nVERSION_ID=\"rolling\"\n", OSInfo{"Linux", "Debian \"GNU\"", 0, 0, OSBuildLinux}},
+	}
+	dir := t.TempDir()
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(dir, tc.name)
+			if err := os.WriteFile(p, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := ReadOSRelease(p)
+			if err != nil || got != tc.want {
+				t.Fatalf("= %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+	if _, err := ReadOSRelease(filepath.Join(dir, "missing")); err == nil {
+		t.Error("missing file accepted")
+	}
+}
+
+func TestEncodeAttestationInfo(t *testing.T) {
+	ev := testEvidence()
+	ev.TCGLog = []byte{0xfb, 0xff}
+	req, err := EncodeAttestationInfo(ev, testOS, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := base64.RawURLEncoding.DecodeString(req.AttestationInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(doc, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["TcgLogs"] != "+/8=" || m["OSVersionMajor"] != float64(22) {
+		t.Errorf("TcgLogs %v, OSVersionMajor %v", m["TcgLogs"], m["OSVersionMajor"])
+	}
+	if cp, ok := m["ClientPayload"].(map[string]any); !ok || len(cp) != 0 {
+		t.Errorf("ClientPayload = %v, want {}", m["ClientPayload"])
+	}
+	if _, err := EncodeAttestationInfo(nil, testOS, nil); err == nil {
+		t.Error("nil evidence accepted")
+	}
+	ev.Quote = nil
+	if _, err := EncodeAttestationInfo(ev, testOS, nil); err == nil || !strings.Contains(err.Error(), "quote") {
+		t.Errorf("missing quote: %v", err)
+	}
+}

@@ -1,0 +1,264 @@
+package maa
+
+import (
+	"context"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// KeySet gives the verifier the instance's token signing keys. Keys come only from the instance
+// (or a file the operator trusts), never from a token's own headers.
+type KeySet interface {
+	// Keys returns the usable keys whose kid equals kid: possibly none, with a nil error, when the
+	// source was read but has no such key. An error means the source could not be read.
+	Keys(ctx context.Context, kid string) ([]jose.JSONWebKey, error)
+}
+
+// StaticKeySet is a fixed set of keys, for offline verification.
+type StaticKeySet struct {
+	keys []jose.JSONWebKey
+}
+
+// NewStaticKeySet parses a JWKS document ({"keys": [...]}, as served by {instance}/certs). Only RSA
+// public keys of at least MinRSAKeyBits with a kid are kept; a set with none is an error.
+func NewStaticKeySet(jwksJSON []byte) (*StaticKeySet, error) {
+	keys, err := parseJWKS(jwksJSON, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &StaticKeySet{keys: keys}, nil
+}
+
+// Keys returns the keys named kid.
+func (s *StaticKeySet) Keys(_ context.Context, kid string) ([]jose.JSONWebKey, error) {
+	return keysByID(s.keys, kid), nil
+}
+
+// JWKSOptions configures a RemoteKeySet. The zero value gives the defaults.
+type JWKSOptions struct {
+	// HTTPClient fetches the JWKS; nil means a client with DefaultHTTPTimeout.
+	HTTPClient *http.Client
+	// MinRefreshInterval is the least time between two fetches; 0 means
+	// DefaultMinRefreshInterval. It bounds how often tokens with unknown kids can make the set
+	// refetch.
+	MinRefreshInterval time.Duration
+	// Logger receives key-set refreshes at Debug and fetch failures at Warn; nil is quiet.
+	Logger *slog.Logger
+}
+
+// RemoteKeySet is the JWKS of an MAA instance, {instance}/certs, fetched on first use and cached.
+// On an unknown kid it refetches, at most once per MinRefreshInterval. It is safe for concurrent
+// use.
+type RemoteKeySet struct {
+	url        string
+	http       *http.Client
+	minRefresh time.Duration
+	log        *slog.Logger
+	now        func() time.Time // replaced in tests
+
+	mu          sync.Mutex // held across a fetch, so that concurrent misses cause one fetch
+	keys        []jose.JSONWebKey
+	haveKeys    bool
+	lastAttempt time.Time
+	lastErr     error
+}
+
+// NewRemoteKeySet returns the key set served at instance + CertsPath. The instance URL is used as
+// given, less one trailing slash; the verifier checks the issuer separately.
+func NewRemoteKeySet(instance string, o JWKSOptions) *RemoteKeySet {
+	ks := &RemoteKeySet{
+		url:        trimSlash(instance) + CertsPath,
+		http:       o.HTTPClient,
+		minRefresh: o.MinRefreshInterval,
+		log:        o.Logger,
+		now:        time.Now,
+	}
+	if ks.http == nil {
+		ks.http = &http.Client{Timeout: DefaultHTTPTimeout}
+	}
+	if ks.minRefresh <= 0 {
+		ks.minRefresh = DefaultMinRefreshInterval
+	}
+	if ks.log == nil {
+		ks.log = slog.New(slog.DiscardHandler)
+	}
+	return ks
+}
+
+// URL returns the JWKS address.
+func (r *RemoteKeySet) URL() string { return r.url }
+
+// Keys returns the keys named kid, fetching the JWKS on first use and refetching on a miss when
+// MinRefreshInterval has passed since the last fetch. The error wraps ErrKeySource.
+func (r *RemoteKeySet) Keys(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.haveKeys {
+		if found := keysByID(r.keys, kid); len(found) > 0 {
+			return found, nil
+		}
+	}
+	if !r.lastAttempt.IsZero() && r.now().Sub(r.lastAttempt) < r.minRefresh {
+		if !r.haveKeys {
+			return nil, fmt.Errorf("%w: %s (not retried for %s): %w", ErrKeySource, r.url, r.minRefresh, r.lastErr)
+		}
+		return nil, nil
+	}
+	r.lastAttempt = r.now()
+	keys, err := r.fetch(ctx)
+	if err != nil {
+		r.lastErr = err
+		r.log.Warn("MAA signing keys: fetch failed", "url", r.url, "err", err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrKeySource, r.url, err)
+	}
+	r.keys, r.haveKeys, r.lastErr = keys, true, nil
+	r.log.Debug("MAA signing keys: fetched", "url", r.url, "keys", len(keys))
+	return keysByID(r.keys, kid), nil
+}
+
+// fetch GETs and parses the JWKS.
+func (r *RemoteKeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := r.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := readBounded(resp.Body, MaxResponseSize)
+	if err != nil {
+		return nil, fmt.Errorf("reading the JWKS: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("JWKS request answered %w", parseServiceError(resp.StatusCode, resp.Status, body))
+	}
+	return parseJWKS(body, r.log)
+}
+
+// parseJWKS reads a JWKS and keeps the usable keys: RSA public keys of at least MinRSAKeyBits
+// with a kid, not restricted to another use or algorithm. A key may carry only x5c (as MAA's
+// /certs does), in which case its public key is the first certificate's. Unusable entries are
+// skipped; a set with no usable key is an error.
+func parseJWKS(data []byte, log *slog.Logger) ([]jose.JSONWebKey, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(data, &set); err != nil {
+		return nil, fmt.Errorf("JWKS is not JSON {\"keys\": [...]}: %w", err)
+	}
+	var keys []jose.JSONWebKey
+	for i, raw := range set.Keys {
+		k, err := parseJWK(raw)
+		if err != nil {
+			log.Debug("MAA signing keys: skipping key", "index", i, "reason", err)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("JWKS holds no usable key (%d entries; want RSA public keys of at least %d bits with a kid)", len(set.Keys), MinRSAKeyBits)
+	}
+	return keys, nil
+}
+
+// parseJWK reads one usable key of a JWKS.
+func parseJWK(raw json.RawMessage) (jose.JSONWebKey, error) {
+	var meta struct {
+		Kty string   `json:"kty"`
+		Kid string   `json:"kid"`
+		Use string   `json:"use"`
+		Alg string   `json:"alg"`
+		N   string   `json:"n"`
+		X5c []string `json:"x5c"`
+	}
+	if err := json.Unmarshal(raw, &meta); err != nil {
+		return jose.JSONWebKey{}, err
+	}
+	switch {
+	case meta.Kty != "RSA":
+		return jose.JSONWebKey{}, fmt.Errorf("kty %.20q is not RSA", meta.Kty)
+	case meta.Kid == "":
+		return jose.JSONWebKey{}, errors.New("no kid")
+	case meta.Use != "" && meta.Use != "sig":
+		return jose.JSONWebKey{}, fmt.Errorf("use %.20q is not sig", meta.Use)
+	case meta.Alg != "" && meta.Alg != SigningAlgorithm:
+		return jose.JSONWebKey{}, fmt.Errorf("alg %.20q is not %s", meta.Alg, SigningAlgorithm)
+	}
+	var k jose.JSONWebKey
+	if meta.N == "" && len(meta.X5c) > 0 {
+		// go-jose requires n and e; MAA's /certs publishes only the certificate chain.
+		der, err := base64.StdEncoding.DecodeString(meta.X5c[0])
+		if err != nil {
+			return jose.JSONWebKey{}, fmt.Errorf("x5c[0] is not base64: %w", err)
+		}
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return jose.JSONWebKey{}, fmt.Errorf("x5c[0]: %w", err)
+		}
+		k = jose.JSONWebKey{Key: cert.PublicKey, KeyID: meta.Kid, Algorithm: meta.Alg, Use: meta.Use, Certificates: []*x509.Certificate{cert}}
+	} else if err := k.UnmarshalJSON(raw); err != nil {
+		return jose.JSONWebKey{}, err
+	}
+	pub, err := usableRSAKey(k.Key)
+	if err != nil {
+		return jose.JSONWebKey{}, err
+	}
+	k.Key = pub
+	return k, nil
+}
+
+// usableRSAKey returns the RSA public key of key if it is one of at least MinRSAKeyBits. Private
+// keys in a JWKS are reduced to their public half.
+func usableRSAKey(key any) (*rsa.PublicKey, error) {
+	var pub *rsa.PublicKey
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		pub = k
+	case *rsa.PrivateKey:
+		pub = &k.PublicKey
+	default:
+		return nil, fmt.Errorf("key type %T is not an RSA public key", key)
+	}
+	if pub == nil || pub.N == nil {
+		return nil, errors.New("empty RSA key")
+	}
+	if pub.N.BitLen() < MinRSAKeyBits {
+		return nil, fmt.Errorf("RSA key of %d bits is shorter than %d", pub.N.BitLen(), MinRSAKeyBits)
+	}
+	return pub, nil
+}
+
+// keysByID returns the keys of keys with the given kid.
+func keysByID(keys []jose.JSONWebKey, kid string) []jose.JSONWebKey {
+	var out []jose.JSONWebKey
+	for _, k := range keys {
+		if k.KeyID == kid {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// trimSlash removes one trailing slash.
+func trimSlash(s string) string {
+	if len(s) > 0 && s[len(s)-1] == '/' {
+		return s[:len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,535 @@
+package maa
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// jwksServer serves jwks at /certs on a loopback TLS server and counts the requests.
+type jwksServer struct {
+	*httptest.Server
+	hits atomic.Int64
+}
+
+func newJWKSServer(t *testing.T, jwks []byte) *jwksServer {
+	t.Helper()
+	s := &jwksServer{}
+	s.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.hits.Add(1)
+		if r.Method != http.MethodGet || r.URL.Path != CertsPath {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(jwks)
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func newTestVerifier(t *testing.T, keys KeySet, now time.Time) *Verifier {
+	t.Helper()
+	v, err := NewVerifier(VerifierOptions{
+		Instance: testInstance + "/", // one trailing slash is trimmed
+		Keys:     keys,
+		MaxAge:   5 * time.Minute,
+		Now:      func() time.Time { return now },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
+	testKeys(t)
+	now := testNow
+	const nonce = "image-digest-binding"
+
+	// The instance publishes its key the way MAA does: x5c only.
+	certs := newJWKSServer(t, x5cOnlyJWKS(t, signingKey, testKID))
+	keys := NewRemoteKeySet(testInstance, JWKSOptions{HTTPClient: certs.Client()})
+	keys.url = certs.URL + CertsPath // the issuer stays testInstance; the keys come from loopback
+
+	// The attacker's own key set, which a jku header points at; it must never be fetched.
+	attackerCerts := newJWKSServer(t, publicJWKS(t, attackerKey, "attacker"))
+
+	valid := func(mod func(map[string]any)) string {
+		c := validClaims(now, nonce)
+		if mod != nil {
+			mod(c)
+		}
+		return signJOSE(t, signingKey, testKID, c, nil)
+	}
+	header := func(h map[string]any) []byte { return mustJSON(t, h) }
+	claimsJSON := mustJSON(t, validClaims(now, nonce))
+	attackerCert := selfSignedCert(t, attackerKey, "attacker")
+
+	hs256WithPublicKey := func() string {
+		pubDER, err := x509.MarshalPKIXPublicKey(&signingKey.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		input := b64url(header(map[string]any{"alg": "HS256", "kid": testKID, "typ": "JWT"})) + "." + b64url(claimsJSON)
+		mac := hmac.New(sha256.New, pubDER)
+		mac.Write([]byte(input))
+		return input + "." + b64url(mac.Sum(nil))
+	}
+
+	tests := []struct {
+		name      string
+		token     string
+		nonce     string
+		wantCheck string
+		wantErr   error
+		wantMsg   string
+	}{
+		{name: "alg none", token: b64url(header(map[string]any{"alg": "none", "kid": testKID})) + "." + b64url(claimsJSON) + ".",
+			nonce: nonce, wantCheck: CheckAlgorithm, wantErr: ErrAlgorithm},
+		{name: "alg missing", token: signRaw(t, signingKey, header(map[string]any{"kid": testKID}), claimsJSON),
+			nonce: nonce, wantCheck: CheckAlgorithm, wantErr: ErrAlgorithm},
+		{name: "HS256 keyed with the RSA public key", token: hs256WithPublicKey(),
+			nonce: nonce, wantCheck: CheckAlgorithm, wantErr: ErrAlgorithm},
+		{name: "attacker key in its own jwk header, own kid",
+			token: signJOSE(t, attackerKey, "attacker", validClaims(now, nonce), &jose.SignerOptions{EmbedJWK: true}),
+			nonce: nonce, wantCheck: CheckKey, wantErr: ErrUnknownKey},
+		{name: "attacker key in its own jwk header, instance kid",
+			token: signJOSE(t, attackerKey, testKID, validClaims(now, nonce),
+				(&jose.SignerOptions{}).WithHeader("jwk", jose.JSONWebKey{Key: &attackerKey.PublicKey, KeyID: testKID}).WithHeader("kid", testKID)),
+			nonce: nonce, wantCheck: CheckSignature, wantErr: ErrSignature},
+		{name: "attacker certificate in x5c, instance kid",
+			token: signJOSE(t, attackerKey, testKID, validClaims(now, nonce),
+				(&jose.SignerOptions{}).WithHeader("x5c", []string{base64.StdEncoding.EncodeToString(attackerCert.Raw)}).WithHeader("kid", testKID)),
+			nonce: nonce, wantCheck: CheckSignature, wantErr: ErrSignature},
+		{name: "jku at the attacker's server, attacker kid",
+			token: signJOSE(t, attackerKey, "attacker", validClaims(now, nonce),
+				(&jose.SignerOptions{}).WithHeader("jku", attackerCerts.URL+CertsPath).WithHeader("kid", "attacker")),
+			nonce: nonce, wantCheck: CheckKey, wantErr: ErrUnknownKey},
+		{name: "jku at the attacker's server, instance kid",
+			token: signJOSE(t, attackerKey, testKID, validClaims(now, nonce),
+				(&jose.SignerOptions{}).WithHeader("jku", attackerCerts.URL+CertsPath).WithHeader("kid", testKID)),
+			nonce: nonce, wantCheck: CheckSignature, wantErr: ErrSignature},
+		{name: "no kid", token: signRaw(t, signingKey, header(map[string]any{"alg": "RS256"}), claimsJSON),
+			nonce: nonce, wantCheck: CheckKey, wantErr: ErrUnknownKey},
+		{name: "claims altered after signing", token: func() string {
+			parts := strings.Split(valid(nil), ".")
+			c := validClaims(now, nonce)
+			c[ClaimSecureBoot] = false
+			return parts[0] + "." + b64url(mustJSON(t, c)) + "." + parts[2]
+		}(), nonce: nonce, wantCheck: CheckSignature, wantErr: ErrSignature},
+		{name: "empty signature", token: func() string {
+			parts := strings.Split(valid(nil), ".")
+			return parts[0] + "." + parts[1] + "."
+		}(), nonce: nonce, wantCheck: CheckSignature, wantErr: ErrSignature},
+		{name: "wrong issuer", token: valid(func(c map[string]any) { c["iss"] = "https://evil.weu.attest.azure.net" }),
+			nonce: nonce, wantCheck: CheckIssuer, wantErr: ErrIssuer},
+		{name: "issuer with a path", token: valid(func(c map[string]any) { c["iss"] = testInstance + "/x" }),
+			nonce: nonce, wantCheck: CheckIssuer, wantErr: ErrIssuer},
+		{name: "expired", token: valid(func(c map[string]any) { c["exp"] = now.Add(-2 * time.Minute).Unix() }),
+			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired},
+		{name: "no exp", token: valid(func(c map[string]any) { delete(c, "exp") }),
+			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired},
+		{name: "exp not a number", token: valid(func(c map[string]any) { c["exp"] = "tomorrow" }),
+			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired},
+		{name: "not yet valid", token: valid(func(c map[string]any) { c["nbf"] = now.Add(2 * time.Minute).Unix() }),
+			nonce: nonce, wantCheck: CheckNotBefore, wantErr: ErrNotYetValid},
+		{name: "too old", token: valid(func(c map[string]any) { c["iat"] = now.Add(-7 * time.Minute).Unix() }),
+			nonce: nonce, wantCheck: CheckAge, wantErr: ErrTooOld, wantMsg: `MAA token: check "age" failed: token is 7m0s old, max age is 5m0s`},
+		{name: "no iat", token: valid(func(c map[string]any) { delete(c, "iat") }),
+			nonce: nonce, wantCheck: CheckAge, wantErr: ErrTooOld},
+		{name: "issued in the future", token: valid(func(c map[string]any) { c["iat"] = now.Add(2 * time.Minute).Unix() }),
+			nonce: nonce, wantCheck: CheckAge, wantErr: ErrIssuedInFuture},
+		{name: "nonce mismatch", token: valid(nil), nonce: "another-image",
+			wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
+		{name: "nonce claim missing", token: valid(func(c map[string]any) { c[ClaimRuntime] = map[string]any{ClaimClientPayload: map[string]any{}} }),
+			nonce: nonce, wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
+		{name: "runtime claim missing", token: valid(func(c map[string]any) { delete(c, ClaimRuntime) }),
+			nonce: nonce, wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
+		{name: "nonce sent unencoded", token: valid(func(c map[string]any) {
+			c[ClaimRuntime] = map[string]any{ClaimClientPayload: map[string]any{NonceKey: nonce}}
+		}), nonce: nonce, wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
+		{name: "truncated", token: valid(nil)[:200], nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "truncated inside the signature", token: func() string { s := valid(nil); return s[:len(s)-6] }(),
+			nonce: nonce, wantCheck: CheckSignature, wantErr: ErrSignature},
+		{name: "bad base64", token: "eyJhbGciOiJSUzI1NiJ9!." + b64url(claimsJSON) + ".c2ln", nonce: nonce,
+			wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "padded base64", token: b64url(header(map[string]any{"alg": "RS256", "kid": testKID})) + "=." + b64url(claimsJSON) + ".c2ln",
+			nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "header not JSON", token: b64url([]byte("alg=RS256")) + "." + b64url(claimsJSON) + ".c2ln", nonce: nonce,
+			wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "claims an array", token: signRaw(t, signingKey, header(map[string]any{"alg": "RS256", "kid": testKID}), []byte(`[1]`)),
+			nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "oversized", token: strings.Repeat("A", MaxTokenSize+1), nonce: nonce, wantCheck: CheckFormat, wantErr: ErrTooLarge},
+		{name: "empty", token: "", nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "four parts", token: valid(nil) + ".x", nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "crit header", token: signRaw(t, signingKey, header(map[string]any{"alg": "RS256", "kid": testKID, "crit": []string{"exp"}, "exp": 1}), claimsJSON),
+			nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "duplicate alg header", token: signRaw(t, signingKey, []byte(`{"alg":"none","kid":"`+testKID+`","alg":"RS256"}`), claimsJSON),
+			nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		{name: "duplicate claim", token: signRaw(t, signingKey, header(map[string]any{"alg": "RS256", "kid": testKID}),
+			[]byte(`{"iss":"https://evil.example","iss":"`+testInstance+`"}`)),
+			nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+	}
+	v := newTestVerifier(t, keys, now)
+	seen := map[string]string{}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tok, err := v.Verify(context.Background(), tc.token, tc.nonce)
+			if err == nil {
+				t.Fatalf("Verify accepted a bad token (nonce %q)", tok.Nonce())
+			}
+			if tok != nil {
+				t.Error("Verify returned a token with an error")
+			}
+			if got := CheckName(err); got != tc.wantCheck {
+				t.Errorf("CheckName = %q, want %q (err: %v)", got, tc.wantCheck, err)
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Errorf("err = %v, want errors.Is %v", err, tc.wantErr)
+			}
+			if tc.wantMsg != "" && err.Error() != tc.wantMsg {
+				t.Errorf("message = %q, want %q", err.Error(), tc.wantMsg)
+			}
+			if len(tc.token) > 40 && strings.Contains(err.Error(), tc.token[:40]) {
+				t.Errorf("the error message quotes the token: %v", err)
+			}
+			seen[tc.wantErr.Error()] = tc.wantCheck
+		})
+	}
+	if n := attackerCerts.hits.Load(); n != 0 {
+		t.Errorf("the verifier fetched the jku of a token %d times", n)
+	}
+	if n := certs.hits.Load(); n != 1 {
+		t.Errorf("the instance JWKS was fetched %d times, want 1 (MinRefreshInterval not passed)", n)
+	}
+	// The valid token passes the same verifier.
+	if _, err := v.Verify(context.Background(), valid(nil), nonce); err != nil {
+		t.Fatalf("valid token rejected: %v", err)
+	}
+}
+
+func TestVerifyValidTokenAccessors(t *testing.T) {
+	testKeys(t)
+	keys, err := NewStaticKeySet(publicJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newTestVerifier(t, keys, testNow)
+	claims := validClaims(testNow, "1234")
+	claims[ClaimRuntime].(map[string]any)[ClaimClientPayload].(map[string]any)["purpose"] = base64.StdEncoding.EncodeToString([]byte("sign"))
+	raw := signJOSE(t, signingKey, testKID, claims, nil)
+
+	for _, nonce := range []string{"1234", ""} {
+		tok, err := v.Verify(context.Background(), raw, nonce)
+		if err != nil {
+			t.Fatalf("Verify(nonce %q): %v", nonce, err)
+		}
+		if tok.Raw() != raw {
+			t.Error("Raw differs")
+		}
+		sum := sha256.Sum256([]byte(raw))
+		if tok.SHA256() != strings.ToLower(base16(sum[:])) {
+			t.Errorf("SHA256 = %s", tok.SHA256())
+		}
+		if tok.Issuer() != testInstance {
+			t.Errorf("Issuer = %q", tok.Issuer())
+		}
+		if !tok.IssuedAt().Equal(testNow.Add(-time.Minute)) || !tok.NotBefore().Equal(testNow.Add(-time.Minute)) ||
+			!tok.Expiry().Equal(testNow.Add(8*time.Hour)) {
+			t.Errorf("times: iat %v nbf %v exp %v", tok.IssuedAt(), tok.NotBefore(), tok.Expiry())
+		}
+		if tok.Nonce() != "1234" {
+			t.Errorf("Nonce = %q", tok.Nonce())
+		}
+		if p := tok.ClientPayload(); p["nonce"] != "1234" || p["purpose"] != "sign" || len(p) != 2 {
+			t.Errorf("ClientPayload = %v", p)
+		}
+		c := tok.Claims()
+		if c[ClaimAttestationType] != AttestationTypeAzureVM {
+			t.Errorf("claims: %v", c[ClaimAttestationType])
+		}
+		// Claims is a copy: changing it does not change the token.
+		c[ClaimRuntime].(map[string]any)[ClaimClientPayload] = nil
+		delete(c, "iss")
+		if tok.Claims()["iss"] != testInstance || tok.Claims()[ClaimRuntime].(map[string]any)[ClaimClientPayload] == nil {
+			t.Error("Claims returned the token's own map")
+		}
+	}
+}
+
+func base16(b []byte) string {
+	const hexdigits = "0123456789abcdef"
+	out := make([]byte, 0, 2*len(b))
+	for _, c := range b {
+		out = append(out, hexdigits[c>>4], hexdigits[c&15])
+	}
+	return string(out)
+}
+
+func TestVerifySkew(t *testing.T) {
+	testKeys(t)
+	keys, err := NewStaticKeySet(publicJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newTestVerifier(t, keys, testNow)
+	tests := []struct {
+		name string
+		mod  func(map[string]any)
+		ok   bool
+	}{
+		{"expired 30s ago, within skew", func(c map[string]any) { c["exp"] = testNow.Add(-30 * time.Second).Unix() }, true},
+		{"expired exactly skew ago", func(c map[string]any) { c["exp"] = testNow.Add(-DefaultSkew).Unix() }, false},
+		{"nbf 30s ahead, within skew", func(c map[string]any) { c["nbf"] = testNow.Add(30 * time.Second).Unix() }, true},
+		{"no nbf", func(c map[string]any) { delete(c, "nbf") }, true},
+		{"iat 30s ahead, within skew", func(c map[string]any) { c["iat"] = testNow.Add(30 * time.Second).Unix() }, true},
+		{"iat exactly max age", func(c map[string]any) { c["iat"] = testNow.Add(-5 * time.Minute).Unix() }, true},
+		{"fractional dates", func(c map[string]any) { c["iat"] = float64(testNow.Unix()) - 0.5 }, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validClaims(testNow, "n")
+			tc.mod(c)
+			_, err := v.Verify(context.Background(), signJOSE(t, signingKey, testKID, c, nil), "n")
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+func TestRemoteKeySetRefresh(t *testing.T) {
+	testKeys(t)
+	certs := newJWKSServer(t, x5cOnlyJWKS(t, signingKey, testKID))
+	keys := NewRemoteKeySet(certs.URL+"/", JWKSOptions{HTTPClient: certs.Client(), MinRefreshInterval: time.Minute})
+	clock := testNow
+	keys.now = func() time.Time { return clock }
+	v := newTestVerifier(t, keys, testNow)
+	ctx := context.Background()
+
+	good := signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil)
+	unknown := signJOSE(t, signingKey, "rotated-in-later", validClaims(testNow, "n"), nil)
+
+	if _, err := v.Verify(ctx, good, "n"); err != nil {
+		t.Fatal(err)
+	}
+	if n := certs.hits.Load(); n != 1 {
+		t.Fatalf("first use: %d fetches, want 1", n)
+	}
+	if _, err := v.Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) || CheckName(err) != CheckKey {
+		t.Fatalf("unknown kid: %v", err)
+	}
+	if n := certs.hits.Load(); n != 1 {
+		t.Fatalf("unknown kid within MinRefreshInterval: %d fetches, want 1", n)
+	}
+	clock = clock.Add(2 * time.Minute)
+	for range 3 {
+		if _, err := v.Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) || CheckName(err) != CheckKey {
+			t.Fatalf("unknown kid: %v", err)
+		}
+	}
+	if n := certs.hits.Load(); n != 2 {
+		t.Fatalf("unknown kid after MinRefreshInterval, 3 tokens: %d fetches, want 2 (refreshed exactly once)", n)
+	}
+	if _, err := v.Verify(ctx, good, "n"); err != nil {
+		t.Fatal(err)
+	}
+	if n := certs.hits.Load(); n != 2 {
+		t.Fatalf("known kid: %d fetches, want 2", n)
+	}
+}
+
+func TestRemoteKeySetUnreachable(t *testing.T) {
+	testKeys(t)
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	client := srv.Client()
+	url := srv.URL
+	srv.Close()
+	v := newTestVerifier(t, NewRemoteKeySet(url, JWKSOptions{HTTPClient: client}), testNow)
+	_, err := v.Verify(context.Background(), signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n")
+	if CheckName(err) != CheckKeys || !errors.Is(err, ErrKeySource) {
+		t.Fatalf("err = %v (check %q), want check %q and ErrKeySource", err, CheckName(err), CheckKeys)
+	}
+
+	// A server that answers, but not a JWKS.
+	bad := newJWKSServer(t, []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"`+testKID+`"}]}`))
+	v = newTestVerifier(t, NewRemoteKeySet(bad.URL, JWKSOptions{HTTPClient: bad.Client()}), testNow)
+	_, err = v.Verify(context.Background(), signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n")
+	if CheckName(err) != CheckKeys || !errors.Is(err, ErrKeySource) {
+		t.Fatalf("symmetric-only JWKS: err = %v", err)
+	}
+}
+
+func TestNewStaticKeySet(t *testing.T) {
+	testKeys(t)
+	tests := []struct {
+		name string
+		jwks []byte
+		ok   bool
+	}{
+		{"n and e", publicJWKS(t, signingKey, testKID), true},
+		{"x5c only, as MAA serves", x5cOnlyJWKS(t, signingKey, testKID), true},
+		{"symmetric key", []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]}`), false},
+		{"no kid", []byte(strings.Replace(string(publicJWKS(t, signingKey, testKID)), `"kid":"`+testKID+`",`, "", 1)), false},
+		{"encryption key", []byte(strings.Replace(string(publicJWKS(t, signingKey, testKID)), `"use":"sig"`, `"use":"enc"`, 1)), false},
+		{"not JSON", []byte("keys"), false},
+		{"empty", []byte(`{"keys":[]}`), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ks, err := NewStaticKeySet(tc.jwks)
+			if (err == nil) != tc.ok {
+				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil {
+				return
+			}
+			got, _ := ks.Keys(context.Background(), testKID)
+			if len(got) != 1 || !signingKey.PublicKey.Equal(got[0].Key) {
+				t.Fatalf("keys = %v", got)
+			}
+		})
+	}
+}
+
+func TestNewVerifierOptions(t *testing.T) {
+	ks := &StaticKeySet{}
+	for _, o := range []VerifierOptions{
+		{Keys: ks, MaxAge: time.Minute},
+		{Instance: testInstance, MaxAge: time.Minute},
+		{Instance: testInstance, Keys: ks},
+		{Instance: testInstance, Keys: ks, MaxAge: time.Minute, Skew: -1},
+	} {
+		if _, err := NewVerifier(o); err == nil {
+			t.Errorf("NewVerifier(%+v) accepted", o)
+		}
+	}
+}
+
+// readRealToken returns the real AzureGuest token printed in Microsoft's AKS sample.
+func readRealToken(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile("../../testdata/real/maa-azureguest-aks-sample.jwt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func TestRealTokenParseUnverified(t *testing.T) {
+	raw := readRealToken(t)
+	header, claims, err := ParseUnverified(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if header["alg"] != "RS256" || header["kid"] == "" || header["jku"] != "https://sharedwus.wus.attest.azure.net/certs" {
+		t.Errorf("header = %v", header)
+	}
+	if claims["iss"] != "https://sharedwus.wus.attest.azure.net" || claims[ClaimAttestationType] != AttestationTypeAzureVM {
+		t.Errorf("iss %v, type %v", claims["iss"], claims[ClaimAttestationType])
+	}
+	if _, ok := claims["exp"].(json.Number); !ok {
+		t.Errorf("exp is %T, want json.Number", claims["exp"])
+	}
+	nonce, err := ClientPayloadNonce(claims)
+	if err != nil || nonce != "1234" {
+		t.Fatalf("ClientPayloadNonce = %q, %v; want 1234", nonce, err)
+	}
+
+	// Without the instance's keys the real token cannot verify, and says why.
+	testKeys(t)
+	ks, err := NewStaticKeySet(publicJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(VerifierOptions{Instance: "https://sharedwus.wus.attest.azure.net", Keys: ks, MaxAge: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(context.Background(), raw, "1234"); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("real token with foreign keys: %v", err)
+	}
+}
+
+// TestRealTokenShapedClaims re-signs the real token's claim set with a test key and fresh dates:
+// the verifier must accept what MAA actually issues.
+func TestRealTokenShapedClaims(t *testing.T) {
+	testKeys(t)
+	_, claims, err := ParseUnverified(readRealToken(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claims["iat"] = testNow.Add(-time.Minute).Unix()
+	claims["nbf"] = testNow.Add(-time.Minute).Unix()
+	claims["exp"] = testNow.Add(8 * time.Hour).Unix()
+	raw := signJOSE(t, signingKey, testKID, claims, (&jose.SignerOptions{}).WithHeader("jku", "https://sharedwus.wus.attest.azure.net/certs"))
+	ks, err := NewStaticKeySet(x5cOnlyJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewVerifier(VerifierOptions{Instance: "https://sharedwus.wus.attest.azure.net/", Keys: ks, MaxAge: 5 * time.Minute,
+		Now: func() time.Time { return testNow }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := v.Verify(context.Background(), raw, "1234")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Nonce() != "1234" || tok.Claims()[ClaimVMID] != "D3FD4B09-37A3-40D5-8F2A-EA80762213CC" {
+		t.Errorf("nonce %q, vmid %v", tok.Nonce(), tok.Claims()[ClaimVMID])
+	}
+}
+
+func TestParseUnverifiedRejects(t *testing.T) {
+	for _, raw := range []string{"", "a.b", "a.b.c.d", strings.Repeat("x", MaxTokenSize+1), "e30.e30", "W10.e30.", "e30.W10."} {
+		if _, _, err := ParseUnverified(raw); err == nil || CheckName(err) != CheckFormat {
+			t.Errorf("ParseUnverified(%.20q) = %v", raw, err)
+		}
+	}
+	if _, _, err := ParseUnverified("e30.e30."); err != nil {
+		t.Errorf("ParseUnverified of {}.{}. = %v", err)
+	}
+}
+
+func TestClientPayloadNonce(t *testing.T) {
+	tests := []struct {
+		name   string
+		claims map[string]any
+		want   string
+		ok     bool
+	}{
+		{"sample", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": "MTIzNA=="}}}, "1234", true},
+		{"no runtime", map[string]any{}, "", false},
+		{"no payload", map[string]any{ClaimRuntime: map[string]any{}}, "", false},
+		{"no nonce", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{}}}, "", false},
+		{"not a string", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": 1}}}, "", false},
+		{"unpadded", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": "MTIzNA"}}}, "", false},
+		{"url alphabet", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": "-_8="}}}, "", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ClientPayloadNonce(tc.claims)
+			if (err == nil) != tc.ok || got != tc.want {
+				t.Fatalf("= %q, %v; want %q ok=%v", got, err, tc.want, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrMalformed) {
+				t.Errorf("err %v does not wrap ErrMalformed", err)
+			}
+		})
+	}
+}

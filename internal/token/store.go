@@ -1,0 +1,181 @@
+// Package token keeps the attestation tokens the signing plugin obtained, keyed by the digest of
+// the image each one is bound to, so that `oras-attest attach` can find the token of an image
+// after `notation sign` (DESIGN.md, step 6).
+//
+// Layout: DIR/<algorithm>/<encoded digest>/<hex SHA-256 of the token>.jwt, mode 0600 in 0700
+// directories. A token is written once under its own hash, atomically, so parallel signings of
+// the same or of different images never overwrite or tear each other's files, and signing an
+// image again with another key keeps both tokens. The store holds no secret (tokens are
+// integrity-protected, short-lived claims) but is private to the user all the same.
+package token
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
+)
+
+// MaxTokenSize bounds a stored token (MAA tokens are a few KiB).
+const MaxTokenSize = 64 << 10
+
+// ErrNotFound means the store has no token for the digest.
+var ErrNotFound = errors.New("no attestation token stored for this digest")
+
+// digestPattern accepts OCI digests of the registered algorithms (OCI image-spec descriptor.md).
+var digestPattern = regexp.MustCompile(`^(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})$`)
+
+// Store is a token directory.
+type Store struct {
+	dir string
+}
+
+// Entry is one stored token.
+type Entry struct {
+	// Subject is the image digest the token is stored under.
+	Subject string
+	// SHA256 is the hex SHA-256 of the token bytes (the value of the signed attribute
+	// io.github.attested-kv.token.sha256).
+	SHA256 string
+	// Raw is the compact JWT.
+	Raw string
+	// Stored is when the token was written.
+	Stored time.Time
+	// Path is the file holding it.
+	Path string
+}
+
+// NewStore returns the store in dir, which is created on the first Put.
+func NewStore(dir string) *Store { return &Store{dir: dir} }
+
+// DefaultDir is $XDG_STATE_HOME/attested-kv/tokens, or ~/.local/state/attested-kv/tokens.
+func DefaultDir() (string, error) {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" && filepath.IsAbs(d) {
+		return filepath.Join(d, "attested-kv", "tokens"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("token store: %w", err)
+	}
+	return filepath.Join(home, ".local", "state", "attested-kv", "tokens"), nil
+}
+
+// Dir returns the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) subjectDir(subject string) (string, error) {
+	if !digestPattern.MatchString(subject) {
+		return "", fmt.Errorf("token store: %q is not an OCI digest (sha256:<64 hex> or sha512:<128 hex>)", subject)
+	}
+	algo, enc, _ := strings.Cut(subject, ":")
+	return filepath.Join(s.dir, algo, enc), nil
+}
+
+// Put stores raw under subject and returns its entry. Storing the same token again is a no-op.
+func (s *Store) Put(subject, raw string) (Entry, error) {
+	dir, err := s.subjectDir(subject)
+	if err != nil {
+		return Entry{}, err
+	}
+	if raw == "" || len(raw) > MaxTokenSize || strings.ContainsAny(raw, " \t\r\n") {
+		return Entry{}, fmt.Errorf("token store: refusing to store a token of %d bytes with white space or beyond %d bytes", len(raw), MaxTokenSize)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return Entry{}, fmt.Errorf("token store: %w", err)
+	}
+	sum := sha256.Sum256([]byte(raw))
+	h := hex.EncodeToString(sum[:])
+	path := filepath.Join(dir, h+".jwt")
+	if err := atomicfile.Write(path, []byte(raw), 0o600); err != nil {
+		return Entry{}, fmt.Errorf("token store: %w", err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return Entry{}, fmt.Errorf("token store: %w", err)
+	}
+	return Entry{Subject: subject, SHA256: h, Raw: raw, Stored: fi.ModTime(), Path: path}, nil
+}
+
+// List returns the tokens stored for subject, newest first. It returns ErrNotFound if there are
+// none. A file whose content does not hash to its name is skipped: it was not written by Put.
+func (s *Store) List(subject string) ([]Entry, error) {
+	dir, err := s.subjectDir(subject)
+	if err != nil {
+		return nil, err
+	}
+	des, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s in %s", ErrNotFound, subject, s.dir)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("token store: %w", err)
+	}
+	var out []Entry
+	for _, de := range des {
+		name := de.Name()
+		h, ok := strings.CutSuffix(name, ".jwt")
+		if !ok || !de.Type().IsRegular() || len(h) != 64 {
+			continue
+		}
+		e, err := s.read(subject, filepath.Join(dir, name), h)
+		if err != nil {
+			continue
+		}
+		out = append(out, e)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: %s in %s", ErrNotFound, subject, s.dir)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Stored.After(out[j].Stored) })
+	return out, nil
+}
+
+// Get returns the token stored for subject whose SHA-256 is sha256Hex.
+func (s *Store) Get(subject, sha256Hex string) (Entry, error) {
+	dir, err := s.subjectDir(subject)
+	if err != nil {
+		return Entry{}, err
+	}
+	if len(sha256Hex) != 64 || strings.Trim(strings.ToLower(sha256Hex), "0123456789abcdef") != "" {
+		return Entry{}, fmt.Errorf("token store: %q is not a hex SHA-256", sha256Hex)
+	}
+	h := strings.ToLower(sha256Hex)
+	e, err := s.read(subject, filepath.Join(dir, h+".jwt"), h)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Entry{}, fmt.Errorf("%w: %s with token sha256 %s", ErrNotFound, subject, h)
+	}
+	return e, err
+}
+
+func (s *Store) read(subject, path, h string) (Entry, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Entry{}, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Entry{}, err
+	}
+	if fi.Size() > MaxTokenSize {
+		return Entry{}, fmt.Errorf("token store: %s is larger than %d bytes", path, MaxTokenSize)
+	}
+	b := make([]byte, fi.Size())
+	if _, err := f.ReadAt(b, 0); err != nil && fi.Size() > 0 {
+		return Entry{}, err
+	}
+	sum := sha256.Sum256(b)
+	if hex.EncodeToString(sum[:]) != h {
+		return Entry{}, fmt.Errorf("token store: %s does not hash to its name", path)
+	}
+	return Entry{Subject: subject, SHA256: h, Raw: string(b), Stored: fi.ModTime(), Path: path}, nil
+}
