@@ -1,0 +1,129 @@
+package gate
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/attested-kv/attested-kv/internal/tpm"
+)
+
+// Plugin config keys (DESIGN.md, "Plugin config"). tcg_log and log_file extend the design's list.
+const (
+	KeyAttestationURL    = "attestation_url"
+	KeyAttestationType   = "attestation_type"
+	KeyMaxTokenAge       = "max_token_age"
+	KeyRules             = "rules"
+	KeyTPM               = "tpm"
+	KeyTCGLog            = "tcg_log"
+	KeyCredentialType    = "credential_type"
+	KeyClientID          = "client_id"
+	KeyCACerts           = "ca_certs"
+	KeyTokenDir          = "token_dir"
+	KeyTimestampURL      = "timestamp_url"
+	KeyTimestampRootCert = "timestamp_root_cert"
+	KeyLogFile           = "log_file"
+)
+
+// knownKeys lists every accepted key: an unknown key is refused, so a typo cannot silently drop a
+// setting (e.g. "max_token_ages" leaving the default age in force).
+var knownKeys = []string{
+	KeyAttestationURL, KeyAttestationType, KeyMaxTokenAge, KeyRules, KeyTPM, KeyTCGLog,
+	KeyCredentialType, KeyClientID, KeyCACerts, KeyTokenDir, KeyTimestampURL, KeyTimestampRootCert, KeyLogFile,
+}
+
+// Defaults.
+const (
+	// DefaultAttestationType is the MAA attestation type of Azure VM guests (reference/maa.md).
+	DefaultAttestationType = "AzureGuest"
+	// DefaultMaxTokenAge is the oldest token the gate accepts.
+	DefaultMaxTokenAge = 5 * time.Minute
+	// MaxMaxTokenAge bounds max_token_age: a token is fetched for each signature, so a long age only
+	// widens the window a stolen token could be replayed in.
+	MaxMaxTokenAge = time.Hour
+)
+
+// Config is the parsed plugin config.
+type Config struct {
+	AttestationURL    string
+	AttestationType   string
+	MaxTokenAge       time.Duration
+	RulesPath         string // "" = the built-in baseline
+	TPM               string
+	TCGLog            string
+	CredentialType    string
+	ClientID          string
+	CACerts           string
+	TokenDir          string // "" = the default store directory
+	TimestampURL      string
+	TimestampRootCert string
+	LogFile           string
+}
+
+// ParseConfig validates the plugin config map. Errors are for the user: they name the key.
+func ParseConfig(m map[string]string) (Config, error) {
+	var unknown []string
+	for k := range m {
+		if !slices.Contains(knownKeys, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return Config{}, fmt.Errorf("unknown plugin config key(s) %s; known keys: %s", strings.Join(unknown, ", "), strings.Join(knownKeys, ", "))
+	}
+	c := Config{
+		AttestationURL:    strings.TrimSuffix(m[KeyAttestationURL], "/"),
+		AttestationType:   m[KeyAttestationType],
+		RulesPath:         m[KeyRules],
+		TPM:               m[KeyTPM],
+		TCGLog:            m[KeyTCGLog],
+		CredentialType:    m[KeyCredentialType],
+		ClientID:          m[KeyClientID],
+		CACerts:           m[KeyCACerts],
+		TokenDir:          m[KeyTokenDir],
+		TimestampURL:      m[KeyTimestampURL],
+		TimestampRootCert: m[KeyTimestampRootCert],
+		LogFile:           m[KeyLogFile],
+		MaxTokenAge:       DefaultMaxTokenAge,
+	}
+	if c.AttestationURL == "" {
+		return Config{}, fmt.Errorf("plugin config %s is required (the MAA instance URL, e.g. https://NAME.REGION.attest.azure.net)", KeyAttestationURL)
+	}
+	if u, err := url.Parse(c.AttestationURL); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return Config{}, fmt.Errorf("plugin config %s=%q: want https://HOST with no path", KeyAttestationURL, c.AttestationURL)
+	}
+	if c.AttestationType == "" {
+		c.AttestationType = DefaultAttestationType
+	}
+	if !strings.EqualFold(c.AttestationType, DefaultAttestationType) {
+		return Config{}, fmt.Errorf("plugin config %s=%q: only %s (Azure VM guests with a vTPM) is supported", KeyAttestationType, c.AttestationType, DefaultAttestationType)
+	}
+	if v := m[KeyMaxTokenAge]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 || d > MaxMaxTokenAge {
+			return Config{}, fmt.Errorf("plugin config %s=%q: want a duration between 1s and %s, e.g. 5m", KeyMaxTokenAge, v, MaxMaxTokenAge)
+		}
+		c.MaxTokenAge = d
+	}
+	if c.TPM == "" {
+		c.TPM = tpm.DefaultDevice
+	}
+	if _, ok := m[KeyTCGLog]; !ok {
+		c.TCGLog = tpm.DefaultEventLogPath
+	}
+	if c.TimestampURL != "" {
+		if u, err := url.Parse(c.TimestampURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return Config{}, fmt.Errorf("plugin config %s=%q: want an http(s) URL of an RFC 3161 timestamping authority", KeyTimestampURL, c.TimestampURL)
+		}
+		if c.TimestampRootCert == "" {
+			return Config{}, fmt.Errorf("plugin config %s needs %s (the TSA's root certificate, to check the timestamp)", KeyTimestampURL, KeyTimestampRootCert)
+		}
+	} else if c.TimestampRootCert != "" {
+		return Config{}, fmt.Errorf("plugin config %s is set without %s", KeyTimestampRootCert, KeyTimestampURL)
+	}
+	return c, nil
+}

@@ -1,0 +1,99 @@
+package gate
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/notaryproject/notation-core-go/signature"
+	nx509 "github.com/notaryproject/notation-core-go/x509"
+
+	"github.com/attested-kv/attested-kv/internal/cliutil"
+	"github.com/attested-kv/attested-kv/internal/keyvault"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/tpm"
+	"github.com/attested-kv/attested-kv/policy/rules"
+)
+
+// DefaultDeps are the production collaborators: the TPM named by the config and the MAA client,
+// the verifier with the instance's published keys, the rule file (or the baseline), Key Vault.
+func DefaultDeps() Deps {
+	return Deps{
+		Attester: newTPMAttester,
+		Verifier: newVerifier,
+		Rules:    loadRules,
+		Signer:   newKeyVaultSigner,
+		Now:      time.Now,
+		Version:  cliutil.Version,
+	}
+}
+
+// tpmAttester attests with the TPM at addr through the MAA client.
+type tpmAttester struct {
+	client *maa.Client
+	cfg    Config
+	log    *slog.Logger
+}
+
+func newTPMAttester(_ context.Context, c Config, log *slog.Logger) (Attester, error) {
+	client, err := maa.NewClient(c.AttestationURL, maa.ClientOptions{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	return &tpmAttester{client: client, cfg: c, log: log}, nil
+}
+
+// Attest implements Attester.
+func (a *tpmAttester) Attest(ctx context.Context, nonce string) (string, error) {
+	dev, err := tpm.Open(ctx, a.cfg.TPM, tpm.WithEventLogPath(a.cfg.TCGLog), tpm.WithLogger(a.log))
+	if err != nil {
+		return "", fmt.Errorf("TPM %s: %w", a.cfg.TPM, err)
+	}
+	defer dev.Close()
+	return a.client.AttestNonce(ctx, dev, nonce)
+}
+
+func newVerifier(c Config) (TokenVerifier, error) {
+	return maa.NewVerifier(maa.VerifierOptions{
+		Instance: c.AttestationURL,
+		Keys:     maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}}),
+		MaxAge:   c.MaxTokenAge,
+	})
+}
+
+// ruleSet adapts a compiled rule set to ClaimRules.
+type ruleSet struct{ set *rules.Set }
+
+func (r ruleSet) Check(claims map[string]any) error { return r.set.Evaluate(claims).Err() }
+
+func loadRules(c Config) (ClaimRules, error) {
+	if c.RulesPath == "" {
+		return ruleSet{rules.Baseline()}, nil
+	}
+	s, err := rules.Load(c.RulesPath)
+	if err != nil {
+		return nil, err
+	}
+	return ruleSet{s}, nil
+}
+
+func newKeyVaultSigner(ctx context.Context, keyID string, c Config, log *slog.Logger) (signature.Signer, error) {
+	id, err := keyvault.ParseKeyID(keyID)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{Type: c.CredentialType, ClientID: c.ClientID})
+	if err != nil {
+		return nil, err
+	}
+	o := keyvault.Options{Credential: cred}
+	if c.CACerts != "" {
+		if o.CACerts, err = nx509.ReadCertificateFile(c.CACerts); err != nil {
+			return nil, validationf("%s: %v", KeyCACerts, err)
+		}
+	}
+	log.Debug("opening Key Vault key", "vault", id.VaultURL, "name", id.Name, "version", id.Version)
+	return keyvault.NewSigner(ctx, id, o)
+}

@@ -1,0 +1,69 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/notaryproject/notation-plugin-framework-go/plugin"
+
+	"github.com/attested-kv/attested-kv/internal/keyvault"
+	"github.com/attested-kv/attested-kv/internal/maa"
+)
+
+// validationError is a request or configuration the user must fix.
+type validationError struct{ msg string }
+
+func (e *validationError) Error() string { return e.msg }
+
+func validationf(format string, args ...any) error {
+	return &validationError{msg: fmt.Sprintf(format, args...)}
+}
+
+// attestError is a failure between evidence and a verified token whose rules passed.
+type attestError struct{ err error }
+
+func (e *attestError) Error() string { return "attestation failed, nothing was signed: " + e.err.Error() }
+func (e *attestError) Unwrap() error { return e.err }
+
+// ToPluginError maps err to the plugin protocol's error codes: attestation and rule failures and
+// Key Vault 401/403 are ACCESS_DENIED, bad key ids and config VALIDATION_ERROR, 429 THROTTLED,
+// timeouts TIMEOUT, anything else ERROR. The message is what notation shows the user.
+func ToPluginError(err error) *plugin.Error {
+	var perr *plugin.Error
+	if errors.As(err, &perr) {
+		return perr
+	}
+	msg := err.Error()
+	var verr *validationError
+	var aerr *attestError
+	var rerr *azcore.ResponseError
+	switch {
+	case errors.As(err, &verr),
+		errors.Is(err, keyvault.ErrInvalidKeyID),
+		errors.Is(err, keyvault.ErrInvalidConfig),
+		errors.Is(err, keyvault.ErrCertificateChain):
+		return plugin.NewError(plugin.ErrorCodeValidation, msg)
+	case errors.Is(err, context.DeadlineExceeded):
+		return plugin.NewError(plugin.ErrorCodeTimeout, msg)
+	case errors.As(err, &aerr):
+		if errors.Is(err, maa.ErrThrottled) {
+			return plugin.NewError(plugin.ErrorCodeThrottled, msg)
+		}
+		return plugin.NewError(plugin.ErrorCodeAccessDenied, msg)
+	case errors.As(err, &rerr):
+		switch rerr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return plugin.NewError(plugin.ErrorCodeAccessDenied, msg)
+		case http.StatusTooManyRequests:
+			return plugin.NewError(plugin.ErrorCodeThrottled, msg)
+		case http.StatusRequestTimeout, http.StatusGatewayTimeout:
+			return plugin.NewError(plugin.ErrorCodeTimeout, msg)
+		case http.StatusBadRequest, http.StatusNotFound:
+			return plugin.NewError(plugin.ErrorCodeValidation, msg)
+		}
+	}
+	return plugin.NewError(plugin.ErrorCodeGeneric, msg)
+}

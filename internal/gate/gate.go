@@ -1,0 +1,330 @@
+// Package gate is the attestation gate in front of the signing key: the logic of the Notation
+// plugin attested-kv (capability SIGNATURE_GENERATOR.ENVELOPE).
+//
+// For each generate-envelope request it computes the binding of the image digest and key id,
+// obtains an MAA token for it from the local TPM, verifies the token (signature, issuer, lifetime,
+// age, the echoed binding) and the claim rules, and only then signs through Key Vault, building a
+// JWS or COSE envelope whose signed attributes carry the token's SHA-256 and issuer. The token is
+// kept in the token store under the image digest. Any failure before the signature stops the
+// request with an error that names the cause; Key Vault is not called at all.
+//
+// Fail closed is structural: the signing step takes an *Attestation, which only the gate's own
+// attest step constructs from a verified token whose rules passed.
+package gate
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/notaryproject/notation-core-go/signature"
+	_ "github.com/notaryproject/notation-core-go/signature/cose" // registers application/cose
+	_ "github.com/notaryproject/notation-core-go/signature/jws"  // registers application/jose+json
+	nx509 "github.com/notaryproject/notation-core-go/x509"
+	"github.com/notaryproject/notation-plugin-framework-go/plugin"
+	"github.com/notaryproject/tspclient-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/attested-kv/attested-kv/internal/binding"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/token"
+)
+
+// Plugin identity (the name must equal the install directory and the binary's suffix).
+const (
+	Name        = "attested-kv"
+	Description = "Signs with Azure Key Vault only after Microsoft Azure Attestation of this VM's TPM"
+	URL         = "https://github.com/attested-kv/attested-kv"
+)
+
+// Signed attributes of the envelope and the annotation of the signature manifest (DESIGN.md,
+// "Binding").
+const (
+	AttrTokenSHA256 = "io.github.attested-kv.token.sha256"
+	AttrIssuer      = "io.github.attested-kv.attestation.issuer"
+	// AnnotationTokenSHA256 points from the signature manifest to the token referrer (unsigned; the
+	// signed attribute is what verifiers trust).
+	AnnotationTokenSHA256 = "io.github.attested-kv.token.sha256"
+)
+
+// PayloadType is the only payload notation sends for OCI signing.
+const PayloadType = "application/vnd.cncf.notary.payload.v1+json"
+
+// maxPayload bounds the Notary payload (a descriptor with annotations).
+const maxPayload = 1 << 20
+
+// Attester obtains an MAA token bound to nonce from the local TPM.
+type Attester interface {
+	Attest(ctx context.Context, nonce string) (string, error)
+}
+
+// TokenVerifier verifies a token and its echoed nonce (satisfied by *maa.Verifier).
+type TokenVerifier interface {
+	Verify(ctx context.Context, raw, nonce string) (*maa.Token, error)
+}
+
+// ClaimRules checks a verified token's claims; the error names the failed rule.
+type ClaimRules interface {
+	Check(claims map[string]any) error
+}
+
+// Deps builds the gate's collaborators from the plugin config; tests replace them.
+type Deps struct {
+	Attester func(ctx context.Context, c Config, log *slog.Logger) (Attester, error)
+	Verifier func(c Config) (TokenVerifier, error)
+	Rules    func(c Config) (ClaimRules, error)
+	Signer   func(ctx context.Context, keyID string, c Config, log *slog.Logger) (signature.Signer, error)
+	Now      func() time.Time
+	Version  string
+}
+
+// Gate implements plugin.Plugin.
+type Gate struct {
+	deps Deps
+}
+
+// New returns a Gate with deps; nil fields of deps take the production implementations.
+func New(deps Deps) *Gate {
+	d := DefaultDeps()
+	if deps.Attester != nil {
+		d.Attester = deps.Attester
+	}
+	if deps.Verifier != nil {
+		d.Verifier = deps.Verifier
+	}
+	if deps.Rules != nil {
+		d.Rules = deps.Rules
+	}
+	if deps.Signer != nil {
+		d.Signer = deps.Signer
+	}
+	if deps.Now != nil {
+		d.Now = deps.Now
+	}
+	if deps.Version != "" {
+		d.Version = deps.Version
+	}
+	return &Gate{deps: d}
+}
+
+// GetMetadata implements plugin.Plugin. It is static and offline: notation calls it with no config.
+func (g *Gate) GetMetadata(context.Context, *plugin.GetMetadataRequest) (*plugin.GetMetadataResponse, error) {
+	return &plugin.GetMetadataResponse{
+		Name:                      Name,
+		Description:               Description,
+		Version:                   g.deps.Version,
+		URL:                       URL,
+		SupportedContractVersions: []string{plugin.ContractVersion},
+		Capabilities:              []plugin.Capability{plugin.CapabilityEnvelopeGenerator},
+	}, nil
+}
+
+// DescribeKey implements plugin.Plugin; an envelope generator does not need it.
+func (g *Gate) DescribeKey(context.Context, *plugin.DescribeKeyRequest) (*plugin.DescribeKeyResponse, error) {
+	return nil, plugin.NewUnsupportedError("describe-key (attested-kv generates envelopes)")
+}
+
+// GenerateSignature implements plugin.Plugin; RAW signing cannot carry the token binding.
+func (g *Gate) GenerateSignature(context.Context, *plugin.GenerateSignatureRequest) (*plugin.GenerateSignatureResponse, error) {
+	return nil, plugin.NewUnsupportedError("generate-signature (attested-kv generates envelopes)")
+}
+
+// VerifySignature implements plugin.Plugin; attested-kv is not a verification plugin.
+func (g *Gate) VerifySignature(context.Context, *plugin.VerifySignatureRequest) (*plugin.VerifySignatureResponse, error) {
+	return nil, plugin.NewUnsupportedError("verify-signature")
+}
+
+// Attestation is a verified token whose claim rules passed, bound to one digest and key. Only
+// Gate.attest constructs one; signing requires it.
+type Attestation struct {
+	token   *maa.Token
+	subject string
+	keyID   string
+	binding string
+}
+
+// GenerateEnvelope implements plugin.Plugin: attest, verify, check rules, then sign.
+func (g *Gate) GenerateEnvelope(ctx context.Context, req *plugin.GenerateEnvelopeRequest) (*plugin.GenerateEnvelopeResponse, error) {
+	if req.ContractVersion != plugin.ContractVersion {
+		return nil, plugin.NewUnsupportedContractVersionError(req.ContractVersion)
+	}
+	cfg, err := ParseConfig(req.PluginConfig)
+	if err != nil {
+		return nil, plugin.NewValidationError(err.Error())
+	}
+	log, closeLog, err := openLog(cfg.LogFile)
+	if err != nil {
+		return nil, plugin.NewValidationError(err.Error())
+	}
+	defer closeLog()
+	rsp, err := g.generate(ctx, cfg, req, log)
+	if err != nil {
+		perr := ToPluginError(err)
+		log.Error("generate-envelope refused", "code", perr.ErrCode, "err", err)
+		return nil, perr
+	}
+	return rsp, nil
+}
+
+func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) (*plugin.GenerateEnvelopeResponse, error) {
+	if req.PayloadType != PayloadType {
+		return nil, validationf("payload type %q is not %q", req.PayloadType, PayloadType)
+	}
+	if req.SignatureEnvelopeType != "application/jose+json" && req.SignatureEnvelopeType != "application/cose" {
+		return nil, validationf("signature envelope type %q: want application/jose+json or application/cose", req.SignatureEnvelopeType)
+	}
+	subject, err := targetDigest(req.Payload)
+	if err != nil {
+		return nil, err
+	}
+	att, err := g.attest(ctx, cfg, subject, req.KeyID, log)
+	if err != nil {
+		return nil, err
+	}
+	env, err := g.sign(ctx, att, cfg, req, log)
+	if err != nil {
+		return nil, err
+	}
+	dir := cfg.TokenDir
+	if dir == "" {
+		if dir, err = token.DefaultDir(); err != nil {
+			return nil, err
+		}
+	}
+	entry, err := token.NewStore(dir).Put(att.subject, att.token.Raw())
+	if err != nil {
+		return nil, fmt.Errorf("keeping the token (the signature is discarded): %w", err)
+	}
+	log.Info("signed", "subject", att.subject, "tokenSHA256", entry.SHA256, "tokenFile", entry.Path)
+	return &plugin.GenerateEnvelopeResponse{
+		SignatureEnvelope:     env,
+		SignatureEnvelopeType: req.SignatureEnvelopeType,
+		Annotations:           map[string]string{AnnotationTokenSHA256: entry.SHA256},
+	}, nil
+}
+
+// attest runs steps 1-4 of DESIGN.md: binding, evidence and token, verification, rules.
+func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, log *slog.Logger) (*Attestation, error) {
+	b, err := binding.Compute(subject, keyID)
+	if err != nil {
+		return nil, validationf("binding: %v", err)
+	}
+	rules, err := g.deps.Rules(cfg)
+	if err != nil {
+		return nil, validationf("claim rules: %v", err)
+	}
+	verifier, err := g.deps.Verifier(cfg)
+	if err != nil {
+		return nil, validationf("token verifier: %v", err)
+	}
+	attester, err := g.deps.Attester(ctx, cfg, log)
+	if err != nil {
+		return nil, &attestError{err: err}
+	}
+	raw, err := attester.Attest(ctx, b)
+	if err != nil {
+		return nil, &attestError{err: err}
+	}
+	tok, err := verifier.Verify(ctx, raw, b)
+	if err != nil {
+		return nil, &attestError{err: fmt.Errorf("the token does not verify: %w", err)}
+	}
+	if err := rules.Check(tok.Claims()); err != nil {
+		return nil, &attestError{err: err}
+	}
+	log.Info("attested", "issuer", tok.Issuer(), "tokenSHA256", tok.SHA256(), "issuedAt", tok.IssuedAt())
+	return &Attestation{token: tok, subject: subject, keyID: keyID, binding: b}, nil
+}
+
+// sign builds the envelope; it takes the Attestation so no path reaches Key Vault without one.
+func (g *Gate) sign(ctx context.Context, att *Attestation, cfg Config, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) ([]byte, error) {
+	if att == nil || att.token == nil || att.keyID != req.KeyID {
+		return nil, &attestError{err: errors.New("no attestation for this key")}
+	}
+	signer, err := g.deps.Signer(ctx, req.KeyID, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	env, err := signature.NewEnvelope(req.SignatureEnvelopeType)
+	if err != nil {
+		return nil, validationf("%v", err)
+	}
+	now := g.deps.Now()
+	sr := &signature.SignRequest{
+		Payload:     signature.Payload{ContentType: req.PayloadType, Content: req.Payload},
+		Signer:      signer,
+		SigningTime: now,
+		ExtendedSignedAttributes: []signature.Attribute{
+			{Key: AttrTokenSHA256, Critical: false, Value: att.token.SHA256()},
+			{Key: AttrIssuer, Critical: false, Value: att.token.Issuer()},
+		},
+		SigningAgent:  Name + "/" + g.deps.Version,
+		SigningScheme: signature.SigningSchemeX509,
+	}
+	if req.ExpiryDurationInSeconds > 0 {
+		sr.Expiry = now.Add(time.Duration(req.ExpiryDurationInSeconds) * time.Second)
+	}
+	if cfg.TimestampURL != "" {
+		ts, err := tspclient.NewHTTPTimestamper(nil, cfg.TimestampURL)
+		if err != nil {
+			return nil, validationf("%s: %v", KeyTimestampURL, err)
+		}
+		roots, err := nx509.ReadCertificateFile(cfg.TimestampRootCert)
+		if err != nil {
+			return nil, validationf("%s: %v", KeyTimestampRootCert, err)
+		}
+		pool := x509.NewCertPool()
+		for _, c := range roots {
+			pool.AddCert(c)
+		}
+		sr.Timestamper, sr.TSARootCAs = ts, pool
+	}
+	out, err := env.Sign(sr.WithContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("signing: %w", err)
+	}
+	return out, nil
+}
+
+// targetDigest returns the digest of the payload's targetArtifact.
+func targetDigest(payload []byte) (string, error) {
+	if len(payload) == 0 || len(payload) > maxPayload {
+		return "", validationf("payload of %d bytes", len(payload))
+	}
+	var p struct {
+		TargetArtifact *ocispec.Descriptor `json:"targetArtifact"`
+	}
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return "", validationf("payload is not a Notary payload: %v", err)
+	}
+	if p.TargetArtifact == nil || p.TargetArtifact.Digest == "" {
+		return "", validationf("payload has no targetArtifact digest")
+	}
+	if err := p.TargetArtifact.Digest.Validate(); err != nil {
+		return "", validationf("targetArtifact digest: %v", err)
+	}
+	return p.TargetArtifact.Digest.String(), nil
+}
+
+// openLog returns a logger writing to path (JSON lines, mode 0600), or a silent one. The plugin
+// must never write to stdout or stderr outside the protocol.
+func openLog(path string) (*slog.Logger, func(), error) {
+	if path == "" {
+		return slog.New(slog.DiscardHandler), func() {}, nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", KeyLogFile, err)
+	}
+	level := slog.LevelInfo
+	if strings.EqualFold(os.Getenv("ATTESTED_KV_DEBUG"), "1") {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewJSONHandler(f, &slog.HandlerOptions{Level: level})).With("pid", os.Getpid()), func() { f.Close() }, nil
+}

@@ -1,0 +1,323 @@
+package gate
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/notaryproject/notation-core-go/signature"
+	"github.com/notaryproject/notation-plugin-framework-go/plugin"
+
+	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/token"
+	"github.com/attested-kv/attested-kv/internal/tpm"
+	"github.com/attested-kv/attested-kv/policy/rules"
+)
+
+// These tests run the gate with a real TPM (go-tpm-tools' simulator, provisioned like an Azure
+// vTPM), the production MAA client and verifier, and the MAA emulator. Key Vault is replaced by a
+// counting local signer here (internal/keyvault has its own tests against the Key Vault emulator;
+// the end-to-end tests run both through notation), so each refusal can assert that nothing reached
+// the signer.
+
+const (
+	testKeyID  = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
+	testDigest = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+)
+
+type nopClose struct{ transport.TPM }
+
+func (nopClose) Close() error { return nil }
+
+// fixture is one TPM, one MAA instance, one signer.
+type fixture struct {
+	maaSrv   *httptest.Server
+	maaEmu   *emu.Server
+	dev      *tpm.Device
+	signer   signature.LocalSigner
+	signerN  atomic.Int32 // signer factory calls: Key Vault contacted
+	tokenDir string
+	cfg      map[string]string
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	ca, err := tpm.NewCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sim, err := simulator.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sim.Close() })
+	tp := nopClose{transport.FromReadWriter(sim)}
+	if _, err := tpm.Provision(context.Background(), tp, ca, tpm.ProvisionOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(ca.Root)
+	inters.AddCert(ca.Intermediate)
+	srv := httptest.NewUnstartedServer(nil)
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Config.Handler = e.Handler()
+
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "attested-kv test signer"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+		BasicConstraintsValid: true,
+	}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	cert, _ := x509.ParseCertificate(der)
+	ls, err := signature.NewLocalSigner([]*x509.Certificate{cert}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rulesFile := filepath.Join(t.TempDir(), "rules.cel")
+	// The emulator derives the secure-boot claims from the TCG log, and this TPM has none, so the
+	// default rules here check what the evidence does prove.
+	os.WriteFile(rulesFile, []byte("attestation-type: claims[\"x-ms-attestation-type\"] == \"azurevm\"\npcrs: 7.0 in claims[\"x-ms-azurevm-attested-pcrs\"]\n"), 0o644)
+	f := &fixture{maaSrv: srv, maaEmu: e, dev: tpm.New(tp, tpm.WithEventLogPath("")), signer: ls, tokenDir: t.TempDir()}
+	f.cfg = map[string]string{KeyAttestationURL: srv.URL, KeyTokenDir: f.tokenDir, KeyRules: rulesFile}
+	return f
+}
+
+// simAttester attests with the fixture's TPM through the production client.
+type simAttester struct {
+	client *maa.Client
+	dev    *tpm.Device
+	nonce  string // if set, attest with this nonce instead (binding mismatch)
+}
+
+func (a simAttester) Attest(ctx context.Context, nonce string) (string, error) {
+	if a.nonce != "" {
+		nonce = a.nonce
+	}
+	return a.client.AttestNonce(ctx, a.dev, nonce)
+}
+
+func (f *fixture) deps(t *testing.T) Deps {
+	return Deps{
+		Attester: func(_ context.Context, c Config, log *slog.Logger) (Attester, error) {
+			cl, err := maa.NewClient(c.AttestationURL, maa.ClientOptions{HTTPClient: f.maaSrv.Client(), Logger: log, RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond})
+			return simAttester{client: cl, dev: f.dev}, err
+		},
+		Verifier: func(c Config) (TokenVerifier, error) {
+			return maa.NewVerifier(maa.VerifierOptions{
+				Instance: c.AttestationURL,
+				Keys:     maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{HTTPClient: f.maaSrv.Client()}),
+				MaxAge:   c.MaxTokenAge,
+			})
+		},
+		Signer: func(context.Context, string, Config, *slog.Logger) (signature.Signer, error) {
+			f.signerN.Add(1)
+			return f.signer, nil
+		},
+	}
+}
+
+func request(envType string, cfg map[string]string) *plugin.GenerateEnvelopeRequest {
+	payload, _ := json.Marshal(map[string]any{"targetArtifact": map[string]any{
+		"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": testDigest, "size": 1234,
+	}})
+	return &plugin.GenerateEnvelopeRequest{
+		ContractVersion: "1.0", KeyID: testKeyID, PayloadType: PayloadType,
+		SignatureEnvelopeType: envType, Payload: payload, PluginConfig: cfg,
+	}
+}
+
+func TestGenerateEnvelopeSignsOnlyAfterAttestation(t *testing.T) {
+	f := newFixture(t)
+	g := New(f.deps(t))
+	for _, envType := range []string{"application/jose+json", "application/cose"} {
+		t.Run(envType, func(t *testing.T) {
+			rsp, err := g.GenerateEnvelope(context.Background(), request(envType, f.cfg))
+			if err != nil {
+				t.Fatalf("GenerateEnvelope: %v", err)
+			}
+			env, err := signature.ParseEnvelope(envType, rsp.SignatureEnvelope)
+			if err != nil {
+				t.Fatal(err)
+			}
+			content, err := env.Verify()
+			if err != nil {
+				t.Fatalf("envelope does not verify: %v", err)
+			}
+			attrs := map[any]any{}
+			for _, a := range content.SignerInfo.SignedAttributes.ExtendedAttributes {
+				attrs[a.Key] = a.Value
+			}
+			entries, err := token.NewStore(f.tokenDir).List(testDigest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if attrs[AttrTokenSHA256] != entries[0].SHA256 || rsp.Annotations[AnnotationTokenSHA256] != entries[0].SHA256 {
+				t.Fatalf("signed attribute %v, annotation %v, stored token %s", attrs[AttrTokenSHA256], rsp.Annotations, entries[0].SHA256)
+			}
+			if attrs[AttrIssuer] != f.maaSrv.URL {
+				t.Fatalf("issuer attribute %v", attrs[AttrIssuer])
+			}
+			_, claims, _ := maa.ParseUnverified(entries[0].Raw)
+			if n, _ := maa.ClientPayloadNonce(claims); n == "" {
+				t.Fatal("stored token carries no binding")
+			}
+		})
+	}
+}
+
+// TestFailClosed: every failure between evidence and a verified token stops the request with the
+// right protocol code, a message naming the cause, and no call to the signer.
+func TestFailClosed(t *testing.T) {
+	f := newFixture(t)
+	closed := func() string {
+		ln, _ := net.Listen("tcp", "127.0.0.1:0")
+		a := ln.Addr().String()
+		ln.Close()
+		return a
+	}()
+	status := func(code int) *httptest.Server {
+		s := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			fmt.Fprintf(w, `{"error":{"code":"Injected","message":"status %d"}}`, code)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range f.cfg {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	base := f.deps(t)
+	tests := []struct {
+		name    string
+		cfg     map[string]string
+		deps    func(d Deps) Deps
+		req     func(r *plugin.GenerateEnvelopeRequest)
+		code    plugin.ErrorCode
+		message string
+	}{
+		{name: "TPM unavailable", cfg: with(KeyTPM, "swtpm:"+closed), deps: func(d Deps) Deps {
+			d.Attester = func(ctx context.Context, c Config, log *slog.Logger) (Attester, error) {
+				cl, _ := maa.NewClient(c.AttestationURL, maa.ClientOptions{HTTPClient: f.maaSrv.Client()})
+				return &tpmAttester{client: cl, cfg: c, log: log}, nil
+			}
+			return d
+		}, code: plugin.ErrorCodeAccessDenied, message: "TPM"},
+		{name: "MAA down", cfg: with(KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeAccessDenied, message: "unavailable"},
+		{name: "MAA 500", cfg: with(KeyAttestationURL, status(500).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 500"},
+		{name: "MAA 429", cfg: with(KeyAttestationURL, status(429).URL), code: plugin.ErrorCodeThrottled, message: "429"},
+		{name: "MAA refuses the evidence", cfg: with(KeyAttestationURL, status(400).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 400"},
+		{name: "token signed by a key the instance does not publish", deps: func(d Deps) Deps {
+			d.Verifier = func(c Config) (TokenVerifier, error) {
+				other, _ := rsa.GenerateKey(rand.Reader, 2048)
+				jwks := fmt.Sprintf(`{"keys":[{"kty":"RSA","kid":"other","n":"%s","e":"AQAB"}]}`, b64u(other.N.Bytes()))
+				ks, err := maa.NewStaticKeySet([]byte(jwks))
+				if err != nil {
+					return nil, err
+				}
+				return maa.NewVerifier(maa.VerifierOptions{Instance: c.AttestationURL, Keys: ks, MaxAge: c.MaxTokenAge})
+			}
+			return d
+		}, code: plugin.ErrorCodeAccessDenied, message: `check "key"`},
+		{name: "token from another instance", deps: func(d Deps) Deps {
+			d.Verifier = func(c Config) (TokenVerifier, error) {
+				return maa.NewVerifier(maa.VerifierOptions{Instance: "https://other.attest.azure.net", Keys: maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{HTTPClient: f.maaSrv.Client()}), MaxAge: c.MaxTokenAge})
+			}
+			return d
+		}, code: plugin.ErrorCodeAccessDenied, message: `check "issuer"`},
+		{name: "binding mismatch", deps: func(d Deps) Deps {
+			d.Attester = func(_ context.Context, c Config, _ *slog.Logger) (Attester, error) {
+				cl, err := maa.NewClient(c.AttestationURL, maa.ClientOptions{HTTPClient: f.maaSrv.Client()})
+				return simAttester{client: cl, dev: f.dev, nonce: strings.Repeat("0", 64)}, err
+			}
+			return d
+		}, code: plugin.ErrorCodeAccessDenied, message: `check "nonce"`},
+		{name: "token too old", deps: func(d Deps) Deps {
+			d.Verifier = func(c Config) (TokenVerifier, error) {
+				return maa.NewVerifier(maa.VerifierOptions{Instance: c.AttestationURL, Keys: maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{HTTPClient: f.maaSrv.Client()}), MaxAge: c.MaxTokenAge,
+					Now: func() time.Time { return time.Now().Add(7 * time.Minute) }})
+			}
+			return d
+		}, code: plugin.ErrorCodeAccessDenied, message: "max age is 5m0s"},
+		{name: "claim rule false (baseline: no secure boot measured)", cfg: with(KeyRules, ""), code: plugin.ErrorCodeAccessDenied, message: `claim rule "secure-boot"`},
+		{name: "rule file missing", cfg: with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "rules.cel"},
+		{name: "no attestation_url", cfg: with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
+		{name: "unknown config key", cfg: with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
+		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
+		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
+		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := base
+			if tc.deps != nil {
+				d = tc.deps(d)
+			}
+			cfg := f.cfg
+			if tc.cfg != nil {
+				cfg = tc.cfg
+			}
+			req := request("application/jose+json", cfg)
+			if tc.req != nil {
+				tc.req(req)
+			}
+			before := f.signerN.Load()
+			_, err := New(d).GenerateEnvelope(context.Background(), req)
+			var perr *plugin.Error
+			if !errors.As(err, &perr) {
+				t.Fatalf("err = %v, want a plugin error", err)
+			}
+			if perr.ErrCode != tc.code || !strings.Contains(perr.Message, tc.message) {
+				t.Fatalf("got %s %q, want %s containing %q", perr.ErrCode, perr.Message, tc.code, tc.message)
+			}
+			if f.signerN.Load() != before {
+				t.Fatal("the signer (Key Vault) was reached")
+			}
+			if _, err := token.NewStore(f.tokenDir).List(testDigest); !errors.Is(err, token.ErrNotFound) {
+				t.Fatalf("a token was stored: %v", err)
+			}
+		})
+	}
+}
+
+func TestBaselineRulesCompile(t *testing.T) {
+	if len(rules.Baseline().Rules()) == 0 {
+		t.Fatal("empty baseline")
+	}
+}
+
+func b64u(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }

@@ -1,0 +1,311 @@
+// Package localstack runs the project's local stand-ins for Azure on loopback, in one supervised
+// background process: an MAA emulator (HTTPS) and a TPM 2.0 simulator provisioned like an Azure
+// vTPM, served over swtpm's socket framing. Later parts of the chain (Entra ID, Key Vault, an OCI
+// registry) join the same process. See DESIGN.md, "Local stack".
+package localstack
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/go-tpm-tools/simulator"
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
+	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
+	"github.com/attested-kv/attested-kv/internal/tpm"
+	"github.com/attested-kv/attested-kv/internal/tpmsim"
+)
+
+// StateVersion is the version of state.json; a stack written by another version is not reused.
+const StateVersion = 1
+
+// State is what a running stack publishes in its state directory (state.json) for the other
+// commands: where each component listens and which files clients need.
+type State struct {
+	Version       int       `json:"version"`
+	PID           int       `json:"pid"`
+	StartedAt     time.Time `json:"startedAt"`
+	MAAURL        string    `json:"maaURL"`
+	TPMAddr       string    `json:"tpmAddr"`    // the plugin's `tpm` value: swtpm:127.0.0.1:PORT
+	TCGLogPath    string    `json:"tcgLogPath"` // the firmware event log matching the TPM's PCRs
+	CABundlePath  string    `json:"caBundlePath"`
+	TLSRootPath   string    `json:"tlsRootPath"`
+	VTPMRootPath  string    `json:"vtpmRootPath"`
+	ControlSocket string    `json:"controlSocket"`
+}
+
+// Paths of the state directory's files.
+type paths struct{ dir string }
+
+func (p paths) state() string       { return filepath.Join(p.dir, "state.json") }
+func (p paths) pid() string         { return filepath.Join(p.dir, "stack.pid") }
+func (p paths) log() string         { return filepath.Join(p.dir, "stack.log") }
+func (p paths) control() string     { return filepath.Join(p.dir, "control.sock") }
+func (p paths) tlsDir() string      { return filepath.Join(p.dir, "tls") }
+func (p paths) caBundle() string    { return filepath.Join(p.dir, "tls", "ca-bundle.pem") }
+func (p paths) vtpmDir() string     { return filepath.Join(p.dir, "vtpm") }
+func (p paths) maaDir() string      { return filepath.Join(p.dir, "maa") }
+func (p paths) tcgLog() string      { return filepath.Join(p.dir, "tpm", "binary_bios_measurements") }
+func (p paths) tpmDir() string      { return filepath.Join(p.dir, "tpm") }
+func (p paths) vtpmRootPEM() string { return filepath.Join(p.dir, "vtpm", "root.pem") }
+
+// DefaultStateDir is $XDG_STATE_HOME/attested-kv/local, or ~/.local/state/attested-kv/local.
+func DefaultStateDir() (string, error) {
+	base := os.Getenv("XDG_STATE_HOME")
+	if base == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("no XDG_STATE_HOME and no home directory: %w", err)
+		}
+		base = filepath.Join(home, ".local", "state")
+	}
+	return filepath.Join(base, "attested-kv", "local"), nil
+}
+
+// Options configure Run.
+type Options struct {
+	// StateDir holds keys, certificates, logs and state.json.
+	StateDir string
+	// Logger receives the stack's diagnostics.
+	Logger *slog.Logger
+	// Ready, if set, is called once every component listens and state.json is written.
+	Ready func(*State)
+}
+
+// Run starts every component in this process, publishes state.json and blocks until ctx is done;
+// then it stops everything and removes state.json. It is what `attest-bootstrap local serve`
+// runs in the background process, and what tests call directly.
+func Run(ctx context.Context, opts Options) error {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := paths{opts.StateDir}
+	for _, d := range []string{p.dir, p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("state directory: %w", err)
+		}
+	}
+
+	// Trust material, kept across restarts.
+	tlsCA, err := loadOrCreateTLSAuthority(p.tlsDir())
+	if err != nil {
+		return err
+	}
+	if err := writeCABundle(p.caBundle(), tlsCA.cert); err != nil {
+		return err
+	}
+	vtpmCA, err := tpm.LoadCA(p.vtpmDir())
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("vTPM CA: %w", err)
+		}
+		if vtpmCA, err = tpm.NewCA(); err != nil {
+			return fmt.Errorf("vTPM CA: %w", err)
+		}
+		if err := vtpmCA.Save(p.vtpmDir()); err != nil {
+			return fmt.Errorf("vTPM CA: %w", err)
+		}
+	}
+	signCert, signKey, err := loadOrCreateSigningKey(p.maaDir())
+	if err != nil {
+		return err
+	}
+	srvCert, srvKey, err := tlsCA.serverCertificate()
+	if err != nil {
+		return fmt.Errorf("TLS server certificate: %w", err)
+	}
+	tlsConfig := &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{srvCert.Raw}, PrivateKey: srvKey, Leaf: srvCert}},
+	}
+
+	// The TPM: a fresh simulator each start (its state lives in memory), provisioned like an Azure
+	// vTPM, with PCRs 0-7 measured by a Secure Boot firmware event log.
+	tpmSrv, tpmAddr, closeTPM, err := startTPM(ctx, p, vtpmCA, log)
+	if err != nil {
+		return err
+	}
+	defer closeTPM()
+
+	// The MAA emulator.
+	maaLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("MAA emulator: %w", err)
+	}
+	maaURL := "https://" + maaLn.Addr().String()
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	roots.AddCert(vtpmCA.Root)
+	inters.AddCert(vtpmCA.Intermediate)
+	maaSrv, err := emu.New(emu.Config{
+		TrustedRoots:  roots,
+		Intermediates: inters,
+		SigningKey:    signKey,
+		SigningCert:   signCert,
+		Issuer:        maaURL,
+		Logger:        log.With("component", "maa"),
+	})
+	if err != nil {
+		maaLn.Close()
+		return fmt.Errorf("MAA emulator: %w", err)
+	}
+	maaHTTP := &http.Server{Handler: maaSrv.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+
+	// The control socket: status and TPM outage simulation for the demo and tests.
+	os.Remove(p.control())
+	ctlLn, err := net.Listen("unix", p.control())
+	if err != nil {
+		maaLn.Close()
+		return fmt.Errorf("control socket: %w", err)
+	}
+	ctlHTTP := &http.Server{Handler: controlHandler(tpmSrv), ReadHeaderTimeout: 5 * time.Second}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 3)
+	serve := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	serve("MAA emulator", func() error { return maaHTTP.ServeTLS(maaLn, "", "") })
+	serve("control socket", func() error { return ctlHTTP.Serve(ctlLn) })
+
+	st := &State{
+		Version:       StateVersion,
+		PID:           os.Getpid(),
+		StartedAt:     time.Now().UTC(),
+		MAAURL:        maaURL,
+		TPMAddr:       "swtpm:" + tpmAddr,
+		TCGLogPath:    p.tcgLog(),
+		CABundlePath:  p.caBundle(),
+		TLSRootPath:   filepath.Join(p.tlsDir(), "root.pem"),
+		VTPMRootPath:  p.vtpmRootPEM(),
+		ControlSocket: p.control(),
+	}
+	if err := writeState(p, st); err != nil {
+		maaHTTP.Close()
+		ctlHTTP.Close()
+		return err
+	}
+	log.Info("local stack ready", "maa", maaURL, "tpm", st.TPMAddr)
+	if opts.Ready != nil {
+		opts.Ready(st)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	maaHTTP.Shutdown(shutdownCtx)
+	ctlHTTP.Shutdown(shutdownCtx)
+	wg.Wait()
+	os.Remove(p.state())
+	os.Remove(p.control())
+	return runErr
+}
+
+// startTPM brings up the simulator, measures the boot, provisions the AK and serves it.
+func startTPM(ctx context.Context, p paths, ca *tpm.CA, log *slog.Logger) (*tpmsim.Server, string, func(), error) {
+	sim, err := simulator.Get()
+	if err != nil {
+		return nil, "", nil, fmt.Errorf("TPM simulator: %w", err)
+	}
+	t := transport.FromReadWriter(sim)
+	fail := func(err error) (*tpmsim.Server, string, func(), error) {
+		sim.Close()
+		return nil, "", nil, err
+	}
+	eventLog, extends, err := tpmsim.BuildEventLog(tpmsim.EventLogOptions{SecureBoot: true})
+	if err != nil {
+		return fail(fmt.Errorf("event log: %w", err))
+	}
+	if err := tpmsim.ApplyEventLog(ctx, t, extends); err != nil {
+		return fail(fmt.Errorf("measuring the boot into the TPM: %w", err))
+	}
+	if err := atomicfile.Write(p.tcgLog(), eventLog, 0o644); err != nil {
+		return fail(err)
+	}
+	if _, err := tpm.Provision(ctx, t, ca, tpm.ProvisionOptions{}); err != nil {
+		return fail(fmt.Errorf("provisioning the AK: %w", err))
+	}
+	srv := tpmsim.NewServer(t, tpmsim.ServerOptions{Logger: log.With("component", "tpm")})
+	addr, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		return fail(fmt.Errorf("TPM server: %w", err))
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(sctx); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, context.Canceled) {
+			log.Error("TPM server stopped", "err", err)
+		}
+	}()
+	return srv, addr.String(), func() {
+		cancel()
+		srv.Close()
+		<-done
+		sim.Close()
+	}, nil
+}
+
+func writeState(p paths, st *State) error {
+	b, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(p.state(), append(b, '\n'), 0o600)
+}
+
+// ReadState reads state.json of the stack in dir. It returns an error wrapping os.ErrNotExist
+// when no stack has published one.
+func ReadState(dir string) (*State, error) {
+	b, err := os.ReadFile(paths{dir}.state())
+	if err != nil {
+		return nil, err
+	}
+	var st State
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("%s: %w", paths{dir}.state(), err)
+	}
+	if st.Version != StateVersion {
+		return nil, fmt.Errorf("%s: state version %d, this build reads %d", paths{dir}.state(), st.Version, StateVersion)
+	}
+	return &st, nil
+}
+
+// controlHandler serves the stack's control socket.
+func controlHandler(tpmSrv *tpmsim.Server) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /tpm/stop", func(w http.ResponseWriter, r *http.Request) {
+		tpmSrv.Stop()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /tpm/start", func(w http.ResponseWriter, r *http.Request) {
+		tpmSrv.Start()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	return mux
+}

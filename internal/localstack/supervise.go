@@ -1,0 +1,300 @@
+package localstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrNotRunning reports that no stack is running for a state directory.
+var ErrNotRunning = errors.New("the local stack is not running")
+
+// StartOptions configure Up.
+type StartOptions struct {
+	// StateDir is the stack's state directory.
+	StateDir string
+	// Command is the argv that runs the stack in the foreground (Run), e.g.
+	// [/path/attest-bootstrap local serve --state DIR]. Up starts it detached.
+	Command []string
+	// Timeout bounds the wait for the stack to become ready (default 60s).
+	Timeout time.Duration
+}
+
+// Up starts the stack as a detached background process and waits until it is ready. If a stack
+// is already running for the state directory it returns its state and alreadyRunning = true.
+func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool, err error) {
+	p := paths{opts.StateDir}
+	if st, err := runningState(opts.StateDir); err == nil {
+		return st, true, nil
+	}
+	if err := os.MkdirAll(p.dir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("state directory: %w", err)
+	}
+	// A stale state.json from a crashed stack must not be taken for the new one's.
+	os.Remove(p.state())
+	logf, err := os.OpenFile(p.log(), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, false, fmt.Errorf("stack log: %w", err)
+	}
+	defer logf.Close()
+	if len(opts.Command) == 0 {
+		return nil, false, errors.New("no command to start the stack with")
+	}
+	cmd := exec.Command(opts.Command[0], opts.Command[1:]...)
+	cmd.Stdin = nil
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlive the terminal and our process group
+	if err := cmd.Start(); err != nil {
+		return nil, false, fmt.Errorf("starting the stack: %w", err)
+	}
+	pid := cmd.Process.Pid
+	if err := os.WriteFile(p.pid(), []byte(strconv.Itoa(pid)+"\n"), 0o600); err != nil {
+		cmd.Process.Kill()
+		return nil, false, fmt.Errorf("pid file: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-exited:
+			os.Remove(p.pid())
+			return nil, false, fmt.Errorf("the stack exited during start-up (%v); its log %s ends with:\n%s", err, p.log(), tail(p.log(), 20))
+		case <-deadline.C:
+			cmd.Process.Signal(syscall.SIGTERM)
+			return nil, false, fmt.Errorf("the stack did not become ready within %s; see %s", timeout, p.log())
+		case <-ctx.Done():
+			cmd.Process.Signal(syscall.SIGTERM)
+			return nil, false, ctx.Err()
+		case <-tick.C:
+			if st, err := ReadState(p.dir); err == nil && st.PID == pid {
+				return st, false, nil
+			}
+		}
+	}
+}
+
+// Down stops the stack and waits until its process is gone. It returns ErrNotRunning if there
+// was nothing to stop.
+func Down(ctx context.Context, stateDir string) error {
+	p := paths{stateDir}
+	pid, err := stackPID(stateDir)
+	if err != nil {
+		os.Remove(p.state())
+		os.Remove(p.pid())
+		return ErrNotRunning
+	}
+	proc, _ := os.FindProcess(pid)
+	if err := proc.Signal(syscall.SIGTERM); err != nil {
+		os.Remove(p.pid())
+		return ErrNotRunning
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			proc.Signal(syscall.SIGKILL)
+			time.Sleep(100 * time.Millisecond)
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if alive(pid) {
+		return fmt.Errorf("the stack (pid %d) did not stop", pid)
+	}
+	os.Remove(p.pid())
+	os.Remove(p.state())
+	os.Remove(p.control())
+	return nil
+}
+
+// ComponentStatus is the health of one component.
+type ComponentStatus struct {
+	Name    string `json:"name"`
+	Address string `json:"address"`
+	OK      bool   `json:"ok"`
+	Detail  string `json:"detail,omitempty"`
+}
+
+// Status reports each component of a running stack.
+func Status(ctx context.Context, stateDir string) (*State, []ComponentStatus, error) {
+	st, err := runningState(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var out []ComponentStatus
+	out = append(out, probeHTTPS(ctx, "MAA emulator", st.MAAURL+"/certs", st.TLSRootPath))
+	out = append(out, probeTCP(ctx, "TPM simulator", strings.TrimPrefix(st.TPMAddr, "swtpm:")))
+	return st, out, nil
+}
+
+// Env returns the shell exports of DESIGN.md for a running stack, in a stable order.
+func Env(st *State) [][2]string {
+	return [][2]string{
+		{"ATTEST_URL", st.MAAURL},
+		{"ATTEST_TPM", st.TPMAddr},
+		{"ATTEST_TCG_LOG", st.TCGLogPath},
+		{"SSL_CERT_FILE", st.CABundlePath},
+	}
+}
+
+// ShellQuote quotes s for a POSIX shell.
+func ShellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// SetTPMAvailable stops or restarts the stack's TPM (to show that signing fails closed).
+func SetTPMAvailable(ctx context.Context, stateDir string, up bool) error {
+	st, err := runningState(stateDir)
+	if err != nil {
+		return err
+	}
+	path := "/tpm/stop"
+	if up {
+		path = "/tpm/start"
+	}
+	client := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", st.ControlSocket)
+		},
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://stack"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("control socket: %s", resp.Status)
+	}
+	return nil
+}
+
+// runningState returns the state of a stack whose process is alive.
+func runningState(stateDir string) (*State, error) {
+	pid, err := stackPID(stateDir)
+	if err != nil {
+		return nil, ErrNotRunning
+	}
+	st, err := ReadState(stateDir)
+	if err != nil || st.PID != pid {
+		return nil, fmt.Errorf("%w (process %d has not published its state)", ErrNotRunning, pid)
+	}
+	return st, nil
+}
+
+// stackPID reads the pid file and checks that the process is alive and is our stack for this
+// state directory, so that a recycled pid is never signalled.
+func stackPID(stateDir string) (int, error) {
+	b, err := os.ReadFile(paths{stateDir}.pid())
+	if err != nil {
+		return 0, err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("bad pid file")
+	}
+	if !alive(pid) {
+		return 0, ErrNotRunning
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return 0, err
+	}
+	if !bytes.Contains(cmdline, []byte("serve")) || !bytes.Contains(cmdline, []byte(stateDir)) {
+		return 0, fmt.Errorf("pid %d is not the local stack", pid)
+	}
+	return pid, nil
+}
+
+func alive(pid int) bool {
+	if err := syscall.Kill(pid, 0); err != nil {
+		return false
+	}
+	// A zombie (exited, not yet reaped) counts as gone.
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
+		return false
+	}
+	return true
+}
+
+func probeHTTPS(ctx context.Context, name, url, rootPath string) ComponentStatus {
+	cs := ComponentStatus{Name: name, Address: url}
+	pem, err := os.ReadFile(rootPath)
+	if err != nil {
+		cs.Detail = err.Error()
+		return cs
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		cs.Detail = err.Error()
+		return cs
+	}
+	resp.Body.Close()
+	cs.OK = resp.StatusCode == http.StatusOK
+	cs.Detail = resp.Status
+	return cs
+}
+
+func probeTCP(ctx context.Context, name, addr string) ComponentStatus {
+	cs := ComponentStatus{Name: name, Address: addr}
+	var d net.Dialer
+	dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	c, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		cs.Detail = err.Error()
+		return cs
+	}
+	c.Close()
+	cs.OK = true
+	cs.Detail = "accepting connections"
+	return cs
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,184 @@
+// Package referrer stores an MAA token as an OCI referrer of the image it is bound to, and finds
+// it again (DESIGN.md, "Token referrer").
+//
+// The referrer is an image manifest v1.1 whose subject is the image, whose artifactType and
+// config mediaType are ArtifactType (config blob "{}", as Notation does for its signatures, so
+// registries that derive artifactType from the config also index it), with one layer of
+// mediaType application/jwt holding the JWT bytes. Its annotations name the issuer, the binding
+// and the token's issue time. Every field is derived from the token alone, so attaching the same
+// token twice yields the same manifest digest: one referrer.
+//
+// Registries without the Referrers API get the referrers tag schema through oras-go.
+package referrer
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/registry"
+)
+
+// Media types and annotations of the token referrer.
+const (
+	ArtifactType      = "application/vnd.attested-kv.maa-token.v1+jwt"
+	LayerMediaType    = "application/jwt"
+	AnnotationIssuer  = "io.github.attested-kv.issuer"
+	AnnotationBinding = "io.github.attested-kv.binding"
+	AnnotationCreated = ocispec.AnnotationCreated
+)
+
+// MaxTokenSize bounds the token layer read back from a registry.
+const MaxTokenSize = 64 << 10
+
+// maxManifestSize bounds a referrer manifest read back.
+const maxManifestSize = 64 << 10
+
+// Token is what gets attached: the JWT and the facts the annotations carry, taken from the
+// verified token by the caller.
+type Token struct {
+	Raw      string
+	Issuer   string
+	Binding  string
+	IssuedAt time.Time
+}
+
+// Target is what the package needs of a repository: content storage, the referrers listing, and
+// resolution (satisfied by *remote.Repository and by oras-go's in-memory store).
+type Target interface {
+	content.Storage
+	registry.ReferrerLister
+}
+
+// Attach pushes tok as a referrer of subject and returns the referrer manifest's descriptor.
+func Attach(ctx context.Context, repo Target, subject ocispec.Descriptor, tok Token) (ocispec.Descriptor, error) {
+	if tok.Raw == "" || len(tok.Raw) > MaxTokenSize {
+		return ocispec.Descriptor{}, fmt.Errorf("token of %d bytes cannot be attached", len(tok.Raw))
+	}
+	if tok.IssuedAt.IsZero() {
+		return ocispec.Descriptor{}, errors.New("token has no issue time")
+	}
+	cfg, err := pushBlob(ctx, repo, ArtifactType, []byte("{}"))
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("pushing the config: %w", err)
+	}
+	layer, err := pushBlob(ctx, repo, LayerMediaType, []byte(tok.Raw))
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("pushing the token: %w", err)
+	}
+	desc, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, ArtifactType, oras.PackManifestOptions{
+		Subject:          &subject,
+		Layers:           []ocispec.Descriptor{layer},
+		ConfigDescriptor: &cfg,
+		ManifestAnnotations: map[string]string{
+			AnnotationIssuer:  tok.Issuer,
+			AnnotationBinding: tok.Binding,
+			AnnotationCreated: tok.IssuedAt.UTC().Format(time.RFC3339),
+		},
+	})
+	if err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("pushing the referrer manifest: %w", err)
+	}
+	return desc, nil
+}
+
+// pushBlob pushes data unless the repository already has it.
+func pushBlob(ctx context.Context, repo Target, mediaType string, data []byte) (ocispec.Descriptor, error) {
+	desc := content.NewDescriptorFromBytes(mediaType, data)
+	ok, err := repo.Exists(ctx, desc)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	if !ok {
+		if err := repo.Push(ctx, desc, bytes.NewReader(data)); err != nil {
+			return ocispec.Descriptor{}, err
+		}
+	}
+	return desc, nil
+}
+
+// Found is one token referrer read back from a registry.
+type Found struct {
+	// Descriptor is the referrer manifest's descriptor.
+	Descriptor ocispec.Descriptor
+	// Raw is the JWT; SHA256 its hex SHA-256 (the signed attribute's value).
+	Raw    string
+	SHA256 string
+	// Annotations are the referrer manifest's annotations (informational: the token is what is
+	// verified).
+	Annotations map[string]string
+}
+
+// List returns the token referrers of subject, reading each token. A referrer whose manifest or
+// layer is malformed is reported as an error, not skipped: a verifier must not pass silently over
+// a token it could not read, though it may pass with another token that verifies.
+func List(ctx context.Context, repo Target, subject ocispec.Descriptor) ([]Found, []error) {
+	var descs []ocispec.Descriptor
+	err := repo.Referrers(ctx, subject, ArtifactType, func(page []ocispec.Descriptor) error {
+		descs = append(descs, page...)
+		return nil
+	})
+	if err != nil {
+		return nil, []error{fmt.Errorf("listing referrers of %s: %w", subject.Digest, err)}
+	}
+	var out []Found
+	var errs []error
+	for _, d := range descs {
+		f, err := read(ctx, repo, d)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("token referrer %s: %w", d.Digest, err))
+			continue
+		}
+		out = append(out, f)
+	}
+	return out, errs
+}
+
+func read(ctx context.Context, repo Target, d ocispec.Descriptor) (Found, error) {
+	if d.MediaType != ocispec.MediaTypeImageManifest || d.Size > maxManifestSize {
+		return Found{}, fmt.Errorf("unexpected manifest %s of %d bytes", d.MediaType, d.Size)
+	}
+	b, err := content.FetchAll(ctx, repo, d)
+	if err != nil {
+		return Found{}, err
+	}
+	var m ocispec.Manifest
+	if err := jsonStrictUnmarshal(b, &m); err != nil {
+		return Found{}, err
+	}
+	if m.ArtifactType != ArtifactType || len(m.Layers) != 1 || m.Layers[0].MediaType != LayerMediaType {
+		return Found{}, fmt.Errorf("not a token referrer (artifactType %q, %d layers)", m.ArtifactType, len(m.Layers))
+	}
+	l := m.Layers[0]
+	if l.Size <= 0 || l.Size > MaxTokenSize {
+		return Found{}, fmt.Errorf("token layer of %d bytes", l.Size)
+	}
+	rc, err := repo.Fetch(ctx, l)
+	if err != nil {
+		return Found{}, err
+	}
+	defer rc.Close()
+	// content.ReadAll checks size and digest.
+	tb, err := content.ReadAll(io.LimitReader(rc, MaxTokenSize+1), l)
+	if err != nil {
+		return Found{}, err
+	}
+	sum := sha256.Sum256(tb)
+	return Found{Descriptor: d, Raw: string(tb), SHA256: hex.EncodeToString(sum[:]), Annotations: m.Annotations}, nil
+}
+
+func jsonStrictUnmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	return nil
+}

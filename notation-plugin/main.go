@@ -1,0 +1,62 @@
+// Command notation-attested-kv is the Notation plugin attested-kv: it signs container images with
+// an Azure Key Vault key only after this VM's TPM has been attested by Microsoft Azure Attestation
+// and the token has been verified (see internal/gate). Notation runs it; users run
+//
+//	notation plugin install --file notation-attested-kv
+//	notation key add NAME --plugin attested-kv --id https://VAULT.vault.azure.net/keys/KEY/VERSION \
+//	    --plugin-config attestation_url=https://INSTANCE.attest.azure.net
+//	notation sign --key NAME REGISTRY/REPO@sha256:...
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/notaryproject/notation-plugin-framework-go/cli"
+
+	"github.com/attested-kv/attested-kv/internal/gate"
+)
+
+func main() {
+	if len(os.Args) == 2 && (os.Args[1] == "--help" || os.Args[1] == "-h" || os.Args[1] == "help") {
+		fmt.Print(usage)
+		return
+	}
+	c, err := cli.New(gate.New(gate.Deps{}))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	c.Execute(context.Background(), os.Args)
+}
+
+const usage = `notation-attested-kv: the Notation plugin "attested-kv".
+
+Notation runs this program; it reads a JSON request on stdin and writes the response on stdout.
+Commands: get-plugin-metadata, generate-envelope, version.
+
+Install and use:
+  notation plugin install --file notation-attested-kv
+  notation key add NAME --plugin attested-kv --id https://VAULT.vault.azure.net/keys/KEY[/VERSION] \
+      --plugin-config attestation_url=https://INSTANCE.attest.azure.net
+  notation sign --key NAME REGISTRY/REPO@sha256:...
+
+Plugin config (--plugin-config key=value):
+  attestation_url      MAA instance URL (required)
+  attestation_type     AzureGuest (default and only value)
+  max_token_age        oldest acceptable token, default 5m
+  rules                CEL claim rule file (default: the built-in Trusted Launch baseline)
+  tpm                  /dev/tpmrm0 (default), swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH
+  tcg_log              TCG event log, default /sys/kernel/security/tpm0/binary_bios_measurements
+  credential_type      environment, workloadid, managedid, azurecli; unset = DefaultAzureCredential
+  client_id            managed identity / workload identity client id
+  ca_certs             PEM bundle completing the certificate chain
+  token_dir            token store, default $XDG_STATE_HOME/attested-kv/tokens
+  timestamp_url        RFC 3161 TSA URL (needs timestamp_root_cert)
+  timestamp_root_cert  the TSA's root certificate (PEM)
+  log_file             diagnostics (JSON lines); nothing is written to stdout/stderr
+
+Nothing is signed unless a fresh MAA token, bound to the image digest and the key id, verifies
+and passes the claim rules. Never put secrets in the plugin config: 'notation sign -d' prints it.
+`

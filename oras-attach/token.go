@@ -1,0 +1,292 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
+	"github.com/attested-kv/attested-kv/internal/cliutil"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/tpm"
+)
+
+// maxTokenFile bounds what token verify and show read; MAA tokens are a few KiB.
+const maxTokenFile = 1 << 20
+
+// newFlags returns a flag set that reports errors on stderr and prints the command's usage.
+func newFlags(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n%s", synopsis, fs.FlagUsages())
+	}
+	fs.SortFlags = false
+	return fs
+}
+
+// parse parses args; it returns (exit code, done) where done means the caller must return.
+func parse(fs *pflag.FlagSet, args []string) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	return 0, false
+}
+
+func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
+	fs := newFlags("oras-attest token fetch", "oras-attest token fetch --nonce VALUE [flags]", io.stderr)
+	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "MAA instance URL (env ATTEST_URL)")
+	tpmAddr := fs.String("tpm", cliutil.EnvOr("ATTEST_TPM", tpm.DefaultDevice), "TPM: device path, swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH (env ATTEST_TPM)")
+	tcgLog := fs.String("tcg-log", cliutil.EnvOr("ATTEST_TCG_LOG", tpm.DefaultEventLogPath), "firmware TCG event log; a missing file is sent as an empty log (env ATTEST_TCG_LOG)")
+	nonce := fs.String("nonce", "", "value MAA echoes in the token's client payload (required)")
+	out := fs.String("out", "", "write the token to FILE (mode 0600) instead of stdout")
+	noVerify := fs.Bool("no-verify", false, "do not verify the token before writing it (not recommended)")
+	maxAge := fs.Duration("max-age", 5*time.Minute, "maximum token age accepted by the verification")
+	timeout := fs.Duration("timeout", 2*time.Minute, "overall time limit, retries included")
+	debug := fs.Bool("debug", false, "debug logging (may print evidence; never use in shared logs)")
+	if code, done := parse(fs, args); done {
+		return code
+	}
+	if fs.NArg() != 0 {
+		fmt.Fprintf(io.stderr, "oras-attest token fetch: unexpected argument %q\n", fs.Arg(0))
+		return 2
+	}
+	if *url == "" || *nonce == "" {
+		fmt.Fprintln(io.stderr, "oras-attest token fetch: --attestation-url (or ATTEST_URL) and --nonce are required")
+		return 2
+	}
+	log := cliutil.Logger(io.stderr, *debug)
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	fail := func(err error) int {
+		fmt.Fprintln(io.stderr, "oras-attest token fetch:", err)
+		return 1
+	}
+
+	client, err := maa.NewClient(*url, maa.ClientOptions{Logger: log})
+	if err != nil {
+		return fail(err)
+	}
+	dev, err := tpm.Open(ctx, *tpmAddr, tpm.WithEventLogPath(*tcgLog), tpm.WithLogger(log))
+	if err != nil {
+		return fail(fmt.Errorf("TPM %s: %w", *tpmAddr, err))
+	}
+	defer dev.Close()
+	raw, err := client.AttestNonce(ctx, dev, *nonce)
+	if err != nil {
+		return fail(err)
+	}
+	if !*noVerify {
+		v, err := maa.NewVerifier(maa.VerifierOptions{
+			Instance: *url,
+			Keys:     maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}}),
+			MaxAge:   *maxAge,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		if _, err := v.Verify(ctx, raw, *nonce); err != nil {
+			return fail(fmt.Errorf("the token MAA returned does not verify: %w", err))
+		}
+	}
+	if *out == "" {
+		fmt.Fprintln(io.stdout, raw)
+		return 0
+	}
+	if err := atomicfile.Write(*out, []byte(raw+"\n"), 0o600); err != nil {
+		return fail(err)
+	}
+	fmt.Fprintf(io.stderr, "token written to %s\n", *out)
+	return 0
+}
+
+// verifyResult is token verify's JSON output.
+type verifyResult struct {
+	Verified    bool           `json:"verified"`
+	FailedCheck string         `json:"failedCheck,omitempty"`
+	Error       string         `json:"error,omitempty"`
+	Issuer      string         `json:"issuer,omitempty"`
+	IssuedAt    *time.Time     `json:"issuedAt,omitempty"`
+	Expiry      *time.Time     `json:"expiry,omitempty"`
+	Nonce       string         `json:"nonce,omitempty"`
+	SHA256      string         `json:"sha256,omitempty"`
+	Checks      []checkOutcome `json:"checks"`
+}
+
+type checkOutcome struct {
+	Check  string `json:"check"`
+	Passed bool   `json:"passed"`
+}
+
+func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
+	fs := newFlags("oras-attest token verify", "oras-attest token verify FILE|- [flags]", io.stderr)
+	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "the MAA instance the token must come from: pins iss and the key source (env ATTEST_URL)")
+	nonce := fs.String("nonce", "", "the value the token's client payload must carry (checked when given)")
+	maxAge := fs.Duration("max-age", 5*time.Minute, "maximum age of the token (from its iat)")
+	jwks := fs.String("jwks", "", "verify with the keys of this JWKS file instead of fetching {instance}/certs (offline use)")
+	output := fs.StringP("output", "o", "text", "output format: text or json")
+	timeout := fs.Duration("timeout", 30*time.Second, "time limit for fetching the instance's keys")
+	if code, done := parse(fs, args); done {
+		return code
+	}
+	if err := cliutil.CheckFormat(*output); err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+		return 2
+	}
+	if fs.NArg() != 1 || *url == "" {
+		fmt.Fprintln(io.stderr, "usage: oras-attest token verify FILE|- --attestation-url URL [--nonce VALUE]")
+		return 2
+	}
+	raw, err := readToken(fs.Arg(0), io.stdin)
+	if err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+		return 1
+	}
+	var keys maa.KeySet
+	if *jwks != "" {
+		b, err := os.ReadFile(*jwks)
+		if err != nil {
+			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+			return 1
+		}
+		if keys, err = maa.NewStaticKeySet(b); err != nil {
+			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+			return 1
+		}
+	} else {
+		keys = maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: *timeout}})
+	}
+	v, err := maa.NewVerifier(maa.VerifierOptions{Instance: *url, Keys: keys, MaxAge: *maxAge})
+	if err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	tok, verr := v.Verify(ctx, raw, *nonce)
+
+	res := verifyResult{Verified: verr == nil, Checks: outcomes(verr, *nonce != "")}
+	if verr != nil {
+		res.FailedCheck = maa.CheckName(verr)
+		res.Error = verr.Error()
+	} else {
+		iat, exp := tok.IssuedAt(), tok.Expiry()
+		res.Issuer, res.IssuedAt, res.Expiry, res.Nonce, res.SHA256 = tok.Issuer(), &iat, &exp, tok.Nonce(), tok.SHA256()
+	}
+	if *output == "json" {
+		cliutil.WriteJSON(io.stdout, res)
+	} else {
+		for _, c := range res.Checks {
+			mark := "ok  "
+			if !c.Passed {
+				mark = "FAIL"
+			}
+			fmt.Fprintf(io.stdout, "%s %s\n", mark, c.Check)
+		}
+		if verr != nil {
+			fmt.Fprintf(io.stdout, "token REFUSED: %v\n", verr)
+		} else {
+			fmt.Fprintf(io.stdout, "token verified: issuer %s, issued %s ago, expires %s, sha256 %s\n",
+				res.Issuer, time.Since(*res.IssuedAt).Round(time.Second), res.Expiry.Local().Format(time.RFC3339), res.SHA256)
+		}
+	}
+	if verr != nil {
+		return 1
+	}
+	return 0
+}
+
+// outcomes lists the verifier's checks in order, marking the failed one and leaving out the
+// ones after it (not run) and the nonce check when no nonce was asked for.
+func outcomes(verr error, withNonce bool) []checkOutcome {
+	failed := ""
+	if verr != nil {
+		failed = maa.CheckName(verr)
+	}
+	var out []checkOutcome
+	for _, c := range maa.Checks {
+		if c == maa.CheckNonce && !withNonce {
+			continue
+		}
+		if c == failed {
+			out = append(out, checkOutcome{Check: c, Passed: false})
+			return out
+		}
+		out = append(out, checkOutcome{Check: c, Passed: true})
+	}
+	if verr != nil { // a failure outside the named checks (e.g. the key source was unreachable)
+		out = append(out, checkOutcome{Check: failed, Passed: false})
+	}
+	return out
+}
+
+func tokenShow(args []string, io cmdIO) int {
+	fs := newFlags("oras-attest token show", "oras-attest token show FILE|- [-o json]", io.stderr)
+	output := fs.StringP("output", "o", "text", "output format: text or json")
+	if code, done := parse(fs, args); done {
+		return code
+	}
+	if err := cliutil.CheckFormat(*output); err != nil || fs.NArg() != 1 {
+		fmt.Fprintln(io.stderr, "usage: oras-attest token show FILE|- [-o json]")
+		return 2
+	}
+	raw, err := readToken(fs.Arg(0), io.stdin)
+	if err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token show:", err)
+		return 1
+	}
+	header, claims, err := maa.ParseUnverified(raw)
+	if err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token show:", err)
+		return 1
+	}
+	if *output == "json" {
+		cliutil.WriteJSON(io.stdout, map[string]any{"verified": false, "header": header, "claims": claims})
+		return 0
+	}
+	fmt.Fprintln(io.stdout, "# NOT VERIFIED: this shows what the token says; use 'oras-attest token verify' to check it.")
+	fmt.Fprintln(io.stdout, "header:")
+	cliutil.WriteJSON(io.stdout, header)
+	fmt.Fprintln(io.stdout, "claims:")
+	cliutil.WriteJSON(io.stdout, claims)
+	if n, err := maa.ClientPayloadNonce(claims); err == nil {
+		fmt.Fprintf(io.stdout, "client payload nonce (decoded): %s\n", n)
+	}
+	return 0
+}
+
+// readToken reads a token from a file or, for "-", from stdin, and trims surrounding white space.
+func readToken(name string, stdin io.Reader) (string, error) {
+	var r io.Reader = stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return "", err
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, maxTokenFile+1))
+	if err != nil {
+		return "", err
+	}
+	if len(b) > maxTokenFile {
+		return "", fmt.Errorf("%s: larger than %d bytes, not a token", name, maxTokenFile)
+	}
+	s := strings.TrimSpace(string(bytes.TrimPrefix(b, []byte("\xef\xbb\xbf"))))
+	if s == "" {
+		return "", fmt.Errorf("%s: empty", name)
+	}
+	return s, nil
+}
