@@ -25,7 +25,9 @@ func validationf(format string, args ...any) error {
 // attestError is a failure between evidence and a verified token whose rules passed.
 type attestError struct{ err error }
 
-func (e *attestError) Error() string { return "attestation failed, nothing was signed: " + e.err.Error() }
+func (e *attestError) Error() string {
+	return "attestation failed, nothing was signed: " + e.err.Error()
+}
 func (e *attestError) Unwrap() error { return e.err }
 
 // ToPluginError maps err to the plugin protocol's error codes: attestation and rule failures and

@@ -21,17 +21,17 @@ import (
 
 // Event types of the TCG PC Client Platform Firmware Profile.
 const (
-	evPostCode                    = 0x00000001
-	evNoAction                    = 0x00000003
-	evSeparator                   = 0x00000004
-	evAction                      = 0x00000005
-	evSCRTMVersion                = 0x00000008
-	evEFIVariableDriverConfig     = 0x80000001
-	evEFIVariableBoot             = 0x80000002
-	evEFIBootServicesApplication  = 0x80000003
-	evEFIAction                   = 0x80000007
-	evEFIVariableAuthority        = 0x800000E0
-	tpmAlgSHA256           uint16 = 0x000B
+	evPostCode                          = 0x00000001
+	evNoAction                          = 0x00000003
+	evSeparator                         = 0x00000004
+	evAction                            = 0x00000005
+	evSCRTMVersion                      = 0x00000008
+	evEFIVariableDriverConfig           = 0x80000001
+	evEFIVariableBoot                   = 0x80000002
+	evEFIBootServicesApplication        = 0x80000003
+	evEFIAction                         = 0x80000007
+	evEFIVariableAuthority              = 0x800000E0
+	tpmAlgSHA256                 uint16 = 0x000B
 )
 
 // GUIDs in their EFI_GUID byte order (first three fields little-endian).
@@ -201,7 +201,7 @@ func imageLoadEvent() []byte {
 	out = binary.LittleEndian.AppendUint64(out, 0x100000)    // ImageLengthInMemory
 	out = binary.LittleEndian.AppendUint64(out, 0)           // ImageLinkTimeAddress
 	out = binary.LittleEndian.AppendUint64(out, 4)           // LengthOfDevicePath
-	return append(out, 0x7f, 0xff, 0x04, 0x00)              // END_DEVICE_PATH
+	return append(out, 0x7f, 0xff, 0x04, 0x00)               // END_DEVICE_PATH
 }
 
 func utf16z(s string) []byte {
