@@ -1,6 +1,6 @@
 // Command oras-attest handles MAA attestation tokens for attested signing: it fetches them from
-// the local TPM, verifies and shows them; later it attaches them to images as OCI referrers and
-// verifies images before deployment.
+// the local TPM, verifies and shows them, attaches them to images as OCI referrers, and verifies
+// images before deployment.
 package main
 
 import (
@@ -20,12 +20,18 @@ Usage:
   oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
   oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--jwks FILE] [-o json]
   oras-attest token show   FILE|- [-o json]
+  oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [-o json]
+  oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL
+                     [--trust-policy FILE] [--trust-store DIR] [--rules FILE] [--max-age 5m] [--jwks FILE] [-o json]
+  oras-attest rules test --rules FILE --claims FILE [-o json]
   oras-attest version
 
 Environment defaults (as printed by "attest-bootstrap local env"):
   ATTEST_URL      the MAA instance URL (--attestation-url)
   ATTEST_TPM      the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
   ATTEST_TCG_LOG  the firmware event log (--tcg-log)
+  ATTEST_KEY_ID   the Key Vault key id signatures must be made with (--key-id)
+  NOTATION_CONFIG where the Notation trust policy and trust store live
 
 Run "oras-attest token fetch --help" and so on for each command's flags.
 `
@@ -49,6 +55,16 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "version":
 		fmt.Fprintln(stdout, "oras-attest", cliutil.Version)
 		return 0
+	case "attach":
+		return attach(ctx, args[1:], cmdIO{stdin: stdin, stdout: stdout, stderr: stderr})
+	case "verify":
+		return verifyImage(ctx, args[1:], cmdIO{stdin: stdin, stdout: stdout, stderr: stderr})
+	case "rules":
+		if len(args) < 2 || args[1] != "test" {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		return rulesTest(args[2:], cmdIO{stdin: stdin, stdout: stdout, stderr: stderr})
 	case "token":
 		if len(args) < 2 {
 			fmt.Fprint(stderr, usage)

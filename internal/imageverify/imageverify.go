@@ -1,0 +1,295 @@
+// Package imageverify decides, before deployment, whether an image was signed from an attested
+// machine: a Notation signature that verifies under the trust policy, whose signed attributes name
+// an MAA token; that token attached as a referrer; the token valid at the signing time, from the
+// pinned MAA instance, bound to this image digest and the expected key, not older than the
+// allowed age at signing, and meeting the claim rules (DESIGN.md, "Binding").
+//
+// It is shared by `oras-attest verify` and the Ratify verifier. With several signatures or tokens
+// it passes if one signature and its matching token pass every check.
+package imageverify
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/notaryproject/notation-go"
+	nregistry "github.com/notaryproject/notation-go/registry"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/registry/remote"
+
+	"github.com/attested-kv/attested-kv/internal/binding"
+	"github.com/attested-kv/attested-kv/internal/gate"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/referrer"
+	"github.com/attested-kv/attested-kv/policy/rules"
+)
+
+// Check names, in the order they run.
+const (
+	CheckSignature = "signature"       // a Notation signature verifies under the trust policy
+	CheckAttribute = "token-attribute" // the signature's signed attributes name a token and issuer
+	CheckReferrer  = "token-referrer"  // a token referrer with that SHA-256 exists
+	CheckIssuer    = "issuer"          // the signed issuer is the pinned MAA instance
+	CheckToken     = "token"           // the token verifies (keys, alg, iss, lifetime at signing)
+	CheckAge       = "token-age"       // the token was at most MaxTokenAge old at signing
+	CheckBinding   = "binding"         // the token's nonce is the binding of this digest and key
+	CheckRules     = "rules"           // the claim rules pass
+)
+
+// Checks lists the check names in order.
+var Checks = []string{CheckSignature, CheckAttribute, CheckReferrer, CheckIssuer, CheckToken, CheckAge, CheckBinding, CheckRules}
+
+// DefaultMaxSignatures bounds the signatures examined.
+const DefaultMaxSignatures = 16
+
+// Options configures Verify.
+type Options struct {
+	// Notation verifies signatures (trust policy and trust store). Required.
+	Notation notation.Verifier
+	// AttestationURL is the MAA instance tokens must come from. Required.
+	AttestationURL string
+	// TokenKeys are the instance's token signing keys (its /certs, or a pinned JWKS). Required.
+	TokenKeys maa.KeySet
+	// KeyID is the signing key id the tokens must be bound to (the Key Vault key URL). Required:
+	// it is the verifier's expectation, never taken from the signature.
+	KeyID string
+	// MaxTokenAge is the largest gap allowed between the token's iat and the signing time.
+	MaxTokenAge time.Duration
+	// Rules are the claim rules; required (use rules.Baseline()).
+	Rules *rules.Set
+	// MaxSignatures bounds the signatures examined; DefaultMaxSignatures if zero.
+	MaxSignatures int
+}
+
+// Check is one check's outcome.
+type Check struct {
+	Name   string `json:"check"`
+	Passed bool   `json:"passed"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// Result is the outcome for one image.
+type Result struct {
+	Subject string `json:"subject"`
+	Passed  bool   `json:"passed"`
+	// Checks are those of the passing candidate, or of the candidate that got furthest.
+	Checks []Check `json:"checks"`
+	// Signature and TokenSHA256 identify the candidate the checks describe.
+	Signature   string `json:"signature,omitempty"`
+	TokenSHA256 string `json:"tokenSHA256,omitempty"`
+	// SigningTime is the signature's signing time.
+	SigningTime *time.Time `json:"signingTime,omitempty"`
+}
+
+// FailedCheck returns the name of the first failed check, or "".
+func (r *Result) FailedCheck() string {
+	for _, c := range r.Checks {
+		if !c.Passed {
+			return c.Name
+		}
+	}
+	return ""
+}
+
+// Repository is what Verify reads from the registry.
+type Repository interface {
+	referrer.Target
+	nregistry.Repository
+}
+
+// Verify examines subject (reference is its full name@digest, used by the trust policy's
+// registry scopes). An error means the registry could not be read; a refusal is a Result with
+// Passed false.
+func Verify(ctx context.Context, repo Repository, reference string, subject ocispec.Descriptor, o Options) (*Result, error) {
+	if o.Notation == nil || o.TokenKeys == nil || o.Rules == nil || o.AttestationURL == "" || o.KeyID == "" || o.MaxTokenAge <= 0 {
+		return nil, errors.New("imageverify: Notation, AttestationURL, TokenKeys, KeyID, MaxTokenAge and Rules are required")
+	}
+	max := o.MaxSignatures
+	if max <= 0 {
+		max = DefaultMaxSignatures
+	}
+	want, err := binding.Compute(subject.Digest.String(), o.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	var sigs []ocispec.Descriptor
+	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
+		sigs = append(sigs, page...)
+		if len(sigs) >= max {
+			sigs = sigs[:max]
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
+	}
+	tokens, tokenErrs := referrer.List(ctx, repo, subject)
+
+	res := &Result{Subject: subject.Digest.String()}
+	best := -1
+	record := func(c candidate) bool {
+		n := c.passedCount()
+		if n > best {
+			best = n
+			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime = c.checks, c.signature, c.tokenSHA, c.signingTime
+		}
+		return c.passed()
+	}
+	if len(sigs) == 0 {
+		record(candidate{checks: []Check{{Name: CheckSignature, Detail: "no Notation signature is attached"}}})
+		return res, nil
+	}
+	for _, sd := range sigs {
+		for _, c := range evaluate(ctx, repo, reference, subject, sd, tokens, tokenErrs, want, o) {
+			if record(c) {
+				res.Passed = true
+				return res, nil
+			}
+		}
+	}
+	return res, nil
+}
+
+var errStop = errors.New("enough signatures")
+
+type candidate struct {
+	checks      []Check
+	signature   string
+	tokenSHA    string
+	signingTime *time.Time
+}
+
+func (c candidate) passedCount() int {
+	n := 0
+	for _, ch := range c.checks {
+		if ch.Passed {
+			n++
+		}
+	}
+	return n
+}
+
+func (c candidate) passed() bool {
+	return len(c.checks) == len(Checks) && c.passedCount() == len(Checks)
+}
+
+func (c *candidate) ok(name, detail string) { c.checks = append(c.checks, Check{name, true, detail}) }
+func (c *candidate) fail(name, detail string) []candidate {
+	c.checks = append(c.checks, Check{name, false, detail})
+	return []candidate{*c}
+}
+
+// evaluate runs the checks for one signature against each token it could match.
+func evaluate(ctx context.Context, repo Repository, reference string, subject, sd ocispec.Descriptor, tokens []referrer.Found, tokenErrs []error, want string, o Options) []candidate {
+	c := candidate{signature: sd.Digest.String()}
+	blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
+	if err != nil {
+		return c.fail(CheckSignature, fmt.Sprintf("fetching signature %s: %v", sd.Digest, err))
+	}
+	outcome, err := o.Notation.Verify(ctx, subject, blob, notation.VerifierVerifyOptions{ArtifactReference: reference, SignatureMediaType: blobDesc.MediaType})
+	if err != nil {
+		return c.fail(CheckSignature, err.Error())
+	}
+	if outcome == nil || outcome.EnvelopeContent == nil {
+		return c.fail(CheckSignature, "the trust policy skips verification for this image; attested signing needs a verified signature")
+	}
+	signed := outcome.EnvelopeContent.SignerInfo.SignedAttributes
+	st := signed.SigningTime
+	c.signingTime = &st
+	c.ok(CheckSignature, fmt.Sprintf("signature %s verified, signed at %s", sd.Digest, st.UTC().Format(time.RFC3339)))
+
+	var tokenSHA, issuer string
+	for _, a := range signed.ExtendedAttributes {
+		k, _ := a.Key.(string)
+		v, _ := a.Value.(string)
+		switch k {
+		case gate.AttrTokenSHA256:
+			tokenSHA = strings.ToLower(v)
+		case gate.AttrIssuer:
+			issuer = v
+		}
+	}
+	if tokenSHA == "" || issuer == "" {
+		return c.fail(CheckAttribute, "the signature carries no attestation token attributes: it was not made by the attested-kv plugin")
+	}
+	c.tokenSHA = tokenSHA
+	c.ok(CheckAttribute, "token sha256 "+tokenSHA)
+
+	var tok *referrer.Found
+	for i := range tokens {
+		if tokens[i].SHA256 == tokenSHA {
+			tok = &tokens[i]
+			break
+		}
+	}
+	if tok == nil {
+		detail := "no token referrer with sha256 " + tokenSHA + " (run oras-attest attach)"
+		if len(tokenErrs) > 0 {
+			detail += fmt.Sprintf("; %d referrer(s) unreadable: %v", len(tokenErrs), tokenErrs[0])
+		}
+		return c.fail(CheckReferrer, detail)
+	}
+	c.ok(CheckReferrer, "referrer "+tok.Descriptor.Digest.String())
+
+	if strings.TrimSuffix(issuer, "/") != strings.TrimSuffix(o.AttestationURL, "/") {
+		return c.fail(CheckIssuer, fmt.Sprintf("signed issuer %q is not the pinned instance %q", issuer, o.AttestationURL))
+	}
+	c.ok(CheckIssuer, issuer)
+
+	// The token is judged at the signing time: it was fresh then, though expired by now.
+	v, err := maa.NewVerifier(maa.VerifierOptions{
+		Instance: o.AttestationURL, Keys: o.TokenKeys, MaxAge: o.MaxTokenAge,
+		Now: func() time.Time { return st },
+	})
+	if err != nil {
+		return c.fail(CheckToken, err.Error())
+	}
+	t, err := v.Verify(ctx, tok.Raw, "")
+	if err != nil {
+		if maa.CheckName(err) == maa.CheckAge {
+			c.ok(CheckToken, "signature, issuer and lifetime verified")
+			return c.fail(CheckAge, err.Error())
+		}
+		return c.fail(CheckToken, err.Error())
+	}
+	c.ok(CheckToken, "signature, issuer and lifetime verified at the signing time")
+	c.ok(CheckAge, fmt.Sprintf("issued %s before signing (max %s)", st.Sub(t.IssuedAt()).Round(time.Second), o.MaxTokenAge))
+
+	if t.Nonce() != want {
+		return c.fail(CheckBinding, "the token is bound to another image or key than "+subject.Digest.String()+" and "+o.KeyID)
+	}
+	c.ok(CheckBinding, "bound to "+subject.Digest.String()+" and "+o.KeyID)
+
+	if err := o.Rules.Evaluate(t.Claims()).Err(); err != nil {
+		return c.fail(CheckRules, err.Error())
+	}
+	c.ok(CheckRules, fmt.Sprintf("%d rules of %s passed", len(o.Rules.Rules()), o.Rules.Name()))
+	return []candidate{c}
+}
+
+// remoteRepository adds notation-go's signature access to an oras-go repository.
+type remoteRepository struct {
+	*remote.Repository
+	sigs nregistry.Repository
+}
+
+// NewRepository returns the Repository view of r.
+func NewRepository(r *remote.Repository) Repository {
+	return remoteRepository{Repository: r, sigs: nregistry.NewRepository(r)}
+}
+
+func (r remoteRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
+	return r.sigs.ListSignatures(ctx, desc, fn)
+}
+
+func (r remoteRepository) FetchSignatureBlob(ctx context.Context, desc ocispec.Descriptor) ([]byte, ocispec.Descriptor, error) {
+	return r.sigs.FetchSignatureBlob(ctx, desc)
+}
+
+func (r remoteRepository) PushSignature(ctx context.Context, mediaType string, blob []byte, subject ocispec.Descriptor, annotations map[string]string) (ocispec.Descriptor, ocispec.Descriptor, error) {
+	return r.sigs.PushSignature(ctx, mediaType, blob, subject, annotations)
+}

@@ -1,0 +1,136 @@
+// Package registryclient opens OCI repositories with the credentials a build or deployment
+// machine has: an explicit username and password, the docker config and its credential helpers
+// (as docker, notation and oras use them), and for Azure Container Registry the Entra ID token
+// exchange, so a managed identity needs no docker login.
+package registryclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote"
+	"oras.land/oras-go/v2/registry/remote/auth"
+	"oras.land/oras-go/v2/registry/remote/credentials"
+	"oras.land/oras-go/v2/registry/remote/retry"
+)
+
+// ACRScope is the Entra ID scope of Azure Container Registry's token exchange.
+const ACRScope = "https://containerregistry.azure.net/.default"
+
+// acrNullUser is the user name ACR expects with an exchanged refresh token.
+const acrNullUser = "00000000-0000-0000-0000-000000000000"
+
+// Options configures Open.
+type Options struct {
+	// Username and Password, when set, are used for the registry and nothing else is consulted.
+	Username, Password string
+	// PlainHTTP forces http; by default http is used only for localhost and loopback addresses.
+	PlainHTTP bool
+	// AzureCredential, when set, is used for *.azurecr.io registries that have no docker
+	// credential: an Entra ID token is exchanged at /oauth2/exchange for an ACR refresh token.
+	AzureCredential azcore.TokenCredential
+	// HTTPClient is the transport; a retrying client if nil.
+	HTTPClient *http.Client
+}
+
+// Open returns the repository named by ref (host[:port]/path, with or without a tag or digest)
+// and the parsed reference.
+func Open(ref string, o Options) (*remote.Repository, registry.Reference, error) {
+	r, err := registry.ParseReference(ref)
+	if err != nil {
+		return nil, registry.Reference{}, fmt.Errorf("image reference %q: %w", ref, err)
+	}
+	repo, err := remote.NewRepository(r.Registry + "/" + r.Repository)
+	if err != nil {
+		return nil, registry.Reference{}, err
+	}
+	repo.PlainHTTP = o.PlainHTTP || isLoopback(r.Host())
+	hc := o.HTTPClient
+	if hc == nil {
+		hc = retry.DefaultClient
+	}
+	cred, err := credentialFunc(r.Registry, o, hc)
+	if err != nil {
+		return nil, registry.Reference{}, err
+	}
+	repo.Client = &auth.Client{Client: hc, Cache: auth.NewCache(), Credential: cred, ClientID: "oras-attest"}
+	return repo, r, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func credentialFunc(hostport string, o Options, hc *http.Client) (auth.CredentialFunc, error) {
+	if o.Username != "" || o.Password != "" {
+		return auth.StaticCredential(hostport, auth.Credential{Username: o.Username, Password: o.Password}), nil
+	}
+	store, err := credentials.NewStoreFromDocker(credentials.StoreOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("docker credentials: %w", err)
+	}
+	docker := credentials.Credential(store)
+	if o.AzureCredential == nil || !strings.HasSuffix(strings.Split(hostport, ":")[0], ".azurecr.io") {
+		return docker, nil
+	}
+	return func(ctx context.Context, host string) (auth.Credential, error) {
+		if c, err := docker(ctx, host); err == nil && c != auth.EmptyCredential {
+			return c, nil
+		}
+		rt, err := ExchangeACRToken(ctx, hc, host, o.AzureCredential)
+		if err != nil {
+			return auth.EmptyCredential, err
+		}
+		return auth.Credential{Username: acrNullUser, Password: rt}, nil
+	}, nil
+}
+
+// ExchangeACRToken trades an Entra ID access token for an ACR refresh token
+// (POST https://{registry}/oauth2/exchange, grant_type=access_token).
+func ExchangeACRToken(ctx context.Context, hc *http.Client, registryHost string, cred azcore.TokenCredential) (string, error) {
+	at, err := cred.GetToken(ctx, policy.TokenRequestOptions{Scopes: []string{ACRScope}})
+	if err != nil {
+		return "", fmt.Errorf("Entra ID token for %s: %w", registryHost, err)
+	}
+	form := url.Values{"grant_type": {"access_token"}, "service": {registryHost}, "access_token": {at.Token}}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+registryHost+"/oauth2/exchange", strings.NewReader(form.Encode()))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rsp, err := hc.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("ACR token exchange at %s: %w", registryHost, err)
+	}
+	defer rsp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(rsp.Body, 1<<20))
+	if err != nil {
+		return "", err
+	}
+	if rsp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("ACR token exchange at %s: HTTP %d", registryHost, rsp.StatusCode)
+	}
+	var out struct {
+		RefreshToken string `json:"refresh_token"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || out.RefreshToken == "" {
+		return "", fmt.Errorf("ACR token exchange at %s: no refresh_token in the answer", registryHost)
+	}
+	return out.RefreshToken, nil
+}

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/attested-kv/attested-kv/internal/cliutil"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/notationcfg"
+	"github.com/attested-kv/attested-kv/internal/referrer"
+	"github.com/attested-kv/attested-kv/internal/registryclient"
+	"github.com/attested-kv/attested-kv/internal/token"
+	"github.com/attested-kv/attested-kv/policy/rules"
+)
+
+// registryFlags are the registry access flags shared by attach and verify.
+type registryFlags struct {
+	username      string
+	passwordStdin bool
+	plainHTTP     bool
+}
+
+func (r *registryFlags) add(fs *pflag.FlagSet) {
+	fs.StringVarP(&r.username, "username", "u", "", "registry user name (default: docker credentials; Entra ID exchange for *.azurecr.io)")
+	fs.BoolVar(&r.passwordStdin, "password-stdin", false, "read the registry password from stdin")
+	fs.BoolVar(&r.plainHTTP, "plain-http", false, "use http (default only for localhost and loopback registries)")
+}
+
+func (r *registryFlags) options(io cmdIO) (registryclient.Options, error) {
+	o := registryclient.Options{Username: r.username, PlainHTTP: r.plainHTTP}
+	if r.passwordStdin {
+		if r.username == "" {
+			return o, errors.New("--password-stdin needs --username")
+		}
+		b := make([]byte, 4096)
+		n, _ := io.stdin.Read(b)
+		o.Password = strings.TrimRight(string(b[:n]), "\r\n")
+	}
+	return o, nil
+}
+
+// splitDigestRef requires IMAGE@sha256:...: a tag could move between signing and deployment.
+func splitDigestRef(ref string) error {
+	if !strings.Contains(ref, "@") {
+		return fmt.Errorf("%q: give the image by digest (REGISTRY/REPO@sha256:...), not by tag", ref)
+	}
+	return nil
+}
+
+func attach(ctx context.Context, args []string, io cmdIO) int {
+	fs := newFlags("oras-attest attach", "oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [flags]", io.stderr)
+	tokenFile := fs.String("token", "", "attach this token file instead of the token store's tokens for the digest")
+	tokenDir := fs.String("token-dir", "", "token store (default $XDG_STATE_HOME/attested-kv/tokens, as the plugin's token_dir)")
+	output := fs.StringP("output", "o", "text", "output format: text or json")
+	var reg registryFlags
+	reg.add(fs)
+	if code, done := parse(fs, args); done {
+		return code
+	}
+	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest attach:", err); return code }
+	if fs.NArg() != 1 {
+		return fail(2, errors.New("want exactly one image reference REGISTRY/REPO@DIGEST"))
+	}
+	if err := cliutil.CheckFormat(*output); err != nil {
+		return fail(2, err)
+	}
+	if err := splitDigestRef(fs.Arg(0)); err != nil {
+		return fail(2, err)
+	}
+	ro, err := reg.options(io)
+	if err != nil {
+		return fail(2, err)
+	}
+	repo, ref, err := registryclient.Open(fs.Arg(0), ro)
+	if err != nil {
+		return fail(2, err)
+	}
+	subject, err := repo.Resolve(ctx, ref.Reference)
+	if err != nil {
+		return fail(1, fmt.Errorf("resolving %s: %w", fs.Arg(0), err))
+	}
+
+	var raws []string
+	if *tokenFile != "" {
+		raw, err := readToken(*tokenFile, io.stdin)
+		if err != nil {
+			return fail(1, err)
+		}
+		raws = []string{raw}
+	} else {
+		dir := *tokenDir
+		if dir == "" {
+			if dir, err = token.DefaultDir(); err != nil {
+				return fail(1, err)
+			}
+		}
+		entries, err := token.NewStore(dir).List(subject.Digest.String())
+		if err != nil {
+			return fail(1, fmt.Errorf("%w (was the image signed with the attested-kv plugin on this machine?)", err))
+		}
+		for _, e := range entries {
+			raws = append(raws, e.Raw)
+		}
+	}
+	var out []any
+	for _, raw := range raws {
+		_, claims, err := maa.ParseUnverified(raw)
+		if err != nil {
+			return fail(1, err)
+		}
+		iss, _ := claims["iss"].(string)
+		nonce, _ := maa.ClientPayloadNonce(claims)
+		iat, err := numericDate(claims["iat"])
+		if err != nil {
+			return fail(1, fmt.Errorf("token iat: %w", err))
+		}
+		desc, err := referrer.Attach(ctx, repo, subject, referrer.Token{Raw: raw, Issuer: iss, Binding: nonce, IssuedAt: iat})
+		if err != nil {
+			return fail(1, err)
+		}
+		if *output == "json" {
+			out = append(out, desc)
+		} else {
+			fmt.Fprintf(io.stdout, "Attached token to %s\nDigest: %s\n", fs.Arg(0), desc.Digest)
+		}
+	}
+	if *output == "json" {
+		if len(out) == 1 {
+			cliutil.WriteJSON(io.stdout, out[0])
+		} else {
+			cliutil.WriteJSON(io.stdout, out)
+		}
+	}
+	return 0
+}
+
+// numericDate reads a JWT NumericDate claim as decoded by ParseUnverified.
+func numericDate(v any) (time.Time, error) {
+	switch n := v.(type) {
+	case float64:
+		return time.Unix(int64(n), 0), nil
+	case interface{ Int64() (int64, error) }:
+		i, err := n.Int64()
+		return time.Unix(i, 0), err
+	}
+	return time.Time{}, fmt.Errorf("not a number: %v", v)
+}
+
+func verifyImage(ctx context.Context, args []string, io cmdIO) int {
+	fs := newFlags("oras-attest verify", "oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL [flags]", io.stderr)
+	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "the MAA instance tokens must come from (env ATTEST_URL)")
+	keyID := fs.String("key-id", os.Getenv("ATTEST_KEY_ID"), "the Key Vault key id the image must be signed with (env ATTEST_KEY_ID)")
+	maxAge := fs.Duration("max-age", 5*time.Minute, "largest age of the token at the signing time")
+	rulesFile := fs.String("rules", "", "CEL claim rule file (default: the built-in baseline)")
+	jwks := fs.String("jwks", "", "token signing keys from this JWKS file instead of {instance}/certs (offline use)")
+	cfgDir := notationcfg.DefaultConfigDir()
+	trustPolicy := fs.String("trust-policy", filepath.Join(cfgDir, "trustpolicy.json"), "Notation trust policy")
+	trustStore := fs.String("trust-store", cfgDir, "directory holding Notation's truststore/ (NOTATION_CONFIG)")
+	output := fs.StringP("output", "o", "text", "output format: text or json")
+	timeout := fs.Duration("timeout", 2*time.Minute, "overall time limit")
+	var reg registryFlags
+	reg.add(fs)
+	if code, done := parse(fs, args); done {
+		return code
+	}
+	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest verify:", err); return code }
+	if fs.NArg() != 1 {
+		return fail(2, errors.New("want exactly one image reference REGISTRY/REPO@DIGEST"))
+	}
+	if err := cliutil.CheckFormat(*output); err != nil {
+		return fail(2, err)
+	}
+	if *url == "" || *keyID == "" {
+		return fail(2, errors.New("--attestation-url and --key-id are required (they pin where the token and the signature must come from)"))
+	}
+	if err := splitDigestRef(fs.Arg(0)); err != nil {
+		return fail(2, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	rs := rules.Baseline()
+	if *rulesFile != "" {
+		var err error
+		if rs, err = rules.Load(*rulesFile); err != nil {
+			return fail(2, err)
+		}
+	}
+	var keys maa.KeySet = maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}})
+	if *jwks != "" {
+		b, err := os.ReadFile(*jwks)
+		if err != nil {
+			return fail(2, err)
+		}
+		if keys, err = maa.NewStaticKeySet(b); err != nil {
+			return fail(2, err)
+		}
+	}
+	nv, err := notationcfg.NewVerifier(*trustPolicy, *trustStore)
+	if err != nil {
+		return fail(2, err)
+	}
+	ro, err := reg.options(io)
+	if err != nil {
+		return fail(2, err)
+	}
+	repo, ref, err := registryclient.Open(fs.Arg(0), ro)
+	if err != nil {
+		return fail(2, err)
+	}
+	subject, err := repo.Resolve(ctx, ref.Reference)
+	if err != nil {
+		return fail(1, fmt.Errorf("resolving %s: %w", fs.Arg(0), err))
+	}
+	res, err := imageverify.Verify(ctx, imageverify.NewRepository(repo), ref.Registry+"/"+ref.Repository+"@"+subject.Digest.String(), subject, imageverify.Options{
+		Notation: nv, AttestationURL: *url, TokenKeys: keys, KeyID: *keyID, MaxTokenAge: *maxAge, Rules: rs,
+	})
+	if err != nil {
+		return fail(1, err)
+	}
+	if *output == "json" {
+		cliutil.WriteJSON(io.stdout, res)
+	} else {
+		for _, c := range res.Checks {
+			mark := "ok  "
+			if !c.Passed {
+				mark = "FAIL"
+			}
+			fmt.Fprintf(io.stdout, "%s %-16s %s\n", mark, c.Name, c.Detail)
+		}
+		if res.Passed {
+			fmt.Fprintf(io.stdout, "image %s VERIFIED: signed from an attested machine\n", fs.Arg(0))
+		} else {
+			fmt.Fprintf(io.stdout, "image %s REFUSED: check %q failed\n", fs.Arg(0), res.FailedCheck())
+		}
+	}
+	if !res.Passed {
+		return 1
+	}
+	return 0
+}
