@@ -4,7 +4,7 @@ GO ?= go
 BIN := $(CURDIR)/bin
 export CGO_ENABLED := 1
 
-BINARIES := oras-attest attest-bootstrap notation-attested-kv
+BINARIES := oras-attest attest-bootstrap notation-attested-kv ratify-maa-verifier
 TOOLS := notation oras
 FUZZTIME ?= 20s
 BENCHTIME ?= 1s
@@ -21,6 +21,7 @@ build: ## build every binary of the project into ./bin
 	$(GO) build -trimpath -o $(BIN)/oras-attest ./oras-attach
 	$(GO) build -trimpath -o $(BIN)/attest-bootstrap ./bootstrap
 	$(GO) build -trimpath -o $(BIN)/notation-attested-kv ./notation-plugin
+	$(GO) build -trimpath -o $(BIN)/ratify-maa-verifier ./policy/ratify
 
 tools: $(BIN)/notation $(BIN)/oras ## build the pinned notation and oras CLIs (tools/go.mod) into ./bin
 

@@ -37,3 +37,14 @@ func Compute(digest, keyID string) (string, error) {
 	h.Write([]byte(keyID))
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// Signed attributes of the signature envelope that carry the token (DESIGN.md, "Binding"): the hex
+// SHA-256 of the JWT bytes and the MAA instance URL. Both are non-critical: notation v1.3 ignores
+// unknown critical attributes anyway, so verifiers check them explicitly.
+const (
+	AttrTokenSHA256 = "io.github.attested-kv.token.sha256"
+	AttrIssuer      = "io.github.attested-kv.attestation.issuer"
+)
+
+// NotaryPayloadType is the payload type notation signs for OCI artifacts.
+const NotaryPayloadType = "application/vnd.cncf.notary.payload.v1+json"

@@ -43,18 +43,17 @@ const (
 	URL         = "https://github.com/attested-kv/attested-kv"
 )
 
-// Signed attributes of the envelope and the annotation of the signature manifest (DESIGN.md,
-// "Binding").
+// Signed attributes of the envelope (binding.AttrTokenSHA256, binding.AttrIssuer) and the
+// annotation of the signature manifest (DESIGN.md, "Binding").
 const (
-	AttrTokenSHA256 = "io.github.attested-kv.token.sha256"
-	AttrIssuer      = "io.github.attested-kv.attestation.issuer"
+	AttrTokenSHA256 = binding.AttrTokenSHA256
+	AttrIssuer      = binding.AttrIssuer
 	// AnnotationTokenSHA256 points from the signature manifest to the token referrer (unsigned; the
 	// signed attribute is what verifiers trust).
 	AnnotationTokenSHA256 = "io.github.attested-kv.token.sha256"
+	// PayloadType is the only payload notation sends for OCI signing.
+	PayloadType = binding.NotaryPayloadType
 )
-
-// PayloadType is the only payload notation sends for OCI signing.
-const PayloadType = "application/vnd.cncf.notary.payload.v1+json"
 
 // maxPayload bounds the Notary payload (a descriptor with annotations).
 const maxPayload = 1 << 20

@@ -4,14 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,12 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm-tools/simulator"
-	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/notaryproject/notation-core-go/signature"
 	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 
-	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
+	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/token"
 	"github.com/attested-kv/attested-kv/internal/tpm"
@@ -45,14 +40,10 @@ const (
 	testDigest = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 )
 
-type nopClose struct{ transport.TPM }
-
-func (nopClose) Close() error { return nil }
-
 // fixture is one TPM, one MAA instance, one signer.
 type fixture struct {
+	chain    *attesttest.Chain
 	maaSrv   *httptest.Server
-	maaEmu   *emu.Server
 	dev      *tpm.Device
 	signer   signature.LocalSigner
 	signerN  atomic.Int32 // signer factory calls: Key Vault contacted
@@ -60,52 +51,17 @@ type fixture struct {
 	cfg      map[string]string
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T, opts ...attesttest.Option) *fixture {
 	t.Helper()
-	ca, err := tpm.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	tp := nopClose{transport.FromReadWriter(sim)}
-	if _, err := tpm.Provision(context.Background(), tp, ca, tpm.ProvisionOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	roots, inters := x509.NewCertPool(), x509.NewCertPool()
-	roots.AddCert(ca.Root)
-	inters.AddCert(ca.Intermediate)
-	srv := httptest.NewUnstartedServer(nil)
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Config.Handler = e.Handler()
-
-	key, _ := rsa.GenerateKey(rand.Reader, 2048)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "attested-kv test signer"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
-		BasicConstraintsValid: true,
-	}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	cert, _ := x509.ParseCertificate(der)
-	ls, err := signature.NewLocalSigner([]*x509.Certificate{cert}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	chain := attesttest.New(t, opts...)
 	rulesFile := filepath.Join(t.TempDir(), "rules.cel")
 	// The emulator derives the secure-boot claims from the TCG log, and this TPM has none, so the
 	// default rules here check what the evidence does prove.
-	os.WriteFile(rulesFile, []byte("attestation-type: claims[\"x-ms-attestation-type\"] == \"azurevm\"\npcrs: 7.0 in claims[\"x-ms-azurevm-attested-pcrs\"]\n"), 0o644)
-	f := &fixture{maaSrv: srv, maaEmu: e, dev: tpm.New(tp, tpm.WithEventLogPath("")), signer: ls, tokenDir: t.TempDir()}
-	f.cfg = map[string]string{KeyAttestationURL: srv.URL, KeyTokenDir: f.tokenDir, KeyRules: rulesFile}
+	if err := os.WriteFile(rulesFile, []byte("attestation-type: claims[\"x-ms-attestation-type\"] == \"azurevm\"\npcrs: 7.0 in claims[\"x-ms-azurevm-attested-pcrs\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{chain: chain, maaSrv: chain.Server, dev: chain.Device, signer: attesttest.Signer(t, "attested-kv test signer"), tokenDir: t.TempDir()}
+	f.cfg = map[string]string{KeyAttestationURL: chain.URL, KeyTokenDir: f.tokenDir, KeyRules: rulesFile}
 	return f
 }
 
@@ -314,9 +270,16 @@ func TestFailClosed(t *testing.T) {
 	}
 }
 
-func TestBaselineRulesCompile(t *testing.T) {
-	if len(rules.Baseline().Rules()) == 0 {
-		t.Fatal("empty baseline")
+// TestBaselineOnSecureBootVM signs with the built-in baseline rules on a TPM whose measured boot
+// is a Secure Boot one: the whole claim set the emulator derives satisfies the baseline.
+func TestBaselineOnSecureBootVM(t *testing.T) {
+	f := newFixture(t, attesttest.WithSecureBoot())
+	cfg := map[string]string{KeyAttestationURL: f.chain.URL, KeyTokenDir: f.tokenDir}
+	if _, err := New(f.deps(t)).GenerateEnvelope(context.Background(), request("application/jose+json", cfg)); err != nil {
+		t.Fatalf("baseline refused a Secure Boot VM: %v", err)
+	}
+	if len(rules.Baseline().Rules()) < 10 {
+		t.Fatal("baseline unexpectedly small")
 	}
 }
 

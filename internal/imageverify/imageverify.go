@@ -21,7 +21,6 @@ import (
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
-	"github.com/attested-kv/attested-kv/internal/gate"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/referrer"
 	"github.com/attested-kv/attested-kv/policy/rules"
@@ -80,6 +79,8 @@ type Result struct {
 	// Signature and TokenSHA256 identify the candidate the checks describe.
 	Signature   string `json:"signature,omitempty"`
 	TokenSHA256 string `json:"tokenSHA256,omitempty"`
+	// TokenReferrer is the digest of the token referrer manifest the checks used.
+	TokenReferrer string `json:"tokenReferrer,omitempty"`
 	// SigningTime is the signature's signing time.
 	SigningTime *time.Time `json:"signingTime,omitempty"`
 }
@@ -135,7 +136,7 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 		n := c.passedCount()
 		if n > best {
 			best = n
-			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime = c.checks, c.signature, c.tokenSHA, c.signingTime
+			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime, res.TokenReferrer = c.checks, c.signature, c.tokenSHA, c.signingTime, c.referrer
 		}
 		return c.passed()
 	}
@@ -160,6 +161,7 @@ type candidate struct {
 	checks      []Check
 	signature   string
 	tokenSHA    string
+	referrer    string
 	signingTime *time.Time
 }
 
@@ -207,9 +209,9 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 		k, _ := a.Key.(string)
 		v, _ := a.Value.(string)
 		switch k {
-		case gate.AttrTokenSHA256:
+		case binding.AttrTokenSHA256:
 			tokenSHA = strings.ToLower(v)
-		case gate.AttrIssuer:
+		case binding.AttrIssuer:
 			issuer = v
 		}
 	}
@@ -233,7 +235,8 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 		}
 		return c.fail(CheckReferrer, detail)
 	}
-	c.ok(CheckReferrer, "referrer "+tok.Descriptor.Digest.String())
+	c.referrer = tok.Descriptor.Digest.String()
+	c.ok(CheckReferrer, "referrer "+c.referrer)
 
 	if strings.TrimSuffix(issuer, "/") != strings.TrimSuffix(o.AttestationURL, "/") {
 		return c.fail(CheckIssuer, fmt.Sprintf("signed issuer %q is not the pinned instance %q", issuer, o.AttestationURL))

@@ -4,12 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
-	"math/big"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
@@ -17,23 +12,18 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/google/go-tpm-tools/simulator"
-	"github.com/google/go-tpm/tpm2/transport"
 	"github.com/notaryproject/notation-core-go/signature"
 	_ "github.com/notaryproject/notation-core-go/signature/jws"
 	"github.com/olareg/olareg"
 	"github.com/olareg/olareg/config"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/registry/remote"
 
+	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/binding"
-	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
-	"github.com/attested-kv/attested-kv/internal/gate"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/notationcfg"
 	"github.com/attested-kv/attested-kv/internal/referrer"
-	"github.com/attested-kv/attested-kv/internal/tpm"
 	"github.com/attested-kv/attested-kv/policy/rules"
 )
 
@@ -43,15 +33,9 @@ import (
 
 const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
 
-type nopClose struct{ transport.TPM }
-
-func (nopClose) Close() error { return nil }
-
 type fixture struct {
+	chain     *attesttest.Chain
 	maaURL    string
-	maaClient *maa.Client
-	keys      maa.KeySet
-	dev       *tpm.Device
 	repo      Repository
 	remote    *remote.Repository
 	reference string
@@ -60,55 +44,9 @@ type fixture struct {
 	opts      Options
 }
 
-func selfSigned(t *testing.T, cn string) signature.LocalSigner {
-	t.Helper()
-	key, _ := rsa.GenerateKey(rand.Reader, 2048)
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn, Organization: []string{"test"}, Country: []string{"ZZ"}, Province: []string{"Local"}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, BasicConstraintsValid: true,
-	}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	cert, _ := x509.ParseCertificate(der)
-	s, err := signature.NewLocalSigner([]*x509.Certificate{cert}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	ctx := context.Background()
-	ca, err := tpm.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sim, err := simulator.Get()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sim.Close() })
-	tp := nopClose{transport.FromReadWriter(sim)}
-	if _, err := tpm.Provision(ctx, tp, ca, tpm.ProvisionOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	roots, inters := x509.NewCertPool(), x509.NewCertPool()
-	roots.AddCert(ca.Root)
-	inters.AddCert(ca.Intermediate)
-	srv := httptest.NewUnstartedServer(nil)
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv.Config.Handler = e.Handler()
-	client, err := maa.NewClient(srv.URL, maa.ClientOptions{HTTPClient: srv.Client()})
-	if err != nil {
-		t.Fatal(err)
-	}
-
+	chain := attesttest.New(t)
 	reg := olareg.New(config.Config{Storage: config.ConfigStorage{StoreType: config.StoreMem}})
 	regSrv := httptest.NewServer(reg)
 	t.Cleanup(func() { regSrv.Close(); reg.Close() })
@@ -120,10 +58,9 @@ func newFixture(t *testing.T) *fixture {
 	r.PlainHTTP = true
 
 	f := &fixture{
-		maaURL: srv.URL, maaClient: client, dev: tpm.New(tp, tpm.WithEventLogPath("")),
-		keys: maa.NewRemoteKeySet(srv.URL, maa.JWKSOptions{HTTPClient: srv.Client()}),
+		chain: chain, maaURL: chain.URL,
 		repo: NewRepository(r), remote: r, reference: name,
-		signer: selfSigned(t, "attested signer"), untrusted: selfSigned(t, "someone else"),
+		signer: attesttest.Signer(t, "attested signer"), untrusted: attesttest.Signer(t, "someone else"),
 	}
 	cfgDir := t.TempDir()
 	certs, _ := f.signer.CertificateChain()
@@ -140,56 +77,19 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.opts = Options{Notation: nv, AttestationURL: srv.URL, TokenKeys: f.keys, KeyID: keyID, MaxTokenAge: 5 * time.Minute, Rules: rs}
+	f.opts = Options{Notation: nv, AttestationURL: chain.URL, TokenKeys: chain.Keys, KeyID: keyID, MaxTokenAge: 5 * time.Minute, Rules: rs}
 	return f
 }
 
 func (f *fixture) pushImage(t *testing.T, content string) ocispec.Descriptor {
-	t.Helper()
-	ctx := context.Background()
-	layer, err := oras.PushBytes(ctx, f.remote, "application/vnd.oci.image.layer.v1.tar", []byte(content))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := oras.PackManifest(ctx, f.remote, oras.PackManifestVersion1_1, "application/vnd.example.app", oras.PackManifestOptions{
-		Layers: []ocispec.Descriptor{layer}, ManifestAnnotations: map[string]string{ocispec.AnnotationCreated: "2026-01-01T00:00:00Z"},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return attesttest.PushImage(t, f.remote, content)
 }
 
 // token gets a real token bound to nonce.
-func (f *fixture) token(t *testing.T, nonce string) string {
-	t.Helper()
-	raw, err := f.maaClient.AttestNonce(context.Background(), f.dev, nonce)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw
-}
+func (f *fixture) token(t *testing.T, nonce string) string { return f.chain.Token(t, nonce) }
 
-// sign attaches a JWS signature of subject carrying the attributes the plugin sets.
 func (f *fixture) sign(t *testing.T, s signature.LocalSigner, subject ocispec.Descriptor, tokenRaw, issuer string, at time.Time) {
-	t.Helper()
-	payload, _ := json.Marshal(map[string]any{"targetArtifact": subject})
-	sum := sha256.Sum256([]byte(tokenRaw))
-	env, _ := signature.NewEnvelope("application/jose+json")
-	blob, err := env.Sign(&signature.SignRequest{
-		Payload: signature.Payload{ContentType: gate.PayloadType, Content: payload}, Signer: s, SigningTime: at,
-		SigningScheme: signature.SigningSchemeX509,
-		ExtendedSignedAttributes: []signature.Attribute{
-			{Key: gate.AttrTokenSHA256, Value: hex.EncodeToString(sum[:])},
-			{Key: gate.AttrIssuer, Value: issuer},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := f.repo.PushSignature(context.Background(), "application/jose+json", blob, subject, nil); err != nil {
-		t.Fatal(err)
-	}
+	attesttest.SignImage(t, f.repo, s, subject, tokenRaw, issuer, at)
 }
 
 func (f *fixture) attach(t *testing.T, subject ocispec.Descriptor, raw string) {

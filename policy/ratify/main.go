@@ -1,0 +1,272 @@
+// Command ratify-maa-verifier is a Ratify v1 external verifier for the MAA token referrer
+// (artifact type application/vnd.attested-kv.maa-token.v1+jwt).
+//
+// Ratify runs it once per token referrer with RATIFY_VERIFIER_COMMAND=VERIFY,
+// RATIFY_VERIFIER_SUBJECT=<registry/repo@sha256:...> and RATIFY_VERIFIER_VERSION, and one JSON
+// object on stdin: {"config": <the verifier's config>, "storeConfig": {...}, "referenceDesc":
+// <the referrer's descriptor>}. It prints one result JSON on stdout: {"isSuccess", "name",
+// "type", "message", "extensions"}. It succeeds only if this token is the one a trusted Notation
+// signature of the subject names, and the token verifies, is bound to the subject and the
+// expected key, was fresh at signing, and meets the claim rules (internal/imageverify, the same
+// code as `oras-attest verify`).
+//
+// Verifier config keys: attestationURL (required), keyID (required), maxTokenAge (default "5m"),
+// rules (a rule file path; default the built-in baseline), jwksPath (pinned token keys, for
+// clusters that cannot reach the MAA instance), trustPolicyDoc (a Notation trust policy document)
+// and verificationCerts (directories of trusted root certificates, placed in the trust store
+// "ca:certs", as Ratify's notation verifier does).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/notaryproject/notation-go/dir"
+	"github.com/notaryproject/notation-go/verifier"
+	"github.com/notaryproject/notation-go/verifier/trustpolicy"
+	"github.com/notaryproject/notation-go/verifier/truststore"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/attested-kv/attested-kv/internal/cliutil"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/registryclient"
+	"github.com/attested-kv/attested-kv/policy/rules"
+)
+
+// Name is the verifier's name and type in Ratify's config.
+const Name = "maa-token"
+
+// maxInput bounds stdin.
+const maxInput = 1 << 20
+
+// Input is what Ratify writes on stdin.
+type Input struct {
+	Config        Config             `json:"config"`
+	StoreConfig   StoreConfig        `json:"storeConfig"`
+	ReferenceDesc ocispec.Descriptor `json:"referenceDesc"`
+}
+
+// Config is the verifier's section of Ratify's config.
+type Config struct {
+	Name              string                `json:"name"`
+	Type              string                `json:"type"`
+	AttestationURL    string                `json:"attestationURL"`
+	KeyID             string                `json:"keyID"`
+	MaxTokenAge       string                `json:"maxTokenAge"`
+	Rules             string                `json:"rules"`
+	JWKSPath          string                `json:"jwksPath"`
+	TrustPolicyDoc    *trustpolicy.Document `json:"trustPolicyDoc"`
+	VerificationCerts []string              `json:"verificationCerts"`
+}
+
+// StoreConfig is the part of Ratify's store config the verifier reads.
+type StoreConfig struct {
+	Store struct {
+		UseHTTP bool `json:"useHttp"`
+	} `json:"store"`
+}
+
+// Result is what Ratify reads back.
+type Result struct {
+	IsSuccess  bool   `json:"isSuccess"`
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	Message    string `json:"message"`
+	Extensions any    `json:"extensions,omitempty"`
+}
+
+func main() {
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "version":
+			fmt.Println(Name, cliutil.Version)
+			return
+		case "-h", "--help", "help":
+			fmt.Print(usage)
+			return
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	res := run(ctx, os.Getenv, os.Stdin)
+	json.NewEncoder(os.Stdout).Encode(res)
+}
+
+const usage = `ratify-maa-verifier: a Ratify v1 external verifier for attested-kv MAA token referrers.
+
+Ratify runs it with RATIFY_VERIFIER_COMMAND=VERIFY, RATIFY_VERIFIER_SUBJECT and the verifier
+config on stdin; it prints the verification result as JSON. See policy/k8s/README.md.
+`
+
+// run is the whole verifier, testable without a process. Every failure is a result with
+// isSuccess false and a message naming the cause.
+func run(ctx context.Context, getenv func(string) string, stdin io.Reader) Result {
+	res := Result{Name: Name, Type: Name}
+	fail := func(format string, args ...any) Result {
+		res.Message = fmt.Sprintf(format, args...)
+		return res
+	}
+	if c := getenv("RATIFY_VERIFIER_COMMAND"); c != "VERIFY" {
+		return fail("unsupported command %q (want VERIFY)", c)
+	}
+	subjectRef := getenv("RATIFY_VERIFIER_SUBJECT")
+	if subjectRef == "" || !strings.Contains(subjectRef, "@") {
+		return fail("RATIFY_VERIFIER_SUBJECT %q is not a digest reference", subjectRef)
+	}
+	b, err := io.ReadAll(io.LimitReader(stdin, maxInput+1))
+	if err != nil || len(b) > maxInput {
+		return fail("reading the verifier input: %v", err)
+	}
+	var in Input
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fail("verifier input is not JSON: %v", err)
+	}
+	if in.Config.Name != "" {
+		res.Name = in.Config.Name
+	}
+	o, cleanup, err := options(in.Config)
+	if err != nil {
+		return fail("verifier config: %v", err)
+	}
+	defer cleanup()
+	repo, ref, err := registryclient.Open(subjectRef, registryclient.Options{PlainHTTP: in.StoreConfig.Store.UseHTTP})
+	if err != nil {
+		return fail("%v", err)
+	}
+	subject, err := repo.Resolve(ctx, ref.Reference)
+	if err != nil {
+		return fail("resolving %s: %v", subjectRef, err)
+	}
+	out, err := imageverify.Verify(ctx, imageverify.NewRepository(repo), ref.Registry+"/"+ref.Repository+"@"+subject.Digest.String(), subject, o)
+	if err != nil {
+		return fail("%v", err)
+	}
+	res.Extensions = out
+	switch {
+	case !out.Passed:
+		return fail("attested signing not proven: check %q failed", out.FailedCheck())
+	case in.ReferenceDesc.Digest != "" && out.TokenReferrer != in.ReferenceDesc.Digest.String():
+		return fail("token referrer %s is not the one a trusted signature names (%s)", in.ReferenceDesc.Digest, out.TokenReferrer)
+	}
+	res.IsSuccess = true
+	res.Message = "signed from an attested machine: token " + out.TokenSHA256
+	return res
+}
+
+// options builds the image verification options from the verifier config; cleanup removes the
+// temporary trust store.
+func options(c Config) (o imageverify.Options, cleanup func(), err error) {
+	cleanup = func() {}
+	o, root, err := buildOptions(c)
+	if root != "" {
+		cleanup = func() { os.RemoveAll(root) }
+	}
+	if err != nil {
+		cleanup()
+		return o, func() {}, err
+	}
+	return o, cleanup, nil
+}
+
+func buildOptions(c Config) (imageverify.Options, string, error) {
+	if c.AttestationURL == "" || c.KeyID == "" {
+		return imageverify.Options{}, "", errors.New("attestationURL and keyID are required")
+	}
+	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute, Rules: rules.Baseline()}
+	if c.MaxTokenAge != "" {
+		d, err := time.ParseDuration(c.MaxTokenAge)
+		if err != nil || d <= 0 {
+			return o, "", fmt.Errorf("maxTokenAge %q: want a duration such as 5m", c.MaxTokenAge)
+		}
+		o.MaxTokenAge = d
+	}
+	if c.Rules != "" {
+		rs, err := rules.Load(c.Rules)
+		if err != nil {
+			return o, "", err
+		}
+		o.Rules = rs
+	}
+	if c.JWKSPath != "" {
+		b, err := os.ReadFile(c.JWKSPath)
+		if err != nil {
+			return o, "", err
+		}
+		ks, err := maa.NewStaticKeySet(b)
+		if err != nil {
+			return o, "", err
+		}
+		o.TokenKeys = ks
+	} else {
+		o.TokenKeys = maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{})
+	}
+	if c.TrustPolicyDoc == nil || len(c.VerificationCerts) == 0 {
+		return o, "", errors.New("trustPolicyDoc and verificationCerts are required: the token is trusted only through a verified signature")
+	}
+	storeRoot, err := trustStoreFromCerts(c.VerificationCerts)
+	if err != nil {
+		return o, storeRoot, err
+	}
+	nv, err := verifier.New(c.TrustPolicyDoc, truststore.NewX509TrustStore(dir.NewSysFS(storeRoot)), nil)
+	if err != nil {
+		return o, storeRoot, err
+	}
+	o.Notation = nv
+	return o, storeRoot, nil
+}
+
+// trustStoreFromCerts lays out the certificates of dirs as the trust store "ca:certs" in a
+// private temporary directory, as Ratify's notation verifier does with verificationCerts.
+func trustStoreFromCerts(dirs []string) (string, error) {
+	root, err := os.MkdirTemp("", "ratify-maa-verifier-")
+	if err != nil {
+		return "", err
+	}
+	store := filepath.Join(root, dir.X509TrustStoreDir("ca", "certs"))
+	if err := os.MkdirAll(store, 0o700); err != nil {
+		return root, err
+	}
+	n := 0
+	for _, d := range dirs {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			// A single file is accepted too.
+			b, ferr := os.ReadFile(d)
+			if ferr != nil {
+				return root, fmt.Errorf("verificationCerts %s: %w", d, err)
+			}
+			if err := os.WriteFile(filepath.Join(store, fmt.Sprintf("cert-%d.pem", n)), b, 0o600); err != nil {
+				return root, err
+			}
+			n++
+			continue
+		}
+		for _, e := range entries {
+			if e.IsDir() || !(strings.HasSuffix(e.Name(), ".pem") || strings.HasSuffix(e.Name(), ".crt") || strings.HasSuffix(e.Name(), ".cer")) {
+				continue
+			}
+			b, err := os.ReadFile(filepath.Join(d, e.Name()))
+			if err != nil {
+				return root, err
+			}
+			if err := os.WriteFile(filepath.Join(store, fmt.Sprintf("cert-%d.pem", n)), b, 0o600); err != nil {
+				return root, err
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return root, errors.New("verificationCerts holds no .pem, .crt or .cer certificate")
+	}
+	return root, nil
+}
