@@ -91,8 +91,10 @@ func BuildChain(pub crypto.PublicKey, certs []*x509.Certificate) ([]*x509.Certif
 	return chain, nil
 }
 
+// isSelfSigned reports whether c is signed by its own key (CheckSignatureFrom would also demand
+// that c be a CA, which a self-signed code-signing leaf is not).
 func isSelfSigned(c *x509.Certificate) bool {
-	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignature(c.SignatureAlgorithm, c.RawTBSCertificate, c.Signature) == nil
 }
 
 func issuerIndex(c *x509.Certificate, candidates []*x509.Certificate) int {

@@ -1,0 +1,283 @@
+// Package entra emulates the parts of the Microsoft Entra ID (Azure AD) token service that
+// azidentity's client-secret credential uses, so the real SDK authenticates against the local
+// stack: the OpenID metadata of a tenant, instance discovery, the v2.0 token endpoint with the
+// client-credentials grant, and the tenant's signing keys. Issued access tokens are RS256 JWTs
+// with the claims Azure resource providers check (aud, iss, tid, oid, appid, exp), and
+// ValidateAccessToken is how the other emulators check the bearer tokens they receive.
+//
+// Approximations: only the client-credentials grant with a client secret exists; the token
+// issuer is the v1 form https://sts.windows.net/{tenant}/ that Key Vault accepts (UNCONFIRMED
+// which of the v1 and v2 forms a given resource's tokens carry); error bodies follow Entra's
+// {"error","error_description"} shape with AADSTS codes for the failures emulated.
+package entra
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+// TokenLifetime is the lifetime of issued access tokens (Entra's default is 60-90 minutes).
+const TokenLifetime = time.Hour
+
+// maxFormBytes bounds a token request body.
+const maxFormBytes = 64 << 10
+
+// Config configures the emulated tenant.
+type Config struct {
+	// TenantID is the only tenant served.
+	TenantID string
+	// Clients maps application (client) ids to their secrets.
+	Clients map[string]string
+	// Now is the clock; time.Now if nil.
+	Now func() time.Time
+	// Logger receives one record per request (never secrets or tokens); silent if nil.
+	Logger *slog.Logger
+}
+
+// Server is an emulated Entra ID tenant.
+type Server struct {
+	cfg    Config
+	key    *rsa.PrivateKey
+	kid    string
+	signer jose.Signer
+	log    *slog.Logger
+
+	mu       sync.Mutex
+	requests []Request
+}
+
+// Request records one token request.
+type Request struct {
+	Time     time.Time
+	ClientID string
+	Scope    string
+	Status   int
+	Error    string
+}
+
+// Claims are the claims of an access token that relying parties use.
+type Claims struct {
+	jwt.Claims
+	TenantID string `json:"tid"`
+	ObjectID string `json:"oid"`
+	AppID    string `json:"appid"`
+}
+
+// New creates the tenant with a fresh RSA-2048 signing key.
+func New(cfg Config) (*Server, error) {
+	if cfg.TenantID == "" || len(cfg.Clients) == 0 {
+		return nil, errors.New("entra emulator: a tenant id and at least one client are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return nil, err
+	}
+	kid := thumbprint(&key.PublicKey)
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: key},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", kid))
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, key: key, kid: kid, signer: signer, log: log}, nil
+}
+
+func thumbprint(pub *rsa.PublicKey) string {
+	t, _ := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+	return hex.EncodeToString(t)[:32]
+}
+
+// Issuer is the iss of this tenant's access tokens.
+func (s *Server) Issuer() string { return "https://sts.windows.net/" + s.cfg.TenantID + "/" }
+
+// Requests returns the token requests seen so far.
+func (s *Server) Requests() []Request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Request(nil), s.requests...)
+}
+
+// Handler serves the tenant. Absolute URLs in the metadata use the request's host.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	t := "/" + s.cfg.TenantID
+	mux.HandleFunc("GET "+t+"/v2.0/.well-known/openid-configuration", s.openID)
+	mux.HandleFunc("GET /common/discovery/instance", s.instanceDiscovery)
+	mux.HandleFunc("GET "+t+"/discovery/v2.0/keys", s.keys)
+	mux.HandleFunc("POST "+t+"/oauth2/v2.0/token", s.token)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "invalid_request", "AADSTS90002: Tenant or endpoint not found.")
+	})
+	return mux
+}
+
+func base(r *http.Request) string { return "https://" + r.Host }
+
+func (s *Server) openID(w http.ResponseWriter, r *http.Request) {
+	b := base(r) + "/" + s.cfg.TenantID
+	writeJSON(w, http.StatusOK, map[string]any{
+		"issuer":                                b + "/v2.0",
+		"authorization_endpoint":                b + "/oauth2/v2.0/authorize",
+		"token_endpoint":                        b + "/oauth2/v2.0/token",
+		"jwks_uri":                              b + "/discovery/v2.0/keys",
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post"},
+		"response_types_supported":              []string{"code", "id_token", "token"},
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+		"tenant_region_scope":                   "local",
+	})
+}
+
+func (s *Server) instanceDiscovery(w http.ResponseWriter, r *http.Request) {
+	host := r.Host
+	writeJSON(w, http.StatusOK, map[string]any{
+		"tenant_discovery_endpoint": base(r) + "/" + s.cfg.TenantID + "/v2.0/.well-known/openid-configuration",
+		"api-version":               "1.1",
+		"metadata": []map[string]any{{
+			"preferred_network": host, "preferred_cache": host, "aliases": []string{host},
+		}},
+	})
+}
+
+func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &s.key.PublicKey, KeyID: s.kid, Use: "sig", Algorithm: "RS256"}}})
+}
+
+func (s *Server) token(w http.ResponseWriter, r *http.Request) {
+	rec := Request{Time: s.cfg.Now()}
+	defer func() {
+		s.mu.Lock()
+		s.requests = append(s.requests, rec)
+		s.mu.Unlock()
+		s.log.Info("token request", "client", rec.ClientID, "scope", rec.Scope, "status", rec.Status, "error", rec.Error)
+	}()
+	fail := func(status int, code, desc string) {
+		rec.Status, rec.Error = status, code
+		writeError(w, status, code, desc)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		fail(http.StatusBadRequest, "invalid_request", "AADSTS900144: The request body must contain the following parameter: 'grant_type'.")
+		return
+	}
+	f := r.PostForm
+	rec.ClientID, rec.Scope = f.Get("client_id"), f.Get("scope")
+	if f.Get("grant_type") != "client_credentials" {
+		fail(http.StatusBadRequest, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type; only client_credentials is emulated.")
+		return
+	}
+	secret, ok := s.cfg.Clients[rec.ClientID]
+	if !ok {
+		fail(http.StatusBadRequest, "unauthorized_client", fmt.Sprintf("AADSTS700016: Application with identifier '%s' was not found in the directory '%s'.", rec.ClientID, s.cfg.TenantID))
+		return
+	}
+	if subtle.ConstantTimeCompare([]byte(f.Get("client_secret")), []byte(secret)) != 1 {
+		fail(http.StatusUnauthorized, "invalid_client", "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.")
+		return
+	}
+	var resource string
+	for _, sc := range strings.Fields(rec.Scope) {
+		if res, ok := strings.CutSuffix(sc, "/.default"); ok {
+			if resource != "" {
+				fail(http.StatusBadRequest, "invalid_scope", "AADSTS70011: The provided value for the input parameter 'scope' is not valid: one resource at a time.")
+				return
+			}
+			resource = res
+		}
+	}
+	if resource == "" {
+		fail(http.StatusBadRequest, "invalid_scope", "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).")
+		return
+	}
+	now := s.cfg.Now()
+	claims := Claims{
+		Claims: jwt.Claims{
+			Issuer: s.Issuer(), Audience: jwt.Audience{resource}, Subject: objectID(rec.ClientID),
+			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(TokenLifetime)),
+		},
+		TenantID: s.cfg.TenantID, ObjectID: objectID(rec.ClientID), AppID: rec.ClientID,
+	}
+	raw, err := jwt.Signed(s.signer).Claims(claims).Serialize()
+	if err != nil {
+		fail(http.StatusInternalServerError, "temporarily_unavailable", "AADSTS50000: There was an error issuing a token.")
+		return
+	}
+	rec.Status = http.StatusOK
+	writeJSON(w, http.StatusOK, map[string]any{
+		"token_type": "Bearer", "expires_in": int(TokenLifetime.Seconds()), "ext_expires_in": int(TokenLifetime.Seconds()),
+		"access_token": raw,
+	})
+}
+
+// objectID is a stable service-principal object id for a client id.
+func objectID(clientID string) string {
+	h := sha256.Sum256([]byte("oid:" + clientID))
+	b := h[:16]
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// Errors of ValidateAccessToken.
+var (
+	ErrTokenInvalid  = errors.New("access token invalid")
+	ErrTokenExpired  = errors.New("access token expired")
+	ErrTokenAudience = errors.New("access token audience mismatch")
+)
+
+// ValidateAccessToken checks a bearer token issued by this tenant for audience: RS256 signature
+// by the tenant key, issuer, tenant, audience, and lifetime (one minute of skew).
+func (s *Server) ValidateAccessToken(raw, audience string) (*Claims, error) {
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrTokenInvalid, err)
+	}
+	var c Claims
+	if err := tok.Claims(&s.key.PublicKey, &c); err != nil {
+		return nil, fmt.Errorf("%w: signature: %v", ErrTokenInvalid, err)
+	}
+	if err := c.ValidateWithLeeway(jwt.Expected{Issuer: s.Issuer(), Time: s.cfg.Now()}, time.Minute); err != nil {
+		if errors.Is(err, jwt.ErrExpired) {
+			return nil, ErrTokenExpired
+		}
+		return nil, fmt.Errorf("%w: %v", ErrTokenInvalid, err)
+	}
+	if c.TenantID != s.cfg.TenantID {
+		return nil, fmt.Errorf("%w: tenant %q", ErrTokenInvalid, c.TenantID)
+	}
+	if !c.Audience.Contains(audience) && !c.Audience.Contains(audience+"/") {
+		return nil, fmt.Errorf("%w: token is for %v, not %s", ErrTokenAudience, c.Audience, audience)
+	}
+	return &c, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, desc string) {
+	writeJSON(w, status, map[string]any{"error": code, "error_description": desc, "error_codes": []int{}, "timestamp": time.Now().UTC().Format("2006-01-02 15:04:05Z")})
+}
