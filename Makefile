@@ -37,7 +37,7 @@ test: lint ## vet, format check, all tests with the race detector, end-to-end te
 test-unit: ## unit tests only, with the race detector
 	$(GO) test -race -count=1 ./...
 
-test-e2e: build ## end-to-end: the built binaries against the local stack
+test-e2e: build tools ## end-to-end: the built binaries and the real notation/oras CLIs against the local stack
 	ATTEST_E2E_BIN=$(BIN) $(GO) test -count=1 -tags e2e ./test/e2e/...
 
 lint: ## gofmt and go vet

@@ -109,7 +109,7 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 	switch sub {
 	case "serve": // the background process that `up` starts; not for direct use
-		return exitCode(localstack.Run(ctx, localstack.Options{StateDir: dir, Logger: cliutil.Logger(stderr, *debug)}), stderr)
+		return exitCode(localstack.Run(ctx, localstack.Options{StateDir: dir, Logger: cliutil.Logger(stderr, *debug), PluginPath: pluginPath()}), stderr)
 	case "up":
 		exe, err := os.Executable()
 		if err != nil {
@@ -128,7 +128,8 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		} else {
 			fmt.Fprintf(stderr, "local stack started (pid %d, state %s)\n", st.PID, dir)
 		}
-		fmt.Fprintf(stderr, "  MAA emulator   %s\n  TPM simulator  %s\nnext: eval \"$(attest-bootstrap local env%s)\"\n", st.MAAURL, st.TPMAddr, stateFlag(*stateDir, dir))
+		fmt.Fprintf(stderr, "  MAA emulator        %s\n  TPM simulator       %s\n  Entra ID emulator   %s\n  Key Vault emulator  %s\n  registry            %s\n  signing key         %s (notation key %q)\nnext: eval \"$(attest-bootstrap local env%s)\"\n",
+			st.MAAURL, st.TPMAddr, st.EntraURL, st.KeyVaultURL, st.Registry, st.KeyID, localstack.SigningKeyName, stateFlag(*stateDir, dir))
 		return 0
 	case "env":
 		st, _, err := localstack.Status(ctx, dir)
@@ -216,4 +217,18 @@ func exitCode(err error, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// pluginPath is the notation-attested-kv built next to this binary (make build puts both in
+// ./bin), or "" if there is none.
+func pluginPath() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(filepath.Dir(exe), localstack.PluginBinary)
+	if fi, err := os.Stat(p); err != nil || fi.IsDir() {
+		return ""
+	}
+	return p
 }

@@ -59,7 +59,7 @@ func splitDigestRef(ref string) error {
 func attach(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest attach", "oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [flags]", io.stderr)
 	tokenFile := fs.String("token", "", "attach this token file instead of the token store's tokens for the digest")
-	tokenDir := fs.String("token-dir", "", "token store (default $XDG_STATE_HOME/attested-kv/tokens, as the plugin's token_dir)")
+	tokenDir := fs.String("token-dir", os.Getenv("ATTEST_TOKEN_DIR"), "token store, the plugin's token_dir (env ATTEST_TOKEN_DIR; default $XDG_STATE_HOME/attested-kv/tokens)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	var reg registryFlags
 	reg.add(fs)

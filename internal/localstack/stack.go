@@ -1,7 +1,10 @@
 // Package localstack runs the project's local stand-ins for Azure on loopback, in one supervised
-// background process: an MAA emulator (HTTPS) and a TPM 2.0 simulator provisioned like an Azure
-// vTPM, served over swtpm's socket framing. Later parts of the chain (Entra ID, Key Vault, an OCI
-// registry) join the same process. See DESIGN.md, "Local stack".
+// background process: an MAA emulator (HTTPS), a TPM 2.0 simulator provisioned like an Azure vTPM
+// and served over swtpm's socket framing, Entra ID and Key Vault emulators (HTTPS), and an OCI
+// registry. At start it provisions the signing certificate through the Azure SDK and writes the
+// Notation configuration (trust policy, trust store, the plugin, the signing key), so that after
+// `eval "$(attest-bootstrap local env)"` notation signs through the attested-kv plugin. See
+// DESIGN.md, "Local stack".
 package localstack
 
 import (
@@ -16,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -44,6 +48,18 @@ type State struct {
 	TLSRootPath   string    `json:"tlsRootPath"`
 	VTPMRootPath  string    `json:"vtpmRootPath"`
 	ControlSocket string    `json:"controlSocket"`
+
+	// The signing half.
+	EntraURL        string `json:"entraURL"`
+	TenantID        string `json:"tenantID"`
+	ClientID        string `json:"clientID"`
+	ClientSecret    string `json:"clientSecret"` // of the emulated tenant only; state.json is 0600
+	KeyVaultURL     string `json:"keyVaultURL"`
+	KeyID           string `json:"keyID"`
+	Registry        string `json:"registry"`
+	NotationConfig  string `json:"notationConfig"`
+	NotationLibexec string `json:"notationLibexec"`
+	TokenDir        string `json:"tokenDir"`
 }
 
 // Paths of the state directory's files.
@@ -60,6 +76,13 @@ func (p paths) maaDir() string      { return filepath.Join(p.dir, "maa") }
 func (p paths) tcgLog() string      { return filepath.Join(p.dir, "tpm", "binary_bios_measurements") }
 func (p paths) tpmDir() string      { return filepath.Join(p.dir, "tpm") }
 func (p paths) vtpmRootPEM() string { return filepath.Join(p.dir, "vtpm", "root.pem") }
+func (p paths) registryDir() string { return filepath.Join(p.dir, "registry") }
+func (p paths) notationConfig() string {
+	return filepath.Join(p.dir, "notation", "config")
+}
+func (p paths) notationLibexec() string { return filepath.Join(p.dir, "notation", "libexec") }
+func (p paths) tokenDir() string        { return filepath.Join(p.dir, "tokens") }
+func (p paths) pluginLog() string       { return filepath.Join(p.dir, "plugin.log") }
 
 // DefaultStateDir is $XDG_STATE_HOME/attested-kv/local, or ~/.local/state/attested-kv/local.
 func DefaultStateDir() (string, error) {
@@ -82,6 +105,8 @@ type Options struct {
 	Logger *slog.Logger
 	// Ready, if set, is called once every component listens and state.json is written.
 	Ready func(*State)
+	// PluginPath is the notation-attested-kv binary to install for notation; none if empty.
+	PluginPath string
 }
 
 // Run starts every component in this process, publishes state.json and blocks until ctx is done;
@@ -170,10 +195,11 @@ func Run(ctx context.Context, opts Options) error {
 		maaLn.Close()
 		return fmt.Errorf("control socket: %w", err)
 	}
-	ctlHTTP := &http.Server{Handler: controlHandler(tpmSrv), ReadHeaderTimeout: 5 * time.Second}
+	var sig *signing
+	ctlHTTP := &http.Server{Handler: controlHandler(tpmSrv, func() *signing { return sig }), ReadHeaderTimeout: 5 * time.Second}
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 8)
 	serve := func(name string, f func() error) {
 		wg.Add(1)
 		go func() {
@@ -185,6 +211,33 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	serve("MAA emulator", func() error { return maaHTTP.ServeTLS(maaLn, "", "") })
 	serve("control socket", func() error { return ctlHTTP.Serve(ctlLn) })
+	shutdownAll := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		maaHTTP.Shutdown(sctx)
+		ctlHTTP.Shutdown(sctx)
+		if sig != nil {
+			sig.shutdown(sctx)
+		}
+		wg.Wait()
+	}
+
+	// The signing half: Entra ID, Key Vault, the registry; then provisioning through the SDK.
+	s, err := startSigning(p, tlsConfig, log, serve)
+	if err != nil {
+		shutdownAll()
+		return err
+	}
+	sig = s
+	tlsRoots := x509.NewCertPool()
+	tlsRoots.AddCert(tlsCA.cert)
+	pctx, cancelProvision := context.WithTimeout(ctx, time.Minute)
+	err = sig.provision(pctx, p, tlsRoots, maaURL, "swtpm:"+tpmAddr, opts.PluginPath, log)
+	cancelProvision()
+	if err != nil {
+		shutdownAll()
+		return err
+	}
 
 	st := &State{
 		Version:       StateVersion,
@@ -197,10 +250,13 @@ func Run(ctx context.Context, opts Options) error {
 		TLSRootPath:   filepath.Join(p.tlsDir(), "root.pem"),
 		VTPMRootPath:  p.vtpmRootPEM(),
 		ControlSocket: p.control(),
+
+		EntraURL: sig.entraURL, TenantID: sig.tenant, ClientID: sig.clientID, ClientSecret: sig.clientSecret,
+		KeyVaultURL: sig.vaultURL, KeyID: sig.keyID, Registry: sig.registryAddr,
+		NotationConfig: p.notationConfig(), NotationLibexec: p.notationLibexec(), TokenDir: p.tokenDir(),
 	}
 	if err := writeState(p, st); err != nil {
-		maaHTTP.Close()
-		ctlHTTP.Close()
+		shutdownAll()
 		return err
 	}
 	log.Info("local stack ready", "maa", maaURL, "tpm", st.TPMAddr)
@@ -213,11 +269,7 @@ func Run(ctx context.Context, opts Options) error {
 	case <-ctx.Done():
 	case runErr = <-errc:
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	maaHTTP.Shutdown(shutdownCtx)
-	ctlHTTP.Shutdown(shutdownCtx)
-	wg.Wait()
+	shutdownAll()
 	os.Remove(p.state())
 	os.Remove(p.control())
 	return runErr
@@ -293,8 +345,9 @@ func ReadState(dir string) (*State, error) {
 	return &st, nil
 }
 
-// controlHandler serves the stack's control socket.
-func controlHandler(tpmSrv *tpmsim.Server) http.Handler {
+// controlHandler serves the stack's control socket: health, TPM outages, and for tests the Key
+// Vault emulator's request counts and fault injection.
+func controlHandler(tpmSrv *tpmsim.Server, sig func() *signing) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusNoContent)
@@ -305,6 +358,26 @@ func controlHandler(tpmSrv *tpmsim.Server) http.Handler {
 	})
 	mux.HandleFunc("POST /tpm/start", func(w http.ResponseWriter, r *http.Request) {
 		tpmSrv.Start()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /keyvault/requests", func(w http.ResponseWriter, r *http.Request) {
+		s := sig()
+		if s == nil {
+			http.Error(w, errNoSigning.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(s.counts())
+	})
+	mux.HandleFunc("POST /keyvault/fault", func(w http.ResponseWriter, r *http.Request) {
+		s := sig()
+		status, err1 := strconv.Atoi(r.URL.Query().Get("status"))
+		n, err2 := strconv.Atoi(r.URL.Query().Get("n"))
+		if s == nil || err1 != nil || err2 != nil {
+			http.Error(w, "want op, status and n", http.StatusBadRequest)
+			return
+		}
+		s.vault.InjectFault(r.URL.Query().Get("op"), status, n)
 		w.WriteHeader(http.StatusNoContent)
 	})
 	return mux

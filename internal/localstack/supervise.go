@@ -5,12 +5,14 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -148,6 +150,9 @@ func Status(ctx context.Context, stateDir string) (*State, []ComponentStatus, er
 	var out []ComponentStatus
 	out = append(out, probeHTTPS(ctx, "MAA emulator", st.MAAURL+"/certs", st.TLSRootPath))
 	out = append(out, probeTCP(ctx, "TPM simulator", strings.TrimPrefix(st.TPMAddr, "swtpm:")))
+	out = append(out, probeHTTPS(ctx, "Entra ID emulator", st.EntraURL+"/"+st.TenantID+"/v2.0/.well-known/openid-configuration", st.TLSRootPath))
+	out = append(out, probeHTTPS(ctx, "Key Vault emulator", st.KeyVaultURL+"/keys/"+SigningKeyName, st.TLSRootPath, http.StatusUnauthorized))
+	out = append(out, probeTCP(ctx, "registry", st.Registry))
 	return st, out, nil
 }
 
@@ -158,6 +163,15 @@ func Env(st *State) [][2]string {
 		{"ATTEST_TPM", st.TPMAddr},
 		{"ATTEST_TCG_LOG", st.TCGLogPath},
 		{"SSL_CERT_FILE", st.CABundlePath},
+		{"ATTEST_KEY_ID", st.KeyID},
+		{"ATTEST_REGISTRY", st.Registry},
+		{"ATTEST_TOKEN_DIR", st.TokenDir},
+		{"AZURE_TENANT_ID", st.TenantID},
+		{"AZURE_CLIENT_ID", st.ClientID},
+		{"AZURE_CLIENT_SECRET", st.ClientSecret},
+		{"AZURE_AUTHORITY_HOST", st.EntraURL + "/"},
+		{"NOTATION_CONFIG", st.NotationConfig},
+		{"NOTATION_LIBEXEC", st.NotationLibexec},
 	}
 }
 
@@ -168,13 +182,29 @@ func ShellQuote(s string) string {
 
 // SetTPMAvailable stops or restarts the stack's TPM (to show that signing fails closed).
 func SetTPMAvailable(ctx context.Context, stateDir string, up bool) error {
-	st, err := runningState(stateDir)
-	if err != nil {
-		return err
-	}
 	path := "/tpm/stop"
 	if up {
 		path = "/tpm/start"
+	}
+	return control(ctx, stateDir, http.MethodPost, path, nil)
+}
+
+// KeyVaultRequests returns the Key Vault emulator's answered requests by operation and status.
+func KeyVaultRequests(ctx context.Context, stateDir string) (KeyVaultCounts, error) {
+	var out KeyVaultCounts
+	return out, control(ctx, stateDir, http.MethodGet, "/keyvault/requests", &out)
+}
+
+// InjectKeyVaultFault makes the next n Key Vault requests of op fail with status.
+func InjectKeyVaultFault(ctx context.Context, stateDir, op string, status, n int) error {
+	return control(ctx, stateDir, http.MethodPost, fmt.Sprintf("/keyvault/fault?op=%s&status=%d&n=%d", op, status, n), nil)
+}
+
+// control calls the stack's control socket and decodes a JSON answer into out, if given.
+func control(ctx context.Context, stateDir, method, path string, out any) error {
+	st, err := runningState(stateDir)
+	if err != nil {
+		return err
 	}
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -182,7 +212,7 @@ func SetTPMAvailable(ctx context.Context, stateDir string, up bool) error {
 			return d.DialContext(ctx, "unix", st.ControlSocket)
 		},
 	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://stack"+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, "http://stack"+path, nil)
 	if err != nil {
 		return err
 	}
@@ -190,9 +220,12 @@ func SetTPMAvailable(ctx context.Context, stateDir string, up bool) error {
 	if err != nil {
 		return fmt.Errorf("control socket: %w", err)
 	}
-	resp.Body.Close()
+	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		return fmt.Errorf("control socket: %s", resp.Status)
+	}
+	if out != nil {
+		return json.NewDecoder(resp.Body).Decode(out)
 	}
 	return nil
 }
@@ -249,7 +282,7 @@ func alive(pid int) bool {
 	return true
 }
 
-func probeHTTPS(ctx context.Context, name, url, rootPath string) ComponentStatus {
+func probeHTTPS(ctx context.Context, name, url, rootPath string, okStatus ...int) ComponentStatus {
 	cs := ComponentStatus{Name: name, Address: url}
 	pem, err := os.ReadFile(rootPath)
 	if err != nil {
@@ -266,8 +299,11 @@ func probeHTTPS(ctx context.Context, name, url, rootPath string) ComponentStatus
 		return cs
 	}
 	resp.Body.Close()
-	cs.OK = resp.StatusCode == http.StatusOK
+	cs.OK = resp.StatusCode == http.StatusOK || slices.Contains(okStatus, resp.StatusCode)
 	cs.Detail = resp.Status
+	if resp.StatusCode == http.StatusUnauthorized && cs.OK {
+		cs.Detail = "401: answers with the bearer challenge"
+	}
 	return cs
 }
 

@@ -67,7 +67,11 @@ func Open(ref string, o Options) (*remote.Repository, registry.Reference, error)
 	return repo, r, nil
 }
 
-func isLoopback(host string) bool {
+func isLoopback(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
 	if host == "localhost" {
 		return true
 	}

@@ -1,0 +1,234 @@
+package localstack
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/distribution/distribution/v3/configuration"
+	"github.com/distribution/distribution/v3/registry/handlers"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the registry's storage
+
+	"github.com/attested-kv/attested-kv/internal/emulator/entra"
+	kvemu "github.com/attested-kv/attested-kv/internal/emulator/keyvault"
+	"github.com/attested-kv/attested-kv/internal/gate"
+	"github.com/attested-kv/attested-kv/internal/notationcfg"
+	"github.com/attested-kv/attested-kv/internal/provision"
+)
+
+// Names the local stack provisions.
+const (
+	// SigningKeyName is the Notation key name and the Key Vault certificate name.
+	SigningKeyName = "attested-local"
+	// SigningSubject carries C, ST and O, which Notation's trusted identities require.
+	SigningSubject = "CN=attested-local signer, O=attested-kv local stack, ST=Local, C=ZZ"
+	// TrustedIdentity is the trust policy's identity for SigningSubject.
+	TrustedIdentity = "x509.subject: C=ZZ, ST=Local, O=attested-kv local stack, CN=attested-local signer"
+	// PluginBinary is the plugin executable's name.
+	PluginBinary = "notation-" + gate.Name
+)
+
+// signing is the signing half of the stack: Entra ID and Key Vault emulators, the registry.
+type signing struct {
+	entra   *entra.Server
+	vault   *kvemu.Server
+	servers []*http.Server
+
+	tenant, clientID, clientSecret string
+	entraURL, vaultURL             string
+	registryAddr                   string
+	keyID                          string
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func uuid() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// startSigning starts the Entra ID and Key Vault emulators (HTTPS) and the registry (HTTP on
+// loopback, reached as localhost so notation and oras use plain HTTP), and serves them until ctx
+// ends. serve runs each server in the caller's supervision.
+func startSigning(p paths, tlsConfig *tls.Config, log *slog.Logger, serve func(string, func() error)) (*signing, error) {
+	s := &signing{tenant: uuid(), clientID: uuid(), clientSecret: randomHex(24)}
+	var err error
+	if s.entra, err = entra.New(entra.Config{TenantID: s.tenant, Clients: map[string]string{s.clientID: s.clientSecret}, Logger: log.With("component", "entra")}); err != nil {
+		return nil, err
+	}
+	entraLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("Entra ID emulator: %w", err)
+	}
+	s.entraURL = "https://" + entraLn.Addr().String()
+	vaultLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		entraLn.Close()
+		return nil, fmt.Errorf("Key Vault emulator: %w", err)
+	}
+	s.vaultURL = "https://" + vaultLn.Addr().String()
+	if s.vault, err = kvemu.New(kvemu.Config{
+		Authority: s.entraURL, TenantID: s.tenant,
+		ValidateToken: func(raw string) (string, error) {
+			c, err := s.entra.ValidateAccessToken(raw, kvemu.Resource)
+			if err != nil {
+				return "", err
+			}
+			return c.AppID, nil
+		},
+		Logger: log.With("component", "keyvault"),
+	}); err != nil {
+		entraLn.Close()
+		vaultLn.Close()
+		return nil, err
+	}
+	regLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		entraLn.Close()
+		vaultLn.Close()
+		return nil, fmt.Errorf("registry: %w", err)
+	}
+	_, port, _ := net.SplitHostPort(regLn.Addr().String())
+	s.registryAddr = "localhost:" + port
+	if err := os.MkdirAll(p.registryDir(), 0o700); err != nil {
+		return nil, err
+	}
+	// distribution v3 has no Referrers API, so notation (which by default writes the referrers tag
+	// schema), oras and oras-attest all meet on the tag schema; deletion is enabled so the
+	// outdated referrers indexes can be removed.
+	regCfg := &configuration.Configuration{}
+	regCfg.Storage = configuration.Storage{
+		"filesystem": configuration.Parameters{"rootdirectory": p.registryDir()},
+		"delete":     configuration.Parameters{"enabled": true},
+	}
+	regCfg.Log.Level = "error"
+	regCfg.Log.AccessLog.Disabled = true
+	registry := handlers.NewApp(context.Background(), regCfg)
+
+	entraHTTP := &http.Server{Handler: s.entra.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	vaultHTTP := &http.Server{Handler: s.vault.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	regHTTP := &http.Server{Handler: registry, ReadHeaderTimeout: 10 * time.Second}
+	s.servers = []*http.Server{entraHTTP, vaultHTTP, regHTTP}
+	serve("Entra ID emulator", func() error { return entraHTTP.ServeTLS(entraLn, "", "") })
+	serve("Key Vault emulator", func() error { return vaultHTTP.ServeTLS(vaultLn, "", "") })
+	serve("registry", func() error { return regHTTP.Serve(regLn) })
+	return s, nil
+}
+
+func (s *signing) shutdown(ctx context.Context) {
+	for _, srv := range s.servers {
+		srv.Shutdown(ctx)
+	}
+}
+
+// credential is the stack's service principal, as azidentity uses it against Azure.
+func (s *signing) credential(roots *x509.CertPool) (azcore.TokenCredential, azcore.ClientOptions, error) {
+	opts := azcore.ClientOptions{
+		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: s.entraURL + "/"},
+		Transport: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
+	}
+	cred, err := azidentity.NewClientSecretCredential(s.tenant, s.clientID, s.clientSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
+	return cred, opts, err
+}
+
+// provision creates the signing certificate through the Azure SDK and prepares the Notation
+// configuration: trust policy and store, the plugin, and the signing key entry.
+func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, maaURL, tpmAddr, pluginPath string, log *slog.Logger) error {
+	cred, opts, err := s.credential(roots)
+	if err != nil {
+		return err
+	}
+	res, err := provision.CreateSigningCertificate(ctx, s.vaultURL, cred, &azcertificates.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true},
+		provision.SigningCertificate{Name: SigningKeyName, Subject: SigningSubject, KeyType: "RSA", KeySize: 2048})
+	if err != nil {
+		return fmt.Errorf("provisioning the signing certificate: %w", err)
+	}
+	s.keyID = res.KeyID
+	if err := notationcfg.WriteTrust(p.notationConfig(), notationcfg.Trust{
+		PolicyName: SigningKeyName, StoreName: SigningKeyName, Scopes: []string{"*"},
+		Roots: []*x509.Certificate{res.Certificate}, Identities: []string{TrustedIdentity},
+	}); err != nil {
+		return fmt.Errorf("notation trust policy: %w", err)
+	}
+	if err := notationcfg.WriteSigningKey(p.notationConfig(), notationcfg.SigningKey{
+		Name: SigningKeyName, KeyID: res.KeyID, Plugin: gate.Name, Default: true,
+		PluginConfig: map[string]string{
+			gate.KeyAttestationURL: maaURL,
+			gate.KeyTPM:            tpmAddr,
+			gate.KeyTCGLog:         p.tcgLog(),
+			gate.KeyCredentialType: "environment",
+			gate.KeyTokenDir:       p.tokenDir(),
+			gate.KeyLogFile:        p.pluginLog(),
+		},
+	}); err != nil {
+		return fmt.Errorf("notation signing key: %w", err)
+	}
+	if pluginPath == "" {
+		log.Warn("the plugin binary was not found next to attest-bootstrap; notation sign will not find the plugin (run make build)")
+		return nil
+	}
+	return installPlugin(pluginPath, filepath.Join(p.notationLibexec(), "plugins", gate.Name, PluginBinary))
+}
+
+// installPlugin copies the plugin where notation looks for it ({NOTATION_LIBEXEC}/plugins/NAME/).
+func installPlugin(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("plugin: %w", err)
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp := dst + ".tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
+}
+
+// KeyVaultCounts reports how many requests of each Key Vault operation were answered, by status.
+type KeyVaultCounts map[string]map[int]int
+
+func (s *signing) counts() KeyVaultCounts {
+	out := KeyVaultCounts{}
+	for _, r := range s.vault.Requests() {
+		if out[r.Op] == nil {
+			out[r.Op] = map[int]int{}
+		}
+		out[r.Op][r.Status]++
+	}
+	return out
+}
+
+var errNoSigning = errors.New("the signing components are not running")

@@ -1,0 +1,173 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/attested-kv/attested-kv/internal/localstack"
+)
+
+// TestSigningChainOnLocalStack is the chain a build script runs, with the real notation v1.3.2
+// and oras v1.3.6 CLIs (tools/go.mod): push an image, `notation sign` through the attested-kv
+// plugin (JWS and COSE), `notation verify`, `oras-attest attach`, `oras discover`,
+// `oras-attest verify`; then the fail-closed cases, each leaving no signature behind.
+func TestSigningChainOnLocalStack(t *testing.T) {
+	r := newRunner(t)
+	for _, tool := range []string{"notation", "oras"} {
+		if _, err := os.Stat(filepath.Join(r.bin, tool)); err != nil {
+			t.Fatalf("%s CLI missing in %s: run make tools", tool, r.bin)
+		}
+	}
+	state := t.TempDir()
+	work := t.TempDir()
+	r.must("attest-bootstrap", "local", "up", "--state", state)
+	t.Cleanup(func() { r.run("attest-bootstrap", "local", "down", "--state", state) })
+
+	var env map[string]string
+	if err := json.Unmarshal([]byte(r.must("attest-bootstrap", "local", "env", "--state", state, "-o", "json")), &env); err != nil {
+		t.Fatal(err)
+	}
+	r.env = append(os.Environ(), "HOME="+work, "XDG_CONFIG_HOME="+filepath.Join(work, "config"))
+	for k, v := range env {
+		r.env = append(r.env, k+"="+v)
+	}
+	reg := env["ATTEST_REGISTRY"]
+	ctx := context.Background()
+
+	push := func(name string) string {
+		t.Helper()
+		f := filepath.Join(work, name+".txt")
+		os.WriteFile(f, []byte("image "+name), 0o644)
+		cmd := []string{"push", "--disable-path-validation", reg + "/" + name + ":v1", f}
+		r.must("oras", cmd...)
+		return strings.TrimSpace(r.must("oras", "resolve", reg+"/"+name+":v1"))
+	}
+	referrers := func(ref string) map[string]int {
+		t.Helper()
+		var d struct {
+			Referrers []struct {
+				ArtifactType string `json:"artifactType"`
+			} `json:"referrers"`
+		}
+		if err := json.Unmarshal([]byte(r.must("oras", "discover", "--format", "json", ref)), &d); err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int{}
+		for _, x := range d.Referrers {
+			out[x.ArtifactType]++
+		}
+		return out
+	}
+	signs := func() int {
+		t.Helper()
+		c, err := localstack.KeyVaultRequests(ctx, state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, k := range c["sign"] {
+			n += k
+		}
+		return n
+	}
+
+	// The chain.
+	dig := push("app")
+	ref := reg + "/app@" + dig
+	r.must("notation", "sign", "--key", localstack.SigningKeyName, ref)
+	r.must("notation", "sign", "--signature-format", "cose", ref)
+	r.must("notation", "verify", ref)
+	var inspect struct {
+		Signatures []struct {
+			SignedAttributes map[string]any `json:"signedAttributes"`
+		} `json:"signatures"`
+	}
+	if err := json.Unmarshal([]byte(r.must("notation", "inspect", "-o", "json", ref)), &inspect); err != nil {
+		t.Fatal(err)
+	}
+	if len(inspect.Signatures) != 2 {
+		t.Fatalf("notation inspect lists %d signatures, want 2", len(inspect.Signatures))
+	}
+	for _, s := range inspect.Signatures {
+		if v, _ := s.SignedAttributes["io.github.attested-kv.token.sha256"].(string); len(v) != 64 {
+			t.Fatalf("signature without the token digest as a signed attribute: %v", s.SignedAttributes)
+		}
+	}
+	out := r.must("oras-attest", "attach", ref)
+	if strings.Count(out, "Digest: sha256:") != 2 {
+		t.Fatalf("attach: %s", out)
+	}
+	again := r.must("oras-attest", "attach", ref)
+	got := referrers(ref)
+	if got["application/vnd.cncf.notary.signature"] != 2 || got["application/vnd.attested-kv.maa-token.v1+jwt"] != 2 {
+		t.Fatalf("oras discover: %v (attaching twice must not add referrers; second attach said %s)", got, again)
+	}
+	out = r.must("oras-attest", "verify", ref)
+	if !strings.Contains(out, "VERIFIED") {
+		t.Fatalf("verify: %s", out)
+	}
+	// The Ratify-style verification refuses a signed image whose token was never attached.
+	bare := push("bare")
+	r.must("notation", "sign", reg+"/bare@"+bare)
+	out, _, code := r.run("oras-attest", "verify", reg+"/bare@"+bare, "-o", "json")
+	if code == 0 || !strings.Contains(out, `"token-referrer"`) {
+		t.Fatalf("verify of an image without its token: exit %d %s", code, out)
+	}
+
+	// Fail closed: nothing is signed and no signature appears in the registry.
+	tests := []struct {
+		name      string
+		before    func()
+		after     func()
+		message   string
+		signCalls bool // whether Key Vault may have been asked (it refused)
+	}{
+		{name: "TPM unavailable",
+			before:  func() { r.must("attest-bootstrap", "local", "tpm", "stop", "--state", state) },
+			after:   func() { r.must("attest-bootstrap", "local", "tpm", "start", "--state", state) },
+			message: "TPM"},
+		{name: "claim rule false",
+			before: func() {
+				os.WriteFile(filepath.Join(work, "strict.cel"), []byte("vm-pinned: claims[\"x-ms-azurevm-vmid\"] == \"00000000-0000-0000-0000-000000000000\"\n"), 0o644)
+			},
+			after:   func() {},
+			message: `claim rule "vm-pinned"`},
+		{name: "Key Vault 403", signCalls: true,
+			before:  func() { localstack.InjectKeyVaultFault(ctx, state, "sign", 403, 10) },
+			after:   func() { localstack.InjectKeyVaultFault(ctx, state, "sign", 0, 0) },
+			message: "403"},
+		{name: "Key Vault 500", signCalls: true,
+			before:  func() { localstack.InjectKeyVaultFault(ctx, state, "sign", 500, 10) },
+			after:   func() { localstack.InjectKeyVaultFault(ctx, state, "sign", 0, 0) },
+			message: "500"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := push("refused" + string(rune('a'+i)))
+			target := reg + "/refused" + string(rune('a'+i)) + "@" + d
+			before := signs()
+			tc.before()
+			args := []string{"sign", target}
+			if tc.name == "claim rule false" {
+				args = append(args, "--plugin-config", "rules="+filepath.Join(work, "strict.cel"))
+			}
+			_, errOut, code := r.run("notation", args...)
+			tc.after()
+			if code == 0 || !strings.Contains(errOut, tc.message) {
+				t.Fatalf("notation sign: exit %d, stderr %q; want a failure naming %q", code, errOut, tc.message)
+			}
+			if got := referrers(target); got["application/vnd.cncf.notary.signature"] != 0 {
+				t.Fatalf("a signature exists after a refused signing: %v", got)
+			}
+			if !tc.signCalls && signs() != before {
+				t.Fatalf("Key Vault was asked to sign (%d -> %d) although attestation failed", before, signs())
+			}
+		})
+	}
+}
