@@ -7,10 +7,11 @@ export PATH="$BIN:$PATH"
 STATE="${ATTEST_DEMO_STATE:-$(mktemp -d /tmp/attested-kv-demo.XXXXXX)}"
 WORK="$(mktemp -d /tmp/attested-kv-demo-work.XXXXXX)"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+refused() { echo "-> refused, as it must be"; }
 cleanup() { attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-step "start the local stack (MAA emulator + TPM simulator provisioned like an Azure vTPM)"
+step "start the local stack: MAA, Entra ID and Key Vault emulators, a TPM simulator provisioned like an Azure vTPM, a registry"
 attest-bootstrap local up --state "$STATE"
 eval "$(attest-bootstrap local env --state "$STATE")"
 attest-bootstrap local status --state "$STATE"
@@ -22,27 +23,47 @@ oras-attest token fetch --nonce "$NONCE" --out "$WORK/token.jwt"
 step "verify it: signature by the instance's keys, issuer, lifetime, age, nonce"
 oras-attest token verify "$WORK/token.jwt" --nonce "$NONCE"
 
-step "the decoded claims"
-oras-attest token show "$WORK/token.jwt" -o json | head -n 60
+step "the decoded claims (secure boot as measured by the TPM's event log)"
+oras-attest token show "$WORK/token.jwt" -o json | grep -E '"(secureboot|x-ms-attestation-type|x-ms-azurevm-dbvalidated|nonce)"'
 
 step "refused: the same token with another nonce"
-if oras-attest token verify "$WORK/token.jwt" --nonce "other-$NONCE"; then echo "UNEXPECTED: accepted"; exit 1; fi
+if oras-attest token verify "$WORK/token.jwt" --nonce "other-$NONCE" >/dev/null; then echo "UNEXPECTED: accepted"; exit 1; fi; refused
 
 step "refused: one signature character flipped"
-python3 - "$WORK/token.jwt" "$WORK/forged.jwt" <<'PY' 2>/dev/null || awk '{n=length($0); c=substr($0,n-5,1); r=(c=="A")?"B":"A"; print substr($0,1,n-6) r substr($0,n-4)}' "$WORK/token.jwt" > "$WORK/forged.jwt"
-import sys
-t = open(sys.argv[1]).read().strip()
-i = len(t) - 6
-open(sys.argv[2], "w").write(t[:i] + ("B" if t[i] == "A" else "A") + t[i+1:] + "\n")
-PY
-if oras-attest token verify "$WORK/forged.jwt" --nonce "$NONCE"; then echo "UNEXPECTED: accepted"; exit 1; fi
+t="$(cat "$WORK/token.jwt")"; i=$(( ${#t} - 6 )); c="${t:$i:1}"; [ "$c" = A ] && r=B || r=A
+printf '%s%s%s\n' "${t:0:$i}" "$r" "${t:$((i+1))}" > "$WORK/forged.jwt"
+if oras-attest token verify "$WORK/forged.jwt" --nonce "$NONCE" >/dev/null; then echo "UNEXPECTED: accepted"; exit 1; fi; refused
 
-step "refused: the TPM is unavailable, so no token is issued"
+step "push an image to the local registry ($ATTEST_REGISTRY)"
+echo "hello from an attested build" > "$WORK/app.txt"
+(cd "$WORK" && oras push "$ATTEST_REGISTRY/app:v1" app.txt >/dev/null)
+DIGEST="$(oras resolve "$ATTEST_REGISTRY/app:v1")"
+IMAGE="$ATTEST_REGISTRY/app@$DIGEST"
+echo "$IMAGE"
+
+step "notation sign through the attested-kv plugin: attest, verify the token and the claim rules, then sign in Key Vault"
+notation sign --key attested-local "$IMAGE"
+notation verify "$IMAGE"
+
+step "attach the token to the image as an OCI referrer; oras discover shows the signature and the token"
+oras-attest attach "$IMAGE"
+oras discover "$IMAGE"
+
+step "verify before deployment: signature, token referrer, issuer, freshness at signing, binding to image and key, claim rules"
+oras-attest verify "$IMAGE"
+
+step "refused: signing while the TPM is unavailable (Key Vault is never called)"
 attest-bootstrap local tpm stop --state "$STATE"
-if oras-attest token fetch --nonce "$NONCE" --timeout 20s --out "$WORK/none.jwt"; then echo "UNEXPECTED: token issued"; exit 1; fi
+if notation sign "$IMAGE"; then echo "UNEXPECTED: signed"; exit 1; fi; refused
 attest-bootstrap local tpm start --state "$STATE"
+
+step "refused: deploying an image signed without its token attached"
+(cd "$WORK" && echo other > other.txt && oras push "$ATTEST_REGISTRY/other:v1" other.txt >/dev/null)
+OTHER="$ATTEST_REGISTRY/other@$(oras resolve "$ATTEST_REGISTRY/other:v1")"
+notation sign "$OTHER" >/dev/null
+if oras-attest verify "$OTHER"; then echo "UNEXPECTED: verified"; exit 1; fi; refused
 
 step "stop the stack"
 attest-bootstrap local down --state "$STATE"
 echo
-echo "demo finished: token issued and verified; forged, re-bound and TPM-less attempts refused"
+echo "demo finished: attested signing and verification passed; forged, re-bound, TPM-less and token-less attempts refused"

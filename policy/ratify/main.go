@@ -134,6 +134,9 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 	if in.Config.Name != "" {
 		res.Name = in.Config.Name
 	}
+	if in.Config.Type != "" {
+		res.Type = in.Config.Type
+	}
 	o, cleanup, err := options(in.Config)
 	if err != nil {
 		return fail("verifier config: %v", err)
