@@ -8,9 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
+	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/localstack"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/token"
 )
 
 // TestSigningChainOnLocalStack is the chain a build script runs, with the real notation v1.3.2
@@ -39,6 +43,9 @@ func TestSigningChainOnLocalStack(t *testing.T) {
 	}
 	reg := env["ATTEST_REGISTRY"]
 	ctx := context.Background()
+	// `local env` prints the emulated tenant's client secret by design (it is what the shell
+	// exports); every output after it is checked for secrets at the end.
+	r.outputs.Reset()
 
 	push := func(name string) string {
 		t.Helper()
@@ -120,6 +127,50 @@ func TestSigningChainOnLocalStack(t *testing.T) {
 		t.Fatalf("verify of an image without its token: exit %d %s", code, out)
 	}
 
+	// Eight signings at once (a build farm job fanning out): each gets its own token, bound to its
+	// own image; the TPM serves one client at a time and the others wait their turn.
+	t.Run("parallel signings", func(t *testing.T) {
+		const n = 8
+		digests := make([]string, n)
+		for i := range digests {
+			digests[i] = push("par" + string(rune('a'+i)))
+		}
+		errs := make(chan string, n)
+		var wg sync.WaitGroup
+		for i, d := range digests {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, errOut, code := r.run("notation", "sign", reg+"/par"+string(rune('a'+i))+"@"+d); code != 0 {
+					errs <- errOut
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Errorf("parallel sign failed: %s", e)
+		}
+		seen := map[string]bool{}
+		store := token.NewStore(env["ATTEST_TOKEN_DIR"])
+		for _, d := range digests {
+			entries, err := store.List(d)
+			if err != nil || len(entries) != 1 {
+				t.Fatalf("tokens for %s: %d, %v", d, len(entries), err)
+			}
+			_, claims, err := maa.ParseUnverified(entries[0].Raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nonce, _ := maa.ClientPayloadNonce(claims)
+			want, _ := binding.Compute(d, env["ATTEST_KEY_ID"])
+			if nonce != want || seen[entries[0].SHA256] {
+				t.Fatalf("token for %s is not its own (nonce %s, want %s)", d, nonce, want)
+			}
+			seen[entries[0].SHA256] = true
+		}
+	})
+
 	// Fail closed: nothing is signed and no signature appears in the registry.
 	tests := []struct {
 		name      string
@@ -170,4 +221,34 @@ func TestSigningChainOnLocalStack(t *testing.T) {
 			}
 		})
 	}
+
+	// No secret in any output at the default level: the tokens, the client secret, the access
+	// tokens are never printed by the commands above (token fetch prints a token only when asked
+	// to, and is not run here), nor written to the plugin's log or the stack's log.
+	t.Run("no secrets in outputs", func(t *testing.T) {
+		secrets := []string{env["AZURE_CLIENT_SECRET"]}
+		filepath.Walk(env["ATTEST_TOKEN_DIR"], func(p string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				b, _ := os.ReadFile(p)
+				secrets = append(secrets, string(b))
+			}
+			return nil
+		})
+		logs := r.outputs.String()
+		for _, f := range []string{filepath.Join(state, "plugin.log"), filepath.Join(state, "stack.log")} {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			logs += string(b)
+		}
+		for _, s := range secrets {
+			if s != "" && strings.Contains(logs, s) {
+				t.Fatalf("a secret (%d bytes) appears in the outputs", len(s))
+			}
+		}
+		if strings.Contains(logs, "eyJ0eXAiOiJKV1Qi") || strings.Contains(logs, "\"access_token\"") {
+			t.Fatal("a JWT appears in the outputs")
+		}
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +22,9 @@ type runner struct {
 	t   *testing.T
 	bin string
 	env []string
+	// outputs collects everything the commands printed, for the no-secrets check.
+	mu      sync.Mutex
+	outputs bytes.Buffer
 }
 
 func (r *runner) run(name string, args ...string) (stdout, stderr string, code int) {
@@ -30,6 +34,10 @@ func (r *runner) run(name string, args ...string) (stdout, stderr string, code i
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err := cmd.Run()
+	r.mu.Lock()
+	r.outputs.Write(o.Bytes())
+	r.outputs.Write(e.Bytes())
+	r.mu.Unlock()
 	code = 0
 	if ee, ok := err.(*exec.ExitError); ok {
 		code = ee.ExitCode()
