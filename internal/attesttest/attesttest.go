@@ -14,6 +14,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"math/big"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"testing"
@@ -55,7 +56,25 @@ type Chain struct {
 // Option configures New.
 type Option func(*options)
 
-type options struct{ secureBoot bool }
+type options struct {
+	secureBoot      bool
+	policyAuthorize func(*http.Request) error
+}
+
+// WithPolicyAuthorizer makes the emulator authorize GET/PUT /policies with f (e.g. validating an
+// Entra ID token from the Entra emulator), as real MAA does.
+func WithPolicyAuthorizer(f func(*http.Request) error) Option {
+	return func(o *options) { o.policyAuthorize = f }
+}
+
+// TLSServer serves h over TLS on loopback until t ends. httptest servers share one certificate,
+// so the Chain's Server.Client() trusts it too.
+func TLSServer(t testing.TB, h http.Handler) *httptest.Server {
+	t.Helper()
+	s := httptest.NewTLSServer(h)
+	t.Cleanup(s.Close)
+	return s
+}
 
 // WithSecureBoot measures a Secure Boot firmware log into the TPM, so the emulator issues
 // secureboot and the db/dbx claims true, as for a healthy Trusted Launch VM. Without it the TPM
@@ -114,7 +133,7 @@ func New(t testing.TB, opts ...Option) *Chain {
 	srv := httptest.NewUnstartedServer(nil)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL})
+	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL, AuthorizePolicyRequest: o.policyAuthorize})
 	if err != nil {
 		t.Fatal(err)
 	}

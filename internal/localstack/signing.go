@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -27,8 +28,10 @@ import (
 	"github.com/attested-kv/attested-kv/internal/emulator/entra"
 	kvemu "github.com/attested-kv/attested-kv/internal/emulator/keyvault"
 	"github.com/attested-kv/attested-kv/internal/gate"
+	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/notationcfg"
 	"github.com/attested-kv/attested-kv/internal/provision"
+	maapolicy "github.com/attested-kv/attested-kv/policy/maa"
 )
 
 // Names the local stack provisions.
@@ -185,6 +188,14 @@ func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, 
 	}); err != nil {
 		return fmt.Errorf("notation signing key: %w", err)
 	}
+	// The attestation policy, through the same client the bootstrap uses against Azure.
+	pc, err := maa.NewPolicyClient(maaURL, cred, &opts)
+	if err != nil {
+		return err
+	}
+	if _, err := pc.SetPolicy(ctx, maa.AttestationTypeAzureGuest, maapolicy.AzureGuest); err != nil {
+		return fmt.Errorf("setting the attestation policy: %w", err)
+	}
 	if pluginPath == "" {
 		log.Warn("the plugin binary was not found next to attest-bootstrap; notation sign will not find the plugin (run make build)")
 		return nil
@@ -232,3 +243,14 @@ func (s *signing) counts() KeyVaultCounts {
 }
 
 var errNoSigning = errors.New("the signing components are not running")
+
+// authorizeAttestationAdmin checks that a policy request to the MAA emulator carries a token of
+// this tenant for MAA's data plane.
+func (s *signing) authorizeAttestationAdmin(r *http.Request) error {
+	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return errors.New("no bearer token")
+	}
+	_, err := s.entra.ValidateAccessToken(raw, strings.TrimSuffix(maa.AttestationScope, "/.default"))
+	return err
+}

@@ -174,6 +174,7 @@ func Run(ctx context.Context, opts Options) error {
 	roots, inters := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(vtpmCA.Root)
 	inters.AddCert(vtpmCA.Intermediate)
+	var sig *signing
 	maaSrv, err := emu.New(emu.Config{
 		TrustedRoots:  roots,
 		Intermediates: inters,
@@ -181,6 +182,13 @@ func Run(ctx context.Context, opts Options) error {
 		SigningCert:   signCert,
 		Issuer:        maaURL,
 		Logger:        log.With("component", "maa"),
+		// Policy reads and writes need an Entra ID token for MAA's scope, as on Azure.
+		AuthorizePolicyRequest: func(r *http.Request) error {
+			if sig == nil {
+				return errors.New("the Entra ID emulator is not running yet")
+			}
+			return sig.authorizeAttestationAdmin(r)
+		},
 	})
 	if err != nil {
 		maaLn.Close()
@@ -195,7 +203,6 @@ func Run(ctx context.Context, opts Options) error {
 		maaLn.Close()
 		return fmt.Errorf("control socket: %w", err)
 	}
-	var sig *signing
 	ctlHTTP := &http.Server{Handler: controlHandler(tpmSrv, func() *signing { return sig }), ReadHeaderTimeout: 5 * time.Second}
 
 	var wg sync.WaitGroup
