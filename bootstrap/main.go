@@ -1,6 +1,6 @@
-// Command attest-bootstrap provisions what the attested signing chain needs. This build has the
-// local stack (`local up|env|status|down`); the Azure commands (plan, apply, destroy) come with
-// their issue.
+// Command attest-bootstrap provisions what the attested signing chain needs: on Azure
+// (plan, apply, destroy through the ARM SDK) and, for machines without Azure, the local stack
+// (local up|env|status|down).
 package main
 
 import (
@@ -23,6 +23,10 @@ import (
 const usage = `attest-bootstrap: provision the attested signing chain.
 
 Usage:
+  attest-bootstrap plan    --subscription S --tenant T --resource-group RG --location L --name-prefix P --operator-object-id ID
+  attest-bootstrap apply   (same flags) [--cluster-principal-id ID] [--hsm] [--purge-protection] [--outputs FILE] [--notation-config DIR]
+  attest-bootstrap destroy (same flags) [--purge]
+      (or --config FILE in YAML or JSON; -o json; see "attest-bootstrap apply --help")
   attest-bootstrap local up      [--state DIR]   start the local stack in the background
   attest-bootstrap local env     [--state DIR]   print shell exports for the running stack
   attest-bootstrap local status  [--state DIR] [-o json]
@@ -31,8 +35,13 @@ Usage:
                                                   make the stack's TPM unavailable / available again
   attest-bootstrap version
 
-The local stack runs on loopback only: an MAA emulator (HTTPS) and a TPM 2.0 simulator
-provisioned like an Azure vTPM. Use it with:
+apply creates or updates, idempotently: the resource group, a user-assigned managed identity,
+an attestation provider and its AzureGuest policy, a Key Vault (RBAC) with an RSA-3072
+code-signing certificate, a Premium container registry, and the role assignments; it writes the
+outputs file and the Notation trust policy and store. destroy removes only what apply tagged.
+
+The local stack runs on loopback only: MAA, Entra ID and Key Vault emulators (HTTPS), a TPM 2.0
+simulator provisioned like an Azure vTPM, and an OCI registry. Use it with:
   eval "$(attest-bootstrap local env)"
 
 --state defaults to $XDG_STATE_HOME/attested-kv/local.
@@ -59,8 +68,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "local":
 		return runLocal(ctx, args[1:], stdout, stderr)
 	case "plan", "apply", "destroy":
-		fmt.Fprintf(stderr, "attest-bootstrap: %q against Azure is not in this build yet; the local stack is (see --help)\n", args[0])
-		return 2
+		return runAzure(ctx, args[0], args[1:], stdout, stderr)
 	}
 	fmt.Fprintf(stderr, "attest-bootstrap: unknown command %q\n\n%s", args[0], usage)
 	return 2

@@ -37,7 +37,7 @@ func NewPolicyClient(instance string, cred azcore.TokenCredential, opts *azcore.
 	if opts == nil {
 		opts = &azcore.ClientOptions{}
 	}
-	pl := runtime.NewPipeline("attested-kv-maa", "0.1.0", runtime.PipelineOptions{
+	pl := runtime.NewPipeline("attested-kv-maa", "v0.1.0", runtime.PipelineOptions{
 		PerRetry: []policy.Policy{runtime.NewBearerTokenPolicy(cred, []string{AttestationScope}, nil)},
 	}, opts)
 	return &PolicyClient{instance: inst, pl: pl}, nil

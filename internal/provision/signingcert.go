@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
@@ -124,6 +125,31 @@ func CreateSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	}
 	if got.ID == nil || got.KID == nil {
 		return nil, errors.New("certificate without id or key id")
+	}
+	cert, err := x509.ParseCertificate(got.CER)
+	if err != nil {
+		return nil, fmt.Errorf("certificate %s: %w", c.Name, err)
+	}
+	return &Result{KeyID: strings.TrimSuffix(vaultURL, "/") + "/keys/" + c.Name + "/" + got.ID.Version(), Certificate: cert}, nil
+}
+
+// EnsureSigningCertificate returns the certificate named c.Name if the vault has one, and creates
+// it otherwise, so that a second bootstrap run does not add a certificate version.
+func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.TokenCredential, opts *azcertificates.ClientOptions, c SigningCertificate) (*Result, error) {
+	client, err := azcertificates.NewClient(vaultURL, cred, opts)
+	if err != nil {
+		return nil, err
+	}
+	got, err := client.GetCertificate(ctx, c.Name, "", nil)
+	var re *azcore.ResponseError
+	switch {
+	case errors.As(err, &re) && re.StatusCode == http.StatusNotFound:
+		return CreateSigningCertificate(ctx, vaultURL, cred, opts, c)
+	case err != nil:
+		return nil, fmt.Errorf("reading certificate %s: %w", c.Name, err)
+	}
+	if got.ID == nil {
+		return nil, errors.New("certificate without id")
 	}
 	cert, err := x509.ParseCertificate(got.CER)
 	if err != nil {

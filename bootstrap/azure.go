@@ -1,0 +1,177 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azcertificates"
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
+	"github.com/attested-kv/attested-kv/internal/azure"
+	"github.com/attested-kv/attested-kv/internal/cliutil"
+	"github.com/attested-kv/attested-kv/internal/keyvault"
+	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/notationcfg"
+	"github.com/attested-kv/attested-kv/internal/provision"
+	maapolicy "github.com/attested-kv/attested-kv/policy/maa"
+)
+
+// runAzure runs plan, apply or destroy against Azure Resource Manager.
+func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.Writer) int {
+	fs := pflag.NewFlagSet("attest-bootstrap "+cmd, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	var cfg azure.Config
+	configFile := fs.String("config", "", "YAML or JSON file with the settings below (flags override it)")
+	fs.StringVar(&cfg.SubscriptionID, "subscription", os.Getenv("AZURE_SUBSCRIPTION_ID"), "subscription id (env AZURE_SUBSCRIPTION_ID)")
+	fs.StringVar(&cfg.TenantID, "tenant", os.Getenv("AZURE_TENANT_ID"), "Entra ID tenant id (env AZURE_TENANT_ID)")
+	fs.StringVar(&cfg.ResourceGroup, "resource-group", "", "resource group (created if absent)")
+	fs.StringVar(&cfg.Location, "location", "", "Azure region, e.g. westeurope")
+	fs.StringVar(&cfg.NamePrefix, "name-prefix", "", "prefix of every resource name (3-12 lower-case letters and digits)")
+	fs.StringVar(&cfg.OperatorPrincipalID, "operator-object-id", "", "object id of the user or service principal running apply (gets Certificates Officer and Attestation Contributor)")
+	fs.StringVar(&cfg.OperatorPrincipalType, "operator-type", "User", "User or ServicePrincipal")
+	fs.StringVar(&cfg.ClusterPrincipalID, "cluster-principal-id", "", "AKS kubelet identity's object id, granted AcrPull")
+	fs.BoolVar(&cfg.PurgeProtection, "purge-protection", false, "turn on the vault's purge protection (irreversible)")
+	fs.BoolVar(&cfg.HSM, "hsm", false, "Premium vault and an RSA-HSM signing key")
+	credType := fs.String("credential-type", "", "azurecli, environment, managedid, workloadid; unset = DefaultAzureCredential")
+	outputsFile := fs.String("outputs", "attested-kv-outputs.json", "apply: where to write the endpoints and ids the other binaries need")
+	notationDir := fs.String("notation-config", "", "apply: write the Notation trust policy and trust store for the certificate here (default: NOTATION_CONFIG or notation's own directory)")
+	purge := fs.Bool("purge", false, "destroy: purge the soft-deleted vault")
+	output := fs.StringP("output", "o", "text", "output format: text or json")
+	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: attest-bootstrap %s [flags]\n\nFlags:\n%s", cmd, fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fail := func(code int, err error) int { fmt.Fprintf(stderr, "attest-bootstrap %s: %v\n", cmd, err); return code }
+	if err := cliutil.CheckFormat(*output); err != nil {
+		return fail(2, err)
+	}
+	if *configFile != "" {
+		b, err := os.ReadFile(*configFile)
+		if err != nil {
+			return fail(2, err)
+		}
+		var fromFile azure.Config
+		if err := yaml.Unmarshal(b, &fromFile); err != nil {
+			return fail(2, fmt.Errorf("%s: %w", *configFile, err))
+		}
+		mergeConfig(&cfg, fromFile, fs)
+	}
+	cfg.AttestationPolicy = maapolicy.AzureGuest
+	if err := cfg.Validate(); err != nil {
+		return fail(2, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{Type: *credType})
+	if err != nil {
+		return fail(2, err)
+	}
+	cl, err := azure.NewClients(cfg.SubscriptionID, cred, nil)
+	if err != nil {
+		return fail(1, err)
+	}
+	cl.PolicySetter = func(_ context.Context, uri string) (azure.PolicySetter, error) {
+		return maa.NewPolicyClient(uri, cred, nil)
+	}
+	cl.Certificates = func(ctx context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error) {
+		return provision.EnsureSigningCertificate(ctx, vaultURL, cred, &azcertificates.ClientOptions{}, c)
+	}
+
+	var steps []azure.Step
+	switch cmd {
+	case "plan":
+		steps, err = azure.Plan(ctx, cl, cfg)
+	case "destroy":
+		steps, err = azure.Destroy(ctx, cl, cfg, *purge, stderr)
+	case "apply":
+		var out *azure.Outputs
+		out, steps, err = azure.Apply(ctx, cl, cfg, stderr)
+		if err == nil {
+			err = writeApplyOutputs(out, *outputsFile, *notationDir, cfg.NamePrefix)
+		}
+		if err == nil && *output == "json" {
+			cliutil.WriteJSON(stdout, map[string]any{"steps": steps, "outputs": out})
+			return 0
+		}
+	}
+	if *output == "json" {
+		cliutil.WriteJSON(stdout, map[string]any{"steps": steps, "error": errString(err)})
+	} else {
+		for _, s := range steps {
+			fmt.Fprintf(stdout, "%-8s %-20s %-26s %s\n", s.Action, s.Kind, s.Name, s.Detail)
+		}
+	}
+	if err != nil {
+		return fail(1, err)
+	}
+	return 0
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// mergeConfig fills the fields of cfg that no flag set from the config file.
+func mergeConfig(cfg *azure.Config, file azure.Config, fs *pflag.FlagSet) {
+	set := func(flag string, dst *string, v string) {
+		if !fs.Changed(flag) && v != "" {
+			*dst = v
+		}
+	}
+	set("subscription", &cfg.SubscriptionID, file.SubscriptionID)
+	set("tenant", &cfg.TenantID, file.TenantID)
+	set("resource-group", &cfg.ResourceGroup, file.ResourceGroup)
+	set("location", &cfg.Location, file.Location)
+	set("name-prefix", &cfg.NamePrefix, file.NamePrefix)
+	set("operator-object-id", &cfg.OperatorPrincipalID, file.OperatorPrincipalID)
+	set("operator-type", &cfg.OperatorPrincipalType, file.OperatorPrincipalType)
+	set("cluster-principal-id", &cfg.ClusterPrincipalID, file.ClusterPrincipalID)
+	if !fs.Changed("purge-protection") && file.PurgeProtection {
+		cfg.PurgeProtection = true
+	}
+	if !fs.Changed("hsm") && file.HSM {
+		cfg.HSM = true
+	}
+}
+
+// writeApplyOutputs writes the outputs file and the Notation trust policy and store for the
+// created certificate.
+func writeApplyOutputs(out *azure.Outputs, path, notationDir, prefix string) error {
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(path, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	if notationDir == "" {
+		notationDir = notationcfg.DefaultConfigDir()
+	}
+	if err := notationcfg.WriteTrust(notationDir, notationcfg.Trust{
+		PolicyName: "attested-kv-" + prefix, StoreName: "attested-kv-" + prefix, Scopes: []string{"*"},
+		Roots:      []*x509.Certificate{out.Certificate},
+		Identities: []string{"x509.subject: " + out.CertificateSubject},
+	}); err != nil {
+		return fmt.Errorf("notation trust policy in %s: %w", filepath.Clean(notationDir), err)
+	}
+	return nil
+}

@@ -1,0 +1,212 @@
+// Package azure provisions, through the official ARM SDK modules, the Azure resources the signing
+// chain needs: a resource group, a user-assigned managed identity for the build VMs, an MAA
+// attestation provider (through azcore: armattestation cannot be fetched through the Go module
+// proxy here, azure-sdk.md §1) and its policy, a Key Vault in RBAC mode with a code-signing
+// certificate, a Premium container registry, and the role assignments between them.
+//
+// Apply is idempotent: every resource is created or updated in place, role assignments have
+// deterministic names and "already exists" counts as success, and a failed run reports what
+// exists so that running it again completes. Plan reads and changes nothing. Destroy removes only
+// resources that carry this deployment's tag.
+package azure
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/keyvault/armkeyvault"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/msi/armmsi"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources"
+
+	"github.com/attested-kv/attested-kv/internal/provision"
+)
+
+// TagKey marks the resources a deployment created; its value is the deployment's name prefix.
+const TagKey = "attested-kv-deployment"
+
+// Built-in role definition ids (azure-sdk.md §2.7).
+const (
+	RoleKeyVaultCryptoUser          = "12338af0-0e69-4776-bea7-57ae8d297424"
+	RoleKeyVaultCertificateUser     = "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba"
+	RoleKeyVaultCertificatesOfficer = "a4417e6f-fecd-4de8-b567-7b0420556985"
+	RoleAcrPush                     = "8311e382-0749-4cb8-b61a-304f252e45ec"
+	RoleAcrPull                     = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+	RoleAttestationContributor      = "bbf86eb8-f7b4-4cce-96e4-18cddf81d86e"
+)
+
+// Config describes a deployment.
+type Config struct {
+	SubscriptionID string `json:"subscriptionId"`
+	TenantID       string `json:"tenantId"`
+	ResourceGroup  string `json:"resourceGroup"`
+	Location       string `json:"location"`
+	// NamePrefix names every resource (lower-case letters and digits, 3-12 characters).
+	NamePrefix string `json:"namePrefix"`
+	// OperatorPrincipalID is the user or service principal running apply: it is granted
+	// Certificates Officer on the vault (to create the certificate) and Attestation Contributor
+	// on the provider (to set the policy).
+	OperatorPrincipalID string `json:"operatorPrincipalId"`
+	// OperatorPrincipalType is User (default) or ServicePrincipal.
+	OperatorPrincipalType string `json:"operatorPrincipalType"`
+	// ClusterPrincipalID, if set, is granted AcrPull (the cluster's kubelet identity).
+	ClusterPrincipalID string `json:"clusterPrincipalId"`
+	// PurgeProtection turns on the vault's purge protection (irreversible).
+	PurgeProtection bool `json:"purgeProtection"`
+	// HSM makes the vault Premium and the signing key RSA-HSM.
+	HSM bool `json:"hsm"`
+	// AttestationPolicy is the AzureGuest policy text.
+	AttestationPolicy string `json:"-"`
+}
+
+var prefixPattern = regexp.MustCompile(`^[a-z][a-z0-9]{2,11}$`)
+
+// Validate checks the config.
+func (c Config) Validate() error {
+	var missing []string
+	for name, v := range map[string]string{"subscription": c.SubscriptionID, "tenant": c.TenantID, "resource group": c.ResourceGroup, "location": c.Location, "operator principal": c.OperatorPrincipalID} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing: %s", strings.Join(missing, ", "))
+	}
+	if !prefixPattern.MatchString(c.NamePrefix) {
+		return fmt.Errorf("name prefix %q: want 3-12 lower-case letters and digits, starting with a letter", c.NamePrefix)
+	}
+	return nil
+}
+
+// Names are the resource names derived from the prefix (each within its service's rules).
+type Names struct {
+	Identity, AttestationProvider, Vault, Registry, Certificate string
+}
+
+// NamesFor returns the names of a deployment.
+func NamesFor(prefix string) Names {
+	return Names{
+		Identity:            prefix + "-signer",
+		AttestationProvider: prefix + "attest",
+		Vault:               prefix + "-kv",
+		Registry:            prefix + "acr",
+		Certificate:         "attested-signing",
+	}
+}
+
+// Clients are the ARM clients a deployment uses; tests build them on the SDKs' fake transports.
+type Clients struct {
+	Groups          *armresources.ResourceGroupsClient
+	Identities      *armmsi.UserAssignedIdentitiesClient
+	Vaults          *armkeyvault.VaultsClient
+	Registries      *armcontainerregistry.RegistriesClient
+	RoleAssignments *armauthorization.RoleAssignmentsClient
+	Attestation     *AttestationProviders
+	// PolicySetter sets the attestation policy on the provider's data plane.
+	PolicySetter func(ctx context.Context, attestURI string) (PolicySetter, error)
+	// Certificates creates the signing certificate on the vault's data plane.
+	Certificates func(ctx context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error)
+}
+
+// PolicySetter sets an attestation policy (satisfied by *maa.PolicyClient).
+type PolicySetter interface {
+	SetPolicy(ctx context.Context, attestationType, text string) (string, error)
+}
+
+// NewClients builds the ARM clients for subscription with cred.
+func NewClients(subscription string, cred azcore.TokenCredential, opts *arm.ClientOptions) (*Clients, error) {
+	c := &Clients{}
+	var err error
+	if c.Groups, err = armresources.NewResourceGroupsClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.Identities, err = armmsi.NewUserAssignedIdentitiesClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.Vaults, err = armkeyvault.NewVaultsClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.Registries, err = armcontainerregistry.NewRegistriesClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.RoleAssignments, err = armauthorization.NewRoleAssignmentsClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.Attestation, err = NewAttestationProviders(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Step is one resource's planned or applied state.
+type Step struct {
+	Kind   string `json:"kind"`
+	Name   string `json:"name"`
+	Action string `json:"action"` // create, update, exists, delete, skip, done
+	Detail string `json:"detail,omitempty"`
+}
+
+// Outputs are what the other binaries need from a deployment.
+type Outputs struct {
+	SubscriptionID        string `json:"subscriptionId"`
+	ResourceGroup         string `json:"resourceGroup"`
+	TenantID              string `json:"tenantId"`
+	IdentityClientID      string `json:"identityClientId"`
+	IdentityPrincipalID   string `json:"identityPrincipalId"`
+	AttestationURL        string `json:"attestationUrl"`
+	KeyVaultURL           string `json:"keyVaultUrl"`
+	KeyID                 string `json:"keyId"`
+	RegistryLoginServer   string `json:"registryLoginServer"`
+	CertificateSubject    string `json:"certificateSubject"`
+	CertificateThumbprint string `json:"certificateThumbprintSha256"`
+	// Certificate is the signing certificate (for the Notation trust store).
+	Certificate *x509.Certificate `json:"-"`
+}
+
+func isNotFound(err error) bool {
+	var re *azcore.ResponseError
+	return errors.As(err, &re) && re.StatusCode == http.StatusNotFound
+}
+
+func tagged(tags map[string]*string, prefix string) bool {
+	v := tags[TagKey]
+	return v != nil && *v == prefix
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (c Config) tags() map[string]*string { return map[string]*string{TagKey: ptr(c.NamePrefix)} }
+
+func (c Config) rgID() string {
+	return "/subscriptions/" + c.SubscriptionID + "/resourceGroups/" + c.ResourceGroup
+}
+
+func (c Config) roleDefinition(guid string) string {
+	return "/subscriptions/" + c.SubscriptionID + "/providers/Microsoft.Authorization/roleDefinitions/" + guid
+}
+
+// assignmentName is a deterministic (name-based, SHA-1, version 5 layout) UUID of the
+// assignment's scope, principal and role, so a rerun addresses the same assignment.
+func assignmentName(scope, principal, role string) string {
+	h := sha1.Sum([]byte(strings.ToLower(scope + "|" + principal + "|" + role))) //nolint:gosec // a name, not a security function
+	b := h[:16]
+	b[6] = b[6]&0x0f | 0x50
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func progress(w io.Writer, format string, args ...any) {
+	if w != nil {
+		fmt.Fprintf(w, format+"\n", args...)
+	}
+}

@@ -1,0 +1,475 @@
+package azure
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/cloud"
+	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
+	authfake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
+	acrfake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/keyvault/armkeyvault"
+	kvfake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/keyvault/armkeyvault/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/msi/armmsi"
+	msifake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/msi/armmsi/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources"
+	rgfake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources/fake"
+
+	"github.com/attested-kv/attested-kv/internal/provision"
+)
+
+// fakeAzure is a small stateful stand-in for ARM behind the SDKs' own fake transports (and, for
+// the attestation provider, which has no SDK here, a loopback HTTPS handler checked at the wire).
+// It records every write so tests can check the exact parameters sent.
+type fakeAzure struct {
+	mu          sync.Mutex
+	groups      map[string]armresources.ResourceGroup
+	identities  map[string]armmsi.Identity
+	vaults      map[string]armkeyvault.VaultCreateOrUpdateParameters
+	registries  map[string]armcontainerregistry.Registry
+	assignments map[string]armauthorization.RoleAssignmentCreateParameters
+	providers   map[string]Provider
+	writes      map[string]int
+	policies    []string
+	certs       map[string]bool
+	failVault   bool
+}
+
+func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
+
+func notFound[T any]() (azfake.Responder[T], azfake.ErrorResponder) {
+	var e azfake.ErrorResponder
+	e.SetResponseError(http.StatusNotFound, "ResourceNotFound")
+	return azfake.Responder[T]{}, e
+}
+
+func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
+	t.Helper()
+	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
+		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
+		writes: map[string]int{}, certs: map[string]bool{}}
+	cred := &azfake.TokenCredential{}
+	opt := func(tr any) *arm.ClientOptions {
+		return &arm.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: tr.(interface {
+			Do(*http.Request) (*http.Response, error)
+		})}}
+	}
+	cl := &Clients{}
+	var err error
+	cl.Groups, err = armresources.NewResourceGroupsClient("sub", cred, opt(rgfake.NewResourceGroupsServerTransport(&rgfake.ResourceGroupsServer{
+		Get: func(_ context.Context, name string, _ *armresources.ResourceGroupsClientGetOptions) (azfake.Responder[armresources.ResourceGroupsClientGetResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			g, ok := f.groups[name]
+			if !ok {
+				return notFound[armresources.ResourceGroupsClientGetResponse]()
+			}
+			var r azfake.Responder[armresources.ResourceGroupsClientGetResponse]
+			r.SetResponse(http.StatusOK, armresources.ResourceGroupsClientGetResponse{ResourceGroup: g}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		CreateOrUpdate: func(_ context.Context, name string, p armresources.ResourceGroup, _ *armresources.ResourceGroupsClientCreateOrUpdateOptions) (azfake.Responder[armresources.ResourceGroupsClientCreateOrUpdateResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.groups[name] = p
+			f.wrote("group")
+			var r azfake.Responder[armresources.ResourceGroupsClientCreateOrUpdateResponse]
+			r.SetResponse(http.StatusCreated, armresources.ResourceGroupsClientCreateOrUpdateResponse{ResourceGroup: p}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		BeginDelete: func(_ context.Context, name string, _ *armresources.ResourceGroupsClientBeginDeleteOptions) (azfake.PollerResponder[armresources.ResourceGroupsClientDeleteResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			delete(f.groups, name)
+			f.wrote("group-delete")
+			var r azfake.PollerResponder[armresources.ResourceGroupsClientDeleteResponse]
+			r.SetTerminalResponse(http.StatusOK, armresources.ResourceGroupsClientDeleteResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Identities, err = armmsi.NewUserAssignedIdentitiesClient("sub", cred, opt(msifake.NewUserAssignedIdentitiesServerTransport(&msifake.UserAssignedIdentitiesServer{
+		CreateOrUpdate: func(_ context.Context, rg, name string, p armmsi.Identity, _ *armmsi.UserAssignedIdentitiesClientCreateOrUpdateOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			p.Properties = &armmsi.UserAssignedIdentityProperties{PrincipalID: ptr("principal-" + name), ClientID: ptr("client-" + name)}
+			f.identities[name] = p
+			f.wrote("identity")
+			var r azfake.Responder[armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse]
+			r.SetResponse(http.StatusOK, armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse{Identity: p}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, rg, name string, _ *armmsi.UserAssignedIdentitiesClientGetOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientGetResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			id, ok := f.identities[name]
+			if !ok {
+				return notFound[armmsi.UserAssignedIdentitiesClientGetResponse]()
+			}
+			var r azfake.Responder[armmsi.UserAssignedIdentitiesClientGetResponse]
+			r.SetResponse(http.StatusOK, armmsi.UserAssignedIdentitiesClientGetResponse{Identity: id}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Delete: func(_ context.Context, rg, name string, _ *armmsi.UserAssignedIdentitiesClientDeleteOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientDeleteResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			delete(f.identities, name)
+			f.wrote("identity-delete")
+			var r azfake.Responder[armmsi.UserAssignedIdentitiesClientDeleteResponse]
+			r.SetResponse(http.StatusOK, armmsi.UserAssignedIdentitiesClientDeleteResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Vaults, err = armkeyvault.NewVaultsClient("sub", cred, opt(kvfake.NewVaultsServerTransport(&kvfake.VaultsServer{
+		BeginCreateOrUpdate: func(_ context.Context, rg, name string, p armkeyvault.VaultCreateOrUpdateParameters, _ *armkeyvault.VaultsClientBeginCreateOrUpdateOptions) (azfake.PollerResponder[armkeyvault.VaultsClientCreateOrUpdateResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var r azfake.PollerResponder[armkeyvault.VaultsClientCreateOrUpdateResponse]
+			if f.failVault {
+				var e azfake.ErrorResponder
+				e.SetResponseError(http.StatusConflict, "VaultAlreadyExists")
+				return r, e
+			}
+			f.vaults[name] = p
+			f.wrote("vault")
+			v := armkeyvault.Vault{Tags: p.Tags, Properties: &armkeyvault.VaultProperties{VaultURI: ptr("https://" + name + ".vault.azure.net/")}}
+			r.AddNonTerminalResponse(http.StatusCreated, nil)
+			r.SetTerminalResponse(http.StatusOK, armkeyvault.VaultsClientCreateOrUpdateResponse{Vault: v}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientGetOptions) (azfake.Responder[armkeyvault.VaultsClientGetResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			p, ok := f.vaults[name]
+			if !ok {
+				return notFound[armkeyvault.VaultsClientGetResponse]()
+			}
+			var r azfake.Responder[armkeyvault.VaultsClientGetResponse]
+			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: armkeyvault.Vault{Tags: p.Tags}}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Delete: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientDeleteOptions) (azfake.Responder[armkeyvault.VaultsClientDeleteResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			delete(f.vaults, name)
+			f.wrote("vault-delete")
+			var r azfake.Responder[armkeyvault.VaultsClientDeleteResponse]
+			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientDeleteResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		BeginPurgeDeleted: func(_ context.Context, name, location string, _ *armkeyvault.VaultsClientBeginPurgeDeletedOptions) (azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.wrote("vault-purge")
+			var r azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]
+			r.SetTerminalResponse(http.StatusOK, armkeyvault.VaultsClientPurgeDeletedResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Registries, err = armcontainerregistry.NewRegistriesClient("sub", cred, opt(acrfake.NewRegistriesServerTransport(&acrfake.RegistriesServer{
+		BeginCreate: func(_ context.Context, rg, name string, p armcontainerregistry.Registry, _ *armcontainerregistry.RegistriesClientBeginCreateOptions) (azfake.PollerResponder[armcontainerregistry.RegistriesClientCreateResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			f.registries[name] = p
+			f.wrote("registry")
+			p.Properties.LoginServer = ptr(name + ".azurecr.io")
+			var r azfake.PollerResponder[armcontainerregistry.RegistriesClientCreateResponse]
+			r.SetTerminalResponse(http.StatusOK, armcontainerregistry.RegistriesClientCreateResponse{Registry: p}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, rg, name string, _ *armcontainerregistry.RegistriesClientGetOptions) (azfake.Responder[armcontainerregistry.RegistriesClientGetResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			p, ok := f.registries[name]
+			if !ok {
+				return notFound[armcontainerregistry.RegistriesClientGetResponse]()
+			}
+			var r azfake.Responder[armcontainerregistry.RegistriesClientGetResponse]
+			r.SetResponse(http.StatusOK, armcontainerregistry.RegistriesClientGetResponse{Registry: p}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		BeginDelete: func(_ context.Context, rg, name string, _ *armcontainerregistry.RegistriesClientBeginDeleteOptions) (azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			delete(f.registries, name)
+			f.wrote("registry-delete")
+			var r azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse]
+			r.SetTerminalResponse(http.StatusOK, armcontainerregistry.RegistriesClientDeleteResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.RoleAssignments, err = armauthorization.NewRoleAssignmentsClient("sub", cred, opt(authfake.NewRoleAssignmentsServerTransport(&authfake.RoleAssignmentsServer{
+		Create: func(_ context.Context, scope, name string, p armauthorization.RoleAssignmentCreateParameters, _ *armauthorization.RoleAssignmentsClientCreateOptions) (azfake.Responder[armauthorization.RoleAssignmentsClientCreateResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var r azfake.Responder[armauthorization.RoleAssignmentsClientCreateResponse]
+			// The same (scope, principal, role) under another name: ARM answers 409.
+			for k, a := range f.assignments {
+				if k != scope+"|"+name && strings.HasPrefix(k, scope+"|") && *a.Properties.PrincipalID == *p.Properties.PrincipalID && *a.Properties.RoleDefinitionID == *p.Properties.RoleDefinitionID {
+					var e azfake.ErrorResponder
+					e.SetResponseError(http.StatusConflict, "RoleAssignmentExists")
+					return r, e
+				}
+			}
+			if _, ok := f.assignments[scope+"|"+name]; !ok {
+				f.wrote("assignment")
+			}
+			f.assignments[scope+"|"+name] = p
+			r.SetResponse(http.StatusCreated, armauthorization.RoleAssignmentsClientCreateResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The attestation provider goes through azcore directly, so its fake is a loopback ARM
+	// endpoint that checks the wire: path, api-version, body.
+	armSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		const prefix = "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Attestation/attestationProviders/"
+		name, ok := strings.CutPrefix(r.URL.Path, prefix)
+		if !ok || r.URL.Query().Get("api-version") != AttestationAPIVersion || !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		switch r.Method {
+		case http.MethodPut:
+			var body struct {
+				Location   string             `json:"location"`
+				Tags       map[string]*string `json:"tags"`
+				Properties map[string]any     `json:"properties"`
+			}
+			b, _ := io.ReadAll(r.Body)
+			if json.Unmarshal(b, &body) != nil || body.Location == "" || body.Properties == nil || len(body.Properties) != 0 {
+				w.WriteHeader(http.StatusBadRequest)
+				return
+			}
+			p := Provider{Location: body.Location, Tags: body.Tags}
+			p.Properties.AttestURI = "https://" + name + ".weu.attest.azure.net"
+			p.Properties.Status, p.Properties.TrustModel = "Ready", "AAD"
+			f.providers[name] = p
+			f.wrote("provider")
+			w.WriteHeader(http.StatusCreated)
+			json.NewEncoder(w).Encode(p)
+		case http.MethodGet:
+			p, ok := f.providers[name]
+			if !ok {
+				w.WriteHeader(http.StatusNotFound)
+				w.Write([]byte(`{"error":{"code":"ResourceNotFound","message":"not found"}}`))
+				return
+			}
+			json.NewEncoder(w).Encode(p)
+		case http.MethodDelete:
+			delete(f.providers, name)
+			f.wrote("provider-delete")
+			w.WriteHeader(http.StatusOK)
+		}
+	}))
+	t.Cleanup(armSrv.Close)
+	cl.Attestation, err = NewAttestationProviders("sub", cred, &arm.ClientOptions{ClientOptions: azcore.ClientOptions{
+		Transport: armSrv.Client(),
+		Cloud: cloud.Configuration{Services: map[cloud.ServiceName]cloud.ServiceConfiguration{
+			cloud.ResourceManager: {Endpoint: armSrv.URL, Audience: "https://management.core.windows.net/"},
+		}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.PolicySetter = func(_ context.Context, uri string) (PolicySetter, error) { return policyRecorder{f, uri}, nil }
+	cl.Certificates = func(_ context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if !f.certs[vaultURL+c.Name] {
+			f.wrote("certificate")
+		}
+		f.certs[vaultURL+c.Name] = true
+		return &provision.Result{KeyID: vaultURL + "keys/" + c.Name + "/v1", Certificate: &x509.Certificate{Raw: []byte("der")}}, nil
+	}
+	return f, cl
+}
+
+type policyRecorder struct {
+	f   *fakeAzure
+	uri string
+}
+
+func (p policyRecorder) SetPolicy(_ context.Context, typ, text string) (string, error) {
+	p.f.mu.Lock()
+	defer p.f.mu.Unlock()
+	p.f.policies = append(p.f.policies, p.uri+"|"+typ+"|"+text)
+	return "answer", nil
+}
+
+var testConfig = Config{
+	SubscriptionID: "sub", TenantID: "tenant", ResourceGroup: "rg", Location: "westeurope", NamePrefix: "demo1",
+	OperatorPrincipalID: "operator", ClusterPrincipalID: "kubelet", AttestationPolicy: "version=1.0; authorizationrules { => permit(); };",
+}
+
+func TestApplyPlanDestroy(t *testing.T) {
+	f, cl := newFakeAzure(t)
+	ctx := context.Background()
+	n := NamesFor("demo1")
+
+	plan, err := Plan(ctx, cl, testConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan[0].Action != "create" || len(f.writes) != 0 {
+		t.Fatalf("plan on an empty subscription: %+v, writes %v", plan, f.writes)
+	}
+
+	out, _, err := Apply(ctx, cl, testConfig, io.Discard)
+	if err != nil {
+		t.Fatalf("Apply: %v", err)
+	}
+	// The exact parameters that matter.
+	v := f.vaults[n.Vault].Properties
+	if !*v.EnableRbacAuthorization || *v.SKU.Name != armkeyvault.SKUNameStandard || *v.TenantID != "tenant" || v.EnablePurgeProtection != nil {
+		t.Fatalf("vault properties %+v", v)
+	}
+	reg := f.registries[n.Registry]
+	if *reg.SKU.Name != armcontainerregistry.SKUNamePremium || *reg.Properties.AdminUserEnabled || *reg.Properties.RoleAssignmentMode != armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions {
+		t.Fatalf("registry %+v", reg.Properties)
+	}
+	wantRoles := map[string]string{
+		"principal-" + n.Identity + "|" + RoleKeyVaultCryptoUser:      "ServicePrincipal",
+		"principal-" + n.Identity + "|" + RoleKeyVaultCertificateUser: "ServicePrincipal",
+		"principal-" + n.Identity + "|" + RoleAcrPush:                 "ServicePrincipal",
+		"operator|" + RoleKeyVaultCertificatesOfficer:                 "User",
+		"operator|" + RoleAttestationContributor:                      "User",
+		"kubelet|" + RoleAcrPull:                                      "ServicePrincipal",
+	}
+	for _, a := range f.assignments {
+		role := (*a.Properties.RoleDefinitionID)[strings.LastIndex(*a.Properties.RoleDefinitionID, "/")+1:]
+		k := *a.Properties.PrincipalID + "|" + role
+		if want, ok := wantRoles[k]; !ok || string(*a.Properties.PrincipalType) != want {
+			t.Fatalf("unexpected role assignment %s (%s)", k, *a.Properties.PrincipalType)
+		}
+		delete(wantRoles, k)
+	}
+	if len(wantRoles) != 0 {
+		t.Fatalf("missing role assignments: %v", wantRoles)
+	}
+	if len(f.policies) != 1 || !strings.HasPrefix(f.policies[0], out.AttestationURL+"|AzureGuest|version=1.0") {
+		t.Fatalf("policies set: %v", f.policies)
+	}
+	if out.KeyID == "" || out.RegistryLoginServer != n.Registry+".azurecr.io" || out.IdentityClientID != "client-"+n.Identity {
+		t.Fatalf("outputs %+v", out)
+	}
+
+	// A second apply changes nothing: no new resources, assignments or certificates.
+	before := map[string]int{}
+	for k, v := range f.writes {
+		before[k] = v
+	}
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"group", "assignment", "certificate"} {
+		if f.writes[k] != before[k] {
+			t.Fatalf("second apply wrote %s again (%d -> %d)", k, before[k], f.writes[k])
+		}
+	}
+	// An assignment that exists under another name is success.
+	scope := testConfig.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
+	if err := assign(ctx, cl, testConfig, scope, "principal-"+n.Identity, "ServicePrincipal", RoleKeyVaultCryptoUser); err != nil {
+		t.Fatal(err)
+	}
+	f.assignments[scope+"|other-name"] = f.assignments[scope+"|"+assignmentName(scope, "principal-"+n.Identity, RoleKeyVaultCryptoUser)]
+	delete(f.assignments, scope+"|"+assignmentName(scope, "principal-"+n.Identity, RoleKeyVaultCryptoUser))
+	if err := assign(ctx, cl, testConfig, scope, "principal-"+n.Identity, "ServicePrincipal", RoleKeyVaultCryptoUser); err != nil {
+		t.Fatalf("RoleAssignmentExists not treated as success: %v", err)
+	}
+
+	plan, err = Plan(ctx, cl, testConfig)
+	if err != nil || plan[0].Action != "exists" {
+		t.Fatalf("plan after apply: %+v %v", plan, err)
+	}
+
+	// Destroy removes what apply created, and purges only when asked.
+	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.vaults)+len(f.registries)+len(f.identities)+len(f.providers)+len(f.groups) != 0 || f.writes["vault-purge"] != 0 {
+		t.Fatalf("left after destroy: %d vaults, %d registries, %d identities, %d providers, %d groups, %d purges", len(f.vaults), len(f.registries), len(f.identities), len(f.providers), len(f.groups), f.writes["vault-purge"])
+	}
+}
+
+func TestApplyPartialFailureAndForeignResources(t *testing.T) {
+	f, cl := newFakeAzure(t)
+	ctx := context.Background()
+	f.failVault = true
+	_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
+	var re *azcore.ResponseError
+	if !errors.As(err, &re) || !strings.Contains(err.Error(), "run apply again") {
+		t.Fatalf("failed apply: %v", err)
+	}
+	if len(steps) < 3 || len(f.providers) != 1 {
+		t.Fatalf("steps before the failure: %+v", steps)
+	}
+	f.failVault = false
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatalf("re-run: %v", err)
+	}
+	if f.writes["group"] != 1 {
+		t.Fatalf("the resource group was created %d times", f.writes["group"])
+	}
+
+	// A resource group that existed before is kept by destroy; so is anything untagged.
+	f2, cl2 := newFakeAzure(t)
+	f2.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope")}
+	if _, _, err := Apply(ctx, cl2, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	n := NamesFor("demo1")
+	reg := f2.registries[n.Registry]
+	reg.Tags = nil
+	f2.registries[n.Registry] = reg
+	if _, err := Destroy(ctx, cl2, testConfig, true, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f2.groups["rg"]; !ok || len(f2.registries) != 1 || f2.writes["vault-purge"] != 1 {
+		t.Fatalf("destroy: group kept %v, registries %d, purges %d", ok, len(f2.registries), f2.writes["vault-purge"])
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for _, p := range []string{"", "ab", "Demo", "1demo", "demo-x", "averyverylongprefix"} {
+		c := testConfig
+		c.NamePrefix = p
+		if c.Validate() == nil {
+			t.Errorf("prefix %q accepted", p)
+		}
+	}
+	c := testConfig
+	c.OperatorPrincipalID = ""
+	if c.Validate() == nil {
+		t.Error("missing operator accepted")
+	}
+}
