@@ -65,8 +65,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	  done; \
 	done
 
-bench: ## run the Go benchmarks
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...
+bench: build tools ## Go benchmarks and command timings on the local stack -> bench/results.md
+	./scripts/bench.sh
 
 demo: build tools ## run the whole chain locally on the local stack
 	./scripts/demo.sh

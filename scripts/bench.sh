@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# make bench: Go benchmarks and whole-command timings on the local stack, written as a table with
+# the targets of issue 6 to bench/results.md. Medians of RUNS runs (default 7).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/bin:$PATH"
+RUNS="${RUNS:-7}"
+OUT=bench/results.md
+mkdir -p bench
+STATE="$(mktemp -d /tmp/attested-kv-bench.XXXXXX)"
+WORK="$(mktemp -d)"
+trap 'attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }
+runs() { for _ in $(seq "$RUNS"); do ms "$@"; done | median; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+verdict() { awk -v r="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == "<=") ? (r <= t) : (r >= t); print ok ? "met" : "MISSED" }'; }
+
+echo "Go benchmarks..." >&2
+GOB="$(go test -run '^$' -bench 'BenchmarkVerify$|BenchmarkBareRS256|BenchmarkAttest$|BenchmarkEvidence' -benchtime 100x ./internal/maa ./internal/tpm)"
+ns() { echo "$GOB" | awk -v n="$1" '$1 ~ "^"n"(-[0-9]+)?$" { print $3 }'; }
+VERIFY=$(ns BenchmarkVerify); BARE=$(ns BenchmarkBareRS256); ATTEST=$(ns BenchmarkAttest); EVIDENCE=$(ns BenchmarkEvidence)
+
+echo "local stack..." >&2
+attest-bootstrap local up --state "$STATE" 2>/dev/null
+eval "$(attest-bootstrap local env --state "$STATE")"
+push() { (cd "$WORK" && echo "$1" > "$1.txt" && oras push "$ATTEST_REGISTRY/$1:v1" "$1.txt" >/dev/null); echo "$ATTEST_REGISTRY/$1@$(oras resolve "$ATTEST_REGISTRY/$1:v1")"; }
+IMAGE="$(push bench)"
+notation cert generate-test plain >/dev/null
+echo "signing..." >&2
+SIGN_ATT=$(runs notation sign --key attested-local "$IMAGE")
+SIGN_PLAIN=$(runs notation sign --key plain "$IMAGE")
+echo "verifying..." >&2
+V_IMAGE="$(push verify)"
+notation sign --key attested-local "$V_IMAGE" >/dev/null
+oras-attest attach "$V_IMAGE" >/dev/null
+VER_ATT=$(runs oras-attest verify "$V_IMAGE")
+VER_NOT=$(runs notation verify "$V_IMAGE")
+META=$(for _ in $(seq 15); do ms sh -c 'echo "{}" | notation-attested-kv get-plugin-metadata'; done | median)
+echo "batches..." >&2
+per_image() {
+  local n=$1 imgs=() s e
+  for i in $(seq "$n"); do imgs+=("$(push "batch$n-$i")"); done
+  s=$(date +%s%N)
+  for img in "${imgs[@]}"; do notation sign --key attested-local "$img" >/dev/null; done
+  e=$(date +%s%N)
+  echo $(( (e - s) / 1000000 / n ))
+}
+B1=$(per_image 1); B10=$(per_image 10); B50=$(per_image 50)
+
+R_SIGN=$(ratio "$SIGN_ATT" "$SIGN_PLAIN")
+R_VERIFY=$(ratio "$BARE" "$VERIFY")   # rate ratio = time(bare)/time(verify)
+R_IMGVER=$(ratio "$VER_ATT" "$VER_NOT")
+R_BATCH=$(ratio "$B50" "$B1")
+{
+  echo "# Benchmark results"
+  echo
+  echo "Machine: $(nproc) CPU ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB, $(go version | cut -d' ' -f3), $(date -u +%Y-%m-%d)."
+  echo "Produced by \`make bench\` (scripts/bench.sh): medians of $RUNS runs on the local stack (all on loopback)."
+  echo
+  echo "| measure | value | baseline | ratio | target | result |"
+  echo "|---|---|---|---|---|---|"
+  echo "| attested \`notation sign\` vs plain-key \`notation sign\`, same registry and image | ${SIGN_ATT} ms | ${SIGN_PLAIN} ms | ${R_SIGN} | <= 1.3 | $(verdict "$R_SIGN" 1.3 '<=') |"
+  echo "| token verification (cached keys) vs bare RS256 verify, as a rate | ${VERIFY} ns/op | ${BARE} ns/op | ${R_VERIFY} | >= 0.7 | $(verdict "$R_VERIFY" 0.7 '>=') |"
+  echo "| \`oras-attest verify\` vs \`notation verify\`, same image | ${VER_ATT} ms | ${VER_NOT} ms | ${R_IMGVER} | <= 1.3 | $(verdict "$R_IMGVER" 1.3 '<=') |"
+  echo "| \`notation-attested-kv get-plugin-metadata\` process time | ${META} ms | | | <= 20 ms | $(verdict "$META" 20 '<=') |"
+  echo "| attested sign per image, batch of 1 / 10 / 50 | ${B1} / ${B10} / ${B50} ms | | ${R_BATCH} (50 vs 1) | no growth (<= 1.3) | $(verdict "$R_BATCH" 1.3 '<=') |"
+  echo "| TPM evidence (quote + ephemeral key), Go benchmark | ${EVIDENCE} ns/op | | | | |"
+  echo "| full attestation (evidence, MAA, TPM decrypt), Go benchmark | ${ATTEST} ns/op | | | | |"
+} > "$OUT"
+cat "$OUT"
