@@ -127,6 +127,35 @@ func TestSigningChainOnLocalStack(t *testing.T) {
 		t.Fatalf("verify of an image without its token: exit %d %s", code, out)
 	}
 
+	// As a user sets it up by hand: `notation plugin install --file` and `notation key add` into
+	// a fresh notation configuration, with the trust policy copied from the stack's.
+	t.Run("plugin install and key add", func(t *testing.T) {
+		cfg, libexec := filepath.Join(work, "notation-config"), filepath.Join(work, "notation-libexec")
+		if err := os.CopyFS(filepath.Join(cfg, "truststore"), os.DirFS(filepath.Join(env["NOTATION_CONFIG"], "truststore"))); err != nil {
+			t.Fatal(err)
+		}
+		tp, err := os.ReadFile(filepath.Join(env["NOTATION_CONFIG"], "trustpolicy.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(cfg, "trustpolicy.json"), tp, 0o600)
+		saved := r.env
+		defer func() { r.env = saved }()
+		r.env = append(append([]string{}, saved...), "NOTATION_CONFIG="+cfg, "NOTATION_LIBEXEC="+libexec)
+		r.must("notation", "plugin", "install", "--file", filepath.Join(r.bin, localstack.PluginBinary))
+		if out := r.must("notation", "plugin", "ls"); !strings.Contains(out, "attested-kv") || !strings.Contains(out, "SIGNATURE_GENERATOR.ENVELOPE") {
+			t.Fatalf("notation plugin ls: %s", out)
+		}
+		r.must("notation", "key", "add", "byhand", "--plugin", "attested-kv", "--id", env["ATTEST_KEY_ID"],
+			"--plugin-config", "attestation_url="+env["ATTEST_URL"], "--plugin-config", "tpm="+env["ATTEST_TPM"],
+			"--plugin-config", "tcg_log="+env["ATTEST_TCG_LOG"], "--plugin-config", "credential_type=environment",
+			"--plugin-config", "token_dir="+env["ATTEST_TOKEN_DIR"])
+		d := push("byhand")
+		ref := reg + "/byhand@" + d
+		r.must("notation", "sign", "--key", "byhand", ref)
+		r.must("notation", "verify", ref)
+	})
+
 	// Eight signings at once (a build farm job fanning out): each gets its own token, bound to its
 	// own image; the TPM serves one client at a time and the others wait their turn.
 	t.Run("parallel signings", func(t *testing.T) {
