@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/pflag"
+	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
@@ -48,6 +51,44 @@ func (r *registryFlags) options(io cmdIO) (registryclient.Options, error) {
 	return o, nil
 }
 
+// image is a resolved image reference.
+type image struct {
+	repo    *remote.Repository
+	subject ocispec.Descriptor
+	// name is REGISTRY/REPO@DIGEST, as trust policies scope it.
+	name string
+}
+
+// open checks that ref names a digest, opens its repository with the registry flags and resolves
+// it. The int is the exit code for an error: 2 for a usage error, 1 for a registry failure.
+func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image, int, error) {
+	if err := splitDigestRef(ref); err != nil {
+		return nil, 2, err
+	}
+	ro, err := r.options(io)
+	if err != nil {
+		return nil, 2, err
+	}
+	repo, parsed, err := registryclient.Open(ref, ro)
+	if err != nil {
+		return nil, 2, err
+	}
+	subject, err := repo.Resolve(ctx, parsed.Reference)
+	if err != nil {
+		return nil, 1, fmt.Errorf("resolving %s: %w", ref, err)
+	}
+	return &image{repo: repo, subject: subject, name: parsed.Registry + "/" + parsed.Repository + "@" + subject.Digest.String()}, 0, nil
+}
+
+// printCheck prints one check line, "ok  " or "FAIL" first.
+func printCheck(w io.Writer, passed bool, text string) {
+	mark := "ok  "
+	if !passed {
+		mark = "FAIL"
+	}
+	fmt.Fprintf(w, "%s %s\n", mark, text)
+}
+
 // splitDigestRef requires IMAGE@sha256:...: a tag could move between signing and deployment.
 func splitDigestRef(ref string) error {
 	if !strings.Contains(ref, "@") {
@@ -73,21 +114,11 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	if err := cliutil.CheckFormat(*output); err != nil {
 		return fail(2, err)
 	}
-	if err := splitDigestRef(fs.Arg(0)); err != nil {
-		return fail(2, err)
-	}
-	ro, err := reg.options(io)
+	img, code, err := reg.open(ctx, fs.Arg(0), io)
 	if err != nil {
-		return fail(2, err)
+		return fail(code, err)
 	}
-	repo, ref, err := registryclient.Open(fs.Arg(0), ro)
-	if err != nil {
-		return fail(2, err)
-	}
-	subject, err := repo.Resolve(ctx, ref.Reference)
-	if err != nil {
-		return fail(1, fmt.Errorf("resolving %s: %w", fs.Arg(0), err))
-	}
+	repo, subject := img.repo, img.subject
 
 	var raws []string
 	if *tokenFile != "" {
@@ -208,19 +239,11 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	if err != nil {
 		return fail(2, err)
 	}
-	ro, err := reg.options(io)
+	img, code, err := reg.open(ctx, fs.Arg(0), io)
 	if err != nil {
-		return fail(2, err)
+		return fail(code, err)
 	}
-	repo, ref, err := registryclient.Open(fs.Arg(0), ro)
-	if err != nil {
-		return fail(2, err)
-	}
-	subject, err := repo.Resolve(ctx, ref.Reference)
-	if err != nil {
-		return fail(1, fmt.Errorf("resolving %s: %w", fs.Arg(0), err))
-	}
-	res, err := imageverify.Verify(ctx, imageverify.NewRepository(repo), ref.Registry+"/"+ref.Repository+"@"+subject.Digest.String(), subject, imageverify.Options{
+	res, err := imageverify.Verify(ctx, imageverify.NewRepository(img.repo), img.name, img.subject, imageverify.Options{
 		Notation: nv, AttestationURL: *url, TokenKeys: keys, KeyID: *keyID, MaxTokenAge: *maxAge, Rules: rs,
 	})
 	if err != nil {
@@ -230,11 +253,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 		cliutil.WriteJSON(io.stdout, res)
 	} else {
 		for _, c := range res.Checks {
-			mark := "ok  "
-			if !c.Passed {
-				mark = "FAIL"
-			}
-			fmt.Fprintf(io.stdout, "%s %-16s %s\n", mark, c.Name, c.Detail)
+			printCheck(io.stdout, c.Passed, fmt.Sprintf("%-16s %s", c.Name, c.Detail))
 		}
 		if res.Passed {
 			fmt.Fprintf(io.stdout, "image %s VERIFIED: signed from an attested machine\n", fs.Arg(0))

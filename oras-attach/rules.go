@@ -54,11 +54,11 @@ func rulesTest(args []string, io cmdIO) int {
 		cliutil.WriteJSON(io.stdout, res)
 	} else {
 		for _, r := range res.Rules {
-			if r.Passed {
-				fmt.Fprintf(io.stdout, "ok   %s\n", r.Name)
-			} else {
-				fmt.Fprintf(io.stdout, "FAIL %s: %s\n", r.Name, r.Reason)
+			text := r.Name
+			if !r.Passed {
+				text += ": " + r.Reason
 			}
+			printCheck(io.stdout, r.Passed, text)
 		}
 	}
 	if res.Err() != nil {

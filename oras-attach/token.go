@@ -188,11 +188,7 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		cliutil.WriteJSON(io.stdout, res)
 	} else {
 		for _, c := range res.Checks {
-			mark := "ok  "
-			if !c.Passed {
-				mark = "FAIL"
-			}
-			fmt.Fprintf(io.stdout, "%s %s\n", mark, c.Check)
+			printCheck(io.stdout, c.Passed, c.Check)
 		}
 		if verr != nil {
 			fmt.Fprintf(io.stdout, "token REFUSED: %v\n", verr)

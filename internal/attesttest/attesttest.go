@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -25,9 +26,12 @@ import (
 	"github.com/notaryproject/notation-core-go/signature"
 	_ "github.com/notaryproject/notation-core-go/signature/jws" // registers application/jose+json
 	nregistry "github.com/notaryproject/notation-go/registry"
+	"github.com/olareg/olareg"
+	olacfg "github.com/olareg/olareg/config"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
 	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
@@ -227,4 +231,20 @@ func SignImage(t testing.TB, repo nregistry.Repository, s signature.Signer, subj
 	if _, _, err := repo.PushSignature(context.Background(), "application/jose+json", blob, subject, nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Registry starts an in-process OCI registry with the Referrers API (olareg, in memory) and
+// returns the repository NAME/app on it, over plain HTTP, and its name.
+func Registry(t testing.TB) (*remote.Repository, string) {
+	t.Helper()
+	reg := olareg.New(olacfg.Config{Storage: olacfg.ConfigStorage{StoreType: olacfg.StoreMem}})
+	srv := httptest.NewServer(reg)
+	t.Cleanup(func() { srv.Close(); reg.Close() })
+	name := strings.TrimPrefix(srv.URL, "http://") + "/app"
+	r, err := remote.NewRepository(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.PlainHTTP = true
+	return r, name
 }

@@ -5,17 +5,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
-	"net/http/httptest"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/notaryproject/notation-core-go/signature"
 	_ "github.com/notaryproject/notation-core-go/signature/jws"
-	"github.com/olareg/olareg"
-	"github.com/olareg/olareg/config"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -47,15 +43,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	chain := attesttest.New(t)
-	reg := olareg.New(config.Config{Storage: config.ConfigStorage{StoreType: config.StoreMem}})
-	regSrv := httptest.NewServer(reg)
-	t.Cleanup(func() { regSrv.Close(); reg.Close() })
-	name := strings.TrimPrefix(regSrv.URL, "http://") + "/app"
-	r, err := remote.NewRepository(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.PlainHTTP = true
+	r, name := attesttest.Registry(t)
 
 	f := &fixture{
 		chain: chain, maaURL: chain.URL,

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/pem"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,10 +13,7 @@ import (
 	"time"
 
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
-	"github.com/olareg/olareg"
-	"github.com/olareg/olareg/config"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -60,15 +56,7 @@ func exe(t *testing.T, subject string, input any) Result {
 
 func TestVerifierProcess(t *testing.T) {
 	chain := attesttest.New(t, attesttest.WithSecureBoot())
-	reg := olareg.New(config.Config{Storage: config.ConfigStorage{StoreType: config.StoreMem}})
-	regSrv := httptest.NewServer(reg)
-	t.Cleanup(func() { regSrv.Close(); reg.Close() })
-	name := strings.TrimPrefix(regSrv.URL, "http://") + "/app"
-	r, err := remote.NewRepository(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.PlainHTTP = true
+	r, name := attesttest.Registry(t)
 	repo := imageverify.NewRepository(r)
 	signer := attesttest.Signer(t, "attested signer")
 
