@@ -1,0 +1,171 @@
+package gate
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/notaryproject/notation-core-go/signature"
+	"github.com/notaryproject/notation-plugin-framework-go/plugin"
+
+	"github.com/attested-kv/attested-kv/internal/maa"
+)
+
+// TestFaultMatrix injects faults between the plugin and its services: MAA (in front of the real
+// emulator), the instance's key endpoint, and Key Vault. Each fault either succeeds within a
+// bounded time after retries, or fails closed with the protocol code that names it and without
+// a signature. (TestFailClosed covers the refusals of the evidence, token and rules themselves.)
+func TestFaultMatrix(t *testing.T) {
+	f := newFixture(t)
+	emu := f.chain.Emulator.Handler()
+	// faulty serves MAA's API in front of the emulator; fault answers request n (1-based) itself
+	// when it returns true.
+	faulty := func(fault func(w http.ResponseWriter, r *http.Request, n int) bool) string {
+		var n atomic.Int32
+		s := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == maa.AttestPath && fault(w, r, int(n.Add(1))) {
+				return
+			}
+			emu.ServeHTTP(w, r)
+		}))
+		t.Cleanup(s.Close)
+		return s.URL
+	}
+	respond := func(status int, body string, hdr ...string) func(http.ResponseWriter) {
+		return func(w http.ResponseWriter) {
+			for i := 0; i+1 < len(hdr); i += 2 {
+				w.Header().Set(hdr[i], hdr[i+1])
+			}
+			w.WriteHeader(status)
+			io.WriteString(w, body)
+		}
+	}
+	reset := func(w http.ResponseWriter) {
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}
+	kvError := func(status int) error {
+		req, _ := http.NewRequest(http.MethodPost, "https://kv.vault.azure.net/keys/signer/sign", nil)
+		return runtime.NewResponseError(&http.Response{StatusCode: status, Status: http.StatusText(status), Request: req,
+			Header: http.Header{}, Body: io.NopCloser(strings.NewReader(`{"error":{"code":"Injected","message":"injected"}}`))})
+	}
+
+	tests := []struct {
+		name    string
+		fault   func(w http.ResponseWriter, r *http.Request, n int) bool // MAA attest faults
+		signer  error                                                    // Key Vault fault
+		keys    bool                                                     // the key endpoint is down
+		timeout time.Duration
+		code    plugin.ErrorCode // "" = signs
+		message string
+	}{
+		{name: "MAA 503 once, then answers", fault: func(w http.ResponseWriter, _ *http.Request, n int) bool {
+			if n == 1 {
+				respond(503, `{"error":{"code":"ServiceUnavailable","message":"busy"}}`)(w)
+			}
+			return n == 1
+		}},
+		{name: "MAA 429 with Retry-After once, then answers", fault: func(w http.ResponseWriter, _ *http.Request, n int) bool {
+			if n == 1 {
+				respond(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`, "Retry-After", "1")(w)
+			}
+			return n == 1
+		}},
+		{name: "MAA connection reset once, then answers", fault: func(w http.ResponseWriter, _ *http.Request, n int) bool {
+			if n == 1 {
+				reset(w)
+			}
+			return n == 1
+		}},
+		{name: "MAA connection reset always", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool { reset(w); return true },
+			code: plugin.ErrorCodeAccessDenied, message: "unavailable"},
+		{name: "MAA 429 always", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`)(w)
+			return true
+		}, code: plugin.ErrorCodeThrottled, message: "429"},
+		{name: "MAA 200 with a malformed body", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(200, `{"token": 42}`)(w)
+			return true
+		}, code: plugin.ErrorCodeAccessDenied, message: "response"},
+		{name: "MAA 200 with an undecryptable token", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(200, `{"token":"eyJFbmNyeXB0ZWRJbm5lcktleSI6IkFBQUEifQ"}`)(w)
+			return true
+		}, code: plugin.ErrorCodeAccessDenied, message: "response"},
+		{name: "MAA slower than the deadline", timeout: 300 * time.Millisecond, fault: func(w http.ResponseWriter, r *http.Request, _ int) bool {
+			select {
+			case <-r.Context().Done():
+			case <-time.After(3 * time.Second):
+			}
+			return true
+		}, code: plugin.ErrorCodeTimeout},
+		{name: "instance keys unreachable", keys: true, code: plugin.ErrorCodeAccessDenied, message: `check "keys"`},
+		{name: "Key Vault 403", signer: kvError(403), code: plugin.ErrorCodeAccessDenied, message: "403"},
+		{name: "Key Vault 429", signer: kvError(429), code: plugin.ErrorCodeThrottled, message: "429"},
+		{name: "Key Vault 500", signer: kvError(500), code: plugin.ErrorCodeGeneric, message: "500"},
+		{name: "Key Vault 404 (wrong key id)", signer: kvError(404), code: plugin.ErrorCodeValidation, message: "404"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			url := f.chain.URL
+			if tc.fault != nil {
+				url = faulty(tc.fault)
+			}
+			d := f.deps(t)
+			d.Attester = func(_ context.Context, c Config, log *slog.Logger) (Attester, error) {
+				cl, err := maa.NewClient(url, maa.ClientOptions{HTTPClient: f.maaSrv.Client(), Logger: log, RetryBaseDelay: 10 * time.Millisecond, RetryMaxDelay: 2 * time.Second})
+				return simAttester{client: cl, dev: f.dev}, err
+			}
+			keysURL := f.chain.URL
+			if tc.keys {
+				keysURL = "https://127.0.0.1:1"
+			}
+			d.Verifier = func(c Config) (TokenVerifier, error) {
+				return maa.NewVerifier(maa.VerifierOptions{Instance: f.chain.URL, Keys: maa.NewRemoteKeySet(keysURL, maa.JWKSOptions{HTTPClient: f.maaSrv.Client()}), MaxAge: c.MaxTokenAge})
+			}
+			signed := false
+			d.Signer = func(context.Context, string, Config, *slog.Logger) (signature.Signer, error) {
+				if tc.signer != nil {
+					return nil, tc.signer
+				}
+				signed = true
+				return f.signer, nil
+			}
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			dir := t.TempDir()
+			cfg := map[string]string{KeyAttestationURL: f.chain.URL, KeyTokenDir: dir, KeyRules: f.cfg[KeyRules]}
+			start := time.Now()
+			rsp, err := New(d).GenerateEnvelope(ctx, request("application/jose+json", cfg))
+			if elapsed := time.Since(start); elapsed > 15*time.Second {
+				t.Fatalf("took %s: not bounded", elapsed)
+			}
+			if tc.code == "" {
+				if err != nil || !signed || len(rsp.SignatureEnvelope) == 0 {
+					t.Fatalf("want a signature after the fault, got %v", err)
+				}
+				return
+			}
+			var perr *plugin.Error
+			if !errors.As(err, &perr) || perr.ErrCode != tc.code || !strings.Contains(perr.Message, tc.message) {
+				t.Fatalf("got %v, want %s containing %q", err, tc.code, tc.message)
+			}
+			if rsp != nil || signed {
+				t.Fatal("a signature was produced")
+			}
+		})
+	}
+}
