@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/emulator/tsa"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/token"
 	"github.com/attested-kv/attested-kv/internal/tpm"
@@ -284,3 +286,48 @@ func TestBaselineOnSecureBootVM(t *testing.T) {
 }
 
 func b64u(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
+
+// TestTimestamping signs with timestamp_url and timestamp_root_cert set: the envelope carries an
+// RFC 3161 countersignature from the TSA emulator that verifies under the TSA root.
+func TestTimestamping(t *testing.T) {
+	f := newFixture(t)
+	authority, err := tsa.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(authority)
+	t.Cleanup(srv.Close)
+	root := filepath.Join(t.TempDir(), "tsa-root.pem")
+	os.WriteFile(root, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: authority.Root.Raw}), 0o644)
+	cfg := map[string]string{}
+	for k, v := range f.cfg {
+		cfg[k] = v
+	}
+	cfg[KeyTimestampURL], cfg[KeyTimestampRootCert] = srv.URL, root
+	for _, envType := range []string{"application/jose+json", "application/cose"} {
+		rsp, err := New(f.deps(t)).GenerateEnvelope(context.Background(), request(envType, cfg))
+		if err != nil {
+			t.Fatalf("%s: %v", envType, err)
+		}
+		env, err := signature.ParseEnvelope(envType, rsp.SignatureEnvelope)
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, err := env.Verify()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(content.SignerInfo.UnsignedAttributes.TimestampSignature) == 0 {
+			t.Fatalf("%s: no timestamp countersignature", envType)
+		}
+	}
+	if authority.Requests.Load() != 2 {
+		t.Fatalf("TSA answered %d queries, want 2", authority.Requests.Load())
+	}
+	// A TSA whose root is not the configured one is refused: nothing is signed.
+	other, _ := tsa.New(nil)
+	os.WriteFile(root, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: other.Root.Raw}), 0o644)
+	if _, err := New(f.deps(t)).GenerateEnvelope(context.Background(), request("application/jose+json", cfg)); err == nil {
+		t.Fatal("signed with a timestamp from an untrusted TSA")
+	}
+}
