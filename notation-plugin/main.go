@@ -47,8 +47,12 @@ Plugin config (--plugin-config key=value):
   attestation_type     AzureGuest (default and only value)
   max_token_age        oldest acceptable token, default 5m
   rules                CEL claim rule file (default: the built-in Trusted Launch baseline)
-  tpm                  /dev/tpmrm0 (default), swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH
+  tpm                  /dev/tpmrm0 (default; the build user must be in the device's group, usually tss),
+                       swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH
   tcg_log              TCG event log, default /sys/kernel/security/tpm0/binary_bios_measurements
+                       (root-only by default: a log that exists but cannot be read stops the signing;
+                       give the build user read access rather than sending none, since MAA derives
+                       the Secure Boot claims from it)
   credential_type      environment, workloadid, managedid, azurecli; unset = DefaultAzureCredential
   client_id            managed identity / workload identity client id
   ca_certs             PEM bundle completing the certificate chain
