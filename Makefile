@@ -9,7 +9,7 @@ TOOLS := notation oras
 FUZZTIME ?= 20s
 BENCHTIME ?= 1s
 
-.PHONY: all build tools test test-unit test-e2e lint fuzz bench demo clean help
+.PHONY: all build tools dist test test-unit test-e2e lint fuzz bench demo clean help
 
 all: build
 
@@ -22,6 +22,14 @@ build: ## build every binary of the project into ./bin
 	$(GO) build -trimpath -o $(BIN)/attest-bootstrap ./bootstrap
 	$(GO) build -trimpath -o $(BIN)/notation-attested-kv ./notation-plugin
 	$(GO) build -trimpath -o $(BIN)/ratify-maa-verifier ./policy/ratify
+
+dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image
+	@mkdir -p $(BIN)/dist
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/notation-attested-kv ./notation-plugin
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/oras-attest ./oras-attach
+	cd tools && GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/ github.com/notaryproject/notation/cmd/notation
+	tar -C $(BIN)/dist -czf $(BIN)/attested-kv-linux-amd64.tar.gz notation notation-attested-kv oras-attest
+	@sha256sum $(BIN)/attested-kv-linux-amd64.tar.gz
 
 tools: $(BIN)/notation $(BIN)/oras ## build the pinned notation and oras CLIs (tools/go.mod) into ./bin
 

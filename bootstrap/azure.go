@@ -42,6 +42,12 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	fs.StringVar(&cfg.ClusterPrincipalID, "cluster-principal-id", "", "AKS kubelet identity's object id, granted AcrPull")
 	fs.BoolVar(&cfg.PurgeProtection, "purge-protection", false, "turn on the vault's purge protection (irreversible)")
 	fs.BoolVar(&cfg.HSM, "hsm", false, "Premium vault and an RSA-HSM signing key")
+	fs.BoolVar(&cfg.ImageBuilder, "image-builder", false, "apply: also create the build layer (compute gallery, Trusted Launch image definition, Azure Image Builder template)")
+	fs.StringVar(&cfg.BuildLayer.ArtifactsURL, "artifacts-url", "", "image builder: https URL of the tools tarball (make dist)")
+	fs.StringVar(&cfg.BuildLayer.ArtifactsSHA256, "artifacts-sha256", "", "image builder: hex SHA-256 of the tarball (make dist prints it)")
+	fs.StringVar(&cfg.BuildLayer.VMSize, "build-vm-size", "", "image builder: build VM size (default "+azure.DefaultBuildVMSize+")")
+	fs.BoolVar(&cfg.BuildLayer.Run, "run-image-build", false, "image builder: start a build and wait for it")
+	fs.StringSliceVar(&cfg.Replicas, "replicas", nil, "apply: regions to geo-replicate the registry to (REGION,...)")
 	credType := fs.String("credential-type", "", "azurecli, environment, managedid, workloadid; unset = DefaultAzureCredential")
 	outputsFile := fs.String("outputs", "attested-kv-outputs.json", "apply: where to write the endpoints and ids the other binaries need")
 	notationDir := fs.String("notation-config", "", "apply: write the Notation trust policy and trust store for the certificate here (default: NOTATION_CONFIG or notation's own directory)")
@@ -150,6 +156,18 @@ func mergeConfig(cfg *azure.Config, file azure.Config, fs *pflag.FlagSet) {
 	}
 	if !fs.Changed("hsm") && file.HSM {
 		cfg.HSM = true
+	}
+	if !fs.Changed("image-builder") && file.ImageBuilder {
+		cfg.ImageBuilder = true
+	}
+	set("artifacts-url", &cfg.BuildLayer.ArtifactsURL, file.BuildLayer.ArtifactsURL)
+	set("artifacts-sha256", &cfg.BuildLayer.ArtifactsSHA256, file.BuildLayer.ArtifactsSHA256)
+	set("build-vm-size", &cfg.BuildLayer.VMSize, file.BuildLayer.VMSize)
+	if !fs.Changed("run-image-build") && file.BuildLayer.Run {
+		cfg.BuildLayer.Run = true
+	}
+	if !fs.Changed("replicas") && len(file.Replicas) > 0 {
+		cfg.Replicas = file.Replicas
 	}
 }
 

@@ -25,6 +25,7 @@ const usage = `attest-bootstrap: provision the attested signing chain.
 Usage:
   attest-bootstrap plan    --subscription S --tenant T --resource-group RG --location L --name-prefix P --operator-object-id ID
   attest-bootstrap apply   (same flags) [--cluster-principal-id ID] [--hsm] [--purge-protection] [--outputs FILE] [--notation-config DIR]
+                           [--replicas R1,R2] [--image-builder --artifacts-url URL --artifacts-sha256 HEX [--run-image-build]]
   attest-bootstrap destroy (same flags) [--purge]
       (or --config FILE in YAML or JSON; -o json; see "attest-bootstrap apply --help")
   attest-bootstrap local up      [--state DIR]   start the local stack in the background

@@ -122,6 +122,10 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		return fail("managed identity", n.Identity, errors.New("no principal or client id in the answer"))
 	}
 	out.IdentityPrincipalID, out.IdentityClientID = *id.Properties.PrincipalID, *id.Properties.ClientID
+	identityID := cfg.rgID() + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" + n.Identity
+	if id.ID != nil {
+		identityID = *id.ID
+	}
 	done("managed identity", n.Identity, "ready", "client id "+out.IdentityClientID)
 
 	prov, err := cl.Attestation.Create(ctx, cfg.ResourceGroup, n.AttestationProvider, cfg.Location, cfg.tags())
@@ -237,6 +241,16 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		}
 		done("role assignment", "AcrPull (cluster)", "ensured", "")
 	}
+	if len(cfg.Replicas) > 0 {
+		if err := applyReplicas(ctx, cl.Build, cfg, done); err != nil {
+			return fail("container registry", n.Registry, err)
+		}
+	}
+	if cfg.ImageBuilder {
+		if err := applyBuildLayer(ctx, cl.Build, cfg, out, identityID, cl, done, w); err != nil {
+			return fail("image builder", n.ImageTemplate, err)
+		}
+	}
 	return out, steps, nil
 }
 
@@ -292,6 +306,21 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	note := func(kind, name, action, detail string) {
 		steps = append(steps, Step{Kind: kind, Name: name, Action: action, Detail: detail})
 		progress(w, "%-20s %-26s %s %s", kind, name, action, detail)
+	}
+	if cl.Build != nil {
+		if t, err := cl.Build.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil); err == nil {
+			if !tagged(t.Tags, cfg.NamePrefix) {
+				note("image template", n.ImageTemplate, "skip", "not created by this deployment")
+			} else if p, err := cl.Build.ImageTemplates.BeginDelete(ctx, cfg.ResourceGroup, n.ImageTemplate, nil); err != nil {
+				return steps, err
+			} else if _, err := p.PollUntilDone(ctx, nil); err != nil {
+				return steps, err
+			} else {
+				note("image template", n.ImageTemplate, "deleted", "the gallery and its image versions are kept unless the resource group goes")
+			}
+		} else if !isNotFound(err) {
+			return steps, err
+		}
 	}
 	if reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil); err == nil {
 		if !tagged(reg.Tags, cfg.NamePrefix) {

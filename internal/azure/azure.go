@@ -67,6 +67,12 @@ type Config struct {
 	HSM bool `json:"hsm"`
 	// AttestationPolicy is the AzureGuest policy text.
 	AttestationPolicy string `json:"-"`
+	// ImageBuilder adds the build layer: a compute gallery, a Trusted Launch image definition and
+	// an Azure Image Builder template for the build-agent image, configured by BuildLayer.
+	ImageBuilder bool       `json:"imageBuilder"`
+	BuildLayer   BuildLayer `json:"buildLayer"`
+	// Replicas are regions the registry is geo-replicated to.
+	Replicas []string `json:"replicas"`
 }
 
 var prefixPattern = regexp.MustCompile(`^[a-z][a-z0-9]{2,11}$`)
@@ -85,12 +91,17 @@ func (c Config) Validate() error {
 	if !prefixPattern.MatchString(c.NamePrefix) {
 		return fmt.Errorf("name prefix %q: want 3-12 lower-case letters and digits, starting with a letter", c.NamePrefix)
 	}
+	if c.ImageBuilder {
+		if err := c.BuildLayer.Validate(); err != nil {
+			return fmt.Errorf("image builder: %w", err)
+		}
+	}
 	return nil
 }
 
 // Names are the resource names derived from the prefix (each within its service's rules).
 type Names struct {
-	Identity, AttestationProvider, Vault, Registry, Certificate string
+	Identity, AttestationProvider, Vault, Registry, Certificate, Gallery, ImageTemplate string
 }
 
 // NamesFor returns the names of a deployment.
@@ -101,6 +112,8 @@ func NamesFor(prefix string) Names {
 		Vault:               prefix + "-kv",
 		Registry:            prefix + "acr",
 		Certificate:         "attested-signing",
+		Gallery:             prefix + "gallery",
+		ImageTemplate:       prefix + "-build-agent",
 	}
 }
 
@@ -112,6 +125,8 @@ type Clients struct {
 	Registries      *armcontainerregistry.RegistriesClient
 	RoleAssignments *armauthorization.RoleAssignmentsClient
 	Attestation     *AttestationProviders
+	// Build holds the clients of the build layer and replication; needed only when used.
+	Build *BuildLayerClients
 	// PolicySetter sets the attestation policy on the provider's data plane.
 	PolicySetter func(ctx context.Context, attestURI string) (PolicySetter, error)
 	// Certificates creates the signing certificate on the vault's data plane.
@@ -145,6 +160,9 @@ func NewClients(subscription string, cred azcore.TokenCredential, opts *arm.Clie
 	if c.Attestation, err = NewAttestationProviders(subscription, cred, opts); err != nil {
 		return nil, err
 	}
+	if c.Build, err = NewBuildLayerClients(subscription, cred, opts); err != nil {
+		return nil, err
+	}
 	return c, nil
 }
 
@@ -169,6 +187,9 @@ type Outputs struct {
 	RegistryLoginServer   string `json:"registryLoginServer"`
 	CertificateSubject    string `json:"certificateSubject"`
 	CertificateThumbprint string `json:"certificateThumbprintSha256"`
+	// GalleryImageID and ImageTemplate name the build-agent image, with the build layer.
+	GalleryImageID string `json:"galleryImageId,omitempty"`
+	ImageTemplate  string `json:"imageTemplate,omitempty"`
 	// Certificate is the signing certificate (for the Notation trust store).
 	Certificate *x509.Certificate `json:"-"`
 }

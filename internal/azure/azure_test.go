@@ -61,10 +61,10 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
 		writes: map[string]int{}, certs: map[string]bool{}}
 	cred := &azfake.TokenCredential{}
-	opt := func(tr any) *arm.ClientOptions {
-		return &arm.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: tr.(interface {
-			Do(*http.Request) (*http.Response, error)
-		})}}
+	opt := func(tr interface {
+		Do(*http.Request) (*http.Response, error)
+	}) *arm.ClientOptions {
+		return clientOptions(tr)
 	}
 	cl := &Clients{}
 	var err error
