@@ -1,7 +1,6 @@
 package tpm
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/rsa"
@@ -40,11 +39,12 @@ type Device struct {
 	last *ephemeralState
 }
 
-// ephemeralState is what DecryptWithEphemeralKey needs to recreate the ephemeral key.
+// ephemeralState is the ephemeral key of the last Evidence, kept loaded until it has decrypted
+// MAA's answer (or the next Evidence or Close).
 type ephemeralState struct {
 	sel    tpm2.TPMLPCRSelection
 	digest []byte // SHA-256 over the quoted PCR values
-	pub    []byte // the EncKeyPub sent to MAA
+	key    *ephemeralKey
 }
 
 // Option configures a Device.
@@ -73,7 +73,19 @@ func New(t transport.TPMCloser, opts ...Option) *Device {
 func (d *Device) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.dropEphemeral()
 	return d.t.Close()
+}
+
+// dropEphemeral flushes the loaded ephemeral key, if any (best effort: a TPM reset has flushed it
+// already).
+func (d *Device) dropEphemeral() {
+	if d.last != nil && d.last.key != nil {
+		if err := flush(d.t, d.last.key.handle); err != nil {
+			d.log.Debug("flushing the ephemeral key", "err", err)
+		}
+	}
+	d.last = nil
 }
 
 // Evidence gathers what MAA's AzureGuest endpoint takes, as AZGA's AttestationClientImpl
@@ -84,7 +96,7 @@ func (d *Device) Close() error {
 func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.last = nil
+	d.dropEphemeral()
 
 	ak, err := readAK(d.t)
 	if err != nil {
@@ -135,18 +147,20 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	if err != nil {
 		return nil, err
 	}
-	info, sig, certErr := certify(d.t, key, ak)
-	flushErr := flush(d.t, key.handle)
-	if certErr != nil {
-		return nil, certErr
-	}
-	if flushErr != nil {
-		return nil, fmt.Errorf("flushing the ephemeral key: %w", flushErr)
+	// The key stays loaded for DecryptWithEphemeralKey. AZGA flushes it here and creates it again
+	// to decrypt; keeping it saves one RSA key generation per attestation (seconds on a discrete
+	// TPM) and changes nothing in what it can do: it still opens only under PolicyPCR, and it is
+	// flushed right after the decryption, at the next Evidence, or at Close.
+	info, sig, err := certify(d.t, key, ak)
+	if err != nil {
+		flush(d.t, key.handle)
+		return nil, err
 	}
 	ev.EncKeyPub, ev.EncKeyCertifyInfo, ev.EncKeyCertifyInfoSignature = key.pub, info, sig
-	st.pub = key.pub
+	st.key = key
 
 	if ev.TCGLog, err = d.readEventLog(); err != nil {
+		flush(d.t, key.handle)
 		return nil, err
 	}
 	d.last = st
@@ -164,24 +178,15 @@ func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := d.last
-	if st == nil {
+	if st == nil || st.key == nil {
 		return nil, ErrNoEphemeralKey
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	key, err := createEphemeralKey(d.t, st.sel, st.digest)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if err := flush(d.t, key.handle); err != nil {
-			d.log.Warn("flushing the ephemeral key", "err", err)
-		}
-	}()
-	if !bytes.Equal(key.pub, st.pub) {
-		return nil, fmt.Errorf("%w: the ephemeral key differs (TPM reset)", ErrStateChanged)
-	}
+	// One decryption per evidence: the key is flushed whatever happens.
+	defer d.dropEphemeral()
+	key := st.key
 	sess, closeSess, err := tpm2.PolicySession(d.t, tpm2.TPMAlgSHA256, 16)
 	if err != nil {
 		return nil, fmt.Errorf("%w: starting a policy session: %w", ErrDecrypt, err)
@@ -209,6 +214,9 @@ func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte)
 		InScheme:   tpm2.TPMTRSADecrypt{Scheme: tpm2.TPMAlgRSAES},
 	}.Execute(d.t)
 	if err != nil {
+		if isHandleError(err) || tpmErrorIs(err, tpm2.TPMRCReferenceH0) {
+			return nil, fmt.Errorf("%w: the ephemeral key is gone (TPM reset): %w", ErrStateChanged, err)
+		}
 		return nil, fmt.Errorf("%w: %w", ErrDecrypt, err)
 	}
 	return rsp.Message.Buffer, nil

@@ -191,8 +191,9 @@ func TestEvidenceIsWhatAzureGuestSends(t *testing.T) {
 	if string(ev.TCGLog) != "not parsed here" {
 		t.Fatalf("TCG log %q", ev.TCGLog)
 	}
-	if hs := transientHandles(t, x.t); len(hs) != 0 {
-		t.Fatalf("Evidence left transient handles %v", hs)
+	// The ephemeral key stays loaded for the decryption, and only it.
+	if hs := transientHandles(t, x.t); len(hs) != 1 {
+		t.Fatalf("after Evidence: transient handles %v, want the ephemeral key alone", hs)
 	}
 
 	// The token key MAA wraps to EncKeyPub opens only in this TPM.
@@ -214,6 +215,24 @@ func TestEvidenceIsWhatAzureGuestSends(t *testing.T) {
 	}
 	if hs := transientHandles(t, x.t); len(hs) != 0 {
 		t.Fatalf("DecryptWithEphemeralKey left transient handles %v", hs)
+	}
+	// One decryption per evidence.
+	if _, err := dev.DecryptWithEphemeralKey(context.Background(), wrapped); !errors.Is(err, ErrNoEphemeralKey) {
+		t.Fatalf("second decryption: %v, want ErrNoEphemeralKey", err)
+	}
+	// A new Evidence replaces the key, and Close flushes it.
+	if _, err := dev.Evidence(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.Evidence(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if hs := transientHandles(t, x.t); len(hs) != 1 {
+		t.Fatalf("after two Evidence calls: transient handles %v, want one", hs)
+	}
+	dev.Close()
+	if hs := transientHandles(t, x.t); len(hs) != 0 {
+		t.Fatalf("Close left transient handles %v", hs)
 	}
 }
 
