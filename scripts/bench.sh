@@ -18,7 +18,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == "<=") ? (r <= t) : (r >= t); print ok ? "met" : "MISSED" }'; }
 
 echo "Go benchmarks..." >&2
-GOB="$(go test -run '^$' -bench 'BenchmarkVerify$|BenchmarkBareRS256|BenchmarkAttest$|BenchmarkEvidence' -benchtime 100x ./internal/maa ./internal/tpm)"
+GOB="$(go test -p 1 -run '^$' -bench 'BenchmarkVerify$|BenchmarkBareRS256|BenchmarkAttest$|BenchmarkEvidence' -benchtime 100x ./internal/maa ./internal/tpm)"
 ns() { echo "$GOB" | awk -v n="$1" '$1 ~ "^"n"(-[0-9]+)?$" { print $3 }'; }
 VERIFY=$(ns BenchmarkVerify); BARE=$(ns BenchmarkBareRS256); ATTEST=$(ns BenchmarkAttest); EVIDENCE=$(ns BenchmarkEvidence)
 
