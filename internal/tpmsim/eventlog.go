@@ -3,9 +3,7 @@ package tpmsim
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -50,13 +48,14 @@ func guid(a uint32, b, c uint16, d [8]byte) []byte {
 	return append(out, d[:]...)
 }
 
-// PCRExtend is one SHA-256 extend of the measured boot.
+// PCRExtend is one extend of the measured boot: Digest, a SHA-256 digest, is extended into the
+// SHA-256 bank of PCR.
 type PCRExtend struct {
 	PCR    int
 	Digest []byte
 }
 
-// EventLogOptions shapes the synthetic boot.
+// EventLogOptions shapes the synthetic boot measured by BuildEventLog.
 type EventLogOptions struct {
 	// SecureBoot sets the measured SecureBoot variable and, when on, logs the db authority that
 	// verified the boot loader.
@@ -64,8 +63,16 @@ type EventLogOptions struct {
 }
 
 // BuildEventLog returns a TCG event log in the crypto-agile format (SHA-256 bank only) of a UEFI
-// Secure Boot boot of a Linux VM, with freshly generated local Secure Boot keys (not Microsoft's),
-// and the PCR extends that make a TPM's PCRs replay from it. Apply them with ApplyEventLog.
+// boot of a Linux VM, as an Azure Trusted Launch vTPM records it, and the PCR extends that make a
+// TPM's PCRs replay from it; apply them with ApplyEventLog.
+//
+// The log holds: the S-CRTM version and a POST code on PCR 0; the SecureBoot, PK, KEK, db and dbx
+// variables on PCR 7 (EV_EFI_VARIABLE_DRIVER_CONFIG); the boot order and boot option on PCR 1;
+// "Calling EFI Application from Boot Option" on PCR 4; separators on PCRs 0-7; with Secure Boot
+// on, the db authority that verified the boot loader (EV_EFI_VARIABLE_AUTHORITY on PCR 7); the
+// boot loader's image load on PCR 4; and ExitBootServices on PCR 5. The Secure Boot keys are local
+// Ed25519 certificates (not Microsoft's) derived deterministically, so the log, and the PCR values
+// it produces, are the same on every call for the same options.
 func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
 	pk, err := selfSigned("attested-kv local Platform Key")
 	if err != nil {
@@ -95,6 +102,7 @@ func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
 	b.event(7, evEFIVariableDriverConfig, variableData(efiImageSecurityDB, "db", signatureList(efiCertX509, db.Raw)))
 	b.event(7, evEFIVariableDriverConfig, variableData(efiImageSecurityDB, "dbx", signatureList(efiCertSHA256, revoked[:])))
 	b.event(1, evEFIVariableBoot, variableData(efiGlobalVariable, "BootOrder", []byte{0, 0}))
+	b.event(1, evEFIVariableBoot, variableData(efiGlobalVariable, "Boot0000", loadOption("ubuntu")))
 	for pcr := 0; pcr <= 7; pcr++ {
 		b.event(pcr, evSeparator, []byte{0, 0, 0, 0})
 	}
@@ -106,17 +114,22 @@ func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
 	// of the event data, as in a real log.
 	loader := sha256.Sum256([]byte("attested-kv synthetic shimx64.efi"))
 	b.eventDigest(4, evEFIBootServicesApplication, loader[:], imageLoadEvent())
-	if b.err != nil {
-		return nil, nil, b.err
-	}
+	b.event(5, evEFIAction, []byte("Exit Boot Services Invocation"))
+	b.event(5, evEFIAction, []byte("Exit Boot Services Returned with Success"))
 	return b.buf.Bytes(), b.extends, nil
 }
 
-// ApplyEventLog extends each digest into the SHA-256 bank of t, in order.
+// ApplyEventLog extends each digest into the SHA-256 bank of t, in order, with PCR_Extend, so
+// that the log returned with extends by BuildEventLog replays to t's PCRs. The PCRs must be in
+// their reset state (a freshly started TPM): applying a log twice does not replay. It stops at the
+// first failure, or when ctx ends between extends.
 func ApplyEventLog(ctx context.Context, t transport.TPM, extends []PCRExtend) error {
 	for i, e := range extends {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if e.PCR < 0 || e.PCR > 23 || len(e.Digest) != sha256.Size {
+			return fmt.Errorf("extend %d: want a SHA-256 digest for PCR 0-23, got %d bytes for PCR %d", i, len(e.Digest), e.PCR)
 		}
 		if _, err := (tpm2.PCRExtend{
 			PCRHandle: tpm2.AuthHandle{Handle: tpm2.TPMHandle(e.PCR), Auth: tpm2.PasswordAuth(nil)},
@@ -131,7 +144,6 @@ func ApplyEventLog(ctx context.Context, t transport.TPM, extends []PCRExtend) er
 type logBuilder struct {
 	buf     bytes.Buffer
 	extends []PCRExtend
-	err     error
 }
 
 func (b *logBuilder) le32(v uint32) { b.buf.Write(binary.LittleEndian.AppendUint32(nil, v)) }
@@ -204,6 +216,15 @@ func imageLoadEvent() []byte {
 	return append(out, 0x7f, 0xff, 0x04, 0x00)               // END_DEVICE_PATH
 }
 
+// loadOption is an EFI_LOAD_OPTION: attributes (LOAD_OPTION_ACTIVE), the device path length, the
+// description and an end-of-path device path.
+func loadOption(description string) []byte {
+	out := binary.LittleEndian.AppendUint32(nil, 1)
+	out = binary.LittleEndian.AppendUint16(out, 4)
+	out = append(out, utf16z(description)...)
+	return append(out, 0x7f, 0xff, 0x04, 0x00)
+}
+
 func utf16z(s string) []byte {
 	var out []byte
 	for _, c := range utf16.Encode([]rune(s)) {
@@ -212,22 +233,23 @@ func utf16z(s string) []byte {
 	return append(out, 0, 0)
 }
 
-// selfSigned makes a Secure Boot key certificate (local, for the synthetic log only).
+// selfSigned makes a Secure Boot key certificate for the synthetic log. The key is derived from
+// cn and the certificate has fixed fields, and Ed25519 signatures are deterministic, so the
+// certificate (and with it PCR 7) is the same on every run and every machine.
 func selfSigned(cn string) (*x509.Certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
-	if err != nil {
-		return nil, err
-	}
+	seed := sha256.Sum256([]byte("attested-kv tpmsim Secure Boot key: " + cn))
+	key := ed25519.NewKeyFromSeed(seed[:])
+	serial := new(big.Int).SetBytes(seed[:8])
 	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(10 * 365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		SerialNumber:          serial.Add(serial, big.NewInt(1)),
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"attested-kv local stack"}},
+		NotBefore:             time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC),
+		NotAfter:              time.Date(2049, 12, 31, 23, 59, 59, 0, time.UTC),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	der, err := x509.CreateCertificate(nil, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return nil, err
 	}
