@@ -60,6 +60,9 @@ Plugin config (--plugin-config key=value):
   timestamp_url        RFC 3161 TSA URL (needs timestamp_root_cert)
   timestamp_root_cert  the TSA's root certificate (PEM)
   log_file             diagnostics (JSON lines); nothing is written to stdout/stderr
+  key_cache            directory keeping the TPM context of the ephemeral key so the next
+                       attestation loads it instead of deriving it again (valid until the PCRs
+                       change or the TPM resets), default $XDG_CACHE_HOME/attested-kv/tpm; off = none
 
 Nothing is signed unless a fresh MAA token, bound to the image digest and the key id, verifies
 and passes the claim rules. Never put secrets in the plugin config: 'notation sign -d' prints it.

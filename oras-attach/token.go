@@ -49,6 +49,7 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "MAA instance URL (env ATTEST_URL)")
 	tpmAddr := fs.String("tpm", cliutil.EnvOr("ATTEST_TPM", tpm.DefaultDevice), "TPM: device path, swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH (env ATTEST_TPM)")
 	tcgLog := fs.String("tcg-log", cliutil.EnvOr("ATTEST_TCG_LOG", tpm.DefaultEventLogPath), "firmware TCG event log; a missing file is sent as an empty log (env ATTEST_TCG_LOG)")
+	keyCache := fs.String("key-cache", "", "directory keeping the TPM context of the ephemeral key between attestations (default: the user's cache directory; \"off\": none)")
 	nonce := fs.String("nonce", "", "value MAA echoes in the token's client payload (required)")
 	out := fs.String("out", "", "write the token to FILE (mode 0600) instead of stdout")
 	noVerify := fs.Bool("no-verify", false, "do not verify the token before writing it (not recommended)")
@@ -78,7 +79,8 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	if err != nil {
 		return fail(err)
 	}
-	dev, err := tpm.Open(ctx, *tpmAddr, tpm.WithEventLogPath(*tcgLog), tpm.WithLogger(log))
+	dev, err := tpm.Open(ctx, *tpmAddr, tpm.WithEventLogPath(*tcgLog), tpm.WithLogger(log),
+		tpm.WithEphemeralKeyCache(tpm.ResolveKeyCacheDir(*keyCache)))
 	if err != nil {
 		return fail(fmt.Errorf("TPM %s: %w", *tpmAddr, err))
 	}

@@ -129,7 +129,7 @@ func New(t testing.TB, opts ...Option) *Chain {
 			t.Fatal(err)
 		}
 	}
-	c.Device = tpm.New(tp, tpm.WithEventLogPath(logPath))
+	c.Device = tpm.New(tp, tpm.WithEventLogPath(logPath), tpm.WithEphemeralKeyCache(t.TempDir()))
 
 	roots, inters := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(ca.Root)

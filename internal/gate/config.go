@@ -26,6 +26,7 @@ const (
 	KeyTimestampURL      = "timestamp_url"
 	KeyTimestampRootCert = "timestamp_root_cert"
 	KeyLogFile           = "log_file"
+	KeyKeyCache          = "key_cache"
 )
 
 // knownKeys lists every accepted key: an unknown key is refused, so a typo cannot silently drop a
@@ -33,6 +34,7 @@ const (
 var knownKeys = []string{
 	KeyAttestationURL, KeyAttestationType, KeyMaxTokenAge, KeyRules, KeyTPM, KeyTCGLog,
 	KeyCredentialType, KeyClientID, KeyCACerts, KeyTokenDir, KeyTimestampURL, KeyTimestampRootCert, KeyLogFile,
+	KeyKeyCache,
 }
 
 // Defaults.
@@ -61,6 +63,9 @@ type Config struct {
 	TimestampURL      string
 	TimestampRootCert string
 	LogFile           string
+	// KeyCacheDir holds the TPM contexts of ephemeral keys (tpm.WithEphemeralKeyCache); "" = no
+	// cache. The key_cache setting: unset = the user's cache directory, "off" = none, or a path.
+	KeyCacheDir string
 }
 
 // ParseConfig validates the plugin config map. Errors are for the user: they name the key.
@@ -88,6 +93,7 @@ func ParseConfig(m map[string]string) (Config, error) {
 		TimestampURL:      m[KeyTimestampURL],
 		TimestampRootCert: m[KeyTimestampRootCert],
 		LogFile:           m[KeyLogFile],
+		KeyCacheDir:       tpm.ResolveKeyCacheDir(m[KeyKeyCache]),
 		MaxTokenAge:       DefaultMaxTokenAge,
 	}
 	if c.AttestationURL == "" {

@@ -47,7 +47,8 @@ func newTPMAttester(_ context.Context, c Config, log *slog.Logger) (Attester, er
 
 // Attest implements Attester.
 func (a *tpmAttester) Attest(ctx context.Context, nonce string) (string, error) {
-	dev, err := tpm.Open(ctx, a.cfg.TPM, tpm.WithEventLogPath(a.cfg.TCGLog), tpm.WithLogger(a.log))
+	dev, err := tpm.Open(ctx, a.cfg.TPM, tpm.WithEventLogPath(a.cfg.TCGLog), tpm.WithLogger(a.log),
+		tpm.WithEphemeralKeyCache(a.cfg.KeyCacheDir))
 	if err != nil {
 		return "", fmt.Errorf("TPM %s: %w", a.cfg.TPM, err)
 	}

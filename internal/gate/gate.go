@@ -226,14 +226,17 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 	if err != nil {
 		return nil, &attestError{err: err}
 	}
+	start := time.Now()
 	raw, err := attester.Attest(ctx, b)
 	if err != nil {
 		return nil, &attestError{err: err}
 	}
+	attested := time.Now()
 	tok, err := verifier.Verify(ctx, raw, b)
 	if err != nil {
 		return nil, &attestError{err: fmt.Errorf("the token does not verify: %w", err)}
 	}
+	log.Debug("attestation timings", "attest", attested.Sub(start), "verify", time.Since(attested))
 	if err := rules.Check(tok.Claims()); err != nil {
 		return nil, &attestError{err: err}
 	}
@@ -246,10 +249,13 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, cfg Config, req *plug
 	if att == nil || att.token == nil || att.keyID != req.KeyID {
 		return nil, &attestError{err: errors.New("no attestation for this key")}
 	}
+	start := time.Now()
 	signer, err := g.deps.Signer(ctx, req.KeyID, cfg, log)
 	if err != nil {
 		return nil, err
 	}
+	opened := time.Now()
+	defer func() { log.Debug("signing timings", "openKey", opened.Sub(start), "sign", time.Since(opened)) }()
 	env, err := signature.NewEnvelope(req.SignatureEnvelopeType)
 	if err != nil {
 		return nil, validationf("%v", err)

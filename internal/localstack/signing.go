@@ -184,6 +184,7 @@ func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, 
 			gate.KeyCredentialType: "environment",
 			gate.KeyTokenDir:       p.tokenDir(),
 			gate.KeyLogFile:        p.pluginLog(),
+			gate.KeyKeyCache:       p.keyCache(),
 		},
 	}); err != nil {
 		return fmt.Errorf("notation signing key: %w", err)

@@ -83,6 +83,7 @@ func (p paths) notationConfig() string {
 func (p paths) notationLibexec() string { return filepath.Join(p.dir, "notation", "libexec") }
 func (p paths) tokenDir() string        { return filepath.Join(p.dir, "tokens") }
 func (p paths) pluginLog() string       { return filepath.Join(p.dir, "plugin.log") }
+func (p paths) keyCache() string        { return filepath.Join(p.dir, "tpm", "key-cache") }
 
 // DefaultStateDir is $XDG_STATE_HOME/attested-kv/local, or ~/.local/state/attested-kv/local.
 func DefaultStateDir() (string, error) {

@@ -33,6 +33,7 @@ type Device struct {
 	mu           sync.Mutex
 	t            transport.TPMCloser
 	eventLogPath string
+	keyCacheDir  string
 	log          *slog.Logger
 
 	// last is the PCR state the last Evidence bound its ephemeral key to.
@@ -143,7 +144,7 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 
 	pcrDigest := digestPCRs(ev.PCRs)
 	st := &ephemeralState{sel: sel, digest: pcrDigest}
-	key, err := createEphemeralKey(d.t, sel, pcrDigest)
+	key, err := d.ephemeralKey(sel, pcrDigest)
 	if err != nil {
 		return nil, err
 	}
@@ -425,11 +426,8 @@ func PolicyPCRDigest(sel tpm2.TPMLPCRSelection, pcrDigest []byte) ([]byte, error
 	return calc.Hash().Digest, nil
 }
 
-func createEphemeralKey(t transport.TPM, sel tpm2.TPMLPCRSelection, pcrDigest []byte) (*ephemeralKey, error) {
-	policy, err := PolicyPCRDigest(sel, pcrDigest)
-	if err != nil {
-		return nil, fmt.Errorf("ephemeral key policy: %w", err)
-	}
+// createEphemeralKey derives the ephemeral key with authPolicy policy in the NULL hierarchy.
+func createEphemeralKey(t transport.TPM, policy []byte) (*ephemeralKey, error) {
 	rsp, err := tpm2.CreatePrimary{
 		PrimaryHandle: tpm2.TPMRHNull,
 		InPublic:      tpm2.New2B(EphemeralKeyTemplate(policy)),
