@@ -94,10 +94,13 @@ func (a *tlsAuthority) serverCertificate() (*x509.Certificate, crypto.Signer, er
 }
 
 // writeCABundle writes the system roots followed by the stack's root, for SSL_CERT_FILE.
-func writeCABundle(path string, root *x509.Certificate) error {
+// It reports whether the bundle holds the system's roots.
+func writeCABundle(path string, root *x509.Certificate) (bool, error) {
 	var bundle []byte
+	system := false
 	for _, f := range systemRootFiles {
 		if b, err := os.ReadFile(f); err == nil {
+			system = true
 			bundle = append(bundle, b...)
 			if len(bundle) > 0 && bundle[len(bundle)-1] != '\n' {
 				bundle = append(bundle, '\n')
@@ -106,7 +109,7 @@ func writeCABundle(path string, root *x509.Certificate) error {
 		}
 	}
 	bundle = append(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: root.Raw})...)
-	return atomicfile.Write(path, bundle, 0o644)
+	return system, atomicfile.Write(path, bundle, 0o644)
 }
 
 // loadOrCreateSigningKey keeps the MAA emulator's token signing key across restarts, so that

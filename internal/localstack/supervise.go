@@ -158,7 +158,7 @@ func Status(ctx context.Context, stateDir string) (*State, []ComponentStatus, er
 
 // Env returns the shell exports of DESIGN.md for a running stack, in a stable order.
 func Env(st *State) [][2]string {
-	return [][2]string{
+	env := [][2]string{
 		{"ATTEST_URL", st.MAAURL},
 		{"ATTEST_TPM", st.TPMAddr},
 		{"ATTEST_TCG_LOG", st.TCGLogPath},
@@ -173,6 +173,10 @@ func Env(st *State) [][2]string {
 		{"NOTATION_CONFIG", st.NotationConfig},
 		{"NOTATION_LIBEXEC", st.NotationLibexec},
 	}
+	if st.CertDirPath != "" {
+		env = append(env, [2]string{"SSL_CERT_DIR", st.CertDirPath})
+	}
+	return env
 }
 
 // ShellQuote quotes s for a POSIX shell.

@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // VerifierOptions configures a Verifier.
@@ -120,7 +122,7 @@ func (t *Token) Nonce() string { return t.nonce }
 // the attesting client sent with AttestNonce; "" skips the nonce check. A failure is a
 // *CheckError naming the check, wrapping the sentinel error of the failure.
 func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token, error) {
-	header, claims, cerr := parseCompact(raw)
+	header, claims, claimsJSON, cerr := parseCompact(raw)
 	if cerr != nil {
 		return nil, cerr
 	}
@@ -157,7 +159,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 	for _, pub := range candidates {
 		payload, err := jws.Verify(pub)
 		// The claims were decoded from the same segment; require the verified bytes to match.
-		if err == nil && bytes.Equal(payload, segmentBytes(raw, 1)) {
+		if err == nil && bytes.Equal(payload, claimsJSON) {
 			verified = true
 			break
 		}
@@ -229,7 +231,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 // or any claim, for display (`token show`). It applies the size and format checks of Verify; its
 // error is a *CheckError for CheckFormat. JSON numbers are json.Number.
 func ParseUnverified(raw string) (header map[string]any, claims map[string]any, err error) {
-	header, claims, cerr := parseCompact(raw)
+	header, claims, _, cerr := parseCompact(raw)
 	if cerr != nil {
 		return nil, nil, cerr
 	}
@@ -291,17 +293,17 @@ func decodedClientPayload(claims map[string]any) map[string]string {
 }
 
 // parseCompact runs CheckFormat: size, three base64url segments, header and claims JSON objects
-// without duplicate keys, no "crit".
-func parseCompact(raw string) (map[string]any, map[string]any, *CheckError) {
+// without duplicate keys, no "crit". It also returns the decoded claims segment.
+func parseCompact(raw string) (header, claims map[string]any, claimsJSON []byte, cerr *CheckError) {
 	if len(raw) > MaxTokenSize {
-		return nil, nil, fail(CheckFormat, ErrTooLarge, "token is %d bytes, more than the %d allowed", len(raw), MaxTokenSize)
+		return nil, nil, nil, fail(CheckFormat, ErrTooLarge, "token is %d bytes, more than the %d allowed", len(raw), MaxTokenSize)
 	}
 	if raw == "" {
-		return nil, nil, fail(CheckFormat, ErrMalformed, "token is empty")
+		return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token is empty")
 	}
 	parts := strings.Split(raw, ".")
 	if len(parts) != 3 {
-		return nil, nil, fail(CheckFormat, ErrMalformed, "token has %d dot-separated parts, a compact JWS has 3 (truncated or not a JWT?)", len(parts))
+		return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token has %d dot-separated parts, a compact JWS has 3 (truncated or not a JWT?)", len(parts))
 	}
 	names := [3]string{"header", "claims", "signature"}
 	var dec [3][]byte
@@ -309,120 +311,116 @@ func parseCompact(raw string) (map[string]any, map[string]any, *CheckError) {
 		// An empty signature is left to the algorithm and signature checks, so that an
 		// "alg": "none" token is reported as such.
 		if p == "" && i < 2 {
-			return nil, nil, fail(CheckFormat, ErrMalformed, "token %s is empty", names[i])
+			return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token %s is empty", names[i])
 		}
 		b, err := base64.RawURLEncoding.Strict().DecodeString(p)
 		if err != nil {
-			return nil, nil, fail(CheckFormat, ErrMalformed, "token %s is not base64url: %v", names[i], err)
+			return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token %s is not base64url: %v", names[i], err)
 		}
 		dec[i] = b
 	}
 	header, err := decodeObject(dec[0])
 	if err != nil {
-		return nil, nil, fail(CheckFormat, ErrMalformed, "token header is not a JSON object: %v", err)
+		return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token header is not a JSON object: %v", err)
 	}
-	claims, err := decodeObject(dec[1])
+	claims, err = decodeObject(dec[1])
 	if err != nil {
-		return nil, nil, fail(CheckFormat, ErrMalformed, "token claims are not a JSON object: %v", err)
+		return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token claims are not a JSON object: %v", err)
 	}
 	if _, ok := header["crit"]; ok {
-		return nil, nil, fail(CheckFormat, ErrMalformed, "token header has critical extensions (crit), which MAA does not use and this verifier does not support")
+		return nil, nil, nil, fail(CheckFormat, ErrMalformed, "token header has critical extensions (crit), which MAA does not use and this verifier does not support")
 	}
-	return header, claims, nil
-}
-
-// segmentBytes returns the decoded i-th segment of a compact JWS already checked by parseCompact.
-func segmentBytes(raw string, i int) []byte {
-	parts := strings.Split(raw, ".")
-	if i >= len(parts) {
-		return nil
-	}
-	b, _ := base64.RawURLEncoding.DecodeString(parts[i])
-	return b
+	return header, claims, dec[1], nil
 }
 
 // maxJSONDepth bounds nesting in token JSON.
 const maxJSONDepth = 64
 
-// decodeObject decodes one JSON object, refusing duplicate keys at any depth and trailing data.
-// Numbers are json.Number.
+// decodeObject decodes one JSON object, refusing duplicate names at any depth, invalid UTF-8,
+// nesting deeper than maxJSONDepth and trailing data. Numbers are json.Number.
+//
+// It reads the tokens with jsontext (the encoding/json/v2 mirror), whose decoder rejects duplicate
+// object names as RFC 7493 (I-JSON) requires; encoding/json would keep the last one, so a claim
+// could be read one way here and another way by another JWT library.
 func decodeObject(data []byte) (map[string]any, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	dec := jsontext.NewDecoder(bytes.NewReader(data)) // duplicate names and invalid UTF-8 are errors by default
+	if k := dec.PeekKind(); k != '{' {
+		if _, err := dec.ReadToken(); err != nil {
+			return nil, err
+		}
 		return nil, errors.New("not an object")
 	}
-	v, err := decodeValueAfter(dec, tok, 0)
+	v, err := readJSONValue(dec)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := dec.Token(); err == nil {
+	if _, err := dec.ReadToken(); err != io.EOF {
 		return nil, errors.New("trailing data after the JSON object")
 	}
 	return v.(map[string]any), nil
 }
 
-// decodeValueAfter builds the value that starts with tok.
-func decodeValueAfter(dec *json.Decoder, tok json.Token, depth int) (any, error) {
-	d, ok := tok.(json.Delim)
-	if !ok {
-		return tok, nil
-	}
-	if depth >= maxJSONDepth {
-		return nil, fmt.Errorf("nested more than %d levels", maxJSONDepth)
-	}
-	switch d {
-	case '{':
-		obj := map[string]any{}
-		for dec.More() {
-			kt, err := dec.Token()
-			if err != nil {
-				return nil, err
-			}
-			key, ok := kt.(string)
-			if !ok {
-				return nil, errors.New("object key is not a string")
-			}
-			if _, dup := obj[key]; dup {
-				return nil, fmt.Errorf("duplicate key %.40q", key)
-			}
-			vt, err := dec.Token()
-			if err != nil {
-				return nil, err
-			}
-			val, err := decodeValueAfter(dec, vt, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			obj[key] = val
+// readJSONValue reads the next value of dec: map[string]any, []any, string, json.Number, bool or
+// nil.
+func readJSONValue(dec *jsontext.Decoder) (any, error) {
+	tok, err := dec.ReadToken()
+	if err != nil {
+		if errors.Is(err, jsontext.ErrDuplicateName) {
+			return nil, fmt.Errorf("duplicate key: %w", err)
 		}
-		if _, err := dec.Token(); err != nil { // '}'
+		return nil, err
+	}
+	switch tok.Kind() {
+	case '{':
+		if dec.StackDepth() > maxJSONDepth {
+			return nil, fmt.Errorf("nested more than %d levels", maxJSONDepth)
+		}
+		obj := map[string]any{}
+		for dec.PeekKind() != '}' {
+			name, err := dec.ReadToken()
+			if err != nil {
+				if errors.Is(err, jsontext.ErrDuplicateName) {
+					return nil, fmt.Errorf("duplicate key: %w", err)
+				}
+				return nil, err
+			}
+			key := name.String() // the token is void after the next read
+			v, err := readJSONValue(dec)
+			if err != nil {
+				return nil, err
+			}
+			obj[key] = v
+		}
+		if _, err := dec.ReadToken(); err != nil {
 			return nil, err
 		}
 		return obj, nil
 	case '[':
-		arr := []any{}
-		for dec.More() {
-			vt, err := dec.Token()
-			if err != nil {
-				return nil, err
-			}
-			val, err := decodeValueAfter(dec, vt, depth+1)
-			if err != nil {
-				return nil, err
-			}
-			arr = append(arr, val)
+		if dec.StackDepth() > maxJSONDepth {
+			return nil, fmt.Errorf("nested more than %d levels", maxJSONDepth)
 		}
-		if _, err := dec.Token(); err != nil { // ']'
+		arr := []any{}
+		for dec.PeekKind() != ']' {
+			v, err := readJSONValue(dec)
+			if err != nil {
+				return nil, err
+			}
+			arr = append(arr, v)
+		}
+		if _, err := dec.ReadToken(); err != nil {
 			return nil, err
 		}
 		return arr, nil
+	case '"':
+		return tok.String(), nil
+	case '0':
+		return json.Number(tok.String()), nil
+	case 't', 'f':
+		return tok.Bool(), nil
+	case 'n':
+		return nil, nil
 	}
-	return nil, fmt.Errorf("unexpected %v", d)
+	return nil, fmt.Errorf("unexpected JSON token %v", tok)
 }
 
 // numericDate reads a NumericDate claim (seconds since the epoch, possibly fractional).
