@@ -218,14 +218,19 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	rs := rules.Baseline()
-	if *rulesFile != "" {
-		var err error
-		if rs, err = rules.Load(*rulesFile); err != nil {
-			return fail(2, err)
+	// The rules compile while the registry is read; their errors are reported first.
+	var rs *rules.Set
+	var rulesErr error
+	rulesDone := make(chan struct{})
+	go func() {
+		defer close(rulesDone)
+		if *rulesFile == "" {
+			rs = rules.Baseline()
+			return
 		}
-	}
-	var keys maa.KeySet = maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}})
+		rs, rulesErr = rules.Load(*rulesFile)
+	}()
+	var keys maa.KeySet
 	if *jwks != "" {
 		b, err := os.ReadFile(*jwks)
 		if err != nil {
@@ -234,12 +239,21 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 		if keys, err = maa.NewStaticKeySet(b); err != nil {
 			return fail(2, err)
 		}
+	} else {
+		remote := maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}})
+		go remote.Prefetch(ctx) // overlaps the TLS setup and the fetch with the registry reads
+		keys = remote
 	}
 	nv, err := notationcfg.NewVerifier(*trustPolicy, *trustStore)
 	if err != nil {
+		<-rulesDone
 		return fail(2, err)
 	}
 	img, code, err := reg.open(ctx, fs.Arg(0), io)
+	<-rulesDone
+	if rulesErr != nil {
+		return fail(2, rulesErr)
+	}
 	if err != nil {
 		return fail(code, err)
 	}

@@ -126,6 +126,25 @@ func (r *RemoteKeySet) Keys(ctx context.Context, kid string) ([]jose.JSONWebKey,
 	return keysByID(r.keys, kid), nil
 }
 
+// Prefetch fetches the JWKS if no fetch was attempted yet, so that a caller can overlap it with
+// other work; Keys then waits for it instead of fetching again. A failed prefetch is forgotten:
+// the next Keys call fetches and reports its own error.
+func (r *RemoteKeySet) Prefetch(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.haveKeys || !r.lastAttempt.IsZero() {
+		return
+	}
+	start := r.now()
+	keys, err := r.fetch(ctx)
+	if err != nil {
+		r.log.Debug("MAA signing keys: prefetch failed", "url", r.url, "err", err)
+		return
+	}
+	r.keys, r.haveKeys, r.lastAttempt = keys, true, start
+	r.log.Debug("MAA signing keys: prefetched", "url", r.url, "keys", len(keys))
+}
+
 // fetch GETs and parses the JWKS.
 func (r *RemoteKeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)

@@ -533,3 +533,40 @@ func TestClientPayloadNonce(t *testing.T) {
 		})
 	}
 }
+
+func TestRemoteKeySetPrefetch(t *testing.T) {
+	testKeys(t)
+	certs := newJWKSServer(t, x5cOnlyJWKS(t, signingKey, testKID))
+	keys := NewRemoteKeySet(certs.URL, JWKSOptions{HTTPClient: certs.Client(), MinRefreshInterval: time.Hour})
+	v := newTestVerifier(t, keys, testNow)
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() { defer close(done); keys.Prefetch(ctx) }()
+	if _, err := v.Verify(ctx, signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n"); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+	keys.Prefetch(ctx) // keys held: no fetch
+	if n := certs.hits.Load(); n != 1 {
+		t.Fatalf("prefetch racing a verification, then another prefetch: %d fetches, want 1", n)
+	}
+
+	// A failed prefetch is forgotten: the first verification fetches again (within
+	// MinRefreshInterval) and succeeds once the server answers.
+	var up atomic.Bool
+	jwks := x5cOnlyJWKS(t, signingKey, testKID)
+	flaky := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			http.Error(w, "busy", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write(jwks)
+	}))
+	defer flaky.Close()
+	keys = NewRemoteKeySet(flaky.URL, JWKSOptions{HTTPClient: flaky.Client(), MinRefreshInterval: time.Hour})
+	keys.Prefetch(ctx)
+	up.Store(true)
+	if _, err := newTestVerifier(t, keys, testNow).Verify(ctx, signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n"); err != nil {
+		t.Fatalf("after a failed prefetch: %v", err)
+	}
+}
