@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/notaryproject/notation-core-go/signature"
 	nx509 "github.com/notaryproject/notation-core-go/x509"
 
@@ -24,7 +25,7 @@ func DefaultDeps() Deps {
 		Attester: newTPMAttester,
 		Verifier: newVerifier,
 		Rules:    loadRules,
-		Signer:   newKeyVaultSigner,
+		Key:      newKeyVaultSource,
 		Now:      time.Now,
 		Version:  cliutil.Version,
 	}
@@ -80,7 +81,15 @@ func loadRules(c Config) (ClaimRules, error) {
 	return ruleSet{s}, nil
 }
 
-func newKeyVaultSigner(ctx context.Context, keyID string, c Config, log *slog.Logger) (signature.Signer, error) {
+// kvSource opens a Key Vault key with the credential of the plugin config.
+type kvSource struct {
+	id   keyvault.KeyID
+	cred azcore.TokenCredential
+	opts keyvault.Options
+	log  *slog.Logger
+}
+
+func newKeyVaultSource(keyID string, c Config, log *slog.Logger) (KeySource, error) {
 	id, err := keyvault.ParseKeyID(keyID)
 	if err != nil {
 		return nil, err
@@ -95,6 +104,21 @@ func newKeyVaultSigner(ctx context.Context, keyID string, c Config, log *slog.Lo
 			return nil, validationf("%s: %v", KeyCACerts, err)
 		}
 	}
-	log.Debug("opening Key Vault key", "vault", id.VaultURL, "name", id.Name, "version", id.Version)
-	return keyvault.NewSigner(ctx, id, o)
+	return &kvSource{id: id, cred: cred, opts: o, log: log}, nil
+}
+
+// Warm implements KeySource: the access token only (Entra ID or the managed identity endpoint).
+func (k *kvSource) Warm(ctx context.Context) {
+	start := time.Now()
+	if err := keyvault.WarmToken(ctx, k.cred, k.id); err != nil {
+		k.log.Debug("access token not fetched ahead; it is fetched when the key is opened", "err", err)
+		return
+	}
+	k.log.Debug("access token fetched during the attestation", "took", time.Since(start))
+}
+
+// Open implements KeySource.
+func (k *kvSource) Open(ctx context.Context) (signature.Signer, error) {
+	k.log.Debug("opening Key Vault key", "vault", k.id.VaultURL, "name", k.id.Name, "version", k.id.Version)
+	return keyvault.NewSigner(ctx, k.id, k.opts)
 }

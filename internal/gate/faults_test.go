@@ -133,12 +133,14 @@ func TestFaultMatrix(t *testing.T) {
 				return maa.NewVerifier(maa.VerifierOptions{Instance: f.chain.URL, Keys: maa.NewRemoteKeySet(keysURL, maa.JWKSOptions{HTTPClient: f.maaSrv.Client()}), MaxAge: c.MaxTokenAge})
 			}
 			signed := false
-			d.Signer = func(context.Context, string, Config, *slog.Logger) (signature.Signer, error) {
-				if tc.signer != nil {
-					return nil, tc.signer
-				}
-				signed = true
-				return f.signer, nil
+			d.Key = func(string, Config, *slog.Logger) (KeySource, error) {
+				return keyFunc(func() (signature.Signer, error) {
+					if tc.signer != nil {
+						return nil, tc.signer
+					}
+					signed = true
+					return f.signer, nil
+				}), nil
 			}
 			ctx := context.Background()
 			if tc.timeout > 0 {
@@ -169,3 +171,10 @@ func TestFaultMatrix(t *testing.T) {
 		})
 	}
 }
+
+// keyFunc is a KeySource whose Open is the function.
+type keyFunc func() (signature.Signer, error)
+
+func (keyFunc) Warm(context.Context) {}
+
+func (k keyFunc) Open(context.Context) (signature.Signer, error) { return k() }

@@ -6,7 +6,8 @@
 // age, the echoed binding) and the claim rules, and only then signs through Key Vault, building a
 // JWS or COSE envelope whose signed attributes carry the token's SHA-256 and issuer. The token is
 // kept in the token store under the image digest. Any failure before the signature stops the
-// request with an error that names the cause; Key Vault is not called at all.
+// request with an error that names the cause; Key Vault is not called at all. (The identity's
+// access token for Key Vault is requested from Entra ID while the attestation runs.)
 //
 // Fail closed is structural: the signing step takes an *Attestation, which only the gate's own
 // attest step constructs from a verified token whose rules passed.
@@ -73,12 +74,20 @@ type ClaimRules interface {
 	Check(claims map[string]any) error
 }
 
+// KeySource opens the signing key. Warm may prepare what opening needs (an access token) while
+// the attestation runs, but must not call Key Vault; Open is called only after an attestation
+// passed.
+type KeySource interface {
+	Warm(ctx context.Context)
+	Open(ctx context.Context) (signature.Signer, error)
+}
+
 // Deps builds the gate's collaborators from the plugin config; tests replace them.
 type Deps struct {
 	Attester func(ctx context.Context, c Config, log *slog.Logger) (Attester, error)
 	Verifier func(c Config) (TokenVerifier, error)
 	Rules    func(c Config) (ClaimRules, error)
-	Signer   func(ctx context.Context, keyID string, c Config, log *slog.Logger) (signature.Signer, error)
+	Key      func(keyID string, c Config, log *slog.Logger) (KeySource, error)
 	Now      func() time.Time
 	Version  string
 }
@@ -100,8 +109,8 @@ func New(deps Deps) *Gate {
 	if deps.Rules != nil {
 		d.Rules = deps.Rules
 	}
-	if deps.Signer != nil {
-		d.Signer = deps.Signer
+	if deps.Key != nil {
+		d.Key = deps.Key
 	}
 	if deps.Now != nil {
 		d.Now = deps.Now
@@ -182,11 +191,24 @@ func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnv
 	if err != nil {
 		return nil, err
 	}
-	att, err := g.attest(ctx, cfg, subject, req.KeyID, log)
+	key, err := g.deps.Key(req.KeyID, cfg, log)
 	if err != nil {
 		return nil, err
 	}
-	env, err := g.sign(ctx, att, cfg, req, log)
+	// The access token for Key Vault is fetched while the TPM and MAA work; Key Vault itself is
+	// not called before the attestation passes.
+	warmCtx, stopWarm := context.WithCancel(ctx)
+	warmed := make(chan struct{})
+	go func() { defer close(warmed); key.Warm(warmCtx) }()
+	att, err := g.attest(ctx, cfg, subject, req.KeyID, log)
+	if err != nil {
+		stopWarm()
+		<-warmed
+		return nil, err
+	}
+	<-warmed // one token request at a time: the clients then find it in the credential's cache
+	stopWarm()
+	env, err := g.sign(ctx, att, key, cfg, req, log)
 	if err != nil {
 		return nil, err
 	}
@@ -245,12 +267,12 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 }
 
 // sign builds the envelope; it takes the Attestation so no path reaches Key Vault without one.
-func (g *Gate) sign(ctx context.Context, att *Attestation, cfg Config, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) ([]byte, error) {
+func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Config, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) ([]byte, error) {
 	if att == nil || att.token == nil || att.keyID != req.KeyID {
 		return nil, &attestError{err: errors.New("no attestation for this key")}
 	}
 	start := time.Now()
-	signer, err := g.deps.Signer(ctx, req.KeyID, cfg, log)
+	signer, err := key.Open(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -48,7 +48,7 @@ type fixture struct {
 	maaSrv   *httptest.Server
 	dev      *tpm.Device
 	signer   signature.LocalSigner
-	signerN  atomic.Int32 // signer factory calls: Key Vault contacted
+	signerN  atomic.Int32 // KeySource.Open calls: Key Vault contacted
 	tokenDir string
 	cfg      map[string]string
 }
@@ -94,9 +94,8 @@ func (f *fixture) deps(t *testing.T) Deps {
 				MaxAge:   c.MaxTokenAge,
 			})
 		},
-		Signer: func(context.Context, string, Config, *slog.Logger) (signature.Signer, error) {
-			f.signerN.Add(1)
-			return f.signer, nil
+		Key: func(string, Config, *slog.Logger) (KeySource, error) {
+			return fakeKey{f}, nil
 		},
 	}
 }
@@ -330,4 +329,14 @@ func TestTimestamping(t *testing.T) {
 	if _, err := New(f.deps(t)).GenerateEnvelope(context.Background(), request("application/jose+json", cfg)); err == nil {
 		t.Fatal("signed with a timestamp from an untrusted TSA")
 	}
+}
+
+// fakeKey opens the fixture's signer; Warm touches nothing, as the real one touches no Key Vault.
+type fakeKey struct{ f *fixture }
+
+func (fakeKey) Warm(context.Context) {}
+
+func (k fakeKey) Open(context.Context) (signature.Signer, error) {
+	k.f.signerN.Add(1)
+	return k.f.signer, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,15 +41,25 @@ type env struct {
 	vaultSr *httptest.Server
 	entraSr *httptest.Server
 	opts    azcore.ClientOptions
+
+	tokenRequests atomic.Int32 // POSTs to Entra ID's token endpoint
+	vaultRequests atomic.Int32 // requests to Key Vault
 }
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	e := &env{}
 	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	entraSr := httptest.NewTLSServer(ent.Handler())
+	entraH := ent.Handler()
+	entraSr := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token") {
+			e.tokenRequests.Add(1)
+		}
+		entraH.ServeHTTP(w, r)
+	}))
 	t.Cleanup(entraSr.Close)
 	vault, err := kvemu.New(kvemu.Config{
 		Authority: entraSr.URL, TenantID: tenant,
@@ -69,14 +80,20 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	vaultSr := httptest.NewTLSServer(vault.Handler())
+	vaultH := vault.Handler()
+	vaultSr := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.vaultRequests.Add(1)
+		vaultH.ServeHTTP(w, r)
+	}))
 	t.Cleanup(vaultSr.Close)
 	// httptest servers share one certificate, so one client trusts both.
-	return &env{vault: vault, vaultSr: vaultSr, entraSr: entraSr, opts: azcore.ClientOptions{
+	e.vault, e.vaultSr, e.entraSr = vault, vaultSr, entraSr
+	e.opts = azcore.ClientOptions{
 		Transport: vaultSr.Client(),
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: entraSr.URL + "/"},
 		Retry:     policy.RetryOptions{MaxRetries: 1, RetryDelay: 10 * time.Millisecond, MaxRetryDelay: 2 * time.Second},
-	}}
+	}
+	return e
 }
 
 func (e *env) credential(t *testing.T, client, secret string) azcore.TokenCredential {
@@ -222,5 +239,58 @@ func TestSignerRefusals(t *testing.T) {
 			t.Fatalf("injected %d: %v", status, err)
 		}
 		e.vault.InjectFault("sign", 0, 0)
+	}
+}
+
+// TestWarmToken checks that WarmToken fetches the very token the Key Vault clients then use (one
+// token request for warming, opening and signing together) and sends nothing to Key Vault.
+func TestWarmToken(t *testing.T) {
+	e := newEnv(t)
+	keyID := e.createCertificate(t, "warm", "RSA", 2048, "", []string{"digitalSignature"})
+	id, err := keyvault.ParseKeyID(keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	openAndSign := func(cred azcore.TokenCredential) {
+		t.Helper()
+		s, err := keyvault.NewSigner(ctx, id, keyvault.Options{Credential: cred, ClientOptions: e.opts})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Sign([]byte("payload")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name string
+		warm bool
+	}{
+		{"without warming", false},
+		{"warmed", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cred := e.credential(t, clientID, secret)
+			tokens, vault := e.tokenRequests.Load(), e.vaultRequests.Load()
+			if tc.warm {
+				if err := keyvault.WarmToken(ctx, cred, id); err != nil {
+					t.Fatalf("WarmToken: %v", err)
+				}
+				if n := e.vaultRequests.Load() - vault; n != 0 {
+					t.Fatalf("WarmToken sent %d requests to Key Vault", n)
+				}
+				if n := e.tokenRequests.Load() - tokens; n != 1 {
+					t.Fatalf("WarmToken made %d token requests, want 1", n)
+				}
+			}
+			openAndSign(cred)
+			if n := e.tokenRequests.Load() - tokens; n != 1 {
+				t.Fatalf("%d token requests in all, want 1", n)
+			}
+		})
+	}
+	if _, ok := (keyvault.KeyID{VaultURL: "https://v.vault.azure.cn"}).TokenScope(); ok {
+		t.Fatal("a scope guessed for another cloud")
 	}
 }

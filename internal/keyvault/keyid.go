@@ -101,3 +101,22 @@ func ParseKeyID(raw string) (KeyID, error) {
 	}
 	return id, nil
 }
+
+// TokenScope returns the OAuth scope Key Vault's challenge asks for on this vault, when it is
+// known without a challenge: https://vault.azure.net/.default for *.vault.azure.net (and the local
+// stack's loopback vault, whose emulator challenges like the public cloud),
+// https://managedhsm.azure.net/.default for *.managedhsm.azure.net. Other clouds report false.
+func (k KeyID) TokenScope() (string, bool) {
+	u, err := url.Parse(k.VaultURL)
+	if err != nil {
+		return "", false
+	}
+	host := strings.ToLower(u.Hostname())
+	switch {
+	case strings.HasSuffix(host, ".vault.azure.net"), k.Loopback():
+		return "https://vault.azure.net/.default", true
+	case strings.HasSuffix(host, ".managedhsm.azure.net"):
+		return "https://managedhsm.azure.net/.default", true
+	}
+	return "", false
+}
