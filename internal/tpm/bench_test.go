@@ -16,3 +16,16 @@ func BenchmarkEvidence(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEvidenceCached is BenchmarkEvidence with the ephemeral key cache, as the plugin runs:
+// the key's saved context is loaded instead of deriving the key.
+func BenchmarkEvidenceCached(b *testing.B) {
+	x, _, _ := provisioned(b, "")
+	dev := New(x.t, WithEventLogPath(""), WithEphemeralKeyCache(b.TempDir()))
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := dev.Evidence(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -54,6 +54,9 @@ func roundTrip(t *testing.T, dev *Device) *Evidence {
 	return ev
 }
 
+// cacheHit reports whether the Device logged a key loaded from the cache.
+func cacheHit(log *bytes.Buffer) bool { return strings.Contains(log.String(), "loaded from the cache") }
+
 func cacheFiles(t *testing.T, dir string) []string {
 	t.Helper()
 	m, err := filepath.Glob(filepath.Join(dir, "ephemeral-*.ctx"))
@@ -79,13 +82,13 @@ func TestEphemeralKeyCache(t *testing.T) {
 	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != 0o700 {
 		t.Fatalf("cache dir mode: %v %v", fi.Mode(), err)
 	}
-	if strings.Contains(log.String(), "loaded from the cache") {
+	if cacheHit(log) {
 		t.Fatal("first evidence claims a cache hit")
 	}
 
 	log.Reset()
 	second := roundTrip(t, dev)
-	if !strings.Contains(log.String(), "loaded from the cache") {
+	if !cacheHit(log) {
 		t.Fatalf("second evidence did not use the cache:\n%s", log.String())
 	}
 	if !bytes.Equal(first.EncKeyPub, second.EncKeyPub) {
@@ -99,7 +102,7 @@ func TestEphemeralKeyCache(t *testing.T) {
 	extendPCR(t, x.t, 4, "another kernel")
 	log.Reset()
 	third := roundTrip(t, dev)
-	if strings.Contains(log.String(), "loaded from the cache") || bytes.Equal(third.EncKeyPub, first.EncKeyPub) {
+	if cacheHit(log) || bytes.Equal(third.EncKeyPub, first.EncKeyPub) {
 		t.Fatal("a key of another PCR state was used")
 	}
 	if n := len(cacheFiles(t, dir)); n != 2 {
@@ -113,7 +116,7 @@ func TestEphemeralKeyCache(t *testing.T) {
 	}
 	log.Reset()
 	fourth := roundTrip(t, dev)
-	if strings.Contains(log.String(), "loaded from the cache") || !strings.Contains(log.String(), "cache not used") {
+	if cacheHit(log) || !strings.Contains(log.String(), "cache not used") {
 		t.Fatalf("a context saved before the TPM reset was used:\n%s", log.String())
 	}
 	if bytes.Equal(fourth.EncKeyPub, first.EncKeyPub) {
@@ -121,7 +124,7 @@ func TestEphemeralKeyCache(t *testing.T) {
 	}
 	log.Reset()
 	roundTrip(t, dev)
-	if !strings.Contains(log.String(), "loaded from the cache") {
+	if !cacheHit(log) {
 		t.Fatal("the cache was not rewritten after the reset")
 	}
 }
@@ -202,7 +205,7 @@ func TestEphemeralKeyCacheRefusesOtherObjects(t *testing.T) {
 				t.Fatal(err)
 			}
 			ev := roundTrip(t, dev)
-			if strings.Contains(log.String(), "loaded from the cache") || !strings.Contains(log.String(), "cache not used") {
+			if cacheHit(log) || !strings.Contains(log.String(), "cache not used") {
 				t.Fatalf("planted cache file used:\n%s", log.String())
 			}
 			if !bytes.Equal(ev.EncKeyPub, want) {
@@ -214,7 +217,7 @@ func TestEphemeralKeyCacheRefusesOtherObjects(t *testing.T) {
 			// The planted file was replaced by the right key's context.
 			log.Reset()
 			roundTrip(t, dev)
-			if !strings.Contains(log.String(), "loaded from the cache") {
+			if !cacheHit(log) {
 				t.Fatal("cache not rewritten")
 			}
 		})
