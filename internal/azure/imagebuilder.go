@@ -67,14 +67,14 @@ type BuildLayer struct {
 	Run bool `json:"run"`
 }
 
-var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]+$`) // with a length of 64: a {64} count compiles into 64 copies at start-up
 
 // Validate checks the build layer settings.
 func (b BuildLayer) Validate() error {
 	if !strings.HasPrefix(b.ArtifactsURL, "https://") || strings.ContainsAny(b.ArtifactsURL, "'\"\\ \n$`") {
 		return fmt.Errorf("artifacts URL %q: want an https URL without quotes, spaces or shell characters", b.ArtifactsURL)
 	}
-	if !sha256Hex.MatchString(b.ArtifactsSHA256) {
+	if len(b.ArtifactsSHA256) != 64 || !sha256Hex.MatchString(b.ArtifactsSHA256) {
 		return fmt.Errorf("artifacts SHA-256 %q: want 64 lower-case hex digits", b.ArtifactsSHA256)
 	}
 	return nil

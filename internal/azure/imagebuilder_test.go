@@ -174,6 +174,8 @@ func TestBuildLayerValidate(t *testing.T) {
 		{ArtifactsURL: "http://x.example/a.tgz", ArtifactsSHA256: good.ArtifactsSHA256},
 		{ArtifactsURL: "https://x.example/a.tgz'; rm -rf /", ArtifactsSHA256: good.ArtifactsSHA256},
 		{ArtifactsURL: good.ArtifactsURL, ArtifactsSHA256: "abc"},
+		{ArtifactsURL: good.ArtifactsURL, ArtifactsSHA256: strings.Repeat("0", 65)},
+		{ArtifactsURL: good.ArtifactsURL, ArtifactsSHA256: strings.Repeat("A", 64)},
 	} {
 		if b.Validate() == nil {
 			t.Errorf("accepted %+v", b)

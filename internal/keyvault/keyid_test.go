@@ -2,6 +2,7 @@ package keyvault
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -17,6 +18,10 @@ func TestParseKeyID(t *testing.T) {
 		{in: "https://v1.vault.azure.net/certificates/app-cert/abc", vault: "https://v1.vault.azure.net", kind: "certificates", name: "app-cert", ver: "abc"},
 		{in: "https://h.managedhsm.azure.net/keys/k", vault: "https://h.managedhsm.azure.net", kind: "keys", name: "k", hsm: true},
 		{in: "https://127.0.0.1:8443/keys/k/1", vault: "https://127.0.0.1:8443", kind: "keys", name: "k", ver: "1", loopback: true},
+		{in: "https://v1.vault.azure.net/keys/" + strings.Repeat("n", 127) + "/" + strings.Repeat("v", 64), vault: "https://v1.vault.azure.net", kind: "keys", name: strings.Repeat("n", 127), ver: strings.Repeat("v", 64)},
+		{in: "https://v1.vault.azure.net/keys/" + strings.Repeat("n", 128), wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/k/" + strings.Repeat("v", 65), wantFail: true},
+		{in: "https://v1.vault.azure.net/keys/k/v-1", wantFail: true},
 		{in: "http://v1.vault.azure.net/keys/k", wantFail: true},
 		{in: "https://v1.vault.azure.net/secrets/k", wantFail: true},
 		{in: "https://v1.vault.azure.net/keys", wantFail: true},

@@ -71,6 +71,11 @@ func TestRefusals(t *testing.T) {
 	tests := []struct{ name, subject, raw string }{
 		{"tag, not digest", "latest", "a.b.c"},
 		{"short digest", "sha256:abc", "a.b.c"},
+		{"long sha256", "sha256:" + strings.Repeat("a", 65), "a.b.c"},
+		{"sha512 length under sha256", "sha256:" + strings.Repeat("a", 128), "a.b.c"},
+		{"sha256 length under sha512", "sha512:" + strings.Repeat("a", 64), "a.b.c"},
+		{"unregistered algorithm", "md5:" + strings.Repeat("a", 32), "a.b.c"},
+		{"no algorithm", ":" + strings.Repeat("a", 64), "a.b.c"},
 		{"upper-case hex", "sha256:" + strings.Repeat("A", 64), "a.b.c"},
 		{"path traversal", "sha256:../../" + strings.Repeat("a", 58), "a.b.c"},
 		{"empty token", subjectA, ""},
@@ -110,5 +115,27 @@ func TestParallelPut(t *testing.T) {
 	b, _ := s.List(subjectB)
 	if len(a)+len(b) != n {
 		t.Fatalf("%d + %d tokens stored, want %d", len(a), len(b), n)
+	}
+}
+
+func TestValidDigest(t *testing.T) {
+	tests := []struct {
+		in   string
+		want bool
+	}{
+		{"sha256:" + strings.Repeat("0a", 32), true},
+		{"sha512:" + strings.Repeat("f9", 64), true},
+		{"sha256:" + strings.Repeat("0a", 32) + "0", false},
+		{"sha512:" + strings.Repeat("f9", 32), false},
+		{"sha256:" + strings.Repeat("g", 64), false},
+		{"SHA256:" + strings.Repeat("a", 64), false},
+		{"sha384:" + strings.Repeat("a", 96), false},
+		{strings.Repeat("a", 71), false},
+		{"", false},
+	}
+	for _, tc := range tests {
+		if got := validDigest(tc.in); got != tc.want {
+			t.Errorf("validDigest(%q) = %v, want %v", tc.in, got, tc.want)
+		}
 	}
 }
