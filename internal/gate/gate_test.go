@@ -232,6 +232,7 @@ func TestFailClosed(t *testing.T) {
 		}, code: plugin.ErrorCodeAccessDenied, message: "max age is 5m0s"},
 		{name: "claim rule false (baseline: no secure boot measured)", cfg: with(KeyRules, ""), code: plugin.ErrorCodeAccessDenied, message: `claim rule "secure-boot"`},
 		{name: "rule file missing", cfg: with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "rules.cel"},
+		{name: "rule file missing and MAA down: the rules are reported", cfg: with(KeyRules, "/nonexistent/rules.cel", KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeValidation, message: "rules.cel"},
 		{name: "no attestation_url", cfg: with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
 		{name: "unknown config key", cfg: with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
@@ -269,6 +270,59 @@ func TestFailClosed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// attesterFunc adapts a function to Attester.
+type attesterFunc func(ctx context.Context, nonce string) (string, error)
+
+func (f attesterFunc) Attest(ctx context.Context, nonce string) (string, error) { return f(ctx, nonce) }
+
+// TestRulesCompileDuringAttestation: the claim rules compile while the attestation runs (their
+// first compilation is the slowest step before the TPM is asked), and are still applied.
+func TestRulesCompileDuringAttestation(t *testing.T) {
+	f := newFixture(t)
+	d := f.deps(t)
+	attesting := make(chan struct{})
+	inner := d.Attester
+	d.Attester = func(ctx context.Context, c Config, log *slog.Logger) (Attester, error) {
+		a, err := inner(ctx, c, log)
+		if err != nil {
+			return nil, err
+		}
+		return attesterFunc(func(ctx context.Context, nonce string) (string, error) {
+			close(attesting)
+			return a.Attest(ctx, nonce)
+		}), nil
+	}
+	var checked atomic.Int32
+	d.Rules = func(c Config) (ClaimRules, error) {
+		select {
+		case <-attesting:
+		case <-time.After(10 * time.Second):
+			return nil, errors.New("the rules were compiled before the attestation started, not during it")
+		}
+		s, err := loadRules(c)
+		if err != nil {
+			return nil, err
+		}
+		return countingRules{s, &checked}, nil
+	}
+	if _, err := New(d).GenerateEnvelope(context.Background(), request("application/jose+json", f.cfg)); err != nil {
+		t.Fatal(err)
+	}
+	if checked.Load() != 1 {
+		t.Fatalf("rules checked %d times, want 1", checked.Load())
+	}
+}
+
+type countingRules struct {
+	ClaimRules
+	n *atomic.Int32
+}
+
+func (r countingRules) Check(claims map[string]any) error {
+	r.n.Add(1)
+	return r.ClaimRules.Check(claims)
 }
 
 // TestBaselineOnSecureBootVM signs with the built-in baseline rules on a TPM whose measured boot
