@@ -116,6 +116,18 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if err != nil {
 		return nil, err
 	}
+	// The token referrers are read while the signatures are listed, fetched and verified: on a
+	// remote registry these are round trips of their own.
+	listCtx, stopList := context.WithCancel(ctx)
+	listed := make(chan struct{})
+	var (
+		tokens    []referrer.Found
+		tokenErrs []error
+	)
+	go func() { defer close(listed); tokens, tokenErrs = referrer.List(listCtx, repo, subject) }()
+	defer func() { stopList(); <-listed }()
+	tokenList := func() ([]referrer.Found, []error) { <-listed; return tokens, tokenErrs }
+
 	var sigs []ocispec.Descriptor
 	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
 		sigs = append(sigs, page...)
@@ -128,7 +140,6 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if err != nil && !errors.Is(err, errStop) {
 		return nil, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
 	}
-	tokens, tokenErrs := referrer.List(ctx, repo, subject)
 
 	res := &Result{Subject: subject.Digest.String()}
 	best := -1
@@ -145,7 +156,7 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 		return res, nil
 	}
 	for _, sd := range sigs {
-		for _, c := range evaluate(ctx, repo, reference, subject, sd, tokens, tokenErrs, want, o) {
+		for _, c := range evaluate(ctx, repo, reference, subject, sd, tokenList, want, o) {
 			if record(c) {
 				res.Passed = true
 				return res, nil
@@ -186,7 +197,8 @@ func (c *candidate) fail(name, detail string) []candidate {
 }
 
 // evaluate runs the checks for one signature against each token it could match.
-func evaluate(ctx context.Context, repo Repository, reference string, subject, sd ocispec.Descriptor, tokens []referrer.Found, tokenErrs []error, want string, o Options) []candidate {
+// tokenList waits for the token referrers of subject.
+func evaluate(ctx context.Context, repo Repository, reference string, subject, sd ocispec.Descriptor, tokenList func() ([]referrer.Found, []error), want string, o Options) []candidate {
 	c := candidate{signature: sd.Digest.String()}
 	blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
 	if err != nil {
@@ -221,6 +233,7 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.tokenSHA = tokenSHA
 	c.ok(CheckAttribute, "token sha256 "+tokenSHA)
 
+	tokens, tokenErrs := tokenList()
 	var tok *referrer.Found
 	for i := range tokens {
 		if tokens[i].SHA256 == tokenSHA {

@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/json"
+	"errors"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -182,5 +184,50 @@ func TestVerify(t *testing.T) {
 				t.Fatalf("passed %v, failed check %q (%+v); want failed %q", res.Passed, res.FailedCheck(), res.Checks, tc.failed)
 			}
 		})
+	}
+}
+
+// orderedRepository makes ListSignatures wait until the token referrers are being listed.
+type orderedRepository struct {
+	Repository
+	tokensListed chan struct{}
+	once         sync.Once
+}
+
+func (r *orderedRepository) Referrers(ctx context.Context, desc ocispec.Descriptor, artifactType string, fn func([]ocispec.Descriptor) error) error {
+	if artifactType == referrer.ArtifactType {
+		r.once.Do(func() { close(r.tokensListed) })
+	}
+	return r.Repository.Referrers(ctx, desc, artifactType, fn)
+}
+
+func (r *orderedRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
+	select {
+	case <-r.tokensListed:
+	case <-time.After(10 * time.Second):
+		return errors.New("the token referrers were not listed while the signatures were")
+	}
+	return r.Repository.ListSignatures(ctx, desc, fn)
+}
+
+// TestTokensListedWithSignatures: the token referrers are read concurrently with the signatures
+// (two round trips to a remote registry instead of one after the other), and still checked.
+func TestTokensListedWithSignatures(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "concurrent listing")
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, b)
+	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.attach(t, img, tok)
+	repo := &orderedRepository{Repository: f.repo, tokensListed: make(chan struct{})}
+	res, err := Verify(context.Background(), repo, f.reference+"@"+img.Digest.String(), img, f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Passed {
+		t.Fatalf("refused: %+v", res.Checks)
 	}
 }
