@@ -116,17 +116,16 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if err != nil {
 		return nil, err
 	}
-	// The token referrers are read while the signatures are listed, fetched and verified: on a
-	// remote registry these are round trips of their own.
+	// The token referrers are listed while the signatures are listed, fetched and verified: on a
+	// remote registry these are round trips of their own. Only the referrer of the token a
+	// signature names is read (referrer.Index.Find), so that the time does not grow with the
+	// number of tokens attached to the image.
 	listCtx, stopList := context.WithCancel(ctx)
 	listed := make(chan struct{})
-	var (
-		tokens    []referrer.Found
-		tokenErrs []error
-	)
-	go func() { defer close(listed); tokens, tokenErrs = referrer.List(listCtx, repo, subject) }()
+	var ix *referrer.Index
+	go func() { defer close(listed); ix = referrer.NewIndex(listCtx, repo, subject) }()
 	defer func() { stopList(); <-listed }()
-	tokenList := func() ([]referrer.Found, []error) { <-listed; return tokens, tokenErrs }
+	tokenIndex := func() *referrer.Index { <-listed; return ix }
 
 	var sigs []ocispec.Descriptor
 	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
@@ -156,7 +155,7 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 		return res, nil
 	}
 	for _, sd := range sigs {
-		for _, c := range evaluate(ctx, repo, reference, subject, sd, tokenList, want, o) {
+		for _, c := range evaluate(ctx, repo, reference, subject, sd, tokenIndex, want, o) {
 			if record(c) {
 				res.Passed = true
 				return res, nil
@@ -197,8 +196,8 @@ func (c *candidate) fail(name, detail string) []candidate {
 }
 
 // evaluate runs the checks for one signature against each token it could match.
-// tokenList waits for the token referrers of subject.
-func evaluate(ctx context.Context, repo Repository, reference string, subject, sd ocispec.Descriptor, tokenList func() ([]referrer.Found, []error), want string, o Options) []candidate {
+// tokenIndex waits for the listing of the token referrers of subject.
+func evaluate(ctx context.Context, repo Repository, reference string, subject, sd ocispec.Descriptor, tokenIndex func() *referrer.Index, want string, o Options) []candidate {
 	c := candidate{signature: sd.Digest.String()}
 	blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
 	if err != nil {
@@ -233,14 +232,7 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.tokenSHA = tokenSHA
 	c.ok(CheckAttribute, "token sha256 "+tokenSHA)
 
-	tokens, tokenErrs := tokenList()
-	var tok *referrer.Found
-	for i := range tokens {
-		if tokens[i].SHA256 == tokenSHA {
-			tok = &tokens[i]
-			break
-		}
-	}
+	tok, tokenErrs := tokenIndex().Find(ctx, tokenSHA)
 	if tok == nil {
 		detail := "no token referrer with sha256 " + tokenSHA + " (run oras-attest attach)"
 		if len(tokenErrs) > 0 {

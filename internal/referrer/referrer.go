@@ -5,7 +5,9 @@
 // config mediaType are ArtifactType (config blob "{}", as Notation does for its signatures, so
 // registries that derive artifactType from the config also index it), with one layer of
 // mediaType application/jwt holding the JWT bytes. Its annotations name the issuer, the binding
-// and the token's issue time. Every field is derived from the token alone, so attaching the same
+// and the token's issue time, and (an addition to DESIGN.md's list) the token's SHA-256, which the
+// Referrers API returns with each descriptor so that a verifier reads only the referrer of the
+// token a signature names. Every field is derived from the token alone, so attaching the same
 // token twice yields the same manifest digest: one referrer.
 //
 // Registries without the Referrers API get the referrers tag schema through oras-go.
@@ -35,6 +37,10 @@ const (
 	AnnotationIssuer  = "io.github.attested-kv.issuer"
 	AnnotationBinding = "io.github.attested-kv.binding"
 	AnnotationCreated = ocispec.AnnotationCreated
+	// AnnotationTokenSHA256 is the hex SHA-256 of the token, the value of the signature's
+	// io.github.attested-kv.token.sha256 attribute. It only chooses which referrer to read first:
+	// the token read is hashed and compared (see Index.Find).
+	AnnotationTokenSHA256 = "io.github.attested-kv.token.sha256"
 )
 
 // MaxTokenSize bounds the token layer read back from a registry.
@@ -80,9 +86,10 @@ func Attach(ctx context.Context, repo Target, subject ocispec.Descriptor, tok To
 		Layers:           []ocispec.Descriptor{layer},
 		ConfigDescriptor: &cfg,
 		ManifestAnnotations: map[string]string{
-			AnnotationIssuer:  tok.Issuer,
-			AnnotationBinding: tok.Binding,
-			AnnotationCreated: tok.IssuedAt.UTC().Format(time.RFC3339),
+			AnnotationIssuer:      tok.Issuer,
+			AnnotationBinding:     tok.Binding,
+			AnnotationCreated:     tok.IssuedAt.UTC().Format(time.RFC3339),
+			AnnotationTokenSHA256: hexSHA256([]byte(tok.Raw)),
 		},
 	})
 	if err != nil {
@@ -122,25 +129,93 @@ type Found struct {
 // layer is malformed is reported as an error, not skipped: a verifier must not pass silently over
 // a token it could not read, though it may pass with another token that verifies.
 func List(ctx context.Context, repo Target, subject ocispec.Descriptor) ([]Found, []error) {
-	var descs []ocispec.Descriptor
-	err := repo.Referrers(ctx, subject, ArtifactType, func(page []ocispec.Descriptor) error {
-		descs = append(descs, page...)
-		return nil
-	})
-	if err != nil {
-		return nil, []error{fmt.Errorf("listing referrers of %s: %w", subject.Digest, err)}
+	ix := NewIndex(ctx, repo, subject)
+	if ix.err != nil {
+		return nil, []error{ix.err}
 	}
 	var out []Found
 	var errs []error
-	for _, d := range descs {
-		f, err := read(ctx, repo, d)
+	for _, d := range ix.descs {
+		f, err := ix.read(ctx, d)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("token referrer %s: %w", d.Digest, err))
+			errs = append(errs, err)
 			continue
 		}
 		out = append(out, f)
 	}
 	return out, errs
+}
+
+// Index is the listing of a subject's token referrers (one Referrers API call); tokens are read
+// when asked for, each at most once. It is not safe for concurrent use.
+type Index struct {
+	repo  Target
+	descs []ocispec.Descriptor
+	err   error
+	reads map[string]readResult // by manifest digest
+}
+
+type readResult struct {
+	f   Found
+	err error
+}
+
+// NewIndex lists the token referrers of subject. A listing error is kept and returned by Find.
+func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Index {
+	ix := &Index{repo: repo, reads: map[string]readResult{}}
+	err := repo.Referrers(ctx, subject, ArtifactType, func(page []ocispec.Descriptor) error {
+		ix.descs = append(ix.descs, page...)
+		return nil
+	})
+	if err != nil {
+		ix.err = fmt.Errorf("listing referrers of %s: %w", subject.Digest, err)
+	}
+	return ix
+}
+
+// Len is the number of token referrers listed.
+func (ix *Index) Len() int { return len(ix.descs) }
+
+// Find returns the referrer holding the token whose hex SHA-256 is sha, or nil with the errors
+// of the referrers that could not be read. Referrers annotated with sha are read first; when
+// none of them holds the token (a referrer from before the annotation, a registry that drops
+// annotations from its listing, or a false annotation), every other referrer is read, as List
+// would. The result is always the hash of the token read, never the annotation's word.
+func (ix *Index) Find(ctx context.Context, sha string) (*Found, []error) {
+	if ix.err != nil {
+		return nil, []error{ix.err}
+	}
+	var errs []error
+	for _, annotated := range []bool{true, false} {
+		for _, d := range ix.descs {
+			if (d.Annotations[AnnotationTokenSHA256] == sha) != annotated {
+				continue
+			}
+			f, err := ix.read(ctx, d)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if f.SHA256 == sha {
+				return &f, nil
+			}
+		}
+	}
+	return nil, errs
+}
+
+// read reads the referrer d once.
+func (ix *Index) read(ctx context.Context, d ocispec.Descriptor) (Found, error) {
+	key := d.Digest.String()
+	if r, ok := ix.reads[key]; ok {
+		return r.f, r.err
+	}
+	f, err := read(ctx, ix.repo, d)
+	if err != nil {
+		err = fmt.Errorf("token referrer %s: %w", d.Digest, err)
+	}
+	ix.reads[key] = readResult{f, err}
+	return f, err
 }
 
 func read(ctx context.Context, repo Target, d ocispec.Descriptor) (Found, error) {
@@ -172,8 +247,12 @@ func read(ctx context.Context, repo Target, d ocispec.Descriptor) (Found, error)
 	if err != nil {
 		return Found{}, err
 	}
-	sum := sha256.Sum256(tb)
-	return Found{Descriptor: d, Raw: string(tb), SHA256: hex.EncodeToString(sum[:]), Annotations: m.Annotations}, nil
+	return Found{Descriptor: d, Raw: string(tb), SHA256: hexSHA256(tb), Annotations: m.Annotations}, nil
+}
+
+func hexSHA256(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }
 
 func jsonStrictUnmarshal(b []byte, v any) error {

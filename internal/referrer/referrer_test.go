@@ -2,6 +2,8 @@ package referrer
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -102,5 +104,91 @@ func TestAttachRefuses(t *testing.T) {
 		if _, err := Attach(context.Background(), nil, ocispec.Descriptor{}, tok); err == nil {
 			t.Errorf("Attach accepted %d-byte token with iat %v", len(tok.Raw), tok.IssuedAt)
 		}
+	}
+}
+
+// countingTarget counts the referrer manifests fetched.
+type countingTarget struct {
+	Target
+	manifests int
+}
+
+func (c *countingTarget) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if d.MediaType == ocispec.MediaTypeImageManifest {
+		c.manifests++
+	}
+	return c.Target.Fetch(ctx, d)
+}
+
+// TestFindReadsTheNamedReferrer: with several tokens attached, Find reads only the referrer the
+// annotation names, on both registries; referrers without the annotation, or with a false one,
+// are still found by reading the others.
+func TestFindReadsTheNamedReferrer(t *testing.T) {
+	for name, host := range registries(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			repo, err := remote.NewRepository(host + "/app")
+			if err != nil {
+				t.Fatal(err)
+			}
+			repo.PlainHTTP = true
+			subject := pushImage(t, repo)
+			var raws []string
+			for i := range 6 {
+				raw := fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.eyJuIjo%dfQ.c2ln", i)
+				raws = append(raws, raw)
+				if _, err := Attach(ctx, repo, subject, Token{Raw: raw, Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Now()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// A referrer from before the annotation, and one whose annotation names another token.
+			legacy := "eyJhbGciOiJSUzI1NiJ9.eyJsZWdhY3kiOjF9.c2ln"
+			pushReferrer(t, repo, subject, legacy, nil)
+			liar := "eyJhbGciOiJSUzI1NiJ9.eyJsaWFyIjoxfQ.c2ln"
+			pushReferrer(t, repo, subject, liar, map[string]string{AnnotationTokenSHA256: hexSHA256([]byte(raws[2]))})
+
+			c := &countingTarget{Target: repo}
+			ix := NewIndex(ctx, c, subject)
+			if ix.Len() != 8 {
+				t.Fatalf("listed %d referrers, want 8", ix.Len())
+			}
+			f, errs := ix.Find(ctx, hexSHA256([]byte(raws[4])))
+			if f == nil || f.Raw != raws[4] || len(errs) != 0 {
+				t.Fatalf("Find = %+v, %v", f, errs)
+			}
+			if c.manifests != 1 {
+				t.Fatalf("read %d referrer manifests to find an annotated token, want 1", c.manifests)
+			}
+			for _, raw := range []string{legacy, liar, raws[2]} {
+				if f, errs := ix.Find(ctx, hexSHA256([]byte(raw))); f == nil || f.Raw != raw {
+					t.Fatalf("Find(%s) = %+v, %v", raw, f, errs)
+				}
+			}
+			if c.manifests != 8 {
+				t.Fatalf("read %d referrer manifests in all, want each of the 8 once", c.manifests)
+			}
+			if f, _ := ix.Find(ctx, strings.Repeat("0", 64)); f != nil {
+				t.Fatalf("Find of an absent token = %+v", f)
+			}
+		})
+	}
+}
+
+// pushReferrer pushes a token referrer the way Attach does, with the given annotations only.
+func pushReferrer(t *testing.T, repo *remote.Repository, subject ocispec.Descriptor, raw string, annotations map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := pushBlob(ctx, repo, ArtifactType, []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := pushBlob(ctx, repo, LayerMediaType, []byte(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, ArtifactType, oras.PackManifestOptions{
+		Subject: &subject, Layers: []ocispec.Descriptor{layer}, ConfigDescriptor: &cfg, ManifestAnnotations: annotations,
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
