@@ -68,7 +68,20 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("Key Vault %s: %w", id.VaultURL, err)
 	}
+	// The key and the certificate chain are read at the same time: each client answers Key
+	// Vault's authentication challenge on its first request, so one after the other would be four
+	// round trips to the vault where two suffice.
+	type chainResult struct {
+		certs []*x509.Certificate
+		err   error
+	}
+	chainDone := make(chan chainResult, 1)
+	go func() {
+		certs, err := readCertificates(ctx, id, o, skipResourceCheck)
+		chainDone <- chainResult{certs, err}
+	}()
 	kr, err := keys.GetKey(ctx, id.Name, id.Version, nil)
+	cr := <-chainDone
 	if err != nil {
 		return nil, fmt.Errorf("reading key %s/%s: %w", id.Kind, id.Name, err)
 	}
@@ -79,7 +92,27 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", id.Name, err)
 	}
+	if cr.err != nil {
+		return nil, cr.err
+	}
+	chain, err := BuildChain(pub, cr.certs)
+	if err != nil {
+		return nil, err
+	}
+	if err := ValidateChain(chain, now()); err != nil {
+		return nil, err
+	}
+	spec, err := signature.ExtractKeySpec(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCertificateChain, err)
+	}
+	return &Signer{ctx: ctx, id: id, keys: keys, chain: chain, spec: spec}, nil
+}
 
+// readCertificates reads the certificates the chain of id is built from: ca_certs alone for a
+// Managed HSM, the Key Vault certificate and ca_certs when ca_certs are given, else the PEM chain
+// of the certificate's secret.
+func readCertificates(ctx context.Context, id KeyID, o Options, skipResourceCheck bool) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	switch {
 	case id.ManagedHSM():
@@ -125,18 +158,7 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 			return nil, fmt.Errorf("secret %s: %w", id.Name, err)
 		}
 	}
-	chain, err := BuildChain(pub, certs)
-	if err != nil {
-		return nil, err
-	}
-	if err := ValidateChain(chain, now()); err != nil {
-		return nil, err
-	}
-	spec, err := signature.ExtractKeySpec(chain[0])
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCertificateChain, err)
-	}
-	return &Signer{ctx: ctx, id: id, keys: keys, chain: chain, spec: spec}, nil
+	return certs, nil
 }
 
 // KeySpec implements signature.Signer.
