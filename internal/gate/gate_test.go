@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -53,7 +54,7 @@ type fixture struct {
 	cfg      map[string]string
 }
 
-func newFixture(t *testing.T, opts ...attesttest.Option) *fixture {
+func newFixture(t testing.TB, opts ...attesttest.Option) *fixture {
 	t.Helper()
 	chain := attesttest.New(t, opts...)
 	rulesFile := filepath.Join(t.TempDir(), "rules.cel")
@@ -81,7 +82,7 @@ func (a simAttester) Attest(ctx context.Context, nonce string) (string, error) {
 	return a.client.AttestNonce(ctx, a.dev, nonce)
 }
 
-func (f *fixture) deps(t *testing.T) Deps {
+func (f *fixture) deps(t testing.TB) Deps {
 	return Deps{
 		Attester: func(_ context.Context, c Config, log *slog.Logger) (Attester, error) {
 			cl, err := maa.NewClient(c.AttestationURL, maa.ClientOptions{HTTPClient: f.maaSrv.Client(), Logger: log, RetryBaseDelay: time.Millisecond, RetryMaxDelay: 5 * time.Millisecond})
@@ -393,4 +394,79 @@ func (fakeKey) Warm(context.Context) {}
 func (k fakeKey) Open(context.Context) (signature.Signer, error) {
 	k.f.signerN.Add(1)
 	return k.f.signer, nil
+}
+
+// TestKeysFetchedDuringAttestation: the instance's signing keys are fetched while the attestation
+// runs. The attester here goes on only once the keys have been asked for.
+func TestKeysFetchedDuringAttestation(t *testing.T) {
+	f := newFixture(t)
+	d := f.deps(t)
+	certsAsked := make(chan struct{})
+	var once sync.Once
+	inner := f.maaSrv.Client()
+	watching := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.URL.Path == maa.CertsPath {
+			once.Do(func() { close(certsAsked) })
+		}
+		return inner.Transport.RoundTrip(r)
+	})}
+	d.Verifier = func(c Config) (TokenVerifier, error) {
+		return maa.NewVerifier(maa.VerifierOptions{
+			Instance: c.AttestationURL, MaxAge: c.MaxTokenAge,
+			Keys: maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{HTTPClient: watching}),
+		})
+	}
+	attest := d.Attester
+	d.Attester = func(ctx context.Context, c Config, log *slog.Logger) (Attester, error) {
+		a, err := attest(ctx, c, log)
+		if err != nil {
+			return nil, err
+		}
+		return attesterFunc(func(ctx context.Context, nonce string) (string, error) {
+			select {
+			case <-certsAsked:
+			case <-time.After(10 * time.Second):
+				return "", errors.New("the signing keys were not fetched during the attestation")
+			}
+			return a.Attest(ctx, nonce)
+		}), nil
+	}
+	if _, err := New(d).GenerateEnvelope(context.Background(), request("application/jose+json", f.cfg)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// BenchmarkGenerateEnvelopeRoundTrips signs with every MAA request delayed by 10 ms, as an
+// instance some distance away answers, and a local key in place of Key Vault: the attestation's
+// round trip and the signing keys' fetch (one per plugin process) overlap.
+func BenchmarkGenerateEnvelopeRoundTrips(b *testing.B) {
+	f := newFixture(b)
+	d := f.deps(b)
+	inner := f.maaSrv.Client()
+	slow := &http.Client{Transport: roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		time.Sleep(10 * time.Millisecond)
+		return inner.Transport.RoundTrip(r)
+	})}
+	d.Attester = func(_ context.Context, c Config, log *slog.Logger) (Attester, error) {
+		cl, err := maa.NewClient(c.AttestationURL, maa.ClientOptions{HTTPClient: slow, Logger: log})
+		return simAttester{client: cl, dev: f.dev}, err
+	}
+	d.Verifier = func(c Config) (TokenVerifier, error) {
+		return maa.NewVerifier(maa.VerifierOptions{
+			Instance: c.AttestationURL, MaxAge: c.MaxTokenAge,
+			Keys: maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{HTTPClient: slow}),
+		})
+	}
+	g := New(d)
+	req := request("application/jose+json", f.cfg)
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := g.GenerateEnvelope(context.Background(), req); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

@@ -118,6 +118,15 @@ func (t *Token) ClientPayload() map[string]string {
 // Nonce returns the decoded client-payload nonce, "" if the token has none.
 func (t *Token) Nonce() string { return t.nonce }
 
+// Prefetch fetches the signing keys ahead of Verify when the key set can (RemoteKeySet), so that
+// the fetch overlaps the attestation instead of following it. Nothing is verified or trusted by
+// prefetching: Verify chooses and checks the keys as always.
+func (v *Verifier) Prefetch(ctx context.Context) {
+	if p, ok := v.keys.(interface{ Prefetch(context.Context) }); ok {
+		p.Prefetch(ctx)
+	}
+}
+
 // Verify checks raw, in the order of Checks, and returns the verified token. nonce is the value
 // the attesting client sent with AttestNonce; "" skips the nonce check. A failure is a
 // *CheckError naming the check, wrapping the sentinel error of the failure.
