@@ -75,9 +75,10 @@ B1=$(per_image 1); B10=$(per_image 10); B50=$(per_image 50)
 R_SIGN=$(ratio "$SIGN_ATT" "$SIGN_PLAIN")
 R_VERIFY=$(ratio "$BARE" "$VERIFY")   # rate ratio = time(bare)/time(verify)
 R_JOSE=$(ratio "$BARE" "$JOSE")
-# Lower bound of the sign ratio: the plain signature plus the attestation alone (every signature
-# needs its own, its nonce being the image's binding), nothing else of the attested path counted.
-R_SIGN_FLOOR=$(awk -v p="$SIGN_PLAIN" -v a="$P_ATTEST" 'BEGIN { printf "%.2f", (p + a) / p }')
+# Lower bound of the sign ratio: the plain signature plus one attestation (every signature needs
+# its own, its nonce being the image's binding) as the in-process Go benchmark measures it (warm
+# connections, no process start), nothing else of the attested path counted.
+R_SIGN_FLOOR=$(awk -v p="$SIGN_PLAIN" -v a="$ATTEST" 'BEGIN { printf "%.2f", (p + a / 1e6) / p }')
 R_IMGVER=$(ratio "$VER_ATT" "$VER_NOT")
 R_BATCH=$(ratio "$B50" "$B1")
 {
@@ -100,10 +101,13 @@ R_BATCH=$(ratio "$B50" "$B1")
   echo "| full attestation (evidence, MAA, TPM decrypt), Go benchmark | ${ATTEST} ns/op | | | | |"
   echo
   echo "Inside the plugin's generate-envelope (medians of $RUNS signatures, ATTESTED_KV_DEBUG=1 timings in the plugin log):"
-  echo "attestation (TPM evidence, MAA round trip, TPM decryption) ${P_ATTEST} ms; token verification ${P_VERIFY} ms;"
+  echo "attestation (TPM evidence, MAA round trip, TPM decryption; the MAA keys, the access token and the claim rules are"
+  echo "fetched and compiled meanwhile, and share the CPUs with it) ${P_ATTEST} ms; token verification ${P_VERIFY} ms;"
   echo "opening the Key Vault key (Entra ID token, key, certificate chain) ${P_OPEN} ms; Key Vault signature and envelope ${P_SIGN} ms."
   echo "The rest of an attested \`notation sign\` is the plain signing path plus two plugin processes (get-plugin-metadata, generate-envelope)."
-  echo "Every signature needs its own attestation (its MAA nonce is the binding of that image digest and key), so the sign ratio"
-  echo "cannot fall below (plain sign + attestation) / plain sign = ${R_SIGN_FLOOR} on this machine, even with every other cost at zero."
+  echo "Every signature needs its own attestation (its MAA nonce is the binding of that image digest and key): with one in-process"
+  echo "attestation (the Go benchmark above) and every other cost at zero, the sign ratio would be ${R_SIGN_FLOOR} on this machine."
+  echo "Each of the plugin's two processes also starts like the calibration program plus its package initialisation (see the"
+  echo "get-plugin-metadata row), and opens its own TLS connections to MAA, Entra ID and Key Vault."
 } > "$OUT"
 cat "$OUT"
