@@ -59,11 +59,7 @@ func TestAttachAndList(t *testing.T) {
 	for name, host := range registries(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			repo, err := remote.NewRepository(host + "/app")
-			if err != nil {
-				t.Fatal(err)
-			}
-			repo.PlainHTTP = true
+			repo := plainRepo(t, host)
 			subject := pushImage(t, repo)
 			tok := Token{Raw: "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln", Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Date(2026, 11, 25, 1, 2, 3, 0, time.UTC)}
 			first, err := Attach(ctx, repo, subject, tok)
@@ -127,11 +123,7 @@ func TestFindReadsTheNamedReferrer(t *testing.T) {
 	for name, host := range registries(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			repo, err := remote.NewRepository(host + "/app")
-			if err != nil {
-				t.Fatal(err)
-			}
-			repo.PlainHTTP = true
+			repo := plainRepo(t, host)
 			subject := pushImage(t, repo)
 			var raws []string
 			for i := range 6 {
@@ -191,4 +183,15 @@ func pushReferrer(t *testing.T, repo *remote.Repository, subject ocispec.Descrip
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// plainRepo is the repository app of the registry at host, over plain HTTP.
+func plainRepo(t *testing.T, host string) *remote.Repository {
+	t.Helper()
+	repo, err := remote.NewRepository(host + "/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo.PlainHTTP = true
+	return repo
 }
