@@ -232,11 +232,15 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.tokenSHA = tokenSHA
 	c.ok(CheckAttribute, "token sha256 "+tokenSHA)
 
-	tok, tokenErrs := tokenIndex().Find(ctx, tokenSHA)
+	ix := tokenIndex()
+	tok, tokenErrs := ix.Find(ctx, tokenSHA)
 	if tok == nil {
 		detail := "no token referrer with sha256 " + tokenSHA + " (run oras-attest attach)"
 		if len(tokenErrs) > 0 {
 			detail += fmt.Sprintf("; %d referrer(s) unreadable: %v", len(tokenErrs), tokenErrs[0])
+		}
+		if ix.Truncated() {
+			detail += fmt.Sprintf("; more than %d token referrers are attached and only the first %d were read", referrer.MaxListed, referrer.MaxListed)
 		}
 		return c.fail(CheckReferrer, detail)
 	}

@@ -143,16 +143,28 @@ func List(ctx context.Context, repo Target, subject ocispec.Descriptor) ([]Found
 		}
 		out = append(out, f)
 	}
+	if ix.truncated {
+		errs = append(errs, fmt.Errorf("more than %d token referrers are attached; only the first %d were read", MaxListed, MaxListed))
+	}
 	return out, errs
 }
+
+// MaxListed bounds the token referrers an Index lists: whoever can push to the repository can
+// attach any number of them, and a verifier in an admission path must not page through them all.
+// A token beyond the bound is not found (the verification fails closed, saying so).
+var MaxListed = 256
+
+// errListTruncated stops the listing at MaxListed.
+var errListTruncated = errors.New("listing truncated")
 
 // Index is the listing of a subject's token referrers (one Referrers API call); tokens are read
 // when asked for, each at most once. It is not safe for concurrent use.
 type Index struct {
-	repo  Target
-	descs []ocispec.Descriptor
-	err   error
-	reads map[string]readResult // by manifest digest
+	repo      Target
+	descs     []ocispec.Descriptor
+	truncated bool
+	err       error
+	reads     map[string]readResult // by manifest digest
 }
 
 type readResult struct {
@@ -165,9 +177,13 @@ func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Ind
 	ix := &Index{repo: repo, reads: map[string]readResult{}}
 	err := repo.Referrers(ctx, subject, ArtifactType, func(page []ocispec.Descriptor) error {
 		ix.descs = append(ix.descs, page...)
+		if len(ix.descs) > MaxListed {
+			ix.descs, ix.truncated = ix.descs[:MaxListed], true
+			return errListTruncated
+		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, errListTruncated) {
 		ix.err = fmt.Errorf("listing referrers of %s: %w", subject.Digest, err)
 	}
 	return ix
@@ -177,7 +193,7 @@ func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Ind
 func (ix *Index) Len() int { return len(ix.descs) }
 
 // Find returns the referrer holding the token whose hex SHA-256 is sha, or nil with the errors
-// of the referrers that could not be read. Referrers annotated with sha are read first; when
+// of the referrers that could not be read (see also Truncated). Referrers annotated with sha are read first; when
 // none of them holds the token (a referrer from before the annotation, a registry that drops
 // annotations from its listing, or a false annotation), every other referrer is read, as List
 // would. The result is always the hash of the token read, never the annotation's word.
@@ -203,6 +219,9 @@ func (ix *Index) Find(ctx context.Context, sha string) (*Found, []error) {
 	}
 	return nil, errs
 }
+
+// Truncated reports whether the listing stopped at MaxListed referrers.
+func (ix *Index) Truncated() bool { return ix.truncated }
 
 // read reads the referrer d once.
 func (ix *Index) read(ctx context.Context, d ocispec.Descriptor) (Found, error) {

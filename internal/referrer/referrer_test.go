@@ -195,3 +195,46 @@ func plainRepo(t *testing.T, host string) *remote.Repository {
 	repo.PlainHTTP = true
 	return repo
 }
+
+// TestIndexBound: an image with more token referrers than MaxListed is listed up to the bound;
+// a token beyond it is not found, and the error says why.
+func TestIndexBound(t *testing.T) {
+	defer func(n int) { MaxListed = n }(MaxListed)
+	MaxListed = 3
+	for name, host := range registries(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			repo := plainRepo(t, host)
+			subject := pushImage(t, repo)
+			var raws []string
+			for i := range 5 {
+				raw := fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.eyJib3VuZCI6%d}.c2ln", i)
+				raws = append(raws, raw)
+				if _, err := Attach(ctx, repo, subject, Token{Raw: raw, Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Now()}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ix := NewIndex(ctx, repo, subject)
+			if ix.Len() != 3 {
+				t.Fatalf("listed %d, want 3", ix.Len())
+			}
+			found := 0
+			for _, raw := range raws {
+				f, errs := ix.Find(ctx, hexSHA256([]byte(raw)))
+				if f != nil {
+					found++
+					continue
+				}
+				if len(errs) != 0 || !ix.Truncated() {
+					t.Fatalf("not found: errors %v, truncated %v", errs, ix.Truncated())
+				}
+			}
+			if found != 3 {
+				t.Fatalf("found %d tokens, want 3", found)
+			}
+			if all, errs := List(ctx, repo, subject); len(all) != 3 || len(errs) != 1 {
+				t.Fatalf("List: %d tokens, errors %v", len(all), errs)
+			}
+		})
+	}
+}
