@@ -75,16 +75,20 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 		certs []*x509.Certificate
 		err   error
 	}
+	chainCtx, stopChain := context.WithCancel(ctx)
+	defer stopChain()
 	chainDone := make(chan chainResult, 1)
 	go func() {
-		certs, err := readCertificates(ctx, id, o, skipResourceCheck)
+		certs, err := readCertificates(chainCtx, id, o, skipResourceCheck)
 		chainDone <- chainResult{certs, err}
 	}()
 	kr, err := keys.GetKey(ctx, id.Name, id.Version, nil)
-	cr := <-chainDone
 	if err != nil {
+		stopChain()
+		<-chainDone
 		return nil, fmt.Errorf("reading key %s/%s: %w", id.Kind, id.Name, err)
 	}
+	cr := <-chainDone
 	if kr.Key == nil {
 		return nil, fmt.Errorf("reading key %s: no key in the response", id.Name)
 	}
