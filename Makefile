@@ -7,6 +7,7 @@ export CGO_ENABLED := 1
 BINARIES := oras-attest attest-bootstrap notation-attested-kv ratify-maa-verifier
 TOOLS := notation oras
 FUZZTIME ?= 20s
+FUZZRETRY ?= 3000x
 BENCHTIME ?= 1s
 
 .PHONY: all build tools dist test test-unit test-e2e lint fuzz bench demo clean help
@@ -58,8 +59,10 @@ lint: ## gofmt and go vet
 
 # Every fuzz target of the module runs for FUZZTIME (go test -fuzz takes one target at a time).
 # A run that ends with Go's "context deadline exceeded" coordinator error but found no failing
-# input (none written under testdata/fuzz) is run once more: that error is the fuzzing engine
-# timing out its workers on a loaded machine, not a finding.
+# input (none written under testdata/fuzz) is run once more, for FUZZRETRY executions instead of a
+# time: that error is a race in Go 1.26's fuzzing coordinator at the end of a timed run
+# (go.dev/issue/75804, fixed in Go 1.27), not a finding, and a run bounded by a count has no
+# deadline to race (3 of 19 targets hit it in one make test on this 2-core machine).
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	@set -e; for pkg in $$($(GO) list ./...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
@@ -68,8 +71,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	    if ! $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/fuzz.$$$$.log 2>&1; then \
 	      cat /tmp/fuzz.$$$$.log; \
 	      if grep -q 'context deadline exceeded' /tmp/fuzz.$$$$.log && ! git -C $$dir status --porcelain -- testdata/fuzz | grep -q .; then \
-	        echo "retrying $$f once (fuzzing engine timeout, no failing input)"; \
-	        $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	        echo "retrying $$f for $(FUZZRETRY) executions (Go fuzzing coordinator deadline race, no failing input)"; \
+	        $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZRETRY) $$pkg; \
 	      else rm -f /tmp/fuzz.$$$$.log; exit 1; fi; \
 	    fi; \
 	    rm -f /tmp/fuzz.$$$$.log; \
