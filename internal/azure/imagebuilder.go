@@ -67,7 +67,9 @@ type BuildLayer struct {
 	Run bool `json:"run"`
 }
 
-var sha256Hex = regexp.MustCompile(`^[0-9a-f]+$`) // with a length of 64: a {64} count compiles into 64 copies at start-up
+// sha256Hex, with a length of 64, is a hex SHA-256 (a {64} count would compile into 64 copies of
+// the class at every start).
+var sha256Hex = regexp.MustCompile(`^[0-9a-f]+$`)
 
 // Validate checks the build layer settings.
 func (b BuildLayer) Validate() error {

@@ -157,8 +157,8 @@ var MaxListed = 256
 // errListTruncated stops the listing at MaxListed.
 var errListTruncated = errors.New("listing truncated")
 
-// Index is the listing of a subject's token referrers (one Referrers API call); tokens are read
-// when asked for, each at most once. It is not safe for concurrent use.
+// Index is the listing of a subject's token referrers (the Referrers API, or the referrers tag
+// schema); tokens are read when asked for, each at most once. It is not safe for concurrent use.
 type Index struct {
 	repo      Target
 	descs     []ocispec.Descriptor
@@ -193,10 +193,11 @@ func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Ind
 func (ix *Index) Len() int { return len(ix.descs) }
 
 // Find returns the referrer holding the token whose hex SHA-256 is sha, or nil with the errors
-// of the referrers that could not be read (see also Truncated). Referrers annotated with sha are read first; when
-// none of them holds the token (a referrer from before the annotation, a registry that drops
-// annotations from its listing, or a false annotation), every other referrer is read, as List
-// would. The result is always the hash of the token read, never the annotation's word.
+// of the referrers that could not be read (see also Truncated). Referrers annotated with sha are
+// read first; when none of them holds the token (a referrer from before the annotation, a
+// registry that drops annotations from its listing, or a false annotation), every other referrer
+// is read, as List would. The match is always on the hash of the token read, never on the
+// annotation's word.
 func (ix *Index) Find(ctx context.Context, sha string) (*Found, []error) {
 	if ix.err != nil {
 		return nil, []error{ix.err}
