@@ -264,8 +264,19 @@ func publicKey(k *azkeys.JSONWebKey) (crypto.PublicKey, error) {
 		default:
 			return nil, fmt.Errorf("unsupported curve %s", *k.Crv)
 		}
-		pub := &ecdsa.PublicKey{Curve: curve, X: new(big.Int).SetBytes(k.X), Y: new(big.Int).SetBytes(k.Y)}
-		if _, err := pub.ECDH(); err != nil {
+		// RFC 7518 §6.2.1.2: x and y are the full field size; shorter ones are left-padded, as
+		// big-endian integers allow, longer ones refused. The parser checks the point is on the
+		// curve.
+		size := (curve.Params().BitSize + 7) / 8
+		if len(k.X) == 0 || len(k.Y) == 0 || len(k.X) > size || len(k.Y) > size {
+			return nil, fmt.Errorf("EC key: coordinates of %d and %d bytes for %s", len(k.X), len(k.Y), *k.Crv)
+		}
+		point := make([]byte, 1+2*size)
+		point[0] = 4 // uncompressed
+		copy(point[1+size-len(k.X):1+size], k.X)
+		copy(point[1+2*size-len(k.Y):], k.Y)
+		pub, err := ecdsa.ParseUncompressedPublicKey(curve, point)
+		if err != nil {
 			return nil, fmt.Errorf("EC key: %w", err)
 		}
 		return pub, nil

@@ -391,8 +391,10 @@ func (s *Server) keyBundle(r *http.Request, name string, kv *keyVersion) map[str
 	case *ecdsa.PublicKey:
 		n := (k.Curve.Params().BitSize + 7) / 8
 		jwk["crv"] = k.Curve.Params().Name
-		jwk["x"] = b64u(k.X.FillBytes(make([]byte, n)))
-		jwk["y"] = b64u(k.Y.FillBytes(make([]byte, n)))
+		if point, err := k.Bytes(); err == nil { // 0x04 || X || Y, each n bytes
+			jwk["x"] = b64u(point[1 : 1+n])
+			jwk["y"] = b64u(point[1+n:])
+		}
 	}
 	return map[string]any{"key": jwk, "attributes": attributes(kv.created)}
 }

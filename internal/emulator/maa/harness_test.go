@@ -299,7 +299,7 @@ func (in *instance) verifyJWT(t *testing.T, jwt string) (jose.Header, map[string
 	if err := json.Unmarshal(certs, &set); err != nil {
 		t.Fatalf("JWKS: %v", err)
 	}
-	jws, err := jose.ParseSigned(jwt, []jose.SignatureAlgorithm{jose.RS256})
+	jws, err := jose.ParseSignedCompact(jwt, []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
 		t.Fatalf("token is not an RS256 JWS: %v", err)
 	}
