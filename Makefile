@@ -52,10 +52,15 @@ test-unit: ## unit tests only, with the race detector
 test-e2e: build tools ## end-to-end: the built binaries and the real notation/oras CLIs against the local stack
 	ATTEST_E2E_BIN=$(BIN) $(GO) test -count=1 -tags e2e ./test/e2e/...
 
-lint: ## gofmt and go vet
+lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck (staticcheck.conf)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(BIN)/staticcheck ./...
+
+$(BIN)/staticcheck: tools/lint/go.mod tools/lint/go.sum
+	@mkdir -p $(BIN)
+	cd tools/lint && $(GO) build -trimpath -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 
 # Every fuzz target of the module runs for FUZZTIME (go test -fuzz takes one target at a time).
 # A run that ends with Go's "context deadline exceeded" coordinator error but found no failing

@@ -46,6 +46,7 @@ func (s *softwareTPM) DecryptWithEphemeralKey(_ context.Context, ciphertext []by
 	if s.decryptErr != nil {
 		return nil, s.decryptErr
 	}
+	//lint:ignore SA1019 RSAES-PKCS1-v1_5 is MAA's wire format for the token key (see internal/maa/wire.go)
 	return rsa.DecryptPKCS1v15(nil, s.key, ciphertext)
 }
 
@@ -110,6 +111,7 @@ func (e envelope) body(t *testing.T) []byte {
 	if e.tamperTag {
 		tag[0] ^= 1
 	}
+	//lint:ignore SA1019 RSAES-PKCS1-v1_5 is MAA's wire format for the token key (see internal/maa/wire.go)
 	wrapped, err := rsa.EncryptPKCS1v15(rand.Reader, &ephemeralKey.PublicKey, key)
 	if err != nil {
 		t.Fatal(err)

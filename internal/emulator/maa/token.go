@@ -86,7 +86,8 @@ func encryptToken(jwt []byte, key *rsa.PublicKey) (string, error) {
 	ct, tag := sealed[:len(sealed)-gcm.Overhead()], sealed[len(sealed)-gcm.Overhead():]
 	// PKCS#1 v1.5 encryption is what the protocol uses (AZGA passes RsaScheme::RsaEs to the TPM);
 	// it is deprecated in Go for new designs, not for interoperating with this one.
-	wrapped, err := rsa.EncryptPKCS1v15(rand.Reader, key, inner) //nolint:staticcheck // wire format
+	//lint:ignore SA1019 RSAES-PKCS1-v1_5 is MAA's wire format for the token key (see internal/maa/wire.go)
+	wrapped, err := rsa.EncryptPKCS1v15(rand.Reader, key, inner)
 	if err != nil {
 		return "", fmt.Errorf("wrapping the token key to the ephemeral key: %w", err)
 	}
