@@ -15,10 +15,12 @@ import (
 
 	"github.com/notaryproject/notation-plugin-framework-go/cli"
 
+	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/gate"
 )
 
 func main() {
+	cliutil.ShortLivedGC()
 	if len(os.Args) == 2 && (os.Args[1] == "--help" || os.Args[1] == "-h" || os.Args[1] == "help") {
 		fmt.Print(usage)
 		return

@@ -37,6 +37,7 @@ Run "oras-attest token fetch --help" and so on for each command's flags.
 `
 
 func main() {
+	cliutil.ShortLivedGC()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))

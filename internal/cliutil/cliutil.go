@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 )
 
 // Version is set at build time with -ldflags "-X .../internal/cliutil.Version=...".
@@ -45,4 +46,17 @@ func EnvOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+// ShortLivedGC sets the garbage collector of a process that lives for one command (the plugin's
+// get-plugin-metadata and generate-envelope, oras-attest, the Ratify verifier run per image) to
+// collect when the heap has grown by 400% instead of 100%: their live heaps are a few MiB, and at
+// the default a collection runs while CEL compiles the rules, competing for the CPUs with the
+// work the command waits for. On the local stack (2 cores), medians of interleaved runs:
+// oras-attest verify 80.7-84.9 -> 74.2-74.4 ms (31 runs, twice), attested notation sign
+// 213.6 -> 206.0 ms (21 runs). A GOGC set in the environment is left alone.
+func ShortLivedGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 }

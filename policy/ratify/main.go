@@ -86,6 +86,7 @@ type Result struct {
 }
 
 func main() {
+	cliutil.ShortLivedGC()
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "version":
