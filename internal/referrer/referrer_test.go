@@ -125,14 +125,7 @@ func TestFindReadsTheNamedReferrer(t *testing.T) {
 			ctx := context.Background()
 			repo := plainRepo(t, host)
 			subject := pushImage(t, repo)
-			var raws []string
-			for i := range 6 {
-				raw := fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.eyJuIjo%dfQ.c2ln", i)
-				raws = append(raws, raw)
-				if _, err := Attach(ctx, repo, subject, Token{Raw: raw, Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Now()}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			raws := attachTokens(t, repo, subject, 6)
 			// A referrer from before the annotation, and one whose annotation names another token.
 			legacy := "eyJhbGciOiJSUzI1NiJ9.eyJsZWdhY3kiOjF9.c2ln"
 			pushReferrer(t, repo, subject, legacy, nil)
@@ -206,14 +199,7 @@ func TestIndexBound(t *testing.T) {
 			ctx := context.Background()
 			repo := plainRepo(t, host)
 			subject := pushImage(t, repo)
-			var raws []string
-			for i := range 5 {
-				raw := fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.eyJib3VuZCI6%d}.c2ln", i)
-				raws = append(raws, raw)
-				if _, err := Attach(ctx, repo, subject, Token{Raw: raw, Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Now()}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			raws := attachTokens(t, repo, subject, 5)
 			ix := NewIndex(ctx, repo, subject)
 			if ix.Len() != 3 {
 				t.Fatalf("listed %d, want 3", ix.Len())
@@ -237,4 +223,19 @@ func TestIndexBound(t *testing.T) {
 			}
 		})
 	}
+}
+
+// attachTokens attaches n distinct tokens to subject and returns them.
+func attachTokens(t *testing.T, repo *remote.Repository, subject ocispec.Descriptor, n int) []string {
+	t.Helper()
+	var raws []string
+	for i := range n {
+		raw := fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.eyJuIjo%dfQ.c2ln", i)
+		raws = append(raws, raw)
+		tok := Token{Raw: raw, Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Now()}
+		if _, err := Attach(context.Background(), repo, subject, tok); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return raws
 }
