@@ -247,18 +247,12 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 	)
 	compiled := make(chan struct{})
 	go func() { defer close(compiled); rules, rulesErr = g.deps.Rules(cfg) }()
-	waitRules := func() error {
-		<-compiled
-		if rulesErr != nil {
-			return validationf("claim rules: %v", rulesErr)
-		}
-		return nil
-	}
 	start := time.Now()
 	tok, err := g.verifiedToken(ctx, cfg, b, log)
 	ready := time.Now()
-	if err := waitRules(); err != nil {
-		return nil, err
+	<-compiled
+	if rulesErr != nil {
+		return nil, validationf("claim rules: %v", rulesErr)
 	}
 	if err != nil {
 		return nil, err

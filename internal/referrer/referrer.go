@@ -125,30 +125,6 @@ type Found struct {
 	Annotations map[string]string
 }
 
-// List returns the token referrers of subject, reading each token. A referrer whose manifest or
-// layer is malformed is reported as an error, not skipped: a verifier must not pass silently over
-// a token it could not read, though it may pass with another token that verifies.
-func List(ctx context.Context, repo Target, subject ocispec.Descriptor) ([]Found, []error) {
-	ix := NewIndex(ctx, repo, subject)
-	if ix.err != nil {
-		return nil, []error{ix.err}
-	}
-	var out []Found
-	var errs []error
-	for _, d := range ix.descs {
-		f, err := ix.read(ctx, d)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		out = append(out, f)
-	}
-	if ix.truncated {
-		errs = append(errs, fmt.Errorf("more than %d token referrers are attached; only the first %d were read", MaxListed, MaxListed))
-	}
-	return out, errs
-}
-
 // MaxListed bounds the token referrers an Index lists: whoever can push to the repository can
 // attach any number of them, and a verifier in an admission path must not page through them all.
 // A token beyond the bound is not found (the verification fails closed, saying so).
@@ -196,7 +172,9 @@ func (ix *Index) Len() int { return len(ix.descs) }
 // of the referrers that could not be read (see also Truncated). Referrers annotated with sha are
 // read first; when none of them holds the token (a referrer from before the annotation, a
 // registry that drops annotations from its listing, or a false annotation), every other referrer
-// is read, as List would. The match is always on the hash of the token read, never on the
+// is read. A referrer whose manifest or layer is malformed is reported as an error, not skipped:
+// a verifier must not pass silently over a token it could not read, though it may pass with
+// another token that verifies. The match is always on the hash of the token read, never on the
 // annotation's word.
 func (ix *Index) Find(ctx context.Context, sha string) (*Found, []error) {
 	if ix.err != nil {

@@ -55,12 +55,11 @@ func pushImage(t *testing.T, repo *remote.Repository) ocispec.Descriptor {
 	return desc
 }
 
-func TestAttachAndList(t *testing.T) {
+func TestAttachAndFind(t *testing.T) {
 	for name, host := range registries(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			repo := plainRepo(t, host)
-			subject := pushImage(t, repo)
+			repo, subject := newSubject(t, host)
 			tok := Token{Raw: "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln", Issuer: "https://maa.example", Binding: strings.Repeat("ab", 32), IssuedAt: time.Date(2026, 11, 25, 1, 2, 3, 0, time.UTC)}
 			first, err := Attach(ctx, repo, subject, tok)
 			if err != nil {
@@ -75,21 +74,19 @@ func TestAttachAndList(t *testing.T) {
 			if _, err := Attach(ctx, repo, subject, other); err != nil {
 				t.Fatal(err)
 			}
-			found, errs := List(ctx, repo, subject)
+			ix := NewIndex(ctx, repo, subject)
+			if ix.Len() != 2 {
+				t.Fatalf("listed %d token referrers, want 2 (the same token attached twice is one)", ix.Len())
+			}
+			got, errs := ix.Find(ctx, hexSHA256([]byte(tok.Raw)))
 			if len(errs) != 0 {
-				t.Fatalf("List errors: %v", errs)
+				t.Fatalf("Find errors: %v", errs)
 			}
-			if len(found) != 2 {
-				t.Fatalf("List found %d token referrers, want 2 (the same token attached twice is one)", len(found))
+			if got == nil || got.Descriptor.Digest != first.Digest || got.Raw != tok.Raw || got.Annotations[AnnotationBinding] != tok.Binding || got.Annotations[AnnotationCreated] != "2026-11-25T01:02:03Z" {
+				t.Fatalf("Find = %+v", got)
 			}
-			var got *Found
-			for i := range found {
-				if found[i].Descriptor.Digest == first.Digest {
-					got = &found[i]
-				}
-			}
-			if got == nil || got.Raw != tok.Raw || got.Annotations[AnnotationBinding] != tok.Binding || got.Annotations[AnnotationCreated] != "2026-11-25T01:02:03Z" {
-				t.Fatalf("List = %+v", found)
+			if f, errs := ix.Find(ctx, hexSHA256([]byte(other.Raw))); f == nil || f.Raw != other.Raw || len(errs) != 0 {
+				t.Fatalf("Find(other) = %+v, %v", f, errs)
 			}
 		})
 	}
@@ -123,8 +120,7 @@ func TestFindReadsTheNamedReferrer(t *testing.T) {
 	for name, host := range registries(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			repo := plainRepo(t, host)
-			subject := pushImage(t, repo)
+			repo, subject := newSubject(t, host)
 			raws := attachTokens(t, repo, subject, 6)
 			// A referrer from before the annotation, and one whose annotation names another token.
 			legacy := "eyJhbGciOiJSUzI1NiJ9.eyJsZWdhY3kiOjF9.c2ln"
@@ -178,15 +174,16 @@ func pushReferrer(t *testing.T, repo *remote.Repository, subject ocispec.Descrip
 	}
 }
 
-// plainRepo is the repository app of the registry at host, over plain HTTP.
-func plainRepo(t *testing.T, host string) *remote.Repository {
+// newSubject returns the repository app of the registry at host, over plain HTTP, with an image
+// pushed to it.
+func newSubject(t *testing.T, host string) (*remote.Repository, ocispec.Descriptor) {
 	t.Helper()
 	repo, err := remote.NewRepository(host + "/app")
 	if err != nil {
 		t.Fatal(err)
 	}
 	repo.PlainHTTP = true
-	return repo
+	return repo, pushImage(t, repo)
 }
 
 // TestIndexBound: an image with more token referrers than MaxListed is listed up to the bound;
@@ -197,8 +194,7 @@ func TestIndexBound(t *testing.T) {
 	for name, host := range registries(t) {
 		t.Run(name, func(t *testing.T) {
 			ctx := context.Background()
-			repo := plainRepo(t, host)
-			subject := pushImage(t, repo)
+			repo, subject := newSubject(t, host)
 			raws := attachTokens(t, repo, subject, 5)
 			ix := NewIndex(ctx, repo, subject)
 			if ix.Len() != 3 {
@@ -217,9 +213,6 @@ func TestIndexBound(t *testing.T) {
 			}
 			if found != 3 {
 				t.Fatalf("found %d tokens, want 3", found)
-			}
-			if all, errs := List(ctx, repo, subject); len(all) != 3 || len(errs) != 1 {
-				t.Fatalf("List: %d tokens, errors %v", len(all), errs)
 			}
 		})
 	}
