@@ -74,35 +74,37 @@ func TestBaselineRealSamples(t *testing.T) {
 	}
 }
 
+// baselineMutations each make exactly one baseline rule fail on the real claims.
+var baselineMutations = []struct {
+	rule   string
+	mutate func(c map[string]any)
+	reason string
+}{
+	{"attestation-type", set("x-ms-attestation-type", "sevsnpvm"), ReasonFalse},
+	{"attestation-type", del("x-ms-attestation-type"), "no such key: x-ms-attestation-type"},
+	{"secure-boot", set("secureboot", false), ReasonFalse},
+	{"secure-boot", set("secureboot", "true"), ReasonFalse},
+	{"secure-boot", del("secureboot"), "no such key: secureboot"},
+	{"no-boot-debug", set("x-ms-azurevm-bootdebug-enabled", true), ReasonFalse},
+	{"no-boot-debug", del("x-ms-azurevm-bootdebug-enabled"), "no such key"},
+	{"no-kernel-debug", set("x-ms-azurevm-kerneldebug-enabled", true), ReasonFalse},
+	{"no-test-signing", set("x-ms-azurevm-testsigning-enabled", true), ReasonFalse},
+	{"no-test-signing", del("x-ms-azurevm-testsigning-enabled"), "no such key"},
+	{"no-flight-signing", set("x-ms-azurevm-flightsigning-enabled", true), ReasonFalse},
+	{"no-hypervisor-debug", set("x-ms-azurevm-hypervisordebug-enabled", true), ReasonFalse},
+	{"signingdisabled-true", set("x-ms-azurevm-signingdisabled", false), ReasonFalse},
+	{"db-validated", set("x-ms-azurevm-dbvalidated", false), ReasonFalse},
+	{"dbx-validated", set("x-ms-azurevm-dbxvalidated", false), ReasonFalse},
+	{"dbx-validated", del("x-ms-azurevm-dbxvalidated"), "no such key"},
+	{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", []any{0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0}), ReasonFalse},
+	{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", []any{}), ReasonFalse},
+	{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", []any{7.0, 11.0, 12.0}), ReasonFalse},
+	{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", "0,1,2,3,4,5,6,7"), ReasonError},
+	{"pcrs-0-7-attested", del("x-ms-azurevm-attested-pcrs"), "no such key"},
+}
+
 func TestBaselineMutations(t *testing.T) {
-	tests := []struct {
-		rule   string
-		mutate func(c map[string]any)
-		reason string
-	}{
-		{"attestation-type", set("x-ms-attestation-type", "sevsnpvm"), ReasonFalse},
-		{"attestation-type", del("x-ms-attestation-type"), "no such key: x-ms-attestation-type"},
-		{"secure-boot", set("secureboot", false), ReasonFalse},
-		{"secure-boot", set("secureboot", "true"), ReasonFalse},
-		{"secure-boot", del("secureboot"), "no such key: secureboot"},
-		{"no-boot-debug", set("x-ms-azurevm-bootdebug-enabled", true), ReasonFalse},
-		{"no-boot-debug", del("x-ms-azurevm-bootdebug-enabled"), "no such key"},
-		{"no-kernel-debug", set("x-ms-azurevm-kerneldebug-enabled", true), ReasonFalse},
-		{"no-test-signing", set("x-ms-azurevm-testsigning-enabled", true), ReasonFalse},
-		{"no-test-signing", del("x-ms-azurevm-testsigning-enabled"), "no such key"},
-		{"no-flight-signing", set("x-ms-azurevm-flightsigning-enabled", true), ReasonFalse},
-		{"no-hypervisor-debug", set("x-ms-azurevm-hypervisordebug-enabled", true), ReasonFalse},
-		{"signingdisabled-true", set("x-ms-azurevm-signingdisabled", false), ReasonFalse},
-		{"db-validated", set("x-ms-azurevm-dbvalidated", false), ReasonFalse},
-		{"dbx-validated", set("x-ms-azurevm-dbxvalidated", false), ReasonFalse},
-		{"dbx-validated", del("x-ms-azurevm-dbxvalidated"), "no such key"},
-		{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", []any{0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0}), ReasonFalse},
-		{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", []any{}), ReasonFalse},
-		{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", []any{7.0, 11.0, 12.0}), ReasonFalse},
-		{"pcrs-0-7-attested", set("x-ms-azurevm-attested-pcrs", "0,1,2,3,4,5,6,7"), ReasonError},
-		{"pcrs-0-7-attested", del("x-ms-azurevm-attested-pcrs"), "no such key"},
-	}
-	for _, tt := range tests {
+	for _, tt := range baselineMutations {
 		t.Run(tt.rule, func(t *testing.T) {
 			claims := realClaims(t)
 			tt.mutate(claims)

@@ -13,6 +13,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -151,15 +152,24 @@ func Load(path string) (*Set, error) {
 
 // Baseline returns the built-in rules for Azure Trusted Launch VMs (baseline.cel in this
 // package's folder). It is what the plugin and the verifiers apply when no rule file is
-// configured.
-func Baseline() *Set {
+// configured. The set is built once per process, from the checked expressions compiled into the
+// binary (baseline.celpb, see compiled.go) when they are those of baseline.cel, and from the
+// source otherwise.
+func Baseline() *Set { return baseline() }
+
+var baseline = sync.OnceValue(func() *Set {
+	if s, err := loadCompiled(baselineName, baselineSource, baselineCompiled); err == nil {
+		return s
+	}
+	// A stale or unreadable compiled form (TestCompiledBaselineCurrent keeps it current) costs
+	// only start-up time: the source holds the same rules.
 	s, err := Parse(baselineName, baselineSource)
 	if err != nil {
 		// The baseline is compiled into the binary and tested; failing here is a build defect.
 		panic(err)
 	}
 	return s
-}
+})
 
 // BaselineSource returns the text of the built-in baseline, for users to copy and extend.
 func BaselineSource() []byte { return bytes.Clone(baselineSource) }
@@ -168,8 +178,34 @@ func BaselineSource() []byte { return bytes.Clone(baselineSource) }
 // label such as "baseline.cel"). Every rule is compiled now, so a rule that does not compile
 // or cannot yield a bool fails here, before any token is looked at. Errors are *ParseError.
 func Parse(name string, src []byte) (*Set, error) {
-	fail := func(line int, rule string, err error) (*Set, error) {
-		return nil, &ParseError{File: name, Line: line, Rule: rule, Err: err}
+	rs, digest, err := split(name, src)
+	if err != nil {
+		return nil, err
+	}
+	env, err := newEnv()
+	if err != nil {
+		return nil, fmt.Errorf("claim rules %s: CEL environment: %w", name, err)
+	}
+	s := &Set{name: name, rules: make([]compiled, 0, len(rs)), digest: digest}
+	for _, r := range rs {
+		ast, iss := env.Compile(r.Expr)
+		if iss != nil && iss.Err() != nil {
+			return nil, &ParseError{File: name, Line: r.Line, Rule: r.Name, Err: fmt.Errorf("%w: %s", ErrCompile, oneLine(iss.Err().Error()))}
+		}
+		prg, err := program(env, ast)
+		if err != nil {
+			return nil, &ParseError{File: name, Line: r.Line, Rule: r.Name, Err: err}
+		}
+		s.rules = append(s.rules, compiled{rule: r, prg: prg})
+	}
+	return s, nil
+}
+
+// split reads the rules of a rule file without compiling them, and computes the set's digest.
+// Errors are *ParseError.
+func split(name string, src []byte) ([]Rule, string, error) {
+	fail := func(line int, rule string, err error) ([]Rule, string, error) {
+		return nil, "", &ParseError{File: name, Line: line, Rule: rule, Err: err}
 	}
 	if len(src) > MaxFileSize {
 		return fail(0, "", fmt.Errorf("%w: more than %d bytes", ErrTooLarge, MaxFileSize))
@@ -226,12 +262,7 @@ func Parse(name string, src []byte) (*Set, error) {
 	if len(parsed) == 0 {
 		return fail(0, "", ErrNoRules)
 	}
-
-	env, err := newEnv()
-	if err != nil {
-		return nil, fmt.Errorf("claim rules %s: CEL environment: %w", name, err)
-	}
-	s := &Set{name: name, rules: make([]compiled, 0, len(parsed))}
+	rs := make([]Rule, 0, len(parsed))
 	h := sha256.New()
 	for _, p := range parsed {
 		r := p.rule
@@ -239,15 +270,10 @@ func Parse(name string, src []byte) (*Set, error) {
 		if r.Expr == "" {
 			return fail(r.Line, r.Name, ErrEmptyExpression)
 		}
-		prg, err := compile(env, r.Expr)
-		if err != nil {
-			return fail(r.Line, r.Name, err)
-		}
-		s.rules = append(s.rules, compiled{rule: r, prg: prg})
+		rs = append(rs, r)
 		writeNormalized(h, r)
 	}
-	s.digest = "sha256:" + hex.EncodeToString(h.Sum(nil))
-	return s, nil
+	return rs, "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // writeNormalized writes a rule in the normalized form the digest covers:
@@ -273,11 +299,9 @@ func newEnv() (*cel.Env, error) {
 	)
 }
 
-func compile(env *cel.Env, expr string) (cel.Program, error) {
-	ast, iss := env.Compile(expr)
-	if iss != nil && iss.Err() != nil {
-		return nil, fmt.Errorf("%w: %s", ErrCompile, oneLine(iss.Err().Error()))
-	}
+// program plans a checked expression; the expression must yield a bool (or dyn, checked when
+// it runs).
+func program(env *cel.Env, ast *cel.Ast) (cel.Program, error) {
 	if out := ast.OutputType(); !out.IsExactType(types.BoolType) && !out.IsExactType(types.DynType) {
 		return nil, fmt.Errorf("%w: it has type %s", ErrNotBool, out)
 	}
