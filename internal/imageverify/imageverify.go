@@ -17,6 +17,7 @@ import (
 
 	"github.com/notaryproject/notation-go"
 	nregistry "github.com/notaryproject/notation-go/registry"
+	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -210,6 +211,9 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	if outcome == nil || outcome.EnvelopeContent == nil {
 		return c.fail(CheckSignature, "the trust policy skips verification for this image; attested signing needs a verified signature")
 	}
+	if detail := notEnforced(outcome); detail != "" {
+		return c.fail(CheckSignature, detail)
+	}
 	signed := outcome.EnvelopeContent.SignerInfo.SignedAttributes
 	st := signed.SigningTime
 	c.signingTime = &st
@@ -281,6 +285,29 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	c.ok(CheckRules, fmt.Sprintf("%d rules of %s passed", len(o.Rules.Rules()), o.Rules.Name()))
 	return []candidate{c}
+}
+
+// notEnforced says why a signature that notation-go accepted is not verified in the sense an
+// attested signature needs, or returns "". notation-go accepts a signature whose integrity or
+// authenticity check failed when the trust policy only logs that check (level "audit", or an
+// override such as {"authenticity": "log"}): the failure is then only recorded in the outcome. A
+// signer the trust store does not know would pass that way.
+func notEnforced(outcome *notation.VerificationOutcome) string {
+	lvl := outcome.VerificationLevel
+	if lvl == nil {
+		return "the trust policy's verification level is unknown; attested signing needs one that enforces integrity and authenticity"
+	}
+	for _, typ := range []trustpolicy.ValidationType{trustpolicy.TypeIntegrity, trustpolicy.TypeAuthenticity} {
+		if action := lvl.Enforcement[typ]; action != trustpolicy.ActionEnforce {
+			return fmt.Sprintf("the trust policy does not enforce %s (level %q, action %q); attested signing needs a policy that enforces integrity and authenticity (level strict or permissive, no override of either)", typ, lvl.Name, action)
+		}
+	}
+	for _, r := range outcome.VerificationResults {
+		if r != nil && r.Error != nil && (r.Type == trustpolicy.TypeIntegrity || r.Type == trustpolicy.TypeAuthenticity) {
+			return fmt.Sprintf("%s check failed: %v", r.Type, r.Error)
+		}
+	}
+	return ""
 }
 
 // remoteRepository adds notation-go's signature access to an oras-go repository.

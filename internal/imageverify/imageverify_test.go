@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"encoding/json"
 	"errors"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -14,6 +15,8 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/notaryproject/notation-core-go/signature"
 	_ "github.com/notaryproject/notation-core-go/signature/jws"
+	"github.com/notaryproject/notation-go"
+	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -39,6 +42,7 @@ type fixture struct {
 	reference string
 	signer    signature.LocalSigner
 	untrusted signature.LocalSigner
+	cfgDir    string
 	opts      Options
 }
 
@@ -53,6 +57,7 @@ func newFixture(t *testing.T) *fixture {
 		signer: attesttest.Signer(t, "attested signer"), untrusted: attesttest.Signer(t, "someone else"),
 	}
 	cfgDir := t.TempDir()
+	f.cfgDir = cfgDir
 	certs, _ := f.signer.CertificateChain()
 	if err := notationcfg.WriteTrust(cfgDir, notationcfg.Trust{PolicyName: "test", StoreName: "test", Scopes: []string{"*"}, Roots: certs, Identities: []string{"*"}}); err != nil {
 		t.Fatal(err)
@@ -69,6 +74,35 @@ func newFixture(t *testing.T) *fixture {
 	}
 	f.opts = Options{Notation: nv, AttestationURL: chain.URL, TokenKeys: chain.Keys, KeyID: keyID, MaxTokenAge: 5 * time.Minute, Rules: rs}
 	return f
+}
+
+// notationWith returns a Notation verifier of the fixture's trust store under its trust policy
+// changed by edit.
+func (f *fixture) notationWith(t *testing.T, edit func(*trustpolicy.SignatureVerification)) notation.Verifier {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.cfgDir, "trustpolicy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc trustpolicy.Document
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for i := range doc.TrustPolicies {
+		edit(&doc.TrustPolicies[i].SignatureVerification)
+	}
+	path := filepath.Join(t.TempDir(), "trustpolicy.json")
+	if b, err = json.Marshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	nv, err := notationcfg.NewVerifier(path, f.cfgDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nv
 }
 
 func (f *fixture) pushImage(t *testing.T, content string) ocispec.Descriptor {
@@ -118,6 +152,37 @@ func TestVerify(t *testing.T) {
 			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
 			f.attach(t, img, tok)
 		}, failed: CheckSignature},
+		// notation-go accepts these two when the trust policy only logs authenticity failures.
+		{name: "signed by an untrusted key, audit trust policy", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) {
+			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelAudit.Name })
+		}, failed: CheckSignature},
+		{name: "signed by an untrusted key, authenticity overridden to log", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) {
+			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) {
+				sv.Override = map[trustpolicy.ValidationType]trustpolicy.ValidationAction{trustpolicy.TypeAuthenticity: trustpolicy.ActionLog}
+			})
+		}, failed: CheckSignature},
+		{name: "signed by the trusted key, audit trust policy", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) {
+			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelAudit.Name })
+		}, failed: CheckSignature},
+		{name: "signed by the trusted key, permissive trust policy", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) {
+			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelPermissive.Name })
+		}},
 		{name: "no token referrer", setup: func(t *testing.T, img ocispec.Descriptor) {
 			f.sign(t, f.signer, img, f.token(t, bind(img, keyID)), f.maaURL, time.Now())
 		}, failed: CheckReferrer},
