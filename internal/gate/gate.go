@@ -30,7 +30,9 @@ import (
 	nx509 "github.com/notaryproject/notation-core-go/x509"
 	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 	"github.com/notaryproject/tspclient-go"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/maa"
@@ -191,6 +193,17 @@ func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnv
 	if err != nil {
 		return nil, err
 	}
+	// What the signature needs after Key Vault has signed (the token store) or before (the TSA's
+	// roots) is checked now: a configuration error must not cost an attestation and a Key Vault
+	// signature that is then thrown away.
+	store, err := tokenStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	tsa, err := newTimestamping(cfg)
+	if err != nil {
+		return nil, err
+	}
 	key, err := g.deps.Key(req.KeyID, cfg, log)
 	if err != nil {
 		return nil, err
@@ -208,17 +221,11 @@ func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnv
 	}
 	<-warmed // one token request at a time: the clients then find it in the credential's cache
 	stopWarm()
-	env, err := g.sign(ctx, att, key, cfg, req, log)
+	env, err := g.sign(ctx, att, key, cfg, tsa, req, log)
 	if err != nil {
 		return nil, err
 	}
-	dir := cfg.TokenDir
-	if dir == "" {
-		if dir, err = token.DefaultDir(); err != nil {
-			return nil, err
-		}
-	}
-	entry, err := token.NewStore(dir).Put(att.subject, att.token.Raw())
+	entry, err := store.Put(att.subject, att.token.Raw())
 	if err != nil {
 		return nil, fmt.Errorf("keeping the token (the signature is discarded): %w", err)
 	}
@@ -298,7 +305,11 @@ func (g *Gate) verifiedToken(ctx context.Context, cfg Config, b string, log *slo
 }
 
 // sign builds the envelope; it takes the Attestation so no path reaches Key Vault without one.
-func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Config, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) ([]byte, error) {
+//
+// The signing time is taken once the key is open, and the token must still be at most
+// max_token_age old then: verifiers judge the token's age at the signing time (DESIGN.md,
+// "Binding"), and opening the key can take long (Entra ID or Key Vault throttling and retries).
+func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Config, tsa *timestamping, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) ([]byte, error) {
 	if att == nil || att.token == nil || att.keyID != req.KeyID {
 		return nil, &attestError{err: errors.New("no attestation for this key")}
 	}
@@ -314,6 +325,10 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Co
 		return nil, validationf("%v", err)
 	}
 	now := g.deps.Now()
+	if age := now.Sub(att.token.IssuedAt()); age > cfg.MaxTokenAge {
+		return nil, &attestError{err: fmt.Errorf("the token is %s old at the signing time, more than %s %s (opening the Key Vault key took %s); nothing was signed, sign again",
+			age.Truncate(time.Millisecond), KeyMaxTokenAge, cfg.MaxTokenAge, opened.Sub(start).Truncate(time.Millisecond))}
+	}
 	sr := &signature.SignRequest{
 		Payload:     signature.Payload{ContentType: req.PayloadType, Content: req.Payload},
 		Signer:      signer,
@@ -328,26 +343,59 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Co
 	if req.ExpiryDurationInSeconds > 0 {
 		sr.Expiry = now.Add(time.Duration(req.ExpiryDurationInSeconds) * time.Second)
 	}
-	if cfg.TimestampURL != "" {
-		ts, err := tspclient.NewHTTPTimestamper(nil, cfg.TimestampURL)
-		if err != nil {
-			return nil, validationf("%s: %v", KeyTimestampURL, err)
-		}
-		roots, err := nx509.ReadCertificateFile(cfg.TimestampRootCert)
-		if err != nil {
-			return nil, validationf("%s: %v", KeyTimestampRootCert, err)
-		}
-		pool := x509.NewCertPool()
-		for _, c := range roots {
-			pool.AddCert(c)
-		}
-		sr.Timestamper, sr.TSARootCAs = ts, pool
+	if tsa != nil {
+		sr.Timestamper, sr.TSARootCAs = tsa.timestamper, tsa.roots
 	}
 	out, err := env.Sign(sr.WithContext(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("signing: %w", err)
 	}
 	return out, nil
+}
+
+// timestamping is the RFC 3161 configuration of the signature.
+type timestamping struct {
+	timestamper tspclient.Timestamper
+	roots       *x509.CertPool
+}
+
+// newTimestamping returns the configured TSA and its roots, or nil when timestamp_url is unset.
+func newTimestamping(cfg Config) (*timestamping, error) {
+	if cfg.TimestampURL == "" {
+		return nil, nil
+	}
+	ts, err := tspclient.NewHTTPTimestamper(nil, cfg.TimestampURL)
+	if err != nil {
+		return nil, validationf("%s: %v", KeyTimestampURL, err)
+	}
+	roots, err := nx509.ReadCertificateFile(cfg.TimestampRootCert)
+	if err != nil {
+		return nil, validationf("%s: %v", KeyTimestampRootCert, err)
+	}
+	pool := x509.NewCertPool()
+	for _, c := range roots {
+		pool.AddCert(c)
+	}
+	return &timestamping{timestamper: ts, roots: pool}, nil
+}
+
+// tokenStore returns the token store of the config (token_dir, or the default directory), created
+// if needed, and checks that this process can write to it.
+func tokenStore(cfg Config) (*token.Store, error) {
+	dir := cfg.TokenDir
+	if dir == "" {
+		var err error
+		if dir, err = token.DefaultDir(); err != nil {
+			return nil, validationf("%s: %v", KeyTokenDir, err)
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, validationf("%s: %v", KeyTokenDir, err)
+	}
+	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+		return nil, validationf("%s %s: not writable: %v", KeyTokenDir, dir, err)
+	}
+	return token.NewStore(dir), nil
 }
 
 // targetDigest returns the digest of the payload's targetArtifact.
@@ -366,6 +414,10 @@ func targetDigest(payload []byte) (string, error) {
 	}
 	if err := p.TargetArtifact.Digest.Validate(); err != nil {
 		return "", validationf("targetArtifact digest: %v", err)
+	}
+	// The token store keeps tokens under sha256 and sha512 digests, the two OCI algorithms.
+	if alg := p.TargetArtifact.Digest.Algorithm(); alg != digest.SHA256 && alg != digest.SHA512 {
+		return "", validationf("targetArtifact digest algorithm %s: want sha256 or sha512", alg)
 	}
 	return p.TargetArtifact.Digest.String(), nil
 }

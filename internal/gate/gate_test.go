@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/base64"
@@ -468,5 +469,136 @@ func BenchmarkGenerateEnvelopeRoundTrips(b *testing.B) {
 		if _, err := g.GenerateEnvelope(context.Background(), req); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// countingSigner counts the uses of its private key (the Key Vault sign operation): the envelope
+// asks a local signer for its key only to sign.
+type countingSigner struct {
+	signature.LocalSigner
+	n *atomic.Int32
+}
+
+func (s countingSigner) PrivateKey() crypto.PrivateKey {
+	s.n.Add(1)
+	return s.LocalSigner.PrivateKey()
+}
+
+// countingKey opens the fixture's signer behind a countingSigner.
+type countingKey struct {
+	f *fixture
+	n *atomic.Int32
+}
+
+func (countingKey) Warm(context.Context) {}
+
+func (k countingKey) Open(context.Context) (signature.Signer, error) {
+	return countingSigner{LocalSigner: k.f.signer, n: k.n}, nil
+}
+
+// TestTokenAgeAtSigningTime: the token must be at most max_token_age old at the signing time, not
+// only when it was verified; verifiers judge it at the signing time. Opening the key can take long
+// (throttling, retries): here the clock says it took six minutes.
+func TestTokenAgeAtSigningTime(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name    string
+		openFor time.Duration
+		signed  bool
+	}{
+		{"key opened within the age", DefaultMaxTokenAge - time.Minute, true},
+		{"key opened after the age", DefaultMaxTokenAge + time.Minute, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := f.deps(t)
+			var signs atomic.Int32
+			d.Key = func(string, Config, *slog.Logger) (KeySource, error) { return countingKey{f: f, n: &signs}, nil }
+			d.Now = func() time.Time { return time.Now().Add(tt.openFor) }
+			cfg := map[string]string{}
+			for k, v := range f.cfg {
+				cfg[k] = v
+			}
+			cfg[KeyTokenDir] = t.TempDir()
+			_, err := New(d).GenerateEnvelope(context.Background(), request("application/jose+json", cfg))
+			if tt.signed {
+				if err != nil || signs.Load() != 1 {
+					t.Fatalf("err %v, %d signatures; want one", err, signs.Load())
+				}
+				return
+			}
+			var perr *plugin.Error
+			if !errors.As(err, &perr) || perr.ErrCode != plugin.ErrorCodeAccessDenied || !strings.Contains(perr.Message, "old at the signing time") {
+				t.Fatalf("err = %v, want ACCESS_DENIED naming the token's age at the signing time", err)
+			}
+			if signs.Load() != 0 {
+				t.Fatal("Key Vault signed with a token too old at the signing time")
+			}
+			if _, err := token.NewStore(cfg[KeyTokenDir]).List(testDigest); !errors.Is(err, token.ErrNotFound) {
+				t.Fatalf("a token was stored: %v", err)
+			}
+		})
+	}
+}
+
+// TestConfigErrorsBeforeAttestation: what the signature needs after Key Vault has signed (the
+// token store) or to sign at all (the TSA roots, a digest the store keeps) is checked before the
+// TPM, MAA or Key Vault are asked, so a configuration error costs no attestation and no signature
+// that is thrown away.
+func TestConfigErrorsBeforeAttestation(t *testing.T) {
+	f := newFixture(t)
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	with := func(kv ...string) map[string]string {
+		m := map[string]string{}
+		for k, v := range f.cfg {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	tests := []struct {
+		name    string
+		cfg     map[string]string
+		digest  string
+		message string
+	}{
+		{name: "token_dir cannot be created", cfg: with(KeyTokenDir, filepath.Join(file, "tokens")), message: KeyTokenDir},
+		{name: "TSA root certificate missing", cfg: with(KeyTimestampURL, "https://tsa.example", KeyTimestampRootCert, filepath.Join(t.TempDir(), "none.pem")), message: KeyTimestampRootCert},
+		{name: "sha384 target the store does not keep", cfg: f.cfg, digest: "sha384:" + strings.Repeat("ab", 48), message: "want sha256 or sha512"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := f.deps(t)
+			var attested, opened atomic.Int32
+			d.Attester = func(context.Context, Config, *slog.Logger) (Attester, error) {
+				return attesterFunc(func(context.Context, string) (string, error) {
+					attested.Add(1)
+					return "", errors.New("not reached")
+				}), nil
+			}
+			d.Key = func(string, Config, *slog.Logger) (KeySource, error) {
+				opened.Add(1)
+				return fakeKey{f}, nil
+			}
+			req := request("application/jose+json", tt.cfg)
+			if tt.digest != "" {
+				req.Payload, _ = json.Marshal(map[string]any{"targetArtifact": map[string]any{
+					"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": tt.digest, "size": 1234,
+				}})
+			}
+			_, err := New(d).GenerateEnvelope(context.Background(), req)
+			var perr *plugin.Error
+			if !errors.As(err, &perr) || perr.ErrCode != plugin.ErrorCodeValidation || !strings.Contains(perr.Message, tt.message) {
+				t.Fatalf("err = %v, want VALIDATION_ERROR naming %q", err, tt.message)
+			}
+			if attested.Load() != 0 || opened.Load() != 0 {
+				t.Fatalf("attested %d times, key sources made %d times; want neither", attested.Load(), opened.Load())
+			}
+		})
 	}
 }
