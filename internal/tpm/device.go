@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 
 	"github.com/google/go-tpm/tpm2"
@@ -89,6 +90,10 @@ func (d *Device) dropEphemeral() {
 	d.last = nil
 }
 
+// placeholderAKIssuer is in the issuer CN of the AK certificate a VM holds before Azure provisions
+// its real one (AZGA TpmCertOperations.cpp, IsAkCertProvisioned).
+const placeholderAKIssuer = "MICROSOFT AZURE TRUSTED VM RSA"
+
 // Evidence gathers what MAA's AzureGuest endpoint takes, as AZGA's AttestationClientImpl
 // GetTpmInfo does: AK certificate and public area, the SHA-256 quote of AzurePCRs with empty
 // qualifying data, the PCR values, a fresh ephemeral key certified by the AK, and the event log.
@@ -116,6 +121,11 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	cert, err := x509.ParseCertificate(certDER)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
+	}
+	// Azure's client checks the issuer the same way before it calls MAA, which would refuse the
+	// placeholder with an error that does not say to wait.
+	if strings.Contains(cert.Issuer.CommonName, placeholderAKIssuer) {
+		return nil, fmt.Errorf("%w (issuer %q)", ErrAKCertNotProvisioned, cert.Issuer.CommonName)
 	}
 	if !ak.key.Equal(cert.PublicKey) {
 		return nil, fmt.Errorf("%w (certificate %q)", ErrAKCertMismatch, cert.Subject.CommonName)

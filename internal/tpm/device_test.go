@@ -4,11 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -308,6 +312,24 @@ func TestEvidenceRefusals(t *testing.T) {
 			}
 			return dev
 		}, ErrAKCertMismatch, false},
+		{"Azure's placeholder AK certificate", func(t *testing.T) *Device {
+			x, dev, cert := provisioned(t, "")
+			signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			issuer := &x509.Certificate{Subject: pkix.Name{CommonName: "MICROSOFT AZURE TRUSTED VM RSA 2048"}}
+			der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+				SerialNumber: big.NewInt(1), Subject: cert.Subject, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+			}, issuer, cert.PublicKey, signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := undefineNV(x.t, AKCertIndex); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeAKCert(x.t, der); err != nil {
+				t.Fatal(err)
+			}
+			return dev
+		}, ErrAKCertNotProvisioned, false},
 		{"event log unreadable", func(t *testing.T) *Device {
 			x, _, _ := provisioned(t, "")
 			return New(x.t, WithEventLogPath(dir)) // a directory: exists, cannot be read as a file

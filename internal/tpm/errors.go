@@ -11,6 +11,10 @@ var (
 	ErrNoAK = errors.New("no attestation key at the Azure AK handle 0x81000003")
 	// ErrNoAKCert means NV index AKCertIndex is absent or holds no certificate.
 	ErrNoAKCert = errors.New("no AK certificate at the Azure NV index 0x01C101D0")
+	// ErrAKCertNotProvisioned means the NV index holds Azure's placeholder AK certificate (issuer
+	// CN "MICROSOFT AZURE TRUSTED VM RSA..."), which a VM carries until Azure provisions the real
+	// one shortly after boot; attesting later helps (reference/tpm.md, AZGA IsAkCertProvisioned).
+	ErrAKCertNotProvisioned = errors.New("the AK certificate is Azure's placeholder: this VM's AK certificate is not provisioned yet; attest again in a few minutes")
 	// ErrAKCertMismatch means the AK certificate does not certify the key at AKHandle.
 	ErrAKCertMismatch = errors.New("the AK certificate does not match the attestation key")
 	// ErrAKType means the key at AKHandle is not an RSA restricted signing key.
