@@ -26,6 +26,9 @@ const (
 	CheckNotBefore = "not-before"
 	// CheckAge: iat is present, not in the future and within the maximum age.
 	CheckAge = "age"
+	// CheckAttestationType: x-ms-attestation-type is "azurevm", the type of AzureGuest tokens, so
+	// that the client payload was sent with this instance's verification of TPM evidence.
+	CheckAttestationType = "attestation-type"
 	// CheckNonce: the client-payload nonce equals the expected one.
 	CheckNonce = "nonce"
 )
@@ -34,7 +37,7 @@ const (
 // key lookup that precedes CheckKey.
 var Checks = []string{
 	CheckFormat, CheckAlgorithm, CheckKeys, CheckKey, CheckSignature, CheckIssuer,
-	CheckExpiry, CheckNotBefore, CheckAge, CheckNonce,
+	CheckExpiry, CheckNotBefore, CheckAge, CheckAttestationType, CheckNonce,
 }
 
 // Sentinel errors of Verify, one per way a token can be rejected; match them with errors.Is.
@@ -61,6 +64,9 @@ var (
 	ErrTooOld = errors.New("token too old")
 	// ErrIssuedInFuture: iat is later than now plus skew (age).
 	ErrIssuedInFuture = errors.New("token issued in the future")
+	// ErrAttestationType: x-ms-attestation-type is missing or not "azurevm", e.g. a token of
+	// /attest/SgxEnclave whose runtime data the caller chose freely (attestation-type).
+	ErrAttestationType = errors.New("wrong attestation type")
 	// ErrNonceMismatch: the client-payload nonce is missing or differs from the expected one (nonce).
 	ErrNonceMismatch = errors.New("nonce mismatch")
 )

@@ -121,9 +121,15 @@ func NewClient(instance string, o ClientOptions) (*Client, error) {
 func parseInstance(instance string) (string, error) {
 	u, err := url.Parse(instance)
 	if err != nil {
-		return "", fmt.Errorf("MAA instance %q: %w", instance, err)
+		// url.Error quotes the whole string, which may hold a password: only its cause is shown.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return "", fmt.Errorf("MAA instance is not a URL: %w", err)
 	}
-	bad := func(why string) error { return fmt.Errorf("MAA instance %q: %s", instance, why) }
+	// Errors show the URL without its password (url.URL.Redacted).
+	bad := func(why string) error { return fmt.Errorf("MAA instance %q: %s", u.Redacted(), why) }
 	switch {
 	case u.Scheme != "https":
 		return "", bad("must be an absolute https:// URL")

@@ -464,6 +464,12 @@ func TestNewClient(t *testing.T) {
 			t.Errorf("NewClient(%q) = %v, %v; want %q", tc.in, c, err, tc.want)
 		}
 	}
+	// A password in a refused URL is not repeated in the error (it ends up in logs).
+	for _, in := range []string{"https://u:s3cret@x.attest.azure.net", "http://u:s3cret@x.attest.azure.net", "https://u:s3cret@x.attest.azure.net/%zz"} {
+		if _, err := NewClient(in, ClientOptions{OS: &testOS}); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("NewClient(%q): %v", in, err)
+		}
+	}
 }
 
 func TestReadOSRelease(t *testing.T) {

@@ -26,6 +26,7 @@ func ExampleVerifier_Verify() {
 	now := time.Now()
 	claims, _ := json.Marshal(map[string]any{
 		"iss": instance, "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(8 * time.Hour).Unix(),
+		"x-ms-attestation-type": "azurevm",
 		"x-ms-runtime": map[string]any{"client-payload": map[string]any{
 			"nonce": base64.StdEncoding.EncodeToString([]byte("sha256:0123")),
 		}},

@@ -46,7 +46,9 @@ func (s *StaticKeySet) Keys(_ context.Context, kid string) ([]jose.JSONWebKey, e
 
 // JWKSOptions configures a RemoteKeySet. The zero value gives the defaults.
 type JWKSOptions struct {
-	// HTTPClient fetches the JWKS; nil means a client with DefaultHTTPTimeout.
+	// HTTPClient fetches the JWKS; nil means a client with DefaultHTTPTimeout. The key set uses a
+	// shallow copy that never follows redirects, whatever the client's CheckRedirect: MAA serves
+	// /certs itself, so a redirect (to another host, or to plain HTTP) is refused as a fetch error.
 	HTTPClient *http.Client
 	// MinRefreshInterval is the least time between two fetches; 0 means
 	// DefaultMinRefreshInterval. It bounds how often tokens with unknown kids can make the set
@@ -61,6 +63,7 @@ type JWKSOptions struct {
 // use.
 type RemoteKeySet struct {
 	url        string
+	urlErr     error // why the instance URL is refused; every fetch fails with it
 	http       *http.Client
 	minRefresh time.Duration
 	log        *slog.Logger
@@ -73,19 +76,29 @@ type RemoteKeySet struct {
 	lastErr     error
 }
 
-// NewRemoteKeySet returns the key set served at instance + CertsPath. The instance URL is used as
-// given, less one trailing slash; the verifier checks the issuer separately.
+// NewRemoteKeySet returns the key set served at instance + CertsPath; the verifier checks the
+// issuer separately. The instance URL must be as NewClient requires, https://HOST[:PORT] and
+// nothing else (one trailing slash is trimmed). Since the keys decide which tokens are genuine,
+// they are never fetched over plain HTTP or from wherever a redirect points: if instance is not
+// such a URL, every Keys call fails with an error naming it.
 func NewRemoteKeySet(instance string, o JWKSOptions) *RemoteKeySet {
 	ks := &RemoteKeySet{
-		url:        trimSlash(instance) + CertsPath,
-		http:       o.HTTPClient,
 		minRefresh: o.MinRefreshInterval,
 		log:        o.Logger,
 		now:        time.Now,
 	}
-	if ks.http == nil {
+	if inst, err := parseInstance(instance); err != nil {
+		ks.url, ks.urlErr = trimSlash(instance)+CertsPath, fmt.Errorf("refusing to fetch the signing keys: %w", err)
+	} else {
+		ks.url = inst + CertsPath
+	}
+	if o.HTTPClient != nil {
+		c := *o.HTTPClient // shallow: the caller's transport, TLS roots and timeout are kept
+		ks.http = &c
+	} else {
 		ks.http = &http.Client{Timeout: DefaultHTTPTimeout}
 	}
+	ks.http.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	if ks.minRefresh <= 0 {
 		ks.minRefresh = DefaultMinRefreshInterval
 	}
@@ -145,11 +158,17 @@ func (r *RemoteKeySet) Prefetch(ctx context.Context) {
 	r.log.Debug("MAA signing keys: prefetched", "url", r.url, "keys", len(keys))
 }
 
-// fetch GETs and parses the JWKS.
+// fetch GETs and parses the JWKS, over https only and without following redirects.
 func (r *RemoteKeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
+	if r.urlErr != nil {
+		return nil, r.urlErr
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.url, nil)
 	if err != nil {
 		return nil, err
+	}
+	if req.URL.Scheme != "https" {
+		return nil, fmt.Errorf("refusing to fetch the signing keys from %q: not https", r.url)
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := r.http.Do(req)
@@ -157,6 +176,13 @@ func (r *RemoteKeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		to := resp.Header.Get("Location")
+		if to == "" {
+			to = "(no Location)"
+		}
+		return nil, fmt.Errorf("the JWKS endpoint redirected to %.200q (HTTP %d); MAA does not redirect, so the keys were not fetched", to, resp.StatusCode)
+	}
 	body, err := readBounded(resp.Body, MaxResponseSize)
 	if err != nil {
 		return nil, fmt.Errorf("reading the JWKS: %w", err)

@@ -22,7 +22,9 @@ import (
 // VerifierOptions configures a Verifier.
 type VerifierOptions struct {
 	// Instance is the MAA instance URL the token must be issued by (iss), e.g.
-	// "https://NAME.REGION.attest.azure.net". Required.
+	// "https://NAME.REGION.attest.azure.net". Required, and as NewClient requires: absolute https
+	// with a host and nothing else (no path, query, fragment or user information; one trailing
+	// slash is trimmed).
 	Instance string
 	// Keys are the instance's signing keys, usually NewRemoteKeySet(Instance, ...). Required.
 	Keys KeySet
@@ -55,7 +57,11 @@ func NewVerifier(o VerifierOptions) (*Verifier, error) {
 	case o.Skew < 0:
 		return nil, errors.New("MAA verifier: Skew must not be negative")
 	}
-	v := &Verifier{issuer: trimSlash(o.Instance), keys: o.Keys, maxAge: o.MaxAge, skew: o.Skew, now: o.Now}
+	issuer, err := parseInstance(o.Instance)
+	if err != nil {
+		return nil, fmt.Errorf("MAA verifier: %w", err)
+	}
+	v := &Verifier{issuer: issuer, keys: o.Keys, maxAge: o.MaxAge, skew: o.Skew, now: o.Now}
 	if v.skew == 0 {
 		v.skew = DefaultSkew
 	}
@@ -214,6 +220,14 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 			iat.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), v.skew)
 	case now.Sub(iat) > v.maxAge:
 		return nil, fail(CheckAge, ErrTooOld, "token is %s old, max age is %s", now.Sub(iat).Truncate(time.Second), v.maxAge)
+	}
+
+	// MAA copies the caller's runtime data into tokens of every attestation type, signed with the
+	// same keys, and its attest endpoints need no authentication: an SGX or OpenEnclave token can
+	// carry any client-payload nonce. Only an AzureGuest token's payload is bound to TPM evidence.
+	if typ, _ := claims[ClaimAttestationType].(string); typ != AttestationTypeAzureVM {
+		return nil, fail(CheckAttestationType, ErrAttestationType, "%s is %.40q, want %q (an Azure VM guest's TPM attestation); the client payload of other attestation types is not bound to this machine",
+			ClaimAttestationType, describe(claims[ClaimAttestationType]), AttestationTypeAzureVM)
 	}
 
 	gotNonce, nonceErr := ClientPayloadNonce(claims)

@@ -153,6 +153,11 @@ func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
 			nonce: nonce, wantCheck: CheckAge, wantErr: ErrTooOld},
 		{name: "issued in the future", token: valid(func(c map[string]any) { c["iat"] = now.Add(2 * time.Minute).Unix() }),
 			nonce: nonce, wantCheck: CheckAge, wantErr: ErrIssuedInFuture},
+		{name: "sgx attestation type, matching nonce", token: valid(func(c map[string]any) { c[ClaimAttestationType] = "sgx" }),
+			nonce: nonce, wantCheck: CheckAttestationType, wantErr: ErrAttestationType,
+			wantMsg: `MAA token: check "attestation-type" failed: x-ms-attestation-type is "sgx", want "azurevm" (an Azure VM guest's TPM attestation); the client payload of other attestation types is not bound to this machine`},
+		{name: "attestation type missing", token: valid(func(c map[string]any) { delete(c, ClaimAttestationType) }),
+			nonce: nonce, wantCheck: CheckAttestationType, wantErr: ErrAttestationType},
 		{name: "nonce mismatch", token: valid(nil), nonce: "another-image",
 			wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
 		{name: "nonce claim missing", token: valid(func(c map[string]any) { c[ClaimRuntime] = map[string]any{ClaimClientPayload: map[string]any{}} }),
@@ -417,6 +422,126 @@ func TestNewVerifierOptions(t *testing.T) {
 		if _, err := NewVerifier(o); err == nil {
 			t.Errorf("NewVerifier(%+v) accepted", o)
 		}
+	}
+}
+
+// TestNewVerifierInstance: the instance is the issuer and, through NewRemoteKeySet, where the
+// signing keys come from, so it must be https://HOST[:PORT] and nothing else, as for NewClient.
+func TestNewVerifierInstance(t *testing.T) {
+	tests := []struct {
+		name       string
+		instance   string
+		wantIssuer string // "" means refused
+		wantMsg    string
+	}{
+		{"https", testInstance, testInstance, ""},
+		{"https, trailing slash", testInstance + "/", testInstance, ""},
+		{"https with a port", "https://127.0.0.1:8443", "https://127.0.0.1:8443", ""},
+		{"plain http", "http://test.weu.attest.azure.net", "", "https://"},
+		{"no scheme", "test.weu.attest.azure.net", "", "https://"},
+		{"path", testInstance + "/attest", "", "path"},
+		{"certs path", testInstance + CertsPath, "", "path"},
+		{"query", testInstance + "?x=1", "", "query"},
+		{"empty query", testInstance + "?", "", "query"},
+		{"user information", "https://user:pass@test.weu.attest.azure.net", "", "user information"},
+		{"fragment", testInstance + "#frag", "", "fragment"},
+		{"no host", "https://", "", "no host"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := NewVerifier(VerifierOptions{Instance: tc.instance, Keys: &StaticKeySet{}, MaxAge: time.Minute})
+			if tc.wantIssuer == "" {
+				if err == nil {
+					t.Fatalf("NewVerifier(Instance %q) accepted", tc.instance)
+				}
+				if !strings.Contains(err.Error(), tc.wantMsg) {
+					t.Errorf("err = %v, want it to mention %q", err, tc.wantMsg)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.issuer != tc.wantIssuer {
+				t.Errorf("issuer = %q, want %q", v.issuer, tc.wantIssuer)
+			}
+		})
+	}
+}
+
+// TestVerifyAttestationType: MAA copies caller-chosen runtime data into tokens of every
+// attestation type (SGX, OpenEnclave, ...), signed with the same keys; only an azurevm token's
+// client payload is bound to TPM evidence. A token of another type, or of none, fails
+// CheckAttestationType before its nonce is looked at, even when the nonce matches.
+func TestVerifyAttestationType(t *testing.T) {
+	testKeys(t)
+	keys, err := NewStaticKeySet(publicJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := newTestVerifier(t, keys, testNow)
+	const nonce = "image-digest-binding"
+	tests := []struct {
+		name    string
+		value   any // nil: claim absent
+		wantMsg string
+	}{
+		{"sgx", "sgx", `x-ms-attestation-type is "sgx", want "azurevm"`},
+		{"openenclave", "openenclave", `"openenclave"`},
+		{"sevsnpvm", "sevsnpvm", `"sevsnpvm"`},
+		{"case differs", "AzureVM", `"AzureVM"`},
+		{"attestation type name instead of claim value", AttestationTypeAzureGuest, `"AzureGuest"`},
+		{"missing", nil, `(missing)`},
+		{"not a string", []string{AttestationTypeAzureVM}, `([]interface {})`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := validClaims(testNow, nonce)
+			if tc.value == nil {
+				delete(c, ClaimAttestationType)
+			} else {
+				c[ClaimAttestationType] = tc.value
+			}
+			raw := signJOSE(t, signingKey, testKID, c, nil)
+			for _, n := range []string{nonce, "other-nonce", ""} {
+				tok, err := v.Verify(context.Background(), raw, n)
+				if tok != nil || err == nil {
+					t.Fatalf("Verify(nonce %q) accepted a token of type %v", n, tc.value)
+				}
+				if CheckName(err) != CheckAttestationType || !errors.Is(err, ErrAttestationType) {
+					t.Fatalf("Verify(nonce %q): err = %v (check %q), want check %q and ErrAttestationType", n, err, CheckName(err), CheckAttestationType)
+				}
+				if !strings.Contains(err.Error(), tc.wantMsg) {
+					t.Errorf("err = %v, want it to name %s", err, tc.wantMsg)
+				}
+			}
+		})
+	}
+	// The same claims with the azurevm type verify.
+	if _, err := v.Verify(context.Background(), signJOSE(t, signingKey, testKID, validClaims(testNow, nonce), nil), nonce); err != nil {
+		t.Fatalf("azurevm token rejected: %v", err)
+	}
+}
+
+// TestChecksOrder: the attestation type is checked after the signature, issuer and validity
+// checks and before the nonce.
+func TestChecksOrder(t *testing.T) {
+	want := []string{CheckFormat, CheckAlgorithm, CheckKeys, CheckKey, CheckSignature, CheckIssuer,
+		CheckExpiry, CheckNotBefore, CheckAge, CheckAttestationType, CheckNonce}
+	if strings.Join(Checks, ",") != strings.Join(want, ",") {
+		t.Fatalf("Checks = %v, want %v", Checks, want)
+	}
+	// An expired SGX token fails the expiry check: the order of Checks is the order of Verify.
+	testKeys(t)
+	keys, err := NewStaticKeySet(publicJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := validClaims(testNow, "n")
+	c[ClaimAttestationType] = "sgx"
+	c["exp"] = testNow.Add(-time.Hour).Unix()
+	if _, err := newTestVerifier(t, keys, testNow).Verify(context.Background(), signJOSE(t, signingKey, testKID, c, nil), "n"); CheckName(err) != CheckExpiry {
+		t.Fatalf("expired sgx token: %v, want check %q", err, CheckExpiry)
 	}
 }
 
