@@ -5,14 +5,18 @@
 package notationcfg
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
+	"strings"
 
 	"github.com/notaryproject/notation-go"
 	"github.com/notaryproject/notation-go/config"
@@ -39,33 +43,82 @@ type Trust struct {
 	Identities []string
 }
 
-// WriteTrust writes trustpolicy.json and the trust store under configDir (NOTATION_CONFIG),
-// replacing what a previous WriteTrust wrote for the same names.
+// maxTrustPolicyFile bounds how much of an existing trustpolicy.json WriteTrust reads.
+const maxTrustPolicyFile = 1 << 20
+
+// ErrNotTrustPolicy reports an existing trustpolicy.json that WriteTrust cannot read as a
+// Notation trust policy document (not JSON, not the document's shape, too large, or not a
+// regular file). WriteTrust leaves such a file unchanged.
+var ErrNotTrustPolicy = errors.New("not a Notation trust policy document")
+
+// ConflictError reports that the statement WriteTrust writes cannot join the trust policy
+// document already in Path: notation-go's validation rejects the merged document. WriteTrust
+// leaves the file unchanged.
+type ConflictError struct {
+	// Path is the trust policy file.
+	Path string
+	// Policy is the name of the statement WriteTrust was writing.
+	Policy string
+	// Statement is the existing statement in the way, and Scope the registry scope both
+	// statements claim; either is empty when notation-go rejects the document for another reason.
+	Statement, Scope string
+	// Err is notation-go's validation error.
+	Err error
+}
+
+// Error names the file, the statements in conflict, and what the user can do about it.
+func (e *ConflictError) Error() string {
+	const elsewhere = "point NOTATION_CONFIG (or --notation-config) at a separate directory"
+	fix := "the file was left unchanged; remove or edit that statement, or " + elsewhere
+	if e.Statement == "" {
+		fix = "the file was left unchanged; fix it, or " + elsewhere
+	}
+	switch {
+	case e.Statement != "" && e.Scope != "":
+		return fmt.Sprintf("trust policy %s: existing statement %q already covers registry scope %q, which statement %q needs, and notation allows one statement per scope; %s",
+			e.Path, e.Statement, e.Scope, e.Policy, fix)
+	case e.Statement != "":
+		return fmt.Sprintf("trust policy %s: existing statement %q conflicts with statement %q: %v; %s", e.Path, e.Statement, e.Policy, e.Err, fix)
+	default:
+		return fmt.Sprintf("trust policy %s: notation rejects it with statement %q added: %v; %s", e.Path, e.Policy, e.Err, fix)
+	}
+}
+
+// Unwrap returns notation-go's validation error.
+func (e *ConflictError) Unwrap() error { return e.Err }
+
+// WriteTrust puts t into the Notation configuration under configDir (NOTATION_CONFIG): the
+// trust policy statement named t.PolicyName in trustpolicy.json, and t.Roots as
+// root-0.pem, root-1.pem, ... in the "ca" trust store t.StoreName.
+//
+// Every other statement in an existing trustpolicy.json is kept as it was, in its place,
+// along with the document's version and any other top-level fields: a statement named
+// t.PolicyName is replaced where it stands, otherwise the new one is appended. The merged
+// document must pass notation-go's validation; if it does not (typically another statement
+// already covers the same registry scope, e.g. "*"), WriteTrust writes nothing and returns a
+// *ConflictError naming that statement. An existing file that is not a trust policy document
+// is never overwritten: WriteTrust returns an error wrapping ErrNotTrustPolicy. Files are
+// replaced atomically with mode 0600. The trust store is written before the policy that
+// refers to it: root-N.pem files in t.StoreName are replaced, any other file there and every
+// other trust store are left alone.
 func WriteTrust(configDir string, t Trust) error {
 	if !storeName.MatchString(t.StoreName) || t.PolicyName == "" || len(t.Roots) == 0 {
 		return fmt.Errorf("notation trust: invalid store %q, policy %q or no roots", t.StoreName, t.PolicyName)
 	}
-	doc := &trustpolicy.Document{
-		Version: "1.0",
-		TrustPolicies: []trustpolicy.TrustPolicy{{
-			Name:                  t.PolicyName,
-			RegistryScopes:        t.Scopes,
-			SignatureVerification: trustpolicy.SignatureVerification{VerificationLevel: trustpolicy.LevelStrict.Name},
-			TrustStores:           []string{"ca:" + t.StoreName},
-			TrustedIdentities:     t.Identities,
-		}},
+	ours := trustpolicy.TrustPolicy{
+		Name:                  t.PolicyName,
+		RegistryScopes:        t.Scopes,
+		SignatureVerification: trustpolicy.SignatureVerification{VerificationLevel: trustpolicy.LevelStrict.Name},
+		TrustStores:           []string{"ca:" + t.StoreName},
+		TrustedIdentities:     t.Identities,
 	}
-	if err := doc.Validate(); err != nil {
+	alone := &trustpolicy.Document{Version: "1.0", TrustPolicies: []trustpolicy.TrustPolicy{ours}}
+	if err := alone.Validate(); err != nil {
 		return fmt.Errorf("notation trust policy: %w", err)
 	}
-	b, err := json.MarshalIndent(doc, "", "  ")
+	policyPath := filepath.Join(configDir, dir.PathTrustPolicy)
+	policy, err := mergeTrustPolicy(policyPath, ours)
 	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(configDir, 0o700); err != nil {
-		return err
-	}
-	if err := atomicfile.Write(filepath.Join(configDir, dir.PathTrustPolicy), append(b, '\n'), 0o600); err != nil {
 		return err
 	}
 	storeDir := filepath.Join(configDir, dir.X509TrustStoreDir("ca", t.StoreName))
@@ -78,7 +131,203 @@ func WriteTrust(configDir string, t Trust) error {
 			return err
 		}
 	}
-	return nil
+	return atomicfile.Write(policyPath, policy, 0o600)
+}
+
+// jsonMember is one member of a JSON object, its value kept as the file had it.
+type jsonMember struct {
+	key   string
+	value json.RawMessage
+}
+
+// mergeTrustPolicy returns the trust policy file at path with statement ours in it (replacing
+// the statement of the same name, or appended), validated by notation-go. Nothing is written.
+func mergeTrustPolicy(path string, ours trustpolicy.TrustPolicy) ([]byte, error) {
+	oursJSON, err := json.Marshal(ours)
+	if err != nil {
+		return nil, err
+	}
+	members := []jsonMember{
+		{key: "version", value: json.RawMessage(`"1.0"`)},
+		{key: "trustPolicies", value: json.RawMessage("[]")},
+	}
+	b, err := readTrustPolicy(path)
+	if err != nil {
+		return nil, err
+	}
+	if b != nil {
+		if members, err = objectMembers(b); err != nil {
+			return nil, fmt.Errorf("%s: %w: %v; it was left unchanged", path, ErrNotTrustPolicy, err)
+		}
+	}
+	policies, version := -1, ""
+	for i, m := range members {
+		// encoding/json, and so notation, matches member names without regard to case.
+		switch {
+		case strings.EqualFold(m.key, "trustPolicies"):
+			policies = i
+		case strings.EqualFold(m.key, "version"):
+			if err := json.Unmarshal(m.value, &version); err != nil {
+				return nil, fmt.Errorf("%s: %w: version: %v; it was left unchanged", path, ErrNotTrustPolicy, err)
+			}
+		}
+	}
+	if policies < 0 || version == "" || bytes.Equal(members[policies].value, []byte("null")) {
+		return nil, fmt.Errorf("%s: %w: it needs a \"version\" and a \"trustPolicies\" list; it was left unchanged", path, ErrNotTrustPolicy)
+	}
+	var statements []json.RawMessage
+	if err := json.Unmarshal(members[policies].value, &statements); err != nil {
+		return nil, fmt.Errorf("%s: %w: trustPolicies: %v; it was left unchanged", path, ErrNotTrustPolicy, err)
+	}
+	at := -1
+	for i, raw := range statements {
+		var s trustpolicy.TrustPolicy
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return nil, fmt.Errorf("%s: %w: trust policy statement %d: %v; it was left unchanged", path, ErrNotTrustPolicy, i+1, err)
+		}
+		if s.Name == ours.Name && at < 0 {
+			at = i
+		}
+	}
+	if at >= 0 {
+		statements[at] = oursJSON
+	} else {
+		at = len(statements)
+		statements = append(statements, oursJSON)
+	}
+	list := []byte("[")
+	for i, raw := range statements {
+		if i > 0 {
+			list = append(list, ',')
+		}
+		list = append(list, raw...)
+	}
+	members[policies].value = append(list, ']')
+	out, err := encodeMembers(members)
+	if err != nil {
+		return nil, err
+	}
+	// Validate exactly what notation will read.
+	var doc trustpolicy.Document
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return nil, err
+	}
+	if err := doc.Validate(); err != nil {
+		return nil, conflict(path, &doc, at, err)
+	}
+	return out, nil
+}
+
+// readTrustPolicy reads at most maxTrustPolicyFile bytes of the regular file at path; it returns
+// nil and no error if there is no file.
+func readTrustPolicy(path string) ([]byte, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		// notation itself refuses a trust policy that is a symlink or not a file.
+		return nil, fmt.Errorf("%s: %w: not a regular file; it was left unchanged", path, ErrNotTrustPolicy)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTrustPolicyFile+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > maxTrustPolicyFile {
+		return nil, fmt.Errorf("%s: %w: larger than %d bytes; it was left unchanged", path, ErrNotTrustPolicy, maxTrustPolicyFile)
+	}
+	return b, nil
+}
+
+// objectMembers splits the JSON object b into its members in order, refusing keys that
+// encoding/json would take for the same field and anything after the object.
+func objectMembers(b []byte) ([]jsonMember, error) {
+	d := json.NewDecoder(bytes.NewReader(b))
+	if tok, err := d.Token(); err != nil {
+		return nil, err
+	} else if tok != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
+	}
+	var members []jsonMember
+	for d.More() {
+		tok, err := d.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := tok.(string)
+		for _, m := range members {
+			if strings.EqualFold(m.key, key) {
+				return nil, fmt.Errorf("duplicate key %q", key)
+			}
+		}
+		var v json.RawMessage
+		if err := d.Decode(&v); err != nil {
+			return nil, err
+		}
+		members = append(members, jsonMember{key: key, value: v})
+	}
+	if _, err := d.Token(); err != nil {
+		return nil, err
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, errors.New("data after the JSON object")
+	}
+	return members, nil
+}
+
+// encodeMembers writes members as an indented JSON object, in order, ending in a newline.
+func encodeMembers(members []jsonMember) ([]byte, error) {
+	var compact bytes.Buffer
+	compact.WriteByte('{')
+	for i, m := range members {
+		if i > 0 {
+			compact.WriteByte(',')
+		}
+		k, err := json.Marshal(m.key)
+		if err != nil {
+			return nil, err
+		}
+		compact.Write(k)
+		compact.WriteByte(':')
+		compact.Write(m.value)
+	}
+	compact.WriteByte('}')
+	var out bytes.Buffer
+	if err := json.Indent(&out, compact.Bytes(), "", "  "); err != nil {
+		return nil, err
+	}
+	out.WriteByte('\n')
+	return out.Bytes(), nil
+}
+
+// conflict explains why notation-go rejects doc, in which statement at is ours: another
+// statement with the same name or a registry scope in common, else the library's own error.
+func conflict(path string, doc *trustpolicy.Document, at int, err error) error {
+	ours := doc.TrustPolicies[at]
+	e := &ConflictError{Path: path, Policy: ours.Name, Err: err}
+	for i, s := range doc.TrustPolicies {
+		if i == at {
+			continue
+		}
+		if s.Name == ours.Name {
+			e.Statement = s.Name
+			return e
+		}
+		for _, scope := range s.RegistryScopes {
+			if slices.Contains(ours.RegistryScopes, scope) {
+				e.Statement, e.Scope = s.Name, scope
+				return e
+			}
+		}
+	}
+	return e
 }
 
 // SigningKey is a plugin-backed signing key entry.
