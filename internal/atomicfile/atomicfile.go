@@ -1,20 +1,35 @@
-// Package atomicfile replaces files so that a reader sees the old content or the new, never a
-// torn write, and a crash loses at most the update being made.
+// Package atomicfile replaces files and creates directories so that a reader sees the old content
+// or the new, never a torn write, and so that an update is durable once the call returns: a crash
+// or power loss afterwards does not undo it. A crash during a call loses at most that update.
+//
+// Durability rests on fsync of the file and of the directories whose entries changed, as POSIX
+// file systems (Linux, macOS) provide it; the project ships for Linux only.
 package atomicfile
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
-// Write writes data to path through a temporary file in the same directory and a rename,
-// so that a reader never sees a partial file and a crash never leaves one behind.
+// Write writes data to path through a temporary file in the same directory and a rename, so that
+// a reader never sees a partial file and a crash never leaves one behind. It syncs the file before
+// the rename and the directory after it, so that when Write returns nil the new content and its
+// name are on stable storage. Any failure is returned, including that of the final directory sync;
+// path may then hold the new content already, but without the guarantee.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return write(path, data, perm, syncDir)
+}
+
+// write is Write with the directory sync passed in, so that tests can observe and fail it.
+func write(path string, data []byte, perm os.FileMode, sync func(dir string) error) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
+		return fmt.Errorf("write %s: create temporary file: %w", path, err)
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after a successful rename
@@ -35,6 +50,65 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := sync(dir); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// MkdirAll creates the directory path and any missing parents, like os.MkdirAll, and makes each
+// new directory durable by syncing its parent after creating it, from the top down. Directories
+// that already exist are left alone and not synced: whoever created them made them durable.
+// When MkdirAll returns nil, path exists and, on a crash afterwards, still exists.
+func MkdirAll(path string, perm os.FileMode) error {
+	return mkdirAll(path, perm, syncDir)
+}
+
+// mkdirAll is MkdirAll with the directory sync passed in, so that tests can observe and fail it.
+func mkdirAll(path string, perm os.FileMode, sync func(dir string) error) error {
+	path = filepath.Clean(path) // "a/b/" would otherwise sync "a/b" as its own parent
+	fi, err := os.Stat(path)
+	switch {
+	case err == nil && fi.IsDir():
+		return nil
+	case err == nil:
+		return &fs.PathError{Op: "mkdir", Path: path, Err: syscall.ENOTDIR}
+	case !errors.Is(err, fs.ErrNotExist):
+		return err
+	}
+	parent := filepath.Dir(path)
+	if parent != path {
+		if err := mkdirAll(parent, perm, sync); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(path, perm); err != nil {
+		if fi, lerr := os.Lstat(path); lerr != nil || !fi.IsDir() {
+			return err
+		}
+		// Another process created path since the Stat above; it may not have synced the
+		// parent yet, so sync it here as well.
+	}
+	if err := sync(parent); err != nil {
+		return fmt.Errorf("mkdir %s: %w", path, err)
+	}
+	return nil
+}
+
+// syncDir fsyncs the directory dir, which makes the entries created, renamed or removed in it
+// durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory: %w", err)
 	}
 	return nil
 }

@@ -7,6 +7,10 @@
 // the same or of different images never overwrite or tear each other's files, and signing an
 // image again with another key keeps both tokens. The store holds no secret (tokens are
 // integrity-protected, short-lived claims) but is private to the user all the same.
+//
+// A token is durable once Put returns: the file, its name and every directory Put created on the
+// way are synced, because the plugin reports success right after Put and notation then pushes a
+// signature naming the token. A token lost in a crash would leave a signature nobody can verify.
 package token
 
 import (
@@ -87,6 +91,10 @@ func (s *Store) subjectDir(subject string) (string, error) {
 }
 
 // Put stores raw under subject and returns its entry. Storing the same token again is a no-op.
+// When Put returns nil the token is on stable storage: the file is synced, and so is each
+// directory whose entries Put changed (the subject directory, and the parent of each directory
+// it created, up to and above the store root if that did not exist), so that a crash afterwards
+// does not lose it. Directories that already existed are not synced again.
 func (s *Store) Put(subject, raw string) (Entry, error) {
 	dir, err := s.subjectDir(subject)
 	if err != nil {
@@ -95,7 +103,7 @@ func (s *Store) Put(subject, raw string) (Entry, error) {
 	if raw == "" || len(raw) > MaxTokenSize || strings.ContainsAny(raw, " \t\r\n") {
 		return Entry{}, fmt.Errorf("token store: refusing to store a token of %d bytes with white space or beyond %d bytes", len(raw), MaxTokenSize)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return Entry{}, fmt.Errorf("token store: %w", err)
 	}
 	sum := sha256.Sum256([]byte(raw))

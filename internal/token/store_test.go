@@ -1,6 +1,8 @@
 package token
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -137,5 +139,129 @@ func TestValidDigest(t *testing.T) {
 		if got := validDigest(tc.in); got != tc.want {
 			t.Errorf("validDigest(%q) = %v, want %v", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestPutDirectories stores a token into stores in each state Put meets: directories to create
+// from the store's parents down, or some or all of them already there.
+func TestPutDirectories(t *testing.T) {
+	subject512 := "sha512:" + strings.Repeat("c", 128)
+	tests := []struct {
+		name    string
+		root    string            // store directory, relative to a fresh temporary directory
+		before  map[string]string // tokens stored before, subject to raw
+		subject string
+		raw     string
+		want    int // tokens listed for subject afterwards
+	}{
+		{name: "new store", root: "tokens", subject: subjectA, raw: "h.a.sig", want: 1},
+		{name: "new store under missing parents", root: "state/attested-kv/tokens", subject: subjectA, raw: "h.a.sig", want: 1},
+		{name: "new subject", root: "tokens", before: map[string]string{subjectB: "h.b.sig"}, subject: subjectA, raw: "h.a.sig", want: 1},
+		{name: "new algorithm", root: "tokens", before: map[string]string{subjectB: "h.b.sig"}, subject: subject512, raw: "h.c.sig", want: 1},
+		{name: "existing subject", root: "tokens", before: map[string]string{subjectA: "h.old.sig"}, subject: subjectA, raw: "h.a.sig", want: 2},
+		{name: "same token again", root: "tokens", before: map[string]string{subjectA: "h.a.sig"}, subject: subjectA, raw: "h.a.sig", want: 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			s := NewStore(filepath.Join(base, tc.root))
+			for subject, raw := range tc.before {
+				if _, err := s.Put(subject, raw); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e, err := s.Put(tc.subject, tc.raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.Get(tc.subject, e.SHA256)
+			if err != nil || got.Raw != tc.raw || got.Path != e.Path {
+				t.Fatalf("Get = %+v, %v; want the token Put returned", got, err)
+			}
+			if l, err := s.List(tc.subject); err != nil || len(l) != tc.want {
+				t.Fatalf("List: %d tokens (%v), want %d", len(l), err, tc.want)
+			}
+			if fi, err := os.Stat(e.Path); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("token file: %v (%v), want mode 0600", fi, err)
+			}
+			// Every directory from the store's down to the subject's is private to the user.
+			for d := filepath.Dir(e.Path); ; d = filepath.Dir(d) {
+				if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+					t.Fatalf("%s: %v (%v), want mode 0700", d, fi, err)
+				}
+				if d == s.Dir() {
+					break
+				}
+			}
+			des, err := os.ReadDir(filepath.Dir(e.Path))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, de := range des {
+				if !strings.HasSuffix(de.Name(), ".jwt") {
+					t.Errorf("stray file %s in the subject directory", de.Name())
+				}
+			}
+		})
+	}
+}
+
+// TestPutErrors checks that Put reports a store it cannot write to and leaves nothing behind.
+func TestPutErrors(t *testing.T) {
+	raw := "h.a.sig"
+	sum := sha256.Sum256([]byte(raw))
+	algo, enc, _ := strings.Cut(subjectA, ":")
+	tests := []struct {
+		name string
+		// block creates, under the store directory root, what stands in Put's way.
+		block func(t *testing.T, root string)
+	}{
+		{"store directory is a file", func(t *testing.T, root string) {
+			writeFile(t, root)
+		}},
+		{"algorithm directory is a file", func(t *testing.T, root string) {
+			writeFile(t, filepath.Join(root, algo))
+		}},
+		{"subject directory is a file", func(t *testing.T, root string) {
+			writeFile(t, filepath.Join(root, algo, enc))
+		}},
+		{"token name taken by a directory", func(t *testing.T, root string) {
+			writeFile(t, filepath.Join(root, algo, enc, hex.EncodeToString(sum[:])+".jwt", "x"))
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			root := filepath.Join(t.TempDir(), "tokens")
+			tc.block(t, root)
+			s := NewStore(root)
+			_, err := s.Put(subjectA, raw)
+			if err == nil {
+				t.Fatal("Put succeeded")
+			}
+			if !strings.HasPrefix(err.Error(), "token store: ") {
+				t.Errorf("error %q lacks the token store context", err)
+			}
+			if l, err := s.List(subjectA); err == nil {
+				t.Errorf("List after a failed Put found %d tokens", len(l))
+			}
+			if des, err := os.ReadDir(filepath.Join(root, algo, enc)); err == nil {
+				for _, de := range des {
+					if strings.Contains(de.Name(), ".tmp-") {
+						t.Errorf("temporary file %s left", de.Name())
+					}
+				}
+			}
+		})
+	}
+}
+
+// writeFile creates an empty file at path, and its directories.
+func writeFile(t *testing.T, path string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
 	}
 }
