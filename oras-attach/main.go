@@ -18,7 +18,7 @@ const usage = `oras-attest: attestation tokens for attested container signing.
 
 Usage:
   oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
-  oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--jwks FILE] [-o json]
+  oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
   oras-attest token show   FILE|- [-o json]
   oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [-o json]
   oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL

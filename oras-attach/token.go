@@ -17,6 +17,7 @@ import (
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/tpm"
+	"github.com/attested-kv/attested-kv/policy/rules"
 )
 
 // maxTokenFile bounds what token verify and show read; MAA tokens are a few KiB.
@@ -113,22 +114,46 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	return 0
 }
 
-// verifyResult is token verify's JSON output.
+// checkRule names, in token verify's output, the check of one claim rule; the rules run after
+// the verifier's checks (maa.Checks), on the claims of a token that passed them.
+const checkRule = "rule"
+
+// verifyResult is token verify's JSON output. Verified is true only if the token passed every
+// check, claim rules included.
 type verifyResult struct {
-	Verified    bool           `json:"verified"`
-	FailedCheck string         `json:"failedCheck,omitempty"`
-	Error       string         `json:"error,omitempty"`
-	Issuer      string         `json:"issuer,omitempty"`
-	IssuedAt    *time.Time     `json:"issuedAt,omitempty"`
-	Expiry      *time.Time     `json:"expiry,omitempty"`
-	Nonce       string         `json:"nonce,omitempty"`
-	SHA256      string         `json:"sha256,omitempty"`
-	Checks      []checkOutcome `json:"checks"`
+	Verified    bool       `json:"verified"`
+	FailedCheck string     `json:"failedCheck,omitempty"`
+	Error       string     `json:"error,omitempty"`
+	Issuer      string     `json:"issuer,omitempty"`
+	IssuedAt    *time.Time `json:"issuedAt,omitempty"`
+	Expiry      *time.Time `json:"expiry,omitempty"`
+	Nonce       string     `json:"nonce,omitempty"`
+	SHA256      string     `json:"sha256,omitempty"`
+	// RuleSet and RuleSetDigest say which claim rules were applied (rules.Set Name and Digest).
+	RuleSet       string         `json:"ruleSet,omitempty"`
+	RuleSetDigest string         `json:"ruleSetDigest,omitempty"`
+	Checks        []checkOutcome `json:"checks"`
 }
 
+// checkOutcome is one check of token verify. Rule and Reason are set for a claim rule's check
+// (Check is checkRule): its name and, when it failed, why.
 type checkOutcome struct {
 	Check  string `json:"check"`
+	Rule   string `json:"rule,omitempty"`
 	Passed bool   `json:"passed"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// String is the check's text line: the check, the rule's name, and why a rule failed.
+func (c checkOutcome) String() string {
+	s := c.Check
+	if c.Rule != "" {
+		s += " " + c.Rule
+	}
+	if !c.Passed && c.Reason != "" {
+		s += ": " + c.Reason
+	}
+	return s
 }
 
 func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
@@ -136,6 +161,7 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "the MAA instance the token must come from: pins iss and the key source (env ATTEST_URL)")
 	nonce := fs.String("nonce", "", "the value the token's client payload must carry (checked when given)")
 	maxAge := fs.Duration("max-age", 5*time.Minute, "maximum age of the token (from its iat)")
+	rulesFile := fs.String("rules", "", "CEL claim rule file (default: the built-in baseline)")
 	jwks := fs.String("jwks", "", "verify with the keys of this JWKS file instead of fetching {instance}/certs (offline use)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	timeout := fs.Duration("timeout", 30*time.Second, "time limit for fetching the instance's keys")
@@ -147,8 +173,17 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		return 2
 	}
 	if fs.NArg() != 1 || *url == "" {
-		fmt.Fprintln(io.stderr, "usage: oras-attest token verify FILE|- --attestation-url URL [--nonce VALUE]")
+		fmt.Fprintln(io.stderr, "usage: oras-attest token verify FILE|- --attestation-url URL [--nonce VALUE] [--max-age DURATION] [--rules FILE]")
 		return 2
+	}
+	// A rule file that does not load is a configuration error, reported before any check.
+	rs := rules.Baseline()
+	if *rulesFile != "" {
+		var err error
+		if rs, err = rules.Load(*rulesFile); err != nil {
+			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+			return 2
+		}
 	}
 	raw, err := readToken(fs.Arg(0), io.stdin)
 	if err != nil {
@@ -174,35 +209,61 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
 		return 2
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	vctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	tok, verr := v.Verify(ctx, raw, *nonce)
+	tok, verr := v.Verify(vctx, raw, *nonce)
 
-	res := verifyResult{Verified: verr == nil, Checks: outcomes(verr, *nonce != "")}
+	res := verifyResult{Checks: outcomes(verr, *nonce != "")}
+	refusal := verr
 	if verr != nil {
 		res.FailedCheck = maa.CheckName(verr)
 		res.Error = verr.Error()
 	} else {
 		iat, exp := tok.IssuedAt(), tok.Expiry()
 		res.Issuer, res.IssuedAt, res.Expiry, res.Nonce, res.SHA256 = tok.Issuer(), &iat, &exp, tok.Nonce(), tok.SHA256()
+		// The claims are evidence only once the token verified; the rules run on them then.
+		rr := rs.EvaluateContext(ctx, tok.Claims())
+		res.RuleSet, res.RuleSetDigest = rr.Set, rr.Digest
+		for _, r := range rr.Rules {
+			res.Checks = append(res.Checks, checkOutcome{Check: checkRule, Rule: r.Name, Passed: r.Passed, Reason: r.Reason})
+		}
+		if refusal = rulesRefusal(rr); refusal != nil {
+			res.FailedCheck, res.Error = checkRule, refusal.Error()
+		}
 	}
+	res.Verified = refusal == nil
 	if *output == "json" {
 		cliutil.WriteJSON(io.stdout, res)
 	} else {
 		for _, c := range res.Checks {
-			printCheck(io.stdout, c.Passed, c.Check)
+			printCheck(io.stdout, c.Passed, c.String())
 		}
-		if verr != nil {
-			fmt.Fprintf(io.stdout, "token REFUSED: %v\n", verr)
+		if refusal != nil {
+			fmt.Fprintf(io.stdout, "token REFUSED: %v\n", refusal)
 		} else {
-			fmt.Fprintf(io.stdout, "token verified: issuer %s, issued %s ago, expires %s, sha256 %s\n",
-				res.Issuer, time.Since(*res.IssuedAt).Round(time.Second), res.Expiry.Local().Format(time.RFC3339), res.SHA256)
+			fmt.Fprintf(io.stdout, "token verified: issuer %s, issued %s ago, expires %s, sha256 %s, %d claim rules of %s passed\n",
+				res.Issuer, time.Since(*res.IssuedAt).Round(time.Second), res.Expiry.Local().Format(time.RFC3339), res.SHA256,
+				len(rs.Rules()), res.RuleSet)
 		}
 	}
-	if verr != nil {
+	if refusal != nil {
 		return 1
 	}
 	return 0
+}
+
+// rulesRefusal returns nil if every claim rule passed, and otherwise an error naming each rule
+// that failed (the reasons are on the checks' lines).
+func rulesRefusal(r rules.Result) error {
+	failed := r.Failed()
+	if len(failed) <= 1 {
+		return r.Err() // nil, the one *rules.RuleError, or an empty set's error
+	}
+	names := make([]string, len(failed))
+	for i, f := range failed {
+		names[i] = f.Name
+	}
+	return fmt.Errorf("%d claim rules of %s failed: %s", len(failed), r.Set, strings.Join(names, ", "))
 }
 
 // outcomes lists the verifier's checks in order, marking the failed one and leaving out the
