@@ -5,18 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/pflag"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/notationcfg"
 	"github.com/attested-kv/attested-kv/internal/referrer"
@@ -69,6 +72,11 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 	if err != nil {
 		return nil, 2, err
 	}
+	if ro.Username == "" {
+		if ro.AzureCredential, err = azureCredential(ref); err != nil {
+			return nil, 2, err
+		}
+	}
 	repo, parsed, err := registryclient.Open(ref, ro)
 	if err != nil {
 		return nil, 2, err
@@ -78,6 +86,25 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 		return nil, 1, fmt.Errorf("resolving %s: %w", ref, err)
 	}
 	return &image{repo: repo, subject: subject, name: parsed.Registry + "/" + parsed.Repository + "@" + subject.Digest.String()}, 0, nil
+}
+
+// azureCredential returns the Entra ID credential for ref's registry when it is an Azure
+// container registry (*.azurecr.io), nil otherwise. It is DefaultAzureCredential (environment,
+// workload identity, managed identity, Azure CLI), which registryclient exchanges for an ACR
+// refresh token when the registry has no Docker credential. Making it calls no service.
+func azureCredential(ref string) (azcore.TokenCredential, error) {
+	host, _, _ := strings.Cut(ref, "/")
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if !strings.HasSuffix(strings.ToLower(host), ".azurecr.io") {
+		return nil, nil
+	}
+	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("Entra ID credential for %s: %w", host, err)
+	}
+	return cred, nil
 }
 
 // printCheck prints one check line, "ok  " or "FAIL" first.

@@ -14,7 +14,9 @@
 // rules (a rule file path; default the built-in baseline), jwksPath (pinned token keys, for
 // clusters that cannot reach the MAA instance), trustPolicyDoc (a Notation trust policy document)
 // and verificationCerts (directories of trusted root certificates, placed in the trust store
-// "ca:certs", as Ratify's notation verifier does).
+// "ca:certs", as Ratify's notation verifier does). The registry is read with the store's
+// authProvider: azureWorkloadIdentity or azureManagedIdentity (an Entra ID token exchanged for an
+// ACR refresh token on *.azurecr.io, after any Docker credentials), or the Docker credentials.
 package main
 
 import (
@@ -38,6 +40,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/registryclient"
 	"github.com/attested-kv/attested-kv/policy/rules"
@@ -69,11 +72,45 @@ type Config struct {
 	VerificationCerts []string              `json:"verificationCerts"`
 }
 
-// StoreConfig is the part of Ratify's store config the verifier reads.
+// StoreConfig is the part of Ratify's store config the verifier reads: whether the registry is
+// plain HTTP, and the store's authProvider, which the verifier uses as Ratify's ORAS store does.
 type StoreConfig struct {
 	Store struct {
-		UseHTTP bool `json:"useHttp"`
+		UseHTTP      bool         `json:"useHttp"`
+		AuthProvider AuthProvider `json:"authProvider"`
 	} `json:"store"`
+}
+
+// AuthProvider is the store's registry authentication (Ratify's authProvider parameters).
+type AuthProvider struct {
+	// Name is azureWorkloadIdentity or azureManagedIdentity (Entra ID, exchanged for an ACR
+	// refresh token on *.azurecr.io), or dockerConfig or empty (the Docker credentials file).
+	Name string `json:"name"`
+	// ClientID is the identity's client id (default: AZURE_CLIENT_ID).
+	ClientID string `json:"clientID"`
+}
+
+// registryOptions returns how the verifier reads the registry of the store config sc.
+func registryOptions(sc StoreConfig) (registryclient.Options, error) {
+	o := registryclient.Options{PlainHTTP: sc.Store.UseHTTP}
+	ap := sc.Store.AuthProvider
+	var typ string
+	switch ap.Name {
+	case "", "dockerConfig":
+		return o, nil
+	case "azureWorkloadIdentity":
+		typ = keyvault.CredentialWorkloadID
+	case "azureManagedIdentity":
+		typ = keyvault.CredentialManagedID
+	default:
+		return o, fmt.Errorf("store authProvider %q is not supported by this verifier (azureWorkloadIdentity, azureManagedIdentity or dockerConfig)", ap.Name)
+	}
+	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{Type: typ, ClientID: ap.ClientID})
+	if err != nil {
+		return o, fmt.Errorf("store authProvider %s: %w", ap.Name, err)
+	}
+	o.AzureCredential = cred
+	return o, nil
 }
 
 // Result is what Ratify reads back.
@@ -143,7 +180,11 @@ func run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 		return fail("verifier config: %v", err)
 	}
 	defer cleanup()
-	repo, ref, err := registryclient.Open(subjectRef, registryclient.Options{PlainHTTP: in.StoreConfig.Store.UseHTTP})
+	ro, err := registryOptions(in.StoreConfig)
+	if err != nil {
+		return fail("%v", err)
+	}
+	repo, ref, err := registryclient.Open(subjectRef, ro)
 	if err != nil {
 		return fail("%v", err)
 	}
