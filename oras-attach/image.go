@@ -220,6 +220,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	maxAge := fs.Duration("max-age", 5*time.Minute, "largest age of the token at the signing time")
 	rulesFile := fs.String("rules", "", "CEL claim rule file (default: the built-in baseline)")
 	jwks := fs.String("jwks", "", "token signing keys from this JWKS file instead of {instance}/certs (offline use)")
+	pins := fs.StringSlice("signing-cert-sha256", nil, "SHA-256 fingerprint(s) of the signing certificate (certificateThumbprintSha256 of attest-bootstrap apply): only a signature by that certificate counts; needed when the trust store holds a CA or other keys")
 	cfgDir := notationcfg.DefaultConfigDir()
 	trustPolicy := fs.String("trust-policy", filepath.Join(cfgDir, "trustpolicy.json"), "Notation trust policy")
 	trustStore := fs.String("trust-store", cfgDir, "directory holding Notation's truststore/ (NOTATION_CONFIG)")
@@ -242,6 +243,14 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	}
 	if err := splitDigestRef(fs.Arg(0)); err != nil {
 		return fail(2, err)
+	}
+	var certPins []string
+	for _, p := range *pins {
+		h, err := imageverify.ParseCertSHA256(p)
+		if err != nil {
+			return fail(2, err)
+		}
+		certPins = append(certPins, h)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -286,6 +295,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	}
 	res, err := imageverify.Verify(ctx, imageverify.NewRepository(img.repo), img.name, img.subject, imageverify.Options{
 		Notation: nv, AttestationURL: *url, TokenKeys: keys, KeyID: *keyID, MaxTokenAge: *maxAge, Rules: rs,
+		SigningCertSHA256: certPins,
 	})
 	if err != nil {
 		return fail(1, err)

@@ -10,8 +10,11 @@ package imageverify
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -62,6 +65,23 @@ type Options struct {
 	Rules *rules.Set
 	// MaxSignatures bounds the signatures examined; DefaultMaxSignatures if zero.
 	MaxSignatures int
+	// SigningCertSHA256, when not empty, pins the signing certificate: the leaf of the
+	// signature's chain must have one of these SHA-256 fingerprints (hex of the DER; what
+	// attest-bootstrap apply prints as certificateThumbprintSha256). KeyID binds the token to the
+	// key, but nothing in a Notation signature names its Key Vault key: without a pin, any key
+	// whose certificate the trust policy accepts (a CA in the trust store, identities "*") signs
+	// acceptably.
+	SigningCertSHA256 []string
+}
+
+// ParseCertSHA256 checks and normalises a certificate fingerprint for Options.SigningCertSHA256:
+// 64 hex digits, colons allowed (as openssl prints them), any case.
+func ParseCertSHA256(s string) (string, error) {
+	h := strings.ToLower(strings.ReplaceAll(s, ":", ""))
+	if b, err := hex.DecodeString(h); err != nil || len(b) != sha256.Size {
+		return "", fmt.Errorf("signing certificate fingerprint %q: want the 64 hex digits of a SHA-256", s)
+	}
+	return h, nil
 }
 
 // Check is one check's outcome.
@@ -112,6 +132,11 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	max := o.MaxSignatures
 	if max <= 0 {
 		max = DefaultMaxSignatures
+	}
+	for _, fp := range o.SigningCertSHA256 {
+		if n, err := ParseCertSHA256(fp); err != nil || n != fp {
+			return nil, fmt.Errorf("imageverify: SigningCertSHA256 %q is not 64 lowercase hex digits", fp)
+		}
 	}
 	want, err := binding.Compute(subject.Digest.String(), o.KeyID)
 	if err != nil {
@@ -213,6 +238,16 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	if detail := notEnforced(outcome); detail != "" {
 		return c.fail(CheckSignature, detail)
+	}
+	if len(o.SigningCertSHA256) > 0 {
+		chain := outcome.EnvelopeContent.SignerInfo.CertificateChain
+		if len(chain) == 0 {
+			return c.fail(CheckSignature, "the signature carries no certificate chain")
+		}
+		sum := sha256.Sum256(chain[0].Raw)
+		if got := hex.EncodeToString(sum[:]); !slices.Contains(o.SigningCertSHA256, got) {
+			return c.fail(CheckSignature, fmt.Sprintf("signed with certificate %q (sha256 %s), not a pinned signing certificate", chain[0].Subject, got))
+		}
 	}
 	signed := outcome.EnvelopeContent.SignerInfo.SignedAttributes
 	st := signed.SigningTime

@@ -4,10 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -105,6 +109,37 @@ func (f *fixture) notationWith(t *testing.T, edit func(*trustpolicy.SignatureVer
 	return nv
 }
 
+// notationTrusting returns a Notation verifier whose trust store holds the certificates of
+// signers.
+func (f *fixture) notationTrusting(t *testing.T, signers ...signature.LocalSigner) notation.Verifier {
+	t.Helper()
+	var roots []*x509.Certificate
+	for _, s := range signers {
+		chain, _ := s.CertificateChain()
+		roots = append(roots, chain[len(chain)-1])
+	}
+	dir := t.TempDir()
+	if err := notationcfg.WriteTrust(dir, notationcfg.Trust{PolicyName: "test", StoreName: "test", Scopes: []string{"*"}, Roots: roots, Identities: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	nv, err := notationcfg.NewVerifier(filepath.Join(dir, "trustpolicy.json"), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nv
+}
+
+// certSHA256 is the fingerprint of s's leaf certificate.
+func certSHA256(t *testing.T, s signature.LocalSigner) string {
+	t.Helper()
+	chain, err := s.CertificateChain()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(chain[0].Raw)
+	return hex.EncodeToString(sum[:])
+}
+
 func (f *fixture) pushImage(t *testing.T, content string) ocispec.Descriptor {
 	return attesttest.PushImage(t, f.remote, content)
 }
@@ -182,6 +217,28 @@ func TestVerify(t *testing.T) {
 			f.attach(t, img, tok)
 		}, opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelPermissive.Name })
+		}},
+		// Both keys' certificates are trusted (as under a shared CA): only the pin tells them apart.
+		{name: "another trusted key, signing certificate pinned", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) {
+			o.Notation = f.notationTrusting(t, f.signer, f.untrusted)
+			o.SigningCertSHA256 = []string{certSHA256(t, f.signer)}
+		}, failed: CheckSignature},
+		{name: "another trusted key, no pin", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) { o.Notation = f.notationTrusting(t, f.signer, f.untrusted) }},
+		{name: "the pinned signing certificate", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}, opts: func(o *Options) {
+			o.Notation = f.notationTrusting(t, f.signer, f.untrusted)
+			o.SigningCertSHA256 = []string{certSHA256(t, f.untrusted), certSHA256(t, f.signer)}
 		}},
 		{name: "no token referrer", setup: func(t *testing.T, img ocispec.Descriptor) {
 			f.sign(t, f.signer, img, f.token(t, bind(img, keyID)), f.maaURL, time.Now())
@@ -294,5 +351,26 @@ func TestTokensListedWithSignatures(t *testing.T) {
 	}
 	if !res.Passed {
 		t.Fatalf("refused: %+v", res.Checks)
+	}
+}
+
+func TestParseCertSHA256(t *testing.T) {
+	hexSum := strings.Repeat("ab", 32)
+	tests := []struct {
+		in, want string
+	}{
+		{hexSum, hexSum},
+		{strings.ToUpper(hexSum), hexSum},
+		{strings.TrimSuffix(strings.Repeat("AB:", 32), ":"), hexSum},
+		{hexSum[:62], ""},
+		{hexSum + "ab", ""},
+		{strings.Repeat("zz", 32), ""},
+		{"", ""},
+	}
+	for _, tt := range tests {
+		got, err := ParseCertSHA256(tt.in)
+		if got != tt.want || (err == nil) != (tt.want != "") {
+			t.Errorf("ParseCertSHA256(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
 	}
 }

@@ -13,8 +13,9 @@
 // Verifier config keys: attestationURL (required), keyID (required), maxTokenAge (default "5m"),
 // rules (a rule file path; default the built-in baseline), jwksPath (pinned token keys, for
 // clusters that cannot reach the MAA instance), trustPolicyDoc (a Notation trust policy document)
-// and verificationCerts (directories of trusted root certificates, placed in the trust store
-// "ca:certs", as Ratify's notation verifier does). The registry is read with the store's
+// verificationCerts (directories of trusted root certificates, placed in the trust store
+// "ca:certs", as Ratify's notation verifier does) and signingCertSHA256 (the fingerprints of the
+// signing certificates that count; needed when the trust store holds a CA or other keys). The registry is read with the store's
 // authProvider: azureWorkloadIdentity or azureManagedIdentity (an Entra ID token exchanged for an
 // ACR refresh token on *.azurecr.io, after any Docker credentials), or the Docker credentials.
 package main
@@ -70,6 +71,7 @@ type Config struct {
 	JWKSPath          string                `json:"jwksPath"`
 	TrustPolicyDoc    *trustpolicy.Document `json:"trustPolicyDoc"`
 	VerificationCerts []string              `json:"verificationCerts"`
+	SigningCertSHA256 []string              `json:"signingCertSHA256"`
 }
 
 // StoreConfig is the part of Ratify's store config the verifier reads: whether the registry is
@@ -228,6 +230,13 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 		return imageverify.Options{}, "", errors.New("attestationURL and keyID are required")
 	}
 	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute, Rules: rules.Baseline()}
+	for _, p := range c.SigningCertSHA256 {
+		h, err := imageverify.ParseCertSHA256(p)
+		if err != nil {
+			return o, "", fmt.Errorf("signingCertSHA256: %w", err)
+		}
+		o.SigningCertSHA256 = append(o.SigningCertSHA256, h)
+	}
 	if c.MaxTokenAge != "" {
 		d, err := time.ParseDuration(c.MaxTokenAge)
 		if err != nil || d <= 0 {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"os"
@@ -92,6 +94,12 @@ func TestVerifierProcess(t *testing.T) {
 	if res := exe(t, name+"@"+img.Digest.String(), input(cfg, ref)); !res.IsSuccess || res.Name != "maa-token" {
 		t.Fatalf("good image refused: %+v", res)
 	}
+	pinned := cfg
+	sum := sha256.Sum256(certs[0].Raw)
+	pinned.SigningCertSHA256 = []string{strings.ToUpper(hex.EncodeToString(sum[:]))}
+	if res := exe(t, name+"@"+img.Digest.String(), input(pinned, ref)); !res.IsSuccess {
+		t.Fatalf("good image refused with its signing certificate pinned: %+v", res)
+	}
 
 	other, _ := signed("other", bound)
 	bad, badRef := signed("bad", func(ocispec.Descriptor) string { return bound(other) })
@@ -106,11 +114,18 @@ func TestVerifierProcess(t *testing.T) {
 		{"another expected key", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.KeyID = keyID + "0"; return c }(), ref), `check "binding" failed`},
 		{"no trust policy", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.TrustPolicyDoc = nil; return c }(), ref), "trustPolicyDoc"},
 		{"subject by tag", name + ":latest", input(cfg, ref), "not a digest reference"},
+		{"signed by another certificate than the pinned one", name + "@" + img.Digest.String(), input(func() Config {
+			c := cfg
+			c.SigningCertSHA256 = []string{strings.Repeat("ab", 32)}
+			return c
+		}(), ref), "not a pinned signing certificate"},
+		{"malformed pin", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.SigningCertSHA256 = []string{"abc"}; return c }(), ref), "signingCertSHA256"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			res := exe(t, tc.subject, tc.input)
-			if res.IsSuccess || !strings.Contains(res.Message, tc.message) {
+			detail, _ := json.Marshal(res.Extensions) // the checks, with what each found
+			if res.IsSuccess || !strings.Contains(res.Message+string(detail), tc.message) {
 				t.Fatalf("got %+v, want a refusal containing %q", res, tc.message)
 			}
 		})
