@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -34,8 +35,10 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	}
 	n := NamesFor(cfg.NamePrefix)
 	var steps []Step
-	probe := func(kind, name string, err error) error {
+	probe := func(kind, name string, tags map[string]*string, err error) error {
 		switch {
+		case err == nil && !tagged(tags, cfg.NamePrefix):
+			steps = append(steps, Step{Kind: kind, Name: name, Action: "refuse", Detail: "exists, not created by this deployment: apply would refuse (choose another --name-prefix)"})
 		case err == nil:
 			steps = append(steps, Step{Kind: kind, Name: name, Action: "exists", Detail: "updated in place to the desired settings"})
 		case isNotFound(err):
@@ -46,37 +49,52 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 		return nil
 	}
 	_, err := cl.Groups.Get(ctx, cfg.ResourceGroup, nil)
-	if err := probe("resource group", cfg.ResourceGroup, err); err != nil {
-		return steps, err
-	}
-	rgMissing := isNotFound(err)
-	if rgMissing {
+	rgExists := err == nil
+	switch {
+	case rgExists:
+		steps = append(steps, Step{Kind: "resource group", Name: cfg.ResourceGroup, Action: "exists", Detail: "used as is"})
+	case isNotFound(err):
+		steps = append(steps, Step{Kind: "resource group", Name: cfg.ResourceGroup, Action: "create"})
 		// Everything below lives in the group: all of it is to be created.
-		for _, s := range [][2]string{{"managed identity", n.Identity}, {"attestation provider", n.AttestationProvider}, {"key vault", n.Vault}, {"container registry", n.Registry}} {
-			steps = append(steps, Step{Kind: s[0], Name: s[1], Action: "create"})
-		}
-	} else {
-		_, err = cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
-		if err := probe("managed identity", n.Identity, err); err != nil {
+		steps = append(steps, Step{Kind: "managed identity", Name: n.Identity, Action: "create"}, Step{Kind: "attestation provider", Name: n.AttestationProvider, Action: "create"})
+		// A soft-deleted vault outlives its group.
+		if steps, err = planDeletedVault(ctx, cl, cfg, steps); err != nil {
 			return steps, err
 		}
-		_, err = cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider)
-		if err := probe("attestation provider", n.AttestationProvider, err); err != nil {
+		steps = append(steps, Step{Kind: "container registry", Name: n.Registry, Action: "create"})
+	default:
+		return steps, fmt.Errorf("resource group %s: %w", cfg.ResourceGroup, err)
+	}
+	if rgExists {
+		id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
+		if err := probe("managed identity", n.Identity, id.Tags, err); err != nil {
 			return steps, err
 		}
-		_, err = cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
-		if err := probe("key vault", n.Vault, err); err != nil {
+		var provTags map[string]*string
+		prov, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider)
+		if prov != nil {
+			provTags = prov.Tags
+		}
+		if err := probe("attestation provider", n.AttestationProvider, provTags, err); err != nil {
 			return steps, err
 		}
-		_, err = cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
-		if err := probe("container registry", n.Registry, err); err != nil {
+		v, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
+		if isNotFound(err) {
+			if steps, err = planDeletedVault(ctx, cl, cfg, steps); err != nil {
+				return steps, err
+			}
+		} else if err := probe("key vault", n.Vault, v.Tags, err); err != nil {
+			return steps, err
+		}
+		reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
+		if err := probe("container registry", n.Registry, reg.Tags, err); err != nil {
 			return steps, err
 		}
 	}
 	steps = append(steps,
 		Step{Kind: "attestation policy", Name: AttestationType, Action: "set", Detail: "from policy/maa/azureguest.txt"},
 		Step{Kind: "certificate", Name: n.Certificate, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"},
-		Step{Kind: "role assignments", Name: "identity, operator, cluster", Action: "ensure", Detail: "Key Vault Crypto User and Certificate User, AcrPush for the identity; Certificates Officer and Attestation Contributor for the operator; AcrPull for the cluster"},
+		Step{Kind: "role assignments", Name: "identity, operator, cluster", Action: "ensure", Detail: "Key Vault Crypto User on the signing key, Certificate User on its certificate and Secrets User on its secret, AcrPush for the identity; Certificates Officer and Attestation Contributor for the operator; AcrPull for the cluster"},
 	)
 	return steps, nil
 }
@@ -103,18 +121,42 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 
 	// Resource group: created with our tag if absent, used as is otherwise.
-	if _, err := cl.Groups.Get(ctx, cfg.ResourceGroup, nil); isNotFound(err) {
+	_, err := cl.Groups.Get(ctx, cfg.ResourceGroup, nil)
+	rgMissing := isNotFound(err)
+	if err != nil && !rgMissing {
+		return fail("resource group", cfg.ResourceGroup, err)
+	}
+	// Before any write: refuse resources of the same names that this deployment did not create.
+	// A PUT would replace their settings (a vault's access policies and network rules) and tags,
+	// and our tag would then make destroy delete them.
+	own := ownedTags{}
+	if !rgMissing {
+		if own, err = checkOwned(ctx, cl, cfg); err != nil {
+			progress(w, "%v", err)
+			return nil, steps, err
+		}
+	}
+	// A vault of ours that destroy soft-deleted (without --purge) blocks its name until purged:
+	// recover it. One that is not ours is refused like a live one. Soft-deleted vaults outlive
+	// their resource group, so this is checked even when the group is missing.
+	var recoverVault bool
+	if _, live := own[n.Vault]; !live {
+		if recoverVault, err = checkDeletedVault(ctx, cl, cfg); err != nil {
+			progress(w, "%v", err)
+			return nil, steps, err
+		}
+	}
+	tagsOf := func(name string) map[string]*string { return mergeTags(own[name], cfg.NamePrefix) }
+	if rgMissing {
 		if _, err := cl.Groups.CreateOrUpdate(ctx, cfg.ResourceGroup, armresources.ResourceGroup{Location: &cfg.Location, Tags: cfg.tags()}, nil); err != nil {
 			return fail("resource group", cfg.ResourceGroup, err)
 		}
 		done("resource group", cfg.ResourceGroup, "created", "")
-	} else if err != nil {
-		return fail("resource group", cfg.ResourceGroup, err)
 	} else {
 		done("resource group", cfg.ResourceGroup, "exists", "")
 	}
 
-	id, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.Identity, armmsi.Identity{Location: &cfg.Location, Tags: cfg.tags()}, nil)
+	id, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.Identity, armmsi.Identity{Location: &cfg.Location, Tags: tagsOf(n.Identity)}, nil)
 	if err != nil {
 		return fail("managed identity", n.Identity, err)
 	}
@@ -128,7 +170,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 	done("managed identity", n.Identity, "ready", "client id "+out.IdentityClientID)
 
-	prov, err := cl.Attestation.Create(ctx, cfg.ResourceGroup, n.AttestationProvider, cfg.Location, cfg.tags())
+	prov, err := cl.Attestation.Create(ctx, cfg.ResourceGroup, n.AttestationProvider, cfg.Location, tagsOf(n.AttestationProvider))
 	if err != nil {
 		return fail("attestation provider", n.AttestationProvider, err)
 	}
@@ -164,7 +206,13 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		// Irreversible: only ever sent as true.
 		vp.EnablePurgeProtection = ptr(true)
 	}
-	poller, err := cl.Vaults.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Vault, armkeyvault.VaultCreateOrUpdateParameters{Location: &cfg.Location, Tags: cfg.tags(), Properties: vp}, nil)
+	if recoverVault {
+		// Recovery brings back the vault with its keys, certificates and role assignments.
+		// Whether ARM applies the other properties sent along is UNCONFIRMED; the next apply
+		// sends them again as an ordinary update.
+		vp.CreateMode = ptr(armkeyvault.CreateModeRecover)
+	}
+	poller, err := cl.Vaults.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Vault, armkeyvault.VaultCreateOrUpdateParameters{Location: &cfg.Location, Tags: tagsOf(n.Vault), Properties: vp}, nil)
 	if err != nil {
 		return fail("key vault", n.Vault, err)
 	}
@@ -176,18 +224,17 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		return fail("key vault", n.Vault, errors.New("no vaultUri in the answer"))
 	}
 	out.KeyVaultURL = *vault.Properties.VaultURI
-	done("key vault", n.Vault, "ready", out.KeyVaultURL+" (RBAC)")
-	vaultScope := cfg.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
-	for _, a := range []struct{ principal, ptype, role, label string }{
-		{cfg.OperatorPrincipalID, operatorType(cfg), RoleKeyVaultCertificatesOfficer, "Key Vault Certificates Officer (operator)"},
-		{out.IdentityPrincipalID, "ServicePrincipal", RoleKeyVaultCryptoUser, "Key Vault Crypto User (identity)"},
-		{out.IdentityPrincipalID, "ServicePrincipal", RoleKeyVaultCertificateUser, "Key Vault Certificate User (identity)"},
-	} {
-		if err := assign(ctx, cl, cfg, vaultScope, a.principal, a.ptype, a.role); err != nil {
-			return fail("role assignment", a.label, err)
-		}
-		done("role assignment", a.label, "ensured", "")
+	if recoverVault {
+		done("key vault", n.Vault, "recovered", out.KeyVaultURL+" (RBAC; from soft delete)")
+	} else {
+		done("key vault", n.Vault, "ready", out.KeyVaultURL+" (RBAC)")
 	}
+	vaultScope := cfg.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
+	// The operator creates the certificate, so it needs the vault scope.
+	if err := assign(ctx, cl, cfg, vaultScope, cfg.OperatorPrincipalID, operatorType(cfg), RoleKeyVaultCertificatesOfficer); err != nil {
+		return fail("role assignment", "Key Vault Certificates Officer (operator)", err)
+	}
+	done("role assignment", "Key Vault Certificates Officer (operator)", "ensured", "")
 	kt := "RSA"
 	if cfg.HSM {
 		kt = "RSA-HSM"
@@ -207,10 +254,31 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	out.CertificateSubject = cert.Certificate.Subject.String()
 	sum := sha256.Sum256(cert.Certificate.Raw)
 	out.CertificateThumbprint = hex.EncodeToString(sum[:])
-	done("certificate", n.Certificate, "ready", out.KeyID)
+	if len(cert.Replaced) > 0 {
+		// A new version: the trust store written below trusts it instead of the old one.
+		done("certificate", n.Certificate, "new version", out.KeyID+" (the existing one did not match: "+strings.Join(cert.Replaced, "; ")+")")
+	} else {
+		done("certificate", n.Certificate, "ready", out.KeyID)
+	}
+	// The signing identity gets sign on the certificate's key, read on the certificate and read on
+	// its secret (where the signer reads the PEM chain), each scoped to that one object rather
+	// than to the vault. Key Vault RBAC takes object scopes .../vaults/<v>/keys|secrets|
+	// certificates/<name> (Microsoft Learn, key-vault/general/rbac-guide). The objects exist by
+	// now, since the certificate created its key and secret; whether ARM would accept the
+	// assignment before they exist is UNCONFIRMED.
+	for _, a := range signingAssignments(vaultScope, n.Certificate) {
+		if err := assign(ctx, cl, cfg, a.scope, out.IdentityPrincipalID, "ServicePrincipal", a.role); err != nil {
+			return fail("role assignment", a.label, err)
+		}
+		// The vault-wide grant earlier versions made is withdrawn.
+		if err := unassign(ctx, cl, vaultScope, out.IdentityPrincipalID, a.role); err != nil {
+			return fail("role assignment", a.label+" at vault scope", err)
+		}
+		done("role assignment", a.label, "ensured", "")
+	}
 
 	rp, err := cl.Registries.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, armcontainerregistry.Registry{
-		Location: &cfg.Location, Tags: cfg.tags(),
+		Location: &cfg.Location, Tags: tagsOf(n.Registry),
 		SKU: &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
 		Properties: &armcontainerregistry.RegistryProperties{
 			AdminUserEnabled: ptr(false),
@@ -254,6 +322,109 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	return out, steps, nil
 }
 
+// planDeletedVault adds the plan step of a vault that does not exist: created, recovered from
+// soft delete, or refused.
+func planDeletedVault(ctx context.Context, cl *Clients, cfg Config, steps []Step) ([]Step, error) {
+	n := NamesFor(cfg.NamePrefix)
+	ours, found, err := deletedVault(ctx, cl, cfg)
+	switch {
+	case err != nil:
+		return steps, err
+	case found && ours:
+		return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "recover", Detail: "soft-deleted by an earlier destroy: recovered with its keys and certificates"}), nil
+	case found:
+		return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "refuse", Detail: "soft-deleted, not created by this deployment: apply would refuse (choose another --name-prefix)"}), nil
+	}
+	return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "create"}), nil
+}
+
+// ErrNotOwned is the error of a resource that exists under a deployment's name but does not carry
+// the deployment's tag: apply refuses to update it.
+var ErrNotOwned = errors.New("not created by this deployment")
+
+// ownedTags are the tags of the deployment's resources that exist already, by name.
+type ownedTags map[string]map[string]*string
+
+// checkOwned reads the deployment's resources; any that exists without the deployment's tag is
+// an ErrNotOwned error naming it.
+func checkOwned(ctx context.Context, cl *Clients, cfg Config) (ownedTags, error) {
+	n := NamesFor(cfg.NamePrefix)
+	o := ownedTags{}
+	check := func(kind, name string, tags map[string]*string, err error) error {
+		switch {
+		case isNotFound(err):
+			return nil
+		case err != nil:
+			return fmt.Errorf("%s %s: %w", kind, name, err)
+		case !tagged(tags, cfg.NamePrefix):
+			return fmt.Errorf("%s %s exists and was %w (no %s=%s tag): apply refuses to overwrite and adopt it; choose another --name-prefix",
+				kind, name, ErrNotOwned, TagKey, cfg.NamePrefix)
+		}
+		o[name] = tags
+		return nil
+	}
+	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
+	if err := check("managed identity", n.Identity, id.Tags, err); err != nil {
+		return o, err
+	}
+	var provTags map[string]*string
+	prov, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider)
+	if prov != nil {
+		provTags = prov.Tags
+	}
+	if err := check("attestation provider", n.AttestationProvider, provTags, err); err != nil {
+		return o, err
+	}
+	v, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
+	if err := check("key vault", n.Vault, v.Tags, err); err != nil {
+		return o, err
+	}
+	reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
+	if err := check("container registry", n.Registry, reg.Tags, err); err != nil {
+		return o, err
+	}
+	return o, nil
+}
+
+// checkDeletedVault looks for a soft-deleted vault under the deployment's vault name: one of
+// ours is to be recovered (true); another is an ErrNotOwned error.
+func checkDeletedVault(ctx context.Context, cl *Clients, cfg Config) (bool, error) {
+	ours, found, err := deletedVault(ctx, cl, cfg)
+	switch {
+	case err != nil:
+		return false, err
+	case found && !ours:
+		n := NamesFor(cfg.NamePrefix)
+		return false, fmt.Errorf("key vault %s is soft-deleted in %s and was %w (no %s=%s tag): its name stays taken until it is purged; choose another --name-prefix",
+			n.Vault, cfg.Location, ErrNotOwned, TagKey, cfg.NamePrefix)
+	}
+	return found, nil
+}
+
+// deletedVault reports whether a soft-deleted vault holds the deployment's vault name in its
+// location, and whether it carries the deployment's tag.
+func deletedVault(ctx context.Context, cl *Clients, cfg Config) (ours, found bool, err error) {
+	n := NamesFor(cfg.NamePrefix)
+	d, err := cl.Vaults.GetDeleted(ctx, n.Vault, cfg.Location, nil)
+	if isNotFound(err) {
+		return false, false, nil
+	}
+	if err != nil {
+		return false, false, fmt.Errorf("soft-deleted key vault %s: %w", n.Vault, err)
+	}
+	return d.Properties != nil && tagged(d.Properties.Tags, cfg.NamePrefix), true, nil
+}
+
+// mergeTags returns existing with the deployment's tag set: tags others put on our resources stay.
+func mergeTags(existing map[string]*string, prefix string) map[string]*string {
+	t := make(map[string]*string, len(existing)+1)
+	for k, v := range existing {
+		t[k] = v
+	}
+	t[TagKey] = ptr(prefix)
+	return t
+}
+
 func operatorType(cfg Config) string {
 	if cfg.OperatorPrincipalType == "" {
 		return "User"
@@ -272,6 +443,27 @@ func assign(ctx context.Context, cl *Clients, cfg Config, scope, principal, prin
 	}, nil)
 	var re *azcore.ResponseError
 	if errors.As(err, &re) && re.StatusCode == http.StatusConflict && re.ErrorCode == "RoleAssignmentExists" {
+		return nil
+	}
+	return err
+}
+
+// signingAssignment is a role the signing identity holds on one vault object.
+type signingAssignment struct{ scope, role, label string }
+
+// signingAssignments are the signing identity's roles on the vault, each on its object.
+func signingAssignments(vaultScope, certificate string) []signingAssignment {
+	return []signingAssignment{
+		{vaultScope + "/keys/" + certificate, RoleKeyVaultCryptoUser, "Key Vault Crypto User on key " + certificate + " (identity)"},
+		{vaultScope + "/certificates/" + certificate, RoleKeyVaultCertificateUser, "Key Vault Certificate User on certificate " + certificate + " (identity)"},
+		{vaultScope + "/secrets/" + certificate, RoleKeyVaultSecretsUser, "Key Vault Secrets User on secret " + certificate + " (identity)"},
+	}
+}
+
+// unassign deletes the assignment assign would have made; a missing one is success.
+func unassign(ctx context.Context, cl *Clients, scope, principal, role string) error {
+	_, err := cl.RoleAssignments.Delete(ctx, scope, assignmentName(scope, principal, role), nil)
+	if isNotFound(err) {
 		return nil
 	}
 	return err
@@ -296,7 +488,7 @@ func retryForbidden(ctx context.Context, w io.Writer, f func() error) error {
 }
 
 // Destroy deletes the deployment's resources that carry its tag, and the resource group if the
-// deployment created it. The vault is purged only if purge is set (and purge protection allows).
+// deployment created it and everything left in it carries the tag. The vault is purged only if purge is set (and purge protection allows).
 func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writer) ([]Step, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -356,6 +548,24 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		}
 	} else if !isNotFound(err) {
 		return steps, err
+	} else if purge {
+		// Left soft-deleted by an earlier destroy without --purge.
+		ours, found, err := deletedVault(ctx, cl, cfg)
+		switch {
+		case err != nil:
+			return steps, err
+		case found && !ours:
+			note("key vault", n.Vault, "skip", "soft-deleted, not created by this deployment")
+		case found:
+			p, err := cl.Vaults.BeginPurgeDeleted(ctx, n.Vault, cfg.Location, nil)
+			if err == nil {
+				_, err = p.PollUntilDone(ctx, nil)
+			}
+			if err != nil {
+				return steps, fmt.Errorf("purging key vault %s: %w", n.Vault, err)
+			}
+			note("key vault", n.Vault, "purged", "was soft-deleted")
+		}
 	}
 	if p, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider); err == nil {
 		if !tagged(p.Tags, cfg.NamePrefix) {
@@ -382,6 +592,10 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	if rg, err := cl.Groups.Get(ctx, cfg.ResourceGroup, nil); err == nil {
 		if !tagged(rg.Tags, cfg.NamePrefix) {
 			note("resource group", cfg.ResourceGroup, "skip", "not created by this deployment")
+		} else if foreign, err := foreignResources(ctx, cl, cfg); err != nil {
+			return steps, fmt.Errorf("listing resource group %s: %w", cfg.ResourceGroup, err)
+		} else if len(foreign) > 0 {
+			note("resource group", cfg.ResourceGroup, "skip", fmt.Sprintf("holds %d resources not created by this deployment (%s)", len(foreign), strings.Join(foreign, ", ")))
 		} else if p, err := cl.Groups.BeginDelete(ctx, cfg.ResourceGroup, nil); err != nil {
 			return steps, err
 		} else if _, err := p.PollUntilDone(ctx, nil); err != nil {
@@ -393,4 +607,34 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		return steps, err
 	}
 	return steps, nil
+}
+
+// foreignResources lists the resources of the deployment's group that do not carry its tag: the
+// group is deleted only when it holds none (deleting a group deletes everything in it).
+func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, error) {
+	if cl.Resources == nil {
+		return nil, errors.New("no resources client to list the group with")
+	}
+	var foreign []string
+	pager := cl.Resources.NewListByResourceGroupPager(cfg.ResourceGroup, nil)
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range page.Value {
+			if r == nil || tagged(r.Tags, cfg.NamePrefix) {
+				continue
+			}
+			name := "?"
+			if r.Name != nil {
+				name = *r.Name
+			}
+			if r.Type != nil {
+				name += " (" + *r.Type + ")"
+			}
+			foreign = append(foreign, name)
+		}
+	}
+	return foreign, nil
 }

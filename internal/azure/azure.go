@@ -6,8 +6,10 @@
 //
 // Apply is idempotent: every resource is created or updated in place, role assignments have
 // deterministic names and "already exists" counts as success, and a failed run reports what
-// exists so that running it again completes. Plan reads and changes nothing. Destroy removes only
-// resources that carry this deployment's tag.
+// exists so that running it again completes. It refuses, before writing anything, a resource
+// under one of its names that does not carry this deployment's tag, and recovers the vault an
+// earlier destroy soft-deleted. Plan reads and changes nothing. Destroy removes only resources
+// that carry this deployment's tag, and the resource group only when nothing else is left in it.
 package azure
 
 import (
@@ -39,6 +41,7 @@ const TagKey = "attested-kv-deployment"
 const (
 	RoleKeyVaultCryptoUser          = "12338af0-0e69-4776-bea7-57ae8d297424"
 	RoleKeyVaultCertificateUser     = "db79e9a7-68ee-4b58-9aeb-b90e7c24fcba"
+	RoleKeyVaultSecretsUser         = "4633458b-17de-408a-b874-0445c86b69e6"
 	RoleKeyVaultCertificatesOfficer = "a4417e6f-fecd-4de8-b567-7b0420556985"
 	RoleAcrPush                     = "8311e382-0749-4cb8-b61a-304f252e45ec"
 	RoleAcrPull                     = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
@@ -125,6 +128,8 @@ type Clients struct {
 	Registries      *armcontainerregistry.RegistriesClient
 	RoleAssignments *armauthorization.RoleAssignmentsClient
 	Attestation     *AttestationProviders
+	// Resources lists what the resource group holds before destroy deletes it.
+	Resources *armresources.Client
 	// Build holds the clients of the build layer and replication; needed only when used.
 	Build *BuildLayerClients
 	// PolicySetter sets the attestation policy on the provider's data plane.
@@ -143,6 +148,9 @@ func NewClients(subscription string, cred azcore.TokenCredential, opts *arm.Clie
 	c := &Clients{}
 	var err error
 	if c.Groups, err = armresources.NewResourceGroupsClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.Resources, err = armresources.NewClient(subscription, cred, opts); err != nil {
 		return nil, err
 	}
 	if c.Identities, err = armmsi.NewUserAssignedIdentitiesClient(subscription, cred, opts); err != nil {
@@ -170,7 +178,7 @@ func NewClients(subscription string, cred azcore.TokenCredential, opts *arm.Clie
 type Step struct {
 	Kind   string `json:"kind"`
 	Name   string `json:"name"`
-	Action string `json:"action"` // create, update, exists, delete, skip, done
+	Action string `json:"action"` // create, update, exists, recover, refuse, delete, skip, done
 	Detail string `json:"detail,omitempty"`
 }
 

@@ -45,6 +45,10 @@ type fakeAzure struct {
 	policies    []string
 	certs       map[string]bool
 	failVault   bool
+	// deletedVaults are soft-deleted vaults (name -> the tags they had).
+	deletedVaults map[string]map[string]*string
+	// foreign are resources in the group that no deployment of ours created.
+	foreign []*armresources.GenericResourceExpanded
 }
 
 func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
@@ -59,7 +63,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	t.Helper()
 	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
 		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
-		writes: map[string]int{}, certs: map[string]bool{}}
+		writes: map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}}
 	cred := &azfake.TokenCredential{}
 	opt := func(tr interface {
 		Do(*http.Request) (*http.Response, error)
@@ -97,6 +101,38 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			var r azfake.PollerResponder[armresources.ResourceGroupsClientDeleteResponse]
 			r.SetTerminalResponse(http.StatusOK, armresources.ResourceGroupsClientDeleteResponse{}, nil)
 			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Resources, err = armresources.NewClient("sub", cred, opt(rgfake.NewServerTransport(&rgfake.Server{
+		NewListByResourceGroupPager: func(rg string, _ *armresources.ClientListByResourceGroupOptions) azfake.PagerResponder[armresources.ClientListByResourceGroupResponse] {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			res := func(name, typ string, tags map[string]*string) *armresources.GenericResourceExpanded {
+				return &armresources.GenericResourceExpanded{Name: ptr(name), Type: ptr(typ), Tags: tags}
+			}
+			var all []*armresources.GenericResourceExpanded
+			for name, v := range f.identities {
+				all = append(all, res(name, "Microsoft.ManagedIdentity/userAssignedIdentities", v.Tags))
+			}
+			for name, v := range f.vaults {
+				all = append(all, res(name, "Microsoft.KeyVault/vaults", v.Tags))
+			}
+			for name, v := range f.registries {
+				all = append(all, res(name, "Microsoft.ContainerRegistry/registries", v.Tags))
+			}
+			for name, v := range f.providers {
+				all = append(all, res(name, "Microsoft.Attestation/attestationProviders", v.Tags))
+			}
+			all = append(all, f.foreign...)
+			// Two pages, to exercise the pager.
+			half := len(all) / 2
+			var r azfake.PagerResponder[armresources.ClientListByResourceGroupResponse]
+			r.AddPage(http.StatusOK, armresources.ClientListByResourceGroupResponse{ResourceListResult: armresources.ResourceListResult{Value: all[:half]}}, nil)
+			r.AddPage(http.StatusOK, armresources.ClientListByResourceGroupResponse{ResourceListResult: armresources.ResourceListResult{Value: all[half:]}}, nil)
+			return r
 		},
 	})))
 	if err != nil {
@@ -147,6 +183,19 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 				e.SetResponseError(http.StatusConflict, "VaultAlreadyExists")
 				return r, e
 			}
+			_, deleted := f.deletedVaults[name]
+			recover := p.Properties != nil && p.Properties.CreateMode != nil && *p.Properties.CreateMode == armkeyvault.CreateModeRecover
+			if deleted != recover {
+				// ARM: a soft-deleted vault blocks its name; recovery needs one.
+				var e azfake.ErrorResponder
+				if deleted {
+					e.SetResponseError(http.StatusConflict, "ConflictError")
+				} else {
+					e.SetResponseError(http.StatusNotFound, "ResourceNotFound")
+				}
+				return r, e
+			}
+			delete(f.deletedVaults, name)
 			f.vaults[name] = p
 			f.wrote("vault")
 			v := armkeyvault.Vault{Tags: p.Tags, Properties: &armkeyvault.VaultProperties{VaultURI: ptr("https://" + name + ".vault.azure.net/")}}
@@ -168,15 +217,35 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 		Delete: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientDeleteOptions) (azfake.Responder[armkeyvault.VaultsClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			f.deletedVaults[name] = f.vaults[name].Tags
 			delete(f.vaults, name)
 			f.wrote("vault-delete")
 			var r azfake.Responder[armkeyvault.VaultsClientDeleteResponse]
 			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientDeleteResponse{}, nil)
 			return r, azfake.ErrorResponder{}
 		},
+		GetDeleted: func(_ context.Context, name, location string, _ *armkeyvault.VaultsClientGetDeletedOptions) (azfake.Responder[armkeyvault.VaultsClientGetDeletedResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			tags, ok := f.deletedVaults[name]
+			if !ok {
+				return notFound[armkeyvault.VaultsClientGetDeletedResponse]()
+			}
+			var r azfake.Responder[armkeyvault.VaultsClientGetDeletedResponse]
+			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientGetDeletedResponse{DeletedVault: armkeyvault.DeletedVault{
+				Name: ptr(name), Properties: &armkeyvault.DeletedVaultProperties{Location: ptr(location), Tags: tags},
+			}}, nil)
+			return r, azfake.ErrorResponder{}
+		},
 		BeginPurgeDeleted: func(_ context.Context, name, location string, _ *armkeyvault.VaultsClientBeginPurgeDeletedOptions) (azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			if _, ok := f.deletedVaults[name]; !ok {
+				e := azfake.ErrorResponder{}
+				e.SetResponseError(http.StatusNotFound, "ResourceNotFound")
+				return azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]{}, e
+			}
+			delete(f.deletedVaults, name)
 			f.wrote("vault-purge")
 			var r azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]
 			r.SetTerminalResponse(http.StatusOK, armkeyvault.VaultsClientPurgeDeletedResponse{}, nil)
@@ -223,6 +292,8 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	}
 	cl.RoleAssignments, err = armauthorization.NewRoleAssignmentsClient("sub", cred, opt(authfake.NewRoleAssignmentsServerTransport(&authfake.RoleAssignmentsServer{
 		Create: func(_ context.Context, scope, name string, p armauthorization.RoleAssignmentCreateParameters, _ *armauthorization.RoleAssignmentsClientCreateOptions) (azfake.Responder[armauthorization.RoleAssignmentsClientCreateResponse], azfake.ErrorResponder) {
+			// The fake hands the scope over without its leading slash.
+			scope = "/" + strings.TrimPrefix(scope, "/")
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			var r azfake.Responder[armauthorization.RoleAssignmentsClientCreateResponse]
@@ -239,6 +310,21 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			}
 			f.assignments[scope+"|"+name] = p
 			r.SetResponse(http.StatusCreated, armauthorization.RoleAssignmentsClientCreateResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Delete: func(_ context.Context, scope, name string, _ *armauthorization.RoleAssignmentsClientDeleteOptions) (azfake.Responder[armauthorization.RoleAssignmentsClientDeleteResponse], azfake.ErrorResponder) {
+			// The fake hands the scope over without its leading slash.
+			scope = "/" + strings.TrimPrefix(scope, "/")
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var r azfake.Responder[armauthorization.RoleAssignmentsClientDeleteResponse]
+			if _, ok := f.assignments[scope+"|"+name]; !ok {
+				r.SetResponse(http.StatusNoContent, armauthorization.RoleAssignmentsClientDeleteResponse{}, nil)
+				return r, azfake.ErrorResponder{}
+			}
+			delete(f.assignments, scope+"|"+name)
+			f.wrote("assignment-delete")
+			r.SetResponse(http.StatusOK, armauthorization.RoleAssignmentsClientDeleteResponse{}, nil)
 			return r, azfake.ErrorResponder{}
 		},
 	})))
@@ -357,19 +443,25 @@ func TestApplyPlanDestroy(t *testing.T) {
 	if *reg.SKU.Name != armcontainerregistry.SKUNamePremium || *reg.Properties.AdminUserEnabled || *reg.Properties.RoleAssignmentMode != armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions {
 		t.Fatalf("registry %+v", reg.Properties)
 	}
+	// principal|role -> principal type and scope.
+	vaultScope := testConfig.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
+	regScope := testConfig.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
+	provScope := testConfig.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + n.AttestationProvider
 	wantRoles := map[string]string{
-		"principal-" + n.Identity + "|" + RoleKeyVaultCryptoUser:      "ServicePrincipal",
-		"principal-" + n.Identity + "|" + RoleKeyVaultCertificateUser: "ServicePrincipal",
-		"principal-" + n.Identity + "|" + RoleAcrPush:                 "ServicePrincipal",
-		"operator|" + RoleKeyVaultCertificatesOfficer:                 "User",
-		"operator|" + RoleAttestationContributor:                      "User",
-		"kubelet|" + RoleAcrPull:                                      "ServicePrincipal",
+		"principal-" + n.Identity + "|" + RoleKeyVaultCryptoUser:      "ServicePrincipal " + vaultScope + "/keys/attested-signing",
+		"principal-" + n.Identity + "|" + RoleKeyVaultCertificateUser: "ServicePrincipal " + vaultScope + "/certificates/attested-signing",
+		"principal-" + n.Identity + "|" + RoleKeyVaultSecretsUser:     "ServicePrincipal " + vaultScope + "/secrets/attested-signing",
+		"principal-" + n.Identity + "|" + RoleAcrPush:                 "ServicePrincipal " + regScope,
+		"operator|" + RoleKeyVaultCertificatesOfficer:                 "User " + vaultScope,
+		"operator|" + RoleAttestationContributor:                      "User " + provScope,
+		"kubelet|" + RoleAcrPull:                                      "ServicePrincipal " + regScope,
 	}
-	for _, a := range f.assignments {
+	for key, a := range f.assignments {
+		scope := key[:strings.LastIndex(key, "|")]
 		role := (*a.Properties.RoleDefinitionID)[strings.LastIndex(*a.Properties.RoleDefinitionID, "/")+1:]
 		k := *a.Properties.PrincipalID + "|" + role
-		if want, ok := wantRoles[k]; !ok || string(*a.Properties.PrincipalType) != want {
-			t.Fatalf("unexpected role assignment %s (%s)", k, *a.Properties.PrincipalType)
+		if want, ok := wantRoles[k]; !ok || string(*a.Properties.PrincipalType)+" "+scope != want {
+			t.Fatalf("unexpected role assignment %s (%s) at %s", k, *a.Properties.PrincipalType, scope)
 		}
 		delete(wantRoles, k)
 	}
@@ -471,5 +563,249 @@ func TestConfigValidate(t *testing.T) {
 	c.OperatorPrincipalID = ""
 	if c.Validate() == nil {
 		t.Error("missing operator accepted")
+	}
+}
+
+// TestDestroyKeepsGroupWithForeignResources: a group carrying our tag is deleted only when
+// everything left in it carries our tag too; deleting a group deletes all it holds.
+func TestDestroyKeepsGroupWithForeignResources(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	other := map[string]*string{TagKey: ptr("other")}
+	f.foreign = []*armresources.GenericResourceExpanded{
+		{Name: ptr("team-kv"), Type: ptr("Microsoft.KeyVault/vaults")},
+		{Name: ptr("otheracr"), Type: ptr("Microsoft.ContainerRegistry/registries"), Tags: other},
+		{Name: ptr("ours-too"), Type: ptr("Microsoft.Compute/galleries"), Tags: testConfig.tags()},
+	}
+	steps, err := Destroy(ctx, cl, testConfig, false, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.groups["rg"]; !ok || f.writes["group-delete"] != 0 {
+		t.Fatalf("the group holding foreign resources was deleted (%d deletes)", f.writes["group-delete"])
+	}
+	last := steps[len(steps)-1]
+	if last.Kind != "resource group" || last.Action != "skip" || !strings.Contains(last.Detail, "2 resources not created by this deployment") ||
+		!strings.Contains(last.Detail, "team-kv") || !strings.Contains(last.Detail, "otheracr") || strings.Contains(last.Detail, "ours-too") {
+		t.Fatalf("report: %+v", last)
+	}
+	// Our own resources were still deleted.
+	if len(f.vaults)+len(f.registries)+len(f.identities)+len(f.providers) != 0 {
+		t.Fatalf("left: %d vaults, %d registries, %d identities, %d providers", len(f.vaults), len(f.registries), len(f.identities), len(f.providers))
+	}
+
+	// Only our resources left (here another of our own, untouched by destroy): the group goes.
+	f.foreign = f.foreign[2:]
+	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.groups["rg"]; ok || f.writes["group-delete"] != 1 {
+		t.Fatalf("group of our resources only: kept %v, %d deletes", ok, f.writes["group-delete"])
+	}
+}
+
+// TestApplyRefusesForeignResources: a resource under one of the deployment's names that does not
+// carry its tag is neither overwritten nor adopted; one that does keeps the tags others added.
+func TestApplyRefusesForeignResources(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	other := func() map[string]*string { return map[string]*string{TagKey: ptr("other"), "owner": ptr("team")} }
+	for _, c := range []struct {
+		kind, name string
+		put        func(f *fakeAzure, tags map[string]*string)
+		tags       func(f *fakeAzure) map[string]*string
+	}{
+		{"managed identity", n.Identity,
+			func(f *fakeAzure, tags map[string]*string) {
+				f.identities[n.Identity] = armmsi.Identity{Location: ptr("westeurope"), Tags: tags}
+			},
+			func(f *fakeAzure) map[string]*string { return f.identities[n.Identity].Tags }},
+		{"attestation provider", n.AttestationProvider,
+			func(f *fakeAzure, tags map[string]*string) {
+				f.providers[n.AttestationProvider] = Provider{Location: "westeurope", Tags: tags}
+			},
+			func(f *fakeAzure) map[string]*string { return f.providers[n.AttestationProvider].Tags }},
+		{"key vault", n.Vault,
+			func(f *fakeAzure, tags map[string]*string) {
+				f.vaults[n.Vault] = armkeyvault.VaultCreateOrUpdateParameters{Location: ptr("westeurope"), Tags: tags, Properties: &armkeyvault.VaultProperties{
+					AccessPolicies: []*armkeyvault.AccessPolicyEntry{{ObjectID: ptr("someone")}},
+				}}
+			},
+			func(f *fakeAzure) map[string]*string { return f.vaults[n.Vault].Tags }},
+		{"container registry", n.Registry,
+			func(f *fakeAzure, tags map[string]*string) {
+				f.registries[n.Registry] = armcontainerregistry.Registry{Location: ptr("westeurope"), Tags: tags}
+			},
+			func(f *fakeAzure) map[string]*string { return f.registries[n.Registry].Tags }},
+	} {
+		for _, foreign := range []map[string]*string{nil, other()} {
+			f, cl := newFakeAzure(t)
+			f.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope")}
+			c.put(f, foreign)
+			plan, err := Plan(ctx, cl, testConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var planned bool
+			for _, s := range plan {
+				if s.Name == c.name && s.Action == "refuse" && strings.Contains(s.Detail, "not created by this deployment") {
+					planned = true
+				}
+			}
+			if !planned {
+				t.Errorf("%s with tags %v: plan %+v", c.kind, foreign, plan)
+			}
+			_, _, err = Apply(ctx, cl, testConfig, io.Discard)
+			if !errors.Is(err, ErrNotOwned) || !strings.Contains(err.Error(), c.kind+" "+c.name) || !strings.Contains(err.Error(), "--name-prefix") {
+				t.Errorf("%s with tags %v: apply error %v", c.kind, foreign, err)
+			}
+			// Refused before any write at all, so nothing half-done is left either.
+			if len(f.writes) != 0 {
+				t.Errorf("%s with tags %v: apply wrote %v", c.kind, foreign, f.writes)
+			}
+			if got := c.tags(f); len(got) != len(foreign) || (foreign != nil && *got[TagKey] != "other") {
+				t.Errorf("%s: tags changed to %v", c.kind, got)
+			}
+		}
+		// Ours (a re-apply): updated, and the tags others added stay.
+		f, cl := newFakeAzure(t)
+		f.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope")}
+		c.put(f, map[string]*string{TagKey: ptr("demo1"), "cost-center": ptr("42")})
+		if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+			t.Fatalf("%s ours: %v", c.kind, err)
+		}
+		if got := c.tags(f); len(got) != 2 || got["cost-center"] == nil || *got["cost-center"] != "42" || *got[TagKey] != "demo1" {
+			t.Errorf("%s ours: tags after apply %v", c.kind, got)
+		}
+	}
+}
+
+// TestSigningRolesScopedToObjects: the signing identity's Key Vault roles are on the signing key,
+// certificate and secret only, and the vault-wide grants of earlier versions are withdrawn.
+func TestSigningRolesScopedToObjects(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	n := NamesFor("demo1")
+	vaultScope := testConfig.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
+	principal := "principal-" + n.Identity
+	// What an earlier apply left: the identity's roles on the whole vault.
+	for _, role := range []string{RoleKeyVaultCryptoUser, RoleKeyVaultCertificateUser} {
+		f.assignments[vaultScope+"|"+assignmentName(vaultScope, principal, role)] = armauthorization.RoleAssignmentCreateParameters{
+			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(role))},
+		}
+	}
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for key, a := range f.assignments {
+		if *a.Properties.PrincipalID != principal || !strings.HasPrefix(key, vaultScope) {
+			continue
+		}
+		role := (*a.Properties.RoleDefinitionID)[strings.LastIndex(*a.Properties.RoleDefinitionID, "/")+1:]
+		got[key[:strings.LastIndex(key, "|")]+" "+role] = true
+	}
+	want := map[string]bool{
+		vaultScope + "/keys/attested-signing " + RoleKeyVaultCryptoUser:              true,
+		vaultScope + "/certificates/attested-signing " + RoleKeyVaultCertificateUser: true,
+		vaultScope + "/secrets/attested-signing " + RoleKeyVaultSecretsUser:          true,
+	}
+	if len(got) != len(want) {
+		t.Fatalf("identity's assignments on the vault: %v", got)
+	}
+	for k := range want {
+		if !got[k] {
+			t.Fatalf("missing %s; have %v", k, got)
+		}
+	}
+}
+
+// TestApplyRecoversSoftDeletedVault: after a destroy without --purge, apply recovers the vault it
+// soft-deleted; a soft-deleted vault that is not ours is refused, and destroy --purge purges ours.
+func TestApplyRecoversSoftDeletedVault(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	f, cl := newFakeAzure(t)
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.deletedVaults[n.Vault]; !ok || len(f.groups) != 0 {
+		t.Fatalf("destroy: deleted vaults %v, groups %d", f.deletedVaults, len(f.groups))
+	}
+	plan, err := Plan(ctx, cl, testConfig)
+	if err != nil || !hasStep(plan, n.Vault, "recover") || len(plan) != 8 {
+		t.Fatalf("plan: %+v %v", plan, err)
+	}
+	_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
+	if err != nil {
+		t.Fatalf("apply after destroy: %v", err)
+	}
+	if v := f.vaults[n.Vault]; v.Properties == nil || v.Properties.CreateMode == nil || *v.Properties.CreateMode != armkeyvault.CreateModeRecover || !hasStep(steps, n.Vault, "recovered") {
+		t.Fatalf("vault not recovered: %+v", v.Properties)
+	}
+	if len(f.deletedVaults) != 0 {
+		t.Fatalf("still soft-deleted: %v", f.deletedVaults)
+	}
+	// A re-apply is an ordinary update.
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil || f.vaults[n.Vault].Properties.CreateMode != nil {
+		t.Fatalf("re-apply: %v", err)
+	}
+
+	// destroy, then destroy --purge, purges it.
+	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Destroy(ctx, cl, testConfig, true, io.Discard); err != nil || len(f.deletedVaults) != 0 || f.writes["vault-purge"] != 1 {
+		t.Fatalf("destroy --purge of a soft-deleted vault: %v, %v left", err, f.deletedVaults)
+	}
+
+	// Someone else's soft-deleted vault under our name: refused, before any write.
+	for _, tags := range []map[string]*string{nil, {TagKey: ptr("other")}} {
+		f, cl := newFakeAzure(t)
+		f.deletedVaults[n.Vault] = tags
+		plan, err := Plan(ctx, cl, testConfig)
+		if err != nil || !hasStep(plan, n.Vault, "refuse") {
+			t.Fatalf("plan: %+v %v", plan, err)
+		}
+		_, _, err = Apply(ctx, cl, testConfig, io.Discard)
+		if !errors.Is(err, ErrNotOwned) || !strings.Contains(err.Error(), "soft-deleted") || !strings.Contains(err.Error(), "--name-prefix") || len(f.writes) != 0 {
+			t.Fatalf("apply over a foreign soft-deleted vault: %v, writes %v", err, f.writes)
+		}
+		if _, err := Destroy(ctx, cl, testConfig, true, io.Discard); err != nil || f.writes["vault-purge"] != 0 {
+			t.Fatalf("destroy --purge purged a foreign vault: %v", err)
+		}
+	}
+}
+
+func hasStep(steps []Step, name, action string) bool {
+	for _, s := range steps {
+		if s.Name == name && s.Action == action {
+			return true
+		}
+	}
+	return false
+}
+
+// TestApplyReportsReplacedCertificate: when the vault's signing certificate did not match the
+// requested policy and a new version was made, apply says so and why (the trust store it writes
+// trusts the new version only).
+func TestApplyReportsReplacedCertificate(t *testing.T) {
+	_, cl := newFakeAzure(t)
+	cl.Certificates = func(_ context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error) {
+		return &provision.Result{KeyID: vaultURL + "keys/" + c.Name + "/v2", Certificate: &x509.Certificate{Raw: []byte("der")},
+			Replaced: []string{"key exportable"}}, nil
+	}
+	var progress strings.Builder
+	if _, _, err := Apply(context.Background(), cl, testConfig, &progress); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(progress.String(), "new version") || !strings.Contains(progress.String(), "key exportable") {
+		t.Fatalf("apply did not report the new certificate version and why:\n%s", progress.String())
 	}
 }
