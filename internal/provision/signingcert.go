@@ -4,10 +4,14 @@ package provision
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +21,15 @@ import (
 
 // OIDCodeSigning is the code-signing extended key usage (1.3.6.1.5.5.7.3.3).
 const OIDCodeSigning = "1.3.6.1.5.5.7.3.3"
+
+// RenewBefore is how close to its expiry an existing certificate may be and still be reused by
+// EnsureSigningCertificate: with less than 30 days left it creates a new version instead, so that
+// the certificate a bootstrap run writes to a Notation trust store (and signs with) stays valid for
+// at least a month afterwards rather than failing verification soon after the run.
+const RenewBefore = 30 * 24 * time.Hour
+
+// pemContentType is the secret content type asked for, so the chain reads without PKCS#12.
+const pemContentType = "application/x-pem-file"
 
 // SigningCertificate describes the Key Vault certificate (and so the key) notation signs with.
 type SigningCertificate struct {
@@ -40,6 +53,10 @@ type Result struct {
 	KeyID string
 	// Certificate is the leaf.
 	Certificate *x509.Certificate
+	// Replaced lists why EnsureSigningCertificate created a new version rather than reuse the
+	// vault's current one, one entry per failed check ("key type: have RSA, want RSA-HSM"); nil
+	// when the current version was reused, or when there was none.
+	Replaced []string
 }
 
 // CreateSigningCertificate creates the certificate with the policy Notation needs (key usage
@@ -50,45 +67,7 @@ func CreateSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	if err != nil {
 		return nil, err
 	}
-	kt := azcertificates.KeyType(c.KeyType)
-	if kt == "" {
-		kt = azcertificates.KeyTypeRSA
-	}
-	exportable, reuse := false, false
-	pemType := "application/x-pem-file"
-	issuer := c.Issuer
-	if issuer == "" {
-		issuer = "Self"
-	}
-	months := c.ValidityMonths
-	if months == 0 {
-		months = 12
-	}
-	eku := OIDCodeSigning
-	ds := azcertificates.KeyUsageTypeDigitalSignature
-	kp := &azcertificates.KeyProperties{KeyType: &kt, Exportable: &exportable, ReuseKey: &reuse}
-	if strings.HasPrefix(string(kt), "EC") {
-		curve := azcertificates.CurveName(c.Curve)
-		if curve == "" {
-			curve = azcertificates.CurveNameP256
-		}
-		kp.Curve = &curve
-	} else {
-		size := c.KeySize
-		if size == 0 {
-			size = 2048
-		}
-		kp.KeySize = &size
-	}
-	_, err = client.CreateCertificate(ctx, c.Name, azcertificates.CreateCertificateParameters{CertificatePolicy: &azcertificates.CertificatePolicy{
-		IssuerParameters: &azcertificates.IssuerParameters{Name: &issuer},
-		KeyProperties:    kp,
-		SecretProperties: &azcertificates.SecretProperties{ContentType: &pemType},
-		X509CertificateProperties: &azcertificates.X509CertificateProperties{
-			Subject: &c.Subject, EnhancedKeyUsage: []*string{&eku},
-			KeyUsage: []*azcertificates.KeyUsageType{&ds}, ValidityInMonths: &months,
-		},
-	}}, nil)
+	_, err = client.CreateCertificate(ctx, c.Name, azcertificates.CreateCertificateParameters{CertificatePolicy: c.policy()}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("creating certificate %s: %w", c.Name, err)
 	}
@@ -133,8 +112,62 @@ func CreateSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	return &Result{KeyID: strings.TrimSuffix(vaultURL, "/") + "/keys/" + c.Name + "/" + got.ID.Version(), Certificate: cert}, nil
 }
 
-// EnsureSigningCertificate returns the certificate named c.Name if the vault has one, and creates
-// it otherwise, so that a second bootstrap run does not add a certificate version.
+// policy is the certificate policy CreateSigningCertificate asks for, with c's defaults filled in:
+// RSA 2048 (or P-256 for EC keys), issuer Self, 12 months.
+func (c SigningCertificate) policy() *azcertificates.CertificatePolicy {
+	kt := azcertificates.KeyType(c.KeyType)
+	if kt == "" {
+		kt = azcertificates.KeyTypeRSA
+	}
+	exportable, reuse := false, false
+	pemType := pemContentType
+	issuer := c.Issuer
+	if issuer == "" {
+		issuer = "Self"
+	}
+	months := c.ValidityMonths
+	if months == 0 {
+		months = 12
+	}
+	eku := OIDCodeSigning
+	ds := azcertificates.KeyUsageTypeDigitalSignature
+	kp := &azcertificates.KeyProperties{KeyType: &kt, Exportable: &exportable, ReuseKey: &reuse}
+	if isEC(kt) {
+		curve := azcertificates.CurveName(c.Curve)
+		if curve == "" {
+			curve = azcertificates.CurveNameP256
+		}
+		kp.Curve = &curve
+	} else {
+		size := c.KeySize
+		if size == 0 {
+			size = 2048
+		}
+		kp.KeySize = &size
+	}
+	subject := c.Subject
+	return &azcertificates.CertificatePolicy{
+		IssuerParameters: &azcertificates.IssuerParameters{Name: &issuer},
+		KeyProperties:    kp,
+		SecretProperties: &azcertificates.SecretProperties{ContentType: &pemType},
+		X509CertificateProperties: &azcertificates.X509CertificateProperties{
+			Subject: &subject, EnhancedKeyUsage: []*string{&eku},
+			KeyUsage: []*azcertificates.KeyUsageType{&ds}, ValidityInMonths: &months,
+		},
+	}
+}
+
+func isEC(kt azcertificates.KeyType) bool { return strings.HasPrefix(string(kt), "EC") }
+
+// EnsureSigningCertificate returns the certificate named c.Name if the vault's current version of
+// it is what c asks for, so that a second bootstrap run does not add a certificate version, and
+// creates the certificate otherwise. The current version is reused only if it is enabled, valid
+// now and for at least RenewBefore more, its key usage is digitalSignature alone and its extended
+// key usage code signing alone, its public key has c's type and size or curve, and its policy
+// (which Key Vault follows for every later version) has c's key type and size or curve, a
+// non-exportable key, c's issuer and the PEM secret content type. Any other version is replaced
+// by a new version created with c's policy; Result.Replaced says why. Subject, validity months and
+// key reuse are not compared: they do not weaken the key or the certificate Notation trusts.
 func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.TokenCredential, opts *azcertificates.ClientOptions, c SigningCertificate) (*Result, error) {
 	client, err := azcertificates.NewClient(vaultURL, cred, opts)
 	if err != nil {
@@ -155,5 +188,140 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	if err != nil {
 		return nil, fmt.Errorf("certificate %s: %w", c.Name, err)
 	}
+	if diffs := mismatches(got.Certificate, cert, c.policy(), time.Now()); len(diffs) > 0 {
+		res, err := CreateSigningCertificate(ctx, vaultURL, cred, opts, c)
+		if err != nil {
+			return nil, fmt.Errorf("replacing certificate %s version %s (%s): %w", c.Name, got.ID.Version(), strings.Join(diffs, "; "), err)
+		}
+		res.Replaced = diffs
+		return res, nil
+	}
 	return &Result{KeyID: strings.TrimSuffix(vaultURL, "/") + "/keys/" + c.Name + "/" + got.ID.Version(), Certificate: cert}, nil
+}
+
+// mismatches lists how the certificate version got (whose leaf is cert) falls short of the policy
+// want at time now, each entry naming the field with what it has and what is wanted; none means
+// it can be reused. A field Key Vault did not report counts as a mismatch.
+func mismatches(got azcertificates.Certificate, cert *x509.Certificate, want *azcertificates.CertificatePolicy, now time.Time) []string {
+	var d []string
+	add := func(field, have, wanted string) { d = append(d, field+": have "+have+", want "+wanted) }
+
+	if a := got.Attributes; a == nil || a.Enabled == nil || !*a.Enabled {
+		add("enabled", "false", "true")
+	}
+	switch {
+	case now.Before(cert.NotBefore):
+		add("not before", cert.NotBefore.UTC().Format(time.RFC3339), "at or before "+now.UTC().Format(time.RFC3339))
+	case !now.Before(cert.NotAfter):
+		add("not after", cert.NotAfter.UTC().Format(time.RFC3339)+" (expired)", "after "+now.Add(RenewBefore).UTC().Format(time.RFC3339))
+	case cert.NotAfter.Sub(now) < RenewBefore:
+		add("not after", cert.NotAfter.UTC().Format(time.RFC3339)+" (expiring)", "after "+now.Add(RenewBefore).UTC().Format(time.RFC3339))
+	}
+	if cert.KeyUsage != x509.KeyUsageDigitalSignature {
+		add("certificate key usage", fmt.Sprintf("%#x", int(cert.KeyUsage)), "digitalSignature only")
+	}
+	if !slices.Equal(cert.ExtKeyUsage, []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}) || len(cert.UnknownExtKeyUsage) > 0 {
+		add("certificate extended key usage", fmt.Sprint(cert.ExtKeyUsage, cert.UnknownExtKeyUsage), "code signing only")
+	}
+
+	wkp := want.KeyProperties
+	switch pub := cert.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if isEC(*wkp.KeyType) {
+			add("certificate public key", fmt.Sprintf("RSA %d", pub.N.BitLen()), "EC "+string(*wkp.Curve))
+		} else if pub.N.BitLen() != int(*wkp.KeySize) {
+			add("certificate public key", fmt.Sprintf("RSA %d", pub.N.BitLen()), fmt.Sprintf("RSA %d", *wkp.KeySize))
+		}
+	case *ecdsa.PublicKey:
+		name := curveName(pub.Curve)
+		if !isEC(*wkp.KeyType) {
+			add("certificate public key", "EC "+name, fmt.Sprintf("RSA %d", *wkp.KeySize))
+		} else if name != string(*wkp.Curve) {
+			add("certificate public key", "EC "+name, "EC "+string(*wkp.Curve))
+		}
+	default:
+		add("certificate public key", fmt.Sprintf("%T", pub), "RSA or EC")
+	}
+
+	p := got.Policy
+	if p == nil {
+		return append(d, "policy: not reported")
+	}
+	if kp := p.KeyProperties; kp == nil {
+		d = append(d, "key properties: not reported")
+	} else {
+		if kp.KeyType == nil || !strings.EqualFold(string(*kp.KeyType), string(*wkp.KeyType)) {
+			add("key type", str(kp.KeyType), string(*wkp.KeyType))
+		}
+		// Key Vault's default for a certificate's key is exportable: unset counts as exportable.
+		if kp.Exportable == nil || *kp.Exportable {
+			add("key exportable", "true", "false")
+		}
+		if isEC(*wkp.KeyType) {
+			if kp.Curve == nil || *kp.Curve != *wkp.Curve {
+				add("key curve", str(kp.Curve), string(*wkp.Curve))
+			}
+		} else if kp.KeySize == nil || *kp.KeySize != *wkp.KeySize {
+			add("key size", num(kp.KeySize), num(wkp.KeySize))
+		}
+	}
+	if ip := p.IssuerParameters; ip == nil || ip.Name == nil || !strings.EqualFold(*ip.Name, *want.IssuerParameters.Name) {
+		var have *string
+		if ip != nil {
+			have = ip.Name
+		}
+		add("issuer", str(have), *want.IssuerParameters.Name)
+	}
+	if sp := p.SecretProperties; sp == nil || sp.ContentType == nil || *sp.ContentType != *want.SecretProperties.ContentType {
+		var have *string
+		if sp != nil {
+			have = sp.ContentType
+		}
+		add("secret content type", str(have), *want.SecretProperties.ContentType)
+	}
+	if xp := p.X509CertificateProperties; xp == nil {
+		d = append(d, "x509 properties: not reported")
+	} else {
+		var ku []string
+		for _, u := range xp.KeyUsage {
+			if u != nil {
+				ku = append(ku, string(*u))
+			}
+		}
+		if !slices.Equal(ku, []string{string(azcertificates.KeyUsageTypeDigitalSignature)}) {
+			add("policy key usage", fmt.Sprint(ku), "[digitalSignature]")
+		}
+		var ekus []string
+		for _, e := range xp.EnhancedKeyUsage {
+			if e != nil {
+				ekus = append(ekus, *e)
+			}
+		}
+		if !slices.Equal(ekus, []string{OIDCodeSigning}) {
+			add("policy extended key usage", fmt.Sprint(ekus), "["+OIDCodeSigning+"]")
+		}
+	}
+	return d
+}
+
+// curveName names c as Key Vault does (P-256, P-384, P-521).
+func curveName(c elliptic.Curve) string {
+	if c == nil || c.Params() == nil {
+		return "unknown"
+	}
+	return c.Params().Name
+}
+
+func str[T ~string](p *T) string {
+	if p == nil {
+		return "unset"
+	}
+	return string(*p)
+}
+
+func num(p *int32) string {
+	if p == nil {
+		return "unset"
+	}
+	return fmt.Sprint(*p)
 }
