@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
@@ -26,6 +27,34 @@ var systemRootFiles = []string{
 	"/etc/pki/tls/certs/ca-bundle.crt",
 }
 
+// loopbackHost is the DNS name of the stack's HTTPS endpoints; loopbackIPs gives their addresses.
+// The one server certificate carries exactly these names, and the root is name-constrained to
+// them: clients trust the root for every host through SSL_CERT_FILE and its key is on disk, so
+// without the constraints it could vouch for any host (login.microsoftonline.com included).
+const loopbackHost = "localhost"
+
+func loopbackIPs() []net.IP { return []net.IP{net.IPv4(127, 0, 0, 1).To4(), net.IPv6loopback} }
+
+// loopbackRanges are loopbackIPs as single-address ranges, the root's permitted IP ranges.
+func loopbackRanges() []*net.IPNet {
+	var r []*net.IPNet
+	for _, ip := range loopbackIPs() {
+		r = append(r, &net.IPNet{IP: ip, Mask: net.CIDRMask(8*len(ip), 8*len(ip))})
+	}
+	return r
+}
+
+// loopbackOnly reports whether root is constrained (critically) to the loopback names alone.
+func loopbackOnly(root *x509.Certificate) bool {
+	if !root.PermittedDNSDomainsCritical || !slices.Equal(root.PermittedDNSDomains, []string{loopbackHost}) ||
+		len(root.ExcludedDNSDomains) > 0 || len(root.ExcludedIPRanges) > 0 {
+		return false
+	}
+	return slices.EqualFunc(root.PermittedIPRanges, loopbackRanges(), func(a, b *net.IPNet) bool {
+		return a.IP.Equal(b.IP) && slices.Equal(a.Mask, b.Mask)
+	})
+}
+
 // tlsAuthority is the stack's own TLS root. Every HTTPS endpoint of the stack has a leaf issued by
 // it; clients trust it through SSL_CERT_FILE (a bundle of the system roots plus this root).
 type tlsAuthority struct {
@@ -34,10 +63,14 @@ type tlsAuthority struct {
 }
 
 // loadOrCreateTLSAuthority keeps the root across restarts so that trust set up once stays valid.
+// A kept root without the loopback name constraints (made before they were added) is replaced;
+// the CA bundle is rewritten from the root at every start, so trust follows.
 func loadOrCreateTLSAuthority(dir string) (*tlsAuthority, error) {
 	certPath, keyPath := filepath.Join(dir, "root.pem"), filepath.Join(dir, "root-key.pem")
 	if cert, key, err := loadPair(certPath, keyPath); err == nil {
-		return &tlsAuthority{cert: cert, key: key}, nil
+		if loopbackOnly(cert) {
+			return &tlsAuthority{cert: cert, key: key}, nil
+		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("TLS root in %s: %w", dir, err)
 	}
@@ -54,6 +87,10 @@ func loadOrCreateTLSAuthority(dir string) (*tlsAuthority, error) {
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
+		// Critical, so that a client that does not understand name constraints refuses the root.
+		PermittedDNSDomainsCritical: true,
+		PermittedDNSDomains:         []string{loopbackHost},
+		PermittedIPRanges:           loopbackRanges(),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
@@ -77,13 +114,13 @@ func (a *tlsAuthority) serverCertificate() (*x509.Certificate, crypto.Signer, er
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: "localhost"},
+		Subject:      pkix.Name{CommonName: loopbackHost},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().AddDate(0, 0, 30),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		DNSNames:     []string{loopbackHost},
+		IPAddresses:  loopbackIPs(),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, key.Public(), a.key)
 	if err != nil {
