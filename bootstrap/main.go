@@ -39,7 +39,13 @@ Usage:
 apply creates or updates, idempotently: the resource group, a user-assigned managed identity,
 an attestation provider and its AzureGuest policy, a Key Vault (RBAC) with an RSA-3072
 code-signing certificate, a Premium container registry, and the role assignments; it writes the
-outputs file and the Notation trust policy and store. destroy removes only what apply tagged.
+outputs file and the Notation trust policy and store. With --image-builder it adds a compute
+gallery, a Trusted Launch image definition and an Azure Image Builder template that runs as its
+own identity (<prefix>-imagebuilder) with a custom role that can only read the gallery and write
+image versions; the signing identity gets no right on the gallery, and the Contributor grant
+earlier versions gave it there is withdrawn. Creating that role needs
+Microsoft.Authorization/roleDefinitions/write (Owner or User Access Administrator).
+destroy removes only what apply tagged.
 
 The local stack runs on loopback only: MAA, Entra ID and Key Vault emulators (HTTPS), a TPM 2.0
 simulator provisioned like an Azure vTPM, and an OCI registry. Use it with:

@@ -91,6 +91,14 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 			return steps, err
 		}
 	}
+	if cfg.ImageBuilder {
+		if cl.Build == nil || cl.RoleDefinitions == nil {
+			return steps, errors.New("image builder: no build layer or role definition clients")
+		}
+		if err := planBuildLayer(ctx, cl, cfg, rgExists, probe, &steps); err != nil {
+			return steps, err
+		}
+	}
 	steps = append(steps,
 		Step{Kind: "attestation policy", Name: AttestationType, Action: "set", Detail: "from policy/maa/azureguest.txt"},
 		Step{Kind: "certificate", Name: n.Certificate, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"},
@@ -107,6 +115,9 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 	if cfg.AttestationPolicy == "" {
 		return nil, nil, errors.New("no attestation policy text")
+	}
+	if cfg.ImageBuilder && (cl.Build == nil || cl.RoleDefinitions == nil) {
+		return nil, nil, errors.New("image builder: no build layer or role definition clients")
 	}
 	n := NamesFor(cfg.NamePrefix)
 	out := &Outputs{SubscriptionID: cfg.SubscriptionID, ResourceGroup: cfg.ResourceGroup, TenantID: cfg.TenantID}
@@ -164,10 +175,6 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		return fail("managed identity", n.Identity, errors.New("no principal or client id in the answer"))
 	}
 	out.IdentityPrincipalID, out.IdentityClientID = *id.Properties.PrincipalID, *id.Properties.ClientID
-	identityID := cfg.rgID() + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" + n.Identity
-	if id.ID != nil {
-		identityID = *id.ID
-	}
 	done("managed identity", n.Identity, "ready", "client id "+out.IdentityClientID)
 
 	prov, err := cl.Attestation.Create(ctx, cfg.ResourceGroup, n.AttestationProvider, cfg.Location, tagsOf(n.AttestationProvider))
@@ -315,8 +322,21 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		}
 	}
 	if cfg.ImageBuilder {
-		if err := applyBuildLayer(ctx, cl.Build, cfg, out, identityID, cl, done, w); err != nil {
+		if err := applyBuildLayer(ctx, cl, cfg, out, tagsOf, done, w); err != nil {
 			return fail("image builder", n.ImageTemplate, err)
+		}
+	} else if cl.Build != nil {
+		// Without the build layer this run, a gallery an earlier run made may still hold the
+		// Contributor grant earlier versions gave the signing identity: withdrawn.
+		_, err := cl.Build.Galleries.Get(ctx, cfg.ResourceGroup, n.Gallery, nil)
+		if err == nil {
+			err = unassign(ctx, cl, cfg.galleryScope(), out.IdentityPrincipalID, RoleContributor)
+			if err == nil {
+				done("role assignment", "Contributor on the gallery (signing identity)", "revoked", "if an earlier version granted it")
+			}
+		}
+		if err != nil && !isNotFound(err) {
+			return fail("role assignment", "Contributor on the gallery (signing identity)", err)
 		}
 	}
 	return out, steps, nil
@@ -382,6 +402,11 @@ func checkOwned(ctx context.Context, cl *Clients, cfg Config) (ownedTags, error)
 	reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
 	if err := check("container registry", n.Registry, reg.Tags, err); err != nil {
 		return o, err
+	}
+	if cfg.ImageBuilder {
+		if err := checkBuildLayerOwned(ctx, cl, cfg, check); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }
@@ -471,14 +496,24 @@ func unassign(ctx context.Context, cl *Clients, scope, principal, role string) e
 
 // retryForbidden retries f while it fails with 403, for at most RBACRetry.
 func retryForbidden(ctx context.Context, w io.Writer, f func() error) error {
+	return retryWhile(ctx, w, "the role assignment to propagate", func(re *azcore.ResponseError) bool { return re.StatusCode == http.StatusForbidden }, f)
+}
+
+// retryWhile retries f while it fails with an ARM error that retryable accepts, for at most
+// RBACRetry; waitingFor says in the progress report what for.
+func retryWhile(ctx context.Context, w io.Writer, waitingFor string, retryable func(*azcore.ResponseError) bool, f func() error) error {
 	deadline := time.Now().Add(RBACRetry)
 	for delay := 5 * time.Second; ; delay = min(2*delay, 30*time.Second) {
 		err := f()
 		var re *azcore.ResponseError
-		if err == nil || !errors.As(err, &re) || re.StatusCode != http.StatusForbidden || time.Now().Add(delay).After(deadline) {
+		if err == nil || !errors.As(err, &re) || !retryable(re) || time.Now().Add(delay).After(deadline) {
 			return err
 		}
-		progress(w, "  403 Forbidden, waiting %s for the role assignment to propagate", delay)
+		code := re.ErrorCode
+		if code == "" {
+			code = http.StatusText(re.StatusCode)
+		}
+		progress(w, "  %d %s, waiting %s for %s", re.StatusCode, code, delay, waitingFor)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -513,6 +548,10 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		} else if !isNotFound(err) {
 			return steps, err
 		}
+	}
+	// The image builder's identity and role go after the template that runs as it.
+	if err := destroyImageBuilder(ctx, cl, cfg, note); err != nil {
+		return steps, err
 	}
 	if reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil); err == nil {
 		if !tagged(reg.Tags, cfg.NamePrefix) {

@@ -2,7 +2,10 @@
 // chain needs: a resource group, a user-assigned managed identity for the build VMs, an MAA
 // attestation provider (through azcore: armattestation cannot be fetched through the Go module
 // proxy here, azure-sdk.md §1) and its policy, a Key Vault in RBAC mode with a code-signing
-// certificate, a Premium container registry, and the role assignments between them.
+// certificate, a Premium container registry, and the role assignments between them. With the
+// build layer it adds a compute gallery and an Azure Image Builder template that runs as a second
+// identity of its own, holding a custom image publisher role on the gallery only: the signing
+// identity, whose token any job on a build VM can get, gets no right on the gallery.
 //
 // Apply is idempotent: every resource is created or updated in place, role assignments have
 // deterministic names and "already exists" counts as success, and a failed run reports what
@@ -103,20 +106,23 @@ func (c Config) Validate() error {
 }
 
 // Names are the resource names derived from the prefix (each within its service's rules).
+// Identity is the signing identity the build VMs carry; ImageBuilderIdentity is the identity Azure
+// Image Builder runs as to publish the build-agent image, kept apart from the signing identity.
 type Names struct {
-	Identity, AttestationProvider, Vault, Registry, Certificate, Gallery, ImageTemplate string
+	Identity, ImageBuilderIdentity, AttestationProvider, Vault, Registry, Certificate, Gallery, ImageTemplate string
 }
 
 // NamesFor returns the names of a deployment.
 func NamesFor(prefix string) Names {
 	return Names{
-		Identity:            prefix + "-signer",
-		AttestationProvider: prefix + "attest",
-		Vault:               prefix + "-kv",
-		Registry:            prefix + "acr",
-		Certificate:         "attested-signing",
-		Gallery:             prefix + "gallery",
-		ImageTemplate:       prefix + "-build-agent",
+		Identity:             prefix + "-signer",
+		ImageBuilderIdentity: prefix + "-imagebuilder",
+		AttestationProvider:  prefix + "attest",
+		Vault:                prefix + "-kv",
+		Registry:             prefix + "acr",
+		Certificate:          "attested-signing",
+		Gallery:              prefix + "gallery",
+		ImageTemplate:        prefix + "-build-agent",
 	}
 }
 
@@ -127,6 +133,8 @@ type Clients struct {
 	Vaults          *armkeyvault.VaultsClient
 	Registries      *armcontainerregistry.RegistriesClient
 	RoleAssignments *armauthorization.RoleAssignmentsClient
+	// RoleDefinitions holds the image publisher role of the build layer.
+	RoleDefinitions *armauthorization.RoleDefinitionsClient
 	Attestation     *AttestationProviders
 	// Resources lists what the resource group holds before destroy deletes it.
 	Resources *armresources.Client
@@ -163,6 +171,9 @@ func NewClients(subscription string, cred azcore.TokenCredential, opts *arm.Clie
 		return nil, err
 	}
 	if c.RoleAssignments, err = armauthorization.NewRoleAssignmentsClient(subscription, cred, opts); err != nil {
+		return nil, err
+	}
+	if c.RoleDefinitions, err = armauthorization.NewRoleDefinitionsClient(cred, opts); err != nil {
 		return nil, err
 	}
 	if c.Attestation, err = NewAttestationProviders(subscription, cred, opts); err != nil {

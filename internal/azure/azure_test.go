@@ -40,11 +40,13 @@ type fakeAzure struct {
 	vaults      map[string]armkeyvault.VaultCreateOrUpdateParameters
 	registries  map[string]armcontainerregistry.Registry
 	assignments map[string]armauthorization.RoleAssignmentCreateParameters
-	providers   map[string]Provider
-	writes      map[string]int
-	policies    []string
-	certs       map[string]bool
-	failVault   bool
+	// roleDefs are custom role definitions by id, as sent (with ID and Name set).
+	roleDefs  map[string]armauthorization.RoleDefinition
+	providers map[string]Provider
+	writes    map[string]int
+	policies  []string
+	certs     map[string]bool
+	failVault bool
 	// deletedVaults are soft-deleted vaults (name -> the tags they had).
 	deletedVaults map[string]map[string]*string
 	// foreign are resources in the group that no deployment of ours created.
@@ -63,7 +65,8 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	t.Helper()
 	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
 		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
-		writes: map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}}
+		roleDefs: map[string]armauthorization.RoleDefinition{},
+		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}}
 	cred := &azfake.TokenCredential{}
 	opt := func(tr interface {
 		Do(*http.Request) (*http.Response, error)
@@ -325,6 +328,55 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			delete(f.assignments, scope+"|"+name)
 			f.wrote("assignment-delete")
 			r.SetResponse(http.StatusOK, armauthorization.RoleAssignmentsClientDeleteResponse{}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+	})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.RoleDefinitions, err = armauthorization.NewRoleDefinitionsClient(cred, opt(authfake.NewRoleDefinitionsServerTransport(&authfake.RoleDefinitionsServer{
+		CreateOrUpdate: func(_ context.Context, scope, id string, p armauthorization.RoleDefinition, _ *armauthorization.RoleDefinitionsClientCreateOrUpdateOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientCreateOrUpdateResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			p.ID = ptr("/subscriptions/sub/providers/Microsoft.Authorization/roleDefinitions/" + id)
+			p.Name = ptr(id)
+			f.roleDefs[id] = p
+			f.wrote("role-definition")
+			var r azfake.Responder[armauthorization.RoleDefinitionsClientCreateOrUpdateResponse]
+			r.SetResponse(http.StatusCreated, armauthorization.RoleDefinitionsClientCreateOrUpdateResponse{RoleDefinition: p}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, scope, id string, _ *armauthorization.RoleDefinitionsClientGetOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientGetResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			d, ok := f.roleDefs[id]
+			if !ok {
+				return notFound[armauthorization.RoleDefinitionsClientGetResponse]()
+			}
+			var r azfake.Responder[armauthorization.RoleDefinitionsClientGetResponse]
+			r.SetResponse(http.StatusOK, armauthorization.RoleDefinitionsClientGetResponse{RoleDefinition: d}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Delete: func(_ context.Context, scope, id string, _ *armauthorization.RoleDefinitionsClientDeleteOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientDeleteResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			var r azfake.Responder[armauthorization.RoleDefinitionsClientDeleteResponse]
+			d, ok := f.roleDefs[id]
+			if !ok {
+				r.SetResponse(http.StatusNoContent, armauthorization.RoleDefinitionsClientDeleteResponse{}, nil)
+				return r, azfake.ErrorResponder{}
+			}
+			// ARM refuses to delete a role that is still assigned.
+			for _, a := range f.assignments {
+				if *a.Properties.RoleDefinitionID == *d.ID {
+					var e azfake.ErrorResponder
+					e.SetResponseError(http.StatusConflict, "RoleDefinitionHasAssignments")
+					return r, e
+				}
+			}
+			delete(f.roleDefs, id)
+			f.wrote("role-definition-delete")
+			r.SetResponse(http.StatusOK, armauthorization.RoleDefinitionsClientDeleteResponse{RoleDefinition: d}, nil)
 			return r, azfake.ErrorResponder{}
 		},
 	})))

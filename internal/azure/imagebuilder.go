@@ -2,8 +2,10 @@ package azure
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"regexp"
 	"strings"
 	"time"
@@ -11,15 +13,29 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/msi/armmsi"
 	aib "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/virtualmachineimagebuilder/armvirtualmachineimagebuilder/v2"
 )
 
-// RoleContributor is the built-in Contributor role, granted to the identity on the gallery only,
-// so Azure Image Builder (running as that identity) can publish image versions. A narrower custom
-// role is possible; which actions AIB needs exactly is UNCONFIRMED here.
+// RoleContributor is the built-in Contributor role. Earlier versions granted it to the signing
+// identity on the gallery; apply now withdraws that grant (see applyBuildLayer).
 const RoleContributor = "b24988ac-6180-42a0-ab88-20f7382dd24c"
+
+// imagePublisherActions are the actions of the custom role Azure Image Builder runs with on the
+// gallery: read the gallery and its image definitions, read and write image versions. They follow
+// Microsoft's image-creation role sample (learn.microsoft.com/azure/virtual-machines/linux/
+// image-builder-permissions-cli, aibRoleImageCreation.json) without its managed-image actions,
+// since the template distributes to the gallery only. UNCONFIRMED that these four suffice for a
+// SharedImage distribution.
+var imagePublisherActions = []string{
+	"Microsoft.Compute/galleries/read",
+	"Microsoft.Compute/galleries/images/read",
+	"Microsoft.Compute/galleries/images/versions/read",
+	"Microsoft.Compute/galleries/images/versions/write",
+}
 
 // Build image defaults: a Trusted Launch (Gen2) Ubuntu 24.04 image.
 const (
@@ -106,13 +122,21 @@ func (b BuildLayer) customizeScript() []*string {
 	return out
 }
 
-// applyBuildLayer creates the gallery, the Trusted Launch image definition and the Azure Image
-// Builder template (immutable: an existing one is kept), and optionally runs a build.
-func applyBuildLayer(ctx context.Context, b *BuildLayerClients, cfg Config, out *Outputs, identityID string, cl *Clients, done func(kind, name, action, detail string), w io.Writer) error {
+// applyBuildLayer creates the gallery, the Trusted Launch image definition, the identity Azure
+// Image Builder runs as with the image publisher role on the gallery, and the Image Builder
+// template (immutable: an existing one is kept, unless an earlier version made it run as the
+// signing identity), and optionally runs a build.
+//
+// The signing identity gets nothing on the gallery, and what earlier versions gave it (Contributor)
+// is withdrawn: a job on a build VM can get that identity's token, and with write access to the
+// gallery it could replace the build-agent image every later build VM boots from. The template runs
+// as its own identity, with no identity attached to the build VM.
+func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs, tagsOf func(string) map[string]*string, done func(kind, name, action, detail string), w io.Writer) error {
+	b := cl.Build
 	bl := cfg.BuildLayer
 	n := NamesFor(cfg.NamePrefix)
 	gp, err := b.Galleries.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Gallery, armcompute.Gallery{
-		Location: &cfg.Location, Tags: cfg.tags(),
+		Location: &cfg.Location, Tags: tagsOf(n.Gallery),
 		Properties: &armcompute.GalleryProperties{Description: ptr("attested-kv build agent images")},
 	}, nil)
 	if err != nil {
@@ -122,8 +146,13 @@ func applyBuildLayer(ctx context.Context, b *BuildLayerClients, cfg Config, out 
 		return fmt.Errorf("compute gallery %s: %w", n.Gallery, err)
 	}
 	done("compute gallery", n.Gallery, "ready", "")
+	galleryScope := cfg.galleryScope()
+	if err := unassign(ctx, cl, galleryScope, out.IdentityPrincipalID, RoleContributor); err != nil {
+		return fmt.Errorf("withdrawing Contributor on the gallery from the signing identity: %w", err)
+	}
+	done("role assignment", "Contributor on the gallery (signing identity)", "revoked", "if an earlier version granted it")
 	ip, err := b.GalleryImages.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, armcompute.GalleryImage{
-		Location: &cfg.Location, Tags: cfg.tags(),
+		Location: &cfg.Location, Tags: tagsOf(BuildImageDefinition),
 		Properties: &armcompute.GalleryImageProperties{
 			Identifier:       &armcompute.GalleryImageIdentifier{Publisher: ptr("attested-kv"), Offer: ptr("build-agent"), SKU: ptr("ubuntu-24_04-trustedlaunch")},
 			OSType:           ptr(armcompute.OperatingSystemTypesLinux),
@@ -140,31 +169,75 @@ func applyBuildLayer(ctx context.Context, b *BuildLayerClients, cfg Config, out 
 	if err != nil {
 		return fmt.Errorf("image definition %s: %w", BuildImageDefinition, err)
 	}
-	galleryScope := cfg.rgID() + "/providers/Microsoft.Compute/galleries/" + n.Gallery
 	out.GalleryImageID = galleryScope + "/images/" + BuildImageDefinition
 	if img.ID != nil {
 		out.GalleryImageID = *img.ID
 	}
 	done("image definition", BuildImageDefinition, "ready", "Trusted Launch, Gen2")
-	if err := assign(ctx, cl, cfg, galleryScope, out.IdentityPrincipalID, "ServicePrincipal", RoleContributor); err != nil {
-		return fmt.Errorf("role assignment Contributor on the gallery: %w", err)
-	}
-	done("role assignment", "Contributor on the gallery (identity)", "ensured", "")
 
-	if _, err := b.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil); err == nil {
-		done("image template", n.ImageTemplate, "exists", "templates are immutable: destroy it to change it")
-	} else if !isNotFound(err) {
+	bid, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, armmsi.Identity{Location: &cfg.Location, Tags: tagsOf(n.ImageBuilderIdentity)}, nil)
+	if err != nil {
+		return fmt.Errorf("managed identity %s: %w", n.ImageBuilderIdentity, err)
+	}
+	if bid.Properties == nil || bid.Properties.PrincipalID == nil {
+		return fmt.Errorf("managed identity %s: no principal id in the answer", n.ImageBuilderIdentity)
+	}
+	builderID := cfg.identityID(n.ImageBuilderIdentity)
+	if bid.ID != nil {
+		builderID = *bid.ID
+	}
+	done("managed identity", n.ImageBuilderIdentity, "ready", "Azure Image Builder runs as it")
+	action, err := ensurePublisherRole(ctx, cl, cfg)
+	if err != nil {
+		return err
+	}
+	done("role definition", cfg.publisherRoleName(), action, strings.Join(imagePublisherActions, ", "))
+	// A role just created can take a while to be visible to role assignments. The error code
+	// ARM answers meanwhile (400 RoleDefinitionDoesNotExist) is UNCONFIRMED.
+	if err := retryWhile(ctx, w, "the new role to propagate", func(re *azcore.ResponseError) bool {
+		return re.StatusCode == http.StatusBadRequest && (re.ErrorCode == "RoleDefinitionDoesNotExist" || re.ErrorCode == "PrincipalNotFound")
+	}, func() error {
+		return assign(ctx, cl, cfg, galleryScope, *bid.Properties.PrincipalID, "ServicePrincipal", cfg.publisherRoleID())
+	}); err != nil {
+		return fmt.Errorf("role assignment image publisher on the gallery: %w", err)
+	}
+	done("role assignment", "image publisher on the gallery (image builder identity)", "ensured", "")
+
+	tpl, err := b.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+	create := isNotFound(err)
+	switch {
+	case err != nil && !create:
 		return fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
-	} else {
+	case err == nil && !tagged(tpl.Tags, cfg.NamePrefix):
+		return fmt.Errorf("image template %s exists and was %w (no %s=%s tag): apply refuses to replace it; choose another --name-prefix",
+			n.ImageTemplate, ErrNotOwned, TagKey, cfg.NamePrefix)
+	case err == nil && !runsAsOnly(tpl.ImageTemplate, builderID):
+		// Made by an earlier version, running as the signing identity. Templates are immutable:
+		// replaced.
+		dp, err := b.ImageTemplates.BeginDelete(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+		if err != nil {
+			return fmt.Errorf("image template %s: replacing it: %w", n.ImageTemplate, err)
+		}
+		if _, err := dp.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: 15 * time.Second}); err != nil {
+			return fmt.Errorf("image template %s: replacing it: %w", n.ImageTemplate, err)
+		}
+		done("image template", n.ImageTemplate, "deleted", "it ran as another identity than "+n.ImageBuilderIdentity)
+		create = true
+	default:
+		done("image template", n.ImageTemplate, "exists", "templates are immutable: destroy it to change it")
+	}
+	if create {
 		size := bl.VMSize
 		if size == "" {
 			size = DefaultBuildVMSize
 		}
 		tp, err := b.ImageTemplates.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.ImageTemplate, aib.ImageTemplate{
-			Location: &cfg.Location, Tags: cfg.tags(),
+			Location: &cfg.Location, Tags: tagsOf(n.ImageTemplate),
+			// The service runs as the builder identity. The build VM gets no identity (VMProfile
+			// without UserAssignedIdentities): the customize script needs none.
 			Identity: &aib.ImageTemplateIdentity{
 				Type:                   ptr(aib.ResourceIdentityTypeUserAssigned),
-				UserAssignedIdentities: map[string]*aib.UserAssignedIdentity{identityID: {}},
+				UserAssignedIdentities: map[string]*aib.UserAssignedIdentity{builderID: {}},
 			},
 			Properties: &aib.ImageTemplateProperties{
 				Source: &aib.ImageTemplatePlatformImageSource{
@@ -187,7 +260,7 @@ func applyBuildLayer(ctx context.Context, b *BuildLayerClients, cfg Config, out 
 		if _, err := tp.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: 15 * time.Second}); err != nil {
 			return fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
 		}
-		done("image template", n.ImageTemplate, "created", "")
+		done("image template", n.ImageTemplate, "created", "runs as "+n.ImageBuilderIdentity)
 	}
 	out.ImageTemplate = n.ImageTemplate
 	if !bl.Run {
@@ -234,6 +307,253 @@ func applyReplicas(ctx context.Context, b *BuildLayerClients, cfg Config, done f
 			return fmt.Errorf("registry replica %s: %w", region, err)
 		}
 		done("registry replica", region, "ready", "")
+	}
+	return nil
+}
+
+func (c Config) galleryScope() string {
+	return c.rgID() + "/providers/Microsoft.Compute/galleries/" + NamesFor(c.NamePrefix).Gallery
+}
+
+func (c Config) identityID(name string) string {
+	return c.rgID() + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/" + name
+}
+
+// publisherRoleID is the name (a GUID) of the deployment's image publisher role: deterministic,
+// so a rerun addresses the same role.
+func (c Config) publisherRoleID() string {
+	return assignmentName(c.rgID(), c.NamePrefix, "image-publisher")
+}
+
+// publisherRoleName is the image publisher role's display name; role names are unique in a tenant.
+func (c Config) publisherRoleName() string {
+	return "attested-kv image publisher " + c.NamePrefix + " " + c.ResourceGroup
+}
+
+// publisherRole is the image publisher role definition: the four gallery actions, assignable in
+// the deployment's resource group only.
+func (c Config) publisherRole() armauthorization.RoleDefinition {
+	actions := make([]*string, len(imagePublisherActions))
+	for i := range imagePublisherActions {
+		actions[i] = &imagePublisherActions[i]
+	}
+	return armauthorization.RoleDefinition{Properties: &armauthorization.RoleDefinitionProperties{
+		RoleName:         ptr(c.publisherRoleName()),
+		Description:      ptr("Lets Azure Image Builder publish image versions to the attested-kv build-agent gallery (deployment " + c.NamePrefix + ")."),
+		RoleType:         ptr("CustomRole"),
+		Permissions:      []*armauthorization.Permission{{Actions: actions, NotActions: []*string{}, DataActions: []*string{}, NotDataActions: []*string{}}},
+		AssignableScopes: []*string{ptr(c.rgID())},
+	}}
+}
+
+// getPublisherRole reads the image publisher role; found is false if there is none, and a role
+// under its id with another name is an ErrNotOwned error.
+func getPublisherRole(ctx context.Context, cl *Clients, cfg Config) (role armauthorization.RoleDefinition, found bool, err error) {
+	r, err := cl.RoleDefinitions.Get(ctx, cfg.rgID(), cfg.publisherRoleID(), nil)
+	switch {
+	case isNotFound(err):
+		return role, false, nil
+	case err != nil:
+		return role, false, fmt.Errorf("role definition %s: %w", cfg.publisherRoleID(), err)
+	case r.Properties == nil || r.Properties.RoleName == nil || *r.Properties.RoleName != cfg.publisherRoleName():
+		return role, true, fmt.Errorf("role definition %s exists and was %w (its name is not %q): apply refuses to overwrite it",
+			cfg.publisherRoleID(), ErrNotOwned, cfg.publisherRoleName())
+	}
+	return r.RoleDefinition, true, nil
+}
+
+// ensurePublisherRole creates the image publisher role, or updates it if its actions or scopes
+// differ; it returns what it did.
+func ensurePublisherRole(ctx context.Context, cl *Clients, cfg Config) (string, error) {
+	got, found, err := getPublisherRole(ctx, cl, cfg)
+	if err != nil {
+		return "", err
+	}
+	want := cfg.publisherRole()
+	if found && sameRole(got, want) {
+		return "exists", nil
+	}
+	if _, err := cl.RoleDefinitions.CreateOrUpdate(ctx, cfg.rgID(), cfg.publisherRoleID(), want, nil); err != nil {
+		return "", fmt.Errorf("role definition %s: %w", cfg.publisherRoleName(), err)
+	}
+	if found {
+		return "updated", nil
+	}
+	return "created", nil
+}
+
+// sameRole reports whether a role grants exactly want's actions, and nothing else, at exactly want's
+// assignable scopes.
+func sameRole(got, want armauthorization.RoleDefinition) bool {
+	if got.Properties == nil || len(got.Properties.Permissions) != 1 || got.Properties.Permissions[0] == nil {
+		return false
+	}
+	gp, wp := got.Properties.Permissions[0], want.Properties.Permissions[0]
+	return sameSet(gp.Actions, wp.Actions) && len(gp.NotActions) == 0 && len(gp.DataActions) == 0 && len(gp.NotDataActions) == 0 &&
+		sameSet(got.Properties.AssignableScopes, want.Properties.AssignableScopes)
+}
+
+// sameSet compares two lists of ARM names (case-insensitive) as sets.
+func sameSet(a, b []*string) bool {
+	set := func(l []*string) map[string]bool {
+		m := map[string]bool{}
+		for _, s := range l {
+			if s != nil {
+				m[strings.ToLower(*s)] = true
+			}
+		}
+		return m
+	}
+	sa, sb := set(a), set(b)
+	if len(sa) != len(sb) {
+		return false
+	}
+	for k := range sa {
+		if !sb[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// runsAsOnly reports whether a template runs as the identity id only, with no identity on its
+// build VM.
+func runsAsOnly(t aib.ImageTemplate, id string) bool {
+	if t.Identity == nil || t.Identity.Type == nil || *t.Identity.Type != aib.ResourceIdentityTypeUserAssigned || len(t.Identity.UserAssignedIdentities) != 1 {
+		return false
+	}
+	for k := range t.Identity.UserAssignedIdentities {
+		if !strings.EqualFold(k, id) {
+			return false
+		}
+	}
+	return t.Properties == nil || t.Properties.VMProfile == nil || len(t.Properties.VMProfile.UserAssignedIdentities) == 0
+}
+
+// checkBuildLayerOwned adds the build layer's resources to checkOwned: any that exists without
+// the deployment's tag (or, for the role, without its name) is an ErrNotOwned error.
+func checkBuildLayerOwned(ctx context.Context, cl *Clients, cfg Config, check func(kind, name string, tags map[string]*string, err error) error) error {
+	n := NamesFor(cfg.NamePrefix)
+	b := cl.Build
+	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, nil)
+	if err := check("managed identity", n.ImageBuilderIdentity, id.Tags, err); err != nil {
+		return err
+	}
+	g, err := b.Galleries.Get(ctx, cfg.ResourceGroup, n.Gallery, nil)
+	if err := check("compute gallery", n.Gallery, g.Tags, err); err != nil {
+		return err
+	}
+	img, err := b.GalleryImages.Get(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, nil)
+	if err := check("image definition", BuildImageDefinition, img.Tags, err); err != nil {
+		return err
+	}
+	tpl, err := b.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+	if err := check("image template", n.ImageTemplate, tpl.Tags, err); err != nil {
+		return err
+	}
+	_, _, err = getPublisherRole(ctx, cl, cfg)
+	return err
+}
+
+// planBuildLayer adds the build layer's gallery, image definition, identity, role, assignments and
+// template to a plan.
+func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool, probe func(kind, name string, tags map[string]*string, err error) error, steps *[]Step) error {
+	n := NamesFor(cfg.NamePrefix)
+	add := func(kind, name, action, detail string) {
+		*steps = append(*steps, Step{Kind: kind, Name: name, Action: action, Detail: detail})
+	}
+	if !rgExists {
+		add("compute gallery", n.Gallery, "create", "")
+		add("image definition", BuildImageDefinition, "create", "Trusted Launch, Gen2")
+		add("managed identity", n.ImageBuilderIdentity, "create", "Azure Image Builder runs as it")
+	} else {
+		g, err := cl.Build.Galleries.Get(ctx, cfg.ResourceGroup, n.Gallery, nil)
+		if err := probe("compute gallery", n.Gallery, g.Tags, err); err != nil {
+			return err
+		}
+		img, err := cl.Build.GalleryImages.Get(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, nil)
+		if err := probe("image definition", BuildImageDefinition, img.Tags, err); err != nil {
+			return err
+		}
+		id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, nil)
+		if err := probe("managed identity", n.ImageBuilderIdentity, id.Tags, err); err != nil {
+			return err
+		}
+	}
+	role, found, err := getPublisherRole(ctx, cl, cfg)
+	switch {
+	case errors.Is(err, ErrNotOwned):
+		add("role definition", cfg.publisherRoleName(), "refuse", err.Error())
+	case err != nil:
+		return err
+	case found && sameRole(role, cfg.publisherRole()):
+		add("role definition", cfg.publisherRoleName(), "exists", "")
+	case found:
+		add("role definition", cfg.publisherRoleName(), "update", strings.Join(imagePublisherActions, ", "))
+	default:
+		add("role definition", cfg.publisherRoleName(), "create", strings.Join(imagePublisherActions, ", ")+"; needs Microsoft.Authorization/roleDefinitions/write")
+	}
+	add("role assignment", "image publisher on the gallery (image builder identity)", "ensure", "")
+	add("role assignment", "Contributor on the gallery (signing identity)", "revoke", "if an earlier version granted it")
+	if !rgExists {
+		add("image template", n.ImageTemplate, "create", "runs as "+n.ImageBuilderIdentity)
+		return nil
+	}
+	tpl, err := cl.Build.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+	switch {
+	case isNotFound(err):
+		add("image template", n.ImageTemplate, "create", "runs as "+n.ImageBuilderIdentity)
+	case err != nil:
+		return fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
+	case !tagged(tpl.Tags, cfg.NamePrefix):
+		add("image template", n.ImageTemplate, "refuse", "exists, not created by this deployment: apply would refuse (choose another --name-prefix)")
+	case !runsAsOnly(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity)):
+		add("image template", n.ImageTemplate, "recreate", "runs as another identity than "+n.ImageBuilderIdentity)
+	default:
+		add("image template", n.ImageTemplate, "exists", "templates are immutable: kept")
+	}
+	return nil
+}
+
+// destroyImageBuilder removes the image builder identity's role assignment, the image publisher
+// role and the identity, in that order (a role with assignments cannot be deleted).
+func destroyImageBuilder(ctx context.Context, cl *Clients, cfg Config, note func(kind, name, action, detail string)) error {
+	n := NamesFor(cfg.NamePrefix)
+	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, nil)
+	idFound := err == nil
+	if err != nil && !isNotFound(err) {
+		return err
+	}
+	ours := idFound && tagged(id.Tags, cfg.NamePrefix)
+	if ours && id.Properties != nil && id.Properties.PrincipalID != nil {
+		if err := unassign(ctx, cl, cfg.galleryScope(), *id.Properties.PrincipalID, cfg.publisherRoleID()); err != nil {
+			return fmt.Errorf("role assignment image publisher on the gallery: %w", err)
+		}
+		note("role assignment", "image publisher on the gallery (image builder identity)", "deleted", "")
+	}
+	if cl.RoleDefinitions != nil {
+		_, found, err := getPublisherRole(ctx, cl, cfg)
+		switch {
+		case errors.Is(err, ErrNotOwned):
+			note("role definition", cfg.publisherRoleID(), "skip", "not created by this deployment")
+		case err != nil:
+			return err
+		case found:
+			if _, err := cl.RoleDefinitions.Delete(ctx, cfg.rgID(), cfg.publisherRoleID(), nil); err != nil {
+				return fmt.Errorf("role definition %s: %w", cfg.publisherRoleName(), err)
+			}
+			note("role definition", cfg.publisherRoleName(), "deleted", "")
+		}
+	}
+	switch {
+	case !idFound:
+	case !ours:
+		note("managed identity", n.ImageBuilderIdentity, "skip", "not created by this deployment")
+	default:
+		if _, err := cl.Identities.Delete(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, nil); err != nil {
+			return err
+		}
+		note("managed identity", n.ImageBuilderIdentity, "deleted", "")
 	}
 	return nil
 }

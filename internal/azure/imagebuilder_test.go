@@ -2,6 +2,7 @@ package azure
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"strings"
@@ -11,16 +12,20 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	azfake "github.com/Azure/azure-sdk-for-go/sdk/azcore/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 	computefake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7/fake"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
 	acrfake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3/fake"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/msi/armmsi"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources"
 	aib "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/virtualmachineimagebuilder/armvirtualmachineimagebuilder/v2"
 	aibfake "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/virtualmachineimagebuilder/armvirtualmachineimagebuilder/v2/fake"
 )
 
 // buildLayer is the fake state of the build layer's resources.
 type buildLayer struct {
+	galleries map[string]armcompute.Gallery
 	images    map[string]armcompute.GalleryImage
 	templates map[string]aib.ImageTemplate
 	replicas  map[string]armcontainerregistry.Replication
@@ -30,15 +35,25 @@ type buildLayer struct {
 
 func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 	t.Helper()
-	b := &buildLayer{images: map[string]armcompute.GalleryImage{}, templates: map[string]aib.ImageTemplate{}, replicas: map[string]armcontainerregistry.Replication{}, writes: map[string]int{}}
+	b := &buildLayer{galleries: map[string]armcompute.Gallery{}, images: map[string]armcompute.GalleryImage{}, templates: map[string]aib.ImageTemplate{}, replicas: map[string]armcontainerregistry.Replication{}, writes: map[string]int{}}
 	cred := &azfake.TokenCredential{}
 	c := &BuildLayerClients{}
 	var err error
 	c.Galleries, err = armcompute.NewGalleriesClient("sub", cred, clientOptions(computefake.NewGalleriesServerTransport(&computefake.GalleriesServer{
 		BeginCreateOrUpdate: func(_ context.Context, rg, name string, g armcompute.Gallery, _ *armcompute.GalleriesClientBeginCreateOrUpdateOptions) (azfake.PollerResponder[armcompute.GalleriesClientCreateOrUpdateResponse], azfake.ErrorResponder) {
+			b.galleries[name] = g
 			b.writes["gallery"]++
 			var r azfake.PollerResponder[armcompute.GalleriesClientCreateOrUpdateResponse]
 			r.SetTerminalResponse(http.StatusOK, armcompute.GalleriesClientCreateOrUpdateResponse{Gallery: g}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, rg, name string, _ *armcompute.GalleriesClientGetOptions) (azfake.Responder[armcompute.GalleriesClientGetResponse], azfake.ErrorResponder) {
+			g, ok := b.galleries[name]
+			if !ok {
+				return notFound[armcompute.GalleriesClientGetResponse]()
+			}
+			var r azfake.Responder[armcompute.GalleriesClientGetResponse]
+			r.SetResponse(http.StatusOK, armcompute.GalleriesClientGetResponse{Gallery: g}, nil)
 			return r, azfake.ErrorResponder{}
 		},
 	})))
@@ -51,6 +66,15 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 			img.ID = ptr("/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Compute/galleries/" + gallery + "/images/" + name)
 			var r azfake.PollerResponder[armcompute.GalleryImagesClientCreateOrUpdateResponse]
 			r.SetTerminalResponse(http.StatusOK, armcompute.GalleryImagesClientCreateOrUpdateResponse{GalleryImage: img}, nil)
+			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, rg, gallery, name string, _ *armcompute.GalleryImagesClientGetOptions) (azfake.Responder[armcompute.GalleryImagesClientGetResponse], azfake.ErrorResponder) {
+			img, ok := b.images[gallery+"/"+name]
+			if !ok {
+				return notFound[armcompute.GalleryImagesClientGetResponse]()
+			}
+			var r azfake.Responder[armcompute.GalleryImagesClientGetResponse]
+			r.SetResponse(http.StatusOK, armcompute.GalleryImagesClientGetResponse{GalleryImage: img}, nil)
 			return r, azfake.ErrorResponder{}
 		},
 	})))
@@ -83,6 +107,7 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 		},
 		BeginDelete: func(_ context.Context, rg, name string, _ *aib.VirtualMachineImageTemplatesClientBeginDeleteOptions) (azfake.PollerResponder[aib.VirtualMachineImageTemplatesClientDeleteResponse], azfake.ErrorResponder) {
 			delete(b.templates, name)
+			b.writes["template-delete"]++
 			var r azfake.PollerResponder[aib.VirtualMachineImageTemplatesClientDeleteResponse]
 			r.SetTerminalResponse(http.StatusAccepted, aib.VirtualMachineImageTemplatesClientDeleteResponse{}, nil)
 			return r, azfake.ErrorResponder{}
@@ -106,7 +131,7 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 }
 
 func TestBuildLayerAndReplicas(t *testing.T) {
-	_, cl := newFakeAzure(t)
+	f, cl := newFakeAzure(t)
 	b, bc := newBuildLayer(t)
 	cl.Build = bc
 	pollInterval = time.Millisecond
@@ -124,14 +149,7 @@ func TestBuildLayerAndReplicas(t *testing.T) {
 		t.Fatalf("image definition %+v", img)
 	}
 	tpl := b.templates[n.ImageTemplate]
-	if *tpl.Identity.Type != aib.ResourceIdentityTypeUserAssigned || len(tpl.Identity.UserAssignedIdentities) != 1 {
-		t.Fatalf("template identity %+v", tpl.Identity)
-	}
-	for id := range tpl.Identity.UserAssignedIdentities {
-		if !strings.HasSuffix(id, "/userAssignedIdentities/"+n.Identity) {
-			t.Fatalf("template runs as %s", id)
-		}
-	}
+	checkTemplateIdentity(t, tpl, n.ImageBuilderIdentity)
 	dist := tpl.Properties.Distribute[0].(*aib.ImageTemplateSharedImageDistributor)
 	if *dist.GalleryImageID != out.GalleryImageID {
 		t.Fatalf("distributes to %s, want %s", *dist.GalleryImageID, out.GalleryImageID)
@@ -162,6 +180,246 @@ func TestBuildLayerAndReplicas(t *testing.T) {
 	}
 	if len(b.templates) != 0 {
 		t.Fatal("destroy kept the image template")
+	}
+	// The builder's assignment, its role and the identity go too.
+	if _, ok := f.identities[n.ImageBuilderIdentity]; ok || len(f.roleDefs) != 0 || f.writes["role-definition-delete"] != 1 {
+		t.Fatalf("destroy left the builder identity (%v) or the role definitions %v", ok, f.roleDefs)
+	}
+	for key, a := range f.assignments {
+		if *a.Properties.PrincipalID == "principal-"+n.ImageBuilderIdentity {
+			t.Fatalf("destroy left the builder's assignment %s", key)
+		}
+	}
+}
+
+// checkTemplateIdentity fails unless the template runs as the named identity only and its build VM
+// has no identity.
+func checkTemplateIdentity(t *testing.T, tpl aib.ImageTemplate, identity string) {
+	t.Helper()
+	if tpl.Identity == nil || *tpl.Identity.Type != aib.ResourceIdentityTypeUserAssigned || len(tpl.Identity.UserAssignedIdentities) != 1 {
+		t.Fatalf("template identity %+v", tpl.Identity)
+	}
+	for id := range tpl.Identity.UserAssignedIdentities {
+		if !strings.HasSuffix(id, "/userAssignedIdentities/"+identity) {
+			t.Fatalf("template runs as %s, want %s", id, identity)
+		}
+	}
+	if vm := tpl.Properties.VMProfile; vm == nil || len(vm.UserAssignedIdentities) != 0 {
+		t.Fatalf("build VM profile %+v: want one without identities", vm)
+	}
+}
+
+func buildConfig() Config {
+	cfg := testConfig
+	cfg.ImageBuilder = true
+	cfg.BuildLayer = BuildLayer{ArtifactsURL: "https://example.blob.core.windows.net/rel/attested-kv-linux-amd64.tar.gz", ArtifactsSHA256: strings.Repeat("ab", 32)}
+	return cfg
+}
+
+// TestBuildLayerPrivilegeSeparation: the signing identity, whose token any job on a build VM can
+// get, has no role on the gallery; Azure Image Builder runs as its own identity, which holds the
+// narrow image publisher role on the gallery and nothing else.
+func TestBuildLayerPrivilegeSeparation(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	b, bc := newBuildLayer(t)
+	cl.Build = bc
+	cfg := buildConfig()
+	n := NamesFor(cfg.NamePrefix)
+
+	plan, err := Plan(ctx, cl, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []Step{
+		{Kind: "managed identity", Name: n.ImageBuilderIdentity, Action: "create"},
+		{Kind: "role definition", Name: cfg.publisherRoleName(), Action: "create"},
+		{Kind: "role assignment", Name: "image publisher on the gallery (image builder identity)", Action: "ensure"},
+		{Kind: "role assignment", Name: "Contributor on the gallery (signing identity)", Action: "revoke"},
+	} {
+		if !hasStep(plan, want.Name, want.Action) {
+			t.Errorf("plan lacks %+v: %+v", want, plan)
+		}
+	}
+
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	signer, builder := "principal-"+n.Identity, "principal-"+n.ImageBuilderIdentity
+	galleryScope := cfg.rgID() + "/providers/Microsoft.Compute/galleries/" + n.Gallery
+	roleID := "/subscriptions/sub/providers/Microsoft.Authorization/roleDefinitions/" + cfg.publisherRoleID()
+	var builderRoles []string
+	for key, a := range f.assignments {
+		scope := key[:strings.LastIndex(key, "|")]
+		switch *a.Properties.PrincipalID {
+		case signer:
+			if strings.Contains(strings.ToLower(scope), "/galleries/") {
+				t.Errorf("the signing identity holds %s at %s", *a.Properties.RoleDefinitionID, scope)
+			}
+		case builder:
+			builderRoles = append(builderRoles, scope+" "+*a.Properties.RoleDefinitionID+" "+string(*a.Properties.PrincipalType))
+		}
+	}
+	if len(builderRoles) != 1 || builderRoles[0] != galleryScope+" "+roleID+" ServicePrincipal" {
+		t.Fatalf("the builder identity's assignments: %v, want only the publisher role at %s", builderRoles, galleryScope)
+	}
+	checkTemplateIdentity(t, b.templates[n.ImageTemplate], n.ImageBuilderIdentity)
+	if len(f.roleDefs) != 1 {
+		t.Fatalf("role definitions %v", f.roleDefs)
+	}
+	role := f.roleDefs[cfg.publisherRoleID()].Properties
+	if role == nil || *role.RoleName != "attested-kv image publisher demo1 rg" || len(role.Permissions) != 1 {
+		t.Fatalf("role %+v", role)
+	}
+	var actions []string
+	for _, a := range role.Permissions[0].Actions {
+		actions = append(actions, *a)
+	}
+	want := []string{"Microsoft.Compute/galleries/read", "Microsoft.Compute/galleries/images/read", "Microsoft.Compute/galleries/images/versions/read", "Microsoft.Compute/galleries/images/versions/write"}
+	if strings.Join(actions, ",") != strings.Join(want, ",") || len(role.Permissions[0].NotActions)+len(role.Permissions[0].DataActions) != 0 {
+		t.Fatalf("role permissions %v, want exactly %v", actions, want)
+	}
+	if len(role.AssignableScopes) != 1 || *role.AssignableScopes[0] != cfg.rgID() {
+		t.Fatalf("assignable scopes %v", role.AssignableScopes)
+	}
+	plan, err = Plan(ctx, cl, cfg)
+	if err != nil || !hasStep(plan, n.ImageBuilderIdentity, "exists") || !hasStep(plan, cfg.publisherRoleName(), "exists") || !hasStep(plan, n.ImageTemplate, "exists") {
+		t.Fatalf("plan after apply: %+v %v", plan, err)
+	}
+
+	// Without the build layer: one identity and no custom role.
+	f2, cl2 := newFakeAzure(t)
+	_, bc2 := newBuildLayer(t)
+	cl2.Build = bc2
+	if _, _, err := Apply(ctx, cl2, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f2.identities[n.ImageBuilderIdentity]; ok || len(f2.identities) != 1 || len(f2.roleDefs) != 0 || f2.writes["role-definition"] != 0 {
+		t.Fatalf("without --image-builder: identities %d, role definitions %d", len(f2.identities), len(f2.roleDefs))
+	}
+}
+
+// TestBuildLayerMigratesLegacyGrant: what earlier versions left (Contributor on the gallery for
+// the signing identity, a template running as it) is withdrawn and replaced, once; resources of
+// the build layer that are not ours are refused before any write.
+func TestBuildLayerMigratesLegacyGrant(t *testing.T) {
+	ctx := context.Background()
+	cfg := buildConfig()
+	n := NamesFor(cfg.NamePrefix)
+	signer := "principal-" + n.Identity
+	galleryScope := cfg.rgID() + "/providers/Microsoft.Compute/galleries/" + n.Gallery
+	legacyGrant := galleryScope + "|" + assignmentName(galleryScope, signer, RoleContributor)
+	legacyTemplate := func(tags map[string]*string) aib.ImageTemplate {
+		return aib.ImageTemplate{Location: ptr("westeurope"), Tags: tags,
+			Identity:   &aib.ImageTemplateIdentity{Type: ptr(aib.ResourceIdentityTypeUserAssigned), UserAssignedIdentities: map[string]*aib.UserAssignedIdentity{cfg.identityID(n.Identity): {}}},
+			Properties: &aib.ImageTemplateProperties{VMProfile: &aib.ImageTemplateVMProfile{VMSize: ptr(DefaultBuildVMSize)}},
+		}
+	}
+	seed := func(f *fakeAzure, b *buildLayer, templateTags map[string]*string) {
+		f.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope"), Tags: cfg.tags()}
+		f.identities[n.Identity] = armmsi.Identity{Location: ptr("westeurope"), Tags: cfg.tags(), Properties: &armmsi.UserAssignedIdentityProperties{PrincipalID: ptr(signer), ClientID: ptr("client")}}
+		b.galleries[n.Gallery] = armcompute.Gallery{Location: ptr("westeurope"), Tags: cfg.tags()}
+		f.assignments[legacyGrant] = armauthorization.RoleAssignmentCreateParameters{Properties: &armauthorization.RoleAssignmentProperties{
+			PrincipalID: ptr(signer), RoleDefinitionID: ptr(cfg.roleDefinition(RoleContributor)), PrincipalType: ptr(armauthorization.PrincipalTypeServicePrincipal),
+		}}
+		b.templates[n.ImageTemplate] = legacyTemplate(templateTags)
+	}
+
+	f, cl := newFakeAzure(t)
+	b, bc := newBuildLayer(t)
+	cl.Build = bc
+	seed(f, b, cfg.tags())
+	plan, err := Plan(ctx, cl, cfg)
+	if err != nil || !hasStep(plan, n.ImageTemplate, "recreate") {
+		t.Fatalf("plan over the legacy template: %+v %v", plan, err)
+	}
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.assignments[legacyGrant]; ok {
+		t.Fatal("the signing identity still holds Contributor on the gallery")
+	}
+	checkTemplateIdentity(t, b.templates[n.ImageTemplate], n.ImageBuilderIdentity)
+	if b.writes["template-delete"] != 1 || b.writes["template"] != 1 {
+		t.Fatalf("template: %d deletes, %d writes; want it replaced once", b.writes["template-delete"], b.writes["template"])
+	}
+	// A second apply changes nothing.
+	before := map[string]int{}
+	for k, v := range f.writes {
+		before[k] = v
+	}
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"assignment", "assignment-delete", "role-definition", "role-definition-delete"} {
+		if f.writes[k] != before[k] {
+			t.Fatalf("second apply: %s %d -> %d", k, before[k], f.writes[k])
+		}
+	}
+	if b.writes["template-delete"] != 1 || b.writes["template"] != 1 {
+		t.Fatalf("second apply touched the template: %v", b.writes)
+	}
+
+	// Without --image-builder, a gallery left from an earlier run loses the grant too.
+	f, cl = newFakeAzure(t)
+	b, bc = newBuildLayer(t)
+	cl.Build = bc
+	seed(f, b, cfg.tags())
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.assignments[legacyGrant]; ok {
+		t.Fatal("apply without --image-builder left the signing identity Contributor on the gallery")
+	}
+
+	// Not ours: refused before any write.
+	for _, c := range []struct {
+		what string
+		put  func(f *fakeAzure, b *buildLayer)
+	}{
+		{"image template " + n.ImageTemplate, func(f *fakeAzure, b *buildLayer) { b.templates[n.ImageTemplate] = legacyTemplate(nil) }},
+		{"image template " + n.ImageTemplate, func(f *fakeAzure, b *buildLayer) {
+			b.templates[n.ImageTemplate] = legacyTemplate(map[string]*string{TagKey: ptr("other")})
+		}},
+		{"compute gallery " + n.Gallery, func(f *fakeAzure, b *buildLayer) {
+			b.galleries[n.Gallery] = armcompute.Gallery{Location: ptr("westeurope")}
+		}},
+		{"image definition " + BuildImageDefinition, func(f *fakeAzure, b *buildLayer) {
+			b.images[n.Gallery+"/"+BuildImageDefinition] = armcompute.GalleryImage{Location: ptr("westeurope")}
+		}},
+		{"managed identity " + n.ImageBuilderIdentity, func(f *fakeAzure, b *buildLayer) {
+			f.identities[n.ImageBuilderIdentity] = armmsi.Identity{Location: ptr("westeurope")}
+		}},
+		{"role definition " + cfg.publisherRoleID(), func(f *fakeAzure, b *buildLayer) {
+			f.roleDefs[cfg.publisherRoleID()] = armauthorization.RoleDefinition{Properties: &armauthorization.RoleDefinitionProperties{RoleName: ptr("someone else's role")}}
+		}},
+	} {
+		f, cl := newFakeAzure(t)
+		b, bc := newBuildLayer(t)
+		cl.Build = bc
+		seed(f, b, cfg.tags())
+		c.put(f, b)
+		plan, err := Plan(ctx, cl, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var refused bool
+		for _, s := range plan {
+			refused = refused || s.Action == "refuse"
+		}
+		if !refused {
+			t.Errorf("%s not ours: plan %+v", c.what, plan)
+		}
+		_, _, err = Apply(ctx, cl, cfg, io.Discard)
+		if !errors.Is(err, ErrNotOwned) || !strings.Contains(err.Error(), c.what) {
+			t.Errorf("%s not ours: apply error %v", c.what, err)
+		}
+		if len(f.writes)+len(b.writes) != 0 {
+			t.Errorf("%s not ours: apply wrote %v %v", c.what, f.writes, b.writes)
+		}
+		if _, ok := f.assignments[legacyGrant]; !ok {
+			t.Errorf("%s not ours: apply changed assignments before refusing", c.what)
+		}
 	}
 }
 
