@@ -55,6 +55,13 @@ type fakeAzure struct {
 
 func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
 
+// respond is a fake's answer: status and the response value.
+func respond[T any](status int, v T) (azfake.Responder[T], azfake.ErrorResponder) {
+	var r azfake.Responder[T]
+	r.SetResponse(status, v, nil)
+	return r, azfake.ErrorResponder{}
+}
+
 func notFound[T any]() (azfake.Responder[T], azfake.ErrorResponder) {
 	var e azfake.ErrorResponder
 	e.SetResponseError(http.StatusNotFound, "ResourceNotFound")
@@ -83,18 +90,14 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armresources.ResourceGroupsClientGetResponse]()
 			}
-			var r azfake.Responder[armresources.ResourceGroupsClientGetResponse]
-			r.SetResponse(http.StatusOK, armresources.ResourceGroupsClientGetResponse{ResourceGroup: g}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armresources.ResourceGroupsClientGetResponse{ResourceGroup: g})
 		},
 		CreateOrUpdate: func(_ context.Context, name string, p armresources.ResourceGroup, _ *armresources.ResourceGroupsClientCreateOrUpdateOptions) (azfake.Responder[armresources.ResourceGroupsClientCreateOrUpdateResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			f.groups[name] = p
 			f.wrote("group")
-			var r azfake.Responder[armresources.ResourceGroupsClientCreateOrUpdateResponse]
-			r.SetResponse(http.StatusCreated, armresources.ResourceGroupsClientCreateOrUpdateResponse{ResourceGroup: p}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusCreated, armresources.ResourceGroupsClientCreateOrUpdateResponse{ResourceGroup: p})
 		},
 		BeginDelete: func(_ context.Context, name string, _ *armresources.ResourceGroupsClientBeginDeleteOptions) (azfake.PollerResponder[armresources.ResourceGroupsClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -148,9 +151,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			p.Properties = &armmsi.UserAssignedIdentityProperties{PrincipalID: ptr("principal-" + name), ClientID: ptr("client-" + name)}
 			f.identities[name] = p
 			f.wrote("identity")
-			var r azfake.Responder[armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse]
-			r.SetResponse(http.StatusOK, armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse{Identity: p}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse{Identity: p})
 		},
 		Get: func(_ context.Context, rg, name string, _ *armmsi.UserAssignedIdentitiesClientGetOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientGetResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -159,18 +160,14 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armmsi.UserAssignedIdentitiesClientGetResponse]()
 			}
-			var r azfake.Responder[armmsi.UserAssignedIdentitiesClientGetResponse]
-			r.SetResponse(http.StatusOK, armmsi.UserAssignedIdentitiesClientGetResponse{Identity: id}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armmsi.UserAssignedIdentitiesClientGetResponse{Identity: id})
 		},
 		Delete: func(_ context.Context, rg, name string, _ *armmsi.UserAssignedIdentitiesClientDeleteOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			delete(f.identities, name)
 			f.wrote("identity-delete")
-			var r azfake.Responder[armmsi.UserAssignedIdentitiesClientDeleteResponse]
-			r.SetResponse(http.StatusOK, armmsi.UserAssignedIdentitiesClientDeleteResponse{}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armmsi.UserAssignedIdentitiesClientDeleteResponse{})
 		},
 	})))
 	if err != nil {
@@ -213,9 +210,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armkeyvault.VaultsClientGetResponse]()
 			}
-			var r azfake.Responder[armkeyvault.VaultsClientGetResponse]
-			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: armkeyvault.Vault{Tags: p.Tags}}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: armkeyvault.Vault{Tags: p.Tags}})
 		},
 		Delete: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientDeleteOptions) (azfake.Responder[armkeyvault.VaultsClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -223,9 +218,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			f.deletedVaults[name] = f.vaults[name].Tags
 			delete(f.vaults, name)
 			f.wrote("vault-delete")
-			var r azfake.Responder[armkeyvault.VaultsClientDeleteResponse]
-			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientDeleteResponse{}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armkeyvault.VaultsClientDeleteResponse{})
 		},
 		GetDeleted: func(_ context.Context, name, location string, _ *armkeyvault.VaultsClientGetDeletedOptions) (azfake.Responder[armkeyvault.VaultsClientGetDeletedResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -276,9 +269,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armcontainerregistry.RegistriesClientGetResponse]()
 			}
-			var r azfake.Responder[armcontainerregistry.RegistriesClientGetResponse]
-			r.SetResponse(http.StatusOK, armcontainerregistry.RegistriesClientGetResponse{Registry: p}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armcontainerregistry.RegistriesClientGetResponse{Registry: p})
 		},
 		BeginDelete: func(_ context.Context, rg, name string, _ *armcontainerregistry.RegistriesClientBeginDeleteOptions) (azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -342,9 +333,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			p.Name = ptr(id)
 			f.roleDefs[id] = p
 			f.wrote("role-definition")
-			var r azfake.Responder[armauthorization.RoleDefinitionsClientCreateOrUpdateResponse]
-			r.SetResponse(http.StatusCreated, armauthorization.RoleDefinitionsClientCreateOrUpdateResponse{RoleDefinition: p}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusCreated, armauthorization.RoleDefinitionsClientCreateOrUpdateResponse{RoleDefinition: p})
 		},
 		Get: func(_ context.Context, scope, id string, _ *armauthorization.RoleDefinitionsClientGetOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientGetResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -353,9 +342,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armauthorization.RoleDefinitionsClientGetResponse]()
 			}
-			var r azfake.Responder[armauthorization.RoleDefinitionsClientGetResponse]
-			r.SetResponse(http.StatusOK, armauthorization.RoleDefinitionsClientGetResponse{RoleDefinition: d}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armauthorization.RoleDefinitionsClientGetResponse{RoleDefinition: d})
 		},
 		Delete: func(_ context.Context, scope, id string, _ *armauthorization.RoleDefinitionsClientDeleteOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()

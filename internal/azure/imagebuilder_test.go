@@ -52,9 +52,7 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 			if !ok {
 				return notFound[armcompute.GalleriesClientGetResponse]()
 			}
-			var r azfake.Responder[armcompute.GalleriesClientGetResponse]
-			r.SetResponse(http.StatusOK, armcompute.GalleriesClientGetResponse{Gallery: g}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armcompute.GalleriesClientGetResponse{Gallery: g})
 		},
 	})))
 	if err != nil {
@@ -73,9 +71,7 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 			if !ok {
 				return notFound[armcompute.GalleryImagesClientGetResponse]()
 			}
-			var r azfake.Responder[armcompute.GalleryImagesClientGetResponse]
-			r.SetResponse(http.StatusOK, armcompute.GalleryImagesClientGetResponse{GalleryImage: img}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, armcompute.GalleryImagesClientGetResponse{GalleryImage: img})
 		},
 	})))
 	if err != nil {
@@ -87,9 +83,7 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 			if !ok {
 				return notFound[aib.VirtualMachineImageTemplatesClientGetResponse]()
 			}
-			var r azfake.Responder[aib.VirtualMachineImageTemplatesClientGetResponse]
-			r.SetResponse(http.StatusOK, aib.VirtualMachineImageTemplatesClientGetResponse{ImageTemplate: tpl}, nil)
-			return r, azfake.ErrorResponder{}
+			return respond(http.StatusOK, aib.VirtualMachineImageTemplatesClientGetResponse{ImageTemplate: tpl})
 		},
 		BeginCreateOrUpdate: func(_ context.Context, rg, name string, tpl aib.ImageTemplate, _ *aib.VirtualMachineImageTemplatesClientBeginCreateOrUpdateOptions) (azfake.PollerResponder[aib.VirtualMachineImageTemplatesClientCreateOrUpdateResponse], azfake.ErrorResponder) {
 			b.templates[name] = tpl

@@ -102,6 +102,18 @@ func (f *fixture) deps(t testing.TB) Deps {
 	}
 }
 
+// with returns the fixture's plugin config with the key-value pairs kv set.
+func (f *fixture) with(kv ...string) map[string]string {
+	m := map[string]string{}
+	for k, v := range f.cfg {
+		m[k] = v
+	}
+	for i := 0; i < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return m
+}
+
 func request(envType string, cfg map[string]string) *plugin.GenerateEnvelopeRequest {
 	payload, _ := json.Marshal(map[string]any{"targetArtifact": map[string]any{
 		"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": testDigest, "size": 1234,
@@ -170,16 +182,6 @@ func TestFailClosed(t *testing.T) {
 		t.Cleanup(s.Close)
 		return s
 	}
-	with := func(kv ...string) map[string]string {
-		m := map[string]string{}
-		for k, v := range f.cfg {
-			m[k] = v
-		}
-		for i := 0; i < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
 	base := f.deps(t)
 	tests := []struct {
 		name    string
@@ -189,17 +191,17 @@ func TestFailClosed(t *testing.T) {
 		code    plugin.ErrorCode
 		message string
 	}{
-		{name: "TPM unavailable", cfg: with(KeyTPM, "swtpm:"+closed), deps: func(d Deps) Deps {
+		{name: "TPM unavailable", cfg: f.with(KeyTPM, "swtpm:"+closed), deps: func(d Deps) Deps {
 			d.Attester = func(ctx context.Context, c Config, log *slog.Logger) (Attester, error) {
 				cl, _ := maa.NewClient(c.AttestationURL, maa.ClientOptions{HTTPClient: f.maaSrv.Client()})
 				return &tpmAttester{client: cl, cfg: c, log: log}, nil
 			}
 			return d
 		}, code: plugin.ErrorCodeAccessDenied, message: "TPM"},
-		{name: "MAA down", cfg: with(KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeAccessDenied, message: "unavailable"},
-		{name: "MAA 500", cfg: with(KeyAttestationURL, status(500).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 500"},
-		{name: "MAA 429", cfg: with(KeyAttestationURL, status(429).URL), code: plugin.ErrorCodeThrottled, message: "429"},
-		{name: "MAA refuses the evidence", cfg: with(KeyAttestationURL, status(400).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 400"},
+		{name: "MAA down", cfg: f.with(KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeAccessDenied, message: "unavailable"},
+		{name: "MAA 500", cfg: f.with(KeyAttestationURL, status(500).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 500"},
+		{name: "MAA 429", cfg: f.with(KeyAttestationURL, status(429).URL), code: plugin.ErrorCodeThrottled, message: "429"},
+		{name: "MAA refuses the evidence", cfg: f.with(KeyAttestationURL, status(400).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 400"},
 		{name: "token signed by a key the instance does not publish", deps: func(d Deps) Deps {
 			d.Verifier = func(c Config) (TokenVerifier, error) {
 				other, _ := rsa.GenerateKey(rand.Reader, 2048)
@@ -232,11 +234,11 @@ func TestFailClosed(t *testing.T) {
 			}
 			return d
 		}, code: plugin.ErrorCodeAccessDenied, message: "max age is 5m0s"},
-		{name: "claim rule false (baseline: no secure boot measured)", cfg: with(KeyRules, ""), code: plugin.ErrorCodeAccessDenied, message: `claim rule "secure-boot"`},
-		{name: "rule file missing", cfg: with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "rules.cel"},
-		{name: "rule file missing and MAA down: the rules are reported", cfg: with(KeyRules, "/nonexistent/rules.cel", KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeValidation, message: "rules.cel"},
-		{name: "no attestation_url", cfg: with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
-		{name: "unknown config key", cfg: with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
+		{name: "claim rule false (baseline: no secure boot measured)", cfg: f.with(KeyRules, ""), code: plugin.ErrorCodeAccessDenied, message: `claim rule "secure-boot"`},
+		{name: "rule file missing", cfg: f.with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "rules.cel"},
+		{name: "rule file missing and MAA down: the rules are reported", cfg: f.with(KeyRules, "/nonexistent/rules.cel", KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeValidation, message: "rules.cel"},
+		{name: "no attestation_url", cfg: f.with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
+		{name: "unknown config key", cfg: f.with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
 		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
 		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},
@@ -515,11 +517,7 @@ func TestTokenAgeAtSigningTime(t *testing.T) {
 			var signs atomic.Int32
 			d.Key = func(string, Config, *slog.Logger) (KeySource, error) { return countingKey{f: f, n: &signs}, nil }
 			d.Now = func() time.Time { return time.Now().Add(tt.openFor) }
-			cfg := map[string]string{}
-			for k, v := range f.cfg {
-				cfg[k] = v
-			}
-			cfg[KeyTokenDir] = t.TempDir()
+			cfg := f.with(KeyTokenDir, t.TempDir())
 			_, err := New(d).GenerateEnvelope(context.Background(), request("application/jose+json", cfg))
 			if tt.signed {
 				if err != nil || signs.Load() != 1 {
@@ -551,24 +549,14 @@ func TestConfigErrorsBeforeAttestation(t *testing.T) {
 	if err := os.WriteFile(file, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	with := func(kv ...string) map[string]string {
-		m := map[string]string{}
-		for k, v := range f.cfg {
-			m[k] = v
-		}
-		for i := 0; i < len(kv); i += 2 {
-			m[kv[i]] = kv[i+1]
-		}
-		return m
-	}
 	tests := []struct {
 		name    string
 		cfg     map[string]string
 		digest  string
 		message string
 	}{
-		{name: "token_dir cannot be created", cfg: with(KeyTokenDir, filepath.Join(file, "tokens")), message: KeyTokenDir},
-		{name: "TSA root certificate missing", cfg: with(KeyTimestampURL, "https://tsa.example", KeyTimestampRootCert, filepath.Join(t.TempDir(), "none.pem")), message: KeyTimestampRootCert},
+		{name: "token_dir cannot be created", cfg: f.with(KeyTokenDir, filepath.Join(file, "tokens")), message: KeyTokenDir},
+		{name: "TSA root certificate missing", cfg: f.with(KeyTimestampURL, "https://tsa.example", KeyTimestampRootCert, filepath.Join(t.TempDir(), "none.pem")), message: KeyTimestampRootCert},
 		{name: "sha384 target the store does not keep", cfg: f.cfg, digest: "sha384:" + strings.Repeat("ab", 48), message: "want sha256 or sha512"},
 	}
 	for _, tt := range tests {

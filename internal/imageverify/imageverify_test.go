@@ -168,75 +168,48 @@ func TestVerify(t *testing.T) {
 		}
 		return b
 	}
+	// signedBy signs the image with s, with a fresh token bound to it and keyID, and attaches the
+	// token.
+	signedBy := func(s signature.LocalSigner) func(t *testing.T, img ocispec.Descriptor) {
+		return func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, s, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+		}
+	}
 	tests := []struct {
 		name   string
 		setup  func(t *testing.T, img ocispec.Descriptor)
 		opts   func(o *Options)
 		failed string
 	}{
-		{name: "signed from an attested machine", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}},
+		{name: "signed from an attested machine", setup: signedBy(f.signer)},
 		{name: "no signature", setup: func(t *testing.T, img ocispec.Descriptor) {
 			f.attach(t, img, f.token(t, bind(img, keyID)))
 		}, failed: CheckSignature},
-		{name: "signed by an untrusted key", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, failed: CheckSignature},
+		{name: "signed by an untrusted key", setup: signedBy(f.untrusted), failed: CheckSignature},
 		// notation-go accepts these two when the trust policy only logs authenticity failures.
-		{name: "signed by an untrusted key, audit trust policy", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "signed by an untrusted key, audit trust policy", setup: signedBy(f.untrusted), opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelAudit.Name })
 		}, failed: CheckSignature},
-		{name: "signed by an untrusted key, authenticity overridden to log", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "signed by an untrusted key, authenticity overridden to log", setup: signedBy(f.untrusted), opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) {
 				sv.Override = map[trustpolicy.ValidationType]trustpolicy.ValidationAction{trustpolicy.TypeAuthenticity: trustpolicy.ActionLog}
 			})
 		}, failed: CheckSignature},
-		{name: "signed by the trusted key, audit trust policy", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "signed by the trusted key, audit trust policy", setup: signedBy(f.signer), opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelAudit.Name })
 		}, failed: CheckSignature},
-		{name: "signed by the trusted key, permissive trust policy", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "signed by the trusted key, permissive trust policy", setup: signedBy(f.signer), opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelPermissive.Name })
 		}},
 		// Both keys' certificates are trusted (as under a shared CA): only the pin tells them apart.
-		{name: "another trusted key, signing certificate pinned", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "another trusted key, signing certificate pinned", setup: signedBy(f.untrusted), opts: func(o *Options) {
 			o.Notation = f.notationTrusting(t, f.signer, f.untrusted)
 			o.SigningCertSHA256 = []string{certSHA256(t, f.signer)}
 		}, failed: CheckSignature},
-		{name: "another trusted key, no pin", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) { o.Notation = f.notationTrusting(t, f.signer, f.untrusted) }},
-		{name: "the pinned signing certificate", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "another trusted key, no pin", setup: signedBy(f.untrusted), opts: func(o *Options) { o.Notation = f.notationTrusting(t, f.signer, f.untrusted) }},
+		{name: "the pinned signing certificate", setup: signedBy(f.signer), opts: func(o *Options) {
 			o.Notation = f.notationTrusting(t, f.signer, f.untrusted)
 			o.SigningCertSHA256 = []string{certSHA256(t, f.untrusted), certSHA256(t, f.signer)}
 		}},
@@ -263,16 +236,8 @@ func TestVerify(t *testing.T) {
 			f.sign(t, f.signer, img, tok, f.maaURL, time.Now().Add(10*time.Minute))
 			f.attach(t, img, tok)
 		}, failed: CheckAge},
-		{name: "claim rule false", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) { o.Rules = rules.Baseline() }, failed: CheckRules},
-		{name: "token keys of another instance", setup: func(t *testing.T, img ocispec.Descriptor) {
-			tok := f.token(t, bind(img, keyID))
-			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
-		}, opts: func(o *Options) {
+		{name: "claim rule false", setup: signedBy(f.signer), opts: func(o *Options) { o.Rules = rules.Baseline() }, failed: CheckRules},
+		{name: "token keys of another instance", setup: signedBy(f.signer), opts: func(o *Options) {
 			other, _ := rsa.GenerateKey(rand.Reader, 2048)
 			jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: other.Public(), KeyID: "other", Algorithm: "RS256", Use: "sig"}}})
 			ks, err := maa.NewStaticKeySet(jwks)
