@@ -366,7 +366,10 @@ const maxJSONDepth = 64
 // object names as RFC 7493 (I-JSON) requires; encoding/json would keep the last one, so a claim
 // could be read one way here and another way by another JWT library.
 func decodeObject(data []byte) (map[string]any, error) {
-	dec := jsontext.NewDecoder(bytes.NewReader(data)) // duplicate names and invalid UTF-8 are errors by default
+	// Duplicate names and invalid UTF-8 are errors by default. From a bytes.Buffer the decoder
+	// parses data in place instead of copying it into a buffer of its own, and it never writes to
+	// it (jsontext documents both); data is compared with the verified payload afterwards.
+	dec := jsontext.NewDecoder(bytes.NewBuffer(data))
 	if k := dec.PeekKind(); k != '{' {
 		if _, err := dec.ReadToken(); err != nil {
 			return nil, err
