@@ -244,6 +244,9 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	if err := splitDigestRef(fs.Arg(0)); err != nil {
 		return fail(2, err)
 	}
+	if err := maa.CheckInstance(*url); err != nil {
+		return fail(2, err)
+	}
 	var certPins []string
 	for _, p := range *pins {
 		h, err := imageverify.ParseCertSHA256(p)

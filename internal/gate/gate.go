@@ -34,6 +34,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sys/unix"
 
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/token"
@@ -153,10 +154,11 @@ func (g *Gate) VerifySignature(context.Context, *plugin.VerifySignatureRequest) 
 // Attestation is a verified token whose claim rules passed, bound to one digest and key. Only
 // Gate.attest constructs one; signing requires it.
 type Attestation struct {
-	token   *maa.Token
-	subject string
-	keyID   string
-	binding string
+	token      *maa.Token
+	subject    string
+	keyID      string
+	binding    string
+	verifiedAt time.Time
 }
 
 // GenerateEnvelope implements plugin.Plugin: attest, verify, check rules, then sign.
@@ -269,7 +271,7 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 		return nil, &attestError{err: err}
 	}
 	log.Info("attested", "issuer", tok.Issuer(), "tokenSHA256", tok.SHA256(), "issuedAt", tok.IssuedAt())
-	return &Attestation{token: tok, subject: subject, keyID: keyID, binding: b}, nil
+	return &Attestation{token: tok, subject: subject, keyID: keyID, binding: b, verifiedAt: time.Now()}, nil
 }
 
 // verifiedToken gets a token for the binding b from the TPM and MAA, and verifies it.
@@ -326,8 +328,8 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Co
 	}
 	now := g.deps.Now()
 	if age := now.Sub(att.token.IssuedAt()); age > cfg.MaxTokenAge {
-		return nil, &attestError{err: fmt.Errorf("the token is %s old at the signing time, more than %s %s (opening the Key Vault key took %s); nothing was signed, sign again",
-			age.Truncate(time.Millisecond), KeyMaxTokenAge, cfg.MaxTokenAge, opened.Sub(start).Truncate(time.Millisecond))}
+		return nil, &attestError{err: fmt.Errorf("the token is %s old at the signing time, more than %s %s (since it was verified: %s waiting for the Entra ID access token, %s opening the Key Vault key); nothing was signed, sign again",
+			age.Truncate(time.Millisecond), KeyMaxTokenAge, cfg.MaxTokenAge, start.Sub(att.verifiedAt).Truncate(time.Millisecond), opened.Sub(start).Truncate(time.Millisecond))}
 	}
 	sr := &signature.SignRequest{
 		Payload:     signature.Payload{ContentType: req.PayloadType, Content: req.Payload},
@@ -389,7 +391,9 @@ func tokenStore(cfg Config) (*token.Store, error) {
 			return nil, validationf("%s: %v", KeyTokenDir, err)
 		}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Created durably (each new directory's parent synced): the token written into it later must
+	// survive a crash once the plugin has reported success.
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return nil, validationf("%s: %v", KeyTokenDir, err)
 	}
 	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {

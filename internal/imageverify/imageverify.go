@@ -133,6 +133,11 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if max <= 0 {
 		max = DefaultMaxSignatures
 	}
+	// The instance must be a bare https URL (maa.NewVerifier's rule): a configuration error, not a
+	// refusal of this image, and the URL is then safe to show in results.
+	if _, err := maa.NewVerifier(maa.VerifierOptions{Instance: o.AttestationURL, Keys: o.TokenKeys, MaxAge: o.MaxTokenAge}); err != nil {
+		return nil, fmt.Errorf("imageverify: %w", err)
+	}
 	for _, fp := range o.SigningCertSHA256 {
 		if n, err := ParseCertSHA256(fp); err != nil || n != fp {
 			return nil, fmt.Errorf("imageverify: SigningCertSHA256 %q is not 64 lowercase hex digits", fp)

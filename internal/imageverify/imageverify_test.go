@@ -339,3 +339,17 @@ func TestParseCertSHA256(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyRefusesInstanceURL: an attestation URL the token verifier would refuse is a
+// configuration error of Verify, not a refusal of the image.
+func TestVerifyRefusesInstanceURL(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "instance url")
+	for _, u := range []string{"http://x.weu.attest.azure.net", "https://x.weu.attest.azure.net/path", "https://u:p@x.weu.attest.azure.net"} {
+		o := f.opts
+		o.AttestationURL = u
+		if res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o); err == nil {
+			t.Errorf("AttestationURL %q: result %+v, want an error", u, res)
+		}
+	}
+}

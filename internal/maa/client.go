@@ -147,6 +147,24 @@ func parseInstance(instance string) (string, error) {
 	return "https://" + u.Host, nil
 }
 
+// CheckInstance checks that instance is an MAA instance URL as the client and the verifier take
+// it: https://HOST[:PORT], nothing else (one trailing slash allowed). The error shows the URL
+// without its password.
+func CheckInstance(instance string) error {
+	_, err := parseInstance(instance)
+	return err
+}
+
+// redactedURL is s for display: without its password (url.URL.Redacted), or a placeholder if it
+// does not parse (url.Parse's error would quote it whole).
+func redactedURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		return "(not a URL)"
+	}
+	return u.Redacted()
+}
+
 // Instance returns the normalised instance URL, without a trailing slash.
 func (c *Client) Instance() string { return c.instance }
 

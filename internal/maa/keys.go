@@ -88,7 +88,7 @@ func NewRemoteKeySet(instance string, o JWKSOptions) *RemoteKeySet {
 		now:        time.Now,
 	}
 	if inst, err := parseInstance(instance); err != nil {
-		ks.url, ks.urlErr = trimSlash(instance)+CertsPath, fmt.Errorf("refusing to fetch the signing keys: %w", err)
+		ks.url, ks.urlErr = redactedURL(trimSlash(instance))+CertsPath, fmt.Errorf("refusing to fetch the signing keys: %w", err)
 	} else {
 		ks.url = inst + CertsPath
 	}

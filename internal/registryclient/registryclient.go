@@ -88,7 +88,8 @@ func credentialFunc(hostport string, o Options, hc *http.Client) (auth.Credentia
 		return nil, fmt.Errorf("docker credentials: %w", err)
 	}
 	docker := credentials.Credential(store)
-	if o.AzureCredential == nil || !strings.HasSuffix(strings.Split(hostport, ":")[0], ".azurecr.io") {
+	// Host names are case-insensitive: MyReg.AzureCR.io is an Azure registry too.
+	if o.AzureCredential == nil || !strings.HasSuffix(strings.ToLower(strings.Split(hostport, ":")[0]), ".azurecr.io") {
 		return docker, nil
 	}
 	return func(ctx context.Context, host string) (auth.Credential, error) {

@@ -229,6 +229,9 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 	if c.AttestationURL == "" || c.KeyID == "" {
 		return imageverify.Options{}, "", errors.New("attestationURL and keyID are required")
 	}
+	if err := maa.CheckInstance(c.AttestationURL); err != nil {
+		return imageverify.Options{}, "", fmt.Errorf("attestationURL: %w", err)
+	}
 	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute, Rules: rules.Baseline()}
 	for _, p := range c.SigningCertSHA256 {
 		h, err := imageverify.ParseCertSHA256(p)

@@ -119,6 +119,7 @@ func TestVerifierProcess(t *testing.T) {
 			c.SigningCertSHA256 = []string{strings.Repeat("ab", 32)}
 			return c
 		}(), ref), "not a pinned signing certificate"},
+		{"attestation URL over http", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.AttestationURL = "http://x.weu.attest.azure.net"; return c }(), ref), "attestationURL"},
 		{"malformed pin", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.SigningCertSHA256 = []string{"abc"}; return c }(), ref), "signingCertSHA256"},
 	}
 	for _, tc := range tests {
