@@ -105,6 +105,11 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 		steps, err = azure.Plan(ctx, cl, cfg)
 	case "destroy":
 		steps, err = azure.Destroy(ctx, cl, cfg, *purge, stderr)
+		if err == nil {
+			// Something destroy had to delete is still there (a step "kept" says what and why):
+			// a script must not take the deployment for gone.
+			err = azure.KeptError(steps)
+		}
 	case "apply":
 		var out *azure.Outputs
 		out, steps, err = azure.Apply(ctx, cl, cfg, stderr)

@@ -61,7 +61,9 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 		if steps, err = planDeletedVault(ctx, cl, cfg, steps); err != nil {
 			return steps, err
 		}
-		steps = append(steps, Step{Kind: "container registry", Name: n.Registry, Action: "create"})
+		if steps, err = planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps); err != nil {
+			return steps, err
+		}
 	default:
 		return steps, fmt.Errorf("resource group %s: %w", cfg.ResourceGroup, err)
 	}
@@ -87,7 +89,11 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 			return steps, err
 		}
 		reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
-		if err := probe("container registry", n.Registry, reg.Tags, err); err != nil {
+		if isNotFound(err) {
+			if steps, err = planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps); err != nil {
+				return steps, err
+			}
+		} else if err := probe("container registry", n.Registry, reg.Tags, err); err != nil {
 			return steps, err
 		}
 	}
@@ -151,13 +157,30 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	// recover it. One that is not ours is refused like a live one. Soft-deleted vaults outlive
 	// their resource group, so this is checked even when the group is missing.
 	var recoverVault bool
-	if _, live := own[n.Vault]; !live {
+	if _, live := own[ownedKey("key vault", n.Vault)]; !live {
 		if recoverVault, err = checkDeletedVault(ctx, cl, cfg); err != nil {
 			progress(w, "%v", err)
 			return nil, steps, err
 		}
 	}
-	tagsOf := func(name string) map[string]*string { return mergeTags(own[name], cfg.NamePrefix) }
+	// Vault and registry names are global across Azure: one that another subscription or tenant
+	// holds would fail the create after the group, identity and provider were written, on every
+	// rerun.
+	if _, live := own[ownedKey("key vault", n.Vault)]; !live && !recoverVault {
+		if err := checkNameFree(ctx, cl, cfg, "key vault", n.Vault); err != nil {
+			progress(w, "%v", err)
+			return nil, steps, err
+		}
+	}
+	if _, live := own[ownedKey("container registry", n.Registry)]; !live {
+		if err := checkNameFree(ctx, cl, cfg, "container registry", n.Registry); err != nil {
+			progress(w, "%v", err)
+			return nil, steps, err
+		}
+	}
+	tagsOf := func(kind, name string) map[string]*string {
+		return mergeTags(own[ownedKey(kind, name)], cfg.NamePrefix)
+	}
 	if rgMissing {
 		if _, err := cl.Groups.CreateOrUpdate(ctx, cfg.ResourceGroup, armresources.ResourceGroup{Location: &cfg.Location, Tags: cfg.tags()}, nil); err != nil {
 			return fail("resource group", cfg.ResourceGroup, err)
@@ -167,7 +190,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		done("resource group", cfg.ResourceGroup, "exists", "")
 	}
 
-	id, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.Identity, armmsi.Identity{Location: &cfg.Location, Tags: tagsOf(n.Identity)}, nil)
+	id, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.Identity, armmsi.Identity{Location: &cfg.Location, Tags: tagsOf("managed identity", n.Identity)}, nil)
 	if err != nil {
 		return fail("managed identity", n.Identity, err)
 	}
@@ -177,7 +200,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	out.IdentityPrincipalID, out.IdentityClientID = *id.Properties.PrincipalID, *id.Properties.ClientID
 	done("managed identity", n.Identity, "ready", "client id "+out.IdentityClientID)
 
-	prov, err := cl.Attestation.Create(ctx, cfg.ResourceGroup, n.AttestationProvider, cfg.Location, tagsOf(n.AttestationProvider))
+	prov, err := cl.Attestation.Create(ctx, cfg.ResourceGroup, n.AttestationProvider, cfg.Location, tagsOf("attestation provider", n.AttestationProvider))
 	if err != nil {
 		return fail("attestation provider", n.AttestationProvider, err)
 	}
@@ -219,7 +242,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		// sends them again as an ordinary update.
 		vp.CreateMode = ptr(armkeyvault.CreateModeRecover)
 	}
-	poller, err := cl.Vaults.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Vault, armkeyvault.VaultCreateOrUpdateParameters{Location: &cfg.Location, Tags: tagsOf(n.Vault), Properties: vp}, nil)
+	poller, err := cl.Vaults.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Vault, armkeyvault.VaultCreateOrUpdateParameters{Location: &cfg.Location, Tags: tagsOf("key vault", n.Vault), Properties: vp}, nil)
 	if err != nil {
 		return fail("key vault", n.Vault, err)
 	}
@@ -263,7 +286,9 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	out.CertificateThumbprint = hex.EncodeToString(sum[:])
 	if len(cert.Replaced) > 0 {
 		// A new version: the trust store written below trusts it instead of the old one.
-		done("certificate", n.Certificate, "new version", out.KeyID+" (the existing one did not match: "+strings.Join(cert.Replaced, "; ")+")")
+		done("certificate", n.Certificate, "new version", out.KeyID+" (the existing one did not match: "+strings.Join(cert.Replaced, "; ")+
+			"); signatures made with the previous certificate will no longer verify against the trust store written now, and the signingCertSHA256 pin changes to "+
+			out.CertificateThumbprint+": update the policy pin and re-sign what must keep verifying")
 	} else {
 		done("certificate", n.Certificate, "ready", out.KeyID)
 	}
@@ -285,7 +310,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 
 	rp, err := cl.Registries.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, armcontainerregistry.Registry{
-		Location: &cfg.Location, Tags: tagsOf(n.Registry),
+		Location: &cfg.Location, Tags: tagsOf("container registry", n.Registry),
 		SKU: &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
 		Properties: &armcontainerregistry.RegistryProperties{
 			AdminUserEnabled: ptr(false),
@@ -355,15 +380,88 @@ func planDeletedVault(ctx context.Context, cl *Clients, cfg Config, steps []Step
 	case found:
 		return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "refuse", Detail: "soft-deleted, not created by this deployment: apply would refuse (choose another --name-prefix)"}), nil
 	}
-	return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "create"}), nil
+	return planCreateGlobal(ctx, cl, cfg, "key vault", n.Vault, steps)
+}
+
+// planCreateGlobal adds the plan step of a vault or registry that is to be created: refused if
+// its global name is taken elsewhere.
+func planCreateGlobal(ctx context.Context, cl *Clients, cfg Config, kind, name string, steps []Step) ([]Step, error) {
+	reason, err := nameTaken(ctx, cl, kind, name)
+	switch {
+	case err != nil:
+		return steps, err
+	case reason != "":
+		return append(steps, Step{Kind: kind, Name: name, Action: "refuse", Detail: "the name is global and taken elsewhere (" + reason + "): apply would refuse (choose another --name-prefix)"}), nil
+	}
+	return append(steps, Step{Kind: kind, Name: name, Action: "create"}), nil
+}
+
+// nameTaken asks ARM whether a vault's or registry's global name is free; it returns why not, or
+// "" if it is.
+func nameTaken(ctx context.Context, cl *Clients, kind, name string) (string, error) {
+	var free *bool
+	var reason, message string
+	switch kind {
+	case "key vault":
+		r, err := cl.Vaults.CheckNameAvailability(ctx, armkeyvault.VaultCheckNameAvailabilityParameters{Name: &name, Type: ptr("Microsoft.KeyVault/vaults")}, nil)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: checking the name: %w", kind, name, err)
+		}
+		free, message = r.NameAvailable, deref(r.Message)
+		if r.Reason != nil {
+			reason = string(*r.Reason)
+		}
+	case "container registry":
+		r, err := cl.Registries.CheckNameAvailability(ctx, armcontainerregistry.RegistryNameCheckRequest{Name: &name, Type: ptr("Microsoft.ContainerRegistry/registries")}, nil)
+		if err != nil {
+			return "", fmt.Errorf("%s %s: checking the name: %w", kind, name, err)
+		}
+		free, reason, message = r.NameAvailable, deref(r.Reason), deref(r.Message)
+	default:
+		return "", fmt.Errorf("no global name check for %s", kind)
+	}
+	if free != nil && *free {
+		return "", nil
+	}
+	switch {
+	case reason == "" && message == "":
+		return "not available", nil
+	case message == "":
+		return reason, nil
+	case reason == "":
+		return message, nil
+	}
+	return reason + ": " + message, nil
+}
+
+// checkNameFree is nameTaken for apply: a taken name is an ErrNotOwned error naming the resource.
+func checkNameFree(ctx context.Context, cl *Clients, cfg Config, kind, name string) error {
+	reason, err := nameTaken(ctx, cl, kind, name)
+	if err != nil || reason == "" {
+		return err
+	}
+	return fmt.Errorf("%s %s: the name is global across Azure and is taken (%s) by a resource outside resource group %s that was %w: apply refuses before writing anything; choose another --name-prefix",
+		kind, name, reason, cfg.ResourceGroup, ErrNotOwned)
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }
 
 // ErrNotOwned is the error of a resource that exists under a deployment's name but does not carry
 // the deployment's tag: apply refuses to update it.
 var ErrNotOwned = errors.New("not created by this deployment")
 
-// ownedTags are the tags of the deployment's resources that exist already, by name.
+// ownedTags are the tags of the deployment's resources that exist already, by ownedKey: names
+// alone can clash across kinds (with prefix "attested" the template is named like the image
+// definition).
 type ownedTags map[string]map[string]*string
+
+// ownedKey is a resource's key in ownedTags.
+func ownedKey(kind, name string) string { return kind + "/" + name }
 
 // checkOwned reads the deployment's resources; any that exists without the deployment's tag is
 // an ErrNotOwned error naming it.
@@ -380,7 +478,7 @@ func checkOwned(ctx context.Context, cl *Clients, cfg Config) (ownedTags, error)
 			return fmt.Errorf("%s %s exists and was %w (no %s=%s tag): apply refuses to overwrite and adopt it; choose another --name-prefix",
 				kind, name, ErrNotOwned, TagKey, cfg.NamePrefix)
 		}
-		o[name] = tags
+		o[ownedKey(kind, name)] = tags
 		return nil
 	}
 	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
@@ -575,14 +673,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 			}
 			note("key vault", n.Vault, "deleted", "soft-deleted; keys recoverable until purged")
 			if purge {
-				p, err := cl.Vaults.BeginPurgeDeleted(ctx, n.Vault, cfg.Location, nil)
-				if err == nil {
-					_, err = p.PollUntilDone(ctx, nil)
+				if err := purgeVault(ctx, cl, cfg, "", note); err != nil {
+					return steps, err
 				}
-				if err != nil {
-					return steps, fmt.Errorf("purging key vault %s: %w", n.Vault, err)
-				}
-				note("key vault", n.Vault, "purged", "")
 			}
 		}
 	} else if !isNotFound(err) {
@@ -596,14 +689,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		case found && !ours:
 			note("key vault", n.Vault, "skip", "soft-deleted, not created by this deployment")
 		case found:
-			p, err := cl.Vaults.BeginPurgeDeleted(ctx, n.Vault, cfg.Location, nil)
-			if err == nil {
-				_, err = p.PollUntilDone(ctx, nil)
+			if err := purgeVault(ctx, cl, cfg, "was soft-deleted", note); err != nil {
+				return steps, err
 			}
-			if err != nil {
-				return steps, fmt.Errorf("purging key vault %s: %w", n.Vault, err)
-			}
-			note("key vault", n.Vault, "purged", "was soft-deleted")
 		}
 	}
 	if p, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider); err == nil {
@@ -620,6 +708,8 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	if id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil); err == nil {
 		if !tagged(id.Tags, cfg.NamePrefix) {
 			note("managed identity", n.Identity, "skip", "not created by this deployment")
+		} else if err := revokeLegacyGalleryGrant(ctx, cl, cfg, id.Properties, note); err != nil {
+			return steps, err
 		} else if _, err := cl.Identities.Delete(ctx, cfg.ResourceGroup, n.Identity, nil); err != nil {
 			return steps, err
 		} else {
@@ -648,13 +738,69 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	return steps, nil
 }
 
+// purgeVault purges the deployment's soft-deleted vault. A purge ARM refuses (purge protection
+// holds the name until its retention ends) is reported as a skip step and is not an error, so
+// that destroy goes on to the other resources; a rerun after the retention purges it.
+func purgeVault(ctx context.Context, cl *Clients, cfg Config, detail string, note func(kind, name, action, detail string)) error {
+	n := NamesFor(cfg.NamePrefix)
+	p, err := cl.Vaults.BeginPurgeDeleted(ctx, n.Vault, cfg.Location, nil)
+	if err == nil {
+		_, err = p.PollUntilDone(ctx, nil)
+	}
+	var re *azcore.ResponseError
+	switch {
+	case err == nil:
+		note("key vault", n.Vault, "purged", detail)
+		return nil
+	case !errors.As(err, &re):
+		return fmt.Errorf("purging key vault %s: %w", n.Vault, err)
+	}
+	reason := "purge refused: " + responseReason(re)
+	if d, err := cl.Vaults.GetDeleted(ctx, n.Vault, cfg.Location, nil); err == nil && d.Properties != nil &&
+		d.Properties.PurgeProtectionEnabled != nil && *d.Properties.PurgeProtectionEnabled {
+		reason = "purge protection: the name is held until the retention ends"
+		if d.Properties.ScheduledPurgeDate != nil {
+			reason += " (" + d.Properties.ScheduledPurgeDate.UTC().Format(time.DateOnly) + ")"
+		}
+	}
+	note("key vault", n.Vault, "skip", "not purged, left soft-deleted ("+reason+")")
+	return nil
+}
+
+// revokeLegacyGalleryGrant withdraws, before the signing identity goes, the Contributor grant on
+// the gallery that earlier versions gave it: an assignment outlives its principal.
+func revokeLegacyGalleryGrant(ctx context.Context, cl *Clients, cfg Config, id *armmsi.UserAssignedIdentityProperties, note func(kind, name, action, detail string)) error {
+	if cl.Build == nil || id == nil || id.PrincipalID == nil {
+		return nil
+	}
+	_, err := cl.Build.Galleries.Get(ctx, cfg.ResourceGroup, NamesFor(cfg.NamePrefix).Gallery, nil)
+	if isNotFound(err) {
+		return nil
+	}
+	if err == nil {
+		err = unassign(ctx, cl, cfg.galleryScope(), *id.PrincipalID, RoleContributor)
+	}
+	if err != nil {
+		return fmt.Errorf("role assignment Contributor on the gallery (signing identity): %w", err)
+	}
+	note("role assignment", "Contributor on the gallery (signing identity)", "deleted", "if an earlier version granted it")
+	return nil
+}
+
+// galleriesType is the ARM type of a compute gallery.
+const galleriesType = "Microsoft.Compute/galleries"
+
 // foreignResources lists the resources of the deployment's group that do not carry its tag: the
-// group is deleted only when it holds none (deleting a group deletes everything in it).
+// group is deleted only when it holds none (deleting a group deletes everything in it). What lies
+// under one of our galleries is ours: ARM lists a gallery's image definitions and versions as
+// resources of the group, and versions that builds published before their distributor set
+// ArtifactTags carry no tag.
 func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, error) {
 	if cl.Resources == nil {
 		return nil, errors.New("no resources client to list the group with")
 	}
-	var foreign []string
+	var untagged []*armresources.GenericResourceExpanded
+	var ourGalleries []string
 	pager := cl.Resources.NewListByResourceGroupPager(cfg.ResourceGroup, nil)
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
@@ -662,18 +808,38 @@ func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, e
 			return nil, err
 		}
 		for _, r := range page.Value {
-			if r == nil || tagged(r.Tags, cfg.NamePrefix) {
-				continue
+			switch {
+			case r == nil:
+			case !tagged(r.Tags, cfg.NamePrefix):
+				untagged = append(untagged, r)
+			case r.Type != nil && r.Name != nil && strings.EqualFold(*r.Type, galleriesType):
+				ourGalleries = append(ourGalleries, strings.ToLower(cfg.rgID()+"/providers/"+galleriesType+"/"+*r.Name+"/"))
 			}
-			name := "?"
-			if r.Name != nil {
-				name = *r.Name
-			}
-			if r.Type != nil {
-				name += " (" + *r.Type + ")"
-			}
-			foreign = append(foreign, name)
 		}
 	}
+	var foreign []string
+	for _, r := range untagged {
+		if r.ID != nil && underAny(strings.ToLower(*r.ID), ourGalleries) {
+			continue
+		}
+		name := "?"
+		if r.Name != nil {
+			name = *r.Name
+		}
+		if r.Type != nil {
+			name += " (" + *r.Type + ")"
+		}
+		foreign = append(foreign, name)
+	}
 	return foreign, nil
+}
+
+// underAny reports whether id starts with one of the prefixes.
+func underAny(id string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(id, p) {
+			return true
+		}
+	}
+	return false
 }

@@ -189,8 +189,23 @@ func NewClients(subscription string, cred azcore.TokenCredential, opts *arm.Clie
 type Step struct {
 	Kind   string `json:"kind"`
 	Name   string `json:"name"`
-	Action string `json:"action"` // create, update, exists, recover, refuse, delete, skip, done
+	Action string `json:"action"` // create, update, exists, recover, refuse, delete, skip, kept, done
 	Detail string `json:"detail,omitempty"`
+}
+
+// KeptError returns an error naming the steps whose action is "kept" (something destroy had to
+// delete is still there), or nil.
+func KeptError(steps []Step) error {
+	var kept []string
+	for _, s := range steps {
+		if s.Action == "kept" {
+			kept = append(kept, s.Kind+" "+s.Name)
+		}
+	}
+	if len(kept) == 0 {
+		return nil
+	}
+	return fmt.Errorf("destroy left %d resource(s) in place: %s (see their steps)", len(kept), strings.Join(kept, ", "))
 }
 
 // Outputs are what the other binaries need from a deployment.

@@ -49,6 +49,11 @@ type fakeAzure struct {
 	failVault bool
 	// deletedVaults are soft-deleted vaults (name -> the tags they had).
 	deletedVaults map[string]map[string]*string
+	// taken are global vault and registry names held outside the group (name -> reason), on top
+	// of the vaults (live or soft-deleted) and registries the fake holds.
+	taken map[string]string
+	// purgeProtected makes soft-deleted vaults unpurgeable (purge protection on).
+	purgeProtected bool
 	// foreign are resources in the group that no deployment of ours created.
 	foreign []*armresources.GenericResourceExpanded
 }
@@ -73,7 +78,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
 		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
 		roleDefs: map[string]armauthorization.RoleDefinition{},
-		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}}
+		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}, taken: map[string]string{}}
 	cred := &azfake.TokenCredential{}
 	opt := func(tr interface {
 		Do(*http.Request) (*http.Response, error)
@@ -229,9 +234,20 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			}
 			var r azfake.Responder[armkeyvault.VaultsClientGetDeletedResponse]
 			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientGetDeletedResponse{DeletedVault: armkeyvault.DeletedVault{
-				Name: ptr(name), Properties: &armkeyvault.DeletedVaultProperties{Location: ptr(location), Tags: tags},
+				Name: ptr(name), Properties: &armkeyvault.DeletedVaultProperties{Location: ptr(location), Tags: tags, PurgeProtectionEnabled: ptr(f.purgeProtected)},
 			}}, nil)
 			return r, azfake.ErrorResponder{}
+		},
+		CheckNameAvailability: func(_ context.Context, p armkeyvault.VaultCheckNameAvailabilityParameters, _ *armkeyvault.VaultsClientCheckNameAvailabilityOptions) (azfake.Responder[armkeyvault.VaultsClientCheckNameAvailabilityResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			r := armkeyvault.CheckNameAvailabilityResult{NameAvailable: ptr(true)}
+			_, live := f.vaults[*p.Name]
+			_, deleted := f.deletedVaults[*p.Name]
+			if msg, ok := f.taken[*p.Name]; ok || live || deleted {
+				r = armkeyvault.CheckNameAvailabilityResult{NameAvailable: ptr(false), Reason: ptr(armkeyvault.ReasonAlreadyExists), Message: ptr(msg)}
+			}
+			return respond(http.StatusOK, armkeyvault.VaultsClientCheckNameAvailabilityResponse{CheckNameAvailabilityResult: r})
 		},
 		BeginPurgeDeleted: func(_ context.Context, name, location string, _ *armkeyvault.VaultsClientBeginPurgeDeletedOptions) (azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -239,6 +255,12 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if _, ok := f.deletedVaults[name]; !ok {
 				e := azfake.ErrorResponder{}
 				e.SetResponseError(http.StatusNotFound, "ResourceNotFound")
+				return azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]{}, e
+			}
+			if f.purgeProtected {
+				// The exact code ARM answers is UNCONFIRMED; destroy does not depend on it.
+				e := azfake.ErrorResponder{}
+				e.SetResponseError(http.StatusConflict, "Conflict")
 				return azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]{}, e
 			}
 			delete(f.deletedVaults, name)
@@ -270,6 +292,16 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 				return notFound[armcontainerregistry.RegistriesClientGetResponse]()
 			}
 			return respond(http.StatusOK, armcontainerregistry.RegistriesClientGetResponse{Registry: p})
+		},
+		CheckNameAvailability: func(_ context.Context, p armcontainerregistry.RegistryNameCheckRequest, _ *armcontainerregistry.RegistriesClientCheckNameAvailabilityOptions) (azfake.Responder[armcontainerregistry.RegistriesClientCheckNameAvailabilityResponse], azfake.ErrorResponder) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			r := armcontainerregistry.RegistryNameStatus{NameAvailable: ptr(true)}
+			_, live := f.registries[*p.Name]
+			if msg, ok := f.taken[*p.Name]; ok || live {
+				r = armcontainerregistry.RegistryNameStatus{NameAvailable: ptr(false), Reason: ptr("AlreadyExists"), Message: ptr(msg)}
+			}
+			return respond(http.StatusOK, armcontainerregistry.RegistriesClientCheckNameAvailabilityResponse{RegistryNameStatus: r})
 		},
 		BeginDelete: func(_ context.Context, rg, name string, _ *armcontainerregistry.RegistriesClientBeginDeleteOptions) (azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -841,10 +873,96 @@ func TestApplyReportsReplacedCertificate(t *testing.T) {
 			Replaced: []string{"key exportable"}}, nil
 	}
 	var progress strings.Builder
-	if _, _, err := Apply(context.Background(), cl, testConfig, &progress); err != nil {
+	out, steps, err := Apply(context.Background(), cl, testConfig, &progress)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(progress.String(), "new version") || !strings.Contains(progress.String(), "key exportable") {
 		t.Fatalf("apply did not report the new certificate version and why:\n%s", progress.String())
+	}
+	// The consequences: old signatures stop verifying, and the pin changes to the new thumbprint.
+	var detail string
+	for _, s := range steps {
+		if s.Kind == "certificate" && s.Action == "new version" {
+			detail = s.Detail
+		}
+	}
+	for _, want := range []string{"previous certificate will no longer verify", "trust store", "signingCertSHA256", out.CertificateThumbprint} {
+		if !strings.Contains(detail, want) {
+			t.Errorf("the new-version step does not say %q: %q", want, detail)
+		}
+	}
+}
+
+// TestDestroyPurgeProtectedVault: destroy --purge of a vault under purge protection reports the
+// purge it could not do and goes on to the provider, the identity and the group, both on the run
+// that soft-deletes the vault and on a rerun that finds it soft-deleted.
+func TestDestroyPurgeProtectedVault(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	for _, softDeletedFirst := range []bool{false, true} {
+		f, cl := newFakeAzure(t)
+		if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		f.purgeProtected = true
+		if softDeletedFirst {
+			// A destroy without --purge whose group was kept, then a rerun with --purge.
+			f.foreign = []*armresources.GenericResourceExpanded{{Name: ptr("team-kv"), Type: ptr("Microsoft.KeyVault/vaults")}}
+			if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			f.foreign = nil
+			f.providers[n.AttestationProvider] = Provider{Location: "westeurope", Tags: testConfig.tags()}
+		}
+		steps, err := Destroy(ctx, cl, testConfig, true, io.Discard)
+		if err != nil {
+			t.Fatalf("soft-deleted first %v: destroy --purge: %v", softDeletedFirst, err)
+		}
+		var skipped bool
+		for _, s := range steps {
+			skipped = skipped || (s.Name == n.Vault && s.Action == "skip" && strings.Contains(s.Detail, "purge protection"))
+		}
+		if !skipped || len(f.deletedVaults) != 1 || f.writes["vault-purge"] != 0 {
+			t.Errorf("soft-deleted first %v: the refused purge not reported: %+v", softDeletedFirst, steps)
+		}
+		if len(f.providers)+len(f.identities)+len(f.groups) != 0 {
+			t.Errorf("soft-deleted first %v: destroy stopped at the vault: %d providers, %d identities, %d groups left",
+				softDeletedFirst, len(f.providers), len(f.identities), len(f.groups))
+		}
+	}
+}
+
+// TestApplyRefusesTakenGlobalNames: a vault or registry name that is taken outside the group (the
+// names are global across Azure) is refused before any write, and plan says so.
+func TestApplyRefusesTakenGlobalNames(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	for _, c := range []struct{ kind, name string }{{"key vault", n.Vault}, {"container registry", n.Registry}} {
+		for _, groupExists := range []bool{false, true} {
+			f, cl := newFakeAzure(t)
+			if groupExists {
+				f.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope"), Tags: testConfig.tags()}
+			}
+			f.taken[c.name] = "The name is already in use."
+			plan, err := Plan(ctx, cl, testConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var refused bool
+			for _, s := range plan {
+				refused = refused || (s.Name == c.name && s.Action == "refuse" && strings.Contains(s.Detail, "already in use"))
+			}
+			if !refused {
+				t.Errorf("%s taken (group %v): plan %+v", c.kind, groupExists, plan)
+			}
+			_, _, err = Apply(ctx, cl, testConfig, io.Discard)
+			if !errors.Is(err, ErrNotOwned) || !strings.Contains(err.Error(), c.kind+" "+c.name) || !strings.Contains(err.Error(), "already in use") || !strings.Contains(err.Error(), "--name-prefix") {
+				t.Errorf("%s taken (group %v): apply error %v", c.kind, groupExists, err)
+			}
+			if len(f.writes) != 0 {
+				t.Errorf("%s taken (group %v): apply wrote %v", c.kind, groupExists, f.writes)
+			}
+		}
 	}
 }

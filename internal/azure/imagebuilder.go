@@ -131,12 +131,12 @@ func (b BuildLayer) customizeScript() []*string {
 // is withdrawn: a job on a build VM can get that identity's token, and with write access to the
 // gallery it could replace the build-agent image every later build VM boots from. The template runs
 // as its own identity, with no identity attached to the build VM.
-func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs, tagsOf func(string) map[string]*string, done func(kind, name, action, detail string), w io.Writer) error {
+func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs, tagsOf func(kind, name string) map[string]*string, done func(kind, name, action, detail string), w io.Writer) error {
 	b := cl.Build
 	bl := cfg.BuildLayer
 	n := NamesFor(cfg.NamePrefix)
 	gp, err := b.Galleries.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Gallery, armcompute.Gallery{
-		Location: &cfg.Location, Tags: tagsOf(n.Gallery),
+		Location: &cfg.Location, Tags: tagsOf("compute gallery", n.Gallery),
 		Properties: &armcompute.GalleryProperties{Description: ptr("attested-kv build agent images")},
 	}, nil)
 	if err != nil {
@@ -152,7 +152,7 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 	}
 	done("role assignment", "Contributor on the gallery (signing identity)", "revoked", "if an earlier version granted it")
 	ip, err := b.GalleryImages.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, armcompute.GalleryImage{
-		Location: &cfg.Location, Tags: tagsOf(BuildImageDefinition),
+		Location: &cfg.Location, Tags: tagsOf("image definition", BuildImageDefinition),
 		Properties: &armcompute.GalleryImageProperties{
 			Identifier:       &armcompute.GalleryImageIdentifier{Publisher: ptr("attested-kv"), Offer: ptr("build-agent"), SKU: ptr("ubuntu-24_04-trustedlaunch")},
 			OSType:           ptr(armcompute.OperatingSystemTypesLinux),
@@ -175,7 +175,7 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 	}
 	done("image definition", BuildImageDefinition, "ready", "Trusted Launch, Gen2")
 
-	bid, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, armmsi.Identity{Location: &cfg.Location, Tags: tagsOf(n.ImageBuilderIdentity)}, nil)
+	bid, err := cl.Identities.CreateOrUpdate(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, armmsi.Identity{Location: &cfg.Location, Tags: tagsOf("managed identity", n.ImageBuilderIdentity)}, nil)
 	if err != nil {
 		return fmt.Errorf("managed identity %s: %w", n.ImageBuilderIdentity, err)
 	}
@@ -232,7 +232,7 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 			size = DefaultBuildVMSize
 		}
 		tp, err := b.ImageTemplates.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.ImageTemplate, aib.ImageTemplate{
-			Location: &cfg.Location, Tags: tagsOf(n.ImageTemplate),
+			Location: &cfg.Location, Tags: tagsOf("image template", n.ImageTemplate),
 			// The service runs as the builder identity. The build VM gets no identity (VMProfile
 			// without UserAssignedIdentities): the customize script needs none.
 			Identity: &aib.ImageTemplateIdentity{
@@ -249,6 +249,9 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 				Distribute: []aib.ImageTemplateDistributorClassification{&aib.ImageTemplateSharedImageDistributor{
 					Type: ptr("SharedImage"), GalleryImageID: &out.GalleryImageID, RunOutputName: ptr(BuildImageDefinition),
 					ReplicationRegions: []*string{&cfg.Location},
+					// The image versions the builds publish carry our tag, like everything else
+					// destroy is to remove.
+					ArtifactTags: cfg.tags(),
 				}},
 				VMProfile:             &aib.ImageTemplateVMProfile{VMSize: &size},
 				BuildTimeoutInMinutes: ptr(int32(90)),
@@ -299,7 +302,16 @@ func applyReplicas(ctx context.Context, b *BuildLayerClients, cfg Config, done f
 		if strings.EqualFold(region, cfg.Location) {
 			continue
 		}
-		p, err := b.Replications.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, region, armcontainerregistry.Replication{Location: ptr(region), Tags: cfg.tags()}, nil)
+		// An existing replica keeps the tags others put on it.
+		var existing map[string]*string
+		r, err := b.Replications.Get(ctx, cfg.ResourceGroup, n.Registry, region, nil)
+		switch {
+		case err == nil:
+			existing = r.Tags
+		case !isNotFound(err):
+			return fmt.Errorf("registry replica %s: %w", region, err)
+		}
+		p, err := b.Replications.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, region, armcontainerregistry.Replication{Location: ptr(region), Tags: mergeTags(existing, cfg.NamePrefix)}, nil)
 		if err != nil {
 			return fmt.Errorf("registry replica %s: %w", region, err)
 		}
@@ -525,11 +537,19 @@ func destroyImageBuilder(ctx context.Context, cl *Clients, cfg Config, note func
 		return err
 	}
 	ours := idFound && tagged(id.Tags, cfg.NamePrefix)
+	// What ARM refuses to delete here is reported and kept, so that destroy goes on with the
+	// rest; a rerun tries it again.
+	var re *azcore.ResponseError
 	if ours && id.Properties != nil && id.Properties.PrincipalID != nil {
-		if err := unassign(ctx, cl, cfg.galleryScope(), *id.Properties.PrincipalID, cfg.publisherRoleID()); err != nil {
+		err := unassign(ctx, cl, cfg.galleryScope(), *id.Properties.PrincipalID, cfg.publisherRoleID())
+		switch {
+		case err == nil:
+			note("role assignment", "image publisher on the gallery (image builder identity)", "deleted", "")
+		case errors.As(err, &re):
+			note("role assignment", "image publisher on the gallery (image builder identity)", "kept", "delete refused: "+responseReason(re))
+		default:
 			return fmt.Errorf("role assignment image publisher on the gallery: %w", err)
 		}
-		note("role assignment", "image publisher on the gallery (image builder identity)", "deleted", "")
 	}
 	if cl.RoleDefinitions != nil {
 		_, found, err := getPublisherRole(ctx, cl, cfg)
@@ -539,10 +559,17 @@ func destroyImageBuilder(ctx context.Context, cl *Clients, cfg Config, note func
 		case err != nil:
 			return err
 		case found:
-			if _, err := cl.RoleDefinitions.Delete(ctx, cfg.rgID(), cfg.publisherRoleID(), nil); err != nil {
+			_, err := cl.RoleDefinitions.Delete(ctx, cfg.rgID(), cfg.publisherRoleID(), nil)
+			switch {
+			case err == nil:
+				note("role definition", cfg.publisherRoleName(), "deleted", "")
+			case errors.As(err, &re) && re.ErrorCode == "RoleDefinitionHasAssignments":
+				note("role definition", cfg.publisherRoleName(), "kept", "still assigned (an assignment this deployment did not make): remove it, then run destroy again")
+			case errors.As(err, &re):
+				note("role definition", cfg.publisherRoleName(), "kept", "delete refused: "+responseReason(re))
+			default:
 				return fmt.Errorf("role definition %s: %w", cfg.publisherRoleName(), err)
 			}
-			note("role definition", cfg.publisherRoleName(), "deleted", "")
 		}
 	}
 	switch {
@@ -556,4 +583,12 @@ func destroyImageBuilder(ctx context.Context, cl *Clients, cfg Config, note func
 		note("managed identity", n.ImageBuilderIdentity, "deleted", "")
 	}
 	return nil
+}
+
+// responseReason is an ARM error's code, or its status if it has none.
+func responseReason(re *azcore.ResponseError) string {
+	if re.ErrorCode != "" {
+		return re.ErrorCode
+	}
+	return http.StatusText(re.StatusCode)
 }

@@ -111,6 +111,13 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 		t.Fatal(err)
 	}
 	c.Replications, err = armcontainerregistry.NewReplicationsClient("sub", cred, clientOptions(acrfake.NewReplicationsServerTransport(&acrfake.ReplicationsServer{
+		Get: func(_ context.Context, rg, registry, region string, _ *armcontainerregistry.ReplicationsClientGetOptions) (azfake.Responder[armcontainerregistry.ReplicationsClientGetResponse], azfake.ErrorResponder) {
+			rep, ok := b.replicas[region]
+			if !ok {
+				return notFound[armcontainerregistry.ReplicationsClientGetResponse]()
+			}
+			return respond(http.StatusOK, armcontainerregistry.ReplicationsClientGetResponse{Replication: rep})
+		},
 		BeginCreate: func(_ context.Context, rg, registry, region string, rep armcontainerregistry.Replication, _ *armcontainerregistry.ReplicationsClientBeginCreateOptions) (azfake.PollerResponder[armcontainerregistry.ReplicationsClientCreateResponse], azfake.ErrorResponder) {
 			b.replicas[region] = rep
 			var r azfake.PollerResponder[armcontainerregistry.ReplicationsClientCreateResponse]
@@ -439,4 +446,162 @@ func clientOptions(tr interface {
 	Do(*http.Request) (*http.Response, error)
 }) *arm.ClientOptions {
 	return &arm.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: tr}}
+}
+
+// TestDestroyCountsGalleryVersionsAsOurs: the image versions a build published under our gallery
+// do not keep the group (ARM lists them as resources of the group, and earlier templates left
+// them untagged); versions under a gallery that is not ours do. Destroy also withdraws the
+// Contributor grant earlier versions gave the signing identity on the gallery, and new templates
+// tag what they publish.
+func TestDestroyCountsGalleryVersionsAsOurs(t *testing.T) {
+	ctx := context.Background()
+	cfg := buildConfig()
+	n := NamesFor(cfg.NamePrefix)
+	galleryID := func(g string) string { return cfg.rgID() + "/providers/Microsoft.Compute/galleries/" + g }
+	version := func(g string) *armresources.GenericResourceExpanded {
+		// ARM's casing of ids varies: compared case-insensitively.
+		return &armresources.GenericResourceExpanded{
+			ID:   ptr(strings.ToUpper(galleryID(g)) + "/images/" + BuildImageDefinition + "/versions/0.24.1"),
+			Name: ptr(g + "/" + BuildImageDefinition + "/0.24.1"), Type: ptr("Microsoft.Compute/galleries/images/versions"),
+		}
+	}
+	for _, c := range []struct {
+		name      string
+		listed    []*armresources.GenericResourceExpanded
+		groupGoes bool
+	}{
+		{"under our gallery", []*armresources.GenericResourceExpanded{
+			{ID: ptr(galleryID(n.Gallery)), Name: ptr(n.Gallery), Type: ptr("Microsoft.Compute/galleries"), Tags: cfg.tags()},
+			version(n.Gallery),
+		}, true},
+		{"under a foreign gallery", []*armresources.GenericResourceExpanded{
+			{ID: ptr(galleryID("teamgallery")), Name: ptr("teamgallery"), Type: ptr("Microsoft.Compute/galleries"), Tags: map[string]*string{TagKey: ptr("other")}},
+			version("teamgallery"),
+		}, false},
+		{"untagged gallery of our name", []*armresources.GenericResourceExpanded{
+			{ID: ptr(galleryID(n.Gallery + "x")), Name: ptr(n.Gallery + "x"), Type: ptr("Microsoft.Compute/galleries")},
+			version(n.Gallery),
+		}, false},
+	} {
+		f, cl := newFakeAzure(t)
+		b, bc := newBuildLayer(t)
+		cl.Build = bc
+		if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		dist := b.templates[n.ImageTemplate].Properties.Distribute[0].(*aib.ImageTemplateSharedImageDistributor)
+		if v := dist.ArtifactTags[TagKey]; v == nil || *v != cfg.NamePrefix {
+			t.Fatalf("the distributor tags its image versions with %v", dist.ArtifactTags)
+		}
+		// What an earlier version granted the signing identity on the gallery.
+		signer := "principal-" + n.Identity
+		legacyGrant := galleryID(n.Gallery) + "|" + assignmentName(galleryID(n.Gallery), signer, RoleContributor)
+		f.assignments[legacyGrant] = armauthorization.RoleAssignmentCreateParameters{Properties: &armauthorization.RoleAssignmentProperties{
+			PrincipalID: ptr(signer), RoleDefinitionID: ptr(cfg.roleDefinition(RoleContributor)),
+		}}
+		f.foreign = c.listed
+		steps, err := Destroy(ctx, cl, cfg, false, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if _, kept := f.groups["rg"]; kept == c.groupGoes {
+			t.Errorf("%s: group kept %v, want %v; steps %+v", c.name, kept, !c.groupGoes, steps)
+		}
+		if _, ok := f.assignments[legacyGrant]; ok {
+			t.Errorf("%s: destroy left the signing identity's Contributor grant on the gallery", c.name)
+		}
+	}
+}
+
+// TestDestroyGoesOnPastAssignedPublisherRole: an assignment of the image publisher role that this
+// deployment did not make keeps the role (ARM refuses to delete it), and destroy reports that and
+// still deletes the rest.
+func TestDestroyGoesOnPastAssignedPublisherRole(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	_, bc := newBuildLayer(t)
+	cl.Build = bc
+	cfg := buildConfig()
+	n := NamesFor(cfg.NamePrefix)
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	stray := cfg.galleryScope() + "|stray"
+	f.assignments[stray] = armauthorization.RoleAssignmentCreateParameters{Properties: &armauthorization.RoleAssignmentProperties{
+		PrincipalID: ptr("someone"), RoleDefinitionID: f.roleDefs[cfg.publisherRoleID()].ID,
+	}}
+	steps, err := Destroy(ctx, cl, cfg, false, io.Discard)
+	if err != nil {
+		t.Fatalf("destroy stopped at the assigned role: %v", err)
+	}
+	if !hasStep(steps, cfg.publisherRoleName(), "kept") || len(f.roleDefs) != 1 {
+		t.Errorf("the kept role is not reported: %+v", steps)
+	}
+	// The command exits non-zero on it (bootstrap/azure.go): the deployment is not gone.
+	if err := KeptError(steps); err == nil || !strings.Contains(err.Error(), cfg.publisherRoleName()) {
+		t.Errorf("KeptError = %v, want it to name the kept role", err)
+	}
+	if err := KeptError([]Step{{Kind: "key vault", Name: "v", Action: "skip"}}); err != nil {
+		t.Errorf("a skipped step is reported as kept: %v", err)
+	}
+	if len(f.registries)+len(f.vaults)+len(f.identities)+len(f.providers)+len(f.groups) != 0 {
+		t.Errorf("left after destroy: %d registries, %d vaults, %d identities (of them %s?), %d providers, %d groups",
+			len(f.registries), len(f.vaults), len(f.identities), n.ImageBuilderIdentity, len(f.providers), len(f.groups))
+	}
+}
+
+// TestOwnedTagsByKind: with prefix "attested" the image template is named like the image
+// definition; each keeps its own tags on a re-apply.
+func TestOwnedTagsByKind(t *testing.T) {
+	ctx := context.Background()
+	_, cl := newFakeAzure(t)
+	b, bc := newBuildLayer(t)
+	cl.Build = bc
+	cfg := buildConfig()
+	cfg.NamePrefix = "attested"
+	n := NamesFor(cfg.NamePrefix)
+	if n.ImageTemplate != BuildImageDefinition {
+		t.Fatalf("the clash this tests is gone: template %s, image definition %s", n.ImageTemplate, BuildImageDefinition)
+	}
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	key := n.Gallery + "/" + BuildImageDefinition
+	img := b.images[key]
+	img.Tags = map[string]*string{TagKey: ptr("attested"), "cost-center": ptr("42")}
+	b.images[key] = img
+	tpl := b.templates[n.ImageTemplate]
+	tpl.Tags = map[string]*string{TagKey: ptr("attested"), "team": ptr("build")}
+	b.templates[n.ImageTemplate] = tpl
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.images[key].Tags; len(got) != 2 || got["cost-center"] == nil || *got["cost-center"] != "42" || got["team"] != nil {
+		t.Fatalf("image definition tags after re-apply: %v", got)
+	}
+}
+
+// TestReplicaKeepsForeignTags: a tag others put on a registry replica survives a re-apply.
+func TestReplicaKeepsForeignTags(t *testing.T) {
+	ctx := context.Background()
+	_, cl := newFakeAzure(t)
+	b, bc := newBuildLayer(t)
+	cl.Build = bc
+	cfg := testConfig
+	cfg.Replicas = []string{"northeurope"}
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	rep := b.replicas["northeurope"]
+	if v := rep.Tags[TagKey]; v == nil || *v != "demo1" {
+		t.Fatalf("new replica tags %v", rep.Tags)
+	}
+	rep.Tags = map[string]*string{TagKey: ptr("demo1"), "cost-center": ptr("42")}
+	b.replicas["northeurope"] = rep
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got := b.replicas["northeurope"].Tags; len(got) != 2 || got["cost-center"] == nil || *got["cost-center"] != "42" || *got[TagKey] != "demo1" {
+		t.Fatalf("replica tags after re-apply: %v", got)
+	}
 }
