@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -94,10 +93,7 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 // refresh token when the registry has no Docker credential. Making it calls no service.
 func azureCredential(ref string) (azcore.TokenCredential, error) {
 	host, _, _ := strings.Cut(ref, "/")
-	if h, _, err := net.SplitHostPort(host); err == nil {
-		host = h
-	}
-	if !strings.HasSuffix(strings.ToLower(host), ".azurecr.io") {
+	if !registryclient.IsAzureRegistry(host) {
 		return nil, nil
 	}
 	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{})

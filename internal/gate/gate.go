@@ -30,11 +30,8 @@ import (
 	nx509 "github.com/notaryproject/notation-core-go/x509"
 	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 	"github.com/notaryproject/tspclient-go"
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
 
-	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/token"
@@ -53,8 +50,8 @@ const (
 	AttrTokenSHA256 = binding.AttrTokenSHA256
 	AttrIssuer      = binding.AttrIssuer
 	// AnnotationTokenSHA256 points from the signature manifest to the token referrer (unsigned; the
-	// signed attribute is what verifiers trust).
-	AnnotationTokenSHA256 = "io.github.attested-kv.token.sha256"
+	// signed attribute is what verifiers trust). It has the signed attribute's name.
+	AnnotationTokenSHA256 = binding.AttrTokenSHA256
 	// PayloadType is the only payload notation sends for OCI signing.
 	PayloadType = binding.NotaryPayloadType
 )
@@ -381,8 +378,8 @@ func newTimestamping(cfg Config) (*timestamping, error) {
 	return &timestamping{timestamper: ts, roots: pool}, nil
 }
 
-// tokenStore returns the token store of the config (token_dir, or the default directory), created
-// if needed, and checks that this process can write to it.
+// tokenStore returns the token store of the config (token_dir, or the default directory),
+// prepared: created durably and writable.
 func tokenStore(cfg Config) (*token.Store, error) {
 	dir := cfg.TokenDir
 	if dir == "" {
@@ -391,15 +388,11 @@ func tokenStore(cfg Config) (*token.Store, error) {
 			return nil, validationf("%s: %v", KeyTokenDir, err)
 		}
 	}
-	// Created durably (each new directory's parent synced): the token written into it later must
-	// survive a crash once the plugin has reported success.
-	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
+	store := token.NewStore(dir)
+	if err := store.Prepare(); err != nil {
 		return nil, validationf("%s: %v", KeyTokenDir, err)
 	}
-	if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
-		return nil, validationf("%s %s: not writable: %v", KeyTokenDir, dir, err)
-	}
-	return token.NewStore(dir), nil
+	return store, nil
 }
 
 // targetDigest returns the digest of the payload's targetArtifact.
@@ -416,12 +409,10 @@ func targetDigest(payload []byte) (string, error) {
 	if p.TargetArtifact == nil || p.TargetArtifact.Digest == "" {
 		return "", validationf("payload has no targetArtifact digest")
 	}
-	if err := p.TargetArtifact.Digest.Validate(); err != nil {
+	// The token is kept under this digest after Key Vault has signed: the store's rule is checked
+	// now (sha256 or sha512).
+	if err := token.CheckSubject(p.TargetArtifact.Digest.String()); err != nil {
 		return "", validationf("targetArtifact digest: %v", err)
-	}
-	// The token store keeps tokens under sha256 and sha512 digests, the two OCI algorithms.
-	if alg := p.TargetArtifact.Digest.Algorithm(); alg != digest.SHA256 && alg != digest.SHA512 {
-		return "", validationf("targetArtifact digest algorithm %s: want sha256 or sha512", alg)
 	}
 	return p.TargetArtifact.Digest.String(), nil
 }

@@ -28,6 +28,8 @@ import (
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/registry"
+
+	"github.com/attested-kv/attested-kv/internal/binding"
 )
 
 // Media types and annotations of the token referrer.
@@ -40,7 +42,7 @@ const (
 	// AnnotationTokenSHA256 is the hex SHA-256 of the token, the value of the signature's
 	// io.github.attested-kv.token.sha256 attribute. It only chooses which referrer to read first:
 	// the token read is hashed and compared (see Index.Find).
-	AnnotationTokenSHA256 = "io.github.attested-kv.token.sha256"
+	AnnotationTokenSHA256 = binding.AttrTokenSHA256
 )
 
 // MaxTokenSize bounds the token layer read back from a registry.

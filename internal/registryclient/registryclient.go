@@ -79,6 +79,16 @@ func isLoopback(hostport string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
+// IsAzureRegistry reports whether hostport names an Azure container registry (*.azurecr.io, in
+// any case: host names are case-insensitive), the registries AzureCredential is used for.
+func IsAzureRegistry(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	return strings.HasSuffix(strings.ToLower(host), ".azurecr.io")
+}
+
 func credentialFunc(hostport string, o Options, hc *http.Client) (auth.CredentialFunc, error) {
 	if o.Username != "" || o.Password != "" {
 		return auth.StaticCredential(hostport, auth.Credential{Username: o.Username, Password: o.Password}), nil
@@ -88,8 +98,7 @@ func credentialFunc(hostport string, o Options, hc *http.Client) (auth.Credentia
 		return nil, fmt.Errorf("docker credentials: %w", err)
 	}
 	docker := credentials.Credential(store)
-	// Host names are case-insensitive: MyReg.AzureCR.io is an Azure registry too.
-	if o.AzureCredential == nil || !strings.HasSuffix(strings.ToLower(strings.Split(hostport, ":")[0]), ".azurecr.io") {
+	if o.AzureCredential == nil || !IsAzureRegistry(hostport) {
 		return docker, nil
 	}
 	return func(ctx context.Context, host string) (auth.Credential, error) {

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 )
@@ -82,15 +83,38 @@ func DefaultDir() (string, error) {
 // Dir returns the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
-func (s *Store) subjectDir(subject string) (string, error) {
+// CheckSubject returns an error unless subject is a digest the store keeps tokens under: an OCI
+// digest of sha256 or sha512.
+func CheckSubject(subject string) error {
 	if !validDigest(subject) {
-		return "", fmt.Errorf("token store: %q is not an OCI digest (sha256:<64 hex> or sha512:<128 hex>)", subject)
+		return fmt.Errorf("token store: %q is not a digest it keeps tokens under: want sha256 or sha512 (sha256:<64 hex> or sha512:<128 hex>)", subject)
+	}
+	return nil
+}
+
+// Prepare creates the store's directory if needed, durably (each new directory's parent synced,
+// so that a token Put later survives a crash), and checks that this process can write to it. A
+// caller that will store a token only after an expensive or irreversible step calls it first.
+func (s *Store) Prepare() error {
+	if err := atomicfile.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("token store: %w", err)
+	}
+	if err := unix.Access(s.dir, unix.W_OK|unix.X_OK); err != nil {
+		return fmt.Errorf("token store %s: not writable: %w", s.dir, err)
+	}
+	return nil
+}
+
+func (s *Store) subjectDir(subject string) (string, error) {
+	if err := CheckSubject(subject); err != nil {
+		return "", err
 	}
 	algo, enc, _ := strings.Cut(subject, ":")
 	return filepath.Join(s.dir, algo, enc), nil
 }
 
-// Put stores raw under subject and returns its entry. Storing the same token again is a no-op.
+// Put stores raw under subject and returns its entry. Storing the same token again rewrites the
+// same file with the same bytes.
 // When Put returns nil the token is on stable storage: the file is synced, and so is each
 // directory whose entries Put changed (the subject directory, and the parent of each directory
 // it created, up to and above the store root if that did not exist), so that a crash afterwards
