@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -350,19 +351,10 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		if err := applyBuildLayer(ctx, cl, cfg, out, tagsOf, done, w); err != nil {
 			return fail("image builder", n.ImageTemplate, err)
 		}
-	} else if cl.Build != nil {
+	} else if err := revokeLegacyGalleryGrant(ctx, cl, cfg, out.IdentityPrincipalID, "revoked", done); err != nil {
 		// Without the build layer this run, a gallery an earlier run made may still hold the
-		// Contributor grant earlier versions gave the signing identity: withdrawn.
-		_, err := cl.Build.Galleries.Get(ctx, cfg.ResourceGroup, n.Gallery, nil)
-		if err == nil {
-			err = unassign(ctx, cl, cfg.galleryScope(), out.IdentityPrincipalID, RoleContributor)
-			if err == nil {
-				done("role assignment", "Contributor on the gallery (signing identity)", "revoked", "if an earlier version granted it")
-			}
-		}
-		if err != nil && !isNotFound(err) {
-			return fail("role assignment", "Contributor on the gallery (signing identity)", err)
-		}
+		// Contributor grant earlier versions gave the signing identity.
+		return fail("role assignment", "Contributor on the gallery (signing identity)", err)
 	}
 	return out, steps, nil
 }
@@ -706,9 +698,13 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		return steps, err
 	}
 	if id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil); err == nil {
+		var principal string
+		if id.Properties != nil && id.Properties.PrincipalID != nil {
+			principal = *id.Properties.PrincipalID
+		}
 		if !tagged(id.Tags, cfg.NamePrefix) {
 			note("managed identity", n.Identity, "skip", "not created by this deployment")
-		} else if err := revokeLegacyGalleryGrant(ctx, cl, cfg, id.Properties, note); err != nil {
+		} else if err := revokeLegacyGalleryGrant(ctx, cl, cfg, principal, "deleted", note); err != nil {
 			return steps, err
 		} else if _, err := cl.Identities.Delete(ctx, cfg.ResourceGroup, n.Identity, nil); err != nil {
 			return steps, err
@@ -738,9 +734,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	return steps, nil
 }
 
-// purgeVault purges the deployment's soft-deleted vault. A purge ARM refuses (purge protection
-// holds the name until its retention ends) is reported as a skip step and is not an error, so
-// that destroy goes on to the other resources; a rerun after the retention purges it.
+// purgeVault purges the deployment's soft-deleted vault. A purge ARM refuses is not an error, so
+// that destroy goes on to the other resources: under purge protection (the name is held until
+// the retention ends; a rerun after it purges) it is a skip step, otherwise a kept one.
 func purgeVault(ctx context.Context, cl *Clients, cfg Config, detail string, note func(kind, name, action, detail string)) error {
 	n := NamesFor(cfg.NamePrefix)
 	p, err := cl.Vaults.BeginPurgeDeleted(ctx, n.Vault, cfg.Location, nil)
@@ -755,22 +751,27 @@ func purgeVault(ctx context.Context, cl *Clients, cfg Config, detail string, not
 	case !errors.As(err, &re):
 		return fmt.Errorf("purging key vault %s: %w", n.Vault, err)
 	}
-	reason := "purge refused: " + responseReason(re)
+	// Only purge protection is an expected refusal (skip); any other (no permission, a conflict,
+	// a server error) leaves the vault where --purge was asked to remove it: kept, so that the
+	// command exits non-zero.
 	if d, err := cl.Vaults.GetDeleted(ctx, n.Vault, cfg.Location, nil); err == nil && d.Properties != nil &&
 		d.Properties.PurgeProtectionEnabled != nil && *d.Properties.PurgeProtectionEnabled {
-		reason = "purge protection: the name is held until the retention ends"
+		reason := "purge protection: the name is held until the retention ends"
 		if d.Properties.ScheduledPurgeDate != nil {
 			reason += " (" + d.Properties.ScheduledPurgeDate.UTC().Format(time.DateOnly) + ")"
 		}
+		note("key vault", n.Vault, "skip", "not purged, left soft-deleted ("+reason+")")
+		return nil
 	}
-	note("key vault", n.Vault, "skip", "not purged, left soft-deleted ("+reason+")")
+	note("key vault", n.Vault, "kept", "not purged, left soft-deleted (purge refused: "+responseReason(re)+")")
 	return nil
 }
 
-// revokeLegacyGalleryGrant withdraws, before the signing identity goes, the Contributor grant on
-// the gallery that earlier versions gave it: an assignment outlives its principal.
-func revokeLegacyGalleryGrant(ctx context.Context, cl *Clients, cfg Config, id *armmsi.UserAssignedIdentityProperties, note func(kind, name, action, detail string)) error {
-	if cl.Build == nil || id == nil || id.PrincipalID == nil {
+// revokeLegacyGalleryGrant withdraws the Contributor grant on the gallery that earlier versions
+// gave the signing identity (principal), if the gallery exists: apply does it on every run, and
+// destroy before the identity goes (an assignment outlives its principal).
+func revokeLegacyGalleryGrant(ctx context.Context, cl *Clients, cfg Config, principal, action string, note func(kind, name, action, detail string)) error {
+	if cl.Build == nil || principal == "" {
 		return nil
 	}
 	_, err := cl.Build.Galleries.Get(ctx, cfg.ResourceGroup, NamesFor(cfg.NamePrefix).Gallery, nil)
@@ -778,12 +779,12 @@ func revokeLegacyGalleryGrant(ctx context.Context, cl *Clients, cfg Config, id *
 		return nil
 	}
 	if err == nil {
-		err = unassign(ctx, cl, cfg.galleryScope(), *id.PrincipalID, RoleContributor)
+		err = unassign(ctx, cl, cfg.galleryScope(), principal, RoleContributor)
 	}
 	if err != nil {
 		return fmt.Errorf("role assignment Contributor on the gallery (signing identity): %w", err)
 	}
-	note("role assignment", "Contributor on the gallery (signing identity)", "deleted", "if an earlier version granted it")
+	note("role assignment", "Contributor on the gallery (signing identity)", action, "if an earlier version granted it")
 	return nil
 }
 
@@ -836,10 +837,5 @@ func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, e
 
 // underAny reports whether id starts with one of the prefixes.
 func underAny(id string, prefixes []string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(id, p) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(id, p) })
 }

@@ -54,6 +54,8 @@ type fakeAzure struct {
 	taken map[string]string
 	// purgeProtected makes soft-deleted vaults unpurgeable (purge protection on).
 	purgeProtected bool
+	// purgeForbidden refuses purges with 403, purge protection off.
+	purgeForbidden bool
 	// foreign are resources in the group that no deployment of ours created.
 	foreign []*armresources.GenericResourceExpanded
 }
@@ -255,6 +257,11 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if _, ok := f.deletedVaults[name]; !ok {
 				e := azfake.ErrorResponder{}
 				e.SetResponseError(http.StatusNotFound, "ResourceNotFound")
+				return azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]{}, e
+			}
+			if f.purgeForbidden {
+				e := azfake.ErrorResponder{}
+				e.SetResponseError(http.StatusForbidden, "AuthorizationFailed")
 				return azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]{}, e
 			}
 			if f.purgeProtected {
@@ -930,6 +937,29 @@ func TestDestroyPurgeProtectedVault(t *testing.T) {
 			t.Errorf("soft-deleted first %v: destroy stopped at the vault: %d providers, %d identities, %d groups left",
 				softDeletedFirst, len(f.providers), len(f.identities), len(f.groups))
 		}
+	}
+}
+
+// TestDestroyPurgeRefused: a purge refused for another reason than purge protection (here no
+// permission) leaves the vault where --purge asked to remove it: a kept step, which makes the
+// command exit non-zero, while destroy still removes the rest.
+func TestDestroyPurgeRefused(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	f, cl := newFakeAzure(t)
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	f.purgeForbidden = true
+	steps, err := Destroy(ctx, cl, testConfig, true, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasStep(steps, n.Vault, "kept") || KeptError(steps) == nil {
+		t.Errorf("a refused purge is not reported as kept: %+v", steps)
+	}
+	if len(f.providers)+len(f.identities)+len(f.groups) != 0 {
+		t.Errorf("destroy stopped at the vault: %+v", steps)
 	}
 }
 

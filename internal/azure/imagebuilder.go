@@ -147,10 +147,9 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 	}
 	done("compute gallery", n.Gallery, "ready", "")
 	galleryScope := cfg.galleryScope()
-	if err := unassign(ctx, cl, galleryScope, out.IdentityPrincipalID, RoleContributor); err != nil {
-		return fmt.Errorf("withdrawing Contributor on the gallery from the signing identity: %w", err)
+	if err := revokeLegacyGalleryGrant(ctx, cl, cfg, out.IdentityPrincipalID, "revoked", done); err != nil {
+		return err
 	}
-	done("role assignment", "Contributor on the gallery (signing identity)", "revoked", "if an earlier version granted it")
 	ip, err := b.GalleryImages.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, armcompute.GalleryImage{
 		Location: &cfg.Location, Tags: tagsOf("image definition", BuildImageDefinition),
 		Properties: &armcompute.GalleryImageProperties{

@@ -122,7 +122,7 @@ func WriteTrust(configDir string, t Trust) error {
 		return err
 	}
 	storeDir := filepath.Join(configDir, dir.X509TrustStoreDir("ca", t.StoreName))
-	if err := os.MkdirAll(storeDir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(storeDir, 0o700); err != nil {
 		return err
 	}
 	for i, c := range t.Roots {
