@@ -33,6 +33,15 @@ type buildLayer struct {
 	writes    map[string]int
 }
 
+// newFakeBuild is newFakeAzure with the build layer's fakes in its clients.
+func newFakeBuild(t *testing.T) (*fakeAzure, *Clients, *buildLayer) {
+	t.Helper()
+	f, cl := newFakeAzure(t)
+	b, bc := newBuildLayer(t)
+	cl.Build = bc
+	return f, cl, b
+}
+
 func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 	t.Helper()
 	b := &buildLayer{galleries: map[string]armcompute.Gallery{}, images: map[string]armcompute.GalleryImage{}, templates: map[string]aib.ImageTemplate{}, replicas: map[string]armcontainerregistry.Replication{}, writes: map[string]int{}}
@@ -132,9 +141,7 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 }
 
 func TestBuildLayerAndReplicas(t *testing.T) {
-	f, cl := newFakeAzure(t)
-	b, bc := newBuildLayer(t)
-	cl.Build = bc
+	f, cl, b := newFakeBuild(t)
 	pollInterval = time.Millisecond
 	cfg := testConfig
 	cfg.ImageBuilder = true
@@ -222,9 +229,7 @@ func buildConfig() Config {
 // narrow image publisher role on the gallery and nothing else.
 func TestBuildLayerPrivilegeSeparation(t *testing.T) {
 	ctx := context.Background()
-	f, cl := newFakeAzure(t)
-	b, bc := newBuildLayer(t)
-	cl.Build = bc
+	f, cl, b := newFakeBuild(t)
 	cfg := buildConfig()
 	n := NamesFor(cfg.NamePrefix)
 
@@ -289,9 +294,7 @@ func TestBuildLayerPrivilegeSeparation(t *testing.T) {
 	}
 
 	// Without the build layer: one identity and no custom role.
-	f2, cl2 := newFakeAzure(t)
-	_, bc2 := newBuildLayer(t)
-	cl2.Build = bc2
+	f2, cl2, _ := newFakeBuild(t)
 	if _, _, err := Apply(ctx, cl2, testConfig, io.Discard); err != nil {
 		t.Fatal(err)
 	}
@@ -326,9 +329,7 @@ func TestBuildLayerMigratesLegacyGrant(t *testing.T) {
 		b.templates[n.ImageTemplate] = legacyTemplate(templateTags)
 	}
 
-	f, cl := newFakeAzure(t)
-	b, bc := newBuildLayer(t)
-	cl.Build = bc
+	f, cl, b := newFakeBuild(t)
 	seed(f, b, cfg.tags())
 	plan, err := Plan(ctx, cl, cfg)
 	if err != nil || !hasStep(plan, n.ImageTemplate, "recreate") {
@@ -362,9 +363,7 @@ func TestBuildLayerMigratesLegacyGrant(t *testing.T) {
 	}
 
 	// Without --image-builder, a gallery left from an earlier run loses the grant too.
-	f, cl = newFakeAzure(t)
-	b, bc = newBuildLayer(t)
-	cl.Build = bc
+	f, cl, b = newFakeBuild(t)
 	seed(f, b, cfg.tags())
 	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
 		t.Fatal(err)
@@ -395,9 +394,7 @@ func TestBuildLayerMigratesLegacyGrant(t *testing.T) {
 			f.roleDefs[cfg.publisherRoleID()] = armauthorization.RoleDefinition{Properties: &armauthorization.RoleDefinitionProperties{RoleName: ptr("someone else's role")}}
 		}},
 	} {
-		f, cl := newFakeAzure(t)
-		b, bc := newBuildLayer(t)
-		cl.Build = bc
+		f, cl, b := newFakeBuild(t)
 		seed(f, b, cfg.tags())
 		c.put(f, b)
 		plan, err := Plan(ctx, cl, cfg)
@@ -483,9 +480,7 @@ func TestDestroyCountsGalleryVersionsAsOurs(t *testing.T) {
 			version(n.Gallery),
 		}, false},
 	} {
-		f, cl := newFakeAzure(t)
-		b, bc := newBuildLayer(t)
-		cl.Build = bc
+		f, cl, b := newFakeBuild(t)
 		if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
 			t.Fatal(err)
 		}
@@ -518,9 +513,7 @@ func TestDestroyCountsGalleryVersionsAsOurs(t *testing.T) {
 // still deletes the rest.
 func TestDestroyGoesOnPastAssignedPublisherRole(t *testing.T) {
 	ctx := context.Background()
-	f, cl := newFakeAzure(t)
-	_, bc := newBuildLayer(t)
-	cl.Build = bc
+	f, cl, _ := newFakeBuild(t)
 	cfg := buildConfig()
 	n := NamesFor(cfg.NamePrefix)
 	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
@@ -554,9 +547,7 @@ func TestDestroyGoesOnPastAssignedPublisherRole(t *testing.T) {
 // definition; each keeps its own tags on a re-apply.
 func TestOwnedTagsByKind(t *testing.T) {
 	ctx := context.Background()
-	_, cl := newFakeAzure(t)
-	b, bc := newBuildLayer(t)
-	cl.Build = bc
+	_, cl, b := newFakeBuild(t)
 	cfg := buildConfig()
 	cfg.NamePrefix = "attested"
 	n := NamesFor(cfg.NamePrefix)
@@ -584,9 +575,7 @@ func TestOwnedTagsByKind(t *testing.T) {
 // TestReplicaKeepsForeignTags: a tag others put on a registry replica survives a re-apply.
 func TestReplicaKeepsForeignTags(t *testing.T) {
 	ctx := context.Background()
-	_, cl := newFakeAzure(t)
-	b, bc := newBuildLayer(t)
-	cl.Build = bc
+	_, cl, b := newFakeBuild(t)
 	cfg := testConfig
 	cfg.Replicas = []string{"northeurope"}
 	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
