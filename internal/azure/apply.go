@@ -36,73 +36,26 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	}
 	n := NamesFor(cfg.NamePrefix)
 	var steps []Step
-	probe := func(kind, name string, tags map[string]*string, err error) error {
-		switch {
-		case err == nil && !tagged(tags, cfg.NamePrefix):
-			steps = append(steps, Step{Kind: kind, Name: name, Action: "refuse", Detail: "exists, not created by this deployment: apply would refuse (choose another --name-prefix)"})
-		case err == nil:
-			steps = append(steps, Step{Kind: kind, Name: name, Action: "exists", Detail: "updated in place to the desired settings"})
-		case isNotFound(err):
-			steps = append(steps, Step{Kind: kind, Name: name, Action: "create"})
-		default:
-			return fmt.Errorf("%s %s: %w", kind, name, err)
-		}
-		return nil
-	}
 	_, err := cl.Groups.Get(ctx, cfg.ResourceGroup, nil)
 	rgExists := err == nil
 	switch {
 	case rgExists:
 		steps = append(steps, Step{Kind: "resource group", Name: cfg.ResourceGroup, Action: "exists", Detail: "used as is"})
 	case isNotFound(err):
+		// Everything in it is to be created; planResources still looks for a soft-deleted vault
+		// (it outlives its group) and for global names taken elsewhere.
 		steps = append(steps, Step{Kind: "resource group", Name: cfg.ResourceGroup, Action: "create"})
-		// Everything below lives in the group: all of it is to be created.
-		steps = append(steps, Step{Kind: "managed identity", Name: n.Identity, Action: "create"}, Step{Kind: "attestation provider", Name: n.AttestationProvider, Action: "create"})
-		// A soft-deleted vault outlives its group.
-		if steps, err = planDeletedVault(ctx, cl, cfg, steps); err != nil {
-			return steps, err
-		}
-		if steps, err = planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps); err != nil {
-			return steps, err
-		}
 	default:
 		return steps, fmt.Errorf("resource group %s: %w", cfg.ResourceGroup, err)
 	}
-	if rgExists {
-		id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
-		if err := probe("managed identity", n.Identity, id.Tags, err); err != nil {
-			return steps, err
-		}
-		var provTags map[string]*string
-		prov, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider)
-		if prov != nil {
-			provTags = prov.Tags
-		}
-		if err := probe("attestation provider", n.AttestationProvider, provTags, err); err != nil {
-			return steps, err
-		}
-		v, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
-		if isNotFound(err) {
-			if steps, err = planDeletedVault(ctx, cl, cfg, steps); err != nil {
-				return steps, err
-			}
-		} else if err := probe("key vault", n.Vault, v.Tags, err); err != nil {
-			return steps, err
-		}
-		reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
-		if isNotFound(err) {
-			if steps, err = planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps); err != nil {
-				return steps, err
-			}
-		} else if err := probe("container registry", n.Registry, reg.Tags, err); err != nil {
-			return steps, err
-		}
+	if steps, err = planResources(ctx, cfg, coreResources(cl, cfg), rgExists, steps); err != nil {
+		return steps, err
 	}
 	if cfg.ImageBuilder {
 		if cl.Build == nil || cl.RoleDefinitions == nil {
 			return steps, errors.New("image builder: no build layer or role definition clients")
 		}
-		if err := planBuildLayer(ctx, cl, cfg, rgExists, probe, &steps); err != nil {
+		if steps, err = planBuildLayer(ctx, cl, cfg, rgExists, steps); err != nil {
 			return steps, err
 		}
 	}
@@ -458,43 +411,17 @@ func ownedKey(kind, name string) string { return kind + "/" + name }
 // checkOwned reads the deployment's resources; any that exists without the deployment's tag is
 // an ErrNotOwned error naming it.
 func checkOwned(ctx context.Context, cl *Clients, cfg Config) (ownedTags, error) {
-	n := NamesFor(cfg.NamePrefix)
 	o := ownedTags{}
-	check := func(kind, name string, tags map[string]*string, err error) error {
-		switch {
-		case isNotFound(err):
-			return nil
-		case err != nil:
-			return fmt.Errorf("%s %s: %w", kind, name, err)
-		case !tagged(tags, cfg.NamePrefix):
-			return fmt.Errorf("%s %s exists and was %w (no %s=%s tag): apply refuses to overwrite and adopt it; choose another --name-prefix",
-				kind, name, ErrNotOwned, TagKey, cfg.NamePrefix)
-		}
-		o[ownedKey(kind, name)] = tags
-		return nil
+	rs := coreResources(cl, cfg)
+	if cfg.ImageBuilder {
+		rs = append(append(rs, buildResources(cl, cfg)...), templateResource(cl, cfg))
 	}
-	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
-	if err := check("managed identity", n.Identity, id.Tags, err); err != nil {
-		return o, err
-	}
-	var provTags map[string]*string
-	prov, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider)
-	if prov != nil {
-		provTags = prov.Tags
-	}
-	if err := check("attestation provider", n.AttestationProvider, provTags, err); err != nil {
-		return o, err
-	}
-	v, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
-	if err := check("key vault", n.Vault, v.Tags, err); err != nil {
-		return o, err
-	}
-	reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
-	if err := check("container registry", n.Registry, reg.Tags, err); err != nil {
+	if err := checkResources(ctx, cfg, rs, o); err != nil {
 		return o, err
 	}
 	if cfg.ImageBuilder {
-		if err := checkBuildLayerOwned(ctx, cl, cfg, check); err != nil {
+		// The role carries no tags: getPublisherRole refuses one of its name that is not ours.
+		if _, _, err := getPublisherRole(ctx, cl, cfg); err != nil {
 			return o, err
 		}
 	}

@@ -441,62 +441,23 @@ func runsAsOnly(t aib.ImageTemplate, id string) bool {
 	return t.Properties == nil || t.Properties.VMProfile == nil || len(t.Properties.VMProfile.UserAssignedIdentities) == 0
 }
 
-// checkBuildLayerOwned adds the build layer's resources to checkOwned: any that exists without
-// the deployment's tag (or, for the role, without its name) is an ErrNotOwned error.
-func checkBuildLayerOwned(ctx context.Context, cl *Clients, cfg Config, check func(kind, name string, tags map[string]*string, err error) error) error {
-	n := NamesFor(cfg.NamePrefix)
-	b := cl.Build
-	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, nil)
-	if err := check("managed identity", n.ImageBuilderIdentity, id.Tags, err); err != nil {
-		return err
-	}
-	g, err := b.Galleries.Get(ctx, cfg.ResourceGroup, n.Gallery, nil)
-	if err := check("compute gallery", n.Gallery, g.Tags, err); err != nil {
-		return err
-	}
-	img, err := b.GalleryImages.Get(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, nil)
-	if err := check("image definition", BuildImageDefinition, img.Tags, err); err != nil {
-		return err
-	}
-	tpl, err := b.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
-	if err := check("image template", n.ImageTemplate, tpl.Tags, err); err != nil {
-		return err
-	}
-	_, _, err = getPublisherRole(ctx, cl, cfg)
-	return err
-}
-
 // planBuildLayer adds the build layer's gallery, image definition, identity, role, assignments and
 // template to a plan.
-func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool, probe func(kind, name string, tags map[string]*string, err error) error, steps *[]Step) error {
+func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool, steps []Step) ([]Step, error) {
 	n := NamesFor(cfg.NamePrefix)
-	add := func(kind, name, action, detail string) {
-		*steps = append(*steps, Step{Kind: kind, Name: name, Action: action, Detail: detail})
+	steps, err := planResources(ctx, cfg, buildResources(cl, cfg), rgExists, steps)
+	if err != nil {
+		return steps, err
 	}
-	if !rgExists {
-		add("compute gallery", n.Gallery, "create", "")
-		add("image definition", BuildImageDefinition, "create", "Trusted Launch, Gen2")
-		add("managed identity", n.ImageBuilderIdentity, "create", "Azure Image Builder runs as it")
-	} else {
-		g, err := cl.Build.Galleries.Get(ctx, cfg.ResourceGroup, n.Gallery, nil)
-		if err := probe("compute gallery", n.Gallery, g.Tags, err); err != nil {
-			return err
-		}
-		img, err := cl.Build.GalleryImages.Get(ctx, cfg.ResourceGroup, n.Gallery, BuildImageDefinition, nil)
-		if err := probe("image definition", BuildImageDefinition, img.Tags, err); err != nil {
-			return err
-		}
-		id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.ImageBuilderIdentity, nil)
-		if err := probe("managed identity", n.ImageBuilderIdentity, id.Tags, err); err != nil {
-			return err
-		}
+	add := func(kind, name, action, detail string) {
+		steps = append(steps, Step{Kind: kind, Name: name, Action: action, Detail: detail})
 	}
 	role, found, err := getPublisherRole(ctx, cl, cfg)
 	switch {
 	case errors.Is(err, ErrNotOwned):
 		add("role definition", cfg.publisherRoleName(), "refuse", err.Error())
 	case err != nil:
-		return err
+		return steps, err
 	case found && sameRole(role, cfg.publisherRole()):
 		add("role definition", cfg.publisherRoleName(), "exists", "")
 	case found:
@@ -508,14 +469,14 @@ func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool,
 	add("role assignment", "Contributor on the gallery (signing identity)", "revoke", "if an earlier version granted it")
 	if !rgExists {
 		add("image template", n.ImageTemplate, "create", "runs as "+n.ImageBuilderIdentity)
-		return nil
+		return steps, nil
 	}
 	tpl, err := cl.Build.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
 	switch {
 	case isNotFound(err):
 		add("image template", n.ImageTemplate, "create", "runs as "+n.ImageBuilderIdentity)
 	case err != nil:
-		return fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
+		return steps, fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
 	case !tagged(tpl.Tags, cfg.NamePrefix):
 		add("image template", n.ImageTemplate, "refuse", "exists, not created by this deployment: apply would refuse (choose another --name-prefix)")
 	case !runsAsOnly(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity)):
@@ -523,7 +484,7 @@ func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool,
 	default:
 		add("image template", n.ImageTemplate, "exists", "templates are immutable: kept")
 	}
-	return nil
+	return steps, nil
 }
 
 // destroyImageBuilder removes the image builder identity's role assignment, the image publisher

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -592,5 +593,78 @@ func TestReplicaKeepsForeignTags(t *testing.T) {
 	}
 	if got := b.replicas["northeurope"].Tags; len(got) != 2 || got["cost-center"] == nil || *got["cost-center"] != "42" || *got[TagKey] != "demo1" {
 		t.Fatalf("replica tags after re-apply: %v", got)
+	}
+}
+
+// TestApplyRefusesForeignBuildResources: a build-layer resource under one of the deployment's
+// names that does not carry its tag is refused by plan and by apply before any write.
+func TestApplyRefusesForeignBuildResources(t *testing.T) {
+	ctx := context.Background()
+	cfg := buildConfig()
+	n := NamesFor(cfg.NamePrefix)
+	other := map[string]*string{TagKey: ptr("other")}
+	for _, c := range []struct {
+		kind, name string
+		put        func(f *fakeAzure, b *buildLayer, tags map[string]*string)
+	}{
+		{"compute gallery", n.Gallery, func(_ *fakeAzure, b *buildLayer, tags map[string]*string) {
+			b.galleries[n.Gallery] = armcompute.Gallery{Location: ptr("westeurope"), Tags: tags}
+		}},
+		{"image definition", BuildImageDefinition, func(_ *fakeAzure, b *buildLayer, tags map[string]*string) {
+			b.images[n.Gallery+"/"+BuildImageDefinition] = armcompute.GalleryImage{Location: ptr("westeurope"), Tags: tags}
+		}},
+		{"managed identity", n.ImageBuilderIdentity, func(f *fakeAzure, _ *buildLayer, tags map[string]*string) {
+			f.identities[n.ImageBuilderIdentity] = armmsi.Identity{Location: ptr("westeurope"), Tags: tags}
+		}},
+		{"image template", n.ImageTemplate, func(_ *fakeAzure, b *buildLayer, tags map[string]*string) {
+			b.templates[n.ImageTemplate] = aib.ImageTemplate{Location: ptr("westeurope"), Tags: tags}
+		}},
+	} {
+		for _, foreign := range []map[string]*string{nil, other} {
+			f, cl, b := newFakeBuild(t)
+			f.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope")}
+			c.put(f, b, foreign)
+			plan, err := Plan(ctx, cl, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.ContainsFunc(plan, func(s Step) bool { return s.Kind == c.kind && s.Name == c.name && s.Action == "refuse" }) {
+				t.Errorf("%s with tags %v: plan %+v", c.kind, foreign, plan)
+			}
+			_, _, err = Apply(ctx, cl, cfg, io.Discard)
+			if !errors.Is(err, ErrNotOwned) || !strings.Contains(err.Error(), c.kind+" "+c.name) {
+				t.Errorf("%s with tags %v: apply error %v", c.kind, foreign, err)
+			}
+			if len(f.writes) != 0 || len(b.writes) != 0 {
+				t.Errorf("%s with tags %v: apply wrote %v %v", c.kind, foreign, f.writes, b.writes)
+			}
+		}
+	}
+}
+
+// TestPlanSameForMissingGroupAndMissingResources: a plan for a resource group that exists but
+// is empty lists the same steps as one for a group to be created, but for the group's own step.
+func TestPlanSameForMissingGroupAndMissingResources(t *testing.T) {
+	ctx := context.Background()
+	for _, cfg := range []Config{testConfig, buildConfig()} {
+		_, cl, _ := newFakeBuild(t)
+		missing, err := Plan(ctx, cl, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, cl, _ := newFakeBuild(t)
+		f.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope")}
+		empty, err := Plan(ctx, cl, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(missing) == 0 || len(empty) != len(missing) || missing[0].Action != "create" || empty[0].Action != "exists" {
+			t.Fatalf("image builder %v: plans\n%+v\n%+v", cfg.ImageBuilder, missing, empty)
+		}
+		for i := 1; i < len(missing); i++ {
+			if missing[i] != empty[i] {
+				t.Errorf("image builder %v: step %d: %+v for a missing group, %+v for an empty one", cfg.ImageBuilder, i, missing[i], empty[i])
+			}
+		}
 	}
 }

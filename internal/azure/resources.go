@@ -1,0 +1,130 @@
+package azure
+
+import (
+	"context"
+	"fmt"
+)
+
+// taggedResource is one of the deployment's resources that carries its tag, with the read that
+// finds it. Plan, the ownership check that runs before Apply writes anything, and the build
+// layer's plan walk the same lists, so they cannot disagree on what the deployment holds.
+type taggedResource struct {
+	kind, name string
+	// tags reads the resource; a missing one is an error isNotFound matches.
+	tags func(ctx context.Context) (map[string]*string, error)
+	// createDetail is the detail of the plan step that creates the resource.
+	createDetail string
+	// planMissing adds the plan step of a resource that does not exist, where that takes more
+	// than creating it (a vault may be soft-deleted, a global name taken); nil means create.
+	planMissing func(ctx context.Context, steps []Step) ([]Step, error)
+}
+
+// coreResources are the signing chain's resources in the resource group, in plan order.
+func coreResources(cl *Clients, cfg Config) []taggedResource {
+	n := NamesFor(cfg.NamePrefix)
+	rg := cfg.ResourceGroup
+	return []taggedResource{
+		{kind: "managed identity", name: n.Identity, tags: func(ctx context.Context) (map[string]*string, error) {
+			r, err := cl.Identities.Get(ctx, rg, n.Identity, nil)
+			return r.Tags, err
+		}},
+		{kind: "attestation provider", name: n.AttestationProvider, tags: func(ctx context.Context) (map[string]*string, error) {
+			p, err := cl.Attestation.Get(ctx, rg, n.AttestationProvider)
+			if p == nil {
+				return nil, err
+			}
+			return p.Tags, err
+		}},
+		{kind: "key vault", name: n.Vault, tags: func(ctx context.Context) (map[string]*string, error) {
+			r, err := cl.Vaults.Get(ctx, rg, n.Vault, nil)
+			return r.Tags, err
+		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
+			return planDeletedVault(ctx, cl, cfg, steps)
+		}},
+		{kind: "container registry", name: n.Registry, tags: func(ctx context.Context) (map[string]*string, error) {
+			r, err := cl.Registries.Get(ctx, rg, n.Registry, nil)
+			return r.Tags, err
+		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
+			return planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps)
+		}},
+	}
+}
+
+// buildResources are the build layer's tagged resources but its image template, which Plan
+// judges by more than its tag (runsAsOnly), in plan order.
+func buildResources(cl *Clients, cfg Config) []taggedResource {
+	n := NamesFor(cfg.NamePrefix)
+	rg := cfg.ResourceGroup
+	return []taggedResource{
+		{kind: "compute gallery", name: n.Gallery, tags: func(ctx context.Context) (map[string]*string, error) {
+			r, err := cl.Build.Galleries.Get(ctx, rg, n.Gallery, nil)
+			return r.Tags, err
+		}},
+		{kind: "image definition", name: BuildImageDefinition, createDetail: "Trusted Launch, Gen2", tags: func(ctx context.Context) (map[string]*string, error) {
+			r, err := cl.Build.GalleryImages.Get(ctx, rg, n.Gallery, BuildImageDefinition, nil)
+			return r.Tags, err
+		}},
+		{kind: "managed identity", name: n.ImageBuilderIdentity, createDetail: "Azure Image Builder runs as it", tags: func(ctx context.Context) (map[string]*string, error) {
+			r, err := cl.Identities.Get(ctx, rg, n.ImageBuilderIdentity, nil)
+			return r.Tags, err
+		}},
+	}
+}
+
+// templateResource is the build layer's image template.
+func templateResource(cl *Clients, cfg Config) taggedResource {
+	n := NamesFor(cfg.NamePrefix)
+	return taggedResource{kind: "image template", name: n.ImageTemplate, tags: func(ctx context.Context) (map[string]*string, error) {
+		r, err := cl.Build.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+		return r.Tags, err
+	}}
+}
+
+// planResources adds the plan steps of rs: each is created if the group is to be created or the
+// resource is missing, refused if it exists without the deployment's tag, and updated in place
+// otherwise.
+func planResources(ctx context.Context, cfg Config, rs []taggedResource, rgExists bool, steps []Step) ([]Step, error) {
+	for _, r := range rs {
+		if rgExists {
+			tags, err := r.tags(ctx)
+			switch {
+			case err == nil && !tagged(tags, cfg.NamePrefix):
+				steps = append(steps, Step{Kind: r.kind, Name: r.name, Action: "refuse", Detail: "exists, not created by this deployment: apply would refuse (choose another --name-prefix)"})
+				continue
+			case err == nil:
+				steps = append(steps, Step{Kind: r.kind, Name: r.name, Action: "exists", Detail: "updated in place to the desired settings"})
+				continue
+			case !isNotFound(err):
+				return steps, fmt.Errorf("%s %s: %w", r.kind, r.name, err)
+			}
+		}
+		if r.planMissing == nil {
+			steps = append(steps, Step{Kind: r.kind, Name: r.name, Action: "create", Detail: r.createDetail})
+			continue
+		}
+		var err error
+		if steps, err = r.planMissing(ctx, steps); err != nil {
+			return steps, err
+		}
+	}
+	return steps, nil
+}
+
+// checkResources reads rs for checkOwned: the tags of each that exists go into o; one that
+// exists without the deployment's tag is an ErrNotOwned error naming it.
+func checkResources(ctx context.Context, cfg Config, rs []taggedResource, o ownedTags) error {
+	for _, r := range rs {
+		tags, err := r.tags(ctx)
+		switch {
+		case isNotFound(err):
+			continue
+		case err != nil:
+			return fmt.Errorf("%s %s: %w", r.kind, r.name, err)
+		case !tagged(tags, cfg.NamePrefix):
+			return fmt.Errorf("%s %s exists and was %w (no %s=%s tag): apply refuses to overwrite and adopt it; choose another --name-prefix",
+				r.kind, r.name, ErrNotOwned, TagKey, cfg.NamePrefix)
+		}
+		o[ownedKey(r.kind, r.name)] = tags
+	}
+	return nil
+}
