@@ -1,4 +1,4 @@
-// Package atomicfile replaces files and creates directories so that a reader sees the old content
+// Package atomicfile replaces and removes files and creates directories so that a reader sees the old content
 // or the new, never a torn write, and so that an update is durable once the call returns: a crash
 // or power loss afterwards does not undo it. A crash during a call loses at most that update.
 //
@@ -92,6 +92,27 @@ func mkdirAll(path string, perm os.FileMode, sync func(dir string) error) error 
 	}
 	if err := sync(parent); err != nil {
 		return fmt.Errorf("mkdir %s: %w", path, err)
+	}
+	return nil
+}
+
+// Remove removes the file at path and syncs its directory, so that when Remove returns nil the
+// file is gone for good: a crash afterwards does not bring it back. A path that does not exist is
+// not an error.
+func Remove(path string) error {
+	return remove(path, syncDir)
+}
+
+// remove is Remove with the directory sync passed in, so that tests can observe and fail it.
+func remove(path string, sync func(dir string) error) error {
+	if err := os.Remove(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("remove %s: %w", path, err)
+	}
+	if err := sync(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("remove %s: %w", path, err)
 	}
 	return nil
 }

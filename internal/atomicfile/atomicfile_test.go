@@ -273,3 +273,55 @@ func TestSyncDir(t *testing.T) {
 		t.Fatalf("syncDir of a missing directory: %v, want ErrNotExist", err)
 	}
 }
+
+func TestRemove(t *testing.T) {
+	tests := []struct {
+		name    string
+		file    bool   // the file exists before
+		dir     bool   // path is a non-empty directory
+		fail    string // directory whose sync fails
+		synced  []string
+		wantErr error
+	}{
+		{name: "removed and its directory synced", file: true, synced: []string{"d"}},
+		{name: "missing file", synced: nil},
+		{name: "directory sync fails", file: true, fail: "d", synced: []string{"d"}, wantErr: errInjected},
+		{name: "non-empty directory", dir: true, wantErr: syscall.ENOTEMPTY},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			base := t.TempDir()
+			path := filepath.Join(base, "d", "f")
+			if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if tt.file {
+				if err := os.WriteFile(path, []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.dir {
+				if err := os.MkdirAll(filepath.Join(path, "child"), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r := &recorder{base: base, fail: tt.fail}
+			err := remove(path, r.sync)
+			if !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) {
+				t.Fatalf("remove: %v, want %v", err, tt.wantErr)
+			}
+			if err != nil && !strings.Contains(err.Error(), path) {
+				t.Errorf("error %q does not name %s", err, path)
+			}
+			if !slices.Equal(r.synced, tt.synced) {
+				t.Errorf("synced %v, want %v", r.synced, tt.synced)
+			}
+			if _, err := os.Lstat(path); tt.file && !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("file still there: %v", err)
+			}
+		})
+	}
+	if err := Remove(filepath.Join(t.TempDir(), "gone")); err != nil {
+		t.Fatalf("Remove of a missing file: %v", err)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/notaryproject/notation-go"
@@ -99,8 +100,9 @@ func (e *ConflictError) Unwrap() error { return e.Err }
 // *ConflictError naming that statement. An existing file that is not a trust policy document
 // is never overwritten: WriteTrust returns an error wrapping ErrNotTrustPolicy. Files are
 // replaced atomically with mode 0600. The trust store is written before the policy that
-// refers to it: root-N.pem files in t.StoreName are replaced, any other file there and every
-// other trust store are left alone.
+// refers to it: root-N.pem files in t.StoreName are replaced by t.Roots and those beyond them
+// are removed, so that a root dropped from t.Roots is no longer trusted; any other file there
+// and every other trust store are left alone.
 func WriteTrust(configDir string, t Trust) error {
 	if !storeName.MatchString(t.StoreName) || t.PolicyName == "" || len(t.Roots) == 0 {
 		return fmt.Errorf("notation trust: invalid store %q, policy %q or no roots", t.StoreName, t.PolicyName)
@@ -127,11 +129,42 @@ func WriteTrust(configDir string, t Trust) error {
 	}
 	for i, c := range t.Roots {
 		p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
-		if err := atomicfile.Write(filepath.Join(storeDir, fmt.Sprintf("root-%d.pem", i)), p, 0o600); err != nil {
+		if err := atomicfile.Write(filepath.Join(storeDir, rootFile(i)), p, 0o600); err != nil {
 			return err
 		}
 	}
+	if err := removeStaleRoots(storeDir, len(t.Roots)); err != nil {
+		return err
+	}
 	return atomicfile.Write(policyPath, policy, 0o600)
+}
+
+// rootFile is the name of the trust store file of the i-th root WriteTrust writes.
+func rootFile(i int) string { return fmt.Sprintf("root-%d.pem", i) }
+
+// rootFileName matches the names rootFile gives, and only those.
+var rootFileName = regexp.MustCompile(`^root-(0|[1-9][0-9]{0,8})\.pem$`)
+
+// removeStaleRoots removes the root-N.pem files of storeDir that an earlier WriteTrust with more
+// roots left, N >= n: notation trusts every certificate file in a trust store.
+func removeStaleRoots(storeDir string, n int) error {
+	entries, err := os.ReadDir(storeDir)
+	if err != nil {
+		return fmt.Errorf("notation trust store: %w", err)
+	}
+	for _, e := range entries {
+		m := rootFileName.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		if i, _ := strconv.Atoi(m[1]); i < n { // at most 9 digits: always a number
+			continue
+		}
+		if err := atomicfile.Remove(filepath.Join(storeDir, e.Name())); err != nil {
+			return fmt.Errorf("notation trust store: removing a stale root: %w", err)
+		}
+	}
+	return nil
 }
 
 // jsonMember is one member of a JSON object, its value kept as the file had it.

@@ -8,10 +8,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -174,6 +176,49 @@ func TestWriteTrust(t *testing.T) {
 
 // TestWriteTrustRefusesSymlink checks that a trustpolicy.json that is a symlink, which notation
 // itself refuses to read, is neither followed nor replaced.
+// TestWriteTrustRemovesStaleRoots: a root dropped from Trust.Roots stops being trusted (notation
+// trusts every file of a trust store), while files WriteTrust did not name are kept.
+func TestWriteTrustRemovesStaleRoots(t *testing.T) {
+	dir := t.TempDir()
+	trust := Trust{PolicyName: "p", StoreName: "s", Scopes: []string{"*"}, Identities: []string{"*"},
+		Roots: []*x509.Certificate{testRoot(t), testRoot(t), testRoot(t)}}
+	if err := WriteTrust(dir, trust); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(dir, "truststore/x509/ca/s")
+	users := []string{"user.pem", "root-01.pem", "root-3.pem.bak", "root-.pem"}
+	for _, name := range users {
+		if err := os.WriteFile(filepath.Join(store, name), []byte("user's"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rotated := testRoot(t)
+	trust.Roots = []*x509.Certificate{rotated}
+	if err := WriteTrust(dir, trust); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := os.ReadDir(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	want := append([]string{"root-0.pem"}, users...)
+	slices.Sort(want)
+	if !slices.Equal(names, want) {
+		t.Fatalf("trust store holds %v, want %v", names, want)
+	}
+	b, err := os.ReadFile(filepath.Join(store, "root-0.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if blk, _ := pem.Decode(b); blk == nil || !bytes.Equal(blk.Bytes, rotated.Raw) {
+		t.Fatal("root-0.pem is not the rotated root")
+	}
+}
+
 func TestWriteTrustRefusesSymlink(t *testing.T) {
 	dir := t.TempDir()
 	target := filepath.Join(t.TempDir(), "policy.json")
