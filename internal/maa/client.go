@@ -176,11 +176,15 @@ func (c *Client) AttestNonce(ctx context.Context, src EvidenceSource, nonce stri
 
 // Attest sends fresh evidence from src to MAA with payload as ClientPayload and returns the
 // compact JWT, decrypted with src's ephemeral key. The JWT is not verified: that is Verifier's job.
+// It must name the evidence's ephemeral key in x-ms-runtime.keys, as MAA's tokens do, or the
+// error wraps ErrNotForEvidence: encryption to that key proves nothing about who issued the token,
+// since the key is public. The check reads the token's payload before Verifier checks its
+// signature; the caller verifies these same bytes before trusting any of it.
 //
 // Each attempt gathers new evidence. Throttling (429), server errors (5xx), network errors and
 // timeouts are retried with exponential backoff and jitter, honouring Retry-After, up to
 // MaxAttempts and never past ctx's deadline. The error names its stage and matches, with
-// errors.Is, ErrThrottled, ErrUnavailable or ErrResponse, or the TPM's own errors; other HTTP
+// errors.Is, ErrThrottled, ErrUnavailable, ErrResponse or ErrNotForEvidence, or the TPM's own errors; other HTTP
 // errors are a *ServiceError, not retried.
 func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[string]string) (string, error) {
 	for attempt := 1; ; attempt++ {
@@ -199,7 +203,14 @@ func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[str
 		respBody, res := c.post(ctx, body)
 		if res == nil {
 			c.log.Debug("MAA attest response", "instance", c.instance, "bytes", len(respBody))
-			return decryptResponse(ctx, respBody, src)
+			jwt, err := decryptResponse(ctx, respBody, src)
+			if err != nil {
+				return "", err
+			}
+			if err := checkIssuedFor(jwt, ev); err != nil {
+				return "", err
+			}
+			return jwt, nil
 		}
 		if !res.retryable {
 			return "", res.err

@@ -56,7 +56,7 @@ func testEvidence() *tpm.Evidence {
 		AKPub:                      []byte("ak-pub\x00\x01"),
 		Quote:                      []byte("\xffTCG quote"),
 		QuoteSignature:             []byte("quote-sig>>?"),
-		EncKeyPub:                  []byte("enc-key-pub"),
+		EncKeyPub:                  tpmPublic(&ephemeralKey.PublicKey),
 		EncKeyCertifyInfo:          []byte("certify-info"),
 		EncKeyCertifyInfoSignature: []byte("certify-sig"),
 	}
@@ -260,6 +260,12 @@ func TestAttest(t *testing.T) {
 		}
 	}
 	tpmFailure := errors.New("TPM_RC_POLICY_FAIL")
+	withRuntimeKeys := func(keys ...map[string]any) string {
+		claims := validClaims(testNow, "1234")
+		rt := claims[ClaimRuntime].(map[string]any)
+		rt[ClaimRuntimeKeys] = keys
+		return signJOSE(t, signingKey, testKID, claims, nil)
+	}
 
 	tests := []struct {
 		name         string
@@ -270,6 +276,7 @@ func TestAttest(t *testing.T) {
 		wantService  *ServiceError
 		wantRequests int
 		wantMsg      string
+		wantAnyToken bool // success with the token the case sends, not the default one
 	}{
 		{name: "success", respond: ok(envelope{}), wantRequests: 1},
 		{name: "AES-128 key, padded token", respond: ok(envelope{keyBytes: 16, paddedToken: true}), wantRequests: 1},
@@ -322,6 +329,18 @@ func TestAttest(t *testing.T) {
 			wantErr: []error{tpmFailure}, wantRequests: 0, wantMsg: "TPM evidence: TPM_RC_POLICY_FAIL"},
 		{name: "TPM decryption error", respond: ok(envelope{}), decryptErr: tpmFailure,
 			wantErr: []error{tpmFailure, ErrResponse}, wantRequests: 1},
+		// A genuine token for other evidence (another VM's ephemeral key), re-encrypted to this
+		// TPM's public ephemeral key by whoever answers in MAA's place.
+		{name: "token for another VM's ephemeral key", respond: ok(envelope{jwt: withRuntimeKeys(runtimeKeyJWK(attackerKey))}),
+			wantErr: []error{ErrNotForEvidence}, wantRequests: 1, wantMsg: "is not the ephemeral key this TPM sent"},
+		{name: "token without runtime keys", respond: ok(envelope{jwt: withRuntimeKeys()}),
+			wantErr: []error{ErrNotForEvidence}, wantRequests: 1, wantMsg: "no x-ms-runtime.keys list"},
+		{name: "ephemeral key named twice", respond: ok(envelope{jwt: withRuntimeKeys(runtimeKeyJWK(ephemeralKey), runtimeKeyJWK(attackerKey))}),
+			wantErr: []error{ErrNotForEvidence}, wantRequests: 1, wantMsg: "more than once"},
+		{name: "ephemeral key not RSA", respond: ok(envelope{jwt: withRuntimeKeys(map[string]any{"kid": EphemeralKeyKID, "kty": "oct", "k": "AAAA"})}),
+			wantErr: []error{ErrNotForEvidence}, wantRequests: 1},
+		{name: "other runtime keys beside ours are fine", respond: ok(envelope{jwt: withRuntimeKeys(map[string]any{"kid": "HCLAkPub", "kty": "RSA"}, runtimeKeyJWK(ephemeralKey))}),
+			wantRequests: 1, wantAnyToken: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -336,7 +355,7 @@ func TestAttest(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if got != jwt {
+				if got != jwt && !tc.wantAnyToken {
 					t.Fatalf("token differs")
 				}
 				if int(src.calls.Load()) != tc.wantRequests {

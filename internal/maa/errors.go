@@ -13,6 +13,10 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 	// ErrResponse means MAA answered 200 but the response was malformed or could not be decrypted.
 	ErrResponse = errors.New("unusable response")
+	// ErrNotForEvidence means the decrypted token does not name the ephemeral key of the evidence
+	// it answers: it was issued for other evidence, and re-encrypted to this TPM's key by whoever
+	// could answer in MAA's place.
+	ErrNotForEvidence = errors.New("token not issued for this TPM's evidence")
 )
 
 // ServiceError is an HTTP error answer from MAA, with the code and message of its CloudError body.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/google/go-tpm/tpm2"
 )
 
 // Test keys, generated once per test binary: RSA-2048 generation is slow.
@@ -105,8 +106,35 @@ func validClaims(now time.Time, nonce string) map[string]any {
 		ClaimProtocolVer:     ProtocolVersion,
 		ClaimRuntime: map[string]any{
 			ClaimClientPayload: map[string]any{NonceKey: base64.StdEncoding.EncodeToString([]byte(nonce))},
+			ClaimRuntimeKeys:   []any{runtimeKeyJWK(ephemeralKey)},
 		},
 	}
+}
+
+// runtimeKeyJWK is the x-ms-runtime.keys entry naming key as the TPM ephemeral key, shaped as in
+// Azure's sample tokens; nil before testKeys.
+func runtimeKeyJWK(key *rsa.PrivateKey) map[string]any {
+	if key == nil {
+		return nil
+	}
+	return map[string]any{
+		"kid": EphemeralKeyKID, "kty": "RSA", "key_ops": []string{"encrypt"},
+		"n": base64.RawURLEncoding.EncodeToString(key.N.Bytes()),
+		"e": base64.RawURLEncoding.EncodeToString(big.NewInt(int64(key.E)).Bytes()),
+	}
+}
+
+// tpmPublic is key's public part as a marshalled TPM2B_PUBLIC, as the TPM gives EncKeyPub.
+func tpmPublic(key *rsa.PublicKey) []byte {
+	return tpm2.Marshal(tpm2.New2B(tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgRSA,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			FixedTPM: true, FixedParent: true, SensitiveDataOrigin: true, NoDA: true, Decrypt: true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{KeyBits: 2048}),
+		Unique:     tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: key.N.Bytes()}),
+	}))
 }
 
 // signJOSE signs claims with go-jose (RS256, typ JWT) and the given options.

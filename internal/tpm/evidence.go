@@ -1,5 +1,13 @@
 package tpm
 
+import (
+	"crypto/rsa"
+	"errors"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+)
+
 // Handles and indices of an Azure vTPM. Source: Microsoft's "Confidential VM Guest Attestation
 // Design Detail" table and Azure's own Linux guest client (AZGA Tss2Util.h: AIK_PUB_INDEX =
 // 0x81000000+3, AIK_CERT_INDEX = 0x01C101D0). See ../../shared/reference/tpm.md §3.1.
@@ -48,4 +56,34 @@ type Evidence struct {
 	EncKeyCertifyInfoSignature []byte
 	// TCGLog is the raw firmware event log; empty when the platform gives none.
 	TCGLog []byte
+}
+
+// EphemeralKey returns the RSA public key of EncKeyPub. MAA names the key it certified in the
+// token it answers with (x-ms-runtime.keys, kid TpmEphemeralEncryptionKey), so that a token can be
+// matched to the evidence it answers.
+func (e *Evidence) EphemeralKey() (*rsa.PublicKey, error) {
+	pub2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](e.EncKeyPub)
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key: %w", err)
+	}
+	pub, err := pub2b.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key: %w", err)
+	}
+	if pub.Type != tpm2.TPMAlgRSA {
+		return nil, errors.New("ephemeral key: not an RSA key")
+	}
+	parms, err := pub.Parameters.RSADetail()
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key: %w", err)
+	}
+	unique, err := pub.Unique.RSA()
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key: %w", err)
+	}
+	key, err := tpm2.RSAPub(parms, unique)
+	if err != nil {
+		return nil, fmt.Errorf("ephemeral key: %w", err)
+	}
+	return key, nil
 }
