@@ -66,7 +66,8 @@ type options struct {
 }
 
 // WithPolicyAuthorizer makes the emulator authorize GET/PUT /policies with f (e.g. validating an
-// Entra ID token from the Entra emulator), as real MAA does.
+// Entra ID token from the Entra emulator), as real MAA does. Without it the emulator refuses every
+// policy request.
 func WithPolicyAuthorizer(f func(*http.Request) error) Option {
 	return func(o *options) { o.policyAuthorize = f }
 }

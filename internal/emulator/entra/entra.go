@@ -5,10 +5,14 @@
 // with the claims Azure resource providers check (aud, iss, tid, oid, appid, exp), and
 // ValidateAccessToken is how the other emulators check the bearer tokens they receive.
 //
+// Tokens are issued only for the resources the tenant knows (Config.Resources, by default
+// KnownResources: those this project requests), one resource per request, with the resource
+// exactly as requested as the audience; ValidateAccessToken compares the audience exactly.
+//
 // Approximations: only the client-credentials grant with a client secret exists; the token
 // issuer is the v1 form https://sts.windows.net/{tenant}/ that Key Vault accepts (UNCONFIRMED
 // which of the v1 and v2 forms a given resource's tokens carry); error bodies follow Entra's
-// {"error","error_description"} shape with AADSTS codes for the failures emulated.
+// {"error","error_description","error_codes"} shape with AADSTS codes for the failures emulated.
 package entra
 
 import (
@@ -23,6 +27,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -37,12 +43,46 @@ const TokenLifetime = time.Hour
 // maxFormBytes bounds a token request body.
 const maxFormBytes = 64 << 10
 
+// Resource identifiers (application ID URIs) of the Azure services this project requests tokens
+// for: a client asks for "<resource>/.default" and the token's aud is <resource>.
+const (
+	// ResourceKeyVault is Key Vault's: its challenge names resource="https://vault.azure.net" and
+	// the SDK asks for that + "/.default" (reference/azure-sdk.md §4.2; internal/keyvault).
+	ResourceKeyVault = "https://vault.azure.net"
+	// ResourceManagedHSM is Managed HSM's (internal/keyvault KeyID.TokenScope; the exact string
+	// on the service side is UNCONFIRMED, reference/azure-sdk.md §4.4).
+	ResourceManagedHSM = "https://managedhsm.azure.net"
+	// ResourceAttestation is MAA's data plane (scope https://attest.azure.net/.default,
+	// reference/azure-sdk.md §5; internal/maa AttestationScope).
+	ResourceAttestation = "https://attest.azure.net"
+	// ResourceContainerRegistry is ACR's (internal/registryclient ACRScope).
+	ResourceContainerRegistry = "https://containerregistry.azure.net"
+	// ResourceManager is ARM's audience in azcore's public cloud configuration, trailing slash
+	// included: ARM clients ask for "https://management.core.windows.net//.default"
+	// (reference/azure-sdk.md §3.4).
+	ResourceManager = "https://management.core.windows.net/"
+)
+
+// KnownResources returns the resources a tenant issues tokens for when Config.Resources is nil.
+func KnownResources() []string {
+	return []string{ResourceKeyVault, ResourceManagedHSM, ResourceAttestation, ResourceContainerRegistry, ResourceManager}
+}
+
+// oidcScopes are the OpenID Connect scopes MSAL adds to every token request (azidentity sends
+// "scope=<scope> openid offline_access profile", reference/azure-sdk.md §3.4); they may accompany
+// a "/.default" scope.
+var oidcScopes = []string{"openid", "profile", "offline_access", "email"}
+
 // Config configures the emulated tenant.
 type Config struct {
 	// TenantID is the only tenant served.
 	TenantID string
 	// Clients maps application (client) ids to their secrets.
 	Clients map[string]string
+	// Resources are the resource identifiers tokens may be issued for, compared exactly (case and
+	// trailing slash included); KnownResources() if nil. A request for any other resource is
+	// refused, as Entra refuses a resource with no service principal in the tenant.
+	Resources []string
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
 	// Logger receives one record per request (never secrets or tokens); silent if nil.
@@ -86,6 +126,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.Resources == nil {
+		cfg.Resources = KnownResources()
+	}
+	cfg.Resources = slices.Clone(cfg.Resources)
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return nil, err
@@ -195,18 +239,9 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusUnauthorized, "invalid_client", "AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.")
 		return
 	}
-	var resource string
-	for _, sc := range strings.Fields(rec.Scope) {
-		if res, ok := strings.CutSuffix(sc, "/.default"); ok {
-			if resource != "" {
-				fail(http.StatusBadRequest, "invalid_scope", "AADSTS70011: The provided value for the input parameter 'scope' is not valid: one resource at a time.")
-				return
-			}
-			resource = res
-		}
-	}
-	if resource == "" {
-		fail(http.StatusBadRequest, "invalid_scope", "AADSTS1002012: The provided value for scope is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).")
+	resource, code, desc := s.resourceOf(rec.Scope)
+	if code != "" {
+		fail(http.StatusBadRequest, code, desc)
 		return
 	}
 	now := s.cfg.Now()
@@ -229,6 +264,37 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// resourceOf returns the resource a client-credentials scope parameter asks for, or the error
+// code and description Entra refuses it with:
+//   - no "<resource>/.default" scope: AADSTS1002012 (client credential flows need one);
+//   - a "/.default" scope together with another one (a second resource, or a named permission
+//     such as https://vault.azure.net/user_impersonation; the OIDC scopes MSAL adds are allowed):
+//     AADSTS70011, invalid_scope;
+//   - a resource this tenant does not know: AADSTS500011, invalid_resource.
+//
+// UNCONFIRMED: the exact descriptions, and whether the v2.0 endpoint reports AADSTS500011 as
+// error "invalid_resource" (the v1 name, used here) or "invalid_scope"; the status is 400 for all.
+func (s *Server) resourceOf(scope string) (resource, code, desc string) {
+	var resources, others []string
+	for _, sc := range strings.Fields(scope) {
+		switch res, ok := strings.CutSuffix(sc, "/.default"); {
+		case ok:
+			resources = append(resources, res)
+		case !slices.Contains(oidcScopes, sc):
+			others = append(others, sc)
+		}
+	}
+	switch {
+	case len(resources) == 0:
+		return "", "invalid_scope", "AADSTS1002012: The provided value for scope " + scope + " is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
+	case len(resources) > 1 || len(others) > 0:
+		return "", "invalid_scope", "AADSTS70011: The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope " + scope + " is not valid. A /.default scope cannot be combined with other scopes."
+	case !slices.Contains(s.cfg.Resources, resources[0]):
+		return "", "invalid_resource", fmt.Sprintf("AADSTS500011: The resource principal named %s was not found in the tenant named %s. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You might have sent your authentication request to the wrong tenant.", resources[0], s.cfg.TenantID)
+	}
+	return resources[0], "", ""
+}
+
 // objectID is a stable service-principal object id for a client id.
 func objectID(clientID string) string {
 	h := sha256.Sum256([]byte("oid:" + clientID))
@@ -247,6 +313,14 @@ var (
 
 // ValidateAccessToken checks a bearer token issued by this tenant for audience: RS256 signature
 // by the tenant key, issuer, tenant, audience, and lifetime (one minute of skew).
+//
+// The audience must equal audience exactly: a token for "https://vault.azure.net/" is not one for
+// "https://vault.azure.net", nor the reverse. The real clients ask for the exact resource their
+// service names (Key Vault's challenge resource plus "/.default", MAA's
+// https://attest.azure.net/.default; reference/azure-sdk.md §4.2, §5), so they never hold a
+// trailing-slash variant; whether Key Vault or MAA would accept one is UNCONFIRMED, so the
+// emulators do not. A relying party that accepts two identifiers (ARM accepts several) calls this
+// once per identifier.
 func (s *Server) ValidateAccessToken(raw, audience string) (*Claims, error) {
 	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
@@ -265,7 +339,7 @@ func (s *Server) ValidateAccessToken(raw, audience string) (*Claims, error) {
 	if c.TenantID != s.cfg.TenantID {
 		return nil, fmt.Errorf("%w: tenant %q", ErrTokenInvalid, c.TenantID)
 	}
-	if !c.Audience.Contains(audience) && !c.Audience.Contains(audience+"/") {
+	if !c.Audience.Contains(audience) {
 		return nil, fmt.Errorf("%w: token is for %v, not %s", ErrTokenAudience, c.Audience, audience)
 	}
 	return &c, nil
@@ -278,6 +352,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// writeError answers Entra's error shape; error_codes carries the AADSTS number of desc.
 func writeError(w http.ResponseWriter, status int, code, desc string) {
-	writeJSON(w, status, map[string]any{"error": code, "error_description": desc, "error_codes": []int{}, "timestamp": time.Now().UTC().Format("2006-01-02 15:04:05Z")})
+	codes := []int{}
+	if rest, ok := strings.CutPrefix(desc, "AADSTS"); ok {
+		if end := strings.IndexFunc(rest, func(r rune) bool { return r < '0' || r > '9' }); end > 0 {
+			if n, err := strconv.Atoi(rest[:end]); err == nil {
+				codes = append(codes, n)
+			}
+		}
+	}
+	writeJSON(w, status, map[string]any{"error": code, "error_description": desc, "error_codes": codes, "timestamp": time.Now().UTC().Format("2006-01-02 15:04:05Z")})
 }

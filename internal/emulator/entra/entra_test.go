@@ -92,3 +92,118 @@ func FuzzValidateAccessToken(f *testing.F) {
 		}
 	})
 }
+
+// TestTokenScopes checks that tokens are issued only for one known resource at a time, with the
+// resource exactly as requested as the audience, and that validation compares it exactly.
+func TestTokenScopes(t *testing.T) {
+	s, err := New(Config{TenantID: "t1", Clients: map[string]string{"app": "s3cret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := s.Handler()
+	token := func(scope string) (int, map[string]any) {
+		form := url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {scope}}
+		req := httptest.NewRequest("POST", "https://login.example/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		var out map[string]any
+		json.Unmarshal(rec.Body.Bytes(), &out)
+		return rec.Code, out
+	}
+	tests := []struct {
+		name, scope string
+		status      int
+		code        string
+		aadsts      float64 // the error_codes entry expected
+		aud         string  // the audience of the token issued
+	}{
+		{"Key Vault", "https://vault.azure.net/.default", 200, "", 0, "https://vault.azure.net"},
+		{"Key Vault as azidentity asks", "https://vault.azure.net/.default openid offline_access profile", 200, "", 0, "https://vault.azure.net"},
+		{"MAA", "https://attest.azure.net/.default", 200, "", 0, "https://attest.azure.net"},
+		{"ACR", "https://containerregistry.azure.net/.default", 200, "", 0, "https://containerregistry.azure.net"},
+		{"Managed HSM", "https://managedhsm.azure.net/.default", 200, "", 0, "https://managedhsm.azure.net"},
+		{"ARM with its double slash", "https://management.core.windows.net//.default", 200, "", 0, "https://management.core.windows.net/"},
+		{"unknown resource", "https://storage.azure.com/.default", 400, "invalid_resource", 500011, ""},
+		{"trailing-slash variant of Key Vault", "https://vault.azure.net//.default", 400, "invalid_resource", 500011, ""},
+		{"Key Vault in another case", "https://VAULT.azure.net/.default", 400, "invalid_resource", 500011, ""},
+		{"ARM without its slash", "https://management.core.windows.net/.default", 400, "invalid_resource", 500011, ""},
+		{"/.default with a named permission", "https://vault.azure.net/.default https://vault.azure.net/user_impersonation", 400, "invalid_scope", 70011, ""},
+		{"/.default with a Graph permission", "https://vault.azure.net/.default User.Read", 400, "invalid_scope", 70011, ""},
+		{"two resources", "https://vault.azure.net/.default https://attest.azure.net/.default", 400, "invalid_scope", 70011, ""},
+		{"only OIDC scopes", "openid profile", 400, "invalid_scope", 1002012, ""},
+		{"no scope", "", 400, "invalid_scope", 1002012, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, out := token(tc.scope)
+			if status != tc.status || (tc.code != "" && out["error"] != tc.code) {
+				t.Fatalf("got %d %v %v, want %d %s", status, out["error"], out["error_description"], tc.status, tc.code)
+			}
+			if tc.status != 200 {
+				if codes, _ := out["error_codes"].([]any); len(codes) != 1 || codes[0] != tc.aadsts {
+					t.Fatalf("error_codes %v, want [%v]", out["error_codes"], tc.aadsts)
+				}
+				if out["access_token"] != nil {
+					t.Fatal("a refusal carries a token")
+				}
+				return
+			}
+			raw, _ := out["access_token"].(string)
+			c, err := s.ValidateAccessToken(raw, tc.aud)
+			if err != nil {
+				t.Fatalf("token refused for its own audience %s: %v", tc.aud, err)
+			}
+			if len(c.Audience) != 1 || c.Audience[0] != tc.aud {
+				t.Fatalf("aud %v, want [%s]", c.Audience, tc.aud)
+			}
+		})
+	}
+}
+
+// TestAudienceExact checks that ValidateAccessToken accepts no variant of the audience asked for:
+// a token whose aud carries a trailing slash is not one for the identifier without it, nor the
+// reverse.
+func TestAudienceExact(t *testing.T) {
+	s, err := New(Config{TenantID: "t1", Clients: map[string]string{"app": "s3cret"}, Resources: []string{"https://vault.azure.net", "https://vault.azure.net/"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(scope string) string {
+		form := url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {scope}}
+		req := httptest.NewRequest("POST", "https://login.example/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		rec := httptest.NewRecorder()
+		s.Handler().ServeHTTP(rec, req)
+		var out map[string]any
+		json.Unmarshal(rec.Body.Bytes(), &out)
+		raw, _ := out["access_token"].(string)
+		if raw == "" {
+			t.Fatalf("no token for %s: %s", scope, rec.Body.String())
+		}
+		return raw
+	}
+	plain, slash := issue("https://vault.azure.net/.default"), issue("https://vault.azure.net//.default")
+	tests := []struct {
+		name, token, audience string
+		ok                    bool
+	}{
+		{"exact", plain, "https://vault.azure.net", true},
+		{"exact with slash", slash, "https://vault.azure.net/", true},
+		{"slash token for the plain identifier", slash, "https://vault.azure.net", false},
+		{"plain token for the slash identifier", plain, "https://vault.azure.net/", false},
+		{"another case", plain, "https://VAULT.azure.net", false},
+		{"another resource", plain, "https://attest.azure.net", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.ValidateAccessToken(tc.token, tc.audience)
+			if tc.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tc.ok && !errors.Is(err, ErrTokenAudience) {
+				t.Fatalf("got %v, want ErrTokenAudience", err)
+			}
+		})
+	}
+}

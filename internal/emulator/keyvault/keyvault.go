@@ -11,9 +11,12 @@
 //     and verify a digest with Key Vault's algorithm rules (PS*/RS* on RSA keys, ES256 only on
 //     P-256, ES384 on P-384, ES512 on P-521; the digest length must be the algorithm's hash size;
 //     EC signatures are raw r||s);
+//   - key_ops: creation refuses values that are not JsonWebKeyOperation values or that the key
+//     type does not support (400 BadParameter), and sign and verify refuse a key whose key_ops
+//     lack the operation (403 Forbidden, innererror KeyOperationForbidden);
 //   - certificates: create with a policy (self-issued, or by a configured local CA issuer), the
 //     pending operation, get; creating a certificate creates the key and the secret of the same
-//     name and version, as Key Vault does;
+//     name and version, as Key Vault does, the key's key_ops following the policy's key usage;
 //   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain;
 //     keys are never exportable here, so no private key is ever in a secret).
 //
@@ -199,11 +202,13 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// apiError is Key Vault's error shape {"error":{"code","message"}}.
+// apiError is Key Vault's error shape {"error":{"code","message","innererror":{"code"}}}; the
+// innererror is present only where Key Vault is known to send one.
 type apiError struct {
 	status  int
 	code    string
 	message string
+	inner   string
 }
 
 func (e *apiError) Error() string { return e.code + ": " + e.message }
@@ -220,7 +225,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, op string, h func
 		if !errors.As(err, &ae) {
 			ae = &apiError{status: http.StatusInternalServerError, code: "InternalError", message: err.Error()}
 		}
-		status, body, rec.Code = ae.status, map[string]any{"error": map[string]string{"code": ae.code, "message": ae.message}}, ae.code
+		e := map[string]any{"code": ae.code, "message": ae.message}
+		if ae.inner != "" {
+			e["innererror"] = map[string]string{"code": ae.inner}
+		}
+		status, body, rec.Code = ae.status, map[string]any{"error": e}, ae.code
 	}
 	rec.Status = status
 	s.mu.Lock()
@@ -310,16 +319,111 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) (int, any, er
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
 	}
-	kv, err := s.newKey(r.PathValue("name"), req.Kty, req.KeySize, req.Crv, req.KeyOps)
+	ops := req.KeyOps
+	if len(ops) == 0 {
+		ops = defaultKeyOps(req.Kty)
+	}
+	kv, err := s.newKey(r.PathValue("name"), req.Kty, req.KeySize, req.Crv, ops)
 	if err != nil {
 		return 0, nil, err
 	}
 	return http.StatusOK, s.keyBundle(r, r.PathValue("name"), kv), nil
 }
 
+// Key operations (key_ops) are JsonWebKeyOperation values of the Key Vault REST API (7.4+):
+// encrypt, decrypt, sign, verify, wrapKey, unwrapKey, import, export. azkeys v1.5.0 has all but
+// export as KeyOperation constants (its CHANGELOG 0.12.0 removed KeyOperationExport); the REST
+// reference still lists export.
+const (
+	opEncrypt   = "encrypt"
+	opDecrypt   = "decrypt"
+	opSign      = "sign"
+	opVerify    = "verify"
+	opWrapKey   = "wrapKey"
+	opUnwrapKey = "unwrapKey"
+	opImport    = "import"
+	opExport    = "export"
+)
+
+// rsaKeyOps are the operations an RSA key may carry. UNCONFIRMED: whether a vault (as opposed to
+// a Managed HSM) accepts import and export on a created key.
+var rsaKeyOps = []string{opEncrypt, opDecrypt, opSign, opVerify, opWrapKey, opUnwrapKey, opImport, opExport}
+
+// ecKeyOps are the operations an EC key may carry. Key Vault answers an EC key with other
+// operations with 400 BadParameter `Unsupported key operation(s): "wrapKey", "unwrapKey".
+// Supported values are "sign", "verify".` (Azure/AzureKeyVault issue #22, a certificate import).
+var ecKeyOps = []string{opSign, opVerify}
+
+// allowedKeyOps returns the key_ops a key of kty may carry (nil for an unknown kty).
+func allowedKeyOps(kty string) []string {
+	switch kty {
+	case "RSA", "RSA-HSM":
+		return rsaKeyOps
+	case "EC", "EC-HSM":
+		return ecKeyOps
+	}
+	return nil
+}
+
+// defaultKeyOps are the key_ops of a key created without any. UNCONFIRMED: Key Vault's defaults
+// as shown by `az keyvault key create` (all six cryptographic operations for RSA, sign and verify
+// for EC); only sign and verify are emulated either way.
+func defaultKeyOps(kty string) []string {
+	switch kty {
+	case "RSA", "RSA-HSM":
+		return []string{opEncrypt, opDecrypt, opSign, opVerify, opWrapKey, opUnwrapKey}
+	case "EC", "EC-HSM":
+		return []string{opSign, opVerify}
+	}
+	return nil
+}
+
+// checkKeyOps refuses key_ops values that are not JsonWebKeyOperation values or that the key
+// type does not support, with Key Vault's 400 BadParameter (message of Azure/AzureKeyVault#22;
+// UNCONFIRMED that an unknown value, as opposed to an unsupported one, gets the same message:
+// the service may refuse it while deserializing). Values are case-sensitive here (UNCONFIRMED).
+func checkKeyOps(kty string, ops []string) error {
+	allowed := allowedKeyOps(kty)
+	var bad []string
+	for _, op := range ops {
+		if !slices.Contains(allowed, op) && !slices.Contains(bad, op) {
+			bad = append(bad, op)
+		}
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	return kvError(http.StatusBadRequest, "BadParameter", "Unsupported key operation(s): %s. Supported values are %s.", quoteList(bad), quoteList(allowed))
+}
+
+func quoteList(v []string) string {
+	q := make([]string, len(v))
+	for i, s := range v {
+		q[i] = `"` + s + `"`
+	}
+	return strings.Join(q, ", ")
+}
+
+// requireKeyOp refuses an operation the key's key_ops do not permit, as Key Vault does: 403
+// {"error":{"code":"Forbidden","message":"Operation decrypt is not permitted on this key.",
+// "innererror":{"code":"KeyOperationForbidden"}}} (wire capture in Azure/azure-sdk-for-net#11518;
+// the sign and verify messages are assumed to follow the same pattern, UNCONFIRMED).
+func requireKeyOp(kv *keyVersion, op string) error {
+	if slices.Contains(kv.ops, op) {
+		return nil
+	}
+	return &apiError{status: http.StatusForbidden, code: "Forbidden", message: fmt.Sprintf("Operation %s is not permitted on this key.", op), inner: "KeyOperationForbidden"}
+}
+
+// newKey creates a version of key name with exactly the given key_ops.
 func (s *Server) newKey(name, kty string, size int, crv string, ops []string) (*keyVersion, error) {
 	var priv crypto.Signer
 	var err error
+	if allowedKeyOps(kty) != nil {
+		if err := checkKeyOps(kty, ops); err != nil {
+			return nil, err
+		}
+	}
 	switch kty {
 	case "RSA", "RSA-HSM":
 		if size == 0 {
@@ -348,10 +452,7 @@ func (s *Server) newKey(name, kty string, size int, crv string, ops []string) (*
 	if err != nil {
 		return nil, err
 	}
-	if len(ops) == 0 {
-		ops = []string{"sign", "verify"}
-	}
-	kv := &keyVersion{version: newVersion(), kty: kty, priv: priv, ops: ops, created: s.cfg.Now()}
+	kv := &keyVersion{version: newVersion(), kty: kty, priv: priv, ops: slices.Clone(ops), created: s.cfg.Now()}
 	s.mu.Lock()
 	s.keys[name] = append(s.keys[name], kv)
 	s.mu.Unlock()
@@ -448,8 +549,8 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request) (int, any, error) 
 	if err != nil {
 		return 0, nil, err
 	}
-	if !slices.Contains(kv.ops, "sign") {
-		return 0, nil, kvError(http.StatusForbidden, "Forbidden", "Operation sign is not permitted on this key.")
+	if err := requireKeyOp(kv, opSign); err != nil {
+		return 0, nil, err
 	}
 	h, err := hashFor(req.Alg, kv)
 	if err != nil {
@@ -493,6 +594,9 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) (int, any, error
 	}
 	kv, err := s.lookupKey(r.PathValue("name"), r.PathValue("version"))
 	if err != nil {
+		return 0, nil, err
+	}
+	if err := requireKeyOp(kv, opVerify); err != nil {
 		return 0, nil, err
 	}
 	h, err := hashFor(req.Alg, kv)

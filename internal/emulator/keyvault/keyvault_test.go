@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -130,4 +131,75 @@ func FuzzSignBody(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestKeyOps checks that key_ops are validated on creation and enforced on sign and verify, and
+// that a certificate's key carries the operations its policy's key usage allows, not more.
+func TestKeyOps(t *testing.T) {
+	_, h := newVault(t)
+	const v = "?api-version=7.5"
+	d32 := base64.RawURLEncoding.EncodeToString(make([]byte, 32))
+	sign := map[string]any{"alg": "PS256", "value": d32}
+	verify := map[string]any{"alg": "PS256", "digest": d32, "value": d32}
+	esSign := map[string]any{"alg": "ES256", "value": d32}
+	cert := func(kty string, usage ...string) map[string]any {
+		x := map[string]any{"subject": "CN=x"}
+		if usage != nil {
+			x["key_usage"] = usage
+		}
+		return map[string]any{"policy": map[string]any{"key_props": map[string]any{"kty": kty, "exportable": false}, "x509_props": x}}
+	}
+	tests := []struct {
+		name, method, path string
+		body               any
+		status             int
+		code, inner        string
+		keyOps             []any // the key_ops of the key bundle answered, if set
+	}{
+		{"create sign-only key", "POST", "/keys/signonly/create" + v, map[string]any{"kty": "RSA", "key_ops": []string{"sign"}}, 200, "", "", []any{"sign"}},
+		{"sign with a sign-only key", "POST", "/keys/signonly/sign" + v, sign, 200, "", "", nil},
+		{"verify with a sign-only key", "POST", "/keys/signonly/verify" + v, verify, 403, "Forbidden", "KeyOperationForbidden", nil},
+		{"create verify-only key", "POST", "/keys/verifyonly/create" + v, map[string]any{"kty": "RSA", "key_ops": []string{"verify"}}, 200, "", "", []any{"verify"}},
+		{"sign with a verify-only key", "POST", "/keys/verifyonly/sign" + v, sign, 403, "Forbidden", "KeyOperationForbidden", nil},
+		{"unknown key op", "POST", "/keys/frob/create" + v, map[string]any{"kty": "RSA", "key_ops": []string{"sign", "frobnicate"}}, 400, "BadParameter", "", nil},
+		{"a refused key is not stored", "POST", "/keys/frob/sign" + v, sign, 404, "KeyNotFound", "", nil},
+		{"key op in the wrong case", "POST", "/keys/case/create" + v, map[string]any{"kty": "RSA", "key_ops": []string{"Sign"}}, 400, "BadParameter", "", nil},
+		{"wrapKey on an EC key", "POST", "/keys/ecwrap/create" + v, map[string]any{"kty": "EC", "crv": "P-256", "key_ops": []string{"sign", "wrapKey"}}, 400, "BadParameter", "", nil},
+		{"EC key defaults to sign and verify", "POST", "/keys/ec/create" + v, map[string]any{"kty": "EC", "crv": "P-256"}, 200, "", "", []any{"sign", "verify"}},
+		{"RSA key defaults to six operations", "POST", "/keys/rsa/create" + v, map[string]any{"kty": "RSA"}, 200, "", "", []any{"encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"}},
+		{"certificate with keyEncipherment only", "POST", "/certificates/kecert/create" + v, cert("RSA", "keyEncipherment"), 202, "", "", nil},
+		{"its key has no sign", "GET", "/keys/kecert" + v, nil, 200, "", "", []any{"wrapKey", "unwrapKey"}},
+		{"its key refuses sign", "POST", "/keys/kecert/sign" + v, sign, 403, "Forbidden", "KeyOperationForbidden", nil},
+		{"its key refuses verify", "POST", "/keys/kecert/verify" + v, verify, 403, "Forbidden", "KeyOperationForbidden", nil},
+		{"certificate with digitalSignature", "POST", "/certificates/dscert/create" + v, cert("RSA", "digitalSignature"), 202, "", "", nil},
+		{"its key signs and verifies only", "GET", "/keys/dscert" + v, nil, 200, "", "", []any{"sign", "verify"}},
+		{"its key signs", "POST", "/keys/dscert/sign" + v, sign, 200, "", "", nil},
+		{"certificate with keyCertSign only", "POST", "/certificates/cacert/create" + v, cert("RSA", "keyCertSign"), 202, "", "", nil},
+		{"its key has no operation", "GET", "/keys/cacert" + v, nil, 200, "", "", []any{}},
+		{"its key refuses sign too", "POST", "/keys/cacert/sign" + v, sign, 403, "Forbidden", "KeyOperationForbidden", nil},
+		{"RSA certificate with Key Vault's default key usage", "POST", "/certificates/defcert/create" + v, cert("RSA"), 202, "", "", nil},
+		{"its key has sign and wrap", "GET", "/keys/defcert" + v, nil, 200, "", "", []any{"sign", "verify", "wrapKey", "unwrapKey"}},
+		{"EC certificate with keyEncipherment", "POST", "/certificates/eccert/create" + v, cert("EC", "digitalSignature", "keyEncipherment"), 400, "BadParameter", "", nil},
+		{"EC certificate without key usage", "POST", "/certificates/ecdef/create" + v, cert("EC"), 202, "", "", nil},
+		{"its EC key signs", "POST", "/keys/ecdef/sign" + v, esSign, 200, "", "", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, out := call(t, h, tc.method, tc.path, "good", tc.body)
+			if rec.Code != tc.status || errCode(out) != tc.code {
+				t.Fatalf("got %d %q, want %d %q (%s)", rec.Code, errCode(out), tc.status, tc.code, rec.Body.String())
+			}
+			e, _ := out["error"].(map[string]any)
+			inner, _ := e["innererror"].(map[string]any)
+			if got, _ := inner["code"].(string); got != tc.inner {
+				t.Fatalf("innererror %q, want %q (%s)", got, tc.inner, rec.Body.String())
+			}
+			if tc.keyOps != nil {
+				key, _ := out["key"].(map[string]any)
+				if got, _ := key["key_ops"].([]any); !reflect.DeepEqual(got, tc.keyOps) {
+					t.Fatalf("key_ops %v, want %v", key["key_ops"], tc.keyOps)
+				}
+			}
+		})
+	}
 }

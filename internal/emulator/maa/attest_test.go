@@ -236,7 +236,7 @@ func TestAttestReplayedCertifyInfo(t *testing.T) {
 
 func TestPolicyDenyThenAttest(t *testing.T) {
 	e := newEnv(t)
-	in := newInstance(t, e, nil)
+	in := newInstance(t, e, withPolicyAdmin)
 	deny := `version=1.0; authorizationrules { c:[type=="secureboot", value==false] => deny(); => permit(); }; issuancerules { };`
 	status, body := in.do(t, http.MethodPut, policyURL("AzureGuest"), []byte(unsignedPolicyJWS(deny)), bearer)
 	if status != http.StatusOK {

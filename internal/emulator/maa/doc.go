@@ -57,8 +57,8 @@
 //   - Policies: a subset of MAA's language (see policy.go) with our reading of its semantics:
 //     rules in order, a matching deny() refuses at once, authorization needs a matching permit().
 //     The policy type segment is matched case-insensitively (UNCONFIRMED); only unsigned policies
-//     (the AAD trust model) are accepted; the policy endpoints require a bearer token, validated
-//     only if Config.AuthorizePolicyRequest is set.
+//     (the AAD trust model) are accepted; the policy endpoints require a bearer token that
+//     Config.AuthorizePolicyRequest accepts, and refuse every request (401) when it is not set.
 //   - Qualifying data in the quote or the certification is refused: Azure's client sends none and
 //     nothing in the protocol would check it (UNCONFIRMED whether MAA refuses it).
 //   - Error codes and the statuses of refusals (400, 401, 405, 413, 503) are the emulator's own.

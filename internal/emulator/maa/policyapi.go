@@ -68,6 +68,9 @@ func (s *Server) policyRequest(w http.ResponseWriter, r *http.Request, rec *Requ
 	if err != nil {
 		return nil, err
 	}
+	if err := requireBearer(r); err != nil {
+		return nil, refuseStatus(http.StatusUnauthorized, CodeUnauthorized, "%v", err)
+	}
 	if err := s.authorizePolicy(r); err != nil {
 		return nil, refuseStatus(http.StatusUnauthorized, CodeUnauthorized, "%v", err)
 	}

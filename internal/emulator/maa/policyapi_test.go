@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"testing"
@@ -12,6 +13,16 @@ import (
 )
 
 var bearer = map[string]string{"Authorization": "Bearer test-token"}
+
+// withPolicyAdmin configures an authorizer that accepts exactly the bearer token of bearer.
+func withPolicyAdmin(c *Config) {
+	c.AuthorizePolicyRequest = func(r *http.Request) error {
+		if r.Header.Get("Authorization") != bearer["Authorization"] {
+			return errors.New("token refused by the test authorizer")
+		}
+		return nil
+	}
+}
 
 func policyURL(typ string) string {
 	return "/policies/" + typ + "?api-version=" + wire.PolicyAPIVersion
@@ -29,7 +40,7 @@ func policyToken(t *testing.T, in *instance, body []byte) map[string]any {
 }
 
 func TestPolicyPutGet(t *testing.T) {
-	in := newInstance(t, nil, nil)
+	in := newInstance(t, nil, withPolicyAdmin)
 
 	// GET before any PUT returns the initial policy as an unsigned JWS.
 	status, body := in.do(t, http.MethodGet, policyURL("AzureGuest"), nil, bearer)
@@ -99,7 +110,7 @@ func TestPolicyRefusals(t *testing.T) {
 		{"oversized", "PUT", policyURL("AzureGuest"), strings.Repeat("a", MaxPolicyBodyBytes+1), bearer, 413, CodeRequestBodyTooLarge, "exceeds"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			in := newInstance(t, nil, nil)
+			in := newInstance(t, nil, withPolicyAdmin)
 			status, body := in.do(t, tc.method, tc.url, []byte(tc.body), tc.hdr)
 			ce := cloudError(t, body)
 			if status != tc.status || ce.Code != tc.code || !strings.Contains(ce.Message, tc.msg) {
@@ -111,6 +122,54 @@ func TestPolicyRefusals(t *testing.T) {
 			recs := in.srv.Requests()
 			if len(recs) != 1 || recs[0].ErrorCode != tc.code || recs[0].Status != tc.status {
 				t.Errorf("Requests() = %+v", recs)
+			}
+		})
+	}
+}
+
+// TestPolicyAuthorization checks that the policy endpoints fail closed: without an authorizer no
+// request is served, whatever token it carries, and with one only the tokens it accepts are.
+func TestPolicyAuthorization(t *testing.T) {
+	other := map[string]string{"Authorization": "Bearer some-other-token"}
+	basic := map[string]string{"Authorization": "Basic dXNlcjpwdw=="}
+	put := unsignedPolicyJWS(`version=1.0; authorizationrules { c:[type=="secureboot", value==true] => permit(); }; issuancerules { };`)
+	for _, tc := range []struct {
+		name       string
+		authorizer func(*Config)
+		method     string
+		hdr        map[string]string
+		status     int
+		msg        string
+	}{
+		{"no authorizer: GET with a token", nil, "GET", bearer, 401, "no policy authorizer"},
+		{"no authorizer: PUT with a token", nil, "PUT", bearer, 401, "no policy authorizer"},
+		{"no authorizer: PUT without a token", nil, "PUT", nil, 401, "Bearer"},
+		{"authorizer: PUT without a token", withPolicyAdmin, "PUT", nil, 401, "Bearer"},
+		{"authorizer: PUT with Basic auth", withPolicyAdmin, "PUT", basic, 401, "Bearer"},
+		{"authorizer: PUT with a refused token", withPolicyAdmin, "PUT", other, 401, "refused by the test authorizer"},
+		{"authorizer: GET with a refused token", withPolicyAdmin, "GET", other, 401, "refused by the test authorizer"},
+		{"authorizer: GET with an accepted token", withPolicyAdmin, "GET", bearer, 200, ""},
+		{"authorizer: PUT with an accepted token", withPolicyAdmin, "PUT", bearer, 200, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := newInstance(t, nil, tc.authorizer)
+			var body []byte
+			if tc.method == "PUT" {
+				body = []byte(put)
+			}
+			status, rsp := in.do(t, tc.method, policyURL("AzureGuest"), body, tc.hdr)
+			if status != tc.status {
+				t.Fatalf("got %d %s, want %d", status, rsp, tc.status)
+			}
+			if tc.status == http.StatusOK {
+				policyToken(t, in, rsp)
+				return
+			}
+			if ce := cloudError(t, rsp); ce.Code != CodeUnauthorized || !strings.Contains(ce.Message, tc.msg) {
+				t.Fatalf("got %+v, want %s containing %q", ce, CodeUnauthorized, tc.msg)
+			}
+			if in.srv.currentPolicy().text != DefaultPolicy {
+				t.Error("an unauthorized request changed the policy")
 			}
 		})
 	}

@@ -73,9 +73,11 @@ type Config struct {
 	MaxClockSkewBetweenQuoteAndCertify time.Duration
 	// ReplayCacheSize bounds the remembered certify infos; DefaultReplayCacheSize if zero.
 	ReplayCacheSize int
-	// AuthorizePolicyRequest authorizes GET and PUT /policies (real MAA requires an Entra ID bearer
-	// token with an attestation role). If nil, a request must at least carry an
-	// "Authorization: Bearer ..." header, which is not validated.
+	// AuthorizePolicyRequest authorizes GET and PUT /policies, which real MAA allows only with a
+	// valid Entra ID bearer token for https://attest.azure.net carrying an attestation role
+	// (reference/azure-sdk.md §5). It is called for requests that carry an
+	// "Authorization: Bearer ..." header and must validate that token. If nil, every policy
+	// request is refused with 401: the emulator cannot validate a token, so it fails closed.
 	AuthorizePolicyRequest func(*http.Request) error
 	// Logger receives one record per request; nothing is logged if nil.
 	Logger *slog.Logger
@@ -163,7 +165,7 @@ func New(cfg Config) (*Server, error) {
 		s.now = time.Now
 	}
 	if s.authorizePolicy == nil {
-		s.authorizePolicy = requireBearer
+		s.authorizePolicy = refusePolicyRequests
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -391,7 +393,12 @@ func writeError(w http.ResponseWriter, ce *checkError) {
 	writeJSON(w, ce.Status, body)
 }
 
-// requireBearer is the default policy-endpoint authorization: a bearer token must be present.
+// errNoPolicyAuthorizer is the refusal of every policy request when Config.AuthorizePolicyRequest
+// is nil.
+var errNoPolicyAuthorizer = errors.New("no policy authorizer is configured, so no bearer token can be validated: policy requests are refused")
+
+// requireBearer refuses a request without an "Authorization: Bearer <token>" header; it runs
+// before Config.AuthorizePolicyRequest, which validates the token.
 func requireBearer(r *http.Request) error {
 	scheme, tok, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
@@ -399,3 +406,7 @@ func requireBearer(r *http.Request) error {
 	}
 	return nil
 }
+
+// refusePolicyRequests is the policy-endpoint authorization without Config.AuthorizePolicyRequest:
+// fail closed.
+func refusePolicyRequests(*http.Request) error { return errNoPolicyAuthorizer }

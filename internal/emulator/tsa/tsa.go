@@ -3,6 +3,15 @@
 // own key (github.com/digitorus/timestamp, the library behind sigstore's timestamp authority),
 // under a certificate whose extended key usage is the critical id-kp-timeStamping that
 // Notation's timestamping rules demand.
+//
+// A query it will not stamp is answered, as RFC 3161 §2.4.2 has it, with a TimeStampResp whose
+// status is rejection and whose failInfo names the check (HTTP 200, so that the client reads it):
+// badDataFormat for a query that does not parse, is not version 1, or whose messageImprint is not
+// as long as its hash algorithm's output; badAlg for a hash algorithm other than SHA-256/384/512;
+// unacceptedPolicy for a reqPolicy other than Policy; unacceptedExtension for any extension (it
+// recognizes none). The token carries the TSA's certificates only when the query's certReq is
+// true (RFC 3161 §2.4.1). Only a request that is not a POST of application/timestamp-query is
+// refused at the HTTP level (400), since it is not a time-stamp query at all.
 package tsa
 
 import (
@@ -40,8 +49,10 @@ type Server struct {
 	key        crypto.Signer
 	serial     atomic.Int64
 	now        func() time.Time
-	// Requests counts the queries answered.
+	// Requests counts the queries answered with a time-stamp token.
 	Requests atomic.Int64
+	// Rejections counts the queries answered with a rejection.
+	Rejections atomic.Int64
 }
 
 // New creates a TSA with fresh ECDSA P-256 keys; now is its clock (time.Now if nil).
@@ -94,26 +105,75 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "query too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	resp, err := s.stamp(b)
+	resp, granted, err := s.stamp(b)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		http.Error(w, "time-stamping failed", http.StatusInternalServerError)
 		return
 	}
-	s.Requests.Add(1)
+	if granted {
+		s.Requests.Add(1)
+	} else {
+		s.Rejections.Add(1)
+	}
 	w.Header().Set("Content-Type", "application/timestamp-reply")
 	w.Write(resp)
 }
 
-func (s *Server) stamp(query []byte) ([]byte, error) {
+// errUnknownHash is the library's refusal of a messageImprint hash algorithm it does not know.
+var errUnknownHash = timestamp.ParseError("Time-Stamp request uses unknown hash function")
+
+// check parses a TimeStampReq; ok is false for a query the TSA does not grant, fail then being
+// the PKIFailureInfo bit that says why.
+func check(query []byte) (req *timestamp.Request, fail timestamp.FailureInfo, ok bool) {
 	req, err := timestamp.ParseRequest(query)
-	if err != nil {
-		return nil, errors.New("not a time-stamp query")
+	switch {
+	case errors.Is(err, errUnknownHash):
+		return nil, timestamp.BadAlgorithm, false
+	case err != nil: // not DER, trailing data, no hashedMessage
+		return nil, timestamp.BadDataFormat, false
+	}
+	// The library does not expose the version; encoding/asn1 reads the first element of the
+	// SEQUENCE and ignores the rest.
+	var v struct{ Version int }
+	if _, err := asn1.Unmarshal(query, &v); err != nil || v.Version != 1 {
+		return nil, timestamp.BadDataFormat, false
+	}
+	// SHA-1 imprints are refused: Notation never sends them and the library cannot build the
+	// ESSCertIDv2 for them. UNCONFIRMED what public TSAs do (many still accept SHA-1).
+	if req.HashAlgorithm != crypto.SHA256 && req.HashAlgorithm != crypto.SHA384 && req.HashAlgorithm != crypto.SHA512 {
+		return nil, timestamp.BadAlgorithm, false
+	}
+	if len(req.HashedMessage) != req.HashAlgorithm.Size() {
+		return nil, timestamp.BadDataFormat, false
+	}
+	if req.TSAPolicyOID != nil && !req.TSAPolicyOID.Equal(Policy) {
+		return nil, timestamp.UnacceptedPolicy, false
+	}
+	// RFC 3161 §2.4.1: an extension the server does not recognize, critical or not, gets no token
+	// and unacceptedExtension. This TSA recognizes none.
+	if len(req.Extensions) > 0 {
+		return nil, timestamp.UnacceptedExtension, false
+	}
+	return req, 0, true
+}
+
+// stamp answers a query with a DER TimeStampResp, granted or rejected; err is a failure of the
+// TSA itself.
+func (s *Server) stamp(query []byte) (resp []byte, granted bool, err error) {
+	req, fail, ok := check(query)
+	if !ok {
+		resp, err := timestamp.CreateErrorResponse(timestamp.Rejection, fail)
+		return resp, false, err
 	}
 	ts := timestamp.Timestamp{
 		HashAlgorithm: req.HashAlgorithm, HashedMessage: req.HashedMessage,
 		Time: s.now().UTC(), Nonce: req.Nonce, Policy: Policy,
 		SerialNumber: big.NewInt(s.serial.Add(1)), Accuracy: time.Second,
-		AddTSACertificate: true, Certificates: []*x509.Certificate{s.Root},
+		// RFC 3161 §2.4.1: with certReq false the SignedData certificates field MUST be absent.
+		// Certificates names the issuer of the ESSCertIDv2 either way; the library leaves all
+		// certificates out when AddTSACertificate is false.
+		AddTSACertificate: req.Certificates, Certificates: []*x509.Certificate{s.Root},
 	}
-	return ts.CreateResponseWithOpts(s.Leaf, s.key, crypto.SHA256)
+	resp, err = ts.CreateResponseWithOpts(s.Leaf, s.key, crypto.SHA256)
+	return resp, err == nil, err
 }
