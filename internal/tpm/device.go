@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rsa"
@@ -8,6 +9,7 @@ import (
 	"crypto/subtle"
 	"crypto/x509"
 	"encoding/asn1"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -83,11 +85,28 @@ func (d *Device) Close() error {
 // already).
 func (d *Device) dropEphemeral() {
 	if d.last != nil && d.last.key != nil {
-		if err := flush(d.t, d.last.key.handle); err != nil {
-			d.log.Debug("flushing the ephemeral key", "err", err)
-		}
+		d.flush(d.last.key.handle)
 	}
 	d.last = nil
+}
+
+// flush flushes the transient object or session h, best effort. It goes through the unbound
+// transport (see tpm), so that a call whose context has ended still releases the TPM's slots.
+func (d *Device) flush(h tpm2.TPMHandle) {
+	if err := flush(d.t, h); err != nil {
+		d.log.Debug("flushing a TPM handle", "handle", fmt.Sprintf("%#x", uint32(h)), "err", err)
+	}
+}
+
+// tpm returns the transport for the commands of a call made with ctx. Over a socket (Open's
+// swtpm:, mssim: and unix: transports) each command is bounded by ctx's deadline and interrupted
+// when ctx is cancelled; a character device cannot interrupt a command, so there ctx is only
+// checked between the steps of the call.
+func (d *Device) tpm(ctx context.Context) transport.TPM {
+	if s, ok := d.t.(contextSender); ok {
+		return boundTPM{s: s, ctx: ctx}
+	}
+	return d.t
 }
 
 // placeholderAKIssuer is in the issuer CN of the AK certificate a VM holds before Azure provisions
@@ -96,19 +115,21 @@ const placeholderAKIssuer = "MICROSOFT AZURE TRUSTED VM RSA"
 
 // Evidence gathers what MAA's AzureGuest endpoint takes, as AZGA's AttestationClientImpl
 // GetTpmInfo does: AK certificate and public area, the SHA-256 quote of AzurePCRs with empty
-// qualifying data, the PCR values, a fresh ephemeral key certified by the AK, and the event log.
-// It checks the quote locally before returning it, so a TPM or transport fault is reported here
-// rather than as a refusal by MAA.
+// qualifying data, the PCR values, an ephemeral key certified by the AK (see WithEphemeralKeyCache),
+// and the event log. It checks the quote and the certification locally before returning them, so
+// a TPM or transport fault is reported here rather than as a refusal by MAA. Over a socket, ctx
+// bounds each TPM command (see Open).
 func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.dropEphemeral()
+	t := d.tpm(ctx)
 
-	ak, err := readAK(d.t)
+	ak, err := readAK(t)
 	if err != nil {
 		return nil, err
 	}
-	certDER, err := readNV(d.t, AKCertIndex)
+	certDER, err := readNV(t, AKCertIndex)
 	if err != nil {
 		if isHandleError(err) {
 			return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
@@ -137,7 +158,7 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	sel := pcrSelection(AzurePCRs)
 	var ev *Evidence
 	for attempt := 1; ; attempt++ {
-		ev, err = quote(d.t, ak, sel)
+		ev, err = quote(t, ak, sel)
 		if err == nil {
 			break
 		}
@@ -153,25 +174,19 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	}
 
 	pcrDigest := digestPCRs(ev.PCRs)
-	st := &ephemeralState{sel: sel, digest: pcrDigest}
-	key, err := d.ephemeralKey(sel, pcrDigest)
-	if err != nil {
-		return nil, err
-	}
 	// The key stays loaded for DecryptWithEphemeralKey. AZGA flushes it here and creates it again
 	// to decrypt; keeping it saves one RSA key generation per attestation (seconds on a discrete
 	// TPM) and changes nothing in what it can do: it still opens only under PolicyPCR, and it is
 	// flushed right after the decryption, at the next Evidence, or at Close.
-	info, sig, err := certify(d.t, key, ak)
+	ck, err := d.ephemeralKey(t, ak, sel, pcrDigest)
 	if err != nil {
-		flush(d.t, key.handle)
 		return nil, err
 	}
-	ev.EncKeyPub, ev.EncKeyCertifyInfo, ev.EncKeyCertifyInfoSignature = key.pub, info, sig
-	st.key = key
+	ev.EncKeyPub, ev.EncKeyCertifyInfo, ev.EncKeyCertifyInfoSignature = ck.key.pub, ck.info, ck.sig
+	st := &ephemeralState{sel: sel, digest: pcrDigest, key: ck.key}
 
 	if ev.TCGLog, err = d.readEventLog(); err != nil {
-		flush(d.t, key.handle)
+		d.flush(ck.key.handle)
 		return nil, err
 	}
 	d.last = st
@@ -181,10 +196,10 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 }
 
 // DecryptWithEphemeralKey decrypts ciphertext (RSAES-PKCS1-v1_5, as MAA wraps its response key)
-// with the ephemeral key of the last Evidence, as AZGA's DecryptWithEphemeralKey does: the key is
-// recreated from the same template in the NULL hierarchy and used under a PolicyPCR session for
-// the PCR values that were quoted. A TPM reset (new NULL seed) or any PCR change since Evidence
-// makes it fail with ErrStateChanged.
+// with the ephemeral key of the last Evidence, as AZGA's DecryptWithEphemeralKey does: the key,
+// kept loaded since Evidence (AZGA recreates it from the same template in the NULL hierarchy), is
+// used under a PolicyPCR session for the PCR values that were quoted. A TPM reset (new NULL seed)
+// or any PCR change since Evidence makes it fail with ErrStateChanged.
 func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte) ([]byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -197,23 +212,22 @@ func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte)
 	}
 	// One decryption per evidence: the key is flushed whatever happens.
 	defer d.dropEphemeral()
+	t := d.tpm(ctx)
 	key := st.key
-	sess, closeSess, err := tpm2.PolicySession(d.t, tpm2.TPMAlgSHA256, 16)
+	// The session is flushed through the unbound transport (d.flush), not its closer, so that it
+	// is released even when ctx has ended.
+	sess, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
 	if err != nil {
 		return nil, fmt.Errorf("%w: starting a policy session: %w", ErrDecrypt, err)
 	}
-	defer func() {
-		if err := closeSess(); err != nil {
-			d.log.Warn("closing the policy session", "err", err)
-		}
-	}()
+	defer d.flush(sess.Handle())
 	// PolicyPCR with the expected digest: the TPM compares it with the current PCRs (TPM_RC_VALUE
 	// if they changed), as AZGA's Tss2Session::PolicyPcr does.
 	if _, err := (tpm2.PolicyPCR{
 		PolicySession: sess.Handle(),
 		PcrDigest:     tpm2.TPM2BDigest{Buffer: st.digest},
 		Pcrs:          st.sel,
-	}).Execute(d.t); err != nil {
+	}).Execute(t); err != nil {
 		if isValueError(err) {
 			return nil, fmt.Errorf("%w: PCRs 0-7 changed: %w", ErrStateChanged, err)
 		}
@@ -223,7 +237,7 @@ func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte)
 		KeyHandle:  tpm2.AuthHandle{Handle: key.handle, Name: key.name, Auth: sess},
 		CipherText: tpm2.TPM2BPublicKeyRSA{Buffer: ciphertext},
 		InScheme:   tpm2.TPMTRSADecrypt{Scheme: tpm2.TPMAlgRSAES},
-	}.Execute(d.t)
+	}.Execute(t)
 	if err != nil {
 		if isHandleError(err) || tpmErrorIs(err, tpm2.TPMRCReferenceH0) {
 			return nil, fmt.Errorf("%w: the ephemeral key is gone (TPM reset): %w", ErrStateChanged, err)
@@ -240,7 +254,7 @@ func (d *Device) AKCertificate(ctx context.Context) (*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	der, err := readNV(d.t, AKCertIndex)
+	der, err := readNV(d.tpm(ctx), AKCertIndex)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
 	}
@@ -448,23 +462,105 @@ func createEphemeralKey(t transport.TPM, policy []byte) (*ephemeralKey, error) {
 	return &ephemeralKey{handle: rsp.ObjectHandle, name: rsp.Name, pub: tpm2.Marshal(rsp.OutPublic)}, nil
 }
 
+// certifiedKey is a loaded ephemeral key and the AK's certification of it.
+type certifiedKey struct {
+	key  *ephemeralKey
+	info []byte // bare TPMS_ATTEST of TPM2_Certify
+	sig  []byte // raw RSASSA signature over info
+}
+
 // certify has the AK certify the ephemeral key with empty qualifying data (AZGA
-// Tss2Wrapper::GetCertifiedKeyAndFlushHandle). The key's admin role is authorized by its (empty)
-// authValue, since adminWithPolicy is clear.
-func certify(t transport.TPM, key *ephemeralKey, ak *akKey) (info, sig []byte, err error) {
+// Tss2Wrapper::GetCertifiedKeyAndFlushHandle), then checks the certification with
+// checkCertification. The key's admin role is authorized by its (empty) authValue, since
+// adminWithPolicy is clear.
+func certify(t transport.TPM, key *ephemeralKey, ak *akKey) (*certifiedKey, error) {
 	rsp, err := tpm2.Certify{
 		ObjectHandle: tpm2.AuthHandle{Handle: key.handle, Name: key.name, Auth: tpm2.PasswordAuth(nil)},
 		SignHandle:   tpm2.AuthHandle{Handle: ak.handle, Name: ak.name, Auth: tpm2.PasswordAuth(nil)},
 		InScheme:     tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
 	}.Execute(t)
 	if err != nil {
-		return nil, nil, fmt.Errorf("certifying the ephemeral key: %w", err)
+		return nil, fmt.Errorf("certifying the ephemeral key: %w", err)
 	}
 	s, err := rsp.Signature.Signature.RSASSA()
-	if err != nil {
-		return nil, nil, fmt.Errorf("certifying the ephemeral key: signature is not RSASSA: %w", err)
+	if err != nil || rsp.Signature.SigAlg != tpm2.TPMAlgRSASSA {
+		return nil, fmt.Errorf("%w: signature is not RSASSA", ErrCertify)
 	}
-	return rsp.CertifyInfo.Bytes(), s.Sig.Buffer, nil
+	if h, _ := s.Hash.Hash(); h != crypto.SHA256 {
+		return nil, fmt.Errorf("%w: signature hash is not SHA-256", ErrCertify)
+	}
+	info := rsp.CertifyInfo.Bytes()
+	if err := checkCertification(info, s.Sig.Buffer, key, ak); err != nil {
+		return nil, err
+	}
+	return &certifiedKey{key: key, info: info, sig: s.Sig.Buffer}, nil
+}
+
+// checkCertification checks the AK's certification of key as a verifier would: the AK signed it
+// (RSASSA-SHA256), it is a TPM-generated CERTIFY, the Name it certifies is both the Name of the
+// public area key.pub (what the evidence carries) and the Name the TPM reports for the loaded
+// key.handle, and the Qualified Name it certifies is that of a primary key of the NULL hierarchy
+// with that Name. The last check is what makes a loaded context trustworthy: a child of some
+// other key, or an external (LoadExternal) object, with the ephemeral key's template has another
+// Qualified Name, which the TPM itself reports and the AK signs.
+func checkCertification(info, sig []byte, key *ephemeralKey, ak *akKey) error {
+	sum := sha256.Sum256(info)
+	if err := rsa.VerifyPKCS1v15(ak.key, crypto.SHA256, sum[:], sig); err != nil {
+		return fmt.Errorf("%w: signature: %w", ErrCertify, err)
+	}
+	att, err := tpm2.Unmarshal[tpm2.TPMSAttest](info)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrCertify, err)
+	}
+	ci, err := att.Attested.Certify()
+	if err != nil || att.Type != tpm2.TPMSTAttestCertify {
+		return fmt.Errorf("%w: not a CERTIFY attestation", ErrCertify)
+	}
+	name, err := publicName(key.pub)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrCertify, err)
+	}
+	if !bytes.Equal(ci.Name.Buffer, name) || !bytes.Equal(key.name.Buffer, name) {
+		return fmt.Errorf("%w: it certifies Name %x; the key's public area has Name %x and the TPM names the loaded key %x",
+			ErrCertify, ci.Name.Buffer, name, key.name.Buffer)
+	}
+	if want := nullPrimaryQualifiedName(name); !bytes.Equal(ci.QualifiedName.Buffer, want) {
+		return fmt.Errorf("%w: qualified name %x, want %x: the key is not a primary key of the NULL hierarchy",
+			ErrCertify, ci.QualifiedName.Buffer, want)
+	}
+	return nil
+}
+
+// publicName is the Name of the object whose marshalled TPM2B_PUBLIC is pub: nameAlg followed by
+// the nameAlg digest of the TPMT_PUBLIC (TPM 2.0 Part 1, "Names").
+func publicName(pub []byte) ([]byte, error) {
+	p2b, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pub)
+	if err != nil {
+		return nil, fmt.Errorf("public area: %w", err)
+	}
+	area, err := p2b.Contents()
+	if err != nil {
+		return nil, fmt.Errorf("public area: %w", err)
+	}
+	name, err := tpm2.ObjectName(area)
+	if err != nil {
+		return nil, fmt.Errorf("public area: %w", err)
+	}
+	return name.Buffer, nil
+}
+
+// nullPrimaryQualifiedName is the Qualified Name of the primary object of the NULL hierarchy whose
+// Name is name (a SHA-256 Name, as the ephemeral key template has). TPM 2.0 Part 1, "Names":
+// QN(B) = H_nameAlg(QN(parent) || Name(B)), where the QN of a hierarchy is its handle, and the
+// result is prefixed with nameAlg like a Name. The digest covers the two names' bytes without
+// TPM2B size fields, and the hierarchy's QN is the 4-byte big-endian TPM_RH_NULL (reference TPM,
+// Object.c: ComputeQualifiedName, and GetQualifiedName for a TPM_HT_PERMANENT handle). The
+// reference TPM gives a LoadExternal object QN = Name, and a child the digest over its parent's QN.
+func nullPrimaryQualifiedName(name []byte) []byte {
+	h := sha256.New()
+	h.Write(binary.BigEndian.AppendUint32(nil, uint32(tpm2.TPMRHNull)))
+	h.Write(name)
+	return h.Sum(binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMAlgSHA256)))
 }
 
 func flush(t transport.TPM, h tpm2.TPMHandle) error {

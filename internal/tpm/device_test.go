@@ -11,13 +11,19 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2"
@@ -432,46 +438,231 @@ func TestCASaveLoad(t *testing.T) {
 	}
 }
 
-// TestOpenStream runs the whole evidence flow over the swtpm-style TCP transport, against a
-// loopback server that relays raw commands to the simulator.
-func TestOpenStream(t *testing.T) {
-	x, _, _ := provisioned(t, "")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+// relay serves the TPM tp on ln until ln is closed: raw TPM 2.0 commands (swtpm's data channel),
+// or commands in the reference simulator's TPM_SEND_COMMAND framing. Each response is written in
+// two pieces, to check that the client reads it whole.
+func relay(t *testing.T, ln net.Listener, tp transport.TPM, mssim bool) {
+	t.Helper()
 	t.Cleanup(func() { ln.Close() })
+	serve := func(conn net.Conn) error {
+		var cmd []byte
+		if !mssim {
+			var err error
+			if cmd, err = ReadMessage(conn, 8192); err != nil {
+				return err
+			}
+		} else {
+			var hdr [9]byte
+			if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+				return err
+			}
+			// TPM_SEND_COMMAND (8, TpmTcpProtocol.h), locality 0, then the command's size.
+			if code := binary.BigEndian.Uint32(hdr[:4]); code != 8 || hdr[4] != 0 {
+				return fmt.Errorf("mssim command %d at locality %d", code, hdr[4])
+			}
+			cmd = make([]byte, binary.BigEndian.Uint32(hdr[5:9]))
+			if _, err := io.ReadFull(conn, cmd); err != nil {
+				return err
+			}
+		}
+		rsp, err := tp.Send(cmd)
+		if err != nil {
+			return err
+		}
+		if mssim {
+			framed := binary.BigEndian.AppendUint32(nil, uint32(len(rsp)))
+			rsp = binary.BigEndian.AppendUint32(append(framed, rsp...), 0)
+		}
+		if _, err := conn.Write(rsp[:3]); err != nil {
+			return err
+		}
+		_, err = conn.Write(rsp[3:])
+		return err
+	}
 	go func() {
 		for {
 			conn, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			for {
-				cmd, err := ReadMessage(conn, 8192)
-				if err != nil {
-					conn.Close()
-					break
-				}
-				rsp, err := x.t.Send(cmd)
-				if err != nil {
-					conn.Close()
-					break
-				}
-				// Split the response to check that the client reads it whole.
-				conn.Write(rsp[:3])
-				conn.Write(rsp[3:])
+			for serve(conn) == nil {
 			}
+			conn.Close()
 		}
 	}()
-	ctx := context.Background()
-	dev, err := Open(ctx, "swtpm:"+ln.Addr().String(), WithEventLogPath(""))
+}
+
+// listenMssim listens on two consecutive loopback ports, the reference simulator's command and
+// platform ports, and returns the command port's listener and the platform port's.
+func listenMssim(t *testing.T) (cmd, platform net.Listener) {
+	t.Helper()
+	for range 20 {
+		cmd, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := cmd.Addr().(*net.TCPAddr).Port
+		if platform, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port+1)); err == nil {
+			t.Cleanup(func() { cmd.Close(); platform.Close() })
+			return cmd, platform
+		}
+		cmd.Close()
+	}
+	t.Fatal("no two consecutive free ports")
+	return nil, nil
+}
+
+// streamServer listens for one of Open's socket schemes and returns the address to open and the
+// listener of the command stream (the platform port of mssim accepts and is never used).
+func streamServer(t *testing.T, scheme string) (addr string, ln net.Listener) {
+	t.Helper()
+	var err error
+	switch scheme {
+	case SchemeSwtpm:
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	case SchemeUnix:
+		ln, err = net.Listen("unix", filepath.Join(t.TempDir(), "tpm.sock"))
+	case SchemeMssim:
+		var platform net.Listener
+		ln, platform = listenMssim(t)
+		go func() {
+			for {
+				conn, err := platform.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { conn.Close() })
+			}
+		}()
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dev.Close()
-	if _, err := dev.Evidence(ctx); err != nil {
-		t.Fatalf("Evidence over swtpm transport: %v", err)
+	t.Cleanup(func() { ln.Close() })
+	return scheme + ln.Addr().String(), ln
+}
+
+// TestOpenStream runs the whole evidence flow over each socket transport, against a loopback
+// server that relays the commands to the simulator.
+func TestOpenStream(t *testing.T) {
+	tests := []struct {
+		scheme string
+		mssim  bool
+	}{
+		{SchemeSwtpm, false},
+		{SchemeUnix, false},
+		{SchemeMssim, true},
+	}
+	for _, tc := range tests {
+		t.Run(strings.TrimSuffix(tc.scheme, ":"), func(t *testing.T) {
+			x, _, _ := provisioned(t, "")
+			addr, ln := streamServer(t, tc.scheme)
+			relay(t, ln, x.t, tc.mssim)
+			ctx := context.Background()
+			dev, err := Open(ctx, addr, WithEventLogPath(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			if _, err := dev.Evidence(ctx); err != nil {
+				t.Fatalf("Evidence over %s: %v", addr, err)
+			}
+		})
+	}
+}
+
+// silentServer accepts connections on ln, reads whatever comes and never answers, until the test
+// ends.
+func silentServer(t *testing.T, ln net.Listener) {
+	t.Helper()
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, conn)
+			mu.Unlock()
+			go io.Copy(io.Discard, conn)
+		}
+	}()
+}
+
+// TestEvidenceHonoursContext opens the swtpm and unix socket transports (not mssim: go-tpm's tcp
+// transport bounds no command) to a TPM that accepts commands and never
+// answers: Evidence must return when its context ends (deadline or cancellation), not after the
+// transport's own two-minute bound, and the connection, now out of step, must refuse further
+// commands at once.
+func TestEvidenceHonoursContext(t *testing.T) {
+	const wait = 200 * time.Millisecond
+	deadline := func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), wait)
+	}
+	cancelled := func() (context.Context, context.CancelFunc) {
+		ctx, cancel := context.WithCancel(context.Background())
+		time.AfterFunc(wait, cancel)
+		return ctx, cancel
+	}
+	tests := []struct {
+		name   string
+		scheme string
+		ctx    func() (context.Context, context.CancelFunc)
+		want   error
+		says   string
+	}{
+		{"swtpm deadline", SchemeSwtpm, deadline, context.DeadlineExceeded, "deadline exceeded"},
+		{"unix deadline", SchemeUnix, deadline, context.DeadlineExceeded, "deadline exceeded"},
+		{"swtpm cancelled", SchemeSwtpm, cancelled, context.Canceled, "canceled"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, ln := streamServer(t, tc.scheme)
+			silentServer(t, ln)
+			dev, err := Open(context.Background(), addr, WithEventLogPath(""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+
+			ctx, cancel := tc.ctx()
+			defer cancel()
+			start := time.Now()
+			done := make(chan error, 1)
+			go func() {
+				_, err := dev.Evidence(ctx)
+				done <- err
+			}()
+			select {
+			case err = <-done:
+			case <-time.After(5 * time.Second):
+				dev.t.Close() // ends the blocked read
+				<-done
+				t.Fatalf("Evidence still waiting for the TPM 5s after its context ended")
+			}
+			if took := time.Since(start); took > time.Second {
+				t.Errorf("Evidence returned after %v, want about %v", took, wait)
+			}
+			t.Logf("Evidence after %v: %v", time.Since(start).Round(time.Millisecond), err)
+			if !errors.Is(err, tc.want) || !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("Evidence: %v, want %v and ErrUnavailable", err, tc.want)
+			}
+
+			start = time.Now()
+			if _, err := dev.Evidence(context.Background()); !errors.Is(err, ErrUnavailable) || time.Since(start) > time.Second {
+				t.Fatalf("Evidence after a timeout: %v after %v, want ErrUnavailable at once", err, time.Since(start))
+			}
+		})
 	}
 }
 

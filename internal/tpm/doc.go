@@ -6,7 +6,7 @@
 // the SHA-256 PCRs 0-7 with empty qualifying data, the PCR values, the firmware TCG event log, and
 // an ephemeral RSA-2048 decryption key created in the NULL hierarchy, bound by its authPolicy to
 // those PCR values and certified by the AK. MAA encrypts the token to that ephemeral key, so only
-// this TPM, in this PCR state, can read it; DecryptWithEphemeralKey recreates the key and unwraps.
+// this TPM, in this PCR state, can read it; DecryptWithEphemeralKey unwraps it with that key.
 //
 // Every step follows Azure's own C++ client (Azure/confidential-computing-cvm-guest-attestation,
 // "AZGA" below: Tss2Wrapper.cpp, Tss2Util.cpp, AttestationClientImpl.cpp) so that the evidence is

@@ -21,6 +21,10 @@ var (
 	ErrAKType = errors.New("the key at the AK handle is not an RSA restricted signing key")
 	// ErrQuote means the TPM's quote did not check out locally (signature, PCR digest).
 	ErrQuote = errors.New("TPM quote does not verify")
+	// ErrCertify means the AK's certification of the ephemeral key (TPM2_Certify) did not check out
+	// locally: its signature, or the Name or Qualified Name it certifies, which must be those of a
+	// primary key of this TPM's NULL hierarchy with the ephemeral key's public area.
+	ErrCertify = errors.New("the AK's certification of the ephemeral key does not verify")
 	// ErrEventLog means the TCG event log exists but could not be read.
 	ErrEventLog = errors.New("TCG event log unreadable")
 	// ErrNoEphemeralKey means DecryptWithEphemeralKey was called before Evidence.

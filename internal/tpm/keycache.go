@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -28,19 +29,37 @@ import (
 // derivation is an RSA prime search: about 90 ms on the reference simulator, often seconds on a
 // discrete TPM, and the largest cost of an attestation.
 //
-// So after creating the key, the Device saves its context (TPM2_ContextSave) to the cache, and the
-// next Evidence loads it (TPM2_ContextLoad, well under a millisecond) instead of deriving it again.
-// This changes nothing in what the key is or can do:
+// So after creating and certifying the key, the Device saves its context (TPM2_ContextSave) to the
+// cache, and the next Evidence loads it (TPM2_ContextLoad, well under a millisecond) instead of
+// deriving it again. This changes nothing in what the key is or can do:
 //   - a saved context is encrypted and integrity-protected by the TPM under a key derived from the
 //     hierarchy's proof value; it loads only into the TPM that saved it, and a NULL-hierarchy
 //     context stops loading at the next TPM reset (TPM 2.0 Part 1, "Context Management");
 //   - the loaded object's public area is compared with the template for the current PCR state and
-//     with the cached public area, so a context of any other object (another template, another
-//     policy, another hierarchy) is refused and the key is derived afresh;
+//     with the cached public area, so a context of an object of another template, policy or
+//     hierarchy is refused before it is certified;
+//   - whoever can write the cache directory and use the TPM can still save a context of their own
+//     object with that public area: a child of their own NULL-hierarchy key (with an authValue, or
+//     without), or a public-only LoadExternal object. So the AK's certification of the loaded key
+//     is checked like that of a derived one (checkCertification): the Name it certifies is the
+//     cached public area's, and its Qualified Name, which the TPM computes from the object's
+//     ancestry, is that of a primary key of the NULL hierarchy. Only this TPM's CreatePrimary
+//     makes such an object: a key of the template's attributes and policy, generated and held by
+//     this TPM, with an empty authValue since the TPM certified it under one. (It can differ from
+//     the derived key if its creator passed another unique value as entropy; that changes nothing
+//     in what it can do);
 //   - the key still decrypts only under PolicyPCR for the quoted PCR values.
 //
 // Any failure to read, parse, load or match the cache falls back to TPM2_CreatePrimary, which is
-// what would have run anyway: the cache can make an attestation faster, never let one through.
+// what would have run anyway. So does any failure after the cached key is loaded (the TPM refuses
+// to certify it, or the certification does not check out): the key is flushed, the cache file
+// removed and the key derived afresh, once; a bad file costs one derivation, never an attestation.
+// The cache can make an attestation faster; it can neither let one through nor make one fail.
+//
+// The cache file is opened without following a symbolic link and without blocking (a FIFO would
+// block an open for reading until a writer came), and read only if it is a regular file of at
+// most maxKeyCacheFile bytes. Anything else at its path is a cache miss: it is not removed, and
+// the atomic write of the derived key's context replaces the entry (never what a link points to).
 //
 // UNCONFIRMED: that the Linux kernel resource manager (/dev/tpmrm0) maps the handle TPM2_ContextLoad
 // returns into the caller's space (its response-handle mapping suggests so). If it does not, the
@@ -52,9 +71,14 @@ const maxKeyCacheFile = 8 << 10
 // keyCacheMagic starts a cache file (format version 1).
 var keyCacheMagic = []byte("attested-kv ephemeral key context v1\n")
 
+// errNotRegular marks a cache path that holds something other than a regular file.
+var errNotRegular = errors.New("not a regular file")
+
 // WithEphemeralKeyCache keeps the ephemeral key's saved TPM context in dir (created with mode
-// 0700; files 0600) so that the next attestation loads the key instead of deriving it again. ""
-// (the default) disables the cache.
+// 0700; files 0600) so that the next attestation loads the key instead of deriving it again. A
+// cached key is used only if the AK's certification shows it is this TPM's NULL-hierarchy primary
+// key for the current PCR values; a cache file that fails is removed and the key derived again.
+// "" (the default) disables the cache.
 func WithEphemeralKeyCache(dir string) Option { return func(d *Device) { d.keyCacheDir = dir } }
 
 // keyCachePath is the cache file for the ephemeral key whose authPolicy is policy.
@@ -63,32 +87,62 @@ func (d *Device) keyCachePath(policy []byte) string {
 	return filepath.Join(d.keyCacheDir, "ephemeral-"+hex.EncodeToString(sum[:8])+".ctx")
 }
 
-// ephemeralKey returns the ephemeral key for the PCR state (sel, pcrDigest), loaded from the cache
-// when it holds that key, derived with TPM2_CreatePrimary otherwise.
-func (d *Device) ephemeralKey(sel tpm2.TPMLPCRSelection, pcrDigest []byte) (*ephemeralKey, error) {
+// ephemeralKey returns the ephemeral key for the PCR state (sel, pcrDigest), loaded, with the AK's
+// certification of it (checked by certify). The key comes from the cache when the cache holds it
+// and it certifies as this TPM's NULL-hierarchy primary; otherwise it is derived with
+// TPM2_CreatePrimary, and cached once certified. A failure with the derived key is returned.
+func (d *Device) ephemeralKey(t transport.TPM, ak *akKey, sel tpm2.TPMLPCRSelection, pcrDigest []byte) (*certifiedKey, error) {
 	policy, err := PolicyPCRDigest(sel, pcrDigest)
 	if err != nil {
 		return nil, fmt.Errorf("ephemeral key policy: %w", err)
 	}
-	if d.keyCacheDir == "" {
-		return createEphemeralKey(d.t, policy)
+	path := ""
+	if d.keyCacheDir != "" {
+		path = d.keyCachePath(policy)
+		if ck := d.cachedKey(t, path, policy, ak); ck != nil {
+			return ck, nil
+		}
 	}
-	path := d.keyCachePath(policy)
-	key, err := loadCachedKey(d.t, path, EphemeralKeyTemplate(policy))
-	if err == nil {
-		d.log.Debug("ephemeral key loaded from the cache", "path", path)
-		return key, nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		d.log.Debug("ephemeral key cache not used; deriving the key", "path", path, "err", err)
-	}
-	if key, err = createEphemeralKey(d.t, policy); err != nil {
+	key, err := createEphemeralKey(t, policy)
+	if err != nil {
 		return nil, err
 	}
-	if err := saveCachedKey(d.t, path, key); err != nil {
-		d.log.Debug("ephemeral key cache not written", "path", path, "err", err)
+	ck, err := certify(t, key, ak)
+	if err != nil {
+		d.flush(key.handle)
+		return nil, err
 	}
-	return key, nil
+	if path != "" {
+		if err := saveCachedKey(t, path, key); err != nil {
+			d.log.Debug("ephemeral key cache not written", "path", path, "err", err)
+		}
+	}
+	return ck, nil
+}
+
+// cachedKey returns the cached key at path, certified, or nil if the cache holds no usable key
+// for policy. A cached key that loads but then fails (the TPM refuses to certify it, or the
+// certification does not check out) is flushed and its file removed, so that the caller's
+// derivation replaces it: nothing at the cache path can make every attestation fail.
+func (d *Device) cachedKey(t transport.TPM, path string, policy []byte, ak *akKey) *certifiedKey {
+	key, err := d.loadCachedKey(t, path, EphemeralKeyTemplate(policy))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			d.log.Debug("ephemeral key cache not used; deriving the key", "path", path, "err", err)
+		}
+		return nil
+	}
+	ck, err := certify(t, key, ak)
+	if err != nil {
+		d.flush(key.handle)
+		d.log.Debug("cached ephemeral key refused; removing the cache file and deriving the key", "path", path, "err", err)
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			d.log.Debug("removing the ephemeral key cache file", "path", path, "err", err)
+		}
+		return nil
+	}
+	d.log.Debug("ephemeral key loaded from the cache", "path", path)
+	return ck
 }
 
 // saveCachedKey writes the public area and saved context of key to path.
@@ -110,7 +164,7 @@ func encodeKeyCache(pub, ctx []byte) []byte {
 }
 
 // decodeKeyCache parses a cache file into the key's TPM2B_PUBLIC (as bytes and parsed) and its
-// saved context. It checks framing only; loadCachedKey checks the content.
+// saved context. It checks framing only; Device.loadCachedKey checks the content.
 func decodeKeyCache(data []byte) (pubBytes []byte, pub *tpm2.TPMTPublic, ctx *tpm2.TPMSContext, err error) {
 	rest, ok := bytes.CutPrefix(data, keyCacheMagic)
 	if !ok {
@@ -140,20 +194,46 @@ func decodeKeyCache(data []byte) (pubBytes []byte, pub *tpm2.TPMTPublic, ctx *tp
 	return pubBytes, pub, ctx, nil
 }
 
-// loadCachedKey loads the cached key at path if it is a NULL-hierarchy object of template (its
-// unique field aside), and checks that the TPM loaded exactly that object.
-func loadCachedKey(t transport.TPM, path string, template tpm2.TPMTPublic) (*ephemeralKey, error) {
-	f, err := os.Open(path)
+// readKeyCacheFile reads the cache file at path: a regular file of at most maxKeyCacheFile bytes,
+// opened without following a symbolic link and without blocking. Anything else at path is an
+// error wrapping errNotRegular; no file, one wrapping fs.ErrNotExist.
+func readKeyCacheFile(path string) ([]byte, error) {
+	// O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s: %w: a symbolic link", path, errNotRegular)
+	}
 	if err != nil {
 		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: mode %s", path, errNotRegular, fi.Mode())
+	}
+	if fi.Size() > maxKeyCacheFile {
+		return nil, fmt.Errorf("%s: %d bytes, more than a cache file's %d", path, fi.Size(), maxKeyCacheFile)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxKeyCacheFile+1))
-	f.Close()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if len(data) > maxKeyCacheFile {
-		return nil, errors.New("cache file too large")
+		return nil, fmt.Errorf("%s: more than a cache file's %d bytes", path, maxKeyCacheFile)
+	}
+	return data, nil
+}
+
+// loadCachedKey loads the cached key at path if it is a NULL-hierarchy object of template (its
+// unique field aside), and checks that the TPM loaded exactly that object. Whether the object is
+// the NULL-hierarchy primary key it claims to be is for certify to check.
+func (d *Device) loadCachedKey(t transport.TPM, path string, template tpm2.TPMTPublic) (*ephemeralKey, error) {
+	data, err := readKeyCacheFile(path)
+	if err != nil {
+		return nil, err
 	}
 	pubBytes, pub, saved, err := decodeKeyCache(data)
 	if err != nil {
@@ -172,11 +252,11 @@ func loadCachedKey(t transport.TPM, path string, template tpm2.TPMTPublic) (*eph
 	h := loaded.LoadedHandle
 	rp, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(t)
 	if err != nil {
-		flush(t, h)
+		d.flush(h)
 		return nil, fmt.Errorf("reading the loaded key: %w", err)
 	}
 	if got := tpm2.Marshal(rp.OutPublic); !bytes.Equal(got, pubBytes) {
-		flush(t, h)
+		d.flush(h)
 		return nil, errors.New("the TPM loaded another object than the cached public area")
 	}
 	return &ephemeralKey{handle: h, name: rp.Name, pub: pubBytes}, nil

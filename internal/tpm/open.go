@@ -3,9 +3,11 @@ package tpm
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +24,8 @@ const (
 	// and the local stack's simulator): swtpm:HOST:PORT.
 	SchemeSwtpm = "swtpm:"
 	// SchemeMssim is the Microsoft reference simulator's TCP protocol (command port, platform port
-	// +1): mssim:HOST:PORT.
+	// +1): mssim:HOST:PORT, through go-tpm's tcp transport, which bounds no command: a context
+	// bounds only the connection there.
 	SchemeMssim = "mssim:"
 	// SchemeUnix is a raw TPM 2.0 command stream over a Unix socket kept open (swtpm
 	// "--server type=unixio"): unix:PATH.
@@ -33,13 +36,18 @@ const (
 const (
 	// maxResponseSize bounds a TPM response (TPM2's MAX_RESPONSE_SIZE is 4096 on common TPMs).
 	maxResponseSize = 16 << 10
-	// commandTimeout bounds one command when the context sets no deadline. RSA key generation in a
-	// software TPM can take seconds.
+	// commandTimeout bounds one command over a socket; the context of the Device call that sends
+	// it can only shorten the bound. RSA key generation in a software TPM can take seconds.
 	commandTimeout = 2 * time.Minute
 )
 
 // Open opens the TPM at addr: a character device (DefaultDevice, /dev/tpm0), or one of the
-// simulator schemes swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH. ctx bounds the connection only.
+// simulator schemes swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH. ctx bounds the connection. Over
+// swtpm and unix sockets, each TPM command a Device method sends is bounded by that method's
+// context (its deadline, or commandTimeout if earlier) and interrupted when it is cancelled; a
+// command that fails in transit leaves the connection unusable (a late response could be taken
+// for the next one's), so the Device then fails with ErrUnavailable until it is opened again. A
+// character device or mssim cannot interrupt a command: there the context is checked between steps.
 func Open(ctx context.Context, addr string, opts ...Option) (*Device, error) {
 	t, err := openTransport(ctx, addr)
 	if err != nil {
@@ -80,12 +88,30 @@ func openTransport(ctx context.Context, addr string) (transport.TPMCloser, error
 	}
 }
 
-// streamTPM sends raw TPM 2.0 commands over one stream connection and reads each response by its
-// header's size, so a response split across reads is still read whole.
+// streamTPM sends raw TPM 2.0 commands over one stream connection (swtpm's data channel) and
+// reads each response whole by its header's size, however it is split across reads. Each command
+// is bounded by a deadline (sendContext).
 type streamTPM struct {
 	mu   sync.Mutex
 	conn net.Conn
+	// broken is the failure that left the stream out of step with the TPM; commands are refused
+	// after it.
+	broken error
 }
+
+// contextSender is a transport whose commands a context can bound (streamTPM).
+type contextSender interface {
+	sendContext(ctx context.Context, cmd []byte) ([]byte, error)
+}
+
+// boundTPM is a transport.TPM that sends each command bounded by ctx.
+type boundTPM struct {
+	s   contextSender
+	ctx context.Context
+}
+
+// Send implements transport.TPM.
+func (b boundTPM) Send(cmd []byte) ([]byte, error) { return b.s.sendContext(b.ctx, cmd) }
 
 func dialStream(ctx context.Context, network, address string) (*streamTPM, error) {
 	var d net.Dialer
@@ -96,19 +122,69 @@ func dialStream(ctx context.Context, network, address string) (*streamTPM, error
 	return &streamTPM{conn: conn}, nil
 }
 
-// Send implements transport.TPM.
+// Send implements transport.TPM: sendContext without a context, so bounded by commandTimeout.
 func (s *streamTPM) Send(cmd []byte) ([]byte, error) {
+	return s.sendContext(context.Background(), cmd)
+}
+
+// longAgo is a deadline in the past, which makes pending and later I/O on a connection fail.
+var longAgo = time.Unix(1, 0)
+
+// sendContext sends cmd and reads the response before the earlier of ctx's deadline and
+// commandTimeout from now, and gives up as soon as ctx is cancelled. A failure in transit (a
+// timeout included) leaves a partial command or an unread response on the stream, so it marks the
+// stream broken and every later command fails with ErrUnavailable.
+func (s *streamTPM) sendContext(ctx context.Context, cmd []byte) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.conn.SetDeadline(time.Now().Add(commandTimeout)); err != nil {
-		return nil, err
+	if s.broken != nil {
+		return nil, fmt.Errorf("%w: the connection failed earlier: %w", ErrUnavailable, s.broken)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("TPM command not sent: %w", context.Cause(ctx))
+	}
+	deadline := time.Now().Add(commandTimeout)
+	ctxDeadline, ok := ctx.Deadline()
+	ctxBound := ok && ctxDeadline.Before(deadline)
+	if ctxBound {
+		deadline = ctxDeadline
+	}
+	if err := s.conn.SetDeadline(deadline); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	// Registered after SetDeadline, so that its deadline in the past always wins: it runs at once
+	// if ctx is done already.
+	interrupted := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(interrupted)
+		s.conn.SetDeadline(longAgo)
+	})
+	rsp, err := s.exchange(cmd)
+	if !stop() {
+		<-interrupted // so that it cannot move the deadline of a later command
+	}
+	if err != nil {
+		s.broken = err
+		switch {
+		case ctx.Err() != nil:
+			err = fmt.Errorf("%w: %w", context.Cause(ctx), err)
+		case ctxBound && errors.Is(err, os.ErrDeadlineExceeded):
+			// The connection's deadline can pass a moment before ctx's timer fires.
+			err = fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return rsp, nil
+}
+
+// exchange writes cmd and reads the response.
+func (s *streamTPM) exchange(cmd []byte) ([]byte, error) {
 	if _, err := s.conn.Write(cmd); err != nil {
-		return nil, fmt.Errorf("%w: sending a command: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("sending a command: %w", err)
 	}
 	rsp, err := ReadMessage(s.conn, maxResponseSize)
 	if err != nil {
-		return nil, fmt.Errorf("%w: reading a response: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("reading a response: %w", err)
 	}
 	return rsp, nil
 }
