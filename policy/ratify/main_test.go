@@ -7,15 +7,29 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
+	"github.com/notaryproject/notation-core-go/signature"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -37,10 +51,12 @@ func TestMain(m *testing.M) {
 
 const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
 
-func exe(t *testing.T, subject string, input any) Result {
+// exe runs the verifier process with Ratify's environment for subject and input on stdin, and
+// returns its result; the process is killed if it outlives ctx.
+func exe(ctx context.Context, t *testing.T, subject string, input any) Result {
 	t.Helper()
 	in, _ := json.Marshal(input)
-	cmd := exec.Command(os.Args[0])
+	cmd := exec.CommandContext(ctx, os.Args[0])
 	cmd.Env = append(os.Environ(), "RATIFY_MAA_VERIFIER_AS_MAIN=1", "RATIFY_VERIFIER_COMMAND=VERIFY",
 		"RATIFY_VERIFIER_SUBJECT="+subject, "RATIFY_VERIFIER_VERSION=1.0.0")
 	cmd.Stdin = bytes.NewReader(in)
@@ -56,16 +72,24 @@ func exe(t *testing.T, subject string, input any) Result {
 	return res
 }
 
-func TestVerifierProcess(t *testing.T) {
-	chain := attesttest.New(t, attesttest.WithSecureBoot())
-	r, name := attesttest.Registry(t)
-	repo := imageverify.NewRepository(r)
-	signer := attesttest.Signer(t, "attested signer")
+// fixture is a registry, an MAA instance on a simulated TPM, a Notation signer and a verifier
+// config that trusts them.
+type fixture struct {
+	chain  *attesttest.Chain
+	reg    *remote.Repository
+	name   string // host:port/app of reg
+	signer signature.LocalSigner
+	cfg    Config
+}
 
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	f := &fixture{chain: attesttest.New(t, attesttest.WithSecureBoot()), signer: attesttest.Signer(t, "attested signer")}
+	f.reg, f.name = attesttest.Registry(t)
 	dir := t.TempDir()
 	jwks := filepath.Join(dir, "jwks.json")
-	os.WriteFile(jwks, chain.Emulator.JWKS(), 0o600)
-	certs, _ := signer.CertificateChain()
+	os.WriteFile(jwks, f.chain.Emulator.JWKS(), 0o600)
+	certs, _ := f.signer.CertificateChain()
 	certDir := filepath.Join(dir, "certs")
 	os.MkdirAll(certDir, 0o700)
 	os.WriteFile(filepath.Join(certDir, "root.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: certs[0].Raw}), 0o600)
@@ -74,35 +98,50 @@ func TestVerifierProcess(t *testing.T) {
 		SignatureVerification: trustpolicy.SignatureVerification{VerificationLevel: "strict"},
 		TrustStores:           []string{"ca:certs"}, TrustedIdentities: []string{"*"},
 	}}}
-	cfg := Config{Name: "maa-token", Type: "maa-token", AttestationURL: chain.URL, KeyID: keyID, JWKSPath: jwks, TrustPolicyDoc: policy, VerificationCerts: []string{certDir}}
-	input := func(c Config, ref ocispec.Descriptor) map[string]any {
-		return map[string]any{"config": c, "storeConfig": map[string]any{"store": map[string]any{"name": "oras", "useHttp": true}}, "referenceDesc": ref}
-	}
-	signed := func(content string, nonceFor func(ocispec.Descriptor) string) (ocispec.Descriptor, ocispec.Descriptor) {
-		img := attesttest.PushImage(t, r, content)
-		tok := chain.Token(t, nonceFor(img))
-		attesttest.SignImage(t, repo, signer, img, tok, chain.URL, time.Now())
-		ref, err := referrer.Attach(context.Background(), r, img, referrer.Token{Raw: tok, Issuer: chain.URL, IssuedAt: time.Now()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return img, ref
-	}
-	bound := func(d ocispec.Descriptor) string { b, _ := binding.Compute(d.Digest.String(), keyID); return b }
+	f.cfg = Config{Name: "maa-token", Type: "maa-token", AttestationURL: f.chain.URL, KeyID: keyID, JWKSPath: jwks, TrustPolicyDoc: policy, VerificationCerts: []string{certDir}}
+	return f
+}
 
-	img, ref := signed("good", bound)
-	if res := exe(t, name+"@"+img.Digest.String(), input(cfg, ref)); !res.IsSuccess || res.Name != "maa-token" {
+// input is the verifier's stdin for config c and referrer ref, with a plain-HTTP store.
+func input(c Config, ref ocispec.Descriptor) map[string]any {
+	return map[string]any{"config": c, "storeConfig": map[string]any{"store": map[string]any{"name": "oras", "useHttp": true}}, "referenceDesc": ref}
+}
+
+// signed pushes an image, signs it with a token for nonceFor(image) whose signature names
+// issuer, and attaches the token; it returns the image and the token referrer.
+func (f *fixture) signed(t *testing.T, content, issuer string, nonceFor func(ocispec.Descriptor) string) (ocispec.Descriptor, ocispec.Descriptor) {
+	t.Helper()
+	img := attesttest.PushImage(t, f.reg, content)
+	tok := f.chain.Token(t, nonceFor(img))
+	attesttest.SignImage(t, imageverify.NewRepository(f.reg), f.signer, img, tok, issuer, time.Now())
+	ref, err := referrer.Attach(context.Background(), f.reg, img, referrer.Token{Raw: tok, Issuer: issuer, IssuedAt: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img, ref
+}
+
+func bound(d ocispec.Descriptor) string { b, _ := binding.Compute(d.Digest.String(), keyID); return b }
+
+func TestVerifierProcess(t *testing.T) {
+	ctx := t.Context()
+	f := newFixture(t)
+	cfg, name := f.cfg, f.name
+	img, ref := f.signed(t, "good", f.chain.URL, bound)
+	if res := exe(ctx, t, name+"@"+img.Digest.String(), input(cfg, ref)); !res.IsSuccess || res.Name != "maa-token" {
 		t.Fatalf("good image refused: %+v", res)
 	}
 	pinned := cfg
+	certs, _ := f.signer.CertificateChain()
 	sum := sha256.Sum256(certs[0].Raw)
 	pinned.SigningCertSHA256 = []string{strings.ToUpper(hex.EncodeToString(sum[:]))}
-	if res := exe(t, name+"@"+img.Digest.String(), input(pinned, ref)); !res.IsSuccess {
+	if res := exe(ctx, t, name+"@"+img.Digest.String(), input(pinned, ref)); !res.IsSuccess {
 		t.Fatalf("good image refused with its signing certificate pinned: %+v", res)
 	}
 
-	other, _ := signed("other", bound)
-	bad, badRef := signed("bad", func(ocispec.Descriptor) string { return bound(other) })
+	other, _ := f.signed(t, "other", f.chain.URL, bound)
+	bad, badRef := f.signed(t, "bad", f.chain.URL, func(ocispec.Descriptor) string { return bound(other) })
+	withDesc := func(change func(*ocispec.Descriptor)) ocispec.Descriptor { d := ref; change(&d); return d }
 	tests := []struct {
 		name    string
 		subject string
@@ -121,12 +160,268 @@ func TestVerifierProcess(t *testing.T) {
 		}(), ref), "not a pinned signing certificate"},
 		{"attestation URL over http", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.AttestationURL = "http://x.weu.attest.azure.net"; return c }(), ref), "attestationURL"},
 		{"malformed pin", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.SigningCertSHA256 = []string{"abc"}; return c }(), ref), "signingCertSHA256"},
+		// The image verifies: only the referrer descriptor Ratify hands over is wrong, and the
+		// verifier must not vouch for a referrer it has not compared with the signed token.
+		{"referrer of another type without a digest", name + "@" + img.Digest.String(), input(cfg, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
+		{"token referrer without a digest", name + "@" + img.Digest.String(), input(cfg, withDesc(func(d *ocispec.Descriptor) { d.Digest = "" })), "referenceDesc has no digest"},
+		{"the token's digest under another artifact type", name + "@" + img.Digest.String(), input(cfg, withDesc(func(d *ocispec.Descriptor) { d.ArtifactType = "application/spdx+json" })), `artifactType "application/spdx+json" is not the MAA token artifact type`},
+		{"the token's digest without an artifact type", name + "@" + img.Digest.String(), input(cfg, withDesc(func(d *ocispec.Descriptor) { d.ArtifactType = "" })), `artifactType "" is not the MAA token artifact type`},
+		{"malformed referrer digest", name + "@" + img.Digest.String(), input(cfg, withDesc(func(d *ocispec.Descriptor) { d.Digest = "sha256:zz" })), "is not a valid digest"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			res := exe(t, tc.subject, tc.input)
+			res := exe(ctx, t, tc.subject, tc.input)
 			detail, _ := json.Marshal(res.Extensions) // the checks, with what each found
 			if res.IsSuccess || !strings.Contains(res.Message+string(detail), tc.message) {
+				t.Fatalf("got %+v, want a refusal containing %q", res, tc.message)
+			}
+		})
+	}
+}
+
+// TestVerifierTimeout: a verification that hangs, at the registry or at the MAA instance, is
+// answered within the configured timeout with a refusal that names it, not left for Ratify or the
+// Gatekeeper webhook to give up on (a webhook timeout is decided by its failurePolicy).
+func TestVerifierTimeout(t *testing.T) {
+	const timeout = time.Second
+	// Generous: the process start alone takes about a second under the race detector. The
+	// process is killed at killAfter, so that a verifier that hangs fails the test instead of
+	// hanging it.
+	const answerWithin, killAfter = 15 * time.Second, 25 * time.Second
+	f := newFixture(t)
+	cfg := f.cfg
+	cfg.Timeout = timeout.String()
+	img, ref := f.signed(t, "good", f.chain.URL, bound)
+	if res := exe(t.Context(), t, f.name+"@"+img.Digest.String(), input(cfg, ref)); !res.IsSuccess {
+		t.Fatalf("good image refused within %s: %+v", timeout, res)
+	}
+
+	// An MAA instance that accepts connections and never answers: the signing-key fetch hangs.
+	// The image is signed naming it as the issuer, so that verification reaches the key fetch.
+	silentURL, silentReached := silentServer(t)
+	silentImg, silentRef := f.signed(t, "silent issuer", silentURL, bound)
+	silentCfg := cfg
+	silentCfg.AttestationURL, silentCfg.JWKSPath = silentURL, ""
+
+	regHost, repoPath, _ := strings.Cut(f.name, "/")
+	tests := []struct {
+		name    string
+		hang    func(*http.Request) bool // which registry requests never get an answer
+		img     ocispec.Descriptor
+		cfg     Config
+		ref     ocispec.Descriptor
+		reached func() bool
+	}{
+		{name: "registry hangs on every request", hang: func(*http.Request) bool { return true }, img: img, cfg: cfg, ref: ref},
+		{name: "registry hangs listing referrers", hang: func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/referrers/") }, img: img, cfg: cfg, ref: ref},
+		{name: "registry hangs serving blobs", hang: func(r *http.Request) bool { return strings.Contains(r.URL.Path, "/blobs/") }, img: img, cfg: cfg, ref: ref},
+		{name: "MAA instance silent on the signing-key fetch", hang: func(*http.Request) bool { return false }, img: silentImg, cfg: silentCfg, ref: silentRef, reached: silentReached.Load},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			host, hung := hangingProxy(t, regHost, tc.hang)
+			reached := tc.reached
+			if reached == nil {
+				reached = hung.Load
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), killAfter)
+			defer cancel()
+			began := time.Now()
+			res := exe(ctx, t, host+"/"+repoPath+"@"+tc.img.Digest.String(), input(tc.cfg, tc.ref))
+			took := time.Since(began)
+			want := fmt.Sprintf(`verification timed out after %s (verifier config "timeout")`, timeout)
+			if res.IsSuccess || !strings.Contains(res.Message, want) {
+				t.Fatalf("got %+v, want a refusal containing %q", res, want)
+			}
+			if took > answerWithin {
+				t.Fatalf("answered after %s, want within %s", took, answerWithin)
+			}
+			if !reached() {
+				t.Fatalf("the verification never reached the hanging server: %+v", res)
+			}
+		})
+	}
+}
+
+// hangingProxy serves the registry at target through a loopback proxy that never answers the
+// requests hang selects (until the client goes away or the test ends), and reports whether such a
+// request came.
+func hangingProxy(t *testing.T, target string, hang func(*http.Request) bool) (host string, hung *atomic.Bool) {
+	t.Helper()
+	hung = new(atomic.Bool)
+	release := make(chan struct{})
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !hang(r) {
+			proxy.ServeHTTP(w, r)
+			return
+		}
+		hung.Store(true)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first: no handler is left waiting on Close
+	return strings.TrimPrefix(srv.URL, "http://"), hung
+}
+
+// silentServer accepts TCP connections on loopback and never writes a byte, so a TLS handshake
+// with it hangs; it returns its https URL and reports whether a connection came.
+func silentServer(t *testing.T) (string, *atomic.Bool) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reached := new(atomic.Bool)
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			reached.Store(true)
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "https://" + l.Addr().String(), reached
+}
+
+// TestWithin: the deadline holds whatever the work does with its context, and a failure after
+// the deadline names the timeout, with what the work was doing.
+func TestWithin(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	const answerWithin = 10 * time.Second // generous: only a hang exceeds it
+	// release lets work that waits beyond its deadline return after all, so that a within that
+	// waited for it fails the test instead of hanging it.
+	release := make(chan struct{})
+	time.AfterFunc(answerWithin+time.Second, func() { close(release) })
+	waitDeadline := func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-release:
+			return errors.New("no deadline")
+		}
+	}
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	timedOut := `verification timed out after 200ms (verifier config "timeout")`
+	tests := []struct {
+		name    string
+		parent  context.Context
+		work    func(context.Context) Result
+		success bool
+		message string
+		// early: work's context must end before the answer is due, so that its failure is reported
+		early bool
+	}{
+		{name: "finishes in time", parent: t.Context(), success: true, message: "verified",
+			work: func(context.Context) Result { return Result{IsSuccess: true, Message: "verified"} }},
+		{name: "fails in time", parent: t.Context(), message: "resolving: not found",
+			work: func(context.Context) Result { return Result{Message: "resolving: not found"} }},
+		{name: "stops at its deadline", parent: t.Context(), message: timedOut + ": resolving: context deadline exceeded", early: true,
+			work: func(ctx context.Context) Result { return Result{Message: "resolving: " + waitDeadline(ctx).Error()} }},
+		{name: "ignores its context", parent: t.Context(), message: timedOut,
+			work: func(context.Context) Result { <-release; return Result{IsSuccess: true} }},
+		{name: "interrupted", parent: cancelled, message: "verification interrupted: context canceled: resolving: context canceled",
+			work: func(ctx context.Context) Result { return Result{Message: "resolving: " + waitDeadline(ctx).Error()} }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			var deadline time.Time
+			res := within(tc.parent, start, timeout, Result{Name: Name, Type: Name}, func(ctx context.Context) Result {
+				deadline, _ = ctx.Deadline()
+				return tc.work(ctx)
+			})
+			if took := time.Since(start); took > answerWithin {
+				t.Fatalf("answered after %s", took)
+			}
+			if res.IsSuccess != tc.success || res.Message != tc.message {
+				t.Fatalf("got %+v, want success %v and message %q", res, tc.success, tc.message)
+			}
+			if tc.early && (deadline.IsZero() || !deadline.Before(start.Add(timeout))) {
+				t.Fatalf("work's deadline %s is not before the answer is due (%s)", deadline, start.Add(timeout))
+			}
+		})
+	}
+}
+
+func TestParseTimeout(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		{in: "", want: DefaultTimeout},
+		{in: "2s", want: 2 * time.Second},
+		{in: "1500ms", want: 1500 * time.Millisecond},
+		{in: "30s", want: 30 * time.Second},
+		{in: "31s", err: true},
+		{in: "0s", err: true},
+		{in: "-1s", err: true},
+		{in: "3", err: true},
+		{in: "soon", err: true},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
+			got, err := parseTimeout(tc.in)
+			if tc.err {
+				if err == nil || !strings.Contains(err.Error(), "timeout") {
+					t.Fatalf("parseTimeout(%q) = %s, %v; want an error naming the timeout", tc.in, got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("parseTimeout(%q) = %s, %v; want %s", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRunRefusesInput: input the verifier cannot judge is refused before any network access,
+// each with a message naming what is wrong.
+func TestRunRefusesInput(t *testing.T) {
+	env := map[string]string{"RATIFY_VERIFIER_COMMAND": "VERIFY", "RATIFY_VERIFIER_SUBJECT": "registry.invalid/app@sha256:" + strings.Repeat("0", 64)}
+	tokenDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: referrer.ArtifactType, Digest: digest.Digest("sha256:" + strings.Repeat("1", 64)), Size: 100}
+	withJSON := func(cfg map[string]any, desc ocispec.Descriptor) io.Reader {
+		b, _ := json.Marshal(map[string]any{"config": cfg, "referenceDesc": desc})
+		return bytes.NewReader(b)
+	}
+	tests := []struct {
+		name    string
+		stdin   io.Reader
+		message string
+	}{
+		{"input over the limit", strings.NewReader(strings.Repeat(" ", maxInput+1)), "verifier input exceeds the stdin limit of 1048576 bytes"},
+		{"input at the limit is read", strings.NewReader(strings.Repeat(" ", maxInput)), "verifier input is not JSON"},
+		{"unreadable input", iotest.ErrReader(errors.New("pipe closed")), "reading the verifier input: pipe closed"},
+		{"timeout not a duration", withJSON(map[string]any{"timeout": "3"}, tokenDesc), `verifier config: timeout "3": want a duration`},
+		{"timeout of zero", withJSON(map[string]any{"timeout": "0s"}, tokenDesc), `verifier config: timeout "0s"`},
+		{"timeout beyond the webhook's limit", withJSON(map[string]any{"timeout": "1m"}, tokenDesc), "at most 30s"},
+		{"referrer without a digest", withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
+		{"referrer of another artifact type", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
+		{"referrer with a malformed digest", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := run(t.Context(), func(k string) string { return env[k] }, tc.stdin)
+			if res.IsSuccess || !strings.Contains(res.Message, tc.message) {
 				t.Fatalf("got %+v, want a refusal containing %q", res, tc.message)
 			}
 		})
