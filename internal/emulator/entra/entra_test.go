@@ -18,15 +18,7 @@ func TestTokenEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := s.Handler()
-	token := func(form url.Values) (int, map[string]any) {
-		req := httptest.NewRequest("POST", "https://login.example/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		var out map[string]any
-		json.Unmarshal(rec.Body.Bytes(), &out)
-		return rec.Code, out
-	}
+	token := func(form url.Values) (int, map[string]any) { return postToken(h, form) }
 	base := url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {"https://vault.azure.net/.default"}}
 	with := func(k, v string) url.Values {
 		f := url.Values{}
@@ -102,14 +94,7 @@ func TestTokenScopes(t *testing.T) {
 	}
 	h := s.Handler()
 	token := func(scope string) (int, map[string]any) {
-		form := url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {scope}}
-		req := httptest.NewRequest("POST", "https://login.example/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		var out map[string]any
-		json.Unmarshal(rec.Body.Bytes(), &out)
-		return rec.Code, out
+		return postToken(h, url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {scope}})
 	}
 	tests := []struct {
 		name, scope string
@@ -206,4 +191,15 @@ func TestAudienceExact(t *testing.T) {
 			}
 		})
 	}
+}
+
+// postToken posts form to h's token endpoint of tenant t1 and returns the status and the JSON body.
+func postToken(h http.Handler, form url.Values) (int, map[string]any) {
+	req := httptest.NewRequest("POST", "https://login.example/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	var out map[string]any
+	json.Unmarshal(rec.Body.Bytes(), &out)
+	return rec.Code, out
 }
