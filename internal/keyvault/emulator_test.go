@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -48,10 +49,14 @@ type env struct {
 	vaultDelay    atomic.Int64 // added to every Key Vault response: a network round trip
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB) *env { return newEnvFor(t, kvemu.Resource) }
+
+// newEnvFor is newEnv with a vault whose challenge names resource, which Entra ID knows.
+func newEnvFor(t testing.TB, resource string) *env {
 	t.Helper()
 	e := &env{}
-	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret}})
+	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret},
+		Resources: append(entra.KnownResources(), resource)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,9 +69,9 @@ func newEnv(t testing.TB) *env {
 	}))
 	t.Cleanup(entraSr.Close)
 	vault, err := kvemu.New(kvemu.Config{
-		Authority: entraSr.URL, TenantID: tenant,
+		Authority: entraSr.URL, TenantID: tenant, Resource: resource,
 		ValidateToken: func(raw string) (string, error) {
-			c, err := ent.ValidateAccessToken(raw, kvemu.Resource)
+			c, err := ent.ValidateAccessToken(raw, resource)
 			if err != nil {
 				return "", err
 			}
@@ -195,6 +200,65 @@ func TestSignerAgainstEmulators(t *testing.T) {
 	}
 	if n := e.vault.Count("sign", http.StatusOK); n != 2*len(tests) {
 		t.Fatalf("vault saw %d successful signs, want %d", n, 2*len(tests))
+	}
+}
+
+// TestSignerVerifiesChallengeResource runs the production path: a vault reached by name, not on
+// loopback, so that the SDK checks that the resource Key Vault's challenge names is the vault's
+// parent domain before it asks Entra ID for a token, as against *.vault.azure.net. A challenge
+// naming another domain (a server asking for a token it must not get) stops NewSigner before any
+// token is requested.
+func TestSignerVerifiesChallengeResource(t *testing.T) {
+	tests := []struct {
+		name, resource string
+		wantErr        string
+	}{
+		{"the vault's parent domain", "https://example.com", ""},
+		{"another domain", "https://vault.azure.net", "doesn't match the requested domain"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnvFor(t, tc.resource)
+			keyURL := e.createCertificate(t, "signing", "RSA", 2048, "", []string{"digitalSignature"})
+			// The vault by name, as Azure names it under vault.azure.net: attested.example.com
+			// (the httptest certificate covers *.example.com), dialled at the emulator's loopback
+			// address.
+			named := strings.Replace(keyURL, e.vaultSr.URL, "https://attested.example.com", 1)
+			tr := e.vaultSr.Client().Transport.(*http.Transport).Clone()
+			tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+				if strings.HasSuffix(addr, ".example.com:443") {
+					addr = e.vaultSr.Listener.Addr().String()
+				}
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			}
+			opts := e.opts
+			opts.Transport = &http.Client{Transport: tr}
+			kid, err := keyvault.ParseKeyID(named)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kid.Loopback() {
+				t.Fatal("the vault must not count as loopback, or the resource check is off")
+			}
+			tokens := e.tokenRequests.Load()
+			s, err := keyvault.NewSigner(context.Background(), kid, keyvault.Options{Credential: e.credential(t, clientID, secret), ClientOptions: opts})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("NewSigner: %v, want an error containing %q", err, tc.wantErr)
+				}
+				if n := e.tokenRequests.Load() - tokens; n != 0 {
+					t.Fatalf("%d token requests for a challenge naming another domain", n)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("NewSigner: %v", err)
+			}
+			if _, _, err := s.Sign([]byte("payload")); err != nil {
+				t.Fatalf("Sign: %v", err)
+			}
+		})
 	}
 }
 

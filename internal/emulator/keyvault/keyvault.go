@@ -76,7 +76,12 @@ type Config struct {
 	Authority string
 	// TenantID is named in the challenge.
 	TenantID string
-	// ValidateToken checks a bearer token for Resource and returns the caller's identity. Required.
+	// Resource is the Entra ID resource the challenge names; Resource if empty. Azure's SDK
+	// requires the vault's host to be a subdomain of it (unless told not to check), so a vault
+	// served under another domain names that domain here.
+	Resource string
+	// ValidateToken checks a bearer token for the resource and returns the caller's identity.
+	// Required.
 	ValidateToken func(raw string) (principal string, err error)
 	// Authorize may refuse principal the operation op (e.g. "sign", "keys/create"); nil allows all.
 	Authorize func(principal, op string) error
@@ -138,6 +143,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Resource == "" {
+		cfg.Resource = Resource
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -239,7 +247,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, op string, h func
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.Header().Set("x-ms-keyvault-service-version", "1.9.0.0-emulated")
 	if status == http.StatusUnauthorized {
-		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer authorization="%s/%s", resource="%s"`, strings.TrimSuffix(s.cfg.Authority, "/"), s.cfg.TenantID, Resource))
+		w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer authorization="%s/%s", resource="%s"`, strings.TrimSuffix(s.cfg.Authority, "/"), s.cfg.TenantID, s.cfg.Resource))
 	}
 	w.WriteHeader(status)
 	if body != nil {
