@@ -7,9 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,12 +20,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"testing/iotest"
 	"time"
 
 	"github.com/notaryproject/notation-core-go/signature"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
-	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -35,6 +31,7 @@ import (
 	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
 	"github.com/attested-kv/attested-kv/internal/referrer"
+	"github.com/attested-kv/attested-kv/policy/ratify/verifier"
 )
 
 // The verifier is exercised at its process protocol: this test binary re-executes itself as the
@@ -53,7 +50,7 @@ const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789
 
 // exe runs the verifier process with Ratify's environment for subject and input on stdin, and
 // returns its result; the process is killed if it outlives ctx.
-func exe(ctx context.Context, t *testing.T, subject string, input any) Result {
+func exe(ctx context.Context, t *testing.T, subject string, input any) verifier.Result {
 	t.Helper()
 	in, _ := json.Marshal(input)
 	cmd := exec.CommandContext(ctx, os.Args[0])
@@ -65,7 +62,7 @@ func exe(ctx context.Context, t *testing.T, subject string, input any) Result {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("verifier process: %v (stderr %s)", err, stderr.String())
 	}
-	var res Result
+	var res verifier.Result
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		t.Fatalf("stdout is not a result JSON: %v: %q", err, stdout.String())
 	}
@@ -79,7 +76,7 @@ type fixture struct {
 	reg    *remote.Repository
 	name   string // host:port/app of reg
 	signer signature.LocalSigner
-	cfg    Config
+	cfg    verifier.Config
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -98,12 +95,12 @@ func newFixture(t *testing.T) *fixture {
 		SignatureVerification: trustpolicy.SignatureVerification{VerificationLevel: "strict"},
 		TrustStores:           []string{"ca:certs"}, TrustedIdentities: []string{"*"},
 	}}}
-	f.cfg = Config{Name: "maa-token", Type: "maa-token", AttestationURL: f.chain.URL, KeyID: keyID, JWKSPath: jwks, TrustPolicyDoc: policy, VerificationCerts: []string{certDir}}
+	f.cfg = verifier.Config{Name: "maa-token", Type: "maa-token", AttestationURL: f.chain.URL, KeyID: keyID, JWKSPath: jwks, TrustPolicyDoc: policy, VerificationCerts: []string{certDir}}
 	return f
 }
 
 // input is the verifier's stdin for config c and referrer ref, with a plain-HTTP store.
-func input(c Config, ref ocispec.Descriptor) map[string]any {
+func input(c verifier.Config, ref ocispec.Descriptor) map[string]any {
 	return map[string]any{"config": c, "storeConfig": map[string]any{"store": map[string]any{"name": "oras", "useHttp": true}}, "referenceDesc": ref}
 }
 
@@ -150,16 +147,16 @@ func TestVerifierProcess(t *testing.T) {
 	}{
 		{"token bound to another image", name + "@" + bad.Digest.String(), input(cfg, badRef), `check "binding" failed`},
 		{"referrer not named by the signature", name + "@" + img.Digest.String(), input(cfg, badRef), "is not the one a trusted signature names"},
-		{"another expected key", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.KeyID = keyID + "0"; return c }(), ref), `check "binding" failed`},
-		{"no trust policy", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.TrustPolicyDoc = nil; return c }(), ref), "trustPolicyDoc"},
+		{"another expected key", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.KeyID = keyID + "0"; return c }(), ref), `check "binding" failed`},
+		{"no trust policy", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.TrustPolicyDoc = nil; return c }(), ref), "trustPolicyDoc"},
 		{"subject by tag", name + ":latest", input(cfg, ref), "not a digest reference"},
-		{"signed by another certificate than the pinned one", name + "@" + img.Digest.String(), input(func() Config {
+		{"signed by another certificate than the pinned one", name + "@" + img.Digest.String(), input(func() verifier.Config {
 			c := cfg
 			c.SigningCertSHA256 = []string{strings.Repeat("ab", 32)}
 			return c
 		}(), ref), "not a pinned signing certificate"},
-		{"attestation URL over http", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.AttestationURL = "http://x.weu.attest.azure.net"; return c }(), ref), "attestationURL"},
-		{"malformed pin", name + "@" + img.Digest.String(), input(func() Config { c := cfg; c.SigningCertSHA256 = []string{"abc"}; return c }(), ref), "signingCertSHA256"},
+		{"attestation URL over http", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.AttestationURL = "http://x.weu.attest.azure.net"; return c }(), ref), "attestationURL"},
+		{"malformed pin", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.SigningCertSHA256 = []string{"abc"}; return c }(), ref), "signingCertSHA256"},
 		// The image verifies: only the referrer descriptor Ratify hands over is wrong, and the
 		// verifier must not vouch for a referrer it has not compared with the signed token.
 		{"referrer of another type without a digest", name + "@" + img.Digest.String(), input(cfg, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
@@ -208,7 +205,7 @@ func TestVerifierTimeout(t *testing.T) {
 		name    string
 		hang    func(*http.Request) bool // which registry requests never get an answer
 		img     ocispec.Descriptor
-		cfg     Config
+		cfg     verifier.Config
 		ref     ocispec.Descriptor
 		reached func() bool
 	}{
@@ -299,180 +296,4 @@ func silentServer(t *testing.T) (string, *atomic.Bool) {
 		}
 	})
 	return "https://" + l.Addr().String(), reached
-}
-
-// TestWithin: the deadline holds whatever the work does with its context, and a failure after
-// the deadline names the timeout, with what the work was doing.
-func TestWithin(t *testing.T) {
-	const timeout = 200 * time.Millisecond
-	const answerWithin = 10 * time.Second // generous: only a hang exceeds it
-	// release lets work that waits beyond its deadline return after all, so that a within that
-	// waited for it fails the test instead of hanging it.
-	release := make(chan struct{})
-	time.AfterFunc(answerWithin+time.Second, func() { close(release) })
-	waitDeadline := func(ctx context.Context) error {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-release:
-			return errors.New("no deadline")
-		}
-	}
-	cancelled, cancel := context.WithCancel(t.Context())
-	cancel()
-	timedOut := `verification timed out after 200ms (verifier config "timeout")`
-	tests := []struct {
-		name    string
-		parent  context.Context
-		work    func(context.Context) Result
-		success bool
-		message string
-		// early: work's context must end before the answer is due, so that its failure is reported
-		early bool
-	}{
-		{name: "finishes in time", parent: t.Context(), success: true, message: "verified",
-			work: func(context.Context) Result { return Result{IsSuccess: true, Message: "verified"} }},
-		{name: "fails in time", parent: t.Context(), message: "resolving: not found",
-			work: func(context.Context) Result { return Result{Message: "resolving: not found"} }},
-		{name: "stops at its deadline", parent: t.Context(), message: timedOut + ": resolving: context deadline exceeded", early: true,
-			work: func(ctx context.Context) Result { return Result{Message: "resolving: " + waitDeadline(ctx).Error()} }},
-		{name: "ignores its context", parent: t.Context(), message: timedOut,
-			work: func(context.Context) Result { <-release; return Result{IsSuccess: true} }},
-		{name: "interrupted", parent: cancelled, message: "verification interrupted: context canceled: resolving: context canceled",
-			work: func(ctx context.Context) Result { return Result{Message: "resolving: " + waitDeadline(ctx).Error()} }},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			start := time.Now()
-			var deadline time.Time
-			res := within(tc.parent, start, timeout, Result{Name: Name, Type: Name}, func(ctx context.Context) Result {
-				deadline, _ = ctx.Deadline()
-				return tc.work(ctx)
-			})
-			if took := time.Since(start); took > answerWithin {
-				t.Fatalf("answered after %s", took)
-			}
-			if res.IsSuccess != tc.success || res.Message != tc.message {
-				t.Fatalf("got %+v, want success %v and message %q", res, tc.success, tc.message)
-			}
-			if tc.early && (deadline.IsZero() || !deadline.Before(start.Add(timeout))) {
-				t.Fatalf("work's deadline %s is not before the answer is due (%s)", deadline, start.Add(timeout))
-			}
-		})
-	}
-}
-
-func TestParseTimeout(t *testing.T) {
-	tests := []struct {
-		in   string
-		want time.Duration
-		err  bool
-	}{
-		{in: "", want: DefaultTimeout},
-		{in: "2s", want: 2 * time.Second},
-		{in: "1500ms", want: 1500 * time.Millisecond},
-		{in: "30s", want: 30 * time.Second},
-		{in: "31s", err: true},
-		{in: "0s", err: true},
-		{in: "-1s", err: true},
-		{in: "3", err: true},
-		{in: "soon", err: true},
-	}
-	for _, tc := range tests {
-		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
-			got, err := parseTimeout(tc.in)
-			if tc.err {
-				if err == nil || !strings.Contains(err.Error(), "timeout") {
-					t.Fatalf("parseTimeout(%q) = %s, %v; want an error naming the timeout", tc.in, got, err)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("parseTimeout(%q) = %s, %v; want %s", tc.in, got, err, tc.want)
-			}
-		})
-	}
-}
-
-// TestRunRefusesInput: input the verifier cannot judge is refused before any network access,
-// each with a message naming what is wrong.
-func TestRunRefusesInput(t *testing.T) {
-	env := map[string]string{"RATIFY_VERIFIER_COMMAND": "VERIFY", "RATIFY_VERIFIER_SUBJECT": "registry.invalid/app@sha256:" + strings.Repeat("0", 64)}
-	tokenDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: referrer.ArtifactType, Digest: digest.Digest("sha256:" + strings.Repeat("1", 64)), Size: 100}
-	withJSON := func(cfg map[string]any, desc ocispec.Descriptor) io.Reader {
-		b, _ := json.Marshal(map[string]any{"config": cfg, "referenceDesc": desc})
-		return bytes.NewReader(b)
-	}
-	tests := []struct {
-		name    string
-		stdin   io.Reader
-		message string
-	}{
-		{"input over the limit", strings.NewReader(strings.Repeat(" ", maxInput+1)), "verifier input exceeds the stdin limit of 1048576 bytes"},
-		{"input at the limit is read", strings.NewReader(strings.Repeat(" ", maxInput)), "verifier input is not JSON"},
-		{"unreadable input", iotest.ErrReader(errors.New("pipe closed")), "reading the verifier input: pipe closed"},
-		{"timeout not a duration", withJSON(map[string]any{"timeout": "3"}, tokenDesc), `verifier config: timeout "3": want a duration`},
-		{"timeout of zero", withJSON(map[string]any{"timeout": "0s"}, tokenDesc), `verifier config: timeout "0s"`},
-		{"timeout beyond the webhook's limit", withJSON(map[string]any{"timeout": "1m"}, tokenDesc), "at most 30s"},
-		{"referrer without a digest", withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
-		{"referrer of another artifact type", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
-		{"referrer with a malformed digest", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			res := run(t.Context(), func(k string) string { return env[k] }, tc.stdin)
-			if res.IsSuccess || !strings.Contains(res.Message, tc.message) {
-				t.Fatalf("got %+v, want a refusal containing %q", res, tc.message)
-			}
-		})
-	}
-}
-
-// TestRegistryOptions: the verifier reads the registry with the store's authProvider, as Ratify's
-// ORAS store does; a provider it cannot use is an error, not anonymous access.
-func TestRegistryOptions(t *testing.T) {
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte("federated"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	workloadEnv := map[string]string{"AZURE_TENANT_ID": "72f988bf-86f1-41af-91ab-2d7cd011db47", "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001", "AZURE_FEDERATED_TOKEN_FILE": tokenFile}
-	noEnv := map[string]string{"AZURE_TENANT_ID": "", "AZURE_CLIENT_ID": "", "AZURE_FEDERATED_TOKEN_FILE": ""}
-	tests := []struct {
-		name     string
-		provider AuthProvider
-		useHTTP  bool
-		env      map[string]string
-		azure    bool
-		err      string
-	}{
-		{name: "no provider: docker credentials", useHTTP: true},
-		{name: "dockerConfig", provider: AuthProvider{Name: "dockerConfig"}},
-		{name: "workload identity", provider: AuthProvider{Name: "azureWorkloadIdentity"}, env: workloadEnv, azure: true},
-		{name: "workload identity with its client id", provider: AuthProvider{Name: "azureWorkloadIdentity", ClientID: "00000000-0000-0000-0000-000000000002"}, env: workloadEnv, azure: true},
-		{name: "workload identity without its environment", provider: AuthProvider{Name: "azureWorkloadIdentity"}, env: noEnv, err: "azureWorkloadIdentity"},
-		{name: "managed identity", provider: AuthProvider{Name: "azureManagedIdentity", ClientID: "00000000-0000-0000-0000-000000000003"}, azure: true},
-		{name: "unsupported provider", provider: AuthProvider{Name: "awsEcrBasic"}, err: `"awsEcrBasic" is not supported`},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			for k, v := range tt.env {
-				t.Setenv(k, v)
-			}
-			var sc StoreConfig
-			sc.Store.UseHTTP, sc.Store.AuthProvider = tt.useHTTP, tt.provider
-			o, err := registryOptions(sc)
-			if tt.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.err) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.err)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if (o.AzureCredential != nil) != tt.azure || o.PlainHTTP != tt.useHTTP || o.Username != "" {
-				t.Fatalf("options %+v: want an Azure credential %v, plain HTTP %v", o, tt.azure, tt.useHTTP)
-			}
-		})
-	}
 }

@@ -1,0 +1,24 @@
+package verifier_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+
+	"github.com/attested-kv/attested-kv/policy/ratify/verifier"
+)
+
+// Run answers every input with a result for Ratify; here the subject is named by tag, which the
+// verifier refuses before reading the registry.
+func ExampleRun() {
+	env := map[string]string{
+		"RATIFY_VERIFIER_COMMAND": "VERIFY",
+		"RATIFY_VERIFIER_SUBJECT": "registry.example/app:latest",
+		"RATIFY_VERIFIER_VERSION": "1.0.0",
+	}
+	res := verifier.Run(context.Background(), func(k string) string { return env[k] }, strings.NewReader(`{"config": {"name": "maa-token", "type": "maa-token"}}`))
+	json.NewEncoder(os.Stdout).Encode(res)
+	// Output:
+	// {"isSuccess":false,"name":"maa-token","type":"maa-token","message":"RATIFY_VERIFIER_SUBJECT \"registry.example/app:latest\" is not a digest reference"}
+}

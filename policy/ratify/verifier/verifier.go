@@ -1,0 +1,211 @@
+package verifier
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/registry"
+	"oras.land/oras-go/v2/registry/remote"
+
+	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/referrer"
+	"github.com/attested-kv/attested-kv/internal/registryclient"
+)
+
+// Name is the verifier's name and type in Ratify's config.
+const Name = "maa-token"
+
+// maxInput bounds stdin.
+const maxInput = 1 << 20
+
+// DefaultTimeout bounds the whole verification when the config gives no "timeout". The verifier
+// has to answer before the callers above it give up. If Ratify gives up first, the plugin is
+// reported only as failed, without the cause (reference/oras-ratify.md §3.3; Ratify v1.4.4 runs it
+// with exec.CommandContext, pkg/common/plugin/exec.go, so it is killed). If Gatekeeper's webhook
+// times out, its failurePolicy decides, and the Gatekeeper chart's default is Ignore, which admits
+// the pod (charts/gatekeeper/values.yaml; policy/k8s/README.md installs it with Fail). The budgets
+// above the verifier, from reference/oras-ratify.md unless marked:
+//   - the Gatekeeper webhook timeout: 5 s as policy/k8s/README.md installs it
+//     (validatingWebhookTimeoutSeconds; Gatekeeper's chart default is 3 s, §6 item 6);
+//   - Ratify's external-data provider timeout, provider.timeout.validationTimeoutSeconds, default
+//     5 s in the Ratify chart (§3.7), and its executor's verificationRequestTimeout (§3.5), which
+//     the chart sets to that minus 100 ms (Ratify v1.4.4 charts/ratify/templates/configmap.yaml);
+//   - inside that budget Ratify first resolves the subject and lists its referrers, and only then
+//     runs this plugin for the token referrer (§3.3).
+//
+// 3 s leaves about 2 s of the 5 s for Ratify's own registry calls, the process start and
+// Gatekeeper's answer, and is ample for the verification itself: a whole `ratify verify`, the
+// Notation signature and a token plugin, took well under a second on loopback (§3.8).
+const DefaultTimeout = 3 * time.Second
+
+// maxTimeout bounds the configured timeout: Kubernetes caps an admission webhook's timeoutSeconds
+// at 30 s, so a longer verification can never be waited for.
+const maxTimeout = 30 * time.Second
+
+// maxAnswerMargin is the most of the timeout kept for answering: the verification's own deadline
+// falls this much (or a tenth of the timeout, if less) before the answer is due, so that a
+// verification that stops at its deadline still reports what it was doing.
+const maxAnswerMargin = 100 * time.Millisecond
+
+// Run is the whole verifier: it reads Ratify's environment through getenv and the [Input] JSON
+// from stdin, verifies, and returns the [Result] to print. Every failure is a result with
+// IsSuccess false and a message naming the cause. The timeout is counted from the call, so
+// reading the input and building the options spend it too. Run answers by the timeout even if a
+// call inside ignores its context; such a call is abandoned, to end with the process, so Run is
+// meant for the short-lived verifier process.
+func Run(ctx context.Context, getenv func(string) string, stdin io.Reader) Result {
+	start := time.Now()
+	res := Result{Name: Name, Type: Name}
+	fail := func(format string, args ...any) Result {
+		res.Message = fmt.Sprintf(format, args...)
+		return res
+	}
+	if c := getenv("RATIFY_VERIFIER_COMMAND"); c != "VERIFY" {
+		return fail("unsupported command %q (want VERIFY)", c)
+	}
+	subjectRef := getenv("RATIFY_VERIFIER_SUBJECT")
+	if subjectRef == "" || !strings.Contains(subjectRef, "@") {
+		return fail("RATIFY_VERIFIER_SUBJECT %q is not a digest reference", subjectRef)
+	}
+	b, err := io.ReadAll(io.LimitReader(stdin, maxInput+1))
+	switch {
+	case err != nil:
+		return fail("reading the verifier input: %v", err)
+	case len(b) > maxInput:
+		return fail("verifier input exceeds the stdin limit of %d bytes", maxInput)
+	}
+	var in Input
+	if err := json.Unmarshal(b, &in); err != nil {
+		return fail("verifier input is not JSON: %v", err)
+	}
+	if in.Config.Name != "" {
+		res.Name = in.Config.Name
+	}
+	if in.Config.Type != "" {
+		res.Type = in.Config.Type
+	}
+	timeout, err := parseTimeout(in.Config.Timeout)
+	if err != nil {
+		return fail("verifier config: %v", err)
+	}
+	if err := checkReferenceDesc(in.ReferenceDesc); err != nil {
+		return fail("%v", err)
+	}
+	o, cleanup, err := options(in.Config)
+	if err != nil {
+		return fail("verifier config: %v", err)
+	}
+	defer cleanup()
+	ro, err := registryOptions(in.StoreConfig)
+	if err != nil {
+		return fail("%v", err)
+	}
+	repo, ref, err := registryclient.Open(subjectRef, ro)
+	if err != nil {
+		return fail("%v", err)
+	}
+	return within(ctx, start, timeout, res, func(ctx context.Context) Result {
+		return verify(ctx, res, repo, ref, in.ReferenceDesc.Digest, o)
+	})
+}
+
+// verify reads the subject from repo and succeeds only if the token referrer a trusted signature
+// names is want, the referrer Ratify runs the verifier for, and that token proves attested
+// signing. res carries the result's name and type.
+func verify(ctx context.Context, res Result, repo *remote.Repository, ref registry.Reference, want digest.Digest, o imageverify.Options) Result {
+	fail := func(format string, args ...any) Result {
+		res.Message = fmt.Sprintf(format, args...)
+		return res
+	}
+	subject, err := repo.Resolve(ctx, ref.Reference)
+	if err != nil {
+		return fail("resolving %s: %v", ref, err)
+	}
+	out, err := imageverify.Verify(ctx, imageverify.NewRepository(repo), ref.Registry+"/"+ref.Repository+"@"+subject.Digest.String(), subject, o)
+	if err != nil {
+		return fail("%v", err)
+	}
+	res.Extensions = out
+	switch {
+	case !out.Passed:
+		return fail("attested signing not proven: check %q failed", out.FailedCheck())
+	case out.TokenReferrer != want.String():
+		return fail("token referrer %s is not the one a trusted signature names (%s)", want, out.TokenReferrer)
+	}
+	res.IsSuccess = true
+	res.Message = "signed from an attested machine: token " + out.TokenSHA256
+	return res
+}
+
+// within runs work under one deadline, start + timeout, and returns its result, or by that
+// deadline a failure naming the timeout: work gets a context whose deadline comes a margin
+// earlier, and if it has not returned when the answer is due (a call that ignores its context) it
+// is abandoned, to end with the process. A failure after the context ended names the timeout (or
+// the interruption) before the work's own message. res is the result to fail with.
+func within(ctx context.Context, start time.Time, timeout time.Duration, res Result, work func(context.Context) Result) Result {
+	due := start.Add(timeout)
+	ctx, cancel := context.WithDeadlineCause(ctx, due.Add(-min(maxAnswerMargin, timeout/10)), errTimeout)
+	defer cancel()
+	done := make(chan Result, 1) // buffered: abandoned work does not block on sending
+	go func() { done <- work(ctx) }()
+	answer := time.NewTimer(time.Until(due))
+	defer answer.Stop()
+	out := res
+	select {
+	case out = <-done:
+	case <-answer.C:
+	}
+	if out.IsSuccess || ctx.Err() == nil {
+		return out
+	}
+	msg := "verification interrupted: " + context.Cause(ctx).Error()
+	if errors.Is(context.Cause(ctx), errTimeout) {
+		msg = fmt.Sprintf("verification timed out after %s (verifier config \"timeout\")", timeout)
+	}
+	if out.Message != "" {
+		msg += ": " + out.Message
+	}
+	out.Message = msg
+	return out
+}
+
+// errTimeout is why the verification's context ends at the verifier's timeout; calls that
+// report their context's cause (net/http does) name it.
+var errTimeout = errors.New("verifier timeout")
+
+// parseTimeout reads the config's timeout: DefaultTimeout if empty, else a Go duration above 0
+// and at most maxTimeout.
+func parseTimeout(s string) (time.Duration, error) {
+	if s == "" {
+		return DefaultTimeout, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 || d > maxTimeout {
+		return 0, fmt.Errorf("timeout %.40q: want a duration above 0 and at most %s, such as %s", s, maxTimeout, DefaultTimeout)
+	}
+	return d, nil
+}
+
+// checkReferenceDesc refuses a referrer descriptor the verifier cannot answer for. Success means
+// that this referrer is the token a trusted signature names, so it must have a digest to compare,
+// and be of the token artifact type the verifier is registered for: a verifier registered for
+// more types (artifactTypes "*") must not vouch for, say, an SBOM.
+func checkReferenceDesc(d ocispec.Descriptor) error {
+	if d.Digest == "" {
+		return errors.New("referenceDesc has no digest: the verifier can only vouch for a referrer it can compare with the token a signature names")
+	}
+	if err := d.Digest.Validate(); err != nil {
+		return fmt.Errorf("referenceDesc digest %.100q is not a valid digest: %w", d.Digest, err)
+	}
+	if d.ArtifactType != referrer.ArtifactType {
+		return fmt.Errorf("referenceDesc artifactType %.100q is not the MAA token artifact type %s this verifier is registered for", d.ArtifactType, referrer.ArtifactType)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package verifier
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"testing/iotest"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/attested-kv/attested-kv/internal/referrer"
+)
+
+// TestWithin: the deadline holds whatever the work does with its context, and a failure after
+// the deadline names the timeout, with what the work was doing.
+func TestWithin(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	const answerWithin = 10 * time.Second // generous: only a hang exceeds it
+	// release lets work that waits beyond its deadline return after all, so that a within that
+	// waited for it fails the test instead of hanging it.
+	release := make(chan struct{})
+	time.AfterFunc(answerWithin+time.Second, func() { close(release) })
+	waitDeadline := func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-release:
+			return errors.New("no deadline")
+		}
+	}
+	cancelled, cancel := context.WithCancel(t.Context())
+	cancel()
+	timedOut := `verification timed out after 200ms (verifier config "timeout")`
+	tests := []struct {
+		name    string
+		parent  context.Context
+		work    func(context.Context) Result
+		success bool
+		message string
+		// early: work's context must end before the answer is due, so that its failure is reported
+		early bool
+	}{
+		{name: "finishes in time", parent: t.Context(), success: true, message: "verified",
+			work: func(context.Context) Result { return Result{IsSuccess: true, Message: "verified"} }},
+		{name: "fails in time", parent: t.Context(), message: "resolving: not found",
+			work: func(context.Context) Result { return Result{Message: "resolving: not found"} }},
+		{name: "stops at its deadline", parent: t.Context(), message: timedOut + ": resolving: context deadline exceeded", early: true,
+			work: func(ctx context.Context) Result { return Result{Message: "resolving: " + waitDeadline(ctx).Error()} }},
+		{name: "ignores its context", parent: t.Context(), message: timedOut,
+			work: func(context.Context) Result { <-release; return Result{IsSuccess: true} }},
+		{name: "interrupted", parent: cancelled, message: "verification interrupted: context canceled: resolving: context canceled",
+			work: func(ctx context.Context) Result { return Result{Message: "resolving: " + waitDeadline(ctx).Error()} }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			var deadline time.Time
+			res := within(tc.parent, start, timeout, Result{Name: Name, Type: Name}, func(ctx context.Context) Result {
+				deadline, _ = ctx.Deadline()
+				return tc.work(ctx)
+			})
+			if took := time.Since(start); took > answerWithin {
+				t.Fatalf("answered after %s", took)
+			}
+			if res.IsSuccess != tc.success || res.Message != tc.message {
+				t.Fatalf("got %+v, want success %v and message %q", res, tc.success, tc.message)
+			}
+			if tc.early && (deadline.IsZero() || !deadline.Before(start.Add(timeout))) {
+				t.Fatalf("work's deadline %s is not before the answer is due (%s)", deadline, start.Add(timeout))
+			}
+		})
+	}
+}
+
+func TestParseTimeout(t *testing.T) {
+	tests := []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		{in: "", want: DefaultTimeout},
+		{in: "2s", want: 2 * time.Second},
+		{in: "1500ms", want: 1500 * time.Millisecond},
+		{in: "30s", want: 30 * time.Second},
+		{in: "31s", err: true},
+		{in: "0s", err: true},
+		{in: "-1s", err: true},
+		{in: "3", err: true},
+		{in: "soon", err: true},
+	}
+	for _, tc := range tests {
+		t.Run(fmt.Sprintf("%q", tc.in), func(t *testing.T) {
+			got, err := parseTimeout(tc.in)
+			if tc.err {
+				if err == nil || !strings.Contains(err.Error(), "timeout") {
+					t.Fatalf("parseTimeout(%q) = %s, %v; want an error naming the timeout", tc.in, got, err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("parseTimeout(%q) = %s, %v; want %s", tc.in, got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestRunRefusesInput: input the verifier cannot judge is refused before any network access,
+// each with a message naming what is wrong.
+func TestRunRefusesInput(t *testing.T) {
+	env := map[string]string{"RATIFY_VERIFIER_COMMAND": "VERIFY", "RATIFY_VERIFIER_SUBJECT": "registry.invalid/app@sha256:" + strings.Repeat("0", 64)}
+	tokenDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: referrer.ArtifactType, Digest: digest.Digest("sha256:" + strings.Repeat("1", 64)), Size: 100}
+	withJSON := func(cfg map[string]any, desc ocispec.Descriptor) io.Reader {
+		b, _ := json.Marshal(map[string]any{"config": cfg, "referenceDesc": desc})
+		return bytes.NewReader(b)
+	}
+	tests := []struct {
+		name    string
+		stdin   io.Reader
+		message string
+	}{
+		{"input over the limit", strings.NewReader(strings.Repeat(" ", maxInput+1)), "verifier input exceeds the stdin limit of 1048576 bytes"},
+		{"input at the limit is read", strings.NewReader(strings.Repeat(" ", maxInput)), "verifier input is not JSON"},
+		{"unreadable input", iotest.ErrReader(errors.New("pipe closed")), "reading the verifier input: pipe closed"},
+		{"timeout not a duration", withJSON(map[string]any{"timeout": "3"}, tokenDesc), `verifier config: timeout "3": want a duration`},
+		{"timeout of zero", withJSON(map[string]any{"timeout": "0s"}, tokenDesc), `verifier config: timeout "0s"`},
+		{"timeout beyond the webhook's limit", withJSON(map[string]any{"timeout": "1m"}, tokenDesc), "at most 30s"},
+		{"referrer without a digest", withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
+		{"referrer of another artifact type", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
+		{"referrer with a malformed digest", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Run(t.Context(), func(k string) string { return env[k] }, tc.stdin)
+			if res.IsSuccess || !strings.Contains(res.Message, tc.message) {
+				t.Fatalf("got %+v, want a refusal containing %q", res, tc.message)
+			}
+		})
+	}
+}
