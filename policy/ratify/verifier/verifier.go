@@ -81,21 +81,14 @@ func Run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 	case len(b) > maxInput:
 		return fail("verifier input exceeds the stdin limit of %d bytes", maxInput)
 	}
-	var in Input
-	if err := json.Unmarshal(b, &in); err != nil {
-		return fail("verifier input is not JSON: %v", err)
-	}
+	in, timeout, err := decodeInput(b)
 	if in.Config.Name != "" {
 		res.Name = in.Config.Name
 	}
 	if in.Config.Type != "" {
 		res.Type = in.Config.Type
 	}
-	timeout, err := parseTimeout(in.Config.Timeout)
 	if err != nil {
-		return fail("verifier config: %v", err)
-	}
-	if err := checkReferenceDesc(in.ReferenceDesc); err != nil {
 		return fail("%v", err)
 	}
 	o, cleanup, err := options(in.Config)
@@ -174,6 +167,24 @@ func within(ctx context.Context, start time.Time, timeout time.Duration, res Res
 	}
 	out.Message = msg
 	return out
+}
+
+// decodeInput decodes the verifier input b and checks the parts that need no I/O: the timeout and
+// the referrer descriptor. The input is returned as far as it decoded, so that the answer can
+// carry the verifier's configured name and type even when a check fails.
+func decodeInput(b []byte) (Input, time.Duration, error) {
+	var in Input
+	if err := json.Unmarshal(b, &in); err != nil {
+		return Input{}, 0, fmt.Errorf("verifier input is not JSON: %v", err)
+	}
+	timeout, err := parseTimeout(in.Config.Timeout)
+	if err != nil {
+		return in, 0, fmt.Errorf("verifier config: %v", err)
+	}
+	if err := checkReferenceDesc(in.ReferenceDesc); err != nil {
+		return in, 0, err
+	}
+	return in, timeout, nil
 }
 
 // errTimeout is why the verification's context ends at the verifier's timeout; calls that

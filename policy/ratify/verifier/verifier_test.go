@@ -144,3 +144,30 @@ func TestRunRefusesInput(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecodeInput: whatever Ratify (or a registry, through referenceDesc) puts in the input, the
+// decoding never panics, and an input it accepts has a usable timeout and names a token referrer
+// by a valid digest.
+func FuzzDecodeInput(f *testing.F) {
+	good := fmt.Sprintf(`{"config":{"name":"maa","type":"maa-token","attestationURL":"https://x.weu.attest.azure.net","keyID":"https://v.vault.azure.net/keys/k/1","timeout":"2s"},`+
+		`"storeConfig":{"name":"oras","store":{"authProvider":{"name":"azureWorkloadIdentity","clientID":"c"}}},`+
+		`"referenceDesc":{"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":%q,"digest":"sha256:%064x","size":512}}`, referrer.ArtifactType, 1)
+	if _, _, err := decodeInput([]byte(good)); err != nil {
+		f.Fatalf("the good seed is refused: %v", err)
+	}
+	for _, seed := range []string{good, `{}`, `{"config":{"timeout":"31s"}}`, `{"referenceDesc":{"digest":"sha256:zz"}}`, `[]`, `null`, ``} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		in, timeout, err := decodeInput(b)
+		if err != nil {
+			return
+		}
+		if timeout <= 0 || timeout > maxTimeout {
+			t.Fatalf("accepted timeout %v", timeout)
+		}
+		if in.ReferenceDesc.ArtifactType != referrer.ArtifactType || in.ReferenceDesc.Digest.Validate() != nil {
+			t.Fatalf("accepted referenceDesc %+v", in.ReferenceDesc)
+		}
+	})
+}
