@@ -160,8 +160,9 @@ R_BATCH=$(ratio "$B50" "$B1")
   echo "get-plugin-metadata row), and opens its own TLS connections to MAA, Entra ID and Key Vault."
   echo
   echo "Start-up floors: get-plugin-metadata takes ${META} ms, of which ${FLOOR_META} ms pass before its main runs (the Go runtime and the"
-  echo "package initialisation of the libraries it links, CPU ${C_FLOOR_META} ms, ${F_FLOOR_META} page faults); the 20 ms target is below that floor"
-  echo "on this machine. \`oras-attest verify\` starts from a floor of ${FLOOR_VER} ms where \`notation\` starts in ${NOT_START} ms."
+  echo "package initialisation of the libraries it links, CPU ${C_FLOOR_META} ms, ${F_FLOOR_META} page faults); the 20 ms target is"
+  echo "$(awk -v f="$FLOOR_META" 'BEGIN { print (f > 20) ? "below that floor on this machine" : "above that floor on this machine: what is missed is the plugin'"'"'s own start-up work" }')."
+  echo "\`oras-attest verify\` starts from a floor of ${FLOOR_VER} ms where \`notation\` starts in ${NOT_START} ms."
   echo
   echo "Page faults: at ${FAULT_US} µs each on this machine, the $((F_VA - F_VN)) faults \`oras-attest verify\` takes beyond \`notation verify\`"
   echo "cost about $(awk -v f="$((F_VA - F_VN))" -v u="$FAULT_US" 'BEGIN { printf "%.0f", f * u / 1000 }') ms, and the $((F_META - F_HELLO)) of get-plugin-metadata beyond the empty program about"

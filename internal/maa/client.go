@@ -192,6 +192,12 @@ func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[str
 		if err != nil {
 			return "", fmt.Errorf("TPM evidence: %w", err)
 		}
+		// The token must name this key (checkIssuedFor); one that does not parse is the
+		// evidence's fault, found before MAA is asked.
+		encKey, err := ev.EphemeralKey()
+		if err != nil {
+			return "", fmt.Errorf("TPM evidence: %w", err)
+		}
 		req, err := EncodeAttestationInfo(ev, c.os, payload)
 		if err != nil {
 			return "", err
@@ -207,7 +213,7 @@ func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[str
 			if err != nil {
 				return "", err
 			}
-			if err := checkIssuedFor(jwt, ev); err != nil {
+			if err := checkIssuedFor(jwt, encKey); err != nil {
 				return "", err
 			}
 			return jwt, nil

@@ -277,6 +277,7 @@ func TestAttest(t *testing.T) {
 		wantRequests int
 		wantMsg      string
 		wantAnyToken bool // success with the token the case sends, not the default one
+		badEncKey    bool // the evidence's EncKeyPub does not parse
 	}{
 		{name: "success", respond: ok(envelope{}), wantRequests: 1},
 		{name: "AES-128 key, padded token", respond: ok(envelope{keyBytes: 16, paddedToken: true}), wantRequests: 1},
@@ -339,6 +340,8 @@ func TestAttest(t *testing.T) {
 			wantErr: []error{ErrNotForEvidence}, wantRequests: 1, wantMsg: "more than once"},
 		{name: "ephemeral key not RSA", respond: ok(envelope{jwt: withRuntimeKeys(map[string]any{"kid": EphemeralKeyKID, "kty": "oct", "k": "AAAA"})}),
 			wantErr: []error{ErrNotForEvidence}, wantRequests: 1},
+		{name: "evidence with an unparsable ephemeral key: nothing sent", respond: ok(envelope{}), badEncKey: true,
+			wantRequests: 0, wantErr: []error{}, wantMsg: "TPM evidence: ephemeral key"},
 		{name: "other runtime keys beside ours are fine", respond: ok(envelope{jwt: withRuntimeKeys(map[string]any{"kid": "HCLAkPub", "kty": "RSA"}, runtimeKeyJWK(ephemeralKey))}),
 			wantRequests: 1, wantAnyToken: true},
 	}
@@ -347,6 +350,9 @@ func TestAttest(t *testing.T) {
 			f := newFakeMAA(t, tc.respond)
 			c := newTestClient(t, f, ClientOptions{})
 			src := &softwareTPM{ev: testEvidence(), key: ephemeralKey, evidenceErr: tc.evidenceErr, decryptErr: tc.decryptErr}
+			if tc.badEncKey {
+				src.ev.EncKeyPub = []byte("not a TPM2B_PUBLIC")
+			}
 			got, err := c.AttestNonce(context.Background(), src, "1234")
 			if n := int(f.requests.Load()); n != tc.wantRequests {
 				t.Errorf("%d requests, want %d", n, tc.wantRequests)

@@ -6,8 +6,6 @@ import (
 	"fmt"
 
 	"github.com/go-jose/go-jose/v4"
-
-	"github.com/attested-kv/attested-kv/internal/tpm"
 )
 
 // ClaimRuntimeKeys is the member of x-ms-runtime that lists the keys MAA attested, as JWKs; the
@@ -16,15 +14,11 @@ import (
 // {"kid", "kty": "RSA", "key_ops": ["encrypt"], "n", "e"}).
 const ClaimRuntimeKeys = "keys"
 
-// checkIssuedFor checks that the token jwt answers the evidence ev: exactly one of its
-// x-ms-runtime.keys is EphemeralKeyKID, and it is ev's ephemeral key. MAA puts there the key whose
-// certification by the AK it checked, so a token issued for another VM's evidence names another
-// key, however it was encrypted. The error wraps ErrNotForEvidence.
-func checkIssuedFor(jwt string, ev *tpm.Evidence) error {
-	want, err := ev.EphemeralKey()
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNotForEvidence, err)
-	}
+// checkIssuedFor checks that the token jwt answers the evidence whose ephemeral key is want:
+// exactly one of its x-ms-runtime.keys is EphemeralKeyKID, and it is want. MAA puts there the key
+// whose certification by the AK it checked, so a token issued for another VM's evidence names
+// another key, however it was encrypted. The error wraps ErrNotForEvidence.
+func checkIssuedFor(jwt string, want *rsa.PublicKey) error {
 	_, claims, err := ParseUnverified(jwt)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotForEvidence, err)

@@ -174,8 +174,6 @@ func TestWriteTrust(t *testing.T) {
 	}
 }
 
-// TestWriteTrustRefusesSymlink checks that a trustpolicy.json that is a symlink, which notation
-// itself refuses to read, is neither followed nor replaced.
 // TestWriteTrustRemovesStaleRoots: a root dropped from Trust.Roots stops being trusted (notation
 // trusts every file of a trust store), while files WriteTrust did not name are kept.
 func TestWriteTrustRemovesStaleRoots(t *testing.T) {
@@ -219,6 +217,8 @@ func TestWriteTrustRemovesStaleRoots(t *testing.T) {
 	}
 }
 
+// TestWriteTrustRefusesSymlink checks that a trustpolicy.json that is a symlink, which notation
+// itself refuses to read, is neither followed nor replaced.
 func TestWriteTrustRefusesSymlink(t *testing.T) {
 	dir := t.TempDir()
 	target := filepath.Join(t.TempDir(), "policy.json")

@@ -91,7 +91,10 @@ func (d *Device) dropEphemeral() {
 }
 
 // flush flushes the transient object or session h, best effort. It goes through the unbound
-// transport (see tpm), so that a call whose context has ended still releases the TPM's slots.
+// transport (see tpm), so that a call whose context ended between two commands still releases
+// the TPM's slots. After a command interrupted in transit nothing more can be sent on that
+// connection (see Open), so the handle stays loaded until the TPM's resource manager reclaims it
+// when the connection closes, or, on a bare simulator without one, until the simulator restarts.
 func (d *Device) flush(h tpm2.TPMHandle) {
 	if err := flush(d.t, h); err != nil {
 		d.log.Debug("flushing a TPM handle", "handle", fmt.Sprintf("%#x", uint32(h)), "err", err)
@@ -215,7 +218,7 @@ func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte)
 	t := d.tpm(ctx)
 	key := st.key
 	// The session is flushed through the unbound transport (d.flush), not its closer, so that it
-	// is released even when ctx has ended.
+	// is released even when ctx has ended (between commands: see flush).
 	sess, _, err := tpm2.PolicySession(t, tpm2.TPMAlgSHA256, 16)
 	if err != nil {
 		return nil, fmt.Errorf("%w: starting a policy session: %w", ErrDecrypt, err)

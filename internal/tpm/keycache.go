@@ -77,7 +77,8 @@ var errNotRegular = errors.New("not a regular file")
 // WithEphemeralKeyCache keeps the ephemeral key's saved TPM context in dir (created with mode
 // 0700; files 0600) so that the next attestation loads the key instead of deriving it again. A
 // cached key is used only if the AK's certification shows it is this TPM's NULL-hierarchy primary
-// key for the current PCR values; a cache file that fails is removed and the key derived again.
+// key for the current PCR values. Any cache entry that cannot be used is passed over and the key
+// derived again; one that loads but fails its certification is also removed.
 // "" (the default) disables the cache.
 func WithEphemeralKeyCache(dir string) Option { return func(d *Device) { d.keyCacheDir = dir } }
 

@@ -166,6 +166,8 @@ func TestKeyOps(t *testing.T) {
 		{"key op in the wrong case", "POST", "/keys/case/create" + v, map[string]any{"kty": "RSA", "key_ops": []string{"Sign"}}, 400, "BadParameter", "", nil},
 		{"wrapKey on an EC key", "POST", "/keys/ecwrap/create" + v, map[string]any{"kty": "EC", "crv": "P-256", "key_ops": []string{"sign", "wrapKey"}}, 400, "BadParameter", "", nil},
 		{"EC key defaults to sign and verify", "POST", "/keys/ec/create" + v, map[string]any{"kty": "EC", "crv": "P-256"}, 200, "", "", []any{"sign", "verify"}},
+		{"key with an empty key_ops list", "POST", "/keys/noops/create" + v, map[string]any{"kty": "RSA", "key_ops": []string{}}, 200, "", "", []any{}},
+		{"a key without operations refuses sign", "POST", "/keys/noops/sign" + v, sign, 403, "Forbidden", "KeyOperationForbidden", nil},
 		{"RSA key defaults to six operations", "POST", "/keys/rsa/create" + v, map[string]any{"kty": "RSA"}, 200, "", "", []any{"encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey"}},
 		{"certificate with keyEncipherment only", "POST", "/certificates/kecert/create" + v, cert("RSA", "keyEncipherment"), 202, "", "", nil},
 		{"its key has no sign", "GET", "/keys/kecert" + v, nil, 200, "", "", []any{"wrapKey", "unwrapKey"}},
