@@ -11,9 +11,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"testing"
 	"time"
+
+	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
 type pki struct {
@@ -22,27 +23,6 @@ type pki struct {
 	leafKey              *rsa.PrivateKey
 	strayRoot            *x509.Certificate
 	leafBadKU, leafOther *x509.Certificate
-}
-
-func mkCert(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, key crypto.Signer) *x509.Certificate {
-	t.Helper()
-	tmpl.SerialNumber = big.NewInt(time.Now().UnixNano())
-	if tmpl.NotBefore.IsZero() {
-		tmpl.NotBefore = time.Now().Add(-time.Hour)
-		tmpl.NotAfter = time.Now().Add(time.Hour * 24)
-	}
-	if parent == nil {
-		parent = tmpl
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }
 
 func newPKI(t *testing.T) *pki {
@@ -54,16 +34,16 @@ func newPKI(t *testing.T) *pki {
 	ca := func(cn string) *x509.Certificate {
 		return &x509.Certificate{Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
 	}
-	p.root = mkCert(t, ca("root"), nil, p.rootKey.Public(), p.rootKey)
-	p.inter = mkCert(t, ca("inter"), p.root, p.interKey.Public(), p.rootKey)
+	p.root = testcert.Issue(t, ca("root"), nil, p.rootKey.Public(), p.rootKey)
+	p.inter = testcert.Issue(t, ca("inter"), p.root, p.interKey.Public(), p.rootKey)
 	leaf := func(ku x509.KeyUsage, eku []x509.ExtKeyUsage) *x509.Certificate {
 		return &x509.Certificate{Subject: pkix.Name{CommonName: "signer"}, KeyUsage: ku, ExtKeyUsage: eku, BasicConstraintsValid: true}
 	}
-	p.leaf = mkCert(t, leaf(x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}), p.inter, p.leafKey.Public(), p.interKey)
-	p.leafBadKU = mkCert(t, leaf(x509.KeyUsageDigitalSignature|x509.KeyUsageKeyEncipherment, nil), p.inter, p.leafKey.Public(), p.interKey)
-	p.leafOther = mkCert(t, leaf(x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}), p.inter, p.leafKey.Public(), p.interKey)
+	p.leaf = testcert.Issue(t, leaf(x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}), p.inter, p.leafKey.Public(), p.interKey)
+	p.leafBadKU = testcert.Issue(t, leaf(x509.KeyUsageDigitalSignature|x509.KeyUsageKeyEncipherment, nil), p.inter, p.leafKey.Public(), p.interKey)
+	p.leafOther = testcert.Issue(t, leaf(x509.KeyUsageDigitalSignature, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}), p.inter, p.leafKey.Public(), p.interKey)
 	strayKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	p.strayRoot = mkCert(t, ca("stray"), nil, strayKey.Public(), strayKey)
+	p.strayRoot = testcert.Issue(t, ca("stray"), nil, strayKey.Public(), strayKey)
 	return p
 }
 

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
 // leaf issues a server certificate for dns and ips from a's root.
@@ -26,15 +28,7 @@ func (a *tlsAuthority) leaf(t *testing.T, dns []string, ips []net.IP) *x509.Cert
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames: dns, IPAddresses: ips,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, a.cert, key.Public(), a.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testcert.Issue(t, tmpl, a.cert, key.Public(), a.key)
 }
 
 func TestTLSRootNameConstraints(t *testing.T) {
@@ -101,14 +95,7 @@ func TestTLSRootReplacedWithoutConstraints(t *testing.T) {
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().AddDate(5, 0, 0),
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true, MaxPathLenZero: true,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := testcert.Issue(t, tmpl, nil, key.Public(), key)
 	if err := savePair(filepath.Join(dir, "root.pem"), filepath.Join(dir, "root-key.pem"), old, key); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/google/go-tpm/tpm2"
+
+	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
 // Test keys, generated once per test binary: RSA-2048 generation is slow.
@@ -57,15 +59,7 @@ func selfSignedCert(tb testing.TB, key *rsa.PrivateKey, cn string) *x509.Certifi
 		NotBefore:    testNow.Add(-24 * time.Hour),
 		NotAfter:     testNow.Add(365 * 24 * time.Hour),
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return cert
+	return testcert.Issue(tb, tmpl, nil, &key.PublicKey, key)
 }
 
 // x5cOnlyJWKS is a JWKS in the shape of MAA's /certs: kid, kty and x5c only, no n/e.

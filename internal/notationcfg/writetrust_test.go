@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
+
+	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
 // Statements found in users' trust policies, as notation's documentation writes them.
@@ -334,15 +336,7 @@ func testRoot(t *testing.T) *x509.Certificate {
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testcert.Issue(t, tmpl, nil, &key.PublicKey, key)
 }
 
 // FuzzMergeTrustPolicy checks that whatever an existing trustpolicy.json holds, the merge either

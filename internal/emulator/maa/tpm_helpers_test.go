@@ -15,6 +15,8 @@ import (
 	"github.com/google/go-tpm-tools/simulator"
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
 // The helpers below drive the in-process Microsoft reference TPM (go-tpm-tools simulator) with
@@ -307,14 +309,14 @@ func newTestCA(t testing.TB, name string) *testCA {
 		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
 	}
-	ca.root = mustCert(t, rootTmpl, rootTmpl, &ca.rootKey.PublicKey, ca.rootKey)
+	ca.root = testcert.Issue(t, rootTmpl, rootTmpl, &ca.rootKey.PublicKey, ca.rootKey)
 	interTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name + " Intermediate"},
 		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(2, 0, 0),
 		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, BasicConstraintsValid: true, IsCA: true,
 		MaxPathLenZero: true,
 	}
-	ca.inter = mustCert(t, interTmpl, ca.root, &ca.interKey.PublicKey, ca.rootKey)
+	ca.inter = testcert.Issue(t, interTmpl, ca.root, &ca.interKey.PublicKey, ca.rootKey)
 	return ca
 }
 
@@ -353,20 +355,7 @@ func (ca *testCA) issueAKCert(t testing.TB, key *rsa.PublicKey, o akCertOptions)
 		san, _ := asn1.Marshal(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSequence, IsCompound: true, Bytes: gn})
 		tmpl.ExtraExtensions = []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}}
 	}
-	return mustCert(t, tmpl, ca.inter, key, ca.interKey)
-}
-
-func mustCert(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *rsa.PrivateKey) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
-	if err != nil {
-		t.Fatalf("CreateCertificate: %v", err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return testcert.Issue(t, tmpl, ca.inter, key, ca.interKey)
 }
 
 func testRSAKey(t testing.TB) *rsa.PrivateKey {
