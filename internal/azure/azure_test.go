@@ -91,13 +91,9 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	var err error
 	cl.Groups, err = armresources.NewResourceGroupsClient("sub", cred, opt(rgfake.NewResourceGroupsServerTransport(&rgfake.ResourceGroupsServer{
 		Get: func(_ context.Context, name string, _ *armresources.ResourceGroupsClientGetOptions) (azfake.Responder[armresources.ResourceGroupsClientGetResponse], azfake.ErrorResponder) {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			g, ok := f.groups[name]
-			if !ok {
-				return notFound[armresources.ResourceGroupsClientGetResponse]()
-			}
-			return respond(http.StatusOK, armresources.ResourceGroupsClientGetResponse{ResourceGroup: g})
+			return fakeGet(&f.mu, f.groups, name, func(v armresources.ResourceGroup) armresources.ResourceGroupsClientGetResponse {
+				return armresources.ResourceGroupsClientGetResponse{ResourceGroup: v}
+			})
 		},
 		CreateOrUpdate: func(_ context.Context, name string, p armresources.ResourceGroup, _ *armresources.ResourceGroupsClientCreateOrUpdateOptions) (azfake.Responder[armresources.ResourceGroupsClientCreateOrUpdateResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -161,13 +157,9 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			return respond(http.StatusOK, armmsi.UserAssignedIdentitiesClientCreateOrUpdateResponse{Identity: p})
 		},
 		Get: func(_ context.Context, rg, name string, _ *armmsi.UserAssignedIdentitiesClientGetOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientGetResponse], azfake.ErrorResponder) {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			id, ok := f.identities[name]
-			if !ok {
-				return notFound[armmsi.UserAssignedIdentitiesClientGetResponse]()
-			}
-			return respond(http.StatusOK, armmsi.UserAssignedIdentitiesClientGetResponse{Identity: id})
+			return fakeGet(&f.mu, f.identities, name, func(v armmsi.Identity) armmsi.UserAssignedIdentitiesClientGetResponse {
+				return armmsi.UserAssignedIdentitiesClientGetResponse{Identity: v}
+			})
 		},
 		Delete: func(_ context.Context, rg, name string, _ *armmsi.UserAssignedIdentitiesClientDeleteOptions) (azfake.Responder[armmsi.UserAssignedIdentitiesClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -292,13 +284,9 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			return r, azfake.ErrorResponder{}
 		},
 		Get: func(_ context.Context, rg, name string, _ *armcontainerregistry.RegistriesClientGetOptions) (azfake.Responder[armcontainerregistry.RegistriesClientGetResponse], azfake.ErrorResponder) {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			p, ok := f.registries[name]
-			if !ok {
-				return notFound[armcontainerregistry.RegistriesClientGetResponse]()
-			}
-			return respond(http.StatusOK, armcontainerregistry.RegistriesClientGetResponse{Registry: p})
+			return fakeGet(&f.mu, f.registries, name, func(v armcontainerregistry.Registry) armcontainerregistry.RegistriesClientGetResponse {
+				return armcontainerregistry.RegistriesClientGetResponse{Registry: v}
+			})
 		},
 		CheckNameAvailability: func(_ context.Context, p armcontainerregistry.RegistryNameCheckRequest, _ *armcontainerregistry.RegistriesClientCheckNameAvailabilityOptions) (azfake.Responder[armcontainerregistry.RegistriesClientCheckNameAvailabilityResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -375,13 +363,9 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			return respond(http.StatusCreated, armauthorization.RoleDefinitionsClientCreateOrUpdateResponse{RoleDefinition: p})
 		},
 		Get: func(_ context.Context, scope, id string, _ *armauthorization.RoleDefinitionsClientGetOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientGetResponse], azfake.ErrorResponder) {
-			f.mu.Lock()
-			defer f.mu.Unlock()
-			d, ok := f.roleDefs[id]
-			if !ok {
-				return notFound[armauthorization.RoleDefinitionsClientGetResponse]()
-			}
-			return respond(http.StatusOK, armauthorization.RoleDefinitionsClientGetResponse{RoleDefinition: d})
+			return fakeGet(&f.mu, f.roleDefs, id, func(v armauthorization.RoleDefinition) armauthorization.RoleDefinitionsClientGetResponse {
+				return armauthorization.RoleDefinitionsClientGetResponse{RoleDefinition: v}
+			})
 		},
 		Delete: func(_ context.Context, scope, id string, _ *armauthorization.RoleDefinitionsClientDeleteOptions) (azfake.Responder[armauthorization.RoleDefinitionsClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -995,4 +979,18 @@ func TestApplyRefusesTakenGlobalNames(t *testing.T) {
 			}
 		}
 	}
+}
+
+// fakeGet answers an SDK fake's Get from m: 404 when key is absent, 200 with wrap of its value
+// otherwise. mu, when not nil, guards m.
+func fakeGet[V, R any](mu *sync.Mutex, m map[string]V, key string, wrap func(V) R) (azfake.Responder[R], azfake.ErrorResponder) {
+	if mu != nil {
+		mu.Lock()
+		defer mu.Unlock()
+	}
+	v, ok := m[key]
+	if !ok {
+		return notFound[R]()
+	}
+	return respond(http.StatusOK, wrap(v))
 }

@@ -58,11 +58,9 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 			return r, azfake.ErrorResponder{}
 		},
 		Get: func(_ context.Context, rg, name string, _ *armcompute.GalleriesClientGetOptions) (azfake.Responder[armcompute.GalleriesClientGetResponse], azfake.ErrorResponder) {
-			g, ok := b.galleries[name]
-			if !ok {
-				return notFound[armcompute.GalleriesClientGetResponse]()
-			}
-			return respond(http.StatusOK, armcompute.GalleriesClientGetResponse{Gallery: g})
+			return fakeGet(nil, b.galleries, name, func(v armcompute.Gallery) armcompute.GalleriesClientGetResponse {
+				return armcompute.GalleriesClientGetResponse{Gallery: v}
+			})
 		},
 	})))
 	if err != nil {
@@ -77,11 +75,9 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 			return r, azfake.ErrorResponder{}
 		},
 		Get: func(_ context.Context, rg, gallery, name string, _ *armcompute.GalleryImagesClientGetOptions) (azfake.Responder[armcompute.GalleryImagesClientGetResponse], azfake.ErrorResponder) {
-			img, ok := b.images[gallery+"/"+name]
-			if !ok {
-				return notFound[armcompute.GalleryImagesClientGetResponse]()
-			}
-			return respond(http.StatusOK, armcompute.GalleryImagesClientGetResponse{GalleryImage: img})
+			return fakeGet(nil, b.images, gallery+"/"+name, func(v armcompute.GalleryImage) armcompute.GalleryImagesClientGetResponse {
+				return armcompute.GalleryImagesClientGetResponse{GalleryImage: v}
+			})
 		},
 	})))
 	if err != nil {
@@ -89,11 +85,9 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 	}
 	c.ImageTemplates, err = aib.NewVirtualMachineImageTemplatesClient("sub", cred, clientOptions(aibfake.NewVirtualMachineImageTemplatesServerTransport(&aibfake.VirtualMachineImageTemplatesServer{
 		Get: func(_ context.Context, rg, name string, _ *aib.VirtualMachineImageTemplatesClientGetOptions) (azfake.Responder[aib.VirtualMachineImageTemplatesClientGetResponse], azfake.ErrorResponder) {
-			tpl, ok := b.templates[name]
-			if !ok {
-				return notFound[aib.VirtualMachineImageTemplatesClientGetResponse]()
-			}
-			return respond(http.StatusOK, aib.VirtualMachineImageTemplatesClientGetResponse{ImageTemplate: tpl})
+			return fakeGet(nil, b.templates, name, func(v aib.ImageTemplate) aib.VirtualMachineImageTemplatesClientGetResponse {
+				return aib.VirtualMachineImageTemplatesClientGetResponse{ImageTemplate: v}
+			})
 		},
 		BeginCreateOrUpdate: func(_ context.Context, rg, name string, tpl aib.ImageTemplate, _ *aib.VirtualMachineImageTemplatesClientBeginCreateOrUpdateOptions) (azfake.PollerResponder[aib.VirtualMachineImageTemplatesClientCreateOrUpdateResponse], azfake.ErrorResponder) {
 			b.templates[name] = tpl
@@ -122,11 +116,9 @@ func newBuildLayer(t *testing.T) (*buildLayer, *BuildLayerClients) {
 	}
 	c.Replications, err = armcontainerregistry.NewReplicationsClient("sub", cred, clientOptions(acrfake.NewReplicationsServerTransport(&acrfake.ReplicationsServer{
 		Get: func(_ context.Context, rg, registry, region string, _ *armcontainerregistry.ReplicationsClientGetOptions) (azfake.Responder[armcontainerregistry.ReplicationsClientGetResponse], azfake.ErrorResponder) {
-			rep, ok := b.replicas[region]
-			if !ok {
-				return notFound[armcontainerregistry.ReplicationsClientGetResponse]()
-			}
-			return respond(http.StatusOK, armcontainerregistry.ReplicationsClientGetResponse{Replication: rep})
+			return fakeGet(nil, b.replicas, region, func(v armcontainerregistry.Replication) armcontainerregistry.ReplicationsClientGetResponse {
+				return armcontainerregistry.ReplicationsClientGetResponse{Replication: v}
+			})
 		},
 		BeginCreate: func(_ context.Context, rg, registry, region string, rep armcontainerregistry.Replication, _ *armcontainerregistry.ReplicationsClientBeginCreateOptions) (azfake.PollerResponder[armcontainerregistry.ReplicationsClientCreateResponse], azfake.ErrorResponder) {
 			b.replicas[region] = rep
