@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"time"
 
@@ -719,16 +718,18 @@ func revokeLegacyGalleryGrant(ctx context.Context, cl *Clients, cfg Config, prin
 const galleriesType = "Microsoft.Compute/galleries"
 
 // foreignResources lists the resources of the deployment's group that do not carry its tag: the
-// group is deleted only when it holds none (deleting a group deletes everything in it). What lies
-// under one of our galleries is ours: ARM lists a gallery's image definitions and versions as
-// resources of the group, and versions that builds published before their distributor set
-// ArtifactTags carry no tag.
+// group is deleted only when it holds none (deleting a group deletes everything in it). The one
+// exception is the image versions of our build image definition in our (tagged) gallery: ARM lists
+// them as resources of the group, and versions that builds published before their distributor set
+// ArtifactTags carry no tag. Anything else untagged, another image definition in our gallery
+// included, is foreign.
 func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, error) {
 	if cl.Resources == nil {
 		return nil, errors.New("no resources client to list the group with")
 	}
+	n := NamesFor(cfg.NamePrefix)
 	var untagged []*armresources.GenericResourceExpanded
-	var ourGalleries []string
+	ourVersions := "" // the id prefix of our build image's versions, once our gallery is listed
 	pager := cl.Resources.NewListByResourceGroupPager(cfg.ResourceGroup, nil)
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
@@ -740,14 +741,14 @@ func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, e
 			case r == nil:
 			case !tagged(r.Tags, cfg.NamePrefix):
 				untagged = append(untagged, r)
-			case r.Type != nil && r.Name != nil && strings.EqualFold(*r.Type, galleriesType):
-				ourGalleries = append(ourGalleries, strings.ToLower(cfg.rgID()+"/providers/"+galleriesType+"/"+*r.Name+"/"))
+			case r.Type != nil && r.Name != nil && strings.EqualFold(*r.Type, galleriesType) && strings.EqualFold(*r.Name, n.Gallery):
+				ourVersions = strings.ToLower(cfg.rgID() + "/providers/" + galleriesType + "/" + n.Gallery + "/images/" + BuildImageDefinition + "/versions/")
 			}
 		}
 	}
 	var foreign []string
 	for _, r := range untagged {
-		if r.ID != nil && underAny(strings.ToLower(*r.ID), ourGalleries) {
+		if ourVersions != "" && r.ID != nil && strings.HasPrefix(strings.ToLower(*r.ID), ourVersions) {
 			continue
 		}
 		name := "?"
@@ -760,9 +761,4 @@ func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, e
 		foreign = append(foreign, name)
 	}
 	return foreign, nil
-}
-
-// underAny reports whether id starts with one of the prefixes.
-func underAny(id string, prefixes []string) bool {
-	return slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(id, p) })
 }

@@ -468,6 +468,10 @@ func TestDestroyCountsGalleryVersionsAsOurs(t *testing.T) {
 			{ID: ptr(galleryID("teamgallery")), Name: ptr("teamgallery"), Type: ptr("Microsoft.Compute/galleries"), Tags: map[string]*string{TagKey: ptr("other")}},
 			version("teamgallery"),
 		}, false},
+		{"another image definition in our gallery", []*armresources.GenericResourceExpanded{
+			{ID: ptr(galleryID(n.Gallery)), Name: ptr(n.Gallery), Type: ptr("Microsoft.Compute/galleries"), Tags: cfg.tags()},
+			{ID: ptr(galleryID(n.Gallery) + "/images/team-windows"), Name: ptr(n.Gallery + "/team-windows"), Type: ptr("Microsoft.Compute/galleries/images")},
+		}, false},
 		{"untagged gallery of our name", []*armresources.GenericResourceExpanded{
 			{ID: ptr(galleryID(n.Gallery + "x")), Name: ptr(n.Gallery + "x"), Type: ptr("Microsoft.Compute/galleries")},
 			version(n.Gallery),
