@@ -9,6 +9,7 @@ package atomicfile
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -94,6 +95,44 @@ func mkdirAll(path string, perm os.FileMode, sync func(dir string) error) error 
 		return fmt.Errorf("mkdir %s: %w", path, err)
 	}
 	return nil
+}
+
+// ErrNotRegular is the error of ReadRegular for a path that holds something other than a regular
+// file: a symbolic link, a FIFO, a device or a directory.
+var ErrNotRegular = errors.New("not a regular file")
+
+// ErrTooLarge is the error of ReadRegular for a file larger than its limit.
+var ErrTooLarge = errors.New("file too large")
+
+// ReadRegular reads the regular file at path, at most limit bytes: a larger file is an error. It
+// opens without following a symbolic link and without blocking (a FIFO would otherwise block the
+// open until a writer came), and checks the opened file itself, so nothing can swap the path
+// between the check and the read. Anything but a regular file is an error wrapping ErrNotRegular,
+// a larger file one wrapping ErrTooLarge, a missing path one wrapping fs.ErrNotExist.
+func ReadRegular(path string, limit int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("%s: %w: a symbolic link", path, ErrNotRegular)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: mode %s", path, ErrNotRegular, fi.Mode())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s: %w: more than %d bytes", path, ErrTooLarge, limit)
+	}
+	return data, nil
 }
 
 // Remove removes the file at path and syncs its directory, so that when Remove returns nil the

@@ -325,3 +325,36 @@ func TestRemove(t *testing.T) {
 		t.Fatalf("Remove of a missing file: %v", err)
 	}
 }
+
+func TestReadRegular(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, []byte("1234"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(file, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		limit int64
+		want  string
+		err   error
+	}{
+		{"file", 4, "1234", nil},
+		{"file", 3, "", ErrTooLarge},
+		{"gone", 4, "", fs.ErrNotExist},
+		{"link", 4, "", ErrNotRegular},
+		{"fifo", 4, "", ErrNotRegular}, // returns at once: opened without blocking
+		{".", 4, "", ErrNotRegular},
+	}
+	for _, tt := range tests {
+		got, err := ReadRegular(filepath.Join(dir, tt.name), tt.limit)
+		if string(got) != tt.want || !errors.Is(err, tt.err) || (err == nil) != (tt.err == nil) {
+			t.Errorf("ReadRegular(%s, %d) = %q, %v; want %q, %v", tt.name, tt.limit, got, err, tt.want, tt.err)
+		}
+	}
+}

@@ -254,27 +254,15 @@ func mergeTrustPolicy(path string, ours trustpolicy.TrustPolicy) ([]byte, error)
 // readTrustPolicy reads at most maxTrustPolicyFile bytes of the regular file at path; it returns
 // nil and no error if there is no file.
 func readTrustPolicy(path string) ([]byte, error) {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
+	b, err := atomicfile.ReadRegular(path, maxTrustPolicyFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
 		return nil, nil
-	} else if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
+	case errors.Is(err, atomicfile.ErrNotRegular), errors.Is(err, atomicfile.ErrTooLarge):
 		// notation itself refuses a trust policy that is a symlink or not a file.
-		return nil, fmt.Errorf("%s: %w: not a regular file; it was left unchanged", path, ErrNotTrustPolicy)
-	}
-	f, err := os.Open(path)
-	if err != nil {
+		return nil, fmt.Errorf("%w: %w; it was left unchanged", ErrNotTrustPolicy, err)
+	case err != nil:
 		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTrustPolicyFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(b) > maxTrustPolicyFile {
-		return nil, fmt.Errorf("%s: %w: larger than %d bytes; it was left unchanged", path, ErrNotTrustPolicy, maxTrustPolicyFile)
 	}
 	return b, nil
 }

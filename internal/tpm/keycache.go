@@ -11,7 +11,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -70,9 +69,6 @@ const maxKeyCacheFile = 8 << 10
 
 // keyCacheMagic starts a cache file (format version 1).
 var keyCacheMagic = []byte("attested-kv ephemeral key context v1\n")
-
-// errNotRegular marks a cache path that holds something other than a regular file.
-var errNotRegular = errors.New("not a regular file")
 
 // WithEphemeralKeyCache keeps the ephemeral key's saved TPM context in dir (created with mode
 // 0700; files 0600) so that the next attestation loads the key instead of deriving it again. A
@@ -195,44 +191,11 @@ func decodeKeyCache(data []byte) (pubBytes []byte, pub *tpm2.TPMTPublic, ctx *tp
 	return pubBytes, pub, ctx, nil
 }
 
-// readKeyCacheFile reads the cache file at path: a regular file of at most maxKeyCacheFile bytes,
-// opened without following a symbolic link and without blocking. Anything else at path is an
-// error wrapping errNotRegular; no file, one wrapping fs.ErrNotExist.
-func readKeyCacheFile(path string) ([]byte, error) {
-	// O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, fmt.Errorf("%s: %w: a symbolic link", path, errNotRegular)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w: mode %s", path, errNotRegular, fi.Mode())
-	}
-	if fi.Size() > maxKeyCacheFile {
-		return nil, fmt.Errorf("%s: %d bytes, more than a cache file's %d", path, fi.Size(), maxKeyCacheFile)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyCacheFile+1))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(data) > maxKeyCacheFile {
-		return nil, fmt.Errorf("%s: more than a cache file's %d bytes", path, maxKeyCacheFile)
-	}
-	return data, nil
-}
-
 // loadCachedKey loads the cached key at path if it is a NULL-hierarchy object of template (its
 // unique field aside), and checks that the TPM loaded exactly that object. Whether the object is
 // the NULL-hierarchy primary key it claims to be is for certify to check.
 func (d *Device) loadCachedKey(t transport.TPM, path string, template tpm2.TPMTPublic) (*ephemeralKey, error) {
-	data, err := readKeyCacheFile(path)
+	data, err := atomicfile.ReadRegular(path, maxKeyCacheFile)
 	if err != nil {
 		return nil, err
 	}
