@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/tpm"
 )
 
@@ -99,8 +100,8 @@ func ParseConfig(m map[string]string) (Config, error) {
 	if c.AttestationURL == "" {
 		return Config{}, fmt.Errorf("plugin config %s is required (the MAA instance URL, e.g. https://NAME.REGION.attest.azure.net)", KeyAttestationURL)
 	}
-	if u, err := url.Parse(c.AttestationURL); err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return Config{}, fmt.Errorf("plugin config %s=%q: want https://HOST with no path", KeyAttestationURL, c.AttestationURL)
+	if err := maa.CheckInstance(c.AttestationURL); err != nil {
+		return Config{}, fmt.Errorf("plugin config %s: %w", KeyAttestationURL, err)
 	}
 	if c.AttestationType == "" {
 		c.AttestationType = DefaultAttestationType

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -35,3 +36,27 @@ func TestParseConfigKeyCache(t *testing.T) {
 }
 
 func ptr(s string) *string { return &s }
+
+// TestParseConfigAttestationURL: the instance URL is checked as the MAA client and verifier check
+// it (maa.CheckInstance), and a password in it is never echoed.
+func TestParseConfigAttestationURL(t *testing.T) {
+	for _, tc := range []struct {
+		url string
+		ok  bool
+	}{
+		{"https://maa.example", true},
+		{"https://maa.example/", true},
+		{"http://maa.example", false},
+		{"https://maa.example/attest", false},
+		{"https://maa.example#frag", false},
+		{"https://user:s3cret@maa.example", false},
+	} {
+		_, err := ParseConfig(map[string]string{KeyAttestationURL: tc.url})
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: %v", tc.url, err)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the error shows the password: %v", tc.url, err)
+		}
+	}
+}

@@ -154,7 +154,6 @@ type Attestation struct {
 	token      *maa.Token
 	subject    string
 	keyID      string
-	binding    string
 	verifiedAt time.Time
 }
 
@@ -268,7 +267,7 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 		return nil, &attestError{err: err}
 	}
 	log.Info("attested", "issuer", tok.Issuer(), "tokenSHA256", tok.SHA256(), "issuedAt", tok.IssuedAt())
-	return &Attestation{token: tok, subject: subject, keyID: keyID, binding: b, verifiedAt: time.Now()}, nil
+	return &Attestation{token: tok, subject: subject, keyID: keyID, verifiedAt: time.Now()}, nil
 }
 
 // verifiedToken gets a token for the binding b from the TPM and MAA, and verifies it.
