@@ -328,18 +328,19 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 }
 
 // notEnforced says why a signature that notation-go accepted is not verified in the sense an
-// attested signature needs, or returns "". notation-go accepts a signature whose integrity or
-// authenticity check failed when the trust policy only logs that check (level "audit", or an
-// override such as {"authenticity": "log"}): the failure is then only recorded in the outcome. A
-// signer the trust store does not know would pass that way.
+// attested signature needs, or returns "". notation-go accepts a signature whose check failed when
+// the trust policy only logs that check (level "audit" or "permissive", or an override such as
+// {"authenticity": "log"}): the failure is then only recorded in the outcome. A signer the trust
+// store does not know, a revoked or expired signing certificate, or an expired signature would
+// pass that way, so every check must be enforced (level "strict", no override).
 func notEnforced(outcome *notation.VerificationOutcome) string {
 	lvl := outcome.VerificationLevel
 	if lvl == nil {
-		return "the trust policy's verification level is unknown; attested signing needs one that enforces integrity and authenticity"
+		return "the trust policy's verification level is unknown; attested signing needs one that enforces every check (level strict)"
 	}
-	for _, typ := range []trustpolicy.ValidationType{trustpolicy.TypeIntegrity, trustpolicy.TypeAuthenticity} {
+	for _, typ := range trustpolicy.ValidationTypes {
 		if action := lvl.Enforcement[typ]; action != trustpolicy.ActionEnforce {
-			return fmt.Sprintf("the trust policy does not enforce %s (level %q, action %q); attested signing needs a policy that enforces integrity and authenticity (level strict or permissive, no override of either)", typ, lvl.Name, action)
+			return fmt.Sprintf("the trust policy does not enforce %s (level %q, action %q); attested signing needs a policy that enforces every check (level strict, no override)", typ, lvl.Name, action)
 		}
 	}
 	for _, r := range outcome.VerificationResults {

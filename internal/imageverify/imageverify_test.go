@@ -200,9 +200,15 @@ func TestVerify(t *testing.T) {
 		{name: "signed by the trusted key, audit trust policy", setup: signedBy(f.signer), opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelAudit.Name })
 		}, failed: CheckSignature},
+		// Permissive only logs revocation and expiry: a revoked signing certificate would pass.
 		{name: "signed by the trusted key, permissive trust policy", setup: signedBy(f.signer), opts: func(o *Options) {
 			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) { sv.VerificationLevel = trustpolicy.LevelPermissive.Name })
-		}},
+		}, failed: CheckSignature},
+		{name: "signed by the trusted key, revocation overridden to log", setup: signedBy(f.signer), opts: func(o *Options) {
+			o.Notation = f.notationWith(t, func(sv *trustpolicy.SignatureVerification) {
+				sv.Override = map[trustpolicy.ValidationType]trustpolicy.ValidationAction{trustpolicy.TypeRevocation: trustpolicy.ActionLog}
+			})
+		}, failed: CheckSignature},
 		// Both keys' certificates are trusted (as under a shared CA): only the pin tells them apart.
 		{name: "another trusted key, signing certificate pinned", setup: signedBy(f.untrusted), opts: func(o *Options) {
 			o.Notation = f.notationTrusting(t, f.signer, f.untrusted)
