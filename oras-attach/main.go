@@ -22,7 +22,8 @@ Usage:
   oras-attest token show   FILE|- [-o json]
   oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [-o json]
   oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL
-                     [--trust-policy FILE] [--trust-store DIR] [--rules FILE] [--max-age 5m] [--jwks FILE] [-o json]
+                     [--signing-cert-sha256 HEX] [--trust-policy FILE] [--trust-store DIR] [--rules FILE]
+                     [--max-age 5m] [--jwks FILE] [-o json]
   oras-attest rules test --rules FILE --claims FILE [-o json]
   oras-attest version
 
