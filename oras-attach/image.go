@@ -259,11 +259,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	rulesDone := make(chan struct{})
 	go func() {
 		defer close(rulesDone)
-		if *rulesFile == "" {
-			rs = rules.Baseline()
-			return
-		}
-		rs, rulesErr = rules.Load(*rulesFile)
+		rs, rulesErr = rules.LoadOrBaseline(*rulesFile)
 	}()
 	var keys maa.KeySet
 	if *jwks != "" {

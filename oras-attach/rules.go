@@ -28,12 +28,13 @@ func rulesTest(args []string, io cmdIO) int {
 	if err := cliutil.CheckFormat(*output); err != nil {
 		return fail(2, err)
 	}
-	rs := rules.Baseline()
-	if *rulesFile != "baseline" {
-		var err error
-		if rs, err = rules.Load(*rulesFile); err != nil {
-			return fail(2, err)
-		}
+	path := *rulesFile
+	if path == "baseline" {
+		path = ""
+	}
+	rs, err := rules.LoadOrBaseline(path)
+	if err != nil {
+		return fail(2, err)
 	}
 	b, err := os.ReadFile(*claimsFile)
 	if err != nil {

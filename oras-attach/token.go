@@ -177,13 +177,10 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		return 2
 	}
 	// A rule file that does not load is a configuration error, reported before any check.
-	rs := rules.Baseline()
-	if *rulesFile != "" {
-		var err error
-		if rs, err = rules.Load(*rulesFile); err != nil {
-			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-			return 2
-		}
+	rs, err := rules.LoadOrBaseline(*rulesFile)
+	if err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+		return 2
 	}
 	raw, err := readToken(fs.Arg(0), io.stdin)
 	if err != nil {

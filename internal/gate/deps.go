@@ -71,10 +71,7 @@ type ruleSet struct{ set *rules.Set }
 func (r ruleSet) Check(claims map[string]any) error { return r.set.Evaluate(claims).Err() }
 
 func loadRules(c Config) (ClaimRules, error) {
-	if c.RulesPath == "" {
-		return ruleSet{rules.Baseline()}, nil
-	}
-	s, err := rules.Load(c.RulesPath)
+	s, err := rules.LoadOrBaseline(c.RulesPath)
 	if err != nil {
 		return nil, err
 	}

@@ -150,6 +150,15 @@ func Load(path string) (*Set, error) {
 	return Parse(path, src)
 }
 
+// LoadOrBaseline is Load of the rule file at path, or Baseline when path is "": what the plugin
+// and the verifiers apply for their rules setting.
+func LoadOrBaseline(path string) (*Set, error) {
+	if path == "" {
+		return Baseline(), nil
+	}
+	return Load(path)
+}
+
 // Baseline returns the built-in rules for Azure Trusted Launch VMs (baseline.cel in this
 // package's folder). It is what the plugin and the verifiers apply when no rule file is
 // configured. The set is built once per process, from the checked expressions compiled into the

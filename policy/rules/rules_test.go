@@ -476,3 +476,12 @@ func TestConcurrentEvaluate(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestLoadOrBaseline(t *testing.T) {
+	if s, err := LoadOrBaseline(""); err != nil || s != Baseline() {
+		t.Fatalf(`LoadOrBaseline("") = %v, %v; want the baseline`, s, err)
+	}
+	if _, err := LoadOrBaseline("/nonexistent/rules.cel"); err == nil {
+		t.Fatal("a missing rule file loaded")
+	}
+}

@@ -66,7 +66,7 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 	if err := maa.CheckInstance(c.AttestationURL); err != nil {
 		return imageverify.Options{}, "", fmt.Errorf("attestationURL: %w", err)
 	}
-	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute, Rules: rules.Baseline()}
+	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute}
 	for _, p := range c.SigningCertSHA256 {
 		h, err := imageverify.ParseCertSHA256(p)
 		if err != nil {
@@ -81,13 +81,11 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 		}
 		o.MaxTokenAge = d
 	}
-	if c.Rules != "" {
-		rs, err := rules.Load(c.Rules)
-		if err != nil {
-			return o, "", err
-		}
-		o.Rules = rs
+	rs, err := rules.LoadOrBaseline(c.Rules)
+	if err != nil {
+		return o, "", err
 	}
+	o.Rules = rs
 	if c.JWKSPath != "" {
 		b, err := os.ReadFile(c.JWKSPath)
 		if err != nil {
