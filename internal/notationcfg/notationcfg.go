@@ -388,7 +388,7 @@ func WriteSigningKey(configDir string, k SigningKey) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(configDir, 0o700); err != nil {
+	if err := atomicfile.MkdirAll(configDir, 0o700); err != nil {
 		return err
 	}
 	return atomicfile.Write(path, append(b, '\n'), 0o600)

@@ -144,7 +144,7 @@ func TestWriteTrust(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := topLevelKeys(t, b); !equal(got, tt.wantTop) {
+			if got := topLevelKeys(t, b); !slices.Equal(got, tt.wantTop) {
 				t.Errorf("top-level members %q, want %q", got, tt.wantTop)
 			}
 			var got struct {
@@ -306,18 +306,6 @@ func compact(t *testing.T, b []byte) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // testRoot returns a self-signed CA certificate, as the trust store needs.

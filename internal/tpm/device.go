@@ -101,10 +101,10 @@ func (d *Device) flush(h tpm2.TPMHandle) {
 	}
 }
 
-// tpm returns the transport for the commands of a call made with ctx. Over a socket (Open's
-// swtpm:, mssim: and unix: transports) each command is bounded by ctx's deadline and interrupted
-// when ctx is cancelled; a character device cannot interrupt a command, so there ctx is only
-// checked between the steps of the call.
+// tpm returns the transport for the commands of a call made with ctx. Over Open's swtpm: and
+// unix: sockets each command is bounded by ctx's deadline and interrupted when ctx is cancelled;
+// a character device and mssim: (go-tpm's tcp transport) cannot interrupt a command, so there
+// ctx is only checked between the steps of the call.
 func (d *Device) tpm(ctx context.Context) transport.TPM {
 	if s, ok := d.t.(contextSender); ok {
 		return boundTPM{s: s, ctx: ctx}

@@ -163,16 +163,10 @@ func TestAudienceExact(t *testing.T) {
 		t.Fatal(err)
 	}
 	issue := func(scope string) string {
-		form := url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {scope}}
-		req := httptest.NewRequest("POST", "https://login.example/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		rec := httptest.NewRecorder()
-		s.Handler().ServeHTTP(rec, req)
-		var out map[string]any
-		json.Unmarshal(rec.Body.Bytes(), &out)
+		_, out := postToken(s.Handler(), url.Values{"grant_type": {"client_credentials"}, "client_id": {"app"}, "client_secret": {"s3cret"}, "scope": {scope}})
 		raw, _ := out["access_token"].(string)
 		if raw == "" {
-			t.Fatalf("no token for %s: %s", scope, rec.Body.String())
+			t.Fatalf("no token for %s: %v", scope, out)
 		}
 		return raw
 	}
