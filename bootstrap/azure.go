@@ -41,7 +41,7 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	fs.StringVar(&cfg.OperatorPrincipalType, "operator-type", "User", "User or ServicePrincipal")
 	fs.StringVar(&cfg.ClusterPrincipalID, "cluster-principal-id", "", "AKS kubelet identity's object id, granted AcrPull")
 	fs.BoolVar(&cfg.PurgeProtection, "purge-protection", false, "turn on the vault's purge protection (irreversible)")
-	fs.BoolVar(&cfg.HSM, "hsm", false, "Premium vault and an RSA-HSM signing key")
+	fs.BoolVar(&cfg.HSM, "hsm", false, "Premium vault and an RSA-HSM signing key (once applied, later applies without it are refused)")
 	fs.BoolVar(&cfg.ImageBuilder, "image-builder", false, "apply: also create the build layer (compute gallery, Trusted Launch image definition, Azure Image Builder template running as its own identity <prefix>-imagebuilder with a custom image publisher role on the gallery; the operator needs Microsoft.Authorization/roleDefinitions/write, e.g. Owner or User Access Administrator)")
 	fs.StringVar(&cfg.BuildLayer.ArtifactsURL, "artifacts-url", "", "image builder: https URL of the tools tarball (make dist)")
 	fs.StringVar(&cfg.BuildLayer.ArtifactsSHA256, "artifacts-sha256", "", "image builder: hex SHA-256 of the tarball (make dist prints it)")

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,7 +210,11 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armkeyvault.VaultsClientGetResponse]()
 			}
-			return respond(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: armkeyvault.Vault{Tags: p.Tags}})
+			v := armkeyvault.Vault{Tags: p.Tags}
+			if p.Properties != nil {
+				v.Properties = &armkeyvault.VaultProperties{SKU: p.Properties.SKU}
+			}
+			return respond(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: v})
 		},
 		Delete: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientDeleteOptions) (azfake.Responder[armkeyvault.VaultsClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
@@ -742,6 +747,55 @@ func TestApplyRefusesForeignResources(t *testing.T) {
 		if got := c.tags(f); len(got) != 2 || got["cost-center"] == nil || *got["cost-center"] != "42" || *got[TagKey] != "demo1" {
 			t.Errorf("%s ours: tags after apply %v", c.kind, got)
 		}
+	}
+}
+
+// TestApplyRefusesHSMDowngrade: a rerun without --hsm over a deployment made with it is refused
+// before any write, and shown as refused by plan, since it would make the vault Standard and sign
+// with a new software key from then on; with --hsm (flag or config file) it goes through.
+func TestApplyRefusesHSMDowngrade(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	hsm := testConfig
+	hsm.HSM = true
+	f, cl := newFakeAzure(t)
+	var keyTypes []string
+	cl.Certificates = func(_ context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error) {
+		keyTypes = append(keyTypes, c.KeyType)
+		return &provision.Result{KeyID: vaultURL + "keys/" + c.Name + "/v1", Certificate: &x509.Certificate{Raw: []byte("der")}}, nil
+	}
+	if _, _, err := Apply(ctx, cl, hsm, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if sku := f.vaults[n.Vault].Properties.SKU.Name; *sku != armkeyvault.SKUNamePremium {
+		t.Fatalf("--hsm made a %s vault", *sku)
+	}
+	clear(f.writes)
+
+	plan, err := Plan(ctx, cl, testConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var planned bool
+	for _, s := range plan {
+		planned = planned || (s.Name == n.Vault && s.Action == "refuse" && strings.Contains(s.Detail, "--hsm"))
+	}
+	if !planned {
+		t.Errorf("plan without --hsm does not refuse the vault: %+v", plan)
+	}
+	_, _, err = Apply(ctx, cl, testConfig, io.Discard)
+	if !errors.Is(err, ErrDowngrade) || !strings.Contains(err.Error(), "--hsm") || !strings.Contains(err.Error(), n.Vault) {
+		t.Errorf("apply without --hsm: %v", err)
+	}
+	if len(f.writes) != 0 || *f.vaults[n.Vault].Properties.SKU.Name != armkeyvault.SKUNamePremium || len(keyTypes) != 1 {
+		t.Errorf("apply without --hsm wrote %v, vault %s, certificate requests %v", f.writes, *f.vaults[n.Vault].Properties.SKU.Name, keyTypes)
+	}
+
+	if _, _, err := Apply(ctx, cl, hsm, io.Discard); err != nil {
+		t.Fatalf("rerun with --hsm: %v", err)
+	}
+	if !slices.Equal(keyTypes, []string{"RSA-HSM", "RSA-HSM"}) {
+		t.Errorf("certificate key types requested: %v", keyTypes)
 	}
 }
 

@@ -159,6 +159,14 @@ func (c SigningCertificate) policy() *azcertificates.CertificatePolicy {
 
 func isEC(kt azcertificates.KeyType) bool { return strings.HasPrefix(string(kt), "EC") }
 
+func isHSM(kt *azcertificates.KeyType) bool {
+	return kt != nil && strings.HasSuffix(strings.ToUpper(string(*kt)), "-HSM")
+}
+
+// ErrKeyDowngrade is EnsureSigningCertificate's refusal to replace a certificate whose key is
+// HSM-backed by one whose key is not: signatures would silently stop being HSM-made.
+var ErrKeyDowngrade = errors.New("refused to replace an HSM-backed key by a software key")
+
 // EnsureSigningCertificate returns the certificate named c.Name if the vault's current version of
 // it is what c asks for, so that a second bootstrap run does not add a certificate version, and
 // creates the certificate otherwise. The current version is reused only if it is enabled, valid
@@ -187,6 +195,9 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	cert, err := x509.ParseCertificate(got.CER)
 	if err != nil {
 		return nil, fmt.Errorf("certificate %s: %w", c.Name, err)
+	}
+	if got.Policy != nil && got.Policy.KeyProperties != nil && isHSM(got.Policy.KeyProperties.KeyType) && !isHSM(c.policy().KeyProperties.KeyType) {
+		return nil, fmt.Errorf("certificate %s: %w: its key is %s and a new version would have a %s key", c.Name, ErrKeyDowngrade, *got.Policy.KeyProperties.KeyType, *c.policy().KeyProperties.KeyType)
 	}
 	if diffs := mismatches(got.Certificate, cert, c.policy(), time.Now()); len(diffs) > 0 {
 		res, err := CreateSigningCertificate(ctx, vaultURL, cred, opts, c)

@@ -12,6 +12,7 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/http"
@@ -241,6 +242,7 @@ func TestEnsureSigningCertificate(t *testing.T) {
 		notAfter  time.Time
 		req       func(c *SigningCertificate)
 		replaced  string // substring of Result.Replaced; "" = the existing version is reused
+		refused   error  // the error EnsureSigningCertificate must return, creating nothing
 	}{
 		{name: "matching version reused", edit: func(*restPolicy, *certVersion) {}, notAfter: year},
 		{name: "matching EC version reused", notAfter: year,
@@ -254,6 +256,13 @@ func TestEnsureSigningCertificate(t *testing.T) {
 			edit: func(p *restPolicy, _ *certVersion) { p.KeyProps.Exportable = nil }},
 		{name: "software key where HSM is asked for", notAfter: year, replaced: "key type: have RSA, want RSA-HSM",
 			edit: func(*restPolicy, *certVersion) {},
+			req:  func(c *SigningCertificate) { c.KeyType = "RSA-HSM" }},
+		{name: "HSM key where software is asked for: refused", notAfter: year, refused: ErrKeyDowngrade,
+			edit: func(p *restPolicy, _ *certVersion) { p.KeyProps.Kty = "RSA-HSM" }},
+		{name: "expired HSM key where software is asked for: refused", notBefore: now.AddDate(-1, 0, -1), notAfter: now.Add(-time.Hour), refused: ErrKeyDowngrade,
+			edit: func(p *restPolicy, _ *certVersion) { p.KeyProps.Kty = "RSA-HSM" }},
+		{name: "matching HSM version reused", notAfter: year,
+			edit: func(p *restPolicy, _ *certVersion) { p.KeyProps.Kty = "RSA-HSM" },
 			req:  func(c *SigningCertificate) { c.KeyType = "RSA-HSM" }},
 		{name: "RSA 2048 where 3072 is asked for", notAfter: year, replaced: "key size: have 2048, want 3072",
 			edit: func(*restPolicy, *certVersion) {},
@@ -323,6 +332,12 @@ func TestEnsureSigningCertificate(t *testing.T) {
 			opts := &azcertificates.ClientOptions{DisableChallengeResourceVerification: true}
 			opts.Transport = srv.Client()
 			res, err := EnsureSigningCertificate(context.Background(), srv.URL, staticToken{}, opts, c)
+			if tt.refused != nil {
+				if !errors.Is(err, tt.refused) || len(vault.created) != 0 {
+					t.Fatalf("got %v with %d versions created, want %v and none", err, len(vault.created), tt.refused)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
