@@ -243,13 +243,9 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	if err := maa.CheckInstance(*url); err != nil {
 		return fail(2, err)
 	}
-	var certPins []string
-	for _, p := range *pins {
-		h, err := imageverify.ParseCertSHA256(p)
-		if err != nil {
-			return fail(2, err)
-		}
-		certPins = append(certPins, h)
+	certPins, err := imageverify.ParseCertPins(*pins)
+	if err != nil {
+		return fail(2, err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -261,19 +257,10 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 		defer close(rulesDone)
 		rs, rulesErr = rules.LoadOrBaseline(*rulesFile)
 	}()
-	var keys maa.KeySet
-	if *jwks != "" {
-		b, err := os.ReadFile(*jwks)
-		if err != nil {
-			return fail(2, err)
-		}
-		if keys, err = maa.NewStaticKeySet(b); err != nil {
-			return fail(2, err)
-		}
-	} else {
-		remote := maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}})
-		go remote.Prefetch(ctx) // overlaps the TLS setup and the fetch with the registry reads
-		keys = remote
+	keys, err := maa.KeySetFor(*url, *jwks, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}})
+	if err != nil {
+		<-rulesDone
+		return fail(2, err)
 	}
 	nv, err := notationcfg.NewVerifier(*trustPolicy, *trustStore)
 	if err != nil {

@@ -187,19 +187,10 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
 		return 1
 	}
-	var keys maa.KeySet
-	if *jwks != "" {
-		b, err := os.ReadFile(*jwks)
-		if err != nil {
-			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-			return 1
-		}
-		if keys, err = maa.NewStaticKeySet(b); err != nil {
-			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-			return 1
-		}
-	} else {
-		keys = maa.NewRemoteKeySet(*url, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: *timeout}})
+	keys, err := maa.KeySetFor(*url, *jwks, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: *timeout}})
+	if err != nil {
+		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+		return 1
 	}
 	v, err := maa.NewVerifier(maa.VerifierOptions{Instance: *url, Keys: keys, MaxAge: *maxAge})
 	if err != nil {

@@ -84,6 +84,19 @@ func ParseCertSHA256(s string) (string, error) {
 	return h, nil
 }
 
+// ParseCertPins is ParseCertSHA256 of each of fps, in order; the first bad one is the error.
+func ParseCertPins(fps []string) ([]string, error) {
+	var pins []string
+	for _, fp := range fps {
+		h, err := ParseCertSHA256(fp)
+		if err != nil {
+			return nil, err
+		}
+		pins = append(pins, h)
+	}
+	return pins, nil
+}
+
 // Check is one check's outcome.
 type Check struct {
 	Name   string `json:"check"`
@@ -146,6 +159,14 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	want, err := binding.Compute(subject.Digest.String(), o.KeyID)
 	if err != nil {
 		return nil, err
+	}
+	// A key set that fetches (the instance's /certs) starts now, so that the TLS handshake with
+	// MAA and the fetch overlap the registry reads instead of following them. Keys waits for it.
+	if p, ok := o.TokenKeys.(interface{ Prefetch(context.Context) }); ok {
+		fetchCtx, stopFetch := context.WithCancel(ctx)
+		fetched := make(chan struct{})
+		go func() { defer close(fetched); p.Prefetch(fetchCtx) }()
+		defer func() { stopFetch(); <-fetched }()
 	}
 	// The token referrers are listed while the signatures are listed, fetched and verified: on a
 	// remote registry these are round trips of their own. Only the referrer of the token a

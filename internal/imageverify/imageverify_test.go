@@ -11,6 +11,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -325,6 +326,54 @@ func TestTokensListedWithSignatures(t *testing.T) {
 	}
 }
 
+// prefetchingKeys is a key set that can prefetch, and says when it was asked to.
+type prefetchingKeys struct {
+	maa.KeySet
+	asked chan struct{}
+	once  sync.Once
+}
+
+func (k *prefetchingKeys) Prefetch(context.Context) { k.once.Do(func() { close(k.asked) }) }
+
+// keysFirstRepository makes ListSignatures wait until the token keys are being fetched.
+type keysFirstRepository struct {
+	Repository
+	fetching <-chan struct{}
+}
+
+func (r keysFirstRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
+	select {
+	case <-r.fetching:
+	case <-time.After(10 * time.Second):
+		return errors.New("the token keys were not fetched while the signatures were listed")
+	}
+	return r.Repository.ListSignatures(ctx, desc, fn)
+}
+
+// TestKeysFetchedWithSignatures: a key set that fetches starts before the registry reads, so
+// that the round trips to MAA and to the registry overlap, and the image still verifies.
+func TestKeysFetchedWithSignatures(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "keys prefetched")
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, b)
+	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.attach(t, img, tok)
+	keys := &prefetchingKeys{KeySet: f.opts.TokenKeys, asked: make(chan struct{})}
+	o := f.opts
+	o.TokenKeys = keys
+	res, err := Verify(context.Background(), keysFirstRepository{Repository: f.repo, fetching: keys.asked}, f.reference+"@"+img.Digest.String(), img, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Passed {
+		t.Fatalf("refused: %+v", res.Checks)
+	}
+}
+
 func TestParseCertSHA256(t *testing.T) {
 	hexSum := strings.Repeat("ab", 32)
 	tests := []struct {
@@ -343,6 +392,13 @@ func TestParseCertSHA256(t *testing.T) {
 		if got != tt.want || (err == nil) != (tt.want != "") {
 			t.Errorf("ParseCertSHA256(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
+	}
+	a, b := strings.Repeat("ab", 32), strings.Repeat("0c", 32)
+	if got, err := ParseCertPins([]string{strings.ToUpper(a), b}); err != nil || !slices.Equal(got, []string{a, b}) {
+		t.Errorf("ParseCertPins = %q, %v", got, err)
+	}
+	if got, err := ParseCertPins([]string{a, "abcd"}); err == nil || !strings.Contains(err.Error(), `"abcd"`) || got != nil {
+		t.Errorf("ParseCertPins with a bad pin = %q, %v", got, err)
 	}
 }
 

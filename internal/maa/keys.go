@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -42,6 +43,30 @@ func NewStaticKeySet(jwksJSON []byte) (*StaticKeySet, error) {
 // Keys returns the keys named kid.
 func (s *StaticKeySet) Keys(_ context.Context, kid string) ([]jose.JSONWebKey, error) {
 	return keysByID(s.keys, kid), nil
+}
+
+// KeySetFor is the key set a verifier of instance's tokens uses: the JWKS file jwksFile when one is
+// given (a pinned copy of {instance}/certs, for machines that cannot reach the instance), and the
+// instance's /certs otherwise. The file is read up to MaxResponseSize bytes; it may be a symbolic
+// link, as Kubernetes mounts a ConfigMap's files.
+func KeySetFor(instance, jwksFile string, o JWKSOptions) (KeySet, error) {
+	if jwksFile == "" {
+		return NewRemoteKeySet(instance, o), nil
+	}
+	f, err := os.Open(jwksFile)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS file: %w", err)
+	}
+	defer f.Close()
+	b, err := readBounded(f, MaxResponseSize)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS file %s: %w", jwksFile, err)
+	}
+	ks, err := NewStaticKeySet(b)
+	if err != nil {
+		return nil, fmt.Errorf("JWKS file %s: %w", jwksFile, err)
+	}
+	return ks, nil
 }
 
 // JWKSOptions configures a RemoteKeySet. The zero value gives the defaults.

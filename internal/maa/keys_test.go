@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -160,5 +162,56 @@ func TestRemoteKeySetRefusesInsecureInstance(t *testing.T) {
 	}
 	if n := hits.Load(); n != 0 {
 		t.Fatalf("the server was asked %d times", n)
+	}
+}
+
+// TestKeySetFor: a JWKS file gives its keys, followed through a symbolic link as Kubernetes
+// mounts a ConfigMap; a missing, oversized or keyless file is an error naming the file; no file
+// means the instance's /certs.
+func TestKeySetFor(t *testing.T) {
+	testKeys(t)
+	key := signingKey
+	dir := t.TempDir()
+	write := func(name string, b []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("jwks.json", publicJWKS(t, key, "k1"))
+	link := filepath.Join(dir, "link.json")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, file string
+		err        string // substring of the error; "" = the file's keys
+	}{
+		{name: "file", file: good},
+		{name: "symbolic link", file: link},
+		{name: "missing", file: filepath.Join(dir, "none.json"), err: "none.json"},
+		{name: "too large", file: write("big.json", make([]byte, MaxResponseSize+1)), err: "big.json"},
+		{name: "no usable key", file: write("empty.json", []byte(`{"keys":[]}`)), err: "empty.json"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ks, err := KeySetFor("https://maa.example", tc.file, JWKSOptions{})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one naming %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if keys, err := ks.Keys(context.Background(), "k1"); err != nil || len(keys) != 1 {
+				t.Fatalf("keys %v, %v", keys, err)
+			}
+		})
+	}
+	ks, err := KeySetFor("https://maa.example", "", JWKSOptions{})
+	if r, ok := ks.(*RemoteKeySet); err != nil || !ok || r.URL() != "https://maa.example"+CertsPath {
+		t.Fatalf("without a file: %T %v", ks, err)
 	}
 }

@@ -67,13 +67,11 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 		return imageverify.Options{}, "", fmt.Errorf("attestationURL: %w", err)
 	}
 	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute}
-	for _, p := range c.SigningCertSHA256 {
-		h, err := imageverify.ParseCertSHA256(p)
-		if err != nil {
-			return o, "", fmt.Errorf("signingCertSHA256: %w", err)
-		}
-		o.SigningCertSHA256 = append(o.SigningCertSHA256, h)
+	pins, err := imageverify.ParseCertPins(c.SigningCertSHA256)
+	if err != nil {
+		return o, "", fmt.Errorf("signingCertSHA256: %w", err)
 	}
+	o.SigningCertSHA256 = pins
 	if c.MaxTokenAge != "" {
 		d, err := time.ParseDuration(c.MaxTokenAge)
 		if err != nil || d <= 0 {
@@ -86,18 +84,8 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 		return o, "", err
 	}
 	o.Rules = rs
-	if c.JWKSPath != "" {
-		b, err := os.ReadFile(c.JWKSPath)
-		if err != nil {
-			return o, "", err
-		}
-		ks, err := maa.NewStaticKeySet(b)
-		if err != nil {
-			return o, "", err
-		}
-		o.TokenKeys = ks
-	} else {
-		o.TokenKeys = maa.NewRemoteKeySet(c.AttestationURL, maa.JWKSOptions{})
+	if o.TokenKeys, err = maa.KeySetFor(c.AttestationURL, c.JWKSPath, maa.JWKSOptions{}); err != nil {
+		return o, "", fmt.Errorf("jwksPath: %w", err)
 	}
 	if c.TrustPolicyDoc == nil || len(c.VerificationCerts) == 0 {
 		return o, "", errors.New("trustPolicyDoc and verificationCerts are required: the token is trusted only through a verified signature")
