@@ -474,7 +474,10 @@ func operatorType(cfg Config) string {
 }
 
 // assign creates a role assignment with a deterministic name; RoleAssignmentExists (the same
-// assignment under another name) is success.
+// assignment under another name) is success. principalType is always sent: ARM then does not look
+// the principal up in Entra ID, so an identity created moments before does not fail with
+// PrincipalNotFound while the directory replicates (ARM's own PrincipalNotFound message says so
+// and points to https://aka.ms/docs-principaltype).
 func assign(ctx context.Context, cl *Clients, cfg Config, scope, principal, principalType, role string) error {
 	pt := armauthorization.PrincipalType(principalType)
 	_, err := cl.RoleAssignments.Create(ctx, scope, assignmentName(scope, principal, role), armauthorization.RoleAssignmentCreateParameters{
@@ -550,18 +553,18 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		steps = append(steps, Step{Kind: kind, Name: name, Action: action, Detail: detail})
 		progress(w, "%-20s %-26s %s %s", kind, name, action, detail)
 	}
+	core := map[string]taggedResource{}
+	for _, r := range coreResources(cl, cfg) {
+		core[r.kind] = r
+	}
 	if cl.Build != nil {
-		if t, err := cl.Build.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil); err == nil {
-			if !tagged(t.Tags, cfg.NamePrefix) {
-				note("image template", n.ImageTemplate, "skip", "not created by this deployment")
-			} else if p, err := cl.Build.ImageTemplates.BeginDelete(ctx, cfg.ResourceGroup, n.ImageTemplate, nil); err != nil {
-				return steps, err
-			} else if _, err := p.PollUntilDone(ctx, nil); err != nil {
-				return steps, err
-			} else {
-				note("image template", n.ImageTemplate, "deleted", "the gallery and its image versions are kept unless the resource group goes")
+		if _, err := destroyResource(ctx, cfg, templateResource(cl, cfg), note, "the gallery and its image versions are kept unless the resource group goes", func(ctx context.Context) error {
+			p, err := cl.Build.ImageTemplates.BeginDelete(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+			if err == nil {
+				_, err = p.PollUntilDone(ctx, nil)
 			}
-		} else if !isNotFound(err) {
+			return err
+		}); err != nil {
 			return steps, err
 		}
 	}
@@ -569,36 +572,27 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	if err := destroyImageBuilder(ctx, cl, cfg, note); err != nil {
 		return steps, err
 	}
-	if reg, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil); err == nil {
-		if !tagged(reg.Tags, cfg.NamePrefix) {
-			note("container registry", n.Registry, "skip", "not created by this deployment")
-		} else if p, err := cl.Registries.BeginDelete(ctx, cfg.ResourceGroup, n.Registry, nil); err != nil {
-			return steps, err
-		} else if _, err := p.PollUntilDone(ctx, nil); err != nil {
-			return steps, err
-		} else {
-			note("container registry", n.Registry, "deleted", "")
+	if _, err := destroyResource(ctx, cfg, core["container registry"], note, "", func(ctx context.Context) error {
+		p, err := cl.Registries.BeginDelete(ctx, cfg.ResourceGroup, n.Registry, nil)
+		if err == nil {
+			_, err = p.PollUntilDone(ctx, nil)
 		}
-	} else if !isNotFound(err) {
+		return err
+	}); err != nil {
 		return steps, err
 	}
-	if v, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil); err == nil {
-		if !tagged(v.Tags, cfg.NamePrefix) {
-			note("key vault", n.Vault, "skip", "not created by this deployment")
-		} else {
-			if _, err := cl.Vaults.Delete(ctx, cfg.ResourceGroup, n.Vault, nil); err != nil {
-				return steps, err
-			}
-			note("key vault", n.Vault, "deleted", "soft-deleted; keys recoverable until purged")
-			if purge {
-				if err := purgeVault(ctx, cl, cfg, "", note); err != nil {
-					return steps, err
-				}
-			}
-		}
-	} else if !isNotFound(err) {
+	vault, err := destroyResource(ctx, cfg, core["key vault"], note, "soft-deleted; keys recoverable until purged", func(ctx context.Context) error {
+		_, err := cl.Vaults.Delete(ctx, cfg.ResourceGroup, n.Vault, nil)
+		return err
+	})
+	switch {
+	case err != nil:
 		return steps, err
-	} else if purge {
+	case vault == deleted && purge:
+		if err := purgeVault(ctx, cl, cfg, "", note); err != nil {
+			return steps, err
+		}
+	case vault == absent && purge:
 		// Left soft-deleted by an earlier destroy without --purge.
 		ours, found, err := deletedVault(ctx, cl, cfg)
 		switch {
@@ -612,15 +606,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 			}
 		}
 	}
-	if p, err := cl.Attestation.Get(ctx, cfg.ResourceGroup, n.AttestationProvider); err == nil {
-		if !tagged(p.Tags, cfg.NamePrefix) {
-			note("attestation provider", n.AttestationProvider, "skip", "not created by this deployment")
-		} else if err := cl.Attestation.Delete(ctx, cfg.ResourceGroup, n.AttestationProvider); err != nil {
-			return steps, err
-		} else {
-			note("attestation provider", n.AttestationProvider, "deleted", "")
-		}
-	} else if !isNotFound(err) {
+	if _, err := destroyResource(ctx, cfg, core["attestation provider"], note, "", func(ctx context.Context) error {
+		return cl.Attestation.Delete(ctx, cfg.ResourceGroup, n.AttestationProvider)
+	}); err != nil {
 		return steps, err
 	}
 	if id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil); err == nil {
@@ -658,6 +646,36 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		return steps, err
 	}
 	return steps, nil
+}
+
+// destroyOutcome is what destroyResource found and did.
+type destroyOutcome int
+
+const (
+	absent  destroyOutcome = iota // no such resource
+	skipped                       // exists without the deployment's tag: left alone
+	deleted                       // deleted by remove
+)
+
+// destroyResource deletes r with remove if it exists and carries the deployment's tag, noting
+// the step (detail goes with the deletion); one without the tag is noted as skipped. Errors name
+// the resource.
+func destroyResource(ctx context.Context, cfg Config, r taggedResource, note func(kind, name, action, detail string), detail string, remove func(context.Context) error) (destroyOutcome, error) {
+	tags, _, err := r.tags(ctx)
+	switch {
+	case isNotFound(err):
+		return absent, nil
+	case err != nil:
+		return absent, fmt.Errorf("%s %s: %w", r.kind, r.name, err)
+	case !tagged(tags, cfg.NamePrefix):
+		note(r.kind, r.name, "skip", "not created by this deployment")
+		return skipped, nil
+	}
+	if err := remove(ctx); err != nil {
+		return absent, fmt.Errorf("deleting %s %s: %w", r.kind, r.name, err)
+	}
+	note(r.kind, r.name, "deleted", detail)
+	return deleted, nil
 }
 
 // purgeVault purges the deployment's soft-deleted vault. A purge ARM refuses is not an error, so

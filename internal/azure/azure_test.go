@@ -1048,3 +1048,47 @@ func fakeGet[V, R any](mu *sync.Mutex, m map[string]V, key string, wrap func(V) 
 	}
 	return respond(http.StatusOK, wrap(v))
 }
+
+// TestDestroyResource: destroy deletes only what exists with the deployment's tag, notes each
+// step, and its errors name the resource.
+func TestDestroyResource(t *testing.T) {
+	ctx := context.Background()
+	readErr := errors.New("read failed")
+	for _, tc := range []struct {
+		name    string
+		tags    map[string]*string
+		readErr error
+		rmErr   error
+		want    destroyOutcome
+		action  string // the step noted; "" = none
+		err     string // substring of the error
+	}{
+		{name: "missing", readErr: &azcore.ResponseError{StatusCode: http.StatusNotFound}, want: absent},
+		{name: "ours", tags: testConfig.tags(), want: deleted, action: "deleted"},
+		{name: "not ours", tags: map[string]*string{TagKey: ptr("other")}, want: skipped, action: "skip"},
+		{name: "read fails", readErr: readErr, err: "key vault v: read failed"},
+		{name: "delete fails", tags: testConfig.tags(), rmErr: errors.New("busy"), err: "deleting key vault v: busy"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := taggedResource{kind: "key vault", name: "v", tags: func(context.Context) (map[string]*string, string, error) { return tc.tags, "", tc.readErr }}
+			var noted []string
+			var removed bool
+			got, err := destroyResource(ctx, testConfig, r, func(_, _, action, _ string) { noted = append(noted, action) }, "", func(context.Context) error {
+				removed = true
+				return tc.rmErr
+			})
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want || removed != (tc.want == deleted) {
+				t.Fatalf("got %v, %v (removed %v), want %v", got, err, removed, tc.want)
+			}
+			if want := []string{tc.action}; (tc.action == "" && len(noted) != 0) || (tc.action != "" && !slices.Equal(noted, want)) {
+				t.Errorf("noted %v, want %v", noted, want)
+			}
+		})
+	}
+}
