@@ -229,7 +229,19 @@ func SignImage(t testing.TB, repo nregistry.Repository, s signature.Signer, subj
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := repo.PushSignature(context.Background(), "application/jose+json", blob, subject, nil); err != nil {
+	// The manifest annotation notation-go writes when it signs: the chain's SHA-256 thumbprints.
+	content, err := env.Verify()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var thumbprints []string
+	for _, c := range content.SignerInfo.CertificateChain {
+		sum := sha256.Sum256(c.Raw)
+		thumbprints = append(thumbprints, hex.EncodeToString(sum[:]))
+	}
+	tp, _ := json.Marshal(thumbprints)
+	annotations := map[string]string{"io.cncf.notary.x509chain.thumbprint#S256": string(tp)}
+	if _, _, err := repo.PushSignature(context.Background(), "application/jose+json", blob, subject, annotations); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -117,6 +118,10 @@ type Result struct {
 	TokenReferrer string `json:"tokenReferrer,omitempty"`
 	// SigningTime is the signature's signing time.
 	SigningTime *time.Time `json:"signingTime,omitempty"`
+	// SignaturesNotExamined counts the attached signatures beyond MaxSignatures that a refusal
+	// did not examine (at least 1 when the listing itself stopped early); the last check's
+	// detail says so too.
+	SignaturesNotExamined int `json:"signaturesNotExamined,omitempty"`
 }
 
 // FailedCheck returns the name of the first failed check, or "".
@@ -136,15 +141,16 @@ type Repository interface {
 }
 
 // Verify examines subject (reference is its full name@digest, used by the trust policy's
-// registry scopes). An error means the registry could not be read; a refusal is a Result with
+// registry scopes). An error means the registry could not be read (listing the signatures or the
+// token referrers, or fetching the signature that got furthest); a refusal is a Result with
 // Passed false.
 func Verify(ctx context.Context, repo Repository, reference string, subject ocispec.Descriptor, o Options) (*Result, error) {
 	if o.Notation == nil || o.TokenKeys == nil || o.Rules == nil || o.AttestationURL == "" || o.KeyID == "" || o.MaxTokenAge <= 0 {
 		return nil, errors.New("imageverify: Notation, AttestationURL, TokenKeys, KeyID, MaxTokenAge and Rules are required")
 	}
-	max := o.MaxSignatures
-	if max <= 0 {
-		max = DefaultMaxSignatures
+	maxSigs := o.MaxSignatures
+	if maxSigs <= 0 {
+		maxSigs = DefaultMaxSignatures
 	}
 	// The instance must be a bare https URL (the token verifier's rule): a configuration error, not
 	// a refusal of this image, and the URL is then safe to show in results.
@@ -179,11 +185,16 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	defer func() { stopList(); <-listed }()
 	tokenIndex := func() *referrer.Index { <-listed; return ix }
 
+	// Whoever can push to the repository can attach any number of signatures, so only MaxSignatures are
+	// examined. The listing itself is cheap and goes further: with pinned certificates, the
+	// signatures whose manifests name a pinned certificate are examined first, so that signatures
+	// attached to push the genuine one out of reach must at least copy its annotation.
 	var sigs []ocispec.Descriptor
+	listedMore := false
 	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
 		sigs = append(sigs, page...)
-		if len(sigs) >= max {
-			sigs = sigs[:max]
+		if len(sigs) > maxListedSignatures {
+			sigs, listedMore = sigs[:maxListedSignatures], true
 			return errStop
 		}
 		return nil
@@ -191,13 +202,23 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if err != nil && !errors.Is(err, errStop) {
 		return nil, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
 	}
+	if len(o.SigningCertSHA256) > 0 {
+		slices.SortStableFunc(sigs, func(a, b ocispec.Descriptor) int {
+			return boolOrder(namesPinnedCert(b, o.SigningCertSHA256), namesPinnedCert(a, o.SigningCertSHA256))
+		})
+	}
+	skipped := 0
+	if len(sigs) > maxSigs {
+		skipped, sigs = len(sigs)-maxSigs, sigs[:maxSigs]
+	}
 
 	res := &Result{Subject: subject.Digest.String()}
 	best := -1
+	var bestReadErr error
 	record := func(c candidate) bool {
 		n := c.passedCount()
 		if n > best {
-			best = n
+			best, bestReadErr = n, c.readErr
 			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime, res.TokenReferrer = c.checks, c.signature, c.tokenSHA, c.signingTime, c.referrer
 		}
 		return c.passed()
@@ -214,7 +235,50 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 			}
 		}
 	}
+	// The candidate that got furthest stopped because the registry could not be read: that is
+	// not a judgement of the image.
+	if bestReadErr != nil {
+		return nil, bestReadErr
+	}
+	if skipped > 0 || listedMore {
+		res.SignaturesNotExamined = max(skipped, 1)
+		more := fmt.Sprintf("%d more are", skipped)
+		if listedMore {
+			more = fmt.Sprintf("more than %d more are", skipped)
+		}
+		res.Checks[len(res.Checks)-1].Detail += fmt.Sprintf("; only %d of the image's signatures were examined and %s attached: whoever can push to the repository may have attached signatures that hide the genuine one", len(sigs), more)
+	}
 	return res, nil
+}
+
+// maxListedSignatures bounds the signatures listed, of which MaxSignatures are examined.
+const maxListedSignatures = 256
+
+// thumbprintAnnotation is the annotation of a Notation signature manifest that lists the
+// SHA-256 thumbprints of its certificate chain, leaf first, as a JSON array of hex strings
+// (notation-go v1.3.2 writes it in generateAnnotations; internal/envelope names it). It is the
+// pusher's word, used only to order what is examined.
+const thumbprintAnnotation = "io.cncf.notary.x509chain.thumbprint#S256"
+
+// namesPinnedCert reports whether the signature manifest d says its leaf certificate is one of
+// pins.
+func namesPinnedCert(d ocispec.Descriptor, pins []string) bool {
+	var chain []string
+	if err := json.Unmarshal([]byte(d.Annotations[thumbprintAnnotation]), &chain); err != nil || len(chain) == 0 {
+		return false
+	}
+	return slices.Contains(pins, strings.ToLower(chain[0]))
+}
+
+// boolOrder orders false before true.
+func boolOrder(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 var errStop = errors.New("enough signatures")
@@ -225,6 +289,8 @@ type candidate struct {
 	tokenSHA    string
 	referrer    string
 	signingTime *time.Time
+	// readErr is why the registry could not be read, when that stopped the checks.
+	readErr error
 }
 
 func (c candidate) passedCount() int {
@@ -253,7 +319,8 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c := candidate{signature: sd.Digest.String()}
 	blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
 	if err != nil {
-		return c.fail(CheckSignature, fmt.Sprintf("fetching signature %s: %v", sd.Digest, err))
+		c.readErr = fmt.Errorf("fetching signature %s: %w", sd.Digest, err)
+		return c.fail(CheckSignature, c.readErr.Error())
 	}
 	outcome, err := o.Notation.Verify(ctx, subject, blob, notation.VerifierVerifyOptions{ArtifactReference: reference, SignatureMediaType: blobDesc.MediaType})
 	if err != nil {
@@ -298,6 +365,10 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.ok(CheckAttribute, "token sha256 "+tokenSHA)
 
 	ix := tokenIndex()
+	if err := ix.Err(); err != nil {
+		c.readErr = err
+		return c.fail(CheckReferrer, err.Error())
+	}
 	tok, tokenErrs := ix.Find(ctx, tokenSHA)
 	if tok == nil {
 		detail := "no token referrer with sha256 " + tokenSHA + " (run oras-attest attach)"

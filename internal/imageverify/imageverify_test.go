@@ -415,3 +415,104 @@ func TestVerifyRefusesInstanceURL(t *testing.T) {
 		}
 	}
 }
+
+// lastRepository lists the signatures in the registry's order but with those for which last
+// is true at the end, and can make the token listing or the signature fetch fail.
+type lastRepository struct {
+	Repository
+	last              func(ocispec.Descriptor) bool
+	listErr, fetchErr error
+}
+
+func (r lastRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
+	var all []ocispec.Descriptor
+	if err := r.Repository.ListSignatures(ctx, desc, func(page []ocispec.Descriptor) error { all = append(all, page...); return nil }); err != nil {
+		return err
+	}
+	if r.last != nil {
+		slices.SortStableFunc(all, func(a, b ocispec.Descriptor) int { return boolOrder(r.last(a), r.last(b)) })
+	}
+	return fn(all)
+}
+
+func (r lastRepository) Referrers(ctx context.Context, desc ocispec.Descriptor, artifactType string, fn func([]ocispec.Descriptor) error) error {
+	if r.listErr != nil && artifactType == referrer.ArtifactType {
+		return r.listErr
+	}
+	return r.Repository.Referrers(ctx, desc, artifactType, fn)
+}
+
+func (r lastRepository) FetchSignatureBlob(ctx context.Context, desc ocispec.Descriptor) ([]byte, ocispec.Descriptor, error) {
+	if r.fetchErr != nil {
+		return nil, ocispec.Descriptor{}, r.fetchErr
+	}
+	return r.Repository.FetchSignatureBlob(ctx, desc)
+}
+
+// TestSignatureFlood: signatures attached to push the genuine one beyond MaxSignatures make a
+// refusal that says so; with a pinned certificate, the signatures whose manifests name it are
+// examined first, and the image verifies.
+func TestSignatureFlood(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "flooded")
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, b)
+	for range 3 {
+		f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
+	}
+	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.attach(t, img, tok)
+	pin := certSHA256(t, f.signer)
+	genuine := func(d ocispec.Descriptor) bool { return namesPinnedCert(d, []string{pin}) }
+	repo := lastRepository{Repository: f.repo, last: genuine}
+	ref := f.reference + "@" + img.Digest.String()
+
+	o := f.opts
+	o.MaxSignatures = 2
+	res, err := Verify(context.Background(), repo, ref, img, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := res.Checks[len(res.Checks)-1]
+	if res.Passed || res.SignaturesNotExamined != 2 || !strings.Contains(last.Detail, "only 2 of the image's signatures were examined and 2 more are attached") {
+		t.Fatalf("passed %v, not examined %d, detail %q", res.Passed, res.SignaturesNotExamined, last.Detail)
+	}
+
+	o.SigningCertSHA256 = []string{pin}
+	if res, err = Verify(context.Background(), repo, ref, img, o); err != nil || !res.Passed || res.SignaturesNotExamined != 0 {
+		t.Fatalf("with the pin: %+v, %v", res, err)
+	}
+}
+
+// TestRegistryErrorsAreErrors: when the registry cannot be read, Verify returns an error naming
+// what failed, not a refusal that blames the image (or tells to attach a token that is there).
+func TestRegistryErrorsAreErrors(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "registry down")
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, b)
+	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.attach(t, img, tok)
+	down := errors.New("503 service unavailable")
+	for _, tc := range []struct {
+		name string
+		repo lastRepository
+		want string
+	}{
+		{"token referrers not listed", lastRepository{Repository: f.repo, listErr: down}, "listing referrers of " + img.Digest.String()},
+		{"signature not fetched", lastRepository{Repository: f.repo, fetchErr: down}, "fetching signature"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := Verify(context.Background(), tc.repo, f.reference+"@"+img.Digest.String(), img, f.opts)
+			if err == nil || !errors.Is(err, down) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %+v, %v; want an error containing %q", res, err, tc.want)
+			}
+		})
+	}
+}

@@ -167,6 +167,9 @@ func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Ind
 	return ix
 }
 
+// Err is the listing's error: the registry could not list the referrers.
+func (ix *Index) Err() error { return ix.err }
+
 // Len is the number of token referrers listed.
 func (ix *Index) Len() int { return len(ix.descs) }
 

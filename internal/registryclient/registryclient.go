@@ -30,6 +30,10 @@ const ACRScope = "https://containerregistry.azure.net/.default"
 // acrNullUser is the user name ACR expects with an exchanged refresh token.
 const acrNullUser = "00000000-0000-0000-0000-000000000000"
 
+// MaxReferrerPages bounds the pages of one referrers listing; beyond it the listing fails with
+// oras-go's errdef.ErrTooManyPages.
+const MaxReferrerPages = 32
+
 // Options configures Open.
 type Options struct {
 	// Username and Password, when set, are used for the registry and nothing else is consulted.
@@ -64,6 +68,11 @@ func Open(ref string, o Options) (*remote.Repository, registry.Reference, error)
 		return nil, registry.Reference{}, err
 	}
 	repo.Client = &auth.Client{Client: hc, Cache: auth.NewCache(), Credential: cred, ClientID: "oras-attest"}
+	// oras-go pages through the Referrers API without end by default, and its client-side
+	// artifact-type filter means the callers' own bounds count only matching entries: a registry
+	// that ignores the filter, or a subject with thousands of other referrers, would be paged
+	// through until the deadline.
+	repo.ReferrerListMaxPages = MaxReferrerPages
 	return repo, r, nil
 }
 

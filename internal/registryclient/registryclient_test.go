@@ -2,11 +2,20 @@ package registryclient
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/errdef"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -51,5 +60,34 @@ func TestLoopbackIsPlainHTTP(t *testing.T) {
 		if got := isLoopback(host); got != want {
 			t.Errorf("isLoopback(%q) = %v", host, got)
 		}
+	}
+}
+
+// TestReferrerPagesBounded: a registry that answers every referrers page with a link to another
+// is read for MaxReferrerPages pages, then the listing fails with ErrTooManyPages.
+func TestReferrerPagesBounded(t *testing.T) {
+	var pages atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.Contains(r.URL.Path, "/referrers/") {
+			http.NotFound(w, r)
+			return
+		}
+		n := pages.Add(1)
+		w.Header().Set("Content-Type", ocispec.MediaTypeImageIndex)
+		w.Header().Set("Link", fmt.Sprintf(`<%s?page=%d>; rel="next"`, r.URL.Path, n))
+		json.NewEncoder(w).Encode(ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex,
+			Manifests: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: "application/other", Digest: digest.FromString(fmt.Sprint(n)), Size: 1}}})
+	}))
+	defer srv.Close()
+	repo, _, err := Open(strings.TrimPrefix(srv.URL, "http://")+"/app", Options{HTTPClient: srv.Client()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subject := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("subject"), Size: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second) // unbounded paging fails instead of hanging
+	defer cancel()
+	err = repo.Referrers(ctx, subject, "application/wanted", func([]ocispec.Descriptor) error { return nil })
+	if !errors.Is(err, errdef.ErrTooManyPages) || pages.Load() != MaxReferrerPages {
+		t.Fatalf("after %d pages: %v; want ErrTooManyPages after %d", pages.Load(), err, MaxReferrerPages)
 	}
 }

@@ -145,7 +145,7 @@ func TestVerifierProcess(t *testing.T) {
 		input   map[string]any
 		message string
 	}{
-		{"token bound to another image", name + "@" + bad.Digest.String(), input(cfg, badRef), `check "binding" failed`},
+		{"token bound to another image", name + "@" + bad.Digest.String(), input(cfg, badRef), `check "binding" failed: the token is bound to another image`},
 		{"referrer not named by the signature", name + "@" + img.Digest.String(), input(cfg, badRef), "is not the one a trusted signature names"},
 		{"another expected key", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.KeyID = keyID + "0"; return c }(), ref), `check "binding" failed`},
 		{"no trust policy", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.TrustPolicyDoc = nil; return c }(), ref), "trustPolicyDoc"},

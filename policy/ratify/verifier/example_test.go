@@ -20,5 +20,5 @@ func ExampleRun() {
 	res := verifier.Run(context.Background(), func(k string) string { return env[k] }, strings.NewReader(`{"config": {"name": "maa-token", "type": "maa-token"}}`))
 	json.NewEncoder(os.Stdout).Encode(res)
 	// Output:
-	// {"isSuccess":false,"name":"maa-token","type":"maa-token","message":"RATIFY_VERIFIER_SUBJECT \"registry.example/app:latest\" is not a digest reference"}
+	// {"isSuccess":false,"name":"maa-token","type":"maa-token","message":"RATIFY_VERIFIER_SUBJECT \"registry.example/app:latest\" is not a digest reference: name the image by digest, or keep Ratify's tag-to-digest mutation on (chart value provider.enableMutation)"}
 }

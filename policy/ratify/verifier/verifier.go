@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -72,7 +73,7 @@ func Run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 	}
 	subjectRef := getenv("RATIFY_VERIFIER_SUBJECT")
 	if subjectRef == "" || !strings.Contains(subjectRef, "@") {
-		return fail("RATIFY_VERIFIER_SUBJECT %q is not a digest reference", subjectRef)
+		return fail("RATIFY_VERIFIER_SUBJECT %q is not a digest reference: name the image by digest, or keep Ratify's tag-to-digest mutation on (chart value provider.enableMutation)", subjectRef)
 	}
 	b, err := io.ReadAll(io.LimitReader(stdin, maxInput+1))
 	switch {
@@ -128,7 +129,9 @@ func verify(ctx context.Context, res Result, repo *remote.Repository, ref regist
 	res.Extensions = out
 	switch {
 	case !out.Passed:
-		return fail("attested signing not proven: check %q failed", out.FailedCheck())
+		// The cause goes into the message too: Gatekeeper shows neither the extensions nor
+		// Ratify's log, and an operator needs to know whether a token expired or MAA was down.
+		return fail("attested signing not proven: check %q failed: %s", out.FailedCheck(), clip(failedDetail(out), maxMessageDetail))
 	case out.TokenReferrer != want.String():
 		return fail("token referrer %s is not the one a trusted signature names (%s)", want, out.TokenReferrer)
 	}
@@ -219,4 +222,28 @@ func checkReferenceDesc(d ocispec.Descriptor) error {
 		return fmt.Errorf("referenceDesc artifactType %.100q is not the MAA token artifact type %s this verifier is registered for", d.ArtifactType, referrer.ArtifactType)
 	}
 	return nil
+}
+
+// maxMessageDetail bounds the failed check's detail quoted in a result's message.
+const maxMessageDetail = 400
+
+// failedDetail is the detail of out's first failed check.
+func failedDetail(out *imageverify.Result) string {
+	for _, c := range out.Checks {
+		if !c.Passed {
+			return c.Detail
+		}
+	}
+	return ""
+}
+
+// clip shortens s to at most n bytes, at a rune boundary, marking the cut.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
