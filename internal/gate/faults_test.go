@@ -2,11 +2,14 @@ package gate
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -60,15 +63,18 @@ func TestFaultMatrix(t *testing.T) {
 			Header: http.Header{}, Body: io.NopCloser(strings.NewReader(`{"error":{"code":"Injected","message":"injected"}}`))})
 	}
 
-	tests := []struct {
+	type faultCase struct {
 		name    string
 		fault   func(w http.ResponseWriter, r *http.Request, n int) bool // MAA attest faults
-		signer  error                                                    // Key Vault fault
+		signer  error                                                    // Key Vault fault when the key is opened
+		signErr error                                                    // Key Vault fault when it signs
+		envType string                                                   // "" = application/jose+json
 		keys    bool                                                     // the key endpoint is down
 		timeout time.Duration
 		code    plugin.ErrorCode // "" = signs
 		message string
-	}{
+	}
+	tests := []faultCase{
 		{name: "MAA 503 once, then answers", fault: func(w http.ResponseWriter, _ *http.Request, n int) bool {
 			if n == 1 {
 				respond(503, `{"error":{"code":"ServiceUnavailable","message":"busy"}}`)(w)
@@ -114,6 +120,18 @@ func TestFaultMatrix(t *testing.T) {
 		{name: "Key Vault 500", signer: kvError(500), code: plugin.ErrorCodeGeneric, message: "500"},
 		{name: "Key Vault 404 (wrong key id)", signer: kvError(404), code: plugin.ErrorCodeValidation, message: "404"},
 	}
+	// The same faults when Key Vault's sign call fails: the envelope packages keep only the text of
+	// the signer's error, and each envelope type wraps it its own way; the code must still name the
+	// fault, and the message the signing step.
+	for _, env := range []struct{ name, typ string }{{"JWS", "application/jose+json"}, {"COSE", "application/cose"}} {
+		deadline := fmt.Errorf("Key Vault sign with signer: %w", &url.Error{Op: "Post", URL: "https://kv.vault.azure.net/keys/signer/sign", Err: context.DeadlineExceeded})
+		tests = append(tests,
+			faultCase{name: "Key Vault 403 at sign time, " + env.name, signErr: kvError(403), envType: env.typ, code: plugin.ErrorCodeAccessDenied, message: "403"},
+			faultCase{name: "Key Vault 429 at sign time, " + env.name, signErr: kvError(429), envType: env.typ, code: plugin.ErrorCodeThrottled, message: "429"},
+			faultCase{name: "Key Vault deadline at sign time, " + env.name, signErr: deadline, envType: env.typ, code: plugin.ErrorCodeTimeout, message: "deadline exceeded"},
+			faultCase{name: "Key Vault 500 at sign time, " + env.name, signErr: kvError(500), envType: env.typ, code: plugin.ErrorCodeGeneric, message: "500"},
+		)
+	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			url := f.chain.URL
@@ -133,10 +151,14 @@ func TestFaultMatrix(t *testing.T) {
 				return maa.NewVerifier(maa.VerifierOptions{Instance: f.chain.URL, Keys: maa.NewRemoteKeySet(keysURL, maa.JWKSOptions{HTTPClient: f.maaSrv.Client()}), MaxAge: c.MaxTokenAge})
 			}
 			signed := false
+			var signCalls atomic.Int32
 			d.Key = func(string, Config, *slog.Logger) (KeySource, error) {
 				return keyFunc(func() (signature.Signer, error) {
 					if tc.signer != nil {
 						return nil, tc.signer
+					}
+					if tc.signErr != nil {
+						return failingSigner{key: f.signer, err: tc.signErr, calls: &signCalls}, nil
 					}
 					signed = true
 					return f.signer, nil
@@ -151,7 +173,11 @@ func TestFaultMatrix(t *testing.T) {
 			dir := t.TempDir()
 			cfg := map[string]string{KeyAttestationURL: f.chain.URL, KeyTokenDir: dir, KeyRules: f.cfg[KeyRules]}
 			start := time.Now()
-			rsp, err := New(d).GenerateEnvelope(ctx, request("application/jose+json", cfg))
+			envType := tc.envType
+			if envType == "" {
+				envType = "application/jose+json"
+			}
+			rsp, err := New(d).GenerateEnvelope(ctx, request(envType, cfg))
 			if elapsed := time.Since(start); elapsed > 15*time.Second {
 				t.Fatalf("took %s: not bounded", elapsed)
 			}
@@ -168,6 +194,9 @@ func TestFaultMatrix(t *testing.T) {
 			if rsp != nil || signed {
 				t.Fatal("a signature was produced")
 			}
+			if tc.signErr != nil && (signCalls.Load() != 1 || !strings.HasPrefix(perr.Message, "signing: ")) {
+				t.Fatalf("Key Vault was asked to sign %d times, want once; message %q, want it to name the signing", signCalls.Load(), perr.Message)
+			}
 		})
 	}
 }
@@ -178,3 +207,17 @@ type keyFunc func() (signature.Signer, error)
 func (keyFunc) Warm(context.Context) {}
 
 func (k keyFunc) Open(context.Context) (signature.Signer, error) { return k() }
+
+// failingSigner is a remote signer (as the Key Vault signer is) whose Sign fails with err.
+type failingSigner struct {
+	key   signature.LocalSigner // the key spec
+	err   error
+	calls *atomic.Int32
+}
+
+func (s failingSigner) Sign([]byte) ([]byte, []*x509.Certificate, error) {
+	s.calls.Add(1)
+	return nil, nil, s.err
+}
+
+func (s failingSigner) KeySpec() (signature.KeySpec, error) { return s.key.KeySpec() }

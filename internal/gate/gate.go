@@ -327,6 +327,13 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Co
 		return nil, &attestError{err: fmt.Errorf("the token is %s old at the signing time, more than %s %s (since it was verified: %s waiting for the Entra ID access token, %s opening the Key Vault key); nothing was signed, sign again",
 			age.Truncate(time.Millisecond), KeyMaxTokenAge, cfg.MaxTokenAge, start.Sub(att.verifiedAt).Truncate(time.Millisecond), opened.Sub(start).Truncate(time.Millisecond))}
 	}
+	// A local signer is signed with through its private key, never through Sign: only a remote
+	// one (Key Vault) is recorded.
+	var rec *recordingSigner
+	if _, local := signer.(signature.LocalSigner); !local {
+		rec = &recordingSigner{Signer: signer}
+		signer = rec
+	}
 	sr := &signature.SignRequest{
 		Payload:     signature.Payload{ContentType: req.PayloadType, Content: req.Payload},
 		Signer:      signer,
@@ -346,9 +353,52 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Co
 	}
 	out, err := env.Sign(sr.WithContext(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("signing: %w", err)
+		return nil, &signError{err: err, signer: rec.err()}
 	}
 	return out, nil
+}
+
+// signError is the envelope's failure to sign. The envelope packages replace the signer's error
+// by a signature.InvalidSignRequestError holding only its text (notation-core-go jws and cose
+// envelope.go), so the signer's own error is kept beside it: ToPluginError then finds the Key
+// Vault *azcore.ResponseError or the deadline in the chain, as when opening the key fails.
+type signError struct {
+	err    error // what the envelope returned; its message is the one shown
+	signer error // what the signer's Sign returned; nil if the signer did not fail
+}
+
+func (e *signError) Error() string { return "signing: " + e.err.Error() }
+
+// Unwrap returns both errors, so errors.Is and errors.As see the signer's whole chain.
+func (e *signError) Unwrap() []error {
+	if e.signer == nil {
+		return []error{e.err}
+	}
+	return []error{e.signer, e.err}
+}
+
+// recordingSigner is a remote signature.Signer that keeps the error its Sign returned. The
+// envelope calls Sign within its own Sign, so the error is read once that has returned.
+type recordingSigner struct {
+	signature.Signer
+	signErr error
+}
+
+// Sign implements signature.Signer.
+func (s *recordingSigner) Sign(payload []byte) ([]byte, []*x509.Certificate, error) {
+	sig, certs, err := s.Signer.Sign(payload)
+	if err != nil {
+		s.signErr = err
+	}
+	return sig, certs, err
+}
+
+// err returns the error of the last failed Sign; nil for a nil recordingSigner.
+func (s *recordingSigner) err() error {
+	if s == nil {
+		return nil
+	}
+	return s.signErr
 }
 
 // timestamping is the RFC 3161 configuration of the signature.
