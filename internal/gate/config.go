@@ -44,6 +44,9 @@ const (
 	DefaultAttestationType = "AzureGuest"
 	// DefaultMaxTokenAge is the oldest token the gate accepts.
 	DefaultMaxTokenAge = 5 * time.Minute
+	// MinMaxTokenAge is the shortest max_token_age: token times have a resolution of one second,
+	// so a shorter age refuses every token.
+	MinMaxTokenAge = time.Second
 	// MaxMaxTokenAge bounds max_token_age: a token is fetched for each signature, so a long age only
 	// widens the window a stolen token could be replayed in.
 	MaxMaxTokenAge = time.Hour
@@ -111,8 +114,8 @@ func ParseConfig(m map[string]string) (Config, error) {
 	}
 	if v := m[KeyMaxTokenAge]; v != "" {
 		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 || d > MaxMaxTokenAge {
-			return Config{}, fmt.Errorf("plugin config %s=%q: want a duration between 1s and %s, e.g. 5m", KeyMaxTokenAge, v, MaxMaxTokenAge)
+		if err != nil || d < MinMaxTokenAge || d > MaxMaxTokenAge {
+			return Config{}, fmt.Errorf("plugin config %s=%q: want a duration between %s and %s, e.g. 5m", KeyMaxTokenAge, v, MinMaxTokenAge, MaxMaxTokenAge)
 		}
 		c.MaxTokenAge = d
 	}

@@ -4,6 +4,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseConfigKeyCache(t *testing.T) {
@@ -58,5 +59,46 @@ func TestParseConfigAttestationURL(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("%s: the error shows the password: %v", tc.url, err)
 		}
+	}
+}
+
+// TestParseConfigMaxTokenAge: max_token_age is between 1s and 1h, as its error says.
+func TestParseConfigMaxTokenAge(t *testing.T) {
+	for _, tc := range []struct {
+		age  string
+		want time.Duration // 0 = refused
+	}{
+		{"", DefaultMaxTokenAge},
+		{"1ns", 0},
+		{"500ms", 0},
+		{"999ms", 0},
+		{"0s", 0},
+		{"-5m", 0},
+		{"five minutes", 0},
+		{"1s", time.Second},
+		{"5m", 5 * time.Minute},
+		{"1h", time.Hour},
+		{"1h1s", 0},
+	} {
+		name := tc.age
+		if name == "" {
+			name = "unset"
+		}
+		t.Run(name, func(t *testing.T) {
+			m := map[string]string{KeyAttestationURL: "https://maa.example"}
+			if tc.age != "" {
+				m[KeyMaxTokenAge] = tc.age
+			}
+			c, err := ParseConfig(m)
+			if tc.want == 0 {
+				if err == nil || !strings.Contains(err.Error(), KeyMaxTokenAge) || !strings.Contains(err.Error(), "between 1s and 1h0m0s") {
+					t.Fatalf("accepted as %s, or the error does not name the key and the range: %v", c.MaxTokenAge, err)
+				}
+				return
+			}
+			if err != nil || c.MaxTokenAge != tc.want {
+				t.Fatalf("MaxTokenAge = %s, %v; want %s", c.MaxTokenAge, err, tc.want)
+			}
+		})
 	}
 }
