@@ -56,7 +56,9 @@ Plugin config (--plugin-config key=value):
                        give the build user read access rather than sending none, since MAA derives
                        the Secure Boot claims from it)
   credential_type      environment, workloadid, managedid, azurecli; unset = DefaultAzureCredential
-  client_id            managed identity / workload identity client id
+  client_id            managed identity / workload identity client id; needs credential_type
+                       managedid or workloadid (any other type would ignore it and sign as
+                       another identity, so it is refused)
   ca_certs             PEM bundle completing the certificate chain
   token_dir            token store, default $XDG_STATE_HOME/attested-kv/tokens
   timestamp_url        RFC 3161 TSA URL (needs timestamp_root_cert)

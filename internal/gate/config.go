@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/tpm"
 )
@@ -111,6 +112,11 @@ func ParseConfig(m map[string]string) (Config, error) {
 	}
 	if !strings.EqualFold(c.AttestationType, DefaultAttestationType) {
 		return Config{}, fmt.Errorf("plugin config %s=%q: only %s (Azure VM guests with a vTPM) is supported", KeyAttestationType, c.AttestationType, DefaultAttestationType)
+	}
+	// The credential is built only when the key is opened; its settings are checked now, where the
+	// other config errors are reported.
+	if err := (keyvault.CredentialOptions{Type: c.CredentialType, ClientID: c.ClientID}).Check(); err != nil {
+		return Config{}, fmt.Errorf("plugin config: %w", err)
 	}
 	if v := m[KeyMaxTokenAge]; v != "" {
 		d, err := time.ParseDuration(v)

@@ -1,10 +1,13 @@
 package gate
 
 import (
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/attested-kv/attested-kv/internal/keyvault"
 )
 
 func TestParseConfigKeyCache(t *testing.T) {
@@ -98,6 +101,53 @@ func TestParseConfigMaxTokenAge(t *testing.T) {
 			}
 			if err != nil || c.MaxTokenAge != tc.want {
 				t.Fatalf("MaxTokenAge = %s, %v; want %s", c.MaxTokenAge, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestParseConfigCredential: client_id is refused with a credential type that would ignore it
+// and sign as another identity (the default chain may take the VM's system-assigned one); the
+// error names both keys and what to set.
+func TestParseConfigCredential(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		credType string
+		clientID string
+		ok       bool
+	}{
+		{"default chain", "", "", true},
+		{"managedid, system-assigned", "managedid", "", true},
+		{"managedid with client_id", "managedid", "00000000-0000-0000-0000-000000000001", true},
+		{"ManagedID with client_id", "ManagedID", "00000000-0000-0000-0000-000000000001", true},
+		{"workloadid with client_id", "workloadid", "00000000-0000-0000-0000-000000000001", true},
+		{"environment", "environment", "", true},
+		{"azurecli", "azurecli", "", true},
+		{"client_id with the default chain", "", "00000000-0000-0000-0000-000000000001", false},
+		{"client_id with environment", "environment", "00000000-0000-0000-0000-000000000001", false},
+		{"client_id with azurecli", "azurecli", "00000000-0000-0000-0000-000000000001", false},
+		{"unknown credential_type", "msi", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := map[string]string{KeyAttestationURL: "https://maa.example"}
+			if tc.credType != "" {
+				m[KeyCredentialType] = tc.credType
+			}
+			if tc.clientID != "" {
+				m[KeyClientID] = tc.clientID
+			}
+			_, err := ParseConfig(m)
+			if tc.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, keyvault.ErrInvalidConfig) || !strings.Contains(err.Error(), KeyCredentialType) {
+				t.Fatalf("err = %v, want ErrInvalidConfig naming %s", err, KeyCredentialType)
+			}
+			if tc.clientID != "" && (!strings.Contains(err.Error(), KeyClientID) || !strings.Contains(err.Error(), "credential_type=managedid")) {
+				t.Fatalf("err = %v, want it to name %s and what to set", err, KeyClientID)
 			}
 		})
 	}

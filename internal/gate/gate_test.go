@@ -239,6 +239,7 @@ func TestFailClosed(t *testing.T) {
 		{name: "rule file missing and MAA down: the rules are reported", cfg: f.with(KeyRules, "/nonexistent/rules.cel", KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeValidation, message: "rules.cel"},
 		{name: "no attestation_url", cfg: f.with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
 		{name: "unknown config key", cfg: f.with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
+		{name: "client_id without credential_type", cfg: f.with(KeyClientID, "00000000-0000-0000-0000-000000000001"), code: plugin.ErrorCodeValidation, message: "client_id"},
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
 		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
 		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},

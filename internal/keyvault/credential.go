@@ -29,15 +29,42 @@ type CredentialOptions struct {
 	// Type is one of the Credential* constants, case-insensitive.
 	Type string
 	// ClientID selects a user-assigned managed identity (managedid) or the workload identity
-	// application (workloadid).
+	// application (workloadid); with any other type it is refused (Check).
 	ClientID string
 	// ClientOptions are passed to the credential (transport, cloud).
 	ClientOptions azcore.ClientOptions
 }
 
-// NewCredential returns the credential o names. On a build VM prefer managedid with the client id
-// of the identity the bootstrap attached: a credential chain may pick a surprise identity.
+// Check reports whether o names a credential NewCredential builds: a known Type, and a ClientID
+// only with the types that use it (managedid, workloadid). Any other type would ignore the
+// ClientID and authenticate as whatever identity it finds (DefaultAzureCredential: possibly the
+// VM's system-assigned identity), not the one the user named. The error wraps ErrInvalidConfig.
+func (o CredentialOptions) Check() error {
+	switch typ := strings.ToLower(o.Type); typ {
+	case CredentialManagedID, CredentialWorkloadID:
+		return nil
+	case CredentialDefault, CredentialEnvironment, CredentialAzureCLI:
+		if o.ClientID == "" {
+			return nil
+		}
+		what := "credential_type is unset (the DefaultAzureCredential chain, which may sign as another identity, e.g. the VM's system-assigned one)"
+		if typ != CredentialDefault {
+			what = fmt.Sprintf("credential_type is %q, which does not use it", o.Type)
+		}
+		return fmt.Errorf("%w: client_id %q is set but %s; set credential_type=managedid (a user-assigned managed identity) or credential_type=workloadid (a workload identity) to sign as that identity, or remove client_id",
+			ErrInvalidConfig, o.ClientID, what)
+	default:
+		return fmt.Errorf("%w: credential_type %q: want one of environment, workloadid, managedid, azurecli, or unset for the default chain", ErrInvalidConfig, o.Type)
+	}
+}
+
+// NewCredential returns the credential o names, once o.Check passes. On a build VM prefer
+// managedid with the client id of the identity the bootstrap attached: a credential chain may
+// pick a surprise identity.
 func NewCredential(o CredentialOptions) (azcore.TokenCredential, error) {
+	if err := o.Check(); err != nil {
+		return nil, err
+	}
 	disco := authorityIsLoopback()
 	switch strings.ToLower(o.Type) {
 	case CredentialDefault:
@@ -60,8 +87,8 @@ func NewCredential(o CredentialOptions) (azcore.TokenCredential, error) {
 		return azidentity.NewManagedIdentityCredential(opts)
 	case CredentialAzureCLI:
 		return azidentity.NewAzureCLICredential(nil)
-	default:
-		return nil, fmt.Errorf("%w: credential_type %q: want one of environment, workloadid, managedid, azurecli, or unset for the default chain", ErrInvalidConfig, o.Type)
+	default: // refused by Check
+		return nil, fmt.Errorf("%w: credential_type %q", ErrInvalidConfig, o.Type)
 	}
 }
 
