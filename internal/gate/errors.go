@@ -11,6 +11,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/tpm"
 )
 
 // validationError is a request or configuration the user must fix.
@@ -30,9 +31,11 @@ func (e *attestError) Error() string {
 }
 func (e *attestError) Unwrap() error { return e.err }
 
-// ToPluginError maps err to the plugin protocol's error codes: attestation and rule failures and
-// Key Vault 401/403 are ACCESS_DENIED, bad key ids and config VALIDATION_ERROR, 429 THROTTLED,
-// timeouts TIMEOUT, anything else ERROR. The message is what notation shows the user.
+// ToPluginError maps err to the plugin protocol's error codes: refusals of the attestation (MAA
+// refuses the evidence, the token does not verify, its binding or a claim rule fails) and Key
+// Vault 401/403 are ACCESS_DENIED; bad key ids and config VALIDATION_ERROR; MAA's or Key Vault's
+// 429 THROTTLED; timeouts TIMEOUT; outages (MAA unreachable or answering 5xx after the retries,
+// the TPM cannot be opened) and anything else ERROR. The message is what notation shows the user.
 func ToPluginError(err error) *plugin.Error {
 	var perr *plugin.Error
 	if errors.As(err, &perr) {
@@ -51,8 +54,12 @@ func ToPluginError(err error) *plugin.Error {
 	case errors.Is(err, context.DeadlineExceeded):
 		return plugin.NewError(plugin.ErrorCodeTimeout, msg)
 	case errors.As(err, &aerr):
-		if errors.Is(err, maa.ErrThrottled) {
+		switch {
+		case errors.Is(err, maa.ErrThrottled):
 			return plugin.NewError(plugin.ErrorCodeThrottled, msg)
+		case errors.Is(err, maa.ErrUnavailable), errors.Is(err, tpm.ErrUnavailable):
+			// An outage, not a refusal: the attestation could not be asked for.
+			return plugin.NewError(plugin.ErrorCodeGeneric, msg)
 		}
 		return plugin.NewError(plugin.ErrorCodeAccessDenied, msg)
 	case errors.As(err, &rerr):

@@ -94,7 +94,15 @@ func TestFaultMatrix(t *testing.T) {
 			return n == 1
 		}},
 		{name: "MAA connection reset always", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool { reset(w); return true },
-			code: plugin.ErrorCodeAccessDenied, message: "unavailable"},
+			code: plugin.ErrorCodeGeneric, message: "unavailable"},
+		{name: "MAA 503 always", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(503, `{"error":{"code":"ServiceUnavailable","message":"busy"}}`)(w)
+			return true
+		}, code: plugin.ErrorCodeGeneric, message: "HTTP 503"},
+		{name: "MAA refuses the evidence (400)", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(400, `{"error":{"code":"InvalidParameter","message":"refused"}}`)(w)
+			return true
+		}, code: plugin.ErrorCodeAccessDenied, message: "HTTP 400"},
 		{name: "MAA 429 always", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
 			respond(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`)(w)
 			return true

@@ -197,9 +197,9 @@ func TestFailClosed(t *testing.T) {
 				return &tpmAttester{client: cl, cfg: c, log: log}, nil
 			}
 			return d
-		}, code: plugin.ErrorCodeAccessDenied, message: "TPM"},
-		{name: "MAA down", cfg: f.with(KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeAccessDenied, message: "unavailable"},
-		{name: "MAA 500", cfg: f.with(KeyAttestationURL, status(500).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 500"},
+		}, code: plugin.ErrorCodeGeneric, message: "TPM unavailable"},
+		{name: "MAA down", cfg: f.with(KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeGeneric, message: "unavailable"},
+		{name: "MAA 500", cfg: f.with(KeyAttestationURL, status(500).URL), code: plugin.ErrorCodeGeneric, message: "HTTP 500"},
 		{name: "MAA 429", cfg: f.with(KeyAttestationURL, status(429).URL), code: plugin.ErrorCodeThrottled, message: "429"},
 		{name: "MAA refuses the evidence", cfg: f.with(KeyAttestationURL, status(400).URL), code: plugin.ErrorCodeAccessDenied, message: "HTTP 400"},
 		{name: "token signed by a key the instance does not publish", deps: func(d Deps) Deps {
