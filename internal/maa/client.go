@@ -24,9 +24,10 @@ import (
 type EvidenceSource interface {
 	// Evidence returns fresh evidence, including a new ephemeral key certified by the AK.
 	Evidence(ctx context.Context) (*tpm.Evidence, error)
-	// DecryptWithEphemeralKey decrypts, with the ephemeral key of the last Evidence, the
-	// RSAES-PKCS1-v1_5 ciphertext MAA returns.
-	DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte) ([]byte, error)
+	// DecryptWithEphemeralKey decrypts the RSAES-PKCS1-v1_5 ciphertext MAA returns with the
+	// ephemeral key whose public area encKeyPub (Evidence.EncKeyPub) the request carried, and
+	// refuses if that is not the key it holds.
+	DecryptWithEphemeralKey(ctx context.Context, encKeyPub, ciphertext []byte) ([]byte, error)
 }
 
 // ClientOptions configures a Client. The zero value gives the defaults.
@@ -209,7 +210,7 @@ func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[str
 		respBody, res := c.post(ctx, body)
 		if res == nil {
 			c.log.Debug("MAA attest response", "instance", c.instance, "bytes", len(respBody))
-			jwt, err := decryptResponse(ctx, respBody, src)
+			jwt, err := decryptResponse(ctx, respBody, src, ev.EncKeyPub)
 			if err != nil {
 				return "", err
 			}

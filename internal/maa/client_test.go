@@ -42,9 +42,12 @@ func (s *softwareTPM) Evidence(context.Context) (*tpm.Evidence, error) {
 	return s.ev, nil
 }
 
-func (s *softwareTPM) DecryptWithEphemeralKey(_ context.Context, ciphertext []byte) ([]byte, error) {
+func (s *softwareTPM) DecryptWithEphemeralKey(_ context.Context, encKeyPub, ciphertext []byte) ([]byte, error) {
 	if s.decryptErr != nil {
 		return nil, s.decryptErr
+	}
+	if !bytes.Equal(encKeyPub, s.ev.EncKeyPub) {
+		return nil, tpm.ErrEphemeralKeyMismatch
 	}
 	//lint:ignore SA1019 RSAES-PKCS1-v1_5 is MAA's wire format for the token key (see internal/maa/wire.go)
 	return rsa.DecryptPKCS1v15(nil, s.key, ciphertext)

@@ -131,13 +131,14 @@ func (r *encryptedResponse) open(key []byte) (string, error) {
 	return jwt, nil
 }
 
-// decryptResponse runs the whole decryption of a 200 body with the source's ephemeral key.
-func decryptResponse(ctx context.Context, body []byte, src EvidenceSource) (string, error) {
+// decryptResponse runs the whole decryption of a 200 body with the source's ephemeral key, the
+// one whose public area encKeyPub the request carried.
+func decryptResponse(ctx context.Context, body []byte, src EvidenceSource, encKeyPub []byte) (string, error) {
 	r, err := decodeAttestResponse(body)
 	if err != nil {
 		return "", fmt.Errorf("decrypting the MAA response: %w: %w", ErrResponse, err)
 	}
-	key, err := src.DecryptWithEphemeralKey(ctx, r.innerKey)
+	key, err := src.DecryptWithEphemeralKey(ctx, encKeyPub, r.innerKey)
 	if err != nil {
 		return "", fmt.Errorf("decrypting the MAA response: %w: unwrapping the inner key with the TPM ephemeral key: %w", ErrResponse, err)
 	}

@@ -30,8 +30,16 @@ const MaxEventLogSize = 1 << 20
 // quoteAttempts bounds the retries when a PCR changes between PCR_Read and Quote.
 const quoteAttempts = 3
 
-// Device is an open TPM that gathers Azure guest attestation evidence. Its methods are safe for
-// concurrent use; they run one at a time.
+// Device is an open TPM that gathers Azure guest attestation evidence.
+//
+// Its methods may be called from several goroutines (they run one at a time), but a Device holds
+// the ephemeral key of its latest Evidence only: run one attestation at a time per Device, that is
+// Evidence, then DecryptWithEphemeralKey of MAA's answer to that evidence, before the next
+// Evidence. An Evidence in between replaces the key; DecryptWithEphemeralKey then refuses the
+// earlier evidence's ciphertext with ErrEphemeralKeyMismatch (or, when the PCRs had not changed
+// and the TPM derived the same key again, decrypts it with that same key, after which the later
+// evidence's decryption finds ErrNoEphemeralKey). It never decrypts with a key other than the one
+// whose public area the caller's evidence carries. Concurrent attestations need one Device each.
 type Device struct {
 	mu           sync.Mutex
 	t            transport.TPMCloser
@@ -201,14 +209,24 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 // DecryptWithEphemeralKey decrypts ciphertext (RSAES-PKCS1-v1_5, as MAA wraps its response key)
 // with the ephemeral key of the last Evidence, as AZGA's DecryptWithEphemeralKey does: the key,
 // kept loaded since Evidence (AZGA recreates it from the same template in the NULL hierarchy), is
-// used under a PolicyPCR session for the PCR values that were quoted. A TPM reset (new NULL seed)
-// or any PCR change since Evidence makes it fail with ErrStateChanged.
-func (d *Device) DecryptWithEphemeralKey(ctx context.Context, ciphertext []byte) ([]byte, error) {
+// used under a PolicyPCR session for the PCR values that were quoted. encKeyPub is the EncKeyPub
+// of the evidence MAA answered: the loaded key must have that public area (its Name, as the TPM
+// reports it for the loaded key, is compared with the Name of encKeyPub), or the call fails with
+// ErrEphemeralKeyMismatch and leaves the loaded key to the Evidence it belongs to (see Device). A
+// TPM reset (new NULL seed) or any PCR change since Evidence makes it fail with ErrStateChanged.
+func (d *Device) DecryptWithEphemeralKey(ctx context.Context, encKeyPub, ciphertext []byte) ([]byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	st := d.last
 	if st == nil || st.key == nil {
 		return nil, ErrNoEphemeralKey
+	}
+	want, err := publicName(encKeyPub)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the evidence's ephemeral key: %w", ErrEphemeralKeyMismatch, err)
+	}
+	if !bytes.Equal(want, st.key.name.Buffer) {
+		return nil, fmt.Errorf("%w: the evidence's key has Name %x, the loaded key %x", ErrEphemeralKeyMismatch, want, st.key.name.Buffer)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -217,7 +217,7 @@ func TestEvidenceIsWhatAzureGuestSends(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := dev.DecryptWithEphemeralKey(context.Background(), wrapped)
+	got, err := dev.DecryptWithEphemeralKey(context.Background(), ev.EncKeyPub, wrapped)
 	if err != nil {
 		t.Fatalf("DecryptWithEphemeralKey: %v", err)
 	}
@@ -228,7 +228,7 @@ func TestEvidenceIsWhatAzureGuestSends(t *testing.T) {
 		t.Fatalf("DecryptWithEphemeralKey left transient handles %v", hs)
 	}
 	// One decryption per evidence.
-	if _, err := dev.DecryptWithEphemeralKey(context.Background(), wrapped); !errors.Is(err, ErrNoEphemeralKey) {
+	if _, err := dev.DecryptWithEphemeralKey(context.Background(), ev.EncKeyPub, wrapped); !errors.Is(err, ErrNoEphemeralKey) {
 		t.Fatalf("second decryption: %v, want ErrNoEphemeralKey", err)
 	}
 	// A new Evidence replaces the key, and Close flushes it.
@@ -279,11 +279,103 @@ func TestDecryptRefusesAnotherState(t *testing.T) {
 				t.Fatal(err)
 			}
 			tc.change(t, x)
-			_, err = dev.DecryptWithEphemeralKey(context.Background(), wrapped)
+			_, err = dev.DecryptWithEphemeralKey(context.Background(), ev.EncKeyPub, wrapped)
 			if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
 				t.Fatalf("DecryptWithEphemeralKey: %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+// wrapToEphemeral encrypts secret to the ephemeral key of ev, as MAA wraps its response key.
+func wrapToEphemeral(t *testing.T, ev *Evidence, secret []byte) []byte {
+	t.Helper()
+	key, err := ev.EphemeralKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	//lint:ignore SA1019 RSAES-PKCS1-v1_5 is MAA's wire format for the token key (see internal/maa/wire.go)
+	wrapped, err := rsa.EncryptPKCS1v15(rand.Reader, key, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wrapped
+}
+
+// TestDecryptOnlyWithTheEvidencesKey runs two attestations' Evidence on one Device before either
+// decrypts: a decryption must use the key whose public area its own evidence carried, or be
+// refused; it must never decrypt with the other evidence's key.
+func TestDecryptOnlyWithTheEvidencesKey(t *testing.T) {
+	tests := []struct {
+		name string
+		// between runs between the two Evidence calls.
+		between func(t *testing.T, x *testTPM)
+		// wantFirst and wantSecond are the errors of decrypting each evidence's ciphertext, the
+		// first's first.
+		wantFirst, wantSecond error
+		sameKey               bool
+	}{
+		// Another PCR state: another key. The first's ciphertext is refused before the TPM is
+		// asked, and the key stays loaded for the second.
+		{"PCRs changed", func(t *testing.T, x *testTPM) { extendPCR(t, x.t, 7, "db update") }, ErrEphemeralKeyMismatch, nil, false},
+		// Same PCR state: the TPM derives the very same key, so the first decrypts correctly with
+		// its own key, which then serves no more decryptions.
+		{"same PCRs", func(*testing.T, *testTPM) {}, nil, ErrNoEphemeralKey, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x, dev, _ := provisioned(t, "")
+			ctx := context.Background()
+			first, err := dev.Evidence(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.between(t, x)
+			second, err := dev.Evidence(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if same := bytes.Equal(first.EncKeyPub, second.EncKeyPub); same != tc.sameKey {
+				t.Fatalf("the two evidences carry the same key: %v, want %v", same, tc.sameKey)
+			}
+			for _, step := range []struct {
+				ev   *Evidence
+				want error
+			}{{first, tc.wantFirst}, {second, tc.wantSecond}} {
+				secret := []byte("inner key of " + fmt.Sprintf("%p", step.ev))
+				got, err := dev.DecryptWithEphemeralKey(ctx, step.ev.EncKeyPub, wrapToEphemeral(t, step.ev, secret))
+				if !errors.Is(err, step.want) || (step.want == nil) != (err == nil) {
+					t.Fatalf("DecryptWithEphemeralKey: %v, want %v", err, step.want)
+				}
+				if err == nil && !bytes.Equal(got, secret) {
+					t.Fatalf("decrypted %q, want %q", got, secret)
+				}
+			}
+			if hs := transientHandles(t, x.t); len(hs) != 0 {
+				t.Fatalf("transient handles %v left after both decryptions", hs)
+			}
+		})
+	}
+	// A public area that is no ephemeral key of this Device is refused, and leaves the key loaded.
+	_, dev, _ := provisioned(t, "")
+	ev, err := dev.Evidence(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _ := rsa.GenerateKey(rand.Reader, 2048)
+	otherPub := tpm2.Marshal(tpm2.New2B(tpm2.TPMTPublic{
+		Type: tpm2.TPMAlgRSA, NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{Decrypt: true},
+		Parameters:       tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{Scheme: tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull}, KeyBits: 2048}),
+		Unique:           tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: other.N.Bytes()}),
+	}))
+	for name, pub := range map[string][]byte{"another key": otherPub, "none": nil, "not a public area": []byte("x")} {
+		if _, err := dev.DecryptWithEphemeralKey(context.Background(), pub, wrapToEphemeral(t, ev, []byte("k"))); !errors.Is(err, ErrEphemeralKeyMismatch) {
+			t.Fatalf("decrypt for %s: %v, want ErrEphemeralKeyMismatch", name, err)
+		}
+	}
+	if _, err := dev.DecryptWithEphemeralKey(context.Background(), ev.EncKeyPub, wrapToEphemeral(t, ev, []byte("k"))); err != nil {
+		t.Fatalf("decrypt with the evidence's own key after refusals: %v", err)
 	}
 }
 
@@ -361,7 +453,7 @@ func TestEvidenceRefusals(t *testing.T) {
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Evidence: %v, want %v", err, tc.want)
 			}
-			if _, err := dev.DecryptWithEphemeralKey(context.Background(), []byte("x")); !errors.Is(err, ErrNoEphemeralKey) {
+			if _, err := dev.DecryptWithEphemeralKey(context.Background(), nil, []byte("x")); !errors.Is(err, ErrNoEphemeralKey) {
 				t.Fatalf("decrypt after failed evidence: %v, want ErrNoEphemeralKey", err)
 			}
 		})

@@ -27,8 +27,13 @@ var (
 	ErrCertify = errors.New("the AK's certification of the ephemeral key does not verify")
 	// ErrEventLog means the TCG event log exists but could not be read.
 	ErrEventLog = errors.New("TCG event log unreadable")
-	// ErrNoEphemeralKey means DecryptWithEphemeralKey was called before Evidence.
-	ErrNoEphemeralKey = errors.New("no ephemeral key: gather evidence first")
+	// ErrNoEphemeralKey means DecryptWithEphemeralKey found no key loaded: it was called before
+	// Evidence, or the key of the last Evidence has already served its one decryption.
+	ErrNoEphemeralKey = errors.New("no ephemeral key: gather evidence first (each Evidence's key serves one decryption)")
+	// ErrEphemeralKeyMismatch means DecryptWithEphemeralKey was given the ciphertext of an evidence
+	// whose ephemeral key is not the one loaded: another Evidence on the same Device replaced it.
+	// A Device runs one attestation at a time (see Device).
+	ErrEphemeralKeyMismatch = errors.New("the loaded ephemeral key is not the one of this evidence: a later Evidence on the same Device replaced it (run one attestation at a time per Device)")
 	// ErrStateChanged means the TPM was reset or its PCRs changed since the evidence was gathered,
 	// so the ephemeral key can no longer be used (this is the protection, not a fault).
 	ErrStateChanged = errors.New("TPM state changed since the evidence was gathered")

@@ -51,7 +51,7 @@ func roundTrip(t *testing.T, dev *Device) *Evidence {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := dev.DecryptWithEphemeralKey(context.Background(), wrapped)
+	got, err := dev.DecryptWithEphemeralKey(context.Background(), ev.EncKeyPub, wrapped)
 	if err != nil {
 		t.Fatalf("DecryptWithEphemeralKey: %v", err)
 	}
