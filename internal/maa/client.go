@@ -38,8 +38,9 @@ type ClientOptions struct {
 	// Logger receives retry warnings and, at Debug only, request and response sizes; nil is quiet.
 	// Tokens and evidence are never logged.
 	Logger *slog.Logger
-	// OS is the OS description sent to MAA; nil means ReadOSRelease(DefaultOSReleasePath), or
-	// {Linux, "Linux", 0, 0, NotApplication} if that file cannot be read.
+	// OS is the OS description sent to MAA; nil means ReadOSRelease(DefaultOSReleasePath). Its
+	// VersionMajor must not be 0 (missing os-release or VERSION_ID): Attest refuses to send it,
+	// with ErrOSVersion, as Azure's own client does.
 	OS *OSInfo
 	// MaxAttempts bounds the attestation attempts; 0 means DefaultMaxAttempts.
 	MaxAttempts int
@@ -57,6 +58,7 @@ type Client struct {
 	http        *http.Client
 	log         *slog.Logger
 	os          OSInfo
+	osFrom      string // where os came from, for checkOSVersion's error
 	maxAttempts int
 	baseDelay   time.Duration
 	maxDelay    time.Duration
@@ -107,15 +109,22 @@ func NewClient(instance string, o ClientOptions) (*Client, error) {
 	if c.baseDelay > c.maxDelay {
 		c.baseDelay = c.maxDelay
 	}
-	if o.OS != nil {
-		c.os = *o.OS
-	} else if info, err := ReadOSRelease(DefaultOSReleasePath); err == nil {
-		c.os = info
-	} else {
-		c.log.Debug("MAA client: os-release unreadable, sending defaults", "err", err)
-		c.os = defaultOSInfo()
-	}
+	c.os, c.osFrom = resolveOS(o.OS, DefaultOSReleasePath)
 	return c, nil
+}
+
+// resolveOS returns the OS description a client sends: opt if set, else what the os-release file
+// at path says, else defaultOSInfo, whose major version 0 Attest refuses; and a description of
+// where it came from for that refusal.
+func resolveOS(opt *OSInfo, path string) (OSInfo, string) {
+	if opt != nil {
+		return *opt, "ClientOptions.OS"
+	}
+	info, err := ReadOSRelease(path)
+	if err != nil {
+		return defaultOSInfo(), err.Error()
+	}
+	return info, path
 }
 
 // parseInstance validates an instance URL and returns it normalised: scheme://host.
@@ -185,9 +194,13 @@ func (c *Client) AttestNonce(ctx context.Context, src EvidenceSource, nonce stri
 // Each attempt gathers new evidence. Throttling (429), server errors (5xx), network errors and
 // timeouts are retried with exponential backoff and jitter, honouring Retry-After, up to
 // MaxAttempts and never past ctx's deadline. The error names its stage and matches, with
-// errors.Is, ErrThrottled, ErrUnavailable, ErrResponse or ErrNotForEvidence, or the TPM's own errors; other HTTP
+// errors.Is, ErrOSVersion (refused before the TPM or MAA is asked), ErrThrottled, ErrUnavailable,
+// ErrResponse or ErrNotForEvidence, or the TPM's own errors; other HTTP
 // errors are a *ServiceError, not retried.
 func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[string]string) (string, error) {
+	if err := checkOSVersion(c.os, c.osFrom); err != nil {
+		return "", fmt.Errorf("MAA request: %w", err)
+	}
 	for attempt := 1; ; attempt++ {
 		ev, err := src.Evidence(ctx)
 		if err != nil {
@@ -425,6 +438,9 @@ func EncodeAttestationInfo(ev *tpm.Evidence, os OSInfo, payload map[string]strin
 	}
 	if len(ev.PCRs) == 0 {
 		return AttestRequest{}, errors.New("TPM evidence: no PCR values")
+	}
+	if err := checkOSVersion(os, "OS description"); err != nil {
+		return AttestRequest{}, err
 	}
 	b64 := base64.StdEncoding.EncodeToString
 	info := AttestationInfo{

@@ -530,7 +530,62 @@ func TestReadOSRelease(t *testing.T) {
 	}
 }
 
+// TestAttestRefusesOSVersionZero: AZGA refuses to send a request whose OS major version is 0,
+// which is what a missing os-release or VERSION_ID gives; so does the client, before the TPM or
+// MAA is asked, with an error that says what to fix.
+func TestAttestRefusesOSVersionZero(t *testing.T) {
+	testKeys(t)
+	dir := t.TempDir()
+	token := signJOSE(t, signingKey, testKID, validClaims(testNow, "1234"), nil)
+	tests := []struct {
+		name      string
+		osRelease string // "" = no os-release file
+		opt       *OSInfo
+		wantErr   bool
+		wantMsg   string
+	}{
+		{name: "no os-release", wantErr: true, wantMsg: "no such file"},
+		{name: "no VERSION_ID", osRelease: "NAME=\"Arch Linux\"\nBUILD_ID=rolling\n", wantErr: true, wantMsg: "VERSION_ID"},
+		{name: "VERSION_ID not numeric", osRelease: "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"rolling\"\n", wantErr: true, wantMsg: "VERSION_ID"},
+		{name: "VERSION_ID 0", osRelease: "NAME=Test\nVERSION_ID=0.9\n", wantErr: true, wantMsg: "VERSION_ID"},
+		{name: "empty OSInfo given", opt: &OSInfo{}, wantErr: true, wantMsg: "ClientOptions.OS"},
+		{name: "numeric VERSION_ID", osRelease: "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\n"}, // the fake MAA wants testOS
+		{name: "OSInfo given", opt: &testOS},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-"))
+			if tc.osRelease != "" {
+				if err := os.WriteFile(path, []byte(tc.osRelease), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := newFakeMAA(t, func(w http.ResponseWriter, _ *http.Request, _ int) { w.Write(envelope{jwt: token}.body(t)) })
+			c := newTestClient(t, f, ClientOptions{})
+			c.os, c.osFrom = resolveOS(tc.opt, path)
+			src := &softwareTPM{ev: testEvidence(), key: ephemeralKey}
+			_, err := c.AttestNonce(context.Background(), src, "1234")
+			if !tc.wantErr {
+				if err != nil {
+					t.Fatalf("Attest: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrOSVersion) || !strings.Contains(err.Error(), "os-release") || !strings.Contains(err.Error(), tc.wantMsg) {
+				t.Fatalf("Attest: %v, want ErrOSVersion naming os-release and %q", err, tc.wantMsg)
+			}
+			if n, calls := f.requests.Load(), src.calls.Load(); n != 0 || calls != 0 {
+				t.Fatalf("%d requests sent and %d Evidence calls made before the refusal, want none", n, calls)
+			}
+			if _, err := EncodeAttestationInfo(testEvidence(), c.os, nil); !errors.Is(err, ErrOSVersion) {
+				t.Fatalf("EncodeAttestationInfo: %v, want ErrOSVersion", err)
+			}
+		})
+	}
+}
+
 func TestEncodeAttestationInfo(t *testing.T) {
+	testKeys(t)
 	ev := testEvidence()
 	ev.TCGLog = []byte{0xfb, 0xff}
 	req, err := EncodeAttestationInfo(ev, testOS, nil)

@@ -17,6 +17,10 @@ var (
 	// it answers: it was issued for other evidence, and re-encrypted to this TPM's key by whoever
 	// could answer in MAA's place.
 	ErrNotForEvidence = errors.New("token not issued for this TPM's evidence")
+	// ErrOSVersion means the OS description has major version 0 (os-release missing, or its
+	// VERSION_ID absent or not numeric): Azure's own client refuses to send such a request, so
+	// neither do we (see checkOSVersion).
+	ErrOSVersion = errors.New("OS major version is 0")
 )
 
 // ServiceError is an HTTP error answer from MAA, with the code and message of its CloudError body.

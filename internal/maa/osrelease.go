@@ -22,6 +22,22 @@ type OSInfo struct {
 	Build string
 }
 
+// checkOSVersion refuses an OS description with VersionMajor 0, before anything is sent: AZGA's
+// AttestationParameters::Validate refuses to send a request whose distro_version_major is 0, and
+// this client sends what AZGA sends. UNCONFIRMED: what real MAA does with OSVersionMajor 0
+// (refuse it, or issue a token with x-ms-azurevm-osversion-major 0); we follow AZGA rather than
+// find out on a build VM. from says where the description came from, and why it has no version.
+func checkOSVersion(o OSInfo, from string) error {
+	if o.VersionMajor != 0 {
+		return nil
+	}
+	return fmt.Errorf("%w (%s): the major version is the leading number of VERSION_ID in os-release "+
+		"(%s), which is missing, has no VERSION_ID, or a VERSION_ID that does not start with a number; "+
+		"Azure's guest attestation client refuses to attest so. The VM image must have an os-release "+
+		"with a numeric VERSION_ID (e.g. VERSION_ID=\"22.04\"), or the caller must set ClientOptions.OS",
+		ErrOSVersion, from, DefaultOSReleasePath)
+}
+
 // defaultOSInfo is used when os-release cannot be read.
 func defaultOSInfo() OSInfo {
 	return OSInfo{Type: OSTypeLinux, Distro: OSTypeLinux, Build: OSBuildLinux}
@@ -30,7 +46,8 @@ func defaultOSInfo() OSInfo {
 // ReadOSRelease reads an os-release file (os-release(5)) and returns its NAME and VERSION_ID as
 // AZGA reports them: Type "Linux", Distro = NAME (default "Linux", as os-release(5) specifies),
 // VersionMajor.VersionMinor = the leading numbers of VERSION_ID ("22.04" -> 22, 4; "9" -> 9, 0;
-// missing or non-numeric parts -> 0), Build = OSBuildLinux.
+// missing or non-numeric parts -> 0), Build = OSBuildLinux. A VersionMajor of 0 is returned
+// without error; the Client refuses to send it (ErrOSVersion).
 func ReadOSRelease(path string) (OSInfo, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

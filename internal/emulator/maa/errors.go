@@ -26,6 +26,7 @@ const (
 	CodeUnsupportedProtocolVersion     = "UnsupportedProtocolVersion"
 	CodeUnsupportedIsolationType       = "UnsupportedIsolationType"
 	CodeUnsupportedOSType              = "UnsupportedOsType"
+	CodeInvalidOSVersion               = "InvalidOsVersion"
 	CodeInvalidClientPayload           = "InvalidClientPayload"
 
 	// AK certificate and AK public area.

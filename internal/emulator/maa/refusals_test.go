@@ -67,6 +67,8 @@ func TestAttestRefusals(t *testing.T) {
 			i.IsolationInfo.Evidence = &wire.IsolationProof{Proof: "eA=="}
 		}, status: 400, code: CodeUnsupportedIsolationType},
 		{name: "Windows guest", info: func(i *wire.AttestationInfo) { i.OSType = b64("Windows") }, status: 400, code: CodeUnsupportedOSType},
+		{name: "OS major version 0", info: func(i *wire.AttestationInfo) { i.OSVersionMajor, i.OSVersionMinor = 0, 0 }, status: 400, code: CodeInvalidOSVersion, msg: "OSVersionMajor is 0"},
+		{name: "OS major version 0 with a minor", info: func(i *wire.AttestationInfo) { i.OSVersionMajor = 0 }, status: 400, code: CodeInvalidOSVersion, msg: "OSVersionMajor is 0"},
 		{name: "field in base64url alphabet", info: func(i *wire.AttestationInfo) {
 			i.TpmInfo.PcrQuote = base64.RawURLEncoding.EncodeToString(mustStd(i.TpmInfo.PcrQuote))
 		}, status: 400, code: CodeInvalidFieldEncoding, msg: "PcrQuote"},
