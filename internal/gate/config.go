@@ -128,6 +128,9 @@ func ParseConfig(m map[string]string) (Config, error) {
 	if c.TPM == "" {
 		c.TPM = tpm.DefaultDevice
 	}
+	// Unset is the kernel's log, which only root can read by default: a non-root build user
+	// gets tpm.ErrEventLog saying so, and must be given read access or set tcg_log to "" on
+	// purpose (no log: no Secure Boot claims). An unreadable log is never dropped silently.
 	if _, ok := m[KeyTCGLog]; !ok {
 		c.TCGLog = tpm.DefaultEventLogPath
 	}

@@ -298,17 +298,34 @@ func (d *Device) readEventLog() ([]byte, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w (point the TCG log path elsewhere, or to \"\" to send none)", ErrEventLog, err)
+		return nil, d.eventLogError(err)
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, MaxEventLogSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrEventLog, d.eventLogPath, err)
+		return nil, d.eventLogError(err)
 	}
 	if len(b) > MaxEventLogSize {
 		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrEventLog, d.eventLogPath, MaxEventLogSize)
 	}
 	return b, nil
+}
+
+// eventLogError wraps a failure to open or read the event log in ErrEventLog. A permission error
+// gets its own explanation, since it is what a non-root build user meets by default: the kernel
+// creates DefaultEventLogPath readable by root only (mode 0440 in securityfs), and membership in
+// the tss group, which opens /dev/tpmrm0, does not help. It stays fatal: attesting without the
+// log would change the claims MAA issues (see readEventLog).
+func (d *Device) eventLogError(err error) error {
+	if errors.Is(err, fs.ErrPermission) {
+		return fmt.Errorf("%w: %s: permission denied (the kernel makes the firmware event log %s "+
+			"readable only by root by default): either run as a user that can read it, or set the TCG "+
+			"log path (the plugin's tcg_log, oras-attach's --tcg-log) to \"\" to attest deliberately "+
+			"without it, knowing that MAA then has no log to derive the Secure Boot claims from, so "+
+			"expect secureboot not to be true and the baseline rule secure-boot to refuse the token: %w",
+			ErrEventLog, d.eventLogPath, DefaultEventLogPath, err)
+	}
+	return fmt.Errorf("%w: %s: %w (point the TCG log path elsewhere, or to \"\" to send none)", ErrEventLog, d.eventLogPath, err)
 }
 
 // akKey is the AK as read from the TPM.

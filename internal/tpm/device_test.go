@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/big"
 	"net"
 	"os"
@@ -455,6 +456,51 @@ func TestEvidenceRefusals(t *testing.T) {
 			}
 			if _, err := dev.DecryptWithEphemeralKey(context.Background(), nil, []byte("x")); !errors.Is(err, ErrNoEphemeralKey) {
 				t.Fatalf("decrypt after failed evidence: %v, want ErrNoEphemeralKey", err)
+			}
+		})
+	}
+}
+
+// TestEventLogUnreadable: an event log that exists but cannot be read stops the evidence, and a
+// permission error (what a non-root build user meets on the kernel's root-only log) says why and
+// the two ways out.
+func TestEventLogUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	unreadable := filepath.Join(dir, "binary_bios_measurements")
+	if err := os.WriteFile(unreadable, []byte("log"), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		path     string
+		asRoot   bool // the case means something when run as root
+		wantPerm bool
+		says     []string
+	}{
+		{"permission denied", unreadable, false, true, []string{unreadable, "readable only by root", "run as a user that can read it", `tcg_log`, `to ""`, "secureboot"}},
+		{"a directory", dir, true, false, []string{dir, `to ""`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if !tc.asRoot && os.Geteuid() == 0 {
+				t.Skip("root reads a file of mode 0000")
+			}
+			x, _, _ := provisioned(t, "")
+			dev := New(x.t, WithEventLogPath(tc.path))
+			_, err := dev.Evidence(context.Background())
+			if !errors.Is(err, ErrEventLog) || errors.Is(err, fs.ErrPermission) != tc.wantPerm {
+				t.Fatalf("Evidence: %v, want ErrEventLog (permission error: %v)", err, tc.wantPerm)
+			}
+			for _, s := range tc.says {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not say %q", err, s)
+				}
+			}
+			if strings.Contains(err.Error(), "only by root") != tc.wantPerm {
+				t.Errorf("error %q: mentions root-only: %v, want %v", err, !tc.wantPerm, tc.wantPerm)
+			}
+			if hs := transientHandles(t, x.t); len(hs) != 0 {
+				t.Fatalf("failed Evidence left transient handles %v", hs)
 			}
 		})
 	}
