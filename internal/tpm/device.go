@@ -49,6 +49,8 @@ type Device struct {
 
 	// last is the PCR state the last Evidence bound its ephemeral key to.
 	last *ephemeralState
+	// nvChunk is the NV read size, from nvReadChunk on first use; 0 until then.
+	nvChunk int
 }
 
 // ephemeralState is the ephemeral key of the last Evidence, kept loaded until it has decrypted
@@ -140,7 +142,7 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 	if err != nil {
 		return nil, err
 	}
-	certDER, err := readNV(t, AKCertIndex)
+	certDER, err := readNV(t, AKCertIndex, d.nvReadChunk(t))
 	if err != nil {
 		if isHandleError(err) {
 			return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
@@ -275,7 +277,8 @@ func (d *Device) AKCertificate(ctx context.Context) (*x509.Certificate, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	der, err := readNV(d.tpm(ctx), AKCertIndex)
+	t := d.tpm(ctx)
+	der, err := readNV(t, AKCertIndex, d.nvReadChunk(t))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoAKCert, err)
 	}
@@ -606,13 +609,57 @@ func flush(t transport.TPM, h tpm2.TPMHandle) error {
 	return err
 }
 
-// nvChunk is the largest NV read; TPM_PT_NV_BUFFER_MAX is 1024 on the simulator and AZPY reads
-// 1024-byte chunks.
+// nvChunk is the largest NV read or write: AZPY reads 1024-byte chunks, and TPM_PT_NV_BUFFER_MAX
+// is 1024 on the reference simulator. A TPM may allow less (nvReadChunk).
 const nvChunk = 1024
 
+// nvReadChunk returns the NV read size of this TPM, min(TPM_PT_NV_BUFFER_MAX, nvChunk), queried
+// with TPM2_GetCapability on first use and kept for the Device's life. d.mu must be held.
+//
+// If the capability cannot be read (or the TPM does not report the property), it falls back to
+// nvChunk without failing: this is not a place to fail closed, since the chunk size decides
+// nothing about what is trusted. A TPM whose buffer is smaller refuses a larger TPM2_NV_Read
+// with an error that readNV reports, it never returns other data; and the certificate read is
+// checked against the AK anyway. The failure is not kept, so the next call asks again.
+func (d *Device) nvReadChunk(t transport.TPM) int {
+	if d.nvChunk != 0 {
+		return d.nvChunk
+	}
+	n, err := nvBufferMax(t)
+	if err != nil {
+		d.log.Debug("TPM_PT_NV_BUFFER_MAX not read; reading NV in chunks of the default size", "chunk", nvChunk, "err", err)
+		return nvChunk
+	}
+	d.nvChunk = min(n, nvChunk)
+	return d.nvChunk
+}
+
+// nvBufferMax reads TPM_PT_NV_BUFFER_MAX, the largest TPM2_NV_Read and TPM2_NV_Write (TPM 2.0
+// Part 2, TPM_PT), with TPM2_GetCapability(TPM_CAP_TPM_PROPERTIES).
+func nvBufferMax(t transport.TPM) (int, error) {
+	rsp, err := tpm2.GetCapability{
+		Capability:    tpm2.TPMCapTPMProperties,
+		Property:      uint32(tpm2.TPMPTNVBufferMax),
+		PropertyCount: 1,
+	}.Execute(t)
+	if err != nil {
+		return 0, fmt.Errorf("TPM2_GetCapability(TPM_PT_NV_BUFFER_MAX): %w", err)
+	}
+	props, err := rsp.CapabilityData.Data.TPMProperties()
+	if err != nil {
+		return 0, fmt.Errorf("TPM2_GetCapability(TPM_PT_NV_BUFFER_MAX): %w", err)
+	}
+	for _, p := range props.TPMProperty {
+		if p.Property == tpm2.TPMPTNVBufferMax && p.Value > 0 {
+			return int(p.Value), nil
+		}
+	}
+	return 0, errors.New("TPM2_GetCapability: the TPM does not report TPM_PT_NV_BUFFER_MAX")
+}
+
 // readNV reads the whole NV index with owner authorization (AZGA Tss2Util::NvRead reads with
-// ESYS_TR_RH_OWNER and an empty password), in chunks.
-func readNV(t transport.TPM, index uint32) ([]byte, error) {
+// ESYS_TR_RH_OWNER and an empty password), in reads of at most chunk bytes.
+func readNV(t transport.TPM, index uint32, chunk int) ([]byte, error) {
 	pubRsp, err := tpm2.NVReadPublic{NVIndex: tpm2.TPMHandle(index)}.Execute(t)
 	if err != nil {
 		return nil, err
@@ -624,7 +671,7 @@ func readNV(t transport.TPM, index uint32) ([]byte, error) {
 	size := int(pub.DataSize)
 	out := make([]byte, 0, size)
 	for len(out) < size {
-		n := min(size-len(out), nvChunk)
+		n := min(size-len(out), chunk)
 		rsp, err := tpm2.NVRead{
 			AuthHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
 			NVIndex:    tpm2.NamedHandle{Handle: tpm2.TPMHandle(index), Name: pubRsp.NVName},

@@ -855,3 +855,99 @@ func FuzzReadMessage(f *testing.F) {
 		}
 	})
 }
+
+// nvBufferTPM relays commands to a real (simulated) TPM, reporting bufferMax (unless 0) as its
+// TPM_PT_NV_BUFFER_MAX and refusing NV reads larger than that, as a TPM with that buffer would,
+// or failing that query if capFails; it records each TPM2_NV_Read size.
+type nvBufferTPM struct {
+	transport.TPM
+	bufferMax uint32
+	capFails  bool
+	reads     []uint16
+}
+
+func (x *nvBufferTPM) Send(cmd []byte) ([]byte, error) {
+	const (
+		ccGetCapability = 0x17A
+		ccNVRead        = 0x14E
+	)
+	rcFailure := []byte{0x80, 0x01, 0, 0, 0, 10, 0, 0, 0x01, 0x01}
+	switch binary.BigEndian.Uint32(cmd[6:10]) {
+	case ccGetCapability:
+		if binary.BigEndian.Uint32(cmd[10:14]) != uint32(tpm2.TPMCapTPMProperties) || binary.BigEndian.Uint32(cmd[14:18]) != uint32(tpm2.TPMPTNVBufferMax) {
+			break
+		}
+		if x.capFails {
+			return rcFailure, nil
+		}
+		rsp, err := x.TPM.Send(cmd)
+		if err != nil || x.bufferMax == 0 || len(rsp) < 27 || binary.BigEndian.Uint32(rsp[19:23]) != uint32(tpm2.TPMPTNVBufferMax) {
+			return rsp, err
+		}
+		binary.BigEndian.PutUint32(rsp[23:27], x.bufferMax)
+		return rsp, nil
+	case ccNVRead:
+		auth := int(binary.BigEndian.Uint32(cmd[18:22]))
+		size := binary.BigEndian.Uint16(cmd[22+auth:])
+		x.reads = append(x.reads, size)
+		if x.bufferMax != 0 && uint32(size) > x.bufferMax {
+			return rcFailure, nil
+		}
+	}
+	return x.TPM.Send(cmd)
+}
+
+// TestAKCertificateReadInNVBufferChunks reads an AK certificate larger than one NV read, in reads
+// no larger than the TPM's TPM_PT_NV_BUFFER_MAX nor 1024 bytes, and whole.
+func TestAKCertificateReadInNVBufferChunks(t *testing.T) {
+	tests := []struct {
+		name      string
+		bufferMax uint32
+		capFails  bool
+		wantChunk uint16
+	}{
+		{"the simulator's buffer", 0, false, 1024},
+		{"a smaller buffer", 512, false, 512},
+		{"a larger buffer is read 1024 at a time", 4096, false, 1024},
+		{"capability unreadable: 1024", 0, true, 1024},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x, _, cert := provisioned(t, "")
+			// A certificate of the AK, padded with an extension to more than one 1024-byte read.
+			signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+				SerialNumber: big.NewInt(2), Subject: cert.Subject, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
+				ExtraExtensions: []pkix.Extension{{Id: []int{1, 3, 6, 1, 4, 1, 311, 99, 1}, Value: bytes.Repeat([]byte{0x5a}, 1300)}},
+			}, &x509.Certificate{Subject: pkix.Name{CommonName: "Test AK issuer"}}, cert.PublicKey, signer)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(der) <= nvChunk {
+				t.Fatalf("certificate of %d bytes fits one read", len(der))
+			}
+			if err := undefineNV(x.t, AKCertIndex); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeAKCert(x.t, der); err != nil {
+				t.Fatal(err)
+			}
+			proxy := &nvBufferTPM{TPM: x.t, bufferMax: tc.bufferMax, capFails: tc.capFails}
+			dev := New(nopCloser{proxy}, WithEventLogPath(""))
+			ev, err := dev.Evidence(context.Background())
+			if err != nil {
+				t.Fatalf("Evidence: %v", err)
+			}
+			if !bytes.Equal(ev.AKCert, der) {
+				t.Fatalf("AKCert is %d bytes, want the %d-byte certificate", len(ev.AKCert), len(der))
+			}
+			if len(proxy.reads) < 2 || proxy.reads[0] != tc.wantChunk || slices.Max(proxy.reads) > tc.wantChunk {
+				t.Fatalf("NV reads of %v bytes, want at least two of at most %d, the first %d", proxy.reads, tc.wantChunk, tc.wantChunk)
+			}
+			got, err := dev.AKCertificate(context.Background())
+			if err != nil || !bytes.Equal(got.Raw, der) {
+				t.Fatalf("AKCertificate: %v", err)
+			}
+		})
+	}
+}

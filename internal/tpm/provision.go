@@ -60,7 +60,7 @@ func Provision(ctx context.Context, t transport.TPM, ca *CA, o ProvisionOptions)
 		return nil, errors.New("provisioning needs a CA")
 	}
 	ak, akErr := readAK(t)
-	certDER, certErr := readNV(t, AKCertIndex)
+	certDER, certErr := readNV(t, AKCertIndex, nvChunk) // a simulator: its NV buffer is nvChunk
 	switch {
 	case akErr == nil && certErr == nil && !o.Replace:
 		der, err := trimDER(certDER)
