@@ -139,6 +139,12 @@ type EncryptedToken struct {
 	// EncryptedInnerKey is the AES key wrapped to the ephemeral TPM key with RSAES-PKCS1-v1_5
 	// (AZGA passes RsaScheme::RsaEs = TPM2_ALG_RSAES to TPM2_RSA_Decrypt; AZPY uses
 	// TPMS_SCHEME_RSAES).
+	//
+	// reference/maa.md says RSA-OAEP: that note is wrong. Both clients Microsoft ships decrypt
+	// with RSAES: AZGA Tpm.h / Tss2Wrapper.h declare rsaWrapAlgId = RsaEs for the ephemeral key's
+	// TPM2_RSA_Decrypt, and AZPY tpm_wrapper.py decrypts with TPMS_SCHEME_RSAES. A TPM decrypting
+	// with the RSAES scheme cannot open an OAEP ciphertext, so an OAEP-wrapped key would fail in
+	// both; the client (DecryptWithEphemeralKey) and the emulator use PKCS#1 v1.5.
 	EncryptedInnerKey string `json:"EncryptedInnerKey"`
 	// EncryptionParams names the symmetric cipher.
 	EncryptionParams EncryptionParams `json:"EncryptionParams"`
