@@ -35,7 +35,7 @@ func (e *attestError) Unwrap() error { return e.err }
 // refuses the evidence, the token does not verify, its binding or a claim rule fails) and Key
 // Vault 401/403 are ACCESS_DENIED; bad key ids and config VALIDATION_ERROR; MAA's or Key Vault's
 // 429 THROTTLED; timeouts TIMEOUT; outages (MAA unreachable or answering 5xx after the retries,
-// the TPM cannot be opened) and anything else ERROR. The message is what notation shows the user.
+// its signing keys unreadable, the TPM cannot be opened) and anything else ERROR. The message is what notation shows the user.
 func ToPluginError(err error) *plugin.Error {
 	var perr *plugin.Error
 	if errors.As(err, &perr) {
@@ -57,8 +57,9 @@ func ToPluginError(err error) *plugin.Error {
 		switch {
 		case errors.Is(err, maa.ErrThrottled):
 			return plugin.NewError(plugin.ErrorCodeThrottled, msg)
-		case errors.Is(err, maa.ErrUnavailable), errors.Is(err, tpm.ErrUnavailable):
-			// An outage, not a refusal: the attestation could not be asked for.
+		case errors.Is(err, maa.ErrUnavailable), errors.Is(err, tpm.ErrUnavailable), errors.Is(err, maa.ErrKeySource):
+			// An outage, not a refusal: the attestation could not be asked for, or the token
+			// could not be checked because the instance's signing keys could not be read.
 			return plugin.NewError(plugin.ErrorCodeGeneric, msg)
 		}
 		return plugin.NewError(plugin.ErrorCodeAccessDenied, msg)

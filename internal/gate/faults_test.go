@@ -122,7 +122,7 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			return true
 		}, code: plugin.ErrorCodeTimeout},
-		{name: "instance keys unreachable", keys: true, code: plugin.ErrorCodeAccessDenied, message: `check "keys"`},
+		{name: "instance keys unreachable", keys: true, code: plugin.ErrorCodeGeneric, message: `check "keys"`},
 		{name: "Key Vault 403", signer: kvError(403), code: plugin.ErrorCodeAccessDenied, message: "403"},
 		{name: "Key Vault 429", signer: kvError(429), code: plugin.ErrorCodeThrottled, message: "429"},
 		{name: "Key Vault 500", signer: kvError(500), code: plugin.ErrorCodeGeneric, message: "500"},
