@@ -63,6 +63,8 @@ $(BIN)/staticcheck: tools/lint/go.mod tools/lint/go.sum
 	cd tools/lint && $(GO) build -trimpath -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 
 # Every fuzz target of the module runs for FUZZTIME (go test -fuzz takes one target at a time).
+# Its seeds are the f.Add calls in the target and testdata/fuzz/<Target> (inputs that widened
+# coverage in earlier runs, kept so that every plain go test replays them).
 # A run that ends with Go's "context deadline exceeded" coordinator error but found no failing
 # input (none written under testdata/fuzz) is run once more, for FUZZRETRY executions instead of a
 # time: that error is a race in Go 1.26's fuzzing coordinator at the end of a timed run
