@@ -37,7 +37,8 @@ dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-at
 
 tools: $(BIN)/notation $(BIN)/oras ## build the pinned notation and oras CLIs (tools/go.mod) into ./bin
 
-$(BIN)/notation $(BIN)/oras: tools/go.mod tools/go.sum
+# One recipe builds both (a grouped target: make -j runs it once).
+$(BIN)/notation $(BIN)/oras &: tools/go.mod tools/go.sum
 	@mkdir -p $(BIN)
 	cd tools && CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ github.com/notaryproject/notation/cmd/notation oras.land/oras/cmd/oras
 

@@ -112,7 +112,7 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		dir = d
 	}
-	dir, err := filepath.Abs(dir)
+	dir, err := localstack.ResolveStateDir(dir)
 	if err != nil {
 		fmt.Fprintln(stderr, "attest-bootstrap:", err)
 		return 1
@@ -142,6 +142,9 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			fmt.Fprintf(stderr, "the local stack is already running (pid %d, state %s)\n", st.PID, dir)
 		} else {
 			fmt.Fprintf(stderr, "local stack started (pid %d, state %s)\n", st.PID, dir)
+		}
+		for _, w := range st.Warnings {
+			fmt.Fprintln(stderr, "warning:", w)
 		}
 		fmt.Fprintf(stderr, "  MAA emulator        %s\n  TPM simulator       %s\n  Entra ID emulator   %s\n  Key Vault emulator  %s\n  registry            %s\n  signing key         %s (notation key %q)\nnext: eval \"$(attest-bootstrap local env%s)\"\n",
 			st.MAAURL, st.TPMAddr, st.EntraURL, st.KeyVaultURL, st.Registry, st.KeyID, localstack.SigningKeyName, stateFlag(*stateDir, dir))
@@ -178,9 +181,12 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			healthy = healthy && c.OK
 		}
 		if *output == "json" {
-			cliutil.WriteJSON(stdout, map[string]any{"running": true, "healthy": healthy, "pid": st.PID, "state": dir, "startedAt": st.StartedAt, "components": comps})
+			cliutil.WriteJSON(stdout, map[string]any{"running": true, "healthy": healthy, "pid": st.PID, "state": dir, "startedAt": st.StartedAt, "components": comps, "warnings": st.Warnings})
 		} else {
 			fmt.Fprintf(stdout, "local stack: running (pid %d, since %s, state %s)\n", st.PID, st.StartedAt.Local().Format(time.RFC3339), dir)
+			for _, w := range st.Warnings {
+				fmt.Fprintln(stdout, "  warning:", w)
+			}
 			for _, c := range comps {
 				mark := "ok  "
 				if !c.OK {

@@ -10,7 +10,7 @@ mkdir -p bench
 STATE="$(mktemp -d /tmp/attested-kv-bench.XXXXXX)"
 WORK="$(mktemp -d)"
 FLOOR="$(mktemp -d "$PWD/.floor.XXXXXX")"
-trap 'attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK" "$FLOOR"' EXIT
+trap 'attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK" "$FLOOR" "$STATE"' EXIT
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; e=$(date +%s%N); echo $(( (e - s) / 1000000 )); }

@@ -8,7 +8,12 @@ STATE="${ATTEST_DEMO_STATE:-$(mktemp -d /tmp/attested-kv-demo.XXXXXX)}"
 WORK="$(mktemp -d /tmp/attested-kv-demo-work.XXXXXX)"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 refused() { echo "-> refused, as it must be"; }
-cleanup() { attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK"; }
+# The state directory holds private keys and the registry's data: removed unless the caller chose it.
+cleanup() {
+  attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+  if [ -z "${ATTEST_DEMO_STATE:-}" ]; then rm -rf "$STATE"; fi
+}
 trap cleanup EXIT
 
 step "start the local stack: MAA, Entra ID and Key Vault emulators, a TPM simulator provisioned like an Azure vTPM, a registry"

@@ -8,7 +8,7 @@ export PATH="$PWD/bin:$PATH"
 RUNS="${1:-9}"
 STATE="$(mktemp -d /tmp/attested-kv-measure.XXXXXX)"
 WORK="$(mktemp -d)"
-trap 'attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+trap 'attest-bootstrap local down --state "$STATE" >/dev/null 2>&1 || true; rm -rf "$WORK" "$STATE"' EXIT
 attest-bootstrap local up --state "$STATE" 2>/dev/null
 eval "$(attest-bootstrap local env --state "$STATE")"
 echo measure > "$WORK/app.txt"

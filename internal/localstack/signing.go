@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -56,6 +57,8 @@ type signing struct {
 	entraURL, vaultURL             string
 	registryAddr                   string
 	keyID                          string
+	// warnings are what a user must know about the stack that is not an error.
+	warnings []string
 }
 
 func randomHex(n int) string {
@@ -197,11 +200,18 @@ func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, 
 	if _, err := pc.SetPolicy(ctx, maa.AttestationTypeAzureGuest, maapolicy.AzureGuest); err != nil {
 		return fmt.Errorf("setting the attestation policy: %w", err)
 	}
+	installed := filepath.Join(p.notationLibexec(), "plugins", gate.Name, PluginBinary)
 	if pluginPath == "" {
-		log.Warn("the plugin binary was not found next to attest-bootstrap; notation sign will not find the plugin (run make build)")
+		// A copy an earlier start installed would be another build's plugin, used without notice.
+		if err := os.Remove(installed); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing the earlier plugin copy: %w", err)
+		}
+		w := "the plugin binary " + PluginBinary + " was not found next to attest-bootstrap, so notation sign cannot use the attested-kv plugin: build it (make build) and put it beside attest-bootstrap, then restart the stack"
+		s.warnings = append(s.warnings, w)
+		log.Warn(w)
 		return nil
 	}
-	return installPlugin(pluginPath, filepath.Join(p.notationLibexec(), "plugins", gate.Name, PluginBinary))
+	return installPlugin(pluginPath, installed)
 }
 
 // installPlugin copies the plugin where notation looks for it ({NOTATION_LIBEXEC}/plugins/NAME/).

@@ -61,6 +61,9 @@ type State struct {
 	NotationConfig  string `json:"notationConfig"`
 	NotationLibexec string `json:"notationLibexec"`
 	TokenDir        string `json:"tokenDir"`
+
+	// Warnings are what the user must know though the stack runs (e.g. no plugin installed).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Paths of the state directory's files.
@@ -68,6 +71,8 @@ type paths struct{ dir string }
 
 func (p paths) state() string        { return filepath.Join(p.dir, "state.json") }
 func (p paths) pid() string          { return filepath.Join(p.dir, "stack.pid") }
+func (p paths) upLock() string       { return filepath.Join(p.dir, "up.lock") }
+func (p paths) serveLock() string    { return filepath.Join(p.dir, "serve.lock") }
 func (p paths) log() string          { return filepath.Join(p.dir, "stack.log") }
 func (p paths) control() string      { return filepath.Join(p.dir, "control.sock") }
 func (p paths) tlsDir() string       { return filepath.Join(p.dir, "tls") }
@@ -121,7 +126,20 @@ func Run(ctx context.Context, opts Options) error {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := paths{opts.StateDir}
-	for _, d := range []string{p.dir, p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
+	if err := prepareStateDir(p.dir); err != nil {
+		return err
+	}
+	// One stack per state directory, held for the process's life: a second one would take over
+	// the control socket, the pid file and the Notation configuration of the first.
+	lock, err := lockFile(p.serveLock(), false)
+	if errors.Is(err, errLocked) {
+		return fmt.Errorf("another local stack is running for %s (stop it with: attest-bootstrap local down --state %s)", p.dir, p.dir)
+	}
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}
@@ -277,6 +295,7 @@ func Run(ctx context.Context, opts Options) error {
 		EntraURL: sig.entraURL, TenantID: sig.tenant, ClientID: sig.clientID, ClientSecret: sig.clientSecret,
 		KeyVaultURL: sig.vaultURL, KeyID: sig.keyID, Registry: sig.registryAddr,
 		NotationConfig: p.notationConfig(), NotationLibexec: p.notationLibexec(), TokenDir: p.tokenDir(),
+		Warnings: sig.warnings,
 	}
 	if err := writeState(p, st); err != nil {
 		shutdownAll()

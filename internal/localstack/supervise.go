@@ -35,13 +35,33 @@ type StartOptions struct {
 
 // Up starts the stack as a detached background process and waits until it is ready. If a stack
 // is already running for the state directory it returns its state and alreadyRunning = true.
+//
+// Concurrent Up calls for one directory run one after the other (a lock in the directory), so
+// that two of them never start two stacks; StateDir should come from ResolveStateDir.
 func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool, err error) {
 	p := paths{opts.StateDir}
+	if err := prepareStateDir(p.dir); err != nil {
+		return nil, false, err
+	}
+	upLock, err := lockFile(p.upLock(), true)
+	if err != nil {
+		return nil, false, err
+	}
+	defer upLock.Close()
+	timeout := opts.Timeout
+	if timeout == 0 {
+		timeout = 60 * time.Second
+	}
 	if st, err := runningState(opts.StateDir); err == nil {
 		return st, true, nil
 	}
-	if err := os.MkdirAll(p.dir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("state directory: %w", err)
+	// A stack that holds the directory but has not published its state yet (one started by an
+	// Up that was interrupted) is waited for, not doubled.
+	if running, err := serving(p); err != nil {
+		return nil, false, err
+	} else if running {
+		st, err := waitForState(ctx, opts.StateDir, timeout)
+		return st, err == nil, err
 	}
 	// A stale state.json from a crashed stack must not be taken for the new one's.
 	os.Remove(p.state())
@@ -69,10 +89,6 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	timeout := opts.Timeout
-	if timeout == 0 {
-		timeout = 60 * time.Second
-	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -100,10 +116,21 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 // was nothing to stop.
 func Down(ctx context.Context, stateDir string) error {
 	p := paths{stateDir}
-	pid, err := stackPID(stateDir)
-	if err != nil {
+	pid, pidErr := stackPID(stateDir)
+	if pidErr != nil {
+		running, err := serving(p)
+		if err != nil {
+			return err
+		}
+		if running {
+			// A stack holds the directory, but the pid file does not name it: nothing is
+			// signalled or removed on a guess.
+			return fmt.Errorf("a local stack holds %s, but its pid file does not name it (%v): stop it by its process (attest-bootstrap local serve --state %s)", stateDir, pidErr, stateDir)
+		}
+		// Whatever a crashed stack left is stale.
 		os.Remove(p.state())
 		os.Remove(p.pid())
+		os.Remove(p.control())
 		return ErrNotRunning
 	}
 	proc, _ := os.FindProcess(pid)
@@ -265,10 +292,51 @@ func stackPID(stateDir string) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	if !bytes.Contains(cmdline, []byte("serve")) || !bytes.Contains(cmdline, []byte(stateDir)) {
-		return 0, fmt.Errorf("pid %d is not the local stack", pid)
+	if !isStackCommand(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"), stateDir) {
+		return 0, fmt.Errorf("pid %d is not the local stack of %s", pid, stateDir)
 	}
 	return pid, nil
+}
+
+// isStackCommand reports whether argv is the command Up starts for stateDir:
+// PROGRAM local serve --state stateDir [flags].
+func isStackCommand(argv []string, stateDir string) bool {
+	return len(argv) >= 5 && argv[1] == "local" && argv[2] == "serve" && argv[3] == "--state" && argv[4] == stateDir
+}
+
+// serving reports whether a stack process holds the state directory p (its serve lock). A
+// missing directory has none.
+func serving(p paths) (bool, error) {
+	lock, err := lockFile(p.serveLock(), false)
+	switch {
+	case errors.Is(err, errLocked):
+		return true, nil
+	case errors.Is(err, os.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, err
+	}
+	lock.Close()
+	return false, nil
+}
+
+// waitForState waits up to timeout for the running stack of stateDir to publish its state.
+func waitForState(ctx context.Context, stateDir string, timeout time.Duration) (*State, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		st, err := runningState(stateDir)
+		if err == nil {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("a local stack holds %s but did not become ready within %s (%w); see %s", stateDir, timeout, err, paths{stateDir}.log())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 func alive(pid int) bool {
