@@ -152,6 +152,22 @@ func (f *fixture) sign(t *testing.T, s signature.LocalSigner, subject ocispec.De
 	attesttest.SignImage(t, f.repo, s, subject, tokenRaw, issuer, at)
 }
 
+// attested pushes an image and gives it what an attested build does: a token bound to it and
+// keyID, a signature by the trusted signer naming the token, and the token's referrer. It
+// returns the image and the token.
+func (f *fixture) attested(t *testing.T, content string) (ocispec.Descriptor, string) {
+	t.Helper()
+	img := f.pushImage(t, content)
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, b)
+	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.attach(t, img, tok)
+	return img, tok
+}
+
 func (f *fixture) attach(t *testing.T, subject ocispec.Descriptor, raw string) {
 	t.Helper()
 	if _, err := referrer.Attach(context.Background(), f.remote, subject, referrer.Token{Raw: raw, Issuer: f.maaURL, IssuedAt: time.Now()}); err != nil {
@@ -296,26 +312,25 @@ func (r *orderedRepository) Referrers(ctx context.Context, desc ocispec.Descript
 }
 
 func (r *orderedRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
+	return listAfter(ctx, r.Repository, r.tokensListed, "the token referrers were not listed while the signatures were", desc, fn)
+}
+
+// listAfter lists the signatures of desc in repo once first is closed, or fails with failure
+// if it is not closed within 10 s: what must have started before the signatures are listed.
+func listAfter(ctx context.Context, repo Repository, first <-chan struct{}, failure string, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
 	select {
-	case <-r.tokensListed:
+	case <-first:
 	case <-time.After(10 * time.Second):
-		return errors.New("the token referrers were not listed while the signatures were")
+		return errors.New(failure)
 	}
-	return r.Repository.ListSignatures(ctx, desc, fn)
+	return repo.ListSignatures(ctx, desc, fn)
 }
 
 // TestTokensListedWithSignatures: the token referrers are read concurrently with the signatures
 // (two round trips to a remote registry instead of one after the other), and still checked.
 func TestTokensListedWithSignatures(t *testing.T) {
 	f := newFixture(t)
-	img := f.pushImage(t, "concurrent listing")
-	b, err := binding.Compute(img.Digest.String(), keyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := f.token(t, b)
-	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-	f.attach(t, img, tok)
+	img, _ := f.attested(t, "concurrent listing")
 	repo := &orderedRepository{Repository: f.repo, tokensListed: make(chan struct{})}
 	res, err := Verify(context.Background(), repo, f.reference+"@"+img.Digest.String(), img, f.opts)
 	if err != nil {
@@ -342,26 +357,14 @@ type keysFirstRepository struct {
 }
 
 func (r keysFirstRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
-	select {
-	case <-r.fetching:
-	case <-time.After(10 * time.Second):
-		return errors.New("the token keys were not fetched while the signatures were listed")
-	}
-	return r.Repository.ListSignatures(ctx, desc, fn)
+	return listAfter(ctx, r.Repository, r.fetching, "the token keys were not fetched while the signatures were listed", desc, fn)
 }
 
 // TestKeysFetchedWithSignatures: a key set that fetches starts before the registry reads, so
 // that the round trips to MAA and to the registry overlap, and the image still verifies.
 func TestKeysFetchedWithSignatures(t *testing.T) {
 	f := newFixture(t)
-	img := f.pushImage(t, "keys prefetched")
-	b, err := binding.Compute(img.Digest.String(), keyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := f.token(t, b)
-	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-	f.attach(t, img, tok)
+	img, _ := f.attested(t, "keys prefetched")
 	keys := &prefetchingKeys{KeySet: f.opts.TokenKeys, asked: make(chan struct{})}
 	o := f.opts
 	o.TokenKeys = keys
@@ -454,17 +457,10 @@ func (r lastRepository) FetchSignatureBlob(ctx context.Context, desc ocispec.Des
 // examined first, and the image verifies.
 func TestSignatureFlood(t *testing.T) {
 	f := newFixture(t)
-	img := f.pushImage(t, "flooded")
-	b, err := binding.Compute(img.Digest.String(), keyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := f.token(t, b)
+	img, tok := f.attested(t, "flooded")
 	for range 3 {
 		f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
 	}
-	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-	f.attach(t, img, tok)
 	pin := certSHA256(t, f.signer)
 	genuine := func(d ocispec.Descriptor) bool { return namesPinnedCert(d, []string{pin}) }
 	repo := lastRepository{Repository: f.repo, last: genuine}
@@ -491,14 +487,7 @@ func TestSignatureFlood(t *testing.T) {
 // what failed, not a refusal that blames the image (or tells to attach a token that is there).
 func TestRegistryErrorsAreErrors(t *testing.T) {
 	f := newFixture(t)
-	img := f.pushImage(t, "registry down")
-	b, err := binding.Compute(img.Digest.String(), keyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := f.token(t, b)
-	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
-	f.attach(t, img, tok)
+	img, _ := f.attested(t, "registry down")
 	down := errors.New("503 service unavailable")
 	for _, tc := range []struct {
 		name string

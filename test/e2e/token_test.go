@@ -13,9 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
-	"time"
 )
 
 type runner struct {
@@ -163,11 +161,7 @@ func TestTokenChainOnLocalStack(t *testing.T) {
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(pidBytes)))
 	r.must("attest-bootstrap", "local", "down", "--state", state)
 	stopped = true
-	deadline := time.Now().Add(5 * time.Second)
-	for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
-	if syscall.Kill(pid, 0) == nil {
+	if running(pid) {
 		t.Fatalf("process %d still alive after down", pid)
 	}
 	if out, _, code := r.run("attest-bootstrap", "local", "status", "--state", state); code == 0 {
