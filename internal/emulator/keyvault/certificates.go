@@ -112,7 +112,7 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 		}
 	}
 
-	kv, err := s.newKey(name, kty, size, crv, ops)
+	kv, err := s.generateKey(kty, size, crv, ops)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -127,6 +127,15 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	chainTail := []*x509.Certificate(nil)
 	if issuerName != "Self" {
 		parent, signer, chainTail = issuer.Cert, issuer.Key, issuer.Chain
+		// A CA does not issue beyond its own validity: the leaf ends when the issuer does, if
+		// that is sooner (a chain whose leaf outlives its issuer fails path validation after the
+		// issuer's NotAfter anyway).
+		if issuer.Cert.NotAfter.Before(tmpl.NotAfter) {
+			tmpl.NotAfter = issuer.Cert.NotAfter
+		}
+		if !now.Before(tmpl.NotAfter) {
+			return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "issuer %q: its certificate expired at %s", issuerName, issuer.Cert.NotAfter.UTC().Format(time.RFC3339))
+		}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, kv.priv.Public(), signer)
 	if err != nil {
@@ -136,17 +145,31 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	if err != nil {
 		return 0, nil, err
 	}
-	cv := &certVersion{version: kv.version, chain: append([]*x509.Certificate{leaf}, chainTail...), policy: req.Policy, created: now}
+	// The certificate's key is managed by Key Vault (KeyBundle.managed: "If this is a key backing
+	// a certificate, then managed will be true", azkeys models.go) and valid when the
+	// certificate is: its nbf and exp are the certificate's NotBefore and NotAfter
+	// (UNCONFIRMED that Key Vault copies them onto the key; it reports them on the certificate).
+	kv.managed = true
+	kv.nbf, kv.exp = ptr(leaf.NotBefore.Unix()), ptr(leaf.NotAfter.Unix())
+	cv := &certVersion{version: kv.version, chain: append([]*x509.Certificate{leaf}, chainTail...), policy: req.Policy, issuer: issuerName, created: now}
 	s.mu.Lock()
-	s.certs[name] = append(s.certs[name], cv)
+	s.storeKeyLocked(name, kv)
+	if vs := s.certs[nameKey(name)]; len(vs) > 0 {
+		cv.name = vs[0].name
+	} else {
+		cv.name = name
+	}
+	s.certs[nameKey(name)] = append(s.certs[nameKey(name)], cv)
 	s.mu.Unlock()
-	return http.StatusAccepted, s.operation(r, name, issuerName), nil
+	return http.StatusAccepted, s.operation(r, cv), nil
 }
 
-func (s *Server) operation(r *http.Request, name, issuer string) map[string]any {
+// operation is the certificate operation of cv, naming the issuer cv was created with.
+func (s *Server) operation(r *http.Request, cv *certVersion) map[string]any {
+	name := cv.name
 	return map[string]any{
 		"id":                     vaultURL(r) + "/certificates/" + name + "/pending",
-		"issuer":                 map[string]any{"name": issuer},
+		"issuer":                 map[string]any{"name": cv.issuer},
 		"cancellation_requested": false,
 		"status":                 "completed",
 		"status_details":         "",
@@ -158,7 +181,7 @@ func (s *Server) operation(r *http.Request, name, issuer string) map[string]any 
 func (s *Server) lookupCert(name, version string) (*certVersion, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	vs := s.certs[name]
+	vs := s.certs[nameKey(name)]
 	if len(vs) == 0 {
 		return nil, kvError(http.StatusNotFound, "CertificateNotFound", "A certificate with (name/id) %s was not found in this key vault.", name)
 	}
@@ -166,7 +189,7 @@ func (s *Server) lookupCert(name, version string) (*certVersion, error) {
 		return vs[len(vs)-1], nil
 	}
 	for _, v := range vs {
-		if v.version == version {
+		if strings.EqualFold(v.version, version) {
 			return v, nil
 		}
 	}
@@ -174,18 +197,26 @@ func (s *Server) lookupCert(name, version string) (*certVersion, error) {
 }
 
 func (s *Server) certificateOperation(w http.ResponseWriter, r *http.Request) (int, any, error) {
-	if _, err := s.lookupCert(r.PathValue("name"), ""); err != nil {
-		return 0, nil, err
-	}
-	return http.StatusOK, s.operation(r, r.PathValue("name"), "Self"), nil
-}
-
-func (s *Server) getCertificate(w http.ResponseWriter, r *http.Request) (int, any, error) {
-	name := r.PathValue("name")
-	cv, err := s.lookupCert(name, r.PathValue("version"))
+	cv, err := s.lookupCert(r.PathValue("name"), "")
 	if err != nil {
 		return 0, nil, err
 	}
+	return http.StatusOK, s.operation(r, cv), nil
+}
+
+// certAttributes are the attributes of a certificate and of its secret: nbf and exp are the
+// certificate's validity.
+func certAttributes(cv *certVersion) map[string]any {
+	leaf := cv.chain[0]
+	return attributes(true, cv.created, cv.created, ptr(leaf.NotBefore.Unix()), ptr(leaf.NotAfter.Unix()))
+}
+
+func (s *Server) getCertificate(w http.ResponseWriter, r *http.Request) (int, any, error) {
+	cv, err := s.lookupCert(r.PathValue("name"), r.PathValue("version"))
+	if err != nil {
+		return 0, nil, err
+	}
+	name := cv.name
 	base := vaultURL(r)
 	return http.StatusOK, map[string]any{
 		"id":         base + "/certificates/" + name + "/" + cv.version,
@@ -193,17 +224,17 @@ func (s *Server) getCertificate(w http.ResponseWriter, r *http.Request) (int, an
 		"sid":        base + "/secrets/" + name + "/" + cv.version,
 		"x5t":        b64u(sha1Thumbprint(cv.chain[0].Raw)),
 		"cer":        base64.StdEncoding.EncodeToString(cv.chain[0].Raw),
-		"attributes": attributes(cv.created),
+		"attributes": certAttributes(cv),
 		"policy":     cv.policy,
 	}, nil
 }
 
 func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) (int, any, error) {
-	name := r.PathValue("name")
-	cv, err := s.lookupCert(name, r.PathValue("version"))
+	cv, err := s.lookupCert(r.PathValue("name"), r.PathValue("version"))
 	if err != nil {
-		return 0, nil, kvError(http.StatusNotFound, "SecretNotFound", "A secret with (name/id) %s was not found in this key vault.", name)
+		return 0, nil, kvError(http.StatusNotFound, "SecretNotFound", "A secret with (name/id) %s was not found in this key vault.", r.PathValue("name"))
 	}
+	name := cv.name
 	if out := r.URL.Query().Get("outContentType"); out != "" && out != "application/x-pem-file" {
 		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "outContentType %q: only application/x-pem-file is supported", out)
 	}
@@ -214,7 +245,7 @@ func (s *Server) getSecret(w http.ResponseWriter, r *http.Request) (int, any, er
 		"id":          base + "/secrets/" + name + "/" + cv.version,
 		"kid":         base + "/keys/" + name + "/" + cv.version,
 		"managed":     true,
-		"attributes":  attributes(cv.created),
+		"attributes":  certAttributes(cv),
 	}, nil
 }
 

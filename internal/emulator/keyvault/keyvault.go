@@ -7,16 +7,23 @@
 //     `WWW-Authenticate: Bearer authorization="{authority}/{tenant}", resource="https://vault.azure.net"`;
 //     a token is validated by Config.ValidateToken (the Entra emulator's keys, audience, expiry),
 //     and Config.Authorize may refuse an identity an operation (403 Forbidden);
-//   - keys: create (RSA 2048/3072/4096, EC P-256/P-384/P-521), get (latest or a version), sign
-//     and verify a digest with Key Vault's algorithm rules (PS*/RS* on RSA keys, ES256 only on
-//     P-256, ES384 on P-384, ES512 on P-521; the digest length must be the algorithm's hash size;
-//     EC signatures are raw r||s);
+//   - object names: 1-127 letters, digits and dashes, refused otherwise with 400 BadParameter
+//     before any handler runs; names and versions are looked up without regard to case, and ids
+//     report the case the object was created with;
+//   - keys: create (RSA 2048/3072/4096, EC P-256/P-384/P-521), get (latest or a version), update
+//     (attributes and key_ops), sign and verify a digest with Key Vault's algorithm rules
+//     (PS*/RS* on RSA keys, ES256 only on P-256, ES384 on P-384, ES512 on P-521; the digest length
+//     must be the algorithm's hash size; EC signatures are raw r||s);
+//   - key attributes: enabled, nbf and exp (Unix seconds) are stored per version and reported;
+//     sign on a disabled key, or before nbf or from exp on (by Config.Now), gets 403 Forbidden;
 //   - key_ops: creation refuses values that are not JsonWebKeyOperation values or that the key
 //     type does not support (400 BadParameter), and sign and verify refuse a key whose key_ops
 //     lack the operation (403 Forbidden, innererror KeyOperationForbidden);
 //   - certificates: create with a policy (self-issued, or by a configured local CA issuer), the
 //     pending operation, get; creating a certificate creates the key and the secret of the same
-//     name and version, as Key Vault does, the key's key_ops following the policy's key usage;
+//     name and version, as Key Vault does, the key's key_ops following the policy's key usage,
+//     its nbf and exp the certificate's validity, and its bundle marked managed; a CA-issued
+//     leaf ends no later than its issuer;
 //   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain;
 //     keys are never exportable here, so no private key is ever in a secret).
 //
@@ -116,18 +123,32 @@ type Server struct {
 	faults   map[string]*fault
 }
 
+// keyVersion is one version of a key. It is never changed once stored: UpdateKey stores an
+// updated copy in its place, so a handler holding a version reads a consistent one.
 type keyVersion struct {
+	// name is the key's name in the case it was first created with (Key Vault's names are
+	// case-insensitive; ids report the stored case).
+	name    string
 	version string
 	kty     string
 	priv    crypto.Signer
 	ops     []string
 	created time.Time
+	updated time.Time
+	// enabled, nbf and exp are the key's attributes; nbf and exp are Unix seconds as the REST
+	// API carries them, nil when unset.
+	enabled  bool
+	nbf, exp *int64
+	// managed marks the key of a certificate (Key Vault's KeyBundle.managed).
+	managed bool
 }
 
 type certVersion struct {
+	name    string // as first created, like keyVersion.name
 	version string
 	chain   []*x509.Certificate // leaf first
 	policy  json.RawMessage
+	issuer  string // the policy's issuer name ("Self" or a configured CA issuer)
 	created time.Time
 }
 
@@ -190,6 +211,9 @@ func (s *Server) Handler() http.Handler {
 	route("GET /keys/{name}", "keys/get", s.getKey)
 	route("GET /keys/{name}/{$}", "keys/get", s.getKey)
 	route("GET /keys/{name}/{version}", "keys/get", s.getKey)
+	// UpdateKey: azkeys sends PATCH /keys/NAME/VERSION, and /keys/NAME/ for an empty version.
+	route("PATCH /keys/{name}/{$}", "keys/update", s.updateKey)
+	route("PATCH /keys/{name}/{version}", "keys/update", s.updateKey)
 	route("POST /keys/{name}/sign", "sign", s.sign)
 	route("POST /keys/{name}/{version}/sign", "sign", s.sign)
 	route("POST /keys/{name}/verify", "verify", s.verify)
@@ -272,6 +296,10 @@ func (s *Server) authorizeAndRun(w http.ResponseWriter, r *http.Request, op stri
 	if v := r.URL.Query().Get("api-version"); !slices.Contains(APIVersions, v) {
 		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "The specified version (%s) is not recognized. Consider using the latest supported version (%s).", v, APIVersions[len(APIVersions)-1])
 	}
+	// Every route naming an object has {name}; the catch-all has none (PathValue is "").
+	if name := r.PathValue("name"); name != "" && !validName(name) {
+		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "The request URI contains an invalid name: %s", name)
+	}
 	if s.cfg.Authorize != nil {
 		if err := s.cfg.Authorize(principal, op); err != nil {
 			return 0, nil, kvError(http.StatusForbidden, "Forbidden", "Caller is not authorized to perform action on resource: %s (%v)", op, err)
@@ -313,19 +341,97 @@ func newVersion() string {
 
 func vaultURL(r *http.Request) string { return "https://" + r.Host }
 
+// maxNameLen is the longest object name Key Vault accepts.
+const maxNameLen = 127
+
+// validName reports whether name is a Key Vault object name: 1-127 characters of 0-9, a-z, A-Z
+// and '-' (Microsoft Learn, "Azure Key Vault keys, secrets and certificates overview", object
+// identifiers). The rule is written out here rather than shared with internal/keyvault's
+// ParseKeyID, so that a client rule that disagrees with the service cannot be hidden by an
+// emulator applying the same rule; TestObjectNameRuleAgrees in internal/keyvault compares the two.
+// Key Vault's message for a bad name, "The request URI contains an invalid name: NAME", is as
+// reported for secrets in SDK issues (UNCONFIRMED for keys and certificates).
+func validName(name string) bool {
+	if len(name) == 0 || len(name) > maxNameLen {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// nameKey is the map key of an object name: Key Vault's names (and versions) are
+// case-insensitive (same document, object identifiers).
+func nameKey(name string) string { return strings.ToLower(name) }
+
 // ---- keys ----
 
-type createKeyRequest struct {
-	Kty     string   `json:"kty"`
-	KeySize int      `json:"key_size"`
-	Crv     string   `json:"crv"`
-	KeyOps  []string `json:"key_ops"`
+// keyAttributesRequest is the writable part of Key Vault's KeyAttributes in create and update
+// requests (azkeys KeyAttributes: enabled, nbf and exp as Unix seconds, exportable); the
+// read-only fields (created, updated, recoveryLevel, ...) are ignored, as the service ignores them
+// (UNCONFIRMED).
+type keyAttributesRequest struct {
+	Enabled    *bool  `json:"enabled"`
+	NotBefore  *int64 `json:"nbf"`
+	Expires    *int64 `json:"exp"`
+	Exportable *bool  `json:"exportable"`
 }
+
+type createKeyRequest struct {
+	Kty           string                `json:"kty"`
+	KeySize       int                   `json:"key_size"`
+	Crv           string                `json:"crv"`
+	KeyOps        []string              `json:"key_ops"`
+	Attributes    *keyAttributesRequest `json:"attributes"`
+	ReleasePolicy json.RawMessage       `json:"release_policy"`
+}
+
+// updateKeyRequest is UpdateKey's body (azkeys UpdateKeyParameters). KeyOps is a pointer so that
+// an absent key_ops leaves the key's operations as they are.
+type updateKeyRequest struct {
+	Attributes    *keyAttributesRequest `json:"attributes"`
+	KeyOps        *[]string             `json:"key_ops"`
+	ReleasePolicy json.RawMessage       `json:"release_policy"`
+}
+
+// applyAttributes sets the attributes a request gives on kv. Exportable keys need a release
+// policy (azkeys KeyAttributes.Exportable) and key release is not emulated, so exportable true is
+// refused. An nbf not before exp is refused (UNCONFIRMED that Key Vault refuses it; a key valid
+// at no time would refuse every sign either way).
+func applyAttributes(kv *keyVersion, a *keyAttributesRequest) error {
+	if a == nil {
+		return nil
+	}
+	if a.Exportable != nil && *a.Exportable {
+		return kvError(http.StatusBadRequest, "BadParameter", "exportable keys need a release policy, and key release is not emulated")
+	}
+	if a.Enabled != nil {
+		kv.enabled = *a.Enabled
+	}
+	if a.NotBefore != nil {
+		kv.nbf = ptr(*a.NotBefore)
+	}
+	if a.Expires != nil {
+		kv.exp = ptr(*a.Expires)
+	}
+	if kv.nbf != nil && kv.exp != nil && *kv.nbf >= *kv.exp {
+		return kvError(http.StatusBadRequest, "BadParameter", "attributes: nbf (%d) must be before exp (%d)", *kv.nbf, *kv.exp)
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) (int, any, error) {
 	var req createKeyRequest
 	if err := decode(r, &req); err != nil {
 		return 0, nil, err
+	}
+	if isSet(req.ReleasePolicy) {
+		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "release_policy: key release is not emulated")
 	}
 	// An absent key_ops gets the defaults; an empty list is kept as given, a key with no
 	// operation (UNCONFIRMED what Key Vault does with it; the strict reading refuses every use).
@@ -333,11 +439,55 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) (int, any, er
 	if ops == nil {
 		ops = defaultKeyOps(req.Kty)
 	}
-	kv, err := s.newKey(r.PathValue("name"), req.Kty, req.KeySize, req.Crv, ops)
+	kv, err := s.generateKey(req.Kty, req.KeySize, req.Crv, ops)
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, s.keyBundle(r, r.PathValue("name"), kv), nil
+	if err := applyAttributes(kv, req.Attributes); err != nil {
+		return 0, nil, err
+	}
+	s.mu.Lock()
+	s.storeKeyLocked(r.PathValue("name"), kv)
+	s.mu.Unlock()
+	return http.StatusOK, s.keyBundle(r, kv), nil
+}
+
+// isSet reports whether a JSON value was given and is not null.
+func isSet(raw json.RawMessage) bool {
+	return len(raw) > 0 && string(raw) != "null"
+}
+
+// updateKey is UpdateKey: it changes the attributes and key_ops of one key version (the latest
+// for an empty version, UNCONFIRMED against the service, whose REST reference names the version
+// as required). Whether Key Vault lets a certificate's (managed) key be updated directly is
+// UNCONFIRMED; the emulator allows it.
+func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) (int, any, error) {
+	var req updateKeyRequest
+	if err := decode(r, &req); err != nil {
+		return 0, nil, err
+	}
+	if isSet(req.ReleasePolicy) {
+		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "release_policy: key release is not emulated")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	vs, i, err := s.lookupKeyLocked(r.PathValue("name"), r.PathValue("version"))
+	if err != nil {
+		return 0, nil, err
+	}
+	nv := *vs[i]
+	if err := applyAttributes(&nv, req.Attributes); err != nil {
+		return 0, nil, err
+	}
+	if req.KeyOps != nil {
+		if err := checkKeyOps(nv.kty, *req.KeyOps); err != nil {
+			return 0, nil, err
+		}
+		nv.ops = slices.Clone(*req.KeyOps)
+	}
+	nv.updated = s.cfg.Now()
+	vs[i] = &nv
+	return http.StatusOK, s.keyBundle(r, &nv), nil
 }
 
 // Key operations (key_ops) are JsonWebKeyOperation values of the Key Vault REST API (7.4+):
@@ -425,8 +575,9 @@ func requireKeyOp(kv *keyVersion, op string) error {
 	return &apiError{status: http.StatusForbidden, code: "Forbidden", message: fmt.Sprintf("Operation %s is not permitted on this key.", op), inner: "KeyOperationForbidden"}
 }
 
-// newKey creates a version of key name with exactly the given key_ops.
-func (s *Server) newKey(name, kty string, size int, crv string, ops []string) (*keyVersion, error) {
+// generateKey makes a new, enabled, key version with exactly the given key_ops; storeKeyLocked
+// stores it.
+func (s *Server) generateKey(kty string, size int, crv string, ops []string) (*keyVersion, error) {
 	var priv crypto.Signer
 	var err error
 	if allowedKeyOps(kty) != nil {
@@ -462,39 +613,102 @@ func (s *Server) newKey(name, kty string, size int, crv string, ops []string) (*
 	if err != nil {
 		return nil, err
 	}
-	kv := &keyVersion{version: newVersion(), kty: kty, priv: priv, ops: slices.Clone(ops), created: s.cfg.Now()}
-	s.mu.Lock()
-	s.keys[name] = append(s.keys[name], kv)
-	s.mu.Unlock()
-	return kv, nil
+	now := s.cfg.Now()
+	return &keyVersion{version: newVersion(), kty: kty, priv: priv, ops: slices.Clone(ops), created: now, updated: now, enabled: true}, nil
+}
+
+// storeKeyLocked stores kv as the latest version of key name, under the name's stored case if
+// the key exists (UNCONFIRMED which case Key Vault reports when a new version is created under
+// another case of the name). s.mu must be held.
+func (s *Server) storeKeyLocked(name string, kv *keyVersion) {
+	vs := s.keys[nameKey(name)]
+	kv.name = name
+	if len(vs) > 0 {
+		kv.name = vs[0].name
+	}
+	s.keys[nameKey(name)] = append(vs, kv)
 }
 
 func (s *Server) lookupKey(name, version string) (*keyVersion, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	vs := s.keys[name]
+	vs, i, err := s.lookupKeyLocked(name, version)
+	if err != nil {
+		return nil, err
+	}
+	return vs[i], nil
+}
+
+// lookupKeyLocked finds a key version, name and version compared without regard to case; s.mu
+// must be held.
+func (s *Server) lookupKeyLocked(name, version string) ([]*keyVersion, int, error) {
+	vs := s.keys[nameKey(name)]
 	if len(vs) == 0 {
-		return nil, kvError(http.StatusNotFound, "KeyNotFound", "A key with (name/id) %s was not found in this key vault.", name)
+		return nil, 0, kvError(http.StatusNotFound, "KeyNotFound", "A key with (name/id) %s was not found in this key vault.", name)
 	}
 	if version == "" {
-		return vs[len(vs)-1], nil
+		return vs, len(vs) - 1, nil
 	}
-	for _, v := range vs {
-		if v.version == version {
-			return v, nil
+	for i, v := range vs {
+		if strings.EqualFold(v.version, version) {
+			return vs, i, nil
 		}
 	}
-	return nil, kvError(http.StatusNotFound, "KeyNotFound", "A key with (name/id) %s/%s was not found in this key vault.", name, version)
+	return nil, 0, kvError(http.StatusNotFound, "KeyNotFound", "A key with (name/id) %s/%s was not found in this key vault.", name, version)
 }
 
 func b64u(b []byte) string { return base64.RawURLEncoding.EncodeToString(b) }
 
-func attributes(t time.Time) map[string]any {
-	return map[string]any{"enabled": true, "created": t.Unix(), "updated": t.Unix(), "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90}
+// attributes are an object's attributes as Key Vault reports them; nbf and exp (Unix seconds)
+// are left out when unset, as the service leaves them out.
+func attributes(enabled bool, created, updated time.Time, nbf, exp *int64) map[string]any {
+	a := map[string]any{"enabled": enabled, "created": created.Unix(), "updated": updated.Unix(), "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90}
+	if nbf != nil {
+		a["nbf"] = *nbf
+	}
+	if exp != nil {
+		a["exp"] = *exp
+	}
+	return a
 }
 
-func (s *Server) keyBundle(r *http.Request, name string, kv *keyVersion) map[string]any {
-	jwk := map[string]any{"kid": vaultURL(r) + "/keys/" + name + "/" + kv.version, "kty": kv.kty, "key_ops": kv.ops}
+// Key Vault's rules for a key's state (Microsoft Learn, "About keys", key attributes): outside
+// the nbf/exp window only decrypt, unwrap and verify (and release, not emulated) are allowed; a
+// disabled key refuses the private-key operations decrypt, sign and unwrap, while encrypt, wrap
+// and verify still work (Azure/azure-sdk-for-python#45342, a report of the live service's
+// answers; the Learn page reads as if a disabled key refused every operation).
+var (
+	opsOutsideWindow = []string{opDecrypt, opUnwrapKey, opVerify}
+	opsWhenDisabled  = []string{opEncrypt, opWrapKey, opVerify}
+)
+
+// requireKeyState refuses op on a key that is disabled, or used before its nbf or at or after its
+// exp (judged by now), with 403 Forbidden. A disabled key's answer is reported as
+// {"code":"Forbidden","message":"Operation sign is not allowed on a disabled key.",
+// "innererror":{"code":"KeyDisabled"}} (Azure/azure-sdk-for-python#45342); the messages and
+// innererror codes for an expired or not yet valid key (KeyExpired, KeyNotYetValid) are
+// UNCONFIRMED.
+func requireKeyState(kv *keyVersion, op string, now time.Time) error {
+	forbidden := func(state, inner string) error {
+		return &apiError{status: http.StatusForbidden, code: "Forbidden", message: fmt.Sprintf("Operation %s is not allowed on %s key.", op, state), inner: inner}
+	}
+	if !kv.enabled && !slices.Contains(opsWhenDisabled, op) {
+		return forbidden("a disabled", "KeyDisabled")
+	}
+	if slices.Contains(opsOutsideWindow, op) {
+		return nil
+	}
+	if kv.nbf != nil && now.Before(time.Unix(*kv.nbf, 0)) {
+		return forbidden("a not yet valid", "KeyNotYetValid")
+	}
+	if kv.exp != nil && !now.Before(time.Unix(*kv.exp, 0)) {
+		return forbidden("an expired", "KeyExpired")
+	}
+	return nil
+}
+
+func (s *Server) keyBundle(r *http.Request, kv *keyVersion) map[string]any {
+	jwk := map[string]any{"kid": vaultURL(r) + "/keys/" + kv.name + "/" + kv.version, "kty": kv.kty, "key_ops": kv.ops}
 	switch k := kv.priv.Public().(type) {
 	case *rsa.PublicKey:
 		jwk["n"] = b64u(k.N.Bytes())
@@ -507,15 +721,22 @@ func (s *Server) keyBundle(r *http.Request, name string, kv *keyVersion) map[str
 			jwk["y"] = b64u(point[1+n:])
 		}
 	}
-	return map[string]any{"key": jwk, "attributes": attributes(kv.created)}
+	b := map[string]any{"key": jwk, "attributes": attributes(kv.enabled, kv.created, kv.updated, kv.nbf, kv.exp)}
+	if kv.managed {
+		b["managed"] = true
+	}
+	return b
 }
 
+// getKey answers a disabled or expired key's bundle too: Key Vault does (notaryproject/ratify#1474
+// reads the enabled attribute of a fetched key to refuse a disabled one), UNCONFIRMED for
+// expired ones.
 func (s *Server) getKey(w http.ResponseWriter, r *http.Request) (int, any, error) {
 	kv, err := s.lookupKey(r.PathValue("name"), r.PathValue("version"))
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, s.keyBundle(r, r.PathValue("name"), kv), nil
+	return http.StatusOK, s.keyBundle(r, kv), nil
 }
 
 // algorithm rules of Key Vault's sign and verify.
@@ -562,6 +783,9 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request) (int, any, error) 
 	if err := requireKeyOp(kv, opSign); err != nil {
 		return 0, nil, err
 	}
+	if err := requireKeyState(kv, opSign, s.cfg.Now()); err != nil {
+		return 0, nil, err
+	}
 	h, err := hashFor(req.Alg, kv)
 	if err != nil {
 		return 0, nil, err
@@ -588,7 +812,7 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request) (int, any, error) 
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, map[string]any{"kid": vaultURL(r) + "/keys/" + r.PathValue("name") + "/" + kv.version, "value": b64u(sig)}, nil
+	return http.StatusOK, map[string]any{"kid": vaultURL(r) + "/keys/" + kv.name + "/" + kv.version, "value": b64u(sig)}, nil
 }
 
 type verifyRequest struct {
@@ -607,6 +831,9 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) (int, any, error
 		return 0, nil, err
 	}
 	if err := requireKeyOp(kv, opVerify); err != nil {
+		return 0, nil, err
+	}
+	if err := requireKeyState(kv, opVerify, s.cfg.Now()); err != nil {
 		return 0, nil, err
 	}
 	h, err := hashFor(req.Alg, kv)

@@ -17,6 +17,12 @@ import (
 
 func newVault(t testing.TB) (*Server, http.Handler) {
 	t.Helper()
+	return newVaultWith(t, Config{})
+}
+
+// newVaultWith is newVault with cfg's clock and issuers.
+func newVaultWith(t testing.TB, cfg Config) (*Server, http.Handler) {
+	t.Helper()
 	s, err := New(Config{
 		Authority: "https://login.example", TenantID: "tenant",
 		ValidateToken: func(raw string) (string, error) {
@@ -25,6 +31,8 @@ func newVault(t testing.TB) (*Server, http.Handler) {
 			}
 			return "app", nil
 		},
+		Now:     cfg.Now,
+		Issuers: cfg.Issuers,
 	})
 	if err != nil {
 		t.Fatal(err)
