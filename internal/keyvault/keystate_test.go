@@ -154,6 +154,37 @@ func TestSignerRefusesDisabledCertificateKey(t *testing.T) {
 	}
 }
 
+// TestSignerVersionCase: Key Vault's names and versions are case-insensitive, so a key id typed
+// in another case than the vault stores opens and signs; the vault reports the stored case in the
+// signature's kid, which the Signer accepts as the version asked for.
+func TestSignerVersionCase(t *testing.T) {
+	e := newEnv(t)
+	keyURL := e.createCertificate(t, "case-test", "EC", 0, "P-256", []string{"digitalSignature"})
+	base, ver := keyURL[:strings.LastIndex(keyURL, "/")], keyURL[strings.LastIndex(keyURL, "/")+1:]
+	tests := []struct {
+		name, id string
+	}{
+		{"as stored", keyURL},
+		{"upper-case version", base + "/" + strings.ToUpper(ver)},
+		{"upper-case name and version", strings.Replace(base, "case-test", "CASE-TEST", 1) + "/" + strings.ToUpper(ver)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kid, err := keyvault.ParseKeyID(tc.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := keyvault.NewSigner(context.Background(), kid, keyvault.Options{Credential: e.credential(t, clientID, secret), ClientOptions: e.opts})
+			if err != nil {
+				t.Fatalf("NewSigner(%s): %v", tc.id, err)
+			}
+			if _, _, err := s.Sign([]byte("payload")); err != nil {
+				t.Fatalf("Sign: %v", err)
+			}
+		})
+	}
+}
+
 // TestObjectNameRuleAgrees checks that ParseKeyID's name rule and the emulated vault's (which
 // each state Key Vault's rule on their own, so that neither hides the other's mistake) accept and
 // refuse the same names: the vault answers an absent key of a valid name with 404, a bad name

@@ -186,7 +186,10 @@ func (s *Signer) Sign(payload []byte) ([]byte, []*x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Key Vault sign with %s: %w", s.id.Name, err)
 	}
-	if s.id.Version != "" && rsp.KID != nil && rsp.KID.Version() != s.id.Version {
+	// Key Vault's versions are case-insensitive (Microsoft Learn, "Azure Key Vault keys, secrets
+	// and certificates overview", object identifiers): the kid reports the stored case, which
+	// need not be the case the key id was written in.
+	if s.id.Version != "" && rsp.KID != nil && !strings.EqualFold(rsp.KID.Version(), s.id.Version) {
 		return nil, nil, fmt.Errorf("Key Vault signed with key version %q, not the requested %q", rsp.KID.Version(), s.id.Version)
 	}
 	if err := verify(s.chain[0].PublicKey, alg.Hash(), digest, rsp.Result); err != nil {
