@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -40,18 +42,29 @@ func (r *registryFlags) add(fs *pflag.FlagSet) {
 	fs.BoolVar(&r.plainHTTP, "plain-http", false, "use http (default only for localhost and loopback registries)")
 }
 
-func (r *registryFlags) options(io cmdIO) (registryclient.Options, error) {
+func (r *registryFlags) options(cio cmdIO) (registryclient.Options, error) {
 	o := registryclient.Options{Username: r.username, PlainHTTP: r.plainHTTP}
 	if r.passwordStdin {
 		if r.username == "" {
 			return o, errors.New("--password-stdin needs --username")
 		}
-		b := make([]byte, 4096)
-		n, _ := io.stdin.Read(b)
-		o.Password = strings.TrimRight(string(b[:n]), "\r\n")
+		b, err := io.ReadAll(io.LimitReader(cio.stdin, maxPassword+1))
+		switch {
+		case err != nil:
+			return o, fmt.Errorf("reading the password from stdin: %w", err)
+		case len(b) > maxPassword:
+			return o, fmt.Errorf("the password on stdin is longer than %d bytes", maxPassword)
+		}
+		o.Password = strings.TrimRight(string(b), "\r\n")
+		if o.Password == "" {
+			return o, errors.New("--password-stdin: stdin holds no password")
+		}
 	}
 	return o, nil
 }
+
+// maxPassword bounds the registry password read from stdin (an ACR token is a few KiB).
+const maxPassword = 64 << 10
 
 // image is a resolved image reference.
 type image struct {
@@ -122,12 +135,12 @@ func splitDigestRef(ref string) error {
 
 func attach(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest attach", "oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [flags]", io.stderr)
-	tokenFile := fs.String("token", "", "attach this token file instead of the token store's tokens for the digest")
+	tokenFile := fs.String("token", "", "attach this token file (- for stdin) instead of the token store's tokens for the digest; a signature of the image must name it")
 	tokenDir := fs.String("token-dir", os.Getenv("ATTEST_TOKEN_DIR"), "token store, the plugin's token_dir (env ATTEST_TOKEN_DIR; default $XDG_STATE_HOME/attested-kv/tokens)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	var reg registryFlags
 	reg.add(fs)
-	if code, done := parse(fs, args); done {
+	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest attach:", err); return code }
@@ -137,11 +150,19 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	if err := cliutil.CheckFormat(*output); err != nil {
 		return fail(2, err)
 	}
+	if *tokenFile == "-" && reg.passwordStdin {
+		return fail(2, errors.New("--token - and --password-stdin both read stdin: give the token as a file"))
+	}
 	img, code, err := reg.open(ctx, fs.Arg(0), io)
 	if err != nil {
 		return fail(code, err)
 	}
 	repo, subject := img.repo, img.subject
+	// On a registry without the Referrers API every attach rewrites the subject's referrers
+	// index and deletes the one it replaced; two attaches at once can then fail on deleting an
+	// index the other already deleted. The replaced index is left for the registry's garbage
+	// collection instead (it is untagged).
+	repo.SkipReferrersGC = true
 
 	var raws []string
 	if *tokenFile != "" {
@@ -165,36 +186,62 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			raws = append(raws, e.Raw)
 		}
 	}
-	var out []any
+	// Only a token that a signature of this image names is published: not one of another image,
+	// key or instance, nor one whose signature was never pushed (the plugin stores the token
+	// before notation pushes the signature).
+	named, err := imageverify.NamedTokens(ctx, imageverify.NewRepository(repo), subject)
+	if err != nil {
+		return fail(1, err)
+	}
+	// JSON output is always the list of referrers attached, also when a later token fails.
+	out := []ocispec.Descriptor{}
+	done := func(code int, err error) int {
+		if *output == "json" {
+			cliutil.WriteJSON(io.stdout, out)
+		}
+		if err != nil {
+			return fail(code, err)
+		}
+		return code
+	}
+	skipped := 0
 	for _, raw := range raws {
+		sum := sha256.Sum256([]byte(raw))
+		sha := hex.EncodeToString(sum[:])
+		if !named[sha] {
+			if *tokenFile != "" {
+				return done(1, fmt.Errorf("no signature of %s names token %s: sign the image first (notation sign with the attested-kv plugin), or give the token its signature names", img.name, sha))
+			}
+			skipped++
+			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)\n", sha)
+			continue
+		}
 		_, claims, err := maa.ParseUnverified(raw)
 		if err != nil {
-			return fail(1, err)
+			return done(1, fmt.Errorf("token %s: %w", sha, err))
 		}
 		iss, _ := claims["iss"].(string)
-		nonce, _ := maa.ClientPayloadNonce(claims)
+		nonce, err := maa.ClientPayloadNonce(claims)
+		if err != nil {
+			return done(1, fmt.Errorf("token %s: %w", sha, err))
+		}
 		iat, err := numericDate(claims["iat"])
 		if err != nil {
-			return fail(1, fmt.Errorf("token iat: %w", err))
+			return done(1, fmt.Errorf("token %s: iat: %w", sha, err))
 		}
 		desc, err := referrer.Attach(ctx, repo, subject, referrer.Token{Raw: raw, Issuer: iss, Binding: nonce, IssuedAt: iat})
 		if err != nil {
-			return fail(1, err)
+			return done(1, err)
 		}
-		if *output == "json" {
-			out = append(out, desc)
-		} else {
+		out = append(out, desc)
+		if *output != "json" {
 			fmt.Fprintf(io.stdout, "Attached token to %s\nDigest: %s\n", fs.Arg(0), desc.Digest)
 		}
 	}
-	if *output == "json" {
-		if len(out) == 1 {
-			cliutil.WriteJSON(io.stdout, out[0])
-		} else {
-			cliutil.WriteJSON(io.stdout, out)
-		}
+	if len(out) == 0 {
+		return done(1, fmt.Errorf("nothing attached: none of the %d stored tokens of %s is named by a signature of the image; sign it first (notation sign with the attested-kv plugin)", skipped, img.name))
 	}
-	return 0
+	return done(0, nil)
 }
 
 // numericDate reads a JWT NumericDate claim as decoded by ParseUnverified.
@@ -224,7 +271,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	timeout := fs.Duration("timeout", 2*time.Minute, "overall time limit")
 	var reg registryFlags
 	reg.add(fs)
-	if code, done := parse(fs, args); done {
+	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest verify:", err); return code }

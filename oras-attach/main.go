@@ -27,6 +27,9 @@ Usage:
   oras-attest rules test --rules FILE --claims FILE [-o json]
   oras-attest version
 
+attach publishes only the tokens a signature of the image names (sign first); -o json prints the
+list of referrers attached.
+
 Environment defaults (as printed by "attest-bootstrap local env"):
   ATTEST_URL      the MAA instance URL (--attestation-url)
   ATTEST_TPM      the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
@@ -62,6 +65,10 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "verify":
 		return verifyImage(ctx, args[1:], cmdIO{stdin: stdin, stdout: stdout, stderr: stderr})
 	case "rules":
+		if len(args) >= 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
 		if len(args) < 2 || args[1] != "test" {
 			fmt.Fprint(stderr, usage)
 			return 2

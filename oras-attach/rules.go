@@ -18,7 +18,7 @@ func rulesTest(args []string, io cmdIO) int {
 	rulesFile := fs.String("rules", "", "CEL rule file (\"baseline\" for the built-in baseline)")
 	claimsFile := fs.String("claims", "", "claims as a JSON object, or a token file (its claims are read unverified)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
-	if code, done := parse(fs, args); done {
+	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest rules test:", err); return code }

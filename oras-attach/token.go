@@ -23,19 +23,31 @@ import (
 // maxTokenFile bounds what token verify and show read; MAA tokens are a few KiB.
 const maxTokenFile = 1 << 20
 
-// newFlags returns a flag set that reports errors on stderr and prints the command's usage.
+// newFlags returns a flag set that reports errors, with the command's usage, on stderr.
 func newFlags(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: %s\n\nFlags:\n%s", synopsis, fs.FlagUsages())
+		fmt.Fprintf(fs.Output(), "Usage: %s\n\nFlags:\n%s", synopsis, fs.FlagUsages())
 	}
 	fs.SortFlags = false
 	return fs
 }
 
-// parse parses args; it returns (exit code, done) where done means the caller must return.
-func parse(fs *pflag.FlagSet, args []string) (int, bool) {
+// parse parses args; it returns (exit code, done) where done means the caller must return. Help
+// asked for (-h, --help) goes to stdout with exit 0, so that `oras-attest attach --help | less`
+// shows it; a usage error goes to stderr with exit 2.
+func parse(fs *pflag.FlagSet, args []string, stdout io.Writer) (int, bool) {
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-h" || a == "--help" {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return 0, true
+		}
+	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0, true
@@ -57,7 +69,7 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	maxAge := fs.Duration("max-age", 5*time.Minute, "maximum token age accepted by the verification")
 	timeout := fs.Duration("timeout", 2*time.Minute, "overall time limit, retries included")
 	debug := fs.Bool("debug", false, "debug logging (may print evidence; never use in shared logs)")
-	if code, done := parse(fs, args); done {
+	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	if fs.NArg() != 0 {
@@ -165,7 +177,7 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 	jwks := fs.String("jwks", "", "verify with the keys of this JWKS file instead of fetching {instance}/certs (offline use)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	timeout := fs.Duration("timeout", 30*time.Second, "time limit for fetching the instance's keys")
-	if code, done := parse(fs, args); done {
+	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
@@ -281,7 +293,7 @@ func outcomes(verr error, withNonce bool) []checkOutcome {
 func tokenShow(args []string, io cmdIO) int {
 	fs := newFlags("oras-attest token show", "oras-attest token show FILE|- [-o json]", io.stderr)
 	output := fs.StringP("output", "o", "text", "output format: text or json")
-	if code, done := parse(fs, args); done {
+	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	if err := cliutil.CheckFormat(*output); err != nil || fs.NArg() != 1 {

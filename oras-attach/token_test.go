@@ -153,10 +153,10 @@ func TestTokenVerifyRules(t *testing.T) {
 			stderr: "syntax error",
 		},
 		{
-			name:   "help describes --rules",
+			name:   "help describes --rules, on stdout",
 			args:   []string{"token", "verify", "--help"},
 			code:   0,
-			stderr: "--rules string             CEL claim rule file (default: the built-in baseline)",
+			stdout: []string{"--rules string             CEL claim rule file (default: the built-in baseline)"},
 		},
 	}
 	for _, tc := range tests {

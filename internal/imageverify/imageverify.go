@@ -19,6 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/notaryproject/notation-core-go/signature"
+	_ "github.com/notaryproject/notation-core-go/signature/cose" // NamedTokens parses both envelope types
+	_ "github.com/notaryproject/notation-core-go/signature/jws"
 	"github.com/notaryproject/notation-go"
 	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
@@ -249,6 +252,50 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 		res.Checks[len(res.Checks)-1].Detail += fmt.Sprintf("; only %d of the image's signatures were examined and %s attached: whoever can push to the repository may have attached signatures that hide the genuine one", len(sigs), more)
 	}
 	return res, nil
+}
+
+// NamedTokens returns the hex SHA-256 of every token that a signature of subject names in its
+// signed attributes. A signature counts if its envelope is intact (signed by its own leaf
+// certificate); whether that certificate is trusted is not judged here, nor anything else Verify
+// checks. `oras-attest attach` uses it to publish only the tokens some signature of the image
+// refers to. Signatures that cannot be fetched or parsed are skipped; at most
+// maxListedSignatures are read.
+func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descriptor) (map[string]bool, error) {
+	var sigs []ocispec.Descriptor
+	err := repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
+		sigs = append(sigs, page...)
+		if len(sigs) >= maxListedSignatures {
+			sigs = sigs[:maxListedSignatures]
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
+	}
+	named := map[string]bool{}
+	for _, sd := range sigs {
+		blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
+		if err != nil {
+			continue
+		}
+		env, err := signature.ParseEnvelope(blobDesc.MediaType, blob)
+		if err != nil {
+			continue
+		}
+		content, err := env.Verify()
+		if err != nil {
+			continue
+		}
+		for _, a := range content.SignerInfo.SignedAttributes.ExtendedAttributes {
+			if k, _ := a.Key.(string); k == binding.AttrTokenSHA256 {
+				if v, ok := a.Value.(string); ok {
+					named[strings.ToLower(v)] = true
+				}
+			}
+		}
+	}
+	return named, nil
 }
 
 // maxListedSignatures bounds the signatures listed, of which MaxSignatures are examined.

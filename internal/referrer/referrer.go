@@ -67,8 +67,100 @@ type Target interface {
 	registry.ReferrerLister
 }
 
-// Attach pushes tok as a referrer of subject and returns the referrer manifest's descriptor.
+// attachAttempts bounds the pushes of one referrer that the registry does not list afterwards;
+// attachBackoff is the wait after the first, doubled after each.
+var (
+	attachAttempts = 5
+	attachBackoff  = 200 * time.Millisecond
+)
+
+// Attach pushes tok as a referrer of subject and returns the referrer manifest's descriptor once
+// the registry lists it among subject's referrers. A registry without the Referrers API keeps
+// that list in one index (the referrers tag schema) that every push rewrites, so two processes
+// attaching to one image at once can each drop the other's entry; a referrer found missing is
+// pushed again (the push re-adds it), up to attachAttempts times, and then reported as an error.
+//
+// On such a registry a process that read the index just before this push can still write it back
+// without this entry after the first check; so the check is made again once that could have
+// happened (twice the time the push took). That narrows the window to processes slower than that;
+// it cannot close it, since the registry offers no conditional write of the index.
 func Attach(ctx context.Context, repo Target, subject ocispec.Descriptor, tok Token) (ocispec.Descriptor, error) {
+	wait := attachBackoff
+	for attempt := 1; ; attempt++ {
+		start := time.Now()
+		desc, err := push(ctx, repo, subject, tok)
+		if err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		took := time.Since(start)
+		found, err := listed(ctx, repo, subject, desc)
+		if err == nil && found && usesTagSchema(ctx, repo, subject) {
+			select {
+			case <-ctx.Done():
+				return ocispec.Descriptor{}, ctx.Err()
+			case <-time.After(max(2*took, minSettle)):
+			}
+			found, err = listed(ctx, repo, subject, desc)
+		}
+		if err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("checking that %s is listed as a referrer of %s: %w", desc.Digest, subject.Digest, err)
+		}
+		if found {
+			return desc, nil
+		}
+		if attempt == attachAttempts {
+			return ocispec.Descriptor{}, fmt.Errorf("referrer %s was pushed %d times but the registry does not list it among the referrers of %s: something else is rewriting that list (on a registry without the Referrers API, attach to one image one process at a time)", desc.Digest, attempt, subject.Digest)
+		}
+		select {
+		case <-ctx.Done():
+			return ocispec.Descriptor{}, ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// minSettle is the least wait before a referrer pushed to a registry without the Referrers API
+// is looked for again.
+const minSettle = 100 * time.Millisecond
+
+// usesTagSchema reports whether repo keeps subject's referrers under the referrers tag
+// (sha256-<hex>, OCI distribution spec 1.1, "Referrers Tag Schema"), as oras-go does on a
+// registry without the Referrers API; a repository that cannot resolve tags does not.
+func usesTagSchema(ctx context.Context, repo Target, subject ocispec.Descriptor) bool {
+	r, ok := repo.(interface {
+		Resolve(context.Context, string) (ocispec.Descriptor, error)
+	})
+	if !ok {
+		return false
+	}
+	_, err := r.Resolve(ctx, subject.Digest.Algorithm().String()+"-"+subject.Digest.Encoded())
+	return err == nil
+}
+
+// errFound stops a listing once the referrer looked for is in it.
+var errFound = errors.New("found")
+
+// listed reports whether the registry lists desc among subject's token referrers.
+func listed(ctx context.Context, repo Target, subject, desc ocispec.Descriptor) (bool, error) {
+	found := false
+	err := repo.Referrers(ctx, subject, ArtifactType, func(page []ocispec.Descriptor) error {
+		for _, d := range page {
+			if d.Digest == desc.Digest {
+				found = true
+				return errFound
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errFound) {
+		return false, err
+	}
+	return found, nil
+}
+
+// push pushes tok's config, layer and referrer manifest.
+func push(ctx context.Context, repo Target, subject ocispec.Descriptor, tok Token) (ocispec.Descriptor, error) {
 	if tok.Raw == "" || len(tok.Raw) > MaxTokenSize {
 		return ocispec.Descriptor{}, fmt.Errorf("token of %d bytes cannot be attached", len(tok.Raw))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -231,4 +232,100 @@ func attachTokens(t *testing.T, repo *remote.Repository, subject ocispec.Descrip
 		}
 	}
 	return raws
+}
+
+// forgetfulTarget lists the token referrers without the newest manifest for the first hide
+// listings: the index update of a push another process overwrote.
+type forgetfulTarget struct {
+	Target
+	hide, listings, pushes int
+}
+
+func (f *forgetfulTarget) Push(ctx context.Context, d ocispec.Descriptor, r io.Reader) error {
+	if d.MediaType == ocispec.MediaTypeImageManifest {
+		f.pushes++
+	}
+	return f.Target.Push(ctx, d, r)
+}
+
+func (f *forgetfulTarget) Referrers(ctx context.Context, subject ocispec.Descriptor, artifactType string, fn func([]ocispec.Descriptor) error) error {
+	f.listings++
+	if f.listings > f.hide {
+		return f.Target.Referrers(ctx, subject, artifactType, fn)
+	}
+	return fn(nil)
+}
+
+// TestAttachConfirmsListing: a referrer the registry does not list after its push is pushed
+// again until it is listed; one never listed is an error that says so, not a success.
+func TestAttachConfirmsListing(t *testing.T) {
+	attachBackoff = time.Millisecond
+	t.Cleanup(func() { attachBackoff = 200 * time.Millisecond })
+	host := registries(t)["distribution v3 (tag fallback)"]
+	tok := Token{Raw: "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ6In0.c2ln", Issuer: "https://maa.example", IssuedAt: time.Now()}
+	for _, tc := range []struct {
+		hide, pushes int
+		err          string
+	}{
+		{hide: 0, pushes: 1},
+		{hide: 2, pushes: 3},
+		{hide: attachAttempts, pushes: attachAttempts, err: "does not list it"},
+	} {
+		t.Run(fmt.Sprintf("hidden from %d listings", tc.hide), func(t *testing.T) {
+			repo, subject := newSubject(t, host)
+			f := &forgetfulTarget{Target: repo, hide: tc.hide}
+			_, err := Attach(context.Background(), f, subject, tok)
+			if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) || f.pushes != tc.pushes {
+				t.Fatalf("Attach: %v after %d pushes; want error %q after %d", err, f.pushes, tc.err, tc.pushes)
+			}
+		})
+	}
+}
+
+// TestConcurrentAttach: attaches of different tokens to one image at once, each through its own
+// repository value as separate processes would, on a registry without the Referrers API (one index
+// that every push rewrites), all end up listed. The registry answers reads of the index slowly,
+// as a remote one does, so that the attaches read it before the others have written it back.
+func TestConcurrentAttach(t *testing.T) {
+	attachBackoff = 10 * time.Millisecond
+	t.Cleanup(func() { attachBackoff = 200 * time.Millisecond })
+	cfg := &configuration.Configuration{}
+	cfg.Storage = configuration.Storage{"inmemory": configuration.Parameters{}, "delete": configuration.Parameters{"enabled": true}}
+	cfg.Log.Level = "error"
+	app := handlers.NewApp(context.Background(), cfg)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/manifests/sha256-") {
+			time.Sleep(50 * time.Millisecond)
+		}
+		app.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	host := strings.TrimPrefix(srv.URL, "http://")
+	repo, subject := newSubject(t, host)
+	const n = 6
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			own, err := remote.NewRepository(host + "/app")
+			if err != nil {
+				errs <- err
+				return
+			}
+			own.PlainHTTP, own.SkipReferrersGC = true, true
+			tok := Token{Raw: fmt.Sprintf("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiIlZCJ9.c2ln%d", i), Issuer: "https://maa.example", IssuedAt: time.Now()}
+			_, err = Attach(context.Background(), own, subject, tok)
+			errs <- err
+		}()
+	}
+	failed := 0
+	for range n {
+		if err := <-errs; err != nil {
+			failed++
+			t.Log(err)
+		}
+	}
+	// An attach may fail (saying so); none may report a referrer the registry then drops.
+	if ix := NewIndex(context.Background(), repo, subject); ix.Len() != n-failed {
+		t.Fatalf("%d token referrers listed after %d attaches reported success", ix.Len(), n-failed)
+	}
 }

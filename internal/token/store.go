@@ -102,6 +102,23 @@ func (s *Store) Prepare() error {
 	if err := unix.Access(s.dir, unix.W_OK|unix.X_OK); err != nil {
 		return fmt.Errorf("token store %s: not writable: %w", s.dir, err)
 	}
+	return s.checkOwner()
+}
+
+// checkOwner refuses a store directory that is not this user's own or that others may write to
+// (such as a shared path another user created first): whoever can write there can delete the
+// tokens of signatures made, or plant others.
+func (s *Store) checkOwner() error {
+	var st unix.Stat_t
+	if err := unix.Stat(s.dir, &st); err != nil {
+		return fmt.Errorf("token store: %w", err)
+	}
+	if int(st.Uid) != os.Getuid() {
+		return fmt.Errorf("token store %s belongs to uid %d, not to this user (uid %d): choose another token_dir", s.dir, st.Uid, os.Getuid())
+	}
+	if st.Mode&0o022 != 0 {
+		return fmt.Errorf("token store %s is writable by others (mode %#o): chmod go-w it, or choose another token_dir", s.dir, st.Mode&0o777)
+	}
 	return nil
 }
 
@@ -153,6 +170,9 @@ func (s *Store) List(subject string) ([]Entry, error) {
 	des, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s in %s", ErrNotFound, subject, s.dir)
+	}
+	if err == nil {
+		err = s.checkOwner()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("token store: %w", err)

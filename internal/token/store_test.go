@@ -265,3 +265,40 @@ func writeFile(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// TestStoreOwner: a store directory that others may write to, or that another user owns, is
+// refused by Prepare (before a signature) and by List (before tokens are published).
+func TestStoreOwner(t *testing.T) {
+	const subject = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+	for _, tc := range []struct {
+		name  string
+		setup func(dir string) error
+		err   string
+	}{
+		{"own and closed", func(string) error { return nil }, ""},
+		{"writable by others", func(dir string) error { return os.Chmod(dir, 0o777) }, "writable by others"},
+		{"another user's", func(dir string) error {
+			if os.Getuid() != 0 {
+				t.Skip("only root can give a directory to another user")
+			}
+			return os.Chown(dir, 65534, 65534)
+		}, "belongs to uid 65534"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewStore(filepath.Join(t.TempDir(), "tokens"))
+			if _, err := s.Put(subject, "a.b.c"); err != nil {
+				t.Fatal(err)
+			}
+			if err := tc.setup(s.Dir()); err != nil {
+				t.Fatal(err)
+			}
+			errP := s.Prepare()
+			_, errL := s.List(subject)
+			for what, err := range map[string]error{"Prepare": errP, "List": errL} {
+				if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+					t.Errorf("%s: %v, want %q", what, err, tc.err)
+				}
+			}
+		})
+	}
+}

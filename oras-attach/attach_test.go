@@ -1,0 +1,102 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/binding"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/referrer"
+	"github.com/attested-kv/attested-kv/internal/token"
+)
+
+// TestAttach: attach publishes only the tokens a signature of the image names (from the token
+// store or a file), skips or refuses the others with the reason, and its JSON output is always
+// the list of referrers attached.
+func TestAttach(t *testing.T) {
+	chain := attesttest.New(t)
+	repo, name := attesttest.Registry(t)
+	signer := attesttest.Signer(t, "attested signer")
+	const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
+	tokenFor := func(img ocispec.Descriptor) string {
+		b, err := binding.Compute(img.Digest.String(), keyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return chain.Token(t, b)
+	}
+	signed := attesttest.PushImage(t, repo, "signed")
+	signedTok := tokenFor(signed)
+	attesttest.SignImage(t, imageverify.NewRepository(repo), signer, signed, signedTok, chain.URL, time.Now())
+	other := attesttest.PushImage(t, repo, "other")
+	otherTok := tokenFor(other)
+	unsigned := attesttest.PushImage(t, repo, "unsigned")
+
+	dir := t.TempDir()
+	store := token.NewStore(dir + "/tokens")
+	for _, put := range []struct {
+		img ocispec.Descriptor
+		raw string
+	}{{signed, signedTok}, {signed, otherTok}, {unsigned, tokenFor(unsigned)}} {
+		if _, err := store.Put(put.img.Digest.String(), put.raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := func(raw string) string {
+		p := t.TempDir() + "/token.jwt"
+		if err := os.WriteFile(p, []byte(raw), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
+	ref := func(img ocispec.Descriptor) string { return name + "@" + img.Digest.String() }
+
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		attached int    // referrers in the JSON output
+		stderr   string // substring of stderr
+	}{
+		{"store: the named token attached, another image's skipped", []string{ref(signed), "--token-dir", store.Dir()}, 0, 1, "skipped stored token " + sha(otherTok)},
+		{"file: the named token", []string{ref(signed), "--token", file(signedTok)}, 0, 1, ""},
+		{"file: another image's token refused", []string{ref(signed), "--token", file(otherTok)}, 1, 0, "no signature of " + ref(signed) + " names token " + sha(otherTok)},
+		{"file: a hand-made JWT refused", []string{ref(signed), "--token", file("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln")}, 1, 0, "no signature of"},
+		{"store: an unsigned image's token is not attached", []string{ref(unsigned), "--token-dir", store.Dir()}, 1, 0, "nothing attached: none of the 1 stored tokens"},
+		{"stdin for both the token and the password", []string{ref(signed), "--token", "-", "-u", "user", "--password-stdin"}, 2, -1, "both read stdin"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var o, e strings.Builder
+			code := run(context.Background(), append([]string{"attach", "-o", "json"}, tc.args...), strings.NewReader(""), &o, &e)
+			if code != tc.code || !strings.Contains(e.String(), tc.stderr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, e.String(), tc.code, tc.stderr)
+			}
+			if tc.attached < 0 {
+				return
+			}
+			var out []ocispec.Descriptor
+			if err := json.Unmarshal([]byte(o.String()), &out); err != nil || len(out) != tc.attached {
+				t.Fatalf("JSON output %q (%v): want a list of %d referrers", o.String(), err, tc.attached)
+			}
+		})
+	}
+	// What the registry holds: the signed image has exactly its own token attached.
+	ix := referrer.NewIndex(context.Background(), repo, signed)
+	if f, _ := ix.Find(context.Background(), sha(signedTok)); f == nil || ix.Len() != 1 {
+		t.Fatalf("%d token referrers on the signed image, its own found: %v", ix.Len(), f != nil)
+	}
+	if ix := referrer.NewIndex(context.Background(), repo, unsigned); ix.Len() != 0 {
+		t.Fatalf("%d token referrers on the unsigned image", ix.Len())
+	}
+}
