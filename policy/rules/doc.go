@@ -20,9 +20,13 @@
 //     expression. Names match [a-z0-9][a-z0-9-]{0,62} and are unique within the file.
 //   - A line that starts with whitespace continues the expression of the rule above it, so a
 //     long expression can be split over lines. Continuation lines are trimmed and joined with
-//     a newline; comment lines between them are skipped. (A line whose first non-blank
-//     character is '#' is always a comment; CEL itself never uses '#'. Because continuation
-//     lines are trimmed, leading spaces inside a multi-line string literal are not kept.)
+//     a newline; indented comment lines between them are skipped. (A line whose first
+//     non-blank character is '#' is always a comment; CEL itself never uses '#'. Because
+//     continuation lines are trimmed, leading spaces inside a multi-line string literal are
+//     not kept.)
+//   - A blank line or a comment that starts at the beginning of a line ends the rule above:
+//     a continuation line after one is a syntax error. Otherwise the continuation of a
+//     commented-out rule would silently extend the rule above it.
 //   - A file with no rules is an error: an empty policy would accept every machine.
 //
 // # Expressions

@@ -231,22 +231,43 @@ func split(name string, src []byte) ([]Rule, string, error) {
 	var (
 		parsed []pending
 		seen   = map[string]int{}
+		// closedBy is the line of the blank line or unindented comment that ended the rule
+		// above (closer says which), or 0 while that rule may still continue. A continuation
+		// line after it would silently extend the rule above: after a commented-out rule
+		// ("# b: x" followed by "    || y") it would turn the rule above into an OR.
+		// Indented comments keep the rule open.
+		closedBy int
+		closer   string
 	)
 	for i, line := range strings.Split(text, "\n") {
 		lineNo := i + 1
 		line = strings.TrimSuffix(line, "\r")
 		trimmed := strings.TrimSpace(line)
+		indented := line != "" && (line[0] == ' ' || line[0] == '\t')
 		switch {
-		case trimmed == "" || strings.HasPrefix(trimmed, "#"):
+		case trimmed == "" || strings.HasPrefix(trimmed, "#") && !indented:
+			if closedBy == 0 {
+				closedBy, closer = lineNo, "comment"
+				if trimmed == "" {
+					closer = "blank line"
+				}
+			}
 			continue
-		case line[0] == ' ' || line[0] == '\t':
+		case strings.HasPrefix(trimmed, "#"):
+			continue
+		case indented:
 			if len(parsed) == 0 {
 				return fail(lineNo, "", fmt.Errorf("%w: continuation line before any rule", ErrSyntax))
 			}
 			p := &parsed[len(parsed)-1]
+			if closedBy != 0 {
+				return fail(lineNo, p.rule.Name, fmt.Errorf("%w: continuation line after the %s on line %d, which ends the rule "+
+					"(indent a comment inside a rule, drop the blank line, or start a new rule)", ErrSyntax, closer, closedBy))
+			}
 			p.lines = append(p.lines, trimmed)
 			continue
 		}
+		closedBy = 0
 		ruleName, expr, ok := strings.Cut(line, ":")
 		if !ok {
 			return fail(lineNo, "", fmt.Errorf(`%w: want "name: expression"`, ErrSyntax))

@@ -79,6 +79,14 @@ func TestParseErrors(t *testing.T) {
 		{"empty expression", "a: true\nb:\n", ErrEmptyExpression, 2, "b", ""},
 		{"empty expression blank", "b:   \t\n\nc: true\n", ErrEmptyExpression, 1, "b", ""},
 		{"continuation first", "  claims[\"secureboot\"]\na: true\n", ErrSyntax, 1, "", "continuation"},
+		// The continuation of a commented-out rule would turn secure-boot into an OR.
+		{"continuation after comment", "secure-boot: claims[\"secureboot\"] == true\n" +
+			"# windows-ok: claims[\"x-ms-azurevm-is-windows\"]\n" +
+			"    || claims[\"x-ms-azurevm-ostype\"] == \"Windows\"\n",
+			ErrSyntax, 3, "secure-boot", "continuation line after the comment on line 2, which ends the rule"},
+		{"continuation after blank line", "a: true\n\n  || false\n", ErrSyntax, 3, "a", "after the blank line on line 2"},
+		{"continuation after blank and indented comment", "a: true\n\t\n  # c\n  || false\n", ErrSyntax, 4, "a", "after the blank line on line 2"},
+		{"continuation after comment with CRLF", "a: [1].all(p,\r\n  p > 0)\r\n#b: true\r\n  && false\r\n", ErrSyntax, 4, "a", "comment on line 3"},
 		{"compile error", "a: true\nbad: claims[\"secureboot\"] ==\n", ErrCompile, 2, "bad", "Syntax error"},
 		{"undeclared variable", "bad: token[\"secureboot\"] == true\n", ErrCompile, 1, "bad", "undeclared reference"},
 		{"unknown function", "bad: frobnicate(claims)\n", ErrCompile, 1, "bad", ""},
