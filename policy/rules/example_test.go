@@ -80,6 +80,8 @@ func ExampleBaseline() {
 	// no-flight-signing
 	// no-hypervisor-debug
 	// signingdisabled-true
+	// default-secureboot-keys
+	// debuggers-disabled
 	// db-validated
 	// dbx-validated
 	// pcrs-0-7-attested
