@@ -22,7 +22,8 @@ import (
 //	action     = "permit" "(" ")" | "deny" "(" ")"
 //	           | ( "issue" | "add" ) "(" ( "claim" "=" IDENT | "type" "=" STRING "," "value" "=" operand ) ")"
 //
-// with OP one of == != < <= > >= (ordering only between integers). authorizationrules is required.
+// with OP one of == != < <= > >= (ordering only between integers), and "//" starting a comment
+// that runs to the end of the line (outside strings). authorizationrules is required.
 // Version 1.0, 1.1 and 1.2 texts are accepted; configurationrules, issueproperty() and the 1.2
 // functions are refused as unsupported rather than ignored.
 //
@@ -173,6 +174,15 @@ func lexPolicy(s string) ([]token, error) {
 		switch {
 		case c == ' ' || c == '\t' || c == '\r' || c == '\n':
 			advance(1)
+		case c == '/' && i+1 < len(s) && s[i+1] == '/':
+			// A line comment, as in published MAA policies (Constellation's AzureGuest policy
+			// comments out a rule with "//"); string literals are lexed whole below, so a "//"
+			// inside one never gets here.
+			j := strings.IndexByte(s[i:], '\n')
+			if j < 0 {
+				j = len(s) - i
+			}
+			advance(j)
 		case isIdentStart(c):
 			j := i
 			for j < len(s) && isIdentPart(s[j]) {

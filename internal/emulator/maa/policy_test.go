@@ -72,6 +72,8 @@ func TestParsePolicyRefuses(t *testing.T) {
 		{"version=1.0; authorizationrules { => permit(); } ; junk { };", "unknown section"},
 		{"version=1.0; authorizationrules { => permit(); }; issuancerules { c:[type==\"x\"] => issue(type=\"y\", value=JmesPath(c.value, \"a\")); };", "function JmesPath() is not supported"},
 		{"version=1.0; authorizationrules { => permit(); }; # comment", "unexpected character"},
+		{"version=1.0; authorizationrules { => permit(); }; / comment", "unexpected character '/'"},
+		{"version=1.0; authorizationrules { // => permit(); };", "unterminated rule block"},
 		{"version=1.0;\xff", "UTF-8"},
 		{strings.Repeat(" ", maxPolicyBytes+1), "at most"},
 	} {
@@ -136,6 +138,111 @@ func TestPolicyEvaluate(t *testing.T) {
 				t.Errorf("issued = %#v, want %#v", issued, tc.issued)
 			}
 		})
+	}
+}
+
+// TestPolicyLineComments checks that "//" comments, which published MAA policies use
+// (Constellation's AzureGuest policy comments out its secureboot rule with one), are skipped to
+// the end of the line outside strings: each policy decides and issues exactly as the same policy
+// written without its comments.
+func TestPolicyLineComments(t *testing.T) {
+	healthy := func() []policyClaim {
+		return incomingClaims(map[string]any{
+			"secureboot":                                   true,
+			"x-ms-azurevm-dbvalidated":                     true,
+			"x-ms-azurevm-dbxvalidated":                    true,
+			"x-ms-azurevm-signingdisabled":                 true,
+			"x-ms-azurevm-debuggersdisabled":               true,
+			"x-ms-azurevm-default-securebootkeysvalidated": true,
+		})
+	}
+	noSecureBoot := func() []policyClaim {
+		c := healthy()
+		for i := range c {
+			if c[i].Type == "secureboot" {
+				c[i].Value = false
+			}
+		}
+		return c
+	}
+	for _, tc := range []struct {
+		name, commented, plain string
+	}{
+		{
+			name: "rule commented out, as in Constellation's policy",
+			commented: `version= 1.0;
+authorizationrules
+{
+    [type=="x-ms-azurevm-default-securebootkeysvalidated", value==false] => deny();
+    [type=="x-ms-azurevm-debuggersdisabled", value==false] => deny();
+    // Secure Boot is left to the relying party here.
+    //[type=="secureboot", value==false] => deny();
+    [type=="x-ms-azurevm-signingdisabled", value==false] => deny();
+    [type=="x-ms-azurevm-dbvalidated", value==false] => deny();
+    [type=="x-ms-azurevm-dbxvalidated", value==false] => deny();
+    => permit();
+};
+issuancerules
+{
+};`,
+			plain: `version= 1.0;
+authorizationrules
+{
+    [type=="x-ms-azurevm-default-securebootkeysvalidated", value==false] => deny();
+    [type=="x-ms-azurevm-debuggersdisabled", value==false] => deny();
+    [type=="x-ms-azurevm-signingdisabled", value==false] => deny();
+    [type=="x-ms-azurevm-dbvalidated", value==false] => deny();
+    [type=="x-ms-azurevm-dbxvalidated", value==false] => deny();
+    => permit();
+};
+issuancerules
+{
+};`,
+		},
+		{
+			name:      "comments after tokens, holding policy syntax, and at the end without a newline",
+			commented: "version=1.0; // v1\nauthorizationrules { // \"unterminated }; deny();\n=> permit(); // =>\n}; // end\nissuancerules { => issue(type=\"t\", value=1); }; //",
+			plain:     "version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type=\"t\", value=1); };",
+		},
+		{
+			name:      "// inside strings is not a comment",
+			commented: `version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type="https://example.com//claim", value="a // b"); // c` + "\n" + `};`,
+			plain:     `version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type="https://example.com//claim", value="a // b"); };`,
+		},
+		{
+			name:      "CRLF line ends",
+			commented: "version=1.0;\r\nauthorizationrules {\r\n// c:[type==\"secureboot\", value==true] => permit();\r\n[type==\"x-ms-azurevm-dbvalidated\", value==true] => permit(); // db\r\n};\r\n",
+			plain:     "version=1.0;\r\nauthorizationrules {\r\n[type==\"x-ms-azurevm-dbvalidated\", value==true] => permit();\r\n};\r\n",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			commented, err := parsePolicy(tc.commented)
+			if err != nil {
+				t.Fatalf("parse with comments: %v", err)
+			}
+			plain, err := parsePolicy(tc.plain)
+			if err != nil {
+				t.Fatalf("parse without comments: %v", err)
+			}
+			if len(commented.authorization) != len(plain.authorization) || len(commented.issuance) != len(plain.issuance) {
+				t.Fatalf("%d+%d rules with comments, %d+%d without", len(commented.authorization), len(commented.issuance), len(plain.authorization), len(plain.issuance))
+			}
+			for name, claims := range map[string]func() []policyClaim{"healthy": healthy, "no secure boot": noSecureBoot, "sample": sampleClaims} {
+				gotIssued, gotErr := commented.evaluate(claims())
+				wantIssued, wantErr := plain.evaluate(claims())
+				if errors.Is(gotErr, errPolicyDenied) != errors.Is(wantErr, errPolicyDenied) || (gotErr == nil) != (wantErr == nil) || !reflect.DeepEqual(gotIssued, wantIssued) {
+					t.Errorf("%s claims: with comments %v, %v; without %v, %v", name, gotIssued, gotErr, wantIssued, wantErr)
+				}
+			}
+		})
+	}
+	// The commented-out rule is what lets a VM without Secure Boot through.
+	pol, err := parsePolicy(`version=1.0; authorizationrules { // [type=="secureboot", value==false] => deny();` + "\n" + `=> permit(); };`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pol.evaluate(noSecureBoot()); err != nil {
+		t.Errorf("a commented-out deny() applied: %v", err)
 	}
 }
 
