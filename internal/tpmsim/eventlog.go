@@ -32,6 +32,10 @@ const (
 	tpmAlgSHA256                 uint16 = 0x000B
 )
 
+// uefiDebugMode is the EV_EFI_ACTION string firmware measures into PCR 7 when a UEFI debugger
+// is enabled (TCG PC Client Platform Firmware Profile).
+const uefiDebugMode = "UEFI Debug Mode"
+
 // GUIDs in their EFI_GUID byte order (first three fields little-endian).
 var (
 	efiGlobalVariable   = guid(0x8BE4DF61, 0x93CA, 0x11D2, [8]byte{0xAA, 0x0D, 0x00, 0xE0, 0x98, 0x03, 0x2B, 0x8C})
@@ -60,14 +64,18 @@ type EventLogOptions struct {
 	// SecureBoot sets the measured SecureBoot variable and, when on, logs the db authority that
 	// verified the boot loader.
 	SecureBoot bool
+	// UEFIDebugger records that a UEFI firmware debugger was enabled: the EV_EFI_ACTION event
+	// "UEFI Debug Mode", the first event on PCR 7 (TCG PC Client Platform Firmware Profile,
+	// PCR[7] measurements), which verifiers take to mean the boot may have been altered.
+	UEFIDebugger bool
 }
 
 // BuildEventLog returns a TCG event log in the crypto-agile format (SHA-256 bank only) of a UEFI
 // boot of a Linux VM, as an Azure Trusted Launch vTPM records it, and the PCR extends that make a
 // TPM's PCRs replay from it; apply them with ApplyEventLog.
 //
-// The log holds: the S-CRTM version and a POST code on PCR 0; the SecureBoot, PK, KEK, db and dbx
-// variables on PCR 7 (EV_EFI_VARIABLE_DRIVER_CONFIG); the boot order and boot option on PCR 1;
+// The log holds: the S-CRTM version and a POST code on PCR 0; with UEFIDebugger, "UEFI Debug Mode"
+// on PCR 7; the SecureBoot, PK, KEK, db and dbx variables on PCR 7 (EV_EFI_VARIABLE_DRIVER_CONFIG); the boot order and boot option on PCR 1;
 // "Calling EFI Application from Boot Option" on PCR 4; separators on PCRs 0-7; with Secure Boot
 // on, the db authority that verified the boot loader (EV_EFI_VARIABLE_AUTHORITY on PCR 7); the
 // boot loader's image load on PCR 4; and ExitBootServices on PCR 5. The Secure Boot keys are local
@@ -95,6 +103,9 @@ func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
 	sb := byte(0)
 	if o.SecureBoot {
 		sb = 1
+	}
+	if o.UEFIDebugger {
+		b.event(7, evEFIAction, []byte(uefiDebugMode))
 	}
 	b.event(7, evEFIVariableDriverConfig, variableData(efiGlobalVariable, "SecureBoot", []byte{sb}))
 	b.event(7, evEFIVariableDriverConfig, variableData(efiGlobalVariable, "PK", signatureList(efiCertX509, pk.Raw)))

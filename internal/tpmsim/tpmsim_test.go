@@ -179,6 +179,42 @@ func testEventLog(t *testing.T, sb bool) {
 	}
 }
 
+// TestEventLogUEFIDebugger checks that the UEFIDebugger option logs what go-attestation takes for
+// a UEFI debugger: the log still replays, and its Secure Boot state is refused for the debugger.
+func TestEventLogUEFIDebugger(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		debugger bool
+		wantErr  string
+	}{
+		{name: "no debugger"},
+		{name: "debugger", debugger: true, wantErr: "a UEFI debugger was present during boot"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			raw, extends, err := BuildEventLog(EventLogOptions{SecureBoot: true, UEFIDebugger: tt.debugger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			el, err := attest.ParseEventLog(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var pcrs []attest.PCR
+			for i, d := range replay(extends) {
+				pcrs = append(pcrs, attest.PCR{Index: i, Digest: d, DigestAlg: crypto.SHA256})
+			}
+			events, err := el.Verify(pcrs)
+			if err != nil {
+				t.Fatalf("the log does not replay: %v", err)
+			}
+			_, err = attest.ParseSecurebootState(events)
+			if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || err.Error() != tt.wantErr) {
+				t.Fatalf("ParseSecurebootState: %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
 func TestEventLogIsDeterministic(t *testing.T) {
 	for _, sb := range []bool{true, false} {
 		a, ea, err := BuildEventLog(EventLogOptions{SecureBoot: sb})

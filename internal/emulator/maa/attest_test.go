@@ -1,6 +1,7 @@
 package maa
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/go-attestation/attest"
 
 	wire "github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/tpmsim"
 )
 
 // TestAttestHappyPath runs Azure's flow end to end against a real (simulated) TPM: the token
@@ -163,6 +165,79 @@ func TestAttestWithEventLog(t *testing.T) {
 	status, body = in.attest(t, requestBody(t, c2.info()))
 	if status != http.StatusBadRequest || cloudError(t, body).Code != CodeTcgLogMismatch {
 		t.Fatalf("attest with a stale log: %d %s", status, body)
+	}
+}
+
+// TestAttestUEFIDebugger checks the debugger claims against logs built like the local stack's
+// (tpmsim.BuildEventLog) and replayed into the TPM: a UEFI debugger recorded on PCR 7 makes
+// x-ms-azurevm-debuggersdisabled false and x-ms-azurevm-bootdebug-enabled true, as well as the
+// Secure Boot claims false; a log whose Secure Boot state cannot be read for another reason
+// leaves the debugger claims alone.
+func TestAttestUEFIDebugger(t *testing.T) {
+	utf16le := func(s string) []byte {
+		var b []byte
+		for _, r := range s {
+			b = append(b, byte(r), 0)
+		}
+		return b
+	}
+	// replace rewrites one event's data in place (same length, digest kept): the log still
+	// replays, but the data no longer matches what was measured.
+	replace := func(old, new []byte) func(*testing.T, []byte) []byte {
+		return func(t *testing.T, raw []byte) []byte {
+			if bytes.Count(raw, old) != 1 || len(old) != len(new) {
+				t.Fatalf("the log does not hold %q exactly once", old)
+			}
+			return bytes.Replace(raw, old, new, 1)
+		}
+	}
+	tests := []struct {
+		name              string
+		debugger          bool
+		mutate            func(*testing.T, []byte) []byte
+		secureBoot        bool
+		debuggersDisabled bool
+		bootDebug         bool
+	}{
+		{name: "no debugger", secureBoot: true, debuggersDisabled: true},
+		{name: "UEFI debugger", debugger: true, debuggersDisabled: false, bootDebug: true},
+		{name: "UEFI debugger, event data rewritten", debugger: true,
+			mutate: replace([]byte("UEFI Debug Mode"), []byte("UEFI Normal Run")), debuggersDisabled: false, bootDebug: true},
+		{name: "secure-boot state unreadable, no debugger",
+			mutate: replace(utf16le("SecureBoot"), utf16le("XecureBoot")), debuggersDisabled: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			raw, extends, err := tpmsim.BuildEventLog(tpmsim.EventLogOptions{SecureBoot: true, UEFIDebugger: tt.debugger})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.mutate != nil {
+				raw = tt.mutate(t, raw)
+			}
+			e := newEnv(t)
+			for _, x := range extends {
+				e.tpm.extend(t, x.PCR, x.Digest)
+			}
+			in := newInstance(t, e, nil)
+			c := e.collect(t)
+			c.tcgLog = raw
+			status, body := in.attest(t, requestBody(t, c.info()))
+			if status != http.StatusOK {
+				t.Fatalf("attest: %d %s", status, body)
+			}
+			_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+			for k, want := range map[string]bool{
+				"secureboot":                     tt.secureBoot,
+				"x-ms-azurevm-dbvalidated":       tt.secureBoot,
+				"x-ms-azurevm-debuggersdisabled": tt.debuggersDisabled,
+				"x-ms-azurevm-bootdebug-enabled": tt.bootDebug,
+			} {
+				if claims[k] != want {
+					t.Errorf("claim %s = %v, want %v", k, claims[k], want)
+				}
+			}
+		})
 	}
 }
 

@@ -68,18 +68,20 @@ func serviceClaims(ev *evidence, ve *verifiedEvidence, boot bootState) map[strin
 		claimOSBuild:              ev.osBuild,
 		claimOSVersionMajor:       int64(ev.osVersionMajor),
 		claimOSVersionMinor:       int64(ev.osVersionMin),
+		// A UEFI debugger recorded in PCR 7 contradicts "debuggers disabled" and "boot debugging
+		// off", so those two claims follow the log (how MAA itself sets them is UNCONFIRMED).
+		claimBootDebug:         boot.uefiDebugger,
+		claimDebuggersDisabled: !boot.uefiDebugger,
 		// Windows boot-configuration claims. MAA derives them from Windows boot measurements; on
 		// Linux guests the real token (testdata/real) carries these constant values, which the
 		// emulator reproduces: they say nothing about the Linux boot.
-		claimBootDebug:         false,
-		claimKernelDebug:       false,
-		claimTestSigning:       false,
-		claimFlightSigning:     false,
-		claimHypervisorDebug:   false,
-		claimSigningDisabled:   true,
-		claimDebuggersDisabled: true,
-		claimHVCIPolicy:        int64(0),
-		claimELAM:              false,
+		claimKernelDebug:     false,
+		claimTestSigning:     false,
+		claimFlightSigning:   false,
+		claimHypervisorDebug: false,
+		claimSigningDisabled: true,
+		claimHVCIPolicy:      int64(0),
+		claimELAM:            false,
 	}
 }
 

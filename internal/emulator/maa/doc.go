@@ -47,9 +47,12 @@
 //     -default-securebootkeysvalidated mean that non-empty db, dbx, and PK+KEK were measured, not
 //     that they match Microsoft's defaults. With no log (Azure Trusted Launch may give none) all
 //     four are false: fail closed; what MAA issues then is UNCONFIRMED.
-//   - Windows boot-configuration claims (bootdebug, kerneldebug, testsigning, flightsigning,
-//     hypervisordebug, elam false; signingdisabled, debuggersdisabled true; hvci-policy 0) are the
-//     constants of the real Linux token in testdata/real; they say nothing about the Linux boot.
+//   - x-ms-azurevm-debuggersdisabled is false and x-ms-azurevm-bootdebug-enabled true when PCR 7
+//     records a UEFI debugger ("UEFI Debug Mode"; the Secure Boot claims are then false too, as
+//     go-attestation refuses such a log); otherwise true and false, as in the real tokens.
+//   - Windows boot-configuration claims (kerneldebug, testsigning, flightsigning, hypervisordebug,
+//     elam false; signingdisabled true; hvci-policy 0) are the constants of the real Linux token
+//     in testdata/real; they say nothing about the Linux boot.
 //   - x-ms-azurevm-vmid is the UUID first label of the AK certificate's CN (Azure issues
 //     CN=<vm-id>.TrustedVM.Azure.windows.net), else a UUID-shaped id derived from the AK.
 //   - x-ms-policy-hash is base64url SHA-256 of the policy text, and x-ms-policy-token-hash of a

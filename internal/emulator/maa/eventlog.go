@@ -3,6 +3,7 @@ package maa
 import (
 	"bytes"
 	"crypto"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 
@@ -11,6 +12,16 @@ import (
 
 // eventTypeNoAction is EV_NO_ACTION: informational, never extended into a PCR.
 const eventTypeNoAction = 0x03
+
+// A UEFI firmware debugger that was enabled during boot is recorded on PCR 7 as an EV_EFI_ACTION
+// event whose data, and digested string, is "UEFI Debug Mode" (TCG PC Client Platform Firmware
+// Profile; go-attestation's ParseSecurebootState refuses such a log with "a UEFI debugger was
+// present during boot").
+const (
+	eventTypeEFIAction  = 0x80000007
+	pcrSecureBootPolicy = 7
+	uefiDebugModeAction = "UEFI Debug Mode"
+)
 
 // bootState is what the TCG log, replayed against the quoted PCRs, says about the boot.
 type bootState struct {
@@ -22,6 +33,8 @@ type bootState struct {
 	dbMeasured, dbxMeasured bool
 	// defaultKeysMeasured: non-empty PK and KEK were measured in PCR 7.
 	defaultKeysMeasured bool
+	// uefiDebugger: PCR 7 records that a UEFI debugger was enabled during boot.
+	uefiDebugger bool
 	// note explains why the secure-boot claims are false, for the request log.
 	note string
 }
@@ -70,10 +83,13 @@ func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
 		}
 	}
 
-	st := bootState{logPresent: true}
+	st := bootState{logPresent: true, uefiDebugger: uefiDebuggerMeasured(events)}
 	sb, err := parseSecurebootState(events)
 	if err != nil {
 		st.note = fmt.Sprintf("secure-boot state could not be established from the log (%v); secure-boot claims are false", err)
+		if st.uefiDebugger {
+			st.note += "; a UEFI debugger was enabled during boot"
+		}
 		return st, nil
 	}
 	st.secureBoot = sb.Enabled
@@ -81,6 +97,22 @@ func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
 	st.dbxMeasured = len(sb.ForbiddenKeys)+len(sb.ForbiddenHashes) > 0
 	st.defaultKeysMeasured = len(sb.PlatformKeys)+len(sb.PlatformKeyHashes) > 0 && len(sb.ExchangeKeys)+len(sb.ExchangeKeyHashes) > 0
 	return st, nil
+}
+
+// uefiDebuggerMeasured reports whether the replayed events record a UEFI debugger on PCR 7.
+// go-attestation detects the same event but returns it as an unexported error, indistinguishable
+// by errors.Is from its other refusals, and stops at the first problem it finds; so the events
+// are searched here. The digest, which the replay has proven was extended, counts as well as the
+// data, which nothing verifies: a log cannot hide the debugger by rewriting the event's data.
+func uefiDebuggerMeasured(events []attest.Event) bool {
+	want := sha256.Sum256([]byte(uefiDebugModeAction))
+	for _, e := range events {
+		if e.Index == pcrSecureBootPolicy && e.Type == eventTypeEFIAction &&
+			(string(e.Data) == uefiDebugModeAction || bytes.Equal(e.Digest, want[:])) {
+			return true
+		}
+	}
+	return false
 }
 
 // The go-attestation calls below parse attacker-supplied bytes; a panic in them must refuse the
