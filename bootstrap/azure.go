@@ -31,7 +31,7 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	var cfg azure.Config
-	configFile := fs.String("config", "", "YAML or JSON file with the settings below (flags override it)")
+	configFile := fs.String("config", "", "YAML or JSON file with the settings below (flags override it); keys: subscriptionId, tenantId, resourceGroup, location, namePrefix, operatorPrincipalId, operatorPrincipalType, clusterPrincipalId, purgeProtection, hsm, imageBuilder, buildLayer {artifactsUrl, artifactsSha256, vmSize, run}, replicas; an unknown key is an error")
 	fs.StringVar(&cfg.SubscriptionID, "subscription", os.Getenv("AZURE_SUBSCRIPTION_ID"), "subscription id (env AZURE_SUBSCRIPTION_ID)")
 	fs.StringVar(&cfg.TenantID, "tenant", os.Getenv("AZURE_TENANT_ID"), "Entra ID tenant id (env AZURE_TENANT_ID)")
 	fs.StringVar(&cfg.ResourceGroup, "resource-group", "", "resource group (created if absent)")
@@ -53,7 +53,7 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	notationDir := fs.String("notation-config", "", "apply: write the Notation trust policy and trust store for the certificate here (default: NOTATION_CONFIG or notation's own directory)")
 	purge := fs.Bool("purge", false, "destroy: purge the soft-deleted vault")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
-	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit")
+	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit (with --run-image-build the default is 3h: the build itself may take up to "+azure.BuildTimeout.String()+")")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: attest-bootstrap %s [flags]\n\nFlags:\n%s", cmd, fs.FlagUsages())
 	}
@@ -72,8 +72,10 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 		if err != nil {
 			return fail(2, err)
 		}
+		// Strict: a key spelt like a flag (purge-protection) instead of its field (purgeProtection)
+		// must not be dropped without a word.
 		var fromFile azure.Config
-		if err := yaml.Unmarshal(b, &fromFile); err != nil {
+		if err := yaml.UnmarshalStrict(b, &fromFile); err != nil {
 			return fail(2, fmt.Errorf("%s: %w", *configFile, err))
 		}
 		mergeConfig(&cfg, fromFile, fs)
@@ -81,6 +83,10 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	cfg.AttestationPolicy = maapolicy.AzureGuest
 	if err := cfg.Validate(); err != nil {
 		return fail(2, err)
+	}
+	if !fs.Changed("timeout") && cfg.BuildLayer.Run {
+		// Waiting for an image build must not time out before the build does.
+		*timeout = 3 * time.Hour
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()

@@ -190,10 +190,19 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		vp.EnablePurgeProtection = ptr(true)
 	}
 	if recoverVault {
-		// Recovery brings back the vault with its keys, certificates and role assignments.
-		// Whether ARM applies the other properties sent along is UNCONFIRMED; the next apply
-		// sends them again as an ordinary update.
+		// Recovery brings back the vault with its keys and certificates; role assignments are
+		// deleted with a soft-deleted vault and not restored (Microsoft Learn, Key Vault
+		// soft-delete overview), and the ones below are made again. Whether ARM applies the
+		// other properties sent along is UNCONFIRMED; the next apply sends them again as an
+		// ordinary update.
 		vp.CreateMode = ptr(armkeyvault.CreateModeRecover)
+	}
+	if _, live := own[ownedKey("key vault", n.Vault)]; live {
+		existing, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
+		if err != nil {
+			return fail("key vault", n.Vault, err)
+		}
+		keepVaultSettings(vp, existing.Properties)
 	}
 	poller, err := cl.Vaults.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Vault, armkeyvault.VaultCreateOrUpdateParameters{Location: &cfg.Location, Tags: tagsOf("key vault", n.Vault), Properties: vp}, nil)
 	if err != nil {
@@ -262,14 +271,22 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		done("role assignment", a.label, "ensured", "")
 	}
 
+	rprops := &armcontainerregistry.RegistryProperties{
+		AdminUserEnabled: ptr(false),
+		// AcrPush/AcrPull are not honoured in ABAC mode: ask for the legacy mode explicitly.
+		RoleAssignmentMode: ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions),
+	}
+	if _, live := own[ownedKey("container registry", n.Registry)]; live {
+		existing, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
+		if err != nil {
+			return fail("container registry", n.Registry, err)
+		}
+		keepRegistrySettings(rprops, existing.Properties)
+	}
 	rp, err := cl.Registries.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, armcontainerregistry.Registry{
 		Location: &cfg.Location, Tags: tagsOf("container registry", n.Registry),
-		SKU: &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
-		Properties: &armcontainerregistry.RegistryProperties{
-			AdminUserEnabled: ptr(false),
-			// AcrPush/AcrPull are not honoured in ABAC mode: ask for the legacy mode explicitly.
-			RoleAssignmentMode: ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions),
-		},
+		SKU:        &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
+		Properties: rprops,
 	}, nil)
 	if err != nil {
 		return fail("container registry", n.Registry, err)
@@ -425,6 +442,45 @@ func checkOwned(ctx context.Context, cl *Clients, cfg Config) (ownedTags, error)
 		}
 	}
 	return o, nil
+}
+
+// keepVaultSettings copies onto vp, the properties apply sends for the vault, the settings of the
+// existing vault's properties e that apply does not manage. The update is a PUT, which replaces
+// a vault's properties (Microsoft's answer in MicrosoftDocs/azure-docs#38992; the Key Vault team
+// calls the loss of networkAcls on such an update service behaviour, Azure/azure-powershell#20744),
+// so leaving them out would undo what an administrator set since, such as closing the vault to
+// the internet.
+func keepVaultSettings(vp, e *armkeyvault.VaultProperties) {
+	if e == nil {
+		return
+	}
+	vp.NetworkACLs = e.NetworkACLs
+	vp.PublicNetworkAccess = e.PublicNetworkAccess
+	vp.EnabledForDeployment = e.EnabledForDeployment
+	vp.EnabledForDiskEncryption = e.EnabledForDiskEncryption
+	vp.EnabledForTemplateDeployment = e.EnabledForTemplateDeployment
+	vp.SoftDeleteRetentionInDays = e.SoftDeleteRetentionInDays
+	if e.EnablePurgeProtection != nil && *e.EnablePurgeProtection {
+		vp.EnablePurgeProtection = ptr(true)
+	}
+}
+
+// keepRegistrySettings is keepVaultSettings for the registry, whose update is also a PUT (what ACR
+// does with the properties a PUT leaves out is UNCONFIRMED; they are sent as they are): network
+// rules and access, policies (quarantine, trust, retention, export), data endpoints, anonymous
+// pull, and the settings fixed at creation (encryption, zone redundancy).
+func keepRegistrySettings(rp, e *armcontainerregistry.RegistryProperties) {
+	if e == nil {
+		return
+	}
+	rp.NetworkRuleSet = e.NetworkRuleSet
+	rp.NetworkRuleBypassOptions = e.NetworkRuleBypassOptions
+	rp.PublicNetworkAccess = e.PublicNetworkAccess
+	rp.Policies = e.Policies
+	rp.DataEndpointEnabled = e.DataEndpointEnabled
+	rp.AnonymousPullEnabled = e.AnonymousPullEnabled
+	rp.Encryption = e.Encryption
+	rp.ZoneRedundancy = e.ZoneRedundancy
 }
 
 // checkDeletedVault looks for a soft-deleted vault under the deployment's vault name: one of

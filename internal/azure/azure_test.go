@@ -210,10 +210,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armkeyvault.VaultsClientGetResponse]()
 			}
-			v := armkeyvault.Vault{Tags: p.Tags}
-			if p.Properties != nil {
-				v.Properties = &armkeyvault.VaultProperties{SKU: p.Properties.SKU}
-			}
+			v := armkeyvault.Vault{Tags: p.Tags, Properties: p.Properties}
 			return respond(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: v})
 		},
 		Delete: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientDeleteOptions) (azfake.Responder[armkeyvault.VaultsClientDeleteResponse], azfake.ErrorResponder) {
@@ -1090,5 +1087,46 @@ func TestDestroyResource(t *testing.T) {
 				t.Errorf("noted %v, want %v", noted, want)
 			}
 		})
+	}
+}
+
+// TestApplyKeepsUnmanagedSettings: a rerun of apply keeps what an administrator set on the vault
+// and the registry since (network lockdown above all), since its updates are PUTs that replace
+// the properties they do not carry.
+func TestApplyKeepsUnmanagedSettings(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	f, cl := newFakeAzure(t)
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	deny := armkeyvault.NetworkRuleActionDeny
+	f.mu.Lock()
+	v := f.vaults[n.Vault]
+	v.Properties.PublicNetworkAccess = ptr("Disabled")
+	v.Properties.NetworkACLs = &armkeyvault.NetworkRuleSet{DefaultAction: &deny, IPRules: []*armkeyvault.IPRule{{Value: ptr("203.0.113.0/24")}}}
+	f.vaults[n.Vault] = v
+	r := f.registries[n.Registry]
+	r.Properties.PublicNetworkAccess = ptr(armcontainerregistry.PublicNetworkAccessDisabled)
+	r.Properties.Policies = &armcontainerregistry.Policies{QuarantinePolicy: &armcontainerregistry.QuarantinePolicy{Status: ptr(armcontainerregistry.PolicyStatusEnabled)}}
+	f.registries[n.Registry] = r
+	f.mu.Unlock()
+
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	vp := f.vaults[n.Vault].Properties
+	if vp.PublicNetworkAccess == nil || *vp.PublicNetworkAccess != "Disabled" || vp.NetworkACLs == nil || *vp.NetworkACLs.DefaultAction != deny || len(vp.NetworkACLs.IPRules) != 1 {
+		t.Errorf("the vault's network settings after a rerun: %+v, %+v", vp.PublicNetworkAccess, vp.NetworkACLs)
+	}
+	if !*vp.EnableRbacAuthorization || *vp.SKU.Name != armkeyvault.SKUNameStandard {
+		t.Errorf("the settings apply manages were not sent: %+v", vp)
+	}
+	rp := f.registries[n.Registry].Properties
+	if rp.PublicNetworkAccess == nil || *rp.PublicNetworkAccess != armcontainerregistry.PublicNetworkAccessDisabled || rp.Policies == nil || rp.Policies.QuarantinePolicy == nil {
+		t.Errorf("the registry's settings after a rerun: %+v, %+v", rp.PublicNetworkAccess, rp.Policies)
+	}
+	if *rp.AdminUserEnabled {
+		t.Error("the admin user was enabled")
 	}
 }

@@ -253,7 +253,7 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 					ArtifactTags: cfg.tags(),
 				}},
 				VMProfile:             &aib.ImageTemplateVMProfile{VMSize: &size},
-				BuildTimeoutInMinutes: ptr(int32(90)),
+				BuildTimeoutInMinutes: ptr(int32(BuildTimeout / time.Minute)),
 			},
 		}, nil)
 		if err != nil {
@@ -336,10 +336,15 @@ func (c Config) publisherRoleID() string {
 	return assignmentName(c.rgID(), c.NamePrefix, "image-publisher")
 }
 
-// publisherRoleName is the image publisher role's display name; role names are unique in a tenant.
+// publisherRoleName is the image publisher role's display name. Role names are unique in a
+// tenant, so it names the subscription too: deployments of the same prefix and group name in two
+// subscriptions of one tenant would otherwise collide (RoleDefinitionWithSameNameExists).
 func (c Config) publisherRoleName() string {
-	return "attested-kv image publisher " + c.NamePrefix + " " + c.ResourceGroup
+	return "attested-kv image publisher " + c.NamePrefix + " " + c.ResourceGroup + " " + c.SubscriptionID
 }
+
+// BuildTimeout is how long Azure Image Builder may run one build of the template.
+const BuildTimeout = 90 * time.Minute
 
 // publisherRole is the image publisher role definition: the four gallery actions, assignable in
 // the deployment's resource group only.

@@ -267,7 +267,7 @@ func TestBuildLayerPrivilegeSeparation(t *testing.T) {
 		t.Fatalf("role definitions %v", f.roleDefs)
 	}
 	role := f.roleDefs[cfg.publisherRoleID()].Properties
-	if role == nil || *role.RoleName != "attested-kv image publisher demo1 rg" || len(role.Permissions) != 1 {
+	if role == nil || *role.RoleName != "attested-kv image publisher demo1 rg sub" || len(role.Permissions) != 1 {
 		t.Fatalf("role %+v", role)
 	}
 	var actions []string

@@ -61,7 +61,8 @@ var ErrDowngrade = errors.New("refused: apply would weaken the deployment")
 
 // vaultConflict says why the existing vault v cannot be updated to cfg: a Premium vault, whose
 // signing key is RSA-HSM, under a configuration without --hsm would become Standard and sign with a
-// new software key from then on. Nothing else in the settings apply sends loses anything.
+// new software key from then on. (The settings apply does not manage, such as network rules, are
+// carried over: keepVaultSettings.)
 func vaultConflict(v armkeyvault.Vault, cfg Config) string {
 	if cfg.HSM || v.Properties == nil || v.Properties.SKU == nil || v.Properties.SKU.Name == nil {
 		return ""
