@@ -10,7 +10,7 @@ FUZZTIME ?= 20s
 FUZZRETRY ?= 3000x
 BENCHTIME ?= 1s
 
-.PHONY: all build tools dist test test-unit test-e2e lint fuzz bench demo clean help
+.PHONY: all build tools dist ratify-plugin test test-unit test-e2e lint fuzz bench demo clean help
 
 all: build
 
@@ -27,13 +27,18 @@ build: ## build every binary of the project into ./bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/notation-attested-kv ./notation-plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ratify-maa-verifier ./policy/ratify
 
-dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image
+# The tarball is reproducible: same sources, same bytes (file order, times and owners fixed;
+# gzip -n records no name or time), so its SHA-256, which Image Builder checks, can be rebuilt.
+dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image, and its .sha256
 	@mkdir -p $(BIN)/dist
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/notation-attested-kv ./notation-plugin
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/oras-attest ./oras-attach
 	cd tools && GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/ github.com/notaryproject/notation/cmd/notation
-	tar -C $(BIN)/dist -czf $(BIN)/attested-kv-linux-amd64.tar.gz notation notation-attested-kv oras-attest
-	@sha256sum $(BIN)/attested-kv-linux-amd64.tar.gz
+	tar -C $(BIN)/dist --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - notation notation-attested-kv oras-attest | gzip -n > $(BIN)/attested-kv-linux-amd64.tar.gz
+	cd $(BIN) && sha256sum attested-kv-linux-amd64.tar.gz | tee attested-kv-linux-amd64.tar.gz.sha256
+
+ratify-plugin: ## linux/amd64 ratify-maa-verifier for the Ratify image (policy/k8s/Dockerfile)
+	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/linux-amd64/ratify-maa-verifier ./policy/ratify
 
 tools: $(BIN)/notation $(BIN)/oras ## build the pinned notation and oras CLIs (tools/go.mod) into ./bin
 
