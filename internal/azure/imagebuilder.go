@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -210,9 +211,10 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 	case err == nil && !tagged(tpl.Tags, cfg.NamePrefix):
 		return fmt.Errorf("image template %s exists and was %w (no %s=%s tag): apply refuses to replace it; choose another --name-prefix",
 			n.ImageTemplate, ErrNotOwned, TagKey, cfg.NamePrefix)
-	case err == nil && !runsAsOnly(tpl.ImageTemplate, builderID):
-		// Made by an earlier version, running as the signing identity. Templates are immutable:
-		// replaced.
+	case err == nil && templateStale(tpl.ImageTemplate, builderID, bl) != "":
+		// Made by an earlier version running as the signing identity, or with other tools or
+		// another VM size than asked for now. Templates are immutable: replaced.
+		why := templateStale(tpl.ImageTemplate, builderID, bl)
 		dp, err := b.ImageTemplates.BeginDelete(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
 		if err != nil {
 			return fmt.Errorf("image template %s: replacing it: %w", n.ImageTemplate, err)
@@ -220,16 +222,13 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 		if _, err := dp.PollUntilDone(ctx, &runtime.PollUntilDoneOptions{Frequency: 15 * time.Second}); err != nil {
 			return fmt.Errorf("image template %s: replacing it: %w", n.ImageTemplate, err)
 		}
-		done("image template", n.ImageTemplate, "deleted", "it ran as another identity than "+n.ImageBuilderIdentity)
+		done("image template", n.ImageTemplate, "deleted", why)
 		create = true
 	default:
-		done("image template", n.ImageTemplate, "exists", "templates are immutable: destroy it to change it")
+		done("image template", n.ImageTemplate, "exists", "kept: same identity, tools and build VM size")
 	}
 	if create {
-		size := bl.VMSize
-		if size == "" {
-			size = DefaultBuildVMSize
-		}
+		size := bl.vmSize()
 		tp, err := b.ImageTemplates.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.ImageTemplate, aib.ImageTemplate{
 			Location: &cfg.Location, Tags: tagsOf("image template", n.ImageTemplate),
 			// The service runs as the builder identity. The build VM gets no identity (VMProfile
@@ -434,6 +433,39 @@ func sameSet(a, b []*string) bool {
 
 // runsAsOnly reports whether a template runs as the identity id only, with no identity on its
 // build VM.
+// templateStale says why the existing template t cannot serve as the build layer bl running as
+// the identity id, or "" if it can: it runs as another identity, or installs other tools (its
+// customize script, which pins the artifacts URL and SHA-256, differs) or builds on another VM
+// size. Templates are immutable, so a stale one is replaced; keeping it would build images with
+// the old tools while apply reported the new ones.
+func templateStale(t aib.ImageTemplate, id string, bl BuildLayer) string {
+	if !runsAsOnly(t, id) {
+		return "it runs as another identity than " + id
+	}
+	if t.Properties == nil || t.Properties.VMProfile == nil || t.Properties.VMProfile.VMSize == nil || !strings.EqualFold(*t.Properties.VMProfile.VMSize, bl.vmSize()) {
+		return "its build VM size is not " + bl.vmSize()
+	}
+	var script []*string
+	if p := t.Properties; len(p.Customize) == 1 {
+		if sh, ok := p.Customize[0].(*aib.ImageTemplateShellCustomizer); ok {
+			script = sh.Inline
+		}
+	}
+	want := bl.customizeScript()
+	if !slices.EqualFunc(script, want, func(a, b *string) bool { return a != nil && b != nil && *a == *b }) {
+		return "it installs other tools than " + bl.ArtifactsURL + " (sha256 " + bl.ArtifactsSHA256 + ")"
+	}
+	return ""
+}
+
+// vmSize is the build VM size, DefaultBuildVMSize if unset.
+func (b BuildLayer) vmSize() string {
+	if b.VMSize == "" {
+		return DefaultBuildVMSize
+	}
+	return b.VMSize
+}
+
 func runsAsOnly(t aib.ImageTemplate, id string) bool {
 	if t.Identity == nil || t.Identity.Type == nil || *t.Identity.Type != aib.ResourceIdentityTypeUserAssigned || len(t.Identity.UserAssignedIdentities) != 1 {
 		return false
@@ -484,10 +516,10 @@ func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool,
 		return steps, fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
 	case !tagged(tpl.Tags, cfg.NamePrefix):
 		add("image template", n.ImageTemplate, "refuse", "exists, not created by this deployment: apply would refuse (choose another --name-prefix)")
-	case !runsAsOnly(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity)):
-		add("image template", n.ImageTemplate, "recreate", "runs as another identity than "+n.ImageBuilderIdentity)
+	case templateStale(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity), cfg.BuildLayer) != "":
+		add("image template", n.ImageTemplate, "recreate", templateStale(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity), cfg.BuildLayer))
 	default:
-		add("image template", n.ImageTemplate, "exists", "templates are immutable: kept")
+		add("image template", n.ImageTemplate, "exists", "kept: same identity, tools and build VM size")
 	}
 	return steps, nil
 }

@@ -664,3 +664,60 @@ func TestPlanSameForMissingGroupAndMissingResources(t *testing.T) {
 		}
 	}
 }
+
+// TestTemplateReplacedWhenSettingsChange: a rerun of apply with other tools (artifacts URL or
+// SHA-256) or another build VM size replaces the immutable template, and plan says so; the same
+// settings keep it.
+func TestTemplateReplacedWhenSettingsChange(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	for _, tc := range []struct {
+		name   string
+		change func(*BuildLayer)
+		why    string // "" = kept
+	}{
+		{"same settings", func(*BuildLayer) {}, ""},
+		{"new release", func(b *BuildLayer) {
+			b.ArtifactsURL = "https://example.blob.core.windows.net/rel2/attested-kv-linux-amd64.tar.gz"
+			b.ArtifactsSHA256 = strings.Repeat("cd", 32)
+		}, "installs other tools"},
+		{"same URL, new hash", func(b *BuildLayer) { b.ArtifactsSHA256 = strings.Repeat("cd", 32) }, "installs other tools"},
+		{"another VM size", func(b *BuildLayer) { b.VMSize = "Standard_D4s_v5" }, "VM size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, cl, b := newFakeBuild(t)
+			cfg := buildConfig()
+			if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			tc.change(&cfg.BuildLayer)
+			plan, err := Plan(ctx, cl, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantAction := "exists"
+			if tc.why != "" {
+				wantAction = "recreate"
+			}
+			var planned Step
+			for _, s := range plan {
+				if s.Name == n.ImageTemplate {
+					planned = s
+				}
+			}
+			if planned.Action != wantAction || !strings.Contains(planned.Detail, tc.why) {
+				t.Errorf("plan: %+v, want %s (%q)", planned, wantAction, tc.why)
+			}
+			if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+				t.Fatal(err)
+			}
+			replaced := b.writes["template-delete"] == 1 && b.writes["template"] == 2
+			if replaced != (tc.why != "") {
+				t.Fatalf("template: %d deletes, %d writes", b.writes["template-delete"], b.writes["template"])
+			}
+			if why := templateStale(b.templates[n.ImageTemplate], cfg.identityID(n.ImageBuilderIdentity), cfg.BuildLayer); why != "" {
+				t.Errorf("the template after apply is still stale: %s", why)
+			}
+		})
+	}
+}
