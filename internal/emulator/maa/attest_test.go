@@ -127,6 +127,21 @@ func TestAttestTokenOnlyForThisPCRState(t *testing.T) {
 	}
 }
 
+// attestWithLog attests the environment e's TPM with the event log raw (which the caller has
+// replayed into the TPM) and returns the claims of the token issued.
+func attestWithLog(t *testing.T, e *env, raw []byte) map[string]any {
+	t.Helper()
+	in := newInstance(t, e, nil)
+	c := e.collect(t)
+	c.tcgLog = raw
+	status, body := in.attest(t, requestBody(t, c.info()))
+	if status != http.StatusOK {
+		t.Fatalf("attest: %d %s", status, body)
+	}
+	_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+	return claims
+}
+
 // TestAttestWithEventLog replays a real firmware log into the TPM, so the quote matches it, and
 // checks the secure-boot claims derived from it.
 func TestAttestWithEventLog(t *testing.T) {
@@ -144,14 +159,7 @@ func TestAttestWithEventLog(t *testing.T) {
 			e.tpm.extend(t, ev.Index, ev.Digest)
 		}
 	}
-	in := newInstance(t, e, nil)
-	c := e.collect(t)
-	c.tcgLog = raw
-	status, body := in.attest(t, requestBody(t, c.info()))
-	if status != http.StatusOK {
-		t.Fatalf("attest: %d %s", status, body)
-	}
-	_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+	claims := attestWithLog(t, e, raw)
 	for _, k := range []string{"secureboot", "x-ms-azurevm-dbvalidated", "x-ms-azurevm-dbxvalidated", "x-ms-azurevm-default-securebootkeysvalidated"} {
 		if claims[k] != true {
 			t.Errorf("claim %s = %v, want true", k, claims[k])
@@ -162,7 +170,7 @@ func TestAttestWithEventLog(t *testing.T) {
 	e.tpm.extend(t, 4, sha256Sum([]byte("a boot component the log does not show")))
 	c2 := e.collect(t)
 	c2.tcgLog = raw
-	status, body = in.attest(t, requestBody(t, c2.info()))
+	status, body := newInstance(t, e, nil).attest(t, requestBody(t, c2.info()))
 	if status != http.StatusBadRequest || cloudError(t, body).Code != CodeTcgLogMismatch {
 		t.Fatalf("attest with a stale log: %d %s", status, body)
 	}
@@ -219,14 +227,7 @@ func TestAttestUEFIDebugger(t *testing.T) {
 			for _, x := range extends {
 				e.tpm.extend(t, x.PCR, x.Digest)
 			}
-			in := newInstance(t, e, nil)
-			c := e.collect(t)
-			c.tcgLog = raw
-			status, body := in.attest(t, requestBody(t, c.info()))
-			if status != http.StatusOK {
-				t.Fatalf("attest: %d %s", status, body)
-			}
-			_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+			claims := attestWithLog(t, e, raw)
 			for k, want := range map[string]bool{
 				"secureboot":                     tt.secureBoot,
 				"x-ms-azurevm-dbvalidated":       tt.secureBoot,
