@@ -27,14 +27,14 @@ build: ## build every binary of the project into ./bin
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/notation-attested-kv ./notation-plugin
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ratify-maa-verifier ./policy/ratify
 
-# The tarball is reproducible: same sources, same bytes (file order, times and owners fixed;
-# gzip -n records no name or time), so its SHA-256, which Image Builder checks, can be rebuilt.
+# The tarball is reproducible: same sources, same bytes (file order, times, owners and modes
+# fixed whatever the builder's umask; gzip -n records no name or time), so its SHA-256, which Image Builder checks, can be rebuilt.
 dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image, and its .sha256
 	@mkdir -p $(BIN)/dist
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/notation-attested-kv ./notation-plugin
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/oras-attest ./oras-attach
 	cd tools && GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/ github.com/notaryproject/notation/cmd/notation
-	tar -C $(BIN)/dist --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -cf - notation notation-attested-kv oras-attest | gzip -n > $(BIN)/attested-kv-linux-amd64.tar.gz
+	tar -C $(BIN)/dist --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode=a+rX,u+w,go-w -cf - notation notation-attested-kv oras-attest | gzip -n > $(BIN)/attested-kv-linux-amd64.tar.gz
 	cd $(BIN) && sha256sum attested-kv-linux-amd64.tar.gz | tee attested-kv-linux-amd64.tar.gz.sha256
 
 ratify-plugin: ## linux/amd64 ratify-maa-verifier for the Ratify image (policy/k8s/Dockerfile)

@@ -91,6 +91,11 @@ func TestAttach(t *testing.T) {
 			}
 		})
 	}
+	// A rerun pushes nothing again and says so.
+	var o, e strings.Builder
+	if code := run(context.Background(), []string{"attach", ref(signed), "--token-dir", store.Dir()}, strings.NewReader(""), &o, &e); code != 0 || !strings.Contains(o.String(), "Token already attached to "+ref(signed)) {
+		t.Fatalf("rerun: exit %d, stdout %q, stderr %q", code, o.String(), e.String())
+	}
 	// What the registry holds: the signed image has exactly its own token attached.
 	ix := referrer.NewIndex(context.Background(), repo, signed)
 	if f, _ := ix.Find(context.Background(), sha(signedTok)); f == nil || ix.Len() != 1 {

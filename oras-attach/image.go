@@ -204,6 +204,12 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 		}
 		return code
 	}
+	// Tokens already attached are not pushed again: each push rewrites the referrers list of a
+	// registry without the Referrers API, and waits for it to settle.
+	attached := referrer.NewIndex(ctx, repo, subject)
+	if err := attached.Err(); err != nil {
+		return done(1, err)
+	}
 	skipped := 0
 	for _, raw := range raws {
 		sum := sha256.Sum256([]byte(raw))
@@ -214,6 +220,13 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			}
 			skipped++
 			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)\n", sha)
+			continue
+		}
+		if f, _ := attached.Find(ctx, sha); f != nil {
+			out = append(out, f.Descriptor)
+			if *output != "json" {
+				fmt.Fprintf(io.stdout, "Token already attached to %s\nDigest: %s\n", fs.Arg(0), f.Descriptor.Digest)
+			}
 			continue
 		}
 		_, claims, err := maa.ParseUnverified(raw)

@@ -38,20 +38,17 @@ func newFlags(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
 // asked for (-h, --help) goes to stdout with exit 0, so that `oras-attest attach --help | less`
 // shows it; a usage error goes to stderr with exit 2.
 func parse(fs *pflag.FlagSet, args []string, stdout io.Writer) (int, bool) {
-	for _, a := range args {
-		if a == "--" {
-			break
-		}
-		if a == "-h" || a == "--help" {
-			fs.SetOutput(stdout)
-			fs.Usage()
-			return 0, true
-		}
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0, true
-		}
+	usage := fs.Usage
+	fs.Usage = func() {} // printed below, where it is known whether help was asked for
+	err := fs.Parse(args)
+	fs.Usage = usage
+	switch {
+	case errors.Is(err, pflag.ErrHelp):
+		fs.SetOutput(stdout)
+		usage()
+		return 0, true
+	case err != nil:
+		usage() // after pflag's error message, on stderr
 		return 2, true
 	}
 	return 0, false
@@ -62,6 +59,7 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "MAA instance URL (env ATTEST_URL)")
 	tpmAddr := fs.String("tpm", cliutil.EnvOr("ATTEST_TPM", tpm.DefaultDevice), "TPM: device path, swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH (env ATTEST_TPM)")
 	tcgLog := fs.String("tcg-log", cliutil.EnvOr("ATTEST_TCG_LOG", tpm.DefaultEventLogPath), "firmware TCG event log; a missing file is sent as an empty log (env ATTEST_TCG_LOG)")
+	osRelease := fs.String("os-release", os.Getenv("ATTEST_OS_RELEASE"), "os-release file describing the OS to MAA, with a numeric VERSION_ID (env ATTEST_OS_RELEASE; default /etc/os-release)")
 	keyCache := fs.String("key-cache", "", "directory keeping the TPM context of the ephemeral key between attestations (default: the user's cache directory; \"off\": none)")
 	nonce := fs.String("nonce", "", "value MAA echoes in the token's client payload (required)")
 	out := fs.String("out", "", "write the token to FILE (mode 0600) instead of stdout")
@@ -88,7 +86,16 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 		return 1
 	}
 
-	client, err := maa.NewClient(*url, maa.ClientOptions{Logger: log})
+	copts := maa.ClientOptions{Logger: log}
+	if *osRelease != "" {
+		info, err := maa.ReadOSRelease(*osRelease)
+		if err != nil {
+			fmt.Fprintln(io.stderr, "oras-attest token fetch: --os-release:", err)
+			return 2
+		}
+		copts.OS = &info
+	}
+	client, err := maa.NewClient(*url, copts)
 	if err != nil {
 		return fail(err)
 	}

@@ -125,8 +125,9 @@ func (b BuildLayer) customizeScript() []*string {
 
 // applyBuildLayer creates the gallery, the Trusted Launch image definition, the identity Azure
 // Image Builder runs as with the image publisher role on the gallery, and the Image Builder
-// template (immutable: an existing one is kept, unless an earlier version made it run as the
-// signing identity), and optionally runs a build.
+// template (immutable: an existing one is kept unless templateStale finds it runs as another
+// identity, installs other tools or builds on another VM size, and is then replaced), and
+// optionally runs a build.
 //
 // The signing identity gets nothing on the gallery, and what earlier versions gave it (Contributor)
 // is withdrawn: a job on a build VM can get that identity's token, and with write access to the
@@ -431,8 +432,6 @@ func sameSet(a, b []*string) bool {
 	return true
 }
 
-// runsAsOnly reports whether a template runs as the identity id only, with no identity on its
-// build VM.
 // templateStale says why the existing template t cannot serve as the build layer bl running as
 // the identity id, or "" if it can: it runs as another identity, or installs other tools (its
 // customize script, which pins the artifacts URL and SHA-256, differs) or builds on another VM
@@ -466,6 +465,8 @@ func (b BuildLayer) vmSize() string {
 	return b.VMSize
 }
 
+// runsAsOnly reports whether a template runs as the identity id only, with no identity on its
+// build VM.
 func runsAsOnly(t aib.ImageTemplate, id string) bool {
 	if t.Identity == nil || t.Identity.Type == nil || *t.Identity.Type != aib.ResourceIdentityTypeUserAssigned || len(t.Identity.UserAssignedIdentities) != 1 {
 		return false

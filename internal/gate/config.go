@@ -29,6 +29,7 @@ const (
 	KeyTimestampRootCert = "timestamp_root_cert"
 	KeyLogFile           = "log_file"
 	KeyKeyCache          = "key_cache"
+	KeyOSRelease         = "os_release"
 )
 
 // knownKeys lists every accepted key: an unknown key is refused, so a typo cannot silently drop a
@@ -36,7 +37,7 @@ const (
 var knownKeys = []string{
 	KeyAttestationURL, KeyAttestationType, KeyMaxTokenAge, KeyRules, KeyTPM, KeyTCGLog,
 	KeyCredentialType, KeyClientID, KeyCACerts, KeyTokenDir, KeyTimestampURL, KeyTimestampRootCert, KeyLogFile,
-	KeyKeyCache,
+	KeyKeyCache, KeyOSRelease,
 }
 
 // Defaults.
@@ -71,6 +72,9 @@ type Config struct {
 	// KeyCacheDir holds the TPM contexts of ephemeral keys (tpm.WithEphemeralKeyCache); "" = no
 	// cache. The key_cache setting: unset = the user's cache directory, "off" = none, or a path.
 	KeyCacheDir string
+	// OSRelease is the os-release file whose NAME and VERSION_ID describe the guest OS to MAA;
+	// "" = maa.DefaultOSReleasePath. For hosts whose own has no numeric VERSION_ID.
+	OSRelease string
 }
 
 // ParseConfig validates the plugin config map. Errors are for the user: they name the key.
@@ -99,6 +103,7 @@ func ParseConfig(m map[string]string) (Config, error) {
 		TimestampRootCert: m[KeyTimestampRootCert],
 		LogFile:           m[KeyLogFile],
 		KeyCacheDir:       tpm.ResolveKeyCacheDir(m[KeyKeyCache]),
+		OSRelease:         m[KeyOSRelease],
 		MaxTokenAge:       DefaultMaxTokenAge,
 	}
 	if c.AttestationURL == "" {

@@ -1,11 +1,16 @@
 package gate
 
 import (
+	"context"
 	"errors"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 
 	"github.com/attested-kv/attested-kv/internal/keyvault"
 )
@@ -150,5 +155,31 @@ func TestParseConfigCredential(t *testing.T) {
 				t.Fatalf("err = %v, want it to name %s and what to set", err, KeyClientID)
 			}
 		})
+	}
+}
+
+// TestOSReleaseConfig: os_release names the os-release file the attestation describes the OS
+// with; one that cannot be read is a configuration error naming the key, before any TPM or MAA
+// request.
+func TestOSReleaseConfig(t *testing.T) {
+	good := filepath.Join(t.TempDir(), "os-release")
+	if err := os.WriteFile(good, []byte("NAME=\"Ubuntu\"\nVERSION_ID=\"24.04\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path string
+		err  string
+	}{
+		{good, ""},
+		{filepath.Join(t.TempDir(), "missing"), "os_release"},
+	} {
+		c, err := ParseConfig(map[string]string{KeyAttestationURL: "https://x.weu.attest.azure.net", KeyOSRelease: tc.path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = newTPMAttester(context.Background(), c, slog.New(slog.DiscardHandler))
+		if (tc.err == "") != (err == nil) || (err != nil && (!strings.Contains(err.Error(), tc.err) || ToPluginError(err).ErrCode != plugin.ErrorCodeValidation)) {
+			t.Errorf("os_release %s: %v", tc.path, err)
+		}
 	}
 }

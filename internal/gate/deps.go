@@ -39,7 +39,15 @@ type tpmAttester struct {
 }
 
 func newTPMAttester(_ context.Context, c Config, log *slog.Logger) (Attester, error) {
-	client, err := maa.NewClient(c.AttestationURL, maa.ClientOptions{Logger: log})
+	opts := maa.ClientOptions{Logger: log}
+	if c.OSRelease != "" {
+		info, err := maa.ReadOSRelease(c.OSRelease)
+		if err != nil {
+			return nil, validationf("plugin config %s: %v", KeyOSRelease, err)
+		}
+		opts.OS = &info
+	}
+	client, err := maa.NewClient(c.AttestationURL, opts)
 	if err != nil {
 		return nil, err
 	}

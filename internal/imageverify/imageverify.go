@@ -220,9 +220,14 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	var bestReadErr error
 	record := func(c candidate) bool {
 		n := c.passedCount()
-		if n > best {
+		switch {
+		case n > best:
 			best, bestReadErr = n, c.readErr
 			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime, res.TokenReferrer = c.checks, c.signature, c.tokenSHA, c.signingTime, c.referrer
+		case n == best && bestReadErr == nil:
+			// A candidate as far along that could not be read may be the genuine one: the
+			// outcome must not depend on the order the registry lists them in.
+			bestReadErr = c.readErr
 		}
 		return c.passed()
 	}
@@ -258,8 +263,8 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 // signed attributes. A signature counts if its envelope is intact (signed by its own leaf
 // certificate); whether that certificate is trusted is not judged here, nor anything else Verify
 // checks. `oras-attest attach` uses it to publish only the tokens some signature of the image
-// refers to. Signatures that cannot be fetched or parsed are skipped; at most
-// maxListedSignatures are read.
+// refers to. A signature that cannot be fetched is an error; one that does not parse or whose
+// envelope is not intact is skipped; at most maxListedSignatures are read.
 func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descriptor) (map[string]bool, error) {
 	var sigs []ocispec.Descriptor
 	err := repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
@@ -277,7 +282,9 @@ func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descripto
 	for _, sd := range sigs {
 		blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
 		if err != nil {
-			continue
+			// Registry trouble is not a judgement of the signature: the caller must not tell
+			// the user to sign again.
+			return nil, fmt.Errorf("fetching signature %s: %w", sd.Digest, err)
 		}
 		env, err := signature.ParseEnvelope(blobDesc.MediaType, blob)
 		if err != nil {

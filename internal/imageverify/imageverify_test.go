@@ -425,6 +425,8 @@ type lastRepository struct {
 	Repository
 	last              func(ocispec.Descriptor) bool
 	listErr, fetchErr error
+	// fetchFails chooses the signatures whose fetch fails with fetchErr; nil means all.
+	fetchFails func(ocispec.Descriptor) bool
 }
 
 func (r lastRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
@@ -446,7 +448,7 @@ func (r lastRepository) Referrers(ctx context.Context, desc ocispec.Descriptor, 
 }
 
 func (r lastRepository) FetchSignatureBlob(ctx context.Context, desc ocispec.Descriptor) ([]byte, ocispec.Descriptor, error) {
-	if r.fetchErr != nil {
+	if r.fetchErr != nil && (r.fetchFails == nil || r.fetchFails(desc)) {
 		return nil, ocispec.Descriptor{}, r.fetchErr
 	}
 	return r.Repository.FetchSignatureBlob(ctx, desc)
@@ -487,7 +489,9 @@ func TestSignatureFlood(t *testing.T) {
 // what failed, not a refusal that blames the image (or tells to attach a token that is there).
 func TestRegistryErrorsAreErrors(t *testing.T) {
 	f := newFixture(t)
-	img, _ := f.attested(t, "registry down")
+	img, tok := f.attested(t, "registry down")
+	f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
+	genuine := func(d ocispec.Descriptor) bool { return namesPinnedCert(d, []string{certSHA256(t, f.signer)}) }
 	down := errors.New("503 service unavailable")
 	for _, tc := range []struct {
 		name string
@@ -496,6 +500,8 @@ func TestRegistryErrorsAreErrors(t *testing.T) {
 	}{
 		{"token referrers not listed", lastRepository{Repository: f.repo, listErr: down}, "listing referrers of " + img.Digest.String()},
 		{"signature not fetched", lastRepository{Repository: f.repo, fetchErr: down}, "fetching signature"},
+		// The untrusted signature is refused first; the genuine one, as far along, is unreadable.
+		{"genuine signature not fetched, after a refused one", lastRepository{Repository: f.repo, fetchErr: down, fetchFails: genuine, last: genuine}, "fetching signature"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res, err := Verify(context.Background(), tc.repo, f.reference+"@"+img.Digest.String(), img, f.opts)

@@ -26,6 +26,7 @@ import (
 	"github.com/distribution/distribution/v3/registry/handlers"
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the registry's storage
 
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/emulator/entra"
 	kvemu "github.com/attested-kv/attested-kv/internal/emulator/keyvault"
 	"github.com/attested-kv/attested-kv/internal/gate"
@@ -59,6 +60,19 @@ type signing struct {
 	keyID                          string
 	// warnings are what a user must know about the stack that is not an error.
 	warnings []string
+	// osRelease is the os-release file the attestations describe the OS with; "" = the host's.
+	osRelease string
+}
+
+// osReleaseFor chooses the os-release the stack's attestations send: the host's (at host), unless
+// it has no numeric VERSION_ID (Arch, Debian testing), which Azure's client and the MAA emulator
+// refuse; then one of the stack's own, naming the emulated VM's OS.
+func (s *signing) osReleaseFor(p paths, host string) error {
+	if info, err := maa.ReadOSRelease(host); err == nil && info.VersionMajor != 0 {
+		return nil
+	}
+	s.osRelease = filepath.Join(p.dir, "os-release")
+	return atomicfile.Write(s.osRelease, []byte("NAME=\"attested-kv local stack\"\nVERSION_ID=\"1.0\"\n"), 0o644)
 }
 
 func randomHex(n int) string {
@@ -172,13 +186,16 @@ func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, 
 		return fmt.Errorf("provisioning the signing certificate: %w", err)
 	}
 	s.keyID = res.KeyID
+	if err := s.osReleaseFor(p, maa.DefaultOSReleasePath); err != nil {
+		return err
+	}
 	if err := notationcfg.WriteTrust(p.notationConfig(), notationcfg.Trust{
 		PolicyName: SigningKeyName, StoreName: SigningKeyName, Scopes: []string{"*"},
 		Roots: []*x509.Certificate{res.Certificate}, Identities: []string{TrustedIdentity},
 	}); err != nil {
 		return fmt.Errorf("notation trust policy: %w", err)
 	}
-	if err := notationcfg.WriteSigningKey(p.notationConfig(), notationcfg.SigningKey{
+	key := notationcfg.SigningKey{
 		Name: SigningKeyName, KeyID: res.KeyID, Plugin: gate.Name, Default: true,
 		PluginConfig: map[string]string{
 			gate.KeyAttestationURL: maaURL,
@@ -189,7 +206,11 @@ func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, 
 			gate.KeyLogFile:        p.pluginLog(),
 			gate.KeyKeyCache:       p.keyCache(),
 		},
-	}); err != nil {
+	}
+	if s.osRelease != "" {
+		key.PluginConfig[gate.KeyOSRelease] = s.osRelease
+	}
+	if err := notationcfg.WriteSigningKey(p.notationConfig(), key); err != nil {
 		return fmt.Errorf("notation signing key: %w", err)
 	}
 	// The attestation policy, through the same client the bootstrap uses against Azure.

@@ -61,6 +61,8 @@ type State struct {
 	NotationConfig  string `json:"notationConfig"`
 	NotationLibexec string `json:"notationLibexec"`
 	TokenDir        string `json:"tokenDir"`
+	// OSReleasePath is the os-release the attestations describe the OS with; "" = the host's.
+	OSReleasePath string `json:"osReleasePath,omitempty"`
 
 	// Warnings are what the user must know though the stack runs (e.g. no plugin installed).
 	Warnings []string `json:"warnings,omitempty"`
@@ -295,7 +297,7 @@ func Run(ctx context.Context, opts Options) error {
 		EntraURL: sig.entraURL, TenantID: sig.tenant, ClientID: sig.clientID, ClientSecret: sig.clientSecret,
 		KeyVaultURL: sig.vaultURL, KeyID: sig.keyID, Registry: sig.registryAddr,
 		NotationConfig: p.notationConfig(), NotationLibexec: p.notationLibexec(), TokenDir: p.tokenDir(),
-		Warnings: sig.warnings,
+		Warnings: sig.warnings, OSReleasePath: sig.osRelease,
 	}
 	if err := writeState(p, st); err != nil {
 		shutdownAll()

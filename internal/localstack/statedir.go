@@ -13,28 +13,39 @@ import (
 // bytes, one of them the terminating NUL).
 const maxSocketPath = 107
 
-// ResolveStateDir returns the one name of the state directory dir: absolute, and with symbolic
-// links resolved when it exists, so that `up --state LINK` and `down --state TARGET` find the same
-// stack (the pid check compares the directory in the stack's command line).
+// ResolveStateDir returns the one name of the state directory dir: absolute, with the symbolic
+// links of its longest existing part resolved, so that `up --state LINK` and `down --state
+// TARGET` find the same stack (the pid check compares the directory in the stack's command line),
+// also when the directory is yet to be created below a symbolic link (a home directory reached
+// through one).
 func ResolveStateDir(dir string) (string, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return "", err
 	}
-	real, err := filepath.EvalSymlinks(abs)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return abs, nil
-	case err != nil:
-		return "", fmt.Errorf("state directory %s: %w", abs, err)
+	existing, rest := abs, ""
+	for {
+		real, err := filepath.EvalSymlinks(existing)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("state directory %s: %w", abs, err)
+		}
+		parent := filepath.Dir(existing)
+		if parent == existing {
+			return abs, nil
+		}
+		rest = filepath.Join(filepath.Base(existing), rest)
+		existing = parent
 	}
-	return real, nil
 }
 
-// prepareStateDir creates the state directory if needed and checks that it is the user's own and
-// closed to others: it holds private keys, the plugin notation runs and the trust store, so a
-// directory another user can write to (such as one they created first under /tmp) is refused,
-// and one of the user's own that others may read is closed (0700).
+// prepareStateDir creates the state directory if needed (0700) and checks that it is the user's
+// own and that no one else can write to it: it holds private keys, the plugin notation runs and
+// the trust store, so a directory another user owns (such as one they created first under /tmp)
+// or may write to is refused. An existing directory's mode is never changed: it may be shared on
+// purpose.
 func prepareStateDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -50,10 +61,8 @@ func prepareStateDir(dir string) error {
 	if int(st.Uid) != os.Getuid() {
 		return fmt.Errorf("state directory %s belongs to uid %d, not to this user (uid %d): choose another --state", dir, st.Uid, os.Getuid())
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		if err := os.Chmod(dir, 0o700); err != nil {
-			return fmt.Errorf("state directory: %w", err)
-		}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state directory %s is writable by others (mode %#o): choose a directory of your own, e.g. the default", dir, fi.Mode().Perm())
 	}
 	if n := len(paths{dir}.control()); n > maxSocketPath {
 		return fmt.Errorf("state directory %s is too long: its control socket path would be %d bytes, and a Unix socket path is at most %d; choose a shorter --state", dir, n, maxSocketPath)

@@ -116,6 +116,15 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 // was nothing to stop.
 func Down(ctx context.Context, stateDir string) error {
 	p := paths{stateDir}
+	// Under Up's lock: an up running meanwhile would start a stack whose files this removes.
+	upLock, err := lockFile(p.upLock(), true)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return ErrNotRunning
+	case err != nil:
+		return err
+	}
+	defer upLock.Close()
 	pid, pidErr := stackPID(stateDir)
 	if pidErr != nil {
 		running, err := serving(p)
@@ -202,6 +211,9 @@ func Env(st *State) [][2]string {
 	}
 	if st.CertDirPath != "" {
 		env = append(env, [2]string{"SSL_CERT_DIR", st.CertDirPath})
+	}
+	if st.OSReleasePath != "" {
+		env = append(env, [2]string{"ATTEST_OS_RELEASE", st.OSReleasePath})
 	}
 	return env
 }
