@@ -128,13 +128,18 @@ type Result struct {
 }
 
 // FailedCheck returns the name of the first failed check, or "".
-func (r *Result) FailedCheck() string {
+func (r *Result) FailedCheck() string { return r.failed().Name }
+
+// FailedDetail returns what the first failed check found, or "".
+func (r *Result) FailedDetail() string { return r.failed().Detail }
+
+func (r *Result) failed() Check {
 	for _, c := range r.Checks {
 		if !c.Passed {
-			return c.Name
+			return c
 		}
 	}
-	return ""
+	return Check{}
 }
 
 // Repository is what Verify reads from the registry.
@@ -192,18 +197,9 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	// examined. The listing itself is cheap and goes further: with pinned certificates, the
 	// signatures whose manifests name a pinned certificate are examined first, so that signatures
 	// attached to push the genuine one out of reach must at least copy its annotation.
-	var sigs []ocispec.Descriptor
-	listedMore := false
-	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
-		sigs = append(sigs, page...)
-		if len(sigs) > maxListedSignatures {
-			sigs, listedMore = sigs[:maxListedSignatures], true
-			return errStop
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return nil, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
+	sigs, listedMore, err := listSignatures(ctx, repo, subject)
+	if err != nil {
+		return nil, err
 	}
 	if len(o.SigningCertSHA256) > 0 {
 		slices.SortStableFunc(sigs, func(a, b ocispec.Descriptor) int {
@@ -266,17 +262,9 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 // refers to. A signature that cannot be fetched is an error; one that does not parse or whose
 // envelope is not intact is skipped; at most maxListedSignatures are read.
 func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descriptor) (map[string]bool, error) {
-	var sigs []ocispec.Descriptor
-	err := repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
-		sigs = append(sigs, page...)
-		if len(sigs) >= maxListedSignatures {
-			sigs = sigs[:maxListedSignatures]
-			return errStop
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, errStop) {
-		return nil, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
+	sigs, _, err := listSignatures(ctx, repo, subject)
+	if err != nil {
+		return nil, err
 	}
 	named := map[string]bool{}
 	for _, sd := range sigs {
@@ -303,6 +291,23 @@ func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descripto
 		}
 	}
 	return named, nil
+}
+
+// listSignatures lists at most maxListedSignatures signatures of subject, in the registry's
+// order; more reports that the registry has more.
+func listSignatures(ctx context.Context, repo Repository, subject ocispec.Descriptor) (sigs []ocispec.Descriptor, more bool, err error) {
+	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
+		sigs = append(sigs, page...)
+		if len(sigs) > maxListedSignatures {
+			sigs, more = sigs[:maxListedSignatures], true
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		return nil, false, fmt.Errorf("listing signatures of %s: %w", subject.Digest, err)
+	}
+	return sigs, more, nil
 }
 
 // maxListedSignatures bounds the signatures listed, of which MaxSignatures are examined.

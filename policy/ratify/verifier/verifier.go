@@ -131,7 +131,7 @@ func verify(ctx context.Context, res Result, repo *remote.Repository, ref regist
 	case !out.Passed:
 		// The cause goes into the message too: Gatekeeper shows neither the extensions nor
 		// Ratify's log, and an operator needs to know whether a token expired or MAA was down.
-		return fail("attested signing not proven: check %q failed: %s", out.FailedCheck(), clip(failedDetail(out), maxMessageDetail))
+		return fail("attested signing not proven: check %q failed: %s", out.FailedCheck(), clip(out.FailedDetail(), maxMessageDetail))
 	case out.TokenReferrer != want.String():
 		return fail("token referrer %s is not the one a trusted signature names (%s)", want, out.TokenReferrer)
 	}
@@ -226,16 +226,6 @@ func checkReferenceDesc(d ocispec.Descriptor) error {
 
 // maxMessageDetail bounds the failed check's detail quoted in a result's message.
 const maxMessageDetail = 400
-
-// failedDetail is the detail of out's first failed check.
-func failedDetail(out *imageverify.Result) string {
-	for _, c := range out.Checks {
-		if !c.Passed {
-			return c.Detail
-		}
-	}
-	return ""
-}
 
 // clip shortens s to at most n bytes, at a rune boundary, marking the cut.
 func clip(s string, n int) string {
