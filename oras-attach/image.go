@@ -222,7 +222,7 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)\n", sha)
 			continue
 		}
-		if f, _ := attached.Find(ctx, sha); f != nil {
+		if f := attached.FindAnnotated(ctx, sha); f != nil {
 			out = append(out, f.Descriptor)
 			if *output != "json" {
 				fmt.Fprintf(io.stdout, "Token already attached to %s\nDigest: %s\n", fs.Arg(0), f.Descriptor.Digest)

@@ -206,16 +206,19 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 
 	tpl, err := b.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
 	create := isNotFound(err)
+	var why string
+	if err == nil {
+		why = templateStale(tpl.ImageTemplate, builderID, bl)
+	}
 	switch {
 	case err != nil && !create:
 		return fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
 	case err == nil && !tagged(tpl.Tags, cfg.NamePrefix):
 		return fmt.Errorf("image template %s exists and was %w (no %s=%s tag): apply refuses to replace it; choose another --name-prefix",
 			n.ImageTemplate, ErrNotOwned, TagKey, cfg.NamePrefix)
-	case err == nil && templateStale(tpl.ImageTemplate, builderID, bl) != "":
+	case err == nil && why != "":
 		// Made by an earlier version running as the signing identity, or with other tools or
 		// another VM size than asked for now. Templates are immutable: replaced.
-		why := templateStale(tpl.ImageTemplate, builderID, bl)
 		dp, err := b.ImageTemplates.BeginDelete(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
 		if err != nil {
 			return fmt.Errorf("image template %s: replacing it: %w", n.ImageTemplate, err)
@@ -510,6 +513,10 @@ func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool,
 		return steps, nil
 	}
 	tpl, err := cl.Build.ImageTemplates.Get(ctx, cfg.ResourceGroup, n.ImageTemplate, nil)
+	var why string
+	if err == nil {
+		why = templateStale(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity), cfg.BuildLayer)
+	}
 	switch {
 	case isNotFound(err):
 		add("image template", n.ImageTemplate, "create", "runs as "+n.ImageBuilderIdentity)
@@ -517,8 +524,8 @@ func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool,
 		return steps, fmt.Errorf("image template %s: %w", n.ImageTemplate, err)
 	case !tagged(tpl.Tags, cfg.NamePrefix):
 		add("image template", n.ImageTemplate, "refuse", "exists, not created by this deployment: apply would refuse (choose another --name-prefix)")
-	case templateStale(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity), cfg.BuildLayer) != "":
-		add("image template", n.ImageTemplate, "recreate", templateStale(tpl.ImageTemplate, cfg.identityID(n.ImageBuilderIdentity), cfg.BuildLayer))
+	case why != "":
+		add("image template", n.ImageTemplate, "recreate", why)
 	default:
 		add("image template", n.ImageTemplate, "exists", "kept: same identity, tools and build VM size")
 	}

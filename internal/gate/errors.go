@@ -49,7 +49,8 @@ func ToPluginError(err error) *plugin.Error {
 	case errors.As(err, &verr),
 		errors.Is(err, keyvault.ErrInvalidKeyID),
 		errors.Is(err, keyvault.ErrInvalidConfig),
-		errors.Is(err, keyvault.ErrCertificateChain):
+		errors.Is(err, keyvault.ErrCertificateChain),
+		errors.Is(err, maa.ErrOSVersion): // the machine's os-release, not a refusal
 		return plugin.NewError(plugin.ErrorCodeValidation, msg)
 	case errors.Is(err, context.DeadlineExceeded):
 		return plugin.NewError(plugin.ErrorCodeTimeout, msg)

@@ -282,12 +282,7 @@ func (g *Gate) verifiedToken(ctx context.Context, cfg Config, b string, log *slo
 	}
 	// The instance's signing keys are fetched while the TPM and MAA work (one round trip less
 	// after the token arrives), when the verifier can.
-	if p, ok := verifier.(interface{ Prefetch(context.Context) }); ok {
-		pctx, stop := context.WithCancel(ctx)
-		prefetched := make(chan struct{})
-		go func() { defer close(prefetched); p.Prefetch(pctx) }()
-		defer func() { stop(); <-prefetched }()
-	}
+	defer maa.StartPrefetch(ctx, verifier)()
 	start := time.Now()
 	raw, err := attester.Attest(ctx, b)
 	if err != nil {

@@ -176,12 +176,7 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	}
 	// A key set that fetches (the instance's /certs) starts now, so that the TLS handshake with
 	// MAA and the fetch overlap the registry reads instead of following them. Keys waits for it.
-	if p, ok := o.TokenKeys.(interface{ Prefetch(context.Context) }); ok {
-		fetchCtx, stopFetch := context.WithCancel(ctx)
-		fetched := make(chan struct{})
-		go func() { defer close(fetched); p.Prefetch(fetchCtx) }()
-		defer func() { stopFetch(); <-fetched }()
-	}
+	defer maa.StartPrefetch(ctx, o.TokenKeys)()
 	// The token referrers are listed while the signatures are listed, fetched and verified: on a
 	// remote registry these are round trips of their own. Only the referrer of the token a
 	// signature names is read (referrer.Index.Find), so that the time does not grow with the
@@ -202,9 +197,7 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 		return nil, err
 	}
 	if len(o.SigningCertSHA256) > 0 {
-		slices.SortStableFunc(sigs, func(a, b ocispec.Descriptor) int {
-			return boolOrder(namesPinnedCert(b, o.SigningCertSHA256), namesPinnedCert(a, o.SigningCertSHA256))
-		})
+		sigs = firstThose(sigs, func(d ocispec.Descriptor) bool { return namesPinnedCert(d, o.SigningCertSHA256) })
 	}
 	skipped := 0
 	if len(sigs) > maxSigs {
@@ -282,12 +275,8 @@ func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descripto
 		if err != nil {
 			continue
 		}
-		for _, a := range content.SignerInfo.SignedAttributes.ExtendedAttributes {
-			if k, _ := a.Key.(string); k == binding.AttrTokenSHA256 {
-				if v, ok := a.Value.(string); ok {
-					named[strings.ToLower(v)] = true
-				}
-			}
+		if sha, _ := tokenAttrs(content.SignerInfo.SignedAttributes); sha != "" {
+			named[sha] = true
 		}
 	}
 	return named, nil
@@ -329,15 +318,33 @@ func namesPinnedCert(d ocispec.Descriptor, pins []string) bool {
 	return slices.Contains(pins, strings.ToLower(chain[0]))
 }
 
-// boolOrder orders false before true.
-func boolOrder(a, b bool) int {
-	switch {
-	case a == b:
-		return 0
-	case a:
-		return 1
+// firstThose returns ds with those for which pick is true first, each part in its order.
+func firstThose(ds []ocispec.Descriptor, pick func(ocispec.Descriptor) bool) []ocispec.Descriptor {
+	var picked, rest []ocispec.Descriptor
+	for _, d := range ds {
+		if pick(d) {
+			picked = append(picked, d)
+		} else {
+			rest = append(rest, d)
+		}
 	}
-	return -1
+	return append(picked, rest...)
+}
+
+// tokenAttrs reads the token's SHA-256 (lower case) and issuer from a signature's signed
+// attributes, "" for one that is missing.
+func tokenAttrs(sa signature.SignedAttributes) (tokenSHA, issuer string) {
+	for _, a := range sa.ExtendedAttributes {
+		k, _ := a.Key.(string)
+		v, _ := a.Value.(string)
+		switch k {
+		case binding.AttrTokenSHA256:
+			tokenSHA = strings.ToLower(v)
+		case binding.AttrIssuer:
+			issuer = v
+		}
+	}
+	return tokenSHA, issuer
 }
 
 var errStop = errors.New("enough signatures")
@@ -406,17 +413,7 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.signingTime = &st
 	c.ok(CheckSignature, fmt.Sprintf("signature %s verified, signed at %s", sd.Digest, st.UTC().Format(time.RFC3339)))
 
-	var tokenSHA, issuer string
-	for _, a := range signed.ExtendedAttributes {
-		k, _ := a.Key.(string)
-		v, _ := a.Value.(string)
-		switch k {
-		case binding.AttrTokenSHA256:
-			tokenSHA = strings.ToLower(v)
-		case binding.AttrIssuer:
-			issuer = v
-		}
-	}
+	tokenSHA, issuer := tokenAttrs(signed)
 	if tokenSHA == "" || issuer == "" {
 		return c.fail(CheckAttribute, "the signature carries no attestation token attributes: it was not made by the attested-kv plugin")
 	}

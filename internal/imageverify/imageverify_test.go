@@ -435,7 +435,7 @@ func (r lastRepository) ListSignatures(ctx context.Context, desc ocispec.Descrip
 		return err
 	}
 	if r.last != nil {
-		slices.SortStableFunc(all, func(a, b ocispec.Descriptor) int { return boolOrder(r.last(a), r.last(b)) })
+		all = firstThose(all, func(d ocispec.Descriptor) bool { return !r.last(d) })
 	}
 	return fn(all)
 }

@@ -124,6 +124,20 @@ func (t *Token) ClientPayload() map[string]string {
 // Nonce returns the decoded client-payload nonce, "" if the token has none.
 func (t *Token) Nonce() string { return t.nonce }
 
+// StartPrefetch starts, in the background, the key fetch of v (a Verifier or a KeySet) when it can
+// prefetch (a RemoteKeySet), so that the fetch overlaps the caller's other work; stop cancels a
+// fetch still running and waits for it. For anything else it does nothing.
+func StartPrefetch(ctx context.Context, v any) (stop func()) {
+	p, ok := v.(interface{ Prefetch(context.Context) })
+	if !ok {
+		return func() {}
+	}
+	fetchCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); p.Prefetch(fetchCtx) }()
+	return func() { cancel(); <-done }
+}
+
 // Prefetch fetches the signing keys ahead of Verify when the key set can (RemoteKeySet), so that
 // the fetch overlaps the attestation instead of following it. Nothing is verified or trusted by
 // prefetching: Verify chooses and checks the keys as always.

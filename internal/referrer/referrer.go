@@ -296,6 +296,24 @@ func (ix *Index) Find(ctx context.Context, sha string) (*Found, []error) {
 	return nil, errs
 }
 
+// FindAnnotated is Find without the fallback: only the referrers annotated with sha are read (and
+// the token read is still hashed and compared). It answers "is this token attached?" without
+// reading every other referrer; nil means not found that way.
+func (ix *Index) FindAnnotated(ctx context.Context, sha string) *Found {
+	if ix.err != nil {
+		return nil
+	}
+	for _, d := range ix.descs {
+		if d.Annotations[AnnotationTokenSHA256] != sha {
+			continue
+		}
+		if f, err := ix.read(ctx, d); err == nil && f.SHA256 == sha {
+			return &f
+		}
+	}
+	return nil
+}
+
 // Truncated reports whether the listing stopped at MaxListed referrers.
 func (ix *Index) Truncated() bool { return ix.truncated }
 

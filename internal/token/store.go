@@ -111,7 +111,7 @@ func (s *Store) Prepare() error {
 func (s *Store) checkOwner() error {
 	var st unix.Stat_t
 	if err := unix.Stat(s.dir, &st); err != nil {
-		return fmt.Errorf("token store: %w", err)
+		return err
 	}
 	if int(st.Uid) != os.Getuid() {
 		return fmt.Errorf("token store %s belongs to uid %d, not to this user (uid %d): choose another token_dir", s.dir, st.Uid, os.Getuid())

@@ -212,8 +212,8 @@ func (d *Device) Evidence(ctx context.Context) (*Evidence, error) {
 // with the ephemeral key of the last Evidence, as AZGA's DecryptWithEphemeralKey does: the key,
 // kept loaded since Evidence (AZGA recreates it from the same template in the NULL hierarchy), is
 // used under a PolicyPCR session for the PCR values that were quoted. encKeyPub is the EncKeyPub
-// of the evidence MAA answered: the loaded key must have that public area (its Name, as the TPM
-// reports it for the loaded key, is compared with the Name of encKeyPub), or the call fails with
+// of the evidence MAA answered: the loaded key must have exactly that public area (certify checked
+// when it was loaded that the TPM's Name of the key is the Name of this area), or the call fails with
 // ErrEphemeralKeyMismatch and leaves the loaded key to the Evidence it belongs to (see Device). A
 // TPM reset (new NULL seed) or any PCR change since Evidence makes it fail with ErrStateChanged.
 func (d *Device) DecryptWithEphemeralKey(ctx context.Context, encKeyPub, ciphertext []byte) ([]byte, error) {
@@ -223,12 +223,8 @@ func (d *Device) DecryptWithEphemeralKey(ctx context.Context, encKeyPub, ciphert
 	if st == nil || st.key == nil {
 		return nil, ErrNoEphemeralKey
 	}
-	want, err := publicName(encKeyPub)
-	if err != nil {
-		return nil, fmt.Errorf("%w: the evidence's ephemeral key: %w", ErrEphemeralKeyMismatch, err)
-	}
-	if !bytes.Equal(want, st.key.name.Buffer) {
-		return nil, fmt.Errorf("%w: the evidence's key has Name %x, the loaded key %x", ErrEphemeralKeyMismatch, want, st.key.name.Buffer)
+	if !bytes.Equal(encKeyPub, st.key.pub) {
+		return nil, fmt.Errorf("%w: the evidence's public area is not the loaded key's (Name %x)", ErrEphemeralKeyMismatch, st.key.name.Buffer)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err

@@ -133,7 +133,7 @@ func (d *Device) cachedKey(t transport.TPM, path string, policy []byte, ak *akKe
 	if err != nil {
 		d.flush(key.handle)
 		d.log.Debug("cached ephemeral key refused; removing the cache file and deriving the key", "path", path, "err", err)
-		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := atomicfile.Remove(path); err != nil {
 			d.log.Debug("removing the ephemeral key cache file", "path", path, "err", err)
 		}
 		return nil

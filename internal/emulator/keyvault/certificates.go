@@ -154,11 +154,7 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	cv := &certVersion{version: kv.version, chain: append([]*x509.Certificate{leaf}, chainTail...), policy: req.Policy, issuer: issuerName, created: now}
 	s.mu.Lock()
 	s.storeKeyLocked(name, kv)
-	if vs := s.certs[nameKey(name)]; len(vs) > 0 {
-		cv.name = vs[0].name
-	} else {
-		cv.name = name
-	}
+	cv.name = kv.name // the case the name was first created in
 	s.certs[nameKey(name)] = append(s.certs[nameKey(name)], cv)
 	s.mu.Unlock()
 	return http.StatusAccepted, s.operation(r, cv), nil
