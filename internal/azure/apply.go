@@ -47,7 +47,7 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	default:
 		return steps, fmt.Errorf("resource group %s: %w", cfg.ResourceGroup, err)
 	}
-	if steps, err = planResources(ctx, cfg, coreResources(cl, cfg), rgExists, steps); err != nil {
+	if steps, err = planResources(ctx, cfg, coreResources(cl, cfg, nil), rgExists, steps); err != nil {
 		return steps, err
 	}
 	if cfg.ImageBuilder {
@@ -100,8 +100,9 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	// A PUT would replace their settings (a vault's access policies and network rules) and tags,
 	// and our tag would then make destroy delete them.
 	own := ownedTags{}
+	var seen existingProps
 	if !rgMissing {
-		if own, err = checkOwned(ctx, cl, cfg); err != nil {
+		if own, err = checkOwned(ctx, cl, cfg, &seen); err != nil {
 			progress(w, "%v", err)
 			return nil, steps, err
 		}
@@ -197,13 +198,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		// ordinary update.
 		vp.CreateMode = ptr(armkeyvault.CreateModeRecover)
 	}
-	if _, live := own[ownedKey("key vault", n.Vault)]; live {
-		existing, err := cl.Vaults.Get(ctx, cfg.ResourceGroup, n.Vault, nil)
-		if err != nil {
-			return fail("key vault", n.Vault, err)
-		}
-		keepVaultSettings(vp, existing.Properties)
-	}
+	keepVaultSettings(vp, seen.vault)
 	poller, err := cl.Vaults.BeginCreateOrUpdate(ctx, cfg.ResourceGroup, n.Vault, armkeyvault.VaultCreateOrUpdateParameters{Location: &cfg.Location, Tags: tagsOf("key vault", n.Vault), Properties: vp}, nil)
 	if err != nil {
 		return fail("key vault", n.Vault, err)
@@ -276,13 +271,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		// AcrPush/AcrPull are not honoured in ABAC mode: ask for the legacy mode explicitly.
 		RoleAssignmentMode: ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions),
 	}
-	if _, live := own[ownedKey("container registry", n.Registry)]; live {
-		existing, err := cl.Registries.Get(ctx, cfg.ResourceGroup, n.Registry, nil)
-		if err != nil {
-			return fail("container registry", n.Registry, err)
-		}
-		keepRegistrySettings(rprops, existing.Properties)
-	}
+	keepRegistrySettings(rprops, seen.registry)
 	rp, err := cl.Registries.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, armcontainerregistry.Registry{
 		Location: &cfg.Location, Tags: tagsOf("container registry", n.Registry),
 		SKU:        &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
@@ -426,9 +415,9 @@ func ownedKey(kind, name string) string { return kind + "/" + name }
 
 // checkOwned reads the deployment's resources; any that exists without the deployment's tag is
 // an ErrNotOwned error naming it.
-func checkOwned(ctx context.Context, cl *Clients, cfg Config) (ownedTags, error) {
+func checkOwned(ctx context.Context, cl *Clients, cfg Config, seen *existingProps) (ownedTags, error) {
 	o := ownedTags{}
-	rs := coreResources(cl, cfg)
+	rs := coreResources(cl, cfg, seen)
 	if cfg.ImageBuilder {
 		rs = append(append(rs, buildResources(cl, cfg)...), templateResource(cl, cfg))
 	}
@@ -610,7 +599,7 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		progress(w, "%-20s %-26s %s %s", kind, name, action, detail)
 	}
 	core := map[string]taggedResource{}
-	for _, r := range coreResources(cl, cfg) {
+	for _, r := range coreResources(cl, cfg, nil) {
 		core[r.kind] = r
 	}
 	if cl.Build != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/keyvault/armkeyvault"
 )
 
@@ -25,7 +26,12 @@ type taggedResource struct {
 }
 
 // coreResources are the signing chain's resources in the resource group, in plan order.
-func coreResources(cl *Clients, cfg Config) []taggedResource {
+// The reads keep into seen, when it is not nil, the properties apply carries over into its updates
+// (keepVaultSettings, keepRegistrySettings), so that it does not read them again.
+func coreResources(cl *Clients, cfg Config, seen *existingProps) []taggedResource {
+	if seen == nil {
+		seen = &existingProps{}
+	}
 	n := NamesFor(cfg.NamePrefix)
 	rg := cfg.ResourceGroup
 	return []taggedResource{
@@ -42,12 +48,14 @@ func coreResources(cl *Clients, cfg Config) []taggedResource {
 		}},
 		{kind: "key vault", name: n.Vault, tags: func(ctx context.Context) (map[string]*string, string, error) {
 			r, err := cl.Vaults.Get(ctx, rg, n.Vault, nil)
+			seen.vault = r.Properties
 			return r.Tags, vaultConflict(r.Vault, cfg), err
 		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
 			return planDeletedVault(ctx, cl, cfg, steps)
 		}},
 		{kind: "container registry", name: n.Registry, tags: func(ctx context.Context) (map[string]*string, string, error) {
 			r, err := cl.Registries.Get(ctx, rg, n.Registry, nil)
+			seen.registry = r.Properties
 			return r.Tags, "", err
 		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
 			return planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps)
@@ -72,6 +80,13 @@ func vaultConflict(v armkeyvault.Vault, cfg Config) string {
 	}
 	return "the vault is Premium and its signing key is HSM-backed, but --hsm was not given: apply would make the vault Standard and replace the key with a software one; " +
 		`pass --hsm (or "hsm": true in the config file), or destroy the deployment first to move to a software key`
+}
+
+// existingProps are the properties of the deployment's existing vault and registry, as read by
+// the ownership check (nil for one that does not exist).
+type existingProps struct {
+	vault    *armkeyvault.VaultProperties
+	registry *armcontainerregistry.RegistryProperties
 }
 
 // buildResources are the build layer's tagged resources but its image template, which Plan
