@@ -9,8 +9,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -295,7 +297,10 @@ func (in *instance) verifyJWT(t *testing.T, jwt string) (jose.Header, map[string
 	if status != http.StatusOK {
 		t.Fatalf("GET /certs: %d %s", status, certs)
 	}
-	var set jose.JSONWebKeySet
+	// Real MAA publishes each key as kid, kty and x5c only (reference/maa.md): no n or e.
+	var set struct {
+		Keys []map[string]any `json:"keys"`
+	}
 	if err := json.Unmarshal(certs, &set); err != nil {
 		t.Fatalf("JWKS: %v", err)
 	}
@@ -304,14 +309,34 @@ func (in *instance) verifyJWT(t *testing.T, jwt string) (jose.Header, map[string
 		t.Fatalf("token is not an RS256 JWS: %v", err)
 	}
 	hdr := jws.Signatures[0].Protected
-	keys := set.Key(hdr.KeyID)
-	if len(keys) != 1 {
-		t.Fatalf("kid %q names %d keys in /certs", hdr.KeyID, len(keys))
+	var pub *rsa.PublicKey
+	for _, k := range set.Keys {
+		if k["kid"] != hdr.KeyID {
+			continue
+		}
+		if pub != nil {
+			t.Fatalf("kid %q names more than one key in /certs", hdr.KeyID)
+		}
+		names := slices.Sorted(maps.Keys(k))
+		if !slices.Equal(names, []string{"kid", "kty", "x5c"}) || k["kty"] != "RSA" {
+			t.Fatalf("JWK has members %v (kty %v), want kid, kty RSA and x5c only, as MAA's /certs", names, k["kty"])
+		}
+		x5c, _ := k["x5c"].([]any)
+		b64, _ := x5c[0].(string)
+		der, err := base64.StdEncoding.DecodeString(b64)
+		if err != nil || len(x5c) != 1 {
+			t.Fatalf("x5c is not one standard base64 certificate: %v", k["x5c"])
+		}
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatalf("x5c[0]: %v", err)
+		}
+		pub, _ = cert.PublicKey.(*rsa.PublicKey)
 	}
-	if len(keys[0].Certificates) != 1 || !keys[0].Certificates[0].PublicKey.(*rsa.PublicKey).Equal(keys[0].Key) {
-		t.Fatalf("JWK x5c does not hold the key's certificate")
+	if pub == nil {
+		t.Fatalf("kid %q names no RSA key in /certs", hdr.KeyID)
 	}
-	payload, err := jws.Verify(keys[0])
+	payload, err := jws.Verify(pub)
 	if err != nil {
 		t.Fatalf("token signature: %v", err)
 	}

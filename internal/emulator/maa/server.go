@@ -236,13 +236,17 @@ func (s *Server) setupSigning(key crypto.Signer, cert *x509.Certificate) error {
 	// (44 characters, padded); stable for a given certificate.
 	sum := sha256.Sum256(cert.Raw)
 	s.kid = base64.StdEncoding.EncodeToString(sum[:])
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{
-		Key:          pub,
-		KeyID:        s.kid,
-		Algorithm:    string(jose.RS256),
-		Use:          "sig",
-		Certificates: []*x509.Certificate{cert},
-	}}})
+	// The shape of real MAA's /certs: each key carries kid, kty and its certificate chain (x5c,
+	// standard base64 DER) and no n or e (reference/maa.md), so relying parties must take the
+	// public key from the certificate, as they must against Azure.
+	type jwk struct {
+		Kid string   `json:"kid"`
+		Kty string   `json:"kty"`
+		X5c []string `json:"x5c"`
+	}
+	jwks, err := json.Marshal(struct {
+		Keys []jwk `json:"keys"`
+	}{Keys: []jwk{{Kid: s.kid, Kty: "RSA", X5c: []string{base64.StdEncoding.EncodeToString(cert.Raw)}}}})
 	if err != nil {
 		return fmt.Errorf("encoding JWKS: %w", err)
 	}
