@@ -118,7 +118,10 @@ func startSigning(p paths, tlsConfig *tls.Config, log *slog.Logger, serve func(s
 			}
 			return c.AppID, nil
 		},
-		Logger: log.With("component", "keyvault"),
+		// Key Vault issues a certificate asynchronously: the bootstrap's wait for the operation
+		// runs here on every start.
+		PendingPolls: 1,
+		Logger:       log.With("component", "keyvault"),
 	}); err != nil {
 		entraLn.Close()
 		vaultLn.Close()

@@ -151,23 +151,24 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	// (UNCONFIRMED that Key Vault copies them onto the key; it reports them on the certificate).
 	kv.managed = true
 	kv.nbf, kv.exp = ptr(leaf.NotBefore.Unix()), ptr(leaf.NotAfter.Unix())
-	cv := &certVersion{version: kv.version, chain: append([]*x509.Certificate{leaf}, chainTail...), policy: req.Policy, issuer: issuerName, created: now}
+	cv := &certVersion{version: kv.version, chain: append([]*x509.Certificate{leaf}, chainTail...), policy: req.Policy, issuer: issuerName, created: now, pending: s.cfg.PendingPolls}
 	s.mu.Lock()
 	s.storeKeyLocked(name, kv)
 	cv.name = kv.name // the case the name was first created in
 	s.certs[nameKey(name)] = append(s.certs[nameKey(name)], cv)
 	s.mu.Unlock()
-	return http.StatusAccepted, s.operation(r, cv), nil
+	// Key Vault answers a creation with 202 and the operation in progress.
+	return http.StatusAccepted, s.operation(r, cv, "inProgress"), nil
 }
 
-// operation is the certificate operation of cv, naming the issuer cv was created with.
-func (s *Server) operation(r *http.Request, cv *certVersion) map[string]any {
+// operation is the certificate operation of cv in status, naming the issuer cv was created with.
+func (s *Server) operation(r *http.Request, cv *certVersion, status string) map[string]any {
 	name := cv.name
 	return map[string]any{
 		"id":                     vaultURL(r) + "/certificates/" + name + "/pending",
 		"issuer":                 map[string]any{"name": cv.issuer},
 		"cancellation_requested": false,
-		"status":                 "completed",
+		"status":                 status,
 		"status_details":         "",
 		"target":                 vaultURL(r) + "/certificates/" + name,
 		"request_id":             newVersion(),
@@ -197,7 +198,14 @@ func (s *Server) certificateOperation(w http.ResponseWriter, r *http.Request) (i
 	if err != nil {
 		return 0, nil, err
 	}
-	return http.StatusOK, s.operation(r, cv), nil
+	status := "completed"
+	s.mu.Lock()
+	if cv.pending > 0 {
+		cv.pending--
+		status = "inProgress"
+	}
+	s.mu.Unlock()
+	return http.StatusOK, s.operation(r, cv, status), nil
 }
 
 // certAttributes are the attributes of a certificate and of its secret: nbf and exp are the

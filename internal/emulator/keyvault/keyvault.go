@@ -27,8 +27,10 @@
 //   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain;
 //     keys are never exportable here, so no private key is ever in a secret).
 //
-// Approximations: certificate creation completes at once (the operation reports "completed";
-// Key Vault reports "inProgress" first); PKCS#12 secrets are not emulated (a policy asking for
+// Approximations: a certificate is issued when it is created, and readable at once; only its
+// operation reports "inProgress", as Key Vault's 202 answer does, for Config.PendingPolls reads of
+// the pending operation before "completed" (what Key Vault returns for a read of a certificate
+// still pending is UNCONFIRMED); PKCS#12 secrets are not emulated (a policy asking for
 // them is refused with 400); error codes follow Key Vault's names where known (Unauthorized,
 // Forbidden, KeyNotFound, CertificateNotFound, SecretNotFound, BadParameter), messages are the
 // emulator's own.
@@ -94,6 +96,9 @@ type Config struct {
 	Authorize func(principal, op string) error
 	// Issuers are CA issuers by name.
 	Issuers map[string]Issuer
+	// PendingPolls is how many reads of a new certificate's pending operation answer
+	// "inProgress" before one answers "completed"; 0 completes it at the first read.
+	PendingPolls int
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
 	// Logger receives one record per request; silent if nil.
@@ -150,6 +155,7 @@ type certVersion struct {
 	policy  json.RawMessage
 	issuer  string // the policy's issuer name ("Self" or a configured CA issuer)
 	created time.Time
+	pending int // reads of the pending operation left before it completes; under Server.mu
 }
 
 type fault struct {

@@ -31,8 +31,9 @@ func newVaultWith(t testing.TB, cfg Config) (*Server, http.Handler) {
 			}
 			return "app", nil
 		},
-		Now:     cfg.Now,
-		Issuers: cfg.Issuers,
+		Now:          cfg.Now,
+		Issuers:      cfg.Issuers,
+		PendingPolls: cfg.PendingPolls,
 	})
 	if err != nil {
 		t.Fatal(err)

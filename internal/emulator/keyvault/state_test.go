@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"strings"
 	"sync"
@@ -315,6 +316,36 @@ func TestCertificateIssuer(t *testing.T) {
 			if tc.issuer != "Self" {
 				if err := leaf.CheckSignatureFrom(ca.Cert); err != nil {
 					t.Fatalf("leaf not issued by the CA: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestCertificateOperationPending checks that a creation answers 202 with the operation in
+// progress, as Key Vault does, and that the operation completes after Config.PendingPolls reads, so
+// that a client which reads the certificate without waiting for the operation is caught.
+func TestCertificateOperationPending(t *testing.T) {
+	const v = "?api-version=7.5"
+	policy := map[string]any{"policy": map[string]any{
+		"key_props": map[string]any{"kty": "EC"}, "issuer": map[string]any{"name": "Self"},
+		"x509_props": map[string]any{"subject": "CN=leaf", "validity_months": 12},
+	}}
+	for _, polls := range []int{0, 1, 3} {
+		t.Run(fmt.Sprint(polls), func(t *testing.T) {
+			_, h := newVaultWith(t, Config{PendingPolls: polls})
+			rec, op := call(t, h, "POST", "/certificates/c/create"+v, "good", policy)
+			if rec.Code != 202 || op["status"] != "inProgress" {
+				t.Fatalf("create: %d, status %v; want 202 and inProgress", rec.Code, op["status"])
+			}
+			for i := range polls + 2 {
+				want := "inProgress"
+				if i >= polls {
+					want = "completed"
+				}
+				rec, op := call(t, h, "GET", "/certificates/c/pending"+v, "good", nil)
+				if rec.Code != 200 || op["status"] != want {
+					t.Fatalf("read %d of the operation: %d, status %v; want %s", i+1, rec.Code, op["status"], want)
 				}
 			}
 		})
