@@ -19,8 +19,10 @@ type Input struct {
 	ReferenceDesc ocispec.Descriptor `json:"referenceDesc"`
 }
 
-// Config is the verifier's section of Ratify's config. Keys this verifier does not know (such as
-// artifactTypes, which Ratify reads) are ignored.
+// Config is the verifier's section of Ratify's config. Its keys are matched exactly, case
+// included: a key that is neither one of Config's nor one Ratify puts there itself (ratifyKeys) is
+// refused, so that a misspelt setting (signingCertSha256s, rule) cannot silently drop a pin or the
+// operator's rules.
 type Config struct {
 	// Name is the verifier's name in Ratify's config; it names the result ([Name] if empty).
 	Name string `json:"name"`

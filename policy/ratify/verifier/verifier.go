@@ -1,15 +1,19 @@
 package verifier
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
 
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry"
@@ -180,6 +184,9 @@ func decodeInput(b []byte) (Input, time.Duration, error) {
 	if err := json.Unmarshal(b, &in); err != nil {
 		return Input{}, 0, fmt.Errorf("verifier input is not JSON: %v", err)
 	}
+	if err := checkConfigKeys(b); err != nil {
+		return in, 0, fmt.Errorf("verifier config: %v", err)
+	}
 	timeout, err := parseTimeout(in.Config.Timeout)
 	if err != nil {
 		return in, 0, fmt.Errorf("verifier config: %v", err)
@@ -188,6 +195,57 @@ func decodeInput(b []byte) (Input, time.Duration, error) {
 		return in, 0, err
 	}
 	return in, timeout, nil
+}
+
+// ratifyKeys are the keys Ratify itself puts in a verifier's config besides the verifier's own
+// parameters: the Verifier resource's name, type, artifactTypes and source (Ratify v1
+// pkg/controllers/utils/verifier.go, SpecToVerifierConfig), and in a config file also version,
+// address and nestedReferences (reference/oras-ratify.md §3.3).
+var ratifyKeys = []string{"name", "type", "version", "address", "artifactTypes", "nestedReferences", "source"}
+
+// configKeys are the keys a verifier config may hold: Config's JSON names and ratifyKeys.
+var configKeys = func() []string {
+	keys := slices.Clone(ratifyKeys)
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && !slices.Contains(keys, name) {
+			keys = append(keys, name)
+		}
+	}
+	return keys
+}()
+
+// checkConfigKeys refuses a config (the "config" member of the input b, already decoded once)
+// that names a key twice or a key outside configKeys. encoding/json, which decodes the config,
+// matches names regardless of case and keeps the last of duplicates; the names are checked here
+// exactly, so that what is decoded is what the operator wrote.
+func checkConfigKeys(b []byte) error {
+	var raw struct {
+		Config jsontext.Value `json:"config"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw.Config) == 0 || raw.Config.Kind() != '{' {
+		return nil // no config object: the required settings are reported missing later
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(raw.Config))
+	if _, err := dec.ReadToken(); err != nil {
+		return err
+	}
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			if errors.Is(err, jsontext.ErrDuplicateName) {
+				return fmt.Errorf("a key appears twice: %v", err)
+			}
+			return err
+		}
+		if name := tok.String(); !slices.Contains(configKeys, name) {
+			return fmt.Errorf("unknown key %.60q (keys are case-sensitive; this verifier knows %s)", name, strings.Join(configKeys, ", "))
+		}
+		if err := dec.SkipValue(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // errTimeout is why the verification's context ends at the verifier's timeout; calls that

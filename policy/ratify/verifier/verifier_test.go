@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/attested-kv/attested-kv/internal/referrer"
 )
@@ -131,6 +133,10 @@ func TestRunRefusesInput(t *testing.T) {
 		{"timeout not a duration", withJSON(map[string]any{"timeout": "3"}, tokenDesc), `verifier config: timeout "3": want a duration`},
 		{"timeout of zero", withJSON(map[string]any{"timeout": "0s"}, tokenDesc), `verifier config: timeout "0s"`},
 		{"timeout beyond the webhook's limit", withJSON(map[string]any{"timeout": "1m"}, tokenDesc), "at most 30s"},
+		{"misspelt pin list", withJSON(map[string]any{"signingCertSha256s": []string{"ab"}}, tokenDesc), `verifier config: unknown key "signingCertSha256s" (keys are case-sensitive`},
+		{"misspelt rule file", withJSON(map[string]any{"rule": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "rule"`},
+		{"a key in another case", withJSON(map[string]any{"Rules": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "Rules"`},
+		{"a key twice", strings.NewReader(`{"config":{"rules":"/a.cel","rules":"/b.cel"},"referenceDesc":{}}`), "verifier config: a key appears twice"},
 		{"referrer without a digest", withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
 		{"referrer of another artifact type", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
 		{"referrer with a malformed digest", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
@@ -155,6 +161,11 @@ func FuzzDecodeInput(f *testing.F) {
 	if _, _, err := decodeInput([]byte(good)); err != nil {
 		f.Fatalf("the good seed is refused: %v", err)
 	}
+	// The keys Ratify adds itself are accepted beside the verifier's own.
+	ratify := strings.Replace(good, `"timeout":"2s"`, `"timeout":"2s","artifactTypes":"x","nestedReferences":"y","source":{},"version":"1.0.0","address":"/p"`, 1)
+	if _, _, err := decodeInput([]byte(ratify)); err != nil {
+		f.Fatalf("Ratify's own config keys are refused: %v", err)
+	}
 	for _, seed := range []string{good, `{}`, `{"config":{"timeout":"31s"}}`, `{"referenceDesc":{"digest":"sha256:zz"}}`, `[]`, `null`, ``} {
 		f.Add([]byte(seed))
 	}
@@ -170,4 +181,51 @@ func FuzzDecodeInput(f *testing.F) {
 			t.Fatalf("accepted referenceDesc %+v", in.ReferenceDesc)
 		}
 	})
+}
+
+// TestShippedVerifierConfig decodes the maa-token Verifier of policy/k8s/verifiers.yaml as Ratify
+// passes it (its parameters plus name, type and artifactTypes), with the placeholders filled and
+// the commented-out settings enabled: every key the manifest names is one this verifier reads.
+func TestShippedVerifierConfig(t *testing.T) {
+	b, err := os.ReadFile("../../k8s/verifiers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.NewReplacer(
+		"${ATTESTATION_URL}", "https://x.weu.attest.azure.net",
+		"${KEY_ID}", "https://v.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef",
+		"${CERT_SHA256}", strings.Repeat("ab", 32),
+		"# rules:", "rules:", "# jwksPath:", "jwksPath:",
+	).Replace(string(b))
+	var found bool
+	for _, doc := range strings.Split(text, "\n---\n") {
+		var v struct {
+			Kind string
+			Spec struct {
+				Name, Type, ArtifactTypes string
+				Parameters                map[string]any
+			}
+		}
+		if err := yaml.Unmarshal([]byte(doc), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Kind != "Verifier" || v.Spec.ArtifactTypes != referrer.ArtifactType {
+			continue
+		}
+		found = true
+		cfg := v.Spec.Parameters
+		cfg["name"], cfg["type"], cfg["artifactTypes"] = v.Spec.Name, v.Spec.Type, v.Spec.ArtifactTypes
+		in, _ := json.Marshal(map[string]any{"config": cfg, "referenceDesc": ocispec.Descriptor{
+			MediaType: ocispec.MediaTypeImageManifest, ArtifactType: referrer.ArtifactType, Digest: digest.FromString("token"), Size: 1}})
+		got, timeout, err := decodeInput(in)
+		if err != nil {
+			t.Fatalf("the shipped config is refused: %v", err)
+		}
+		if timeout != 3*time.Second || len(got.Config.SigningCertSHA256) != 1 || got.Config.Rules == "" || got.Config.JWKSPath == "" || got.Config.TrustPolicyDoc == nil {
+			t.Fatalf("decoded config %+v, timeout %v", got.Config, timeout)
+		}
+	}
+	if !found {
+		t.Fatal("no Verifier for the token artifact type in verifiers.yaml")
+	}
 }
