@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"strings"
 )
 
@@ -30,6 +31,9 @@ func Compute(digest, keyID string) (string, error) {
 	if algo, hexPart, ok := strings.Cut(digest, ":"); !ok || algo == "" || hexPart == "" {
 		return "", fmt.Errorf("%w: digest %q is not of the form algorithm:encoded", ErrInvalidInput, digest)
 	}
+	if canon, ok := canonicalURL(keyID); !ok {
+		return "", fmt.Errorf("%w: key id %q is another spelling of %q, and the binding covers the key id as written: give it as %[3]q, to the signer and to verifiers alike", ErrInvalidInput, keyID, canon)
+	}
 	h := sha256.New()
 	h.Write([]byte(Domain))
 	h.Write([]byte(digest))
@@ -48,3 +52,23 @@ const (
 
 // NotaryPayloadType is the payload type notation signs for OCI artifacts.
 const NotaryPayloadType = "application/vnd.cncf.notary.payload.v1+json"
+
+// canonicalURL reports whether keyID, when it is an https URL (a Key Vault key id), is written in
+// its one canonical form, and returns that form: scheme and host in lower case, no default port,
+// no trailing slash. Different spellings of one key would give different bindings, so a token
+// made under one spelling would be refused by a verifier configured with another, as bound to
+// "another key". The name and version are Key Vault's to spell: the signer compares them with
+// the key id the vault reports. Key ids that are not https URLs are left as they are.
+func canonicalURL(keyID string) (string, bool) {
+	u, err := url.Parse(keyID)
+	if err != nil || !strings.EqualFold(u.Scheme, "https") || u.Host == "" {
+		return keyID, true
+	}
+	c := *u
+	c.Scheme = "https"
+	c.Host = strings.ToLower(strings.TrimSuffix(u.Host, ":443"))
+	c.Path = strings.TrimRight(u.Path, "/")
+	c.RawPath = ""
+	canon := c.String()
+	return canon, canon == keyID
+}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -22,12 +23,22 @@ func TestCompute(t *testing.T) {
 		{"no algorithm", "abc", k, "", ErrInvalidInput},
 		{"newline in key", d, "k\nx", "", ErrInvalidInput},
 		{"newline in digest", d + "\n", k, "", ErrInvalidInput},
+		// Other spellings of k would bind another key id: refused, naming the canonical one.
+		{"trailing slash", d, k + "/", "", ErrInvalidInput},
+		{"upper-case host", d, "https://V.vault.azure.net/keys/k/1", "", ErrInvalidInput},
+		{"default port", d, "https://v.vault.azure.net:443/keys/k/1", "", ErrInvalidInput},
+		{"upper-case scheme", d, "HTTPS://v.vault.azure.net/keys/k/1", "", ErrInvalidInput},
+		{"other port kept", d, "https://127.0.0.1:8443/keys/k/1", hexOf("attested-kv/v1\n" + d + "\nhttps://127.0.0.1:8443/keys/k/1"), nil},
+		{"not a URL", d, "test-key", hexOf("attested-kv/v1\n" + d + "\ntest-key"), nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := Compute(tt.digest, tt.key)
 			if !errors.Is(err, tt.err) {
 				t.Fatalf("err = %v, want %v", err, tt.err)
+			}
+			if err != nil && tt.key != "" && !strings.ContainsAny(tt.key, "\n") && tt.digest == d && !strings.Contains(err.Error(), `give it as "`+k+`"`) {
+				t.Fatalf("err = %v, want it to name the canonical key id %s", err, k)
 			}
 			if got != tt.want {
 				t.Fatalf("got %q, want %q", got, tt.want)
@@ -40,4 +51,9 @@ func TestCompute(t *testing.T) {
 	if a == b {
 		t.Fatal("binding does not depend on the key id")
 	}
+}
+
+func hexOf(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
 }

@@ -16,6 +16,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -243,6 +244,7 @@ func TestFailClosed(t *testing.T) {
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
 		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
 		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},
+		{name: "key id in another spelling", req: func(r *plugin.GenerateEnvelopeRequest) { r.KeyID += "/" }, code: plugin.ErrorCodeValidation, message: "give it as " + strconv.Quote(testKeyID)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

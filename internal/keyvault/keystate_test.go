@@ -3,6 +3,7 @@ package keyvault_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -154,19 +155,23 @@ func TestSignerRefusesDisabledCertificateKey(t *testing.T) {
 	}
 }
 
-// TestSignerVersionCase: Key Vault's names and versions are case-insensitive, so a key id typed
-// in another case than the vault stores opens and signs; the vault reports the stored case in the
-// signature's kid, which the Signer accepts as the version asked for.
+// TestSignerVersionCase: Key Vault reads names and versions in any case, but the binding covers
+// the key id as written, so a key id in another case than the vault's would make tokens that
+// verifiers configured with the vault's spelling refuse. The Signer opens only the vault's
+// spelling, and its refusal names it.
 func TestSignerVersionCase(t *testing.T) {
 	e := newEnv(t)
 	keyURL := e.createCertificate(t, "case-test", "EC", 0, "P-256", []string{"digitalSignature"})
 	base, ver := keyURL[:strings.LastIndex(keyURL, "/")], keyURL[strings.LastIndex(keyURL, "/")+1:]
 	tests := []struct {
 		name, id string
+		want     string // the spelling the refusal names; "" if the id opens
 	}{
-		{"as stored", keyURL},
-		{"upper-case version", base + "/" + strings.ToUpper(ver)},
-		{"upper-case name and version", strings.Replace(base, "case-test", "CASE-TEST", 1) + "/" + strings.ToUpper(ver)},
+		{"as stored", keyURL, ""},
+		{"latest version, as stored", base, ""},
+		{"upper-case version", base + "/" + strings.ToUpper(ver), keyURL},
+		{"upper-case name and version", strings.Replace(base, "case-test", "CASE-TEST", 1) + "/" + strings.ToUpper(ver), keyURL},
+		{"upper-case name, latest version", strings.Replace(base, "case-test", "Case-Test", 1), base},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -175,6 +180,12 @@ func TestSignerVersionCase(t *testing.T) {
 				t.Fatal(err)
 			}
 			s, err := keyvault.NewSigner(context.Background(), kid, keyvault.Options{Credential: e.credential(t, clientID, secret), ClientOptions: e.opts})
+			if tc.want != "" {
+				if !errors.Is(err, keyvault.ErrInvalidKeyID) || !strings.Contains(err.Error(), fmt.Sprintf("Key Vault writes this key %q", tc.want)) {
+					t.Fatalf("NewSigner(%s) = %v, want a refusal naming %s", tc.id, err, tc.want)
+				}
+				return
+			}
 			if err != nil {
 				t.Fatalf("NewSigner(%s): %v", tc.id, err)
 			}

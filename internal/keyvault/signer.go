@@ -92,6 +92,9 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 	if kr.Key == nil {
 		return nil, fmt.Errorf("reading key %s: no key in the response", id.Name)
 	}
+	if err := sameSpelling(id, kr.Key.KID); err != nil {
+		return nil, err
+	}
 	pub, err := publicKey(kr.Key)
 	if err != nil {
 		return nil, fmt.Errorf("key %s: %w", id.Name, err)
@@ -111,6 +114,25 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 		return nil, fmt.Errorf("%w: %w", ErrCertificateChain, err)
 	}
 	return &Signer{ctx: ctx, id: id, keys: keys, chain: chain, spec: spec}, nil
+}
+
+// sameSpelling refuses a key id whose name or version Key Vault writes in another case than id
+// does (kid is the key id the vault reports). Key Vault reads names and versions in any case, but
+// the binding covers the key id as written: a token made under one spelling is refused by a
+// verifier configured with Key Vault's, as bound to another key.
+func sameSpelling(id KeyID, kid *azkeys.ID) error {
+	if kid == nil {
+		return nil
+	}
+	name, version := kid.Name(), kid.Version()
+	if name != id.Name || (id.Version != "" && version != id.Version) {
+		want := id.VaultURL + "/" + id.Kind + "/" + name
+		if id.Version != "" {
+			want += "/" + version
+		}
+		return fmt.Errorf("%w %q: Key Vault writes this key %q, and the token binds the key id as written: give it as Key Vault writes it, to the signer and to verifiers alike", ErrInvalidKeyID, id.Raw, want)
+	}
+	return nil
 }
 
 // readCertificates reads the certificates the chain of id is built from: ca_certs alone for a
