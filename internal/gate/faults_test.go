@@ -122,6 +122,16 @@ func TestFaultMatrix(t *testing.T) {
 			}
 			return true
 		}, code: plugin.ErrorCodeTimeout},
+		// The deadline, not MAA, ends the retries: Retry-After (capped at RetryMaxDelay, 2s) would
+		// wait past it, so the client stops at once. TIMEOUT, and the message keeps MAA's answer.
+		{name: "MAA 503 with Retry-After past the deadline", timeout: 1500 * time.Millisecond, fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(503, `{"error":{"code":"ServiceUnavailable","message":"busy"}}`, "Retry-After", "5")(w)
+			return true
+		}, code: plugin.ErrorCodeTimeout, message: "HTTP 503 ServiceUnavailable: busy"},
+		{name: "MAA 429 with Retry-After past the deadline", timeout: 1500 * time.Millisecond, fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
+			respond(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`, "Retry-After", "5")(w)
+			return true
+		}, code: plugin.ErrorCodeTimeout, message: "HTTP 429 TooManyRequests: slow down"},
 		{name: "instance keys unreachable", keys: true, code: plugin.ErrorCodeGeneric, message: `check "keys"`},
 		{name: "Key Vault 403", signer: kvError(403), code: plugin.ErrorCodeAccessDenied, message: "403"},
 		{name: "Key Vault 429", signer: kvError(429), code: plugin.ErrorCodeThrottled, message: "429"},

@@ -196,7 +196,9 @@ func (c *Client) AttestNonce(ctx context.Context, src EvidenceSource, nonce stri
 // MaxAttempts and never past ctx's deadline. The error names its stage and matches, with
 // errors.Is, ErrOSVersion (refused before the TPM or MAA is asked), ErrThrottled, ErrUnavailable,
 // ErrResponse or ErrNotForEvidence, or the TPM's own errors; other HTTP
-// errors are a *ServiceError, not retried.
+// errors are a *ServiceError, not retried. When ctx's deadline ends the retries, during a wait or
+// because the next wait would pass it, the error also matches context.DeadlineExceeded
+// (context.Canceled for a cancellation) and still carries the last answer.
 func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[string]string) (string, error) {
 	if err := checkOSVersion(c.os, c.osFrom); err != nil {
 		return "", fmt.Errorf("MAA request: %w", err)
@@ -235,25 +237,45 @@ func (c *Client) Attest(ctx context.Context, src EvidenceSource, payload map[str
 		if !res.retryable {
 			return "", res.err
 		}
-		final := func(reason string) error {
-			return fmt.Errorf("MAA %s: %w after %d attempt(s)%s: %w", c.instance, res.sentinel, attempt, reason, res.err)
+		// final gives up after this attempt. When ctx's end is why, the error also wraps that
+		// (context.DeadlineExceeded for a deadline), so the caller can tell a deadline from an
+		// outage; the sentinel and the last answer stay in the chain and the message.
+		final := func(ended error) error {
+			if ended == nil || (ctx.Err() != nil && errors.Is(res.err, ctx.Err())) {
+				return fmt.Errorf("MAA %s: %w after %d attempt(s): %w", c.instance, res.sentinel, attempt, res.err)
+			}
+			return fmt.Errorf("MAA %s: %w after %d attempt(s) (%w): %w", c.instance, res.sentinel, attempt, ended, res.err)
 		}
 		if ctx.Err() != nil {
-			return "", final("")
+			return "", final(ctxEnded(ctx))
 		}
 		if attempt >= c.maxAttempts {
-			return "", final("")
+			return "", final(nil)
 		}
 		delay := c.backoff(attempt, res.retryAfter)
 		if deadline, ok := ctx.Deadline(); ok && !time.Now().Add(delay).Before(deadline) {
-			return "", final(" (no time left before the deadline for another)")
+			return "", final(fmt.Errorf("no time left before the deadline for another attempt after the %s wait: %w", delay, context.DeadlineExceeded))
 		}
 		c.log.Warn("MAA attestation failed, retrying", "instance", c.instance, "attempt", attempt,
 			"max_attempts", c.maxAttempts, "delay", delay, "err", res.err)
 		if err := c.sleep(ctx, delay); err != nil {
-			return "", final("")
+			if ended := ctxEnded(ctx); ended != nil {
+				err = ended
+			}
+			return "", final(err)
 		}
 	}
+}
+
+// ctxEnded is why ctx ended: ctx.Err() (context.DeadlineExceeded or context.Canceled), followed by
+// its cause when one was given (context.WithDeadlineCause) so the message names it too; nil while
+// ctx has not ended.
+func ctxEnded(ctx context.Context) error {
+	err := ctx.Err()
+	if cause := context.Cause(ctx); err != nil && cause != nil && cause != err {
+		return fmt.Errorf("%w: %w", err, cause)
+	}
+	return err
 }
 
 // attemptError is the failure of one HTTP attempt.

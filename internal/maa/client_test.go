@@ -396,52 +396,118 @@ func TestAttest(t *testing.T) {
 	}
 }
 
+// TestAttestDeadline: retries never run past ctx's deadline, and an attestation the deadline
+// ends matches context.DeadlineExceeded (so the plugin reports TIMEOUT) beside the sentinel of
+// the last answer, whose text it keeps.
 func TestAttestDeadline(t *testing.T) {
 	testKeys(t)
-	t.Run("Retry-After beyond the deadline is not slept", func(t *testing.T) {
-		f := newFakeMAA(t, func(w http.ResponseWriter, r *http.Request, n int) {
-			w.Header().Set("Retry-After", "5")
-			w.WriteHeader(http.StatusServiceUnavailable)
-		})
-		c := newTestClient(t, f, ClientOptions{MaxAttempts: 10, RetryMaxDelay: 5 * time.Second})
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		defer cancel()
-		start := time.Now()
-		_, err := c.AttestNonce(ctx, &softwareTPM{ev: testEvidence(), key: ephemeralKey}, "1234")
-		if !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("err = %v", err)
+	status := func(code int, retryAfter string) func(w http.ResponseWriter, r *http.Request, n int) {
+		return func(w http.ResponseWriter, r *http.Request, n int) {
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			w.WriteHeader(code)
+			io.WriteString(w, `{"error":{"code":"Injected","message":"injected"}}`)
 		}
-		if d := time.Since(start); d > 400*time.Millisecond {
-			t.Errorf("returned after %s: slept towards a delay past the deadline", d)
-		}
-		if n := f.requests.Load(); n != 1 {
-			t.Errorf("%d requests, want 1", n)
-		}
-	})
-	t.Run("hanging server", func(t *testing.T) {
-		release := make(chan struct{})
-		f := newFakeMAA(t, func(w http.ResponseWriter, r *http.Request, n int) {
+	}
+	// untilDone is a sleep that the context always cuts short, as a deadline reached during the
+	// wait does.
+	untilDone := func(ctx context.Context, _ time.Duration) error {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	tests := []struct {
+		name     string
+		respond  func(w http.ResponseWriter, r *http.Request, n int)
+		timeout  time.Duration
+		cancel   bool                                             // no deadline: cancelled at the first wait
+		sleep    func(ctx context.Context, d time.Duration) error // nil = the real one
+		late     bool                                             // the answer arrives once the deadline has passed
+		wantErr  []error
+		notErr   error
+		wantMsg  []string
+		maxTaken time.Duration
+	}{
+		{name: "503 with Retry-After beyond the deadline is not slept", respond: status(503, "5"), timeout: 500 * time.Millisecond,
+			wantErr: []error{ErrUnavailable, context.DeadlineExceeded}, wantMsg: []string{"HTTP 503 Injected: injected", "no time left before the deadline", "5s wait"},
+			maxTaken: 400 * time.Millisecond},
+		{name: "429 with Retry-After beyond the deadline is not slept", respond: status(429, "5"), timeout: 500 * time.Millisecond,
+			wantErr: []error{ErrThrottled, context.DeadlineExceeded}, wantMsg: []string{"HTTP 429 Injected: injected", "no time left before the deadline"},
+			maxTaken: 400 * time.Millisecond},
+		{name: "503, deadline reached during the wait", respond: status(503, ""), timeout: 300 * time.Millisecond, sleep: untilDone,
+			wantErr: []error{ErrUnavailable, context.DeadlineExceeded}, wantMsg: []string{"HTTP 503 Injected: injected"}, maxTaken: 2 * time.Second},
+		{name: "429, deadline reached during the wait", respond: status(429, ""), timeout: 300 * time.Millisecond, sleep: untilDone,
+			wantErr: []error{ErrThrottled, context.DeadlineExceeded}, wantMsg: []string{"HTTP 429 Injected: injected"}, maxTaken: 2 * time.Second},
+		{name: "503 answered after the deadline", respond: status(503, ""), timeout: 300 * time.Millisecond, late: true,
+			wantErr: []error{ErrUnavailable, context.DeadlineExceeded}, wantMsg: []string{"HTTP 503 Injected: injected"}, maxTaken: 2 * time.Second},
+		{name: "503, cancelled during the wait: not a deadline", respond: status(503, ""), cancel: true,
+			wantErr: []error{ErrUnavailable, context.Canceled}, notErr: context.DeadlineExceeded, wantMsg: []string{"HTTP 503 Injected: injected"},
+			maxTaken: 2 * time.Second},
+		{name: "hanging server", timeout: 300 * time.Millisecond, respond: func(w http.ResponseWriter, r *http.Request, n int) {
 			select {
 			case <-r.Context().Done():
-			case <-release:
+			case <-time.After(5 * time.Second):
+			}
+		}, wantErr: []error{ErrUnavailable, context.DeadlineExceeded}, maxTaken: 2 * time.Second},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeMAA(t, tc.respond)
+			c := newTestClient(t, f, ClientOptions{MaxAttempts: 10, RetryMaxDelay: 5 * time.Second})
+			if tc.late {
+				c.http = &http.Client{Transport: lateTransport{f.Client().Transport}}
+			}
+			if tc.sleep != nil {
+				c.sleep = tc.sleep
+			}
+			var (
+				ctx    context.Context
+				cancel context.CancelFunc
+			)
+			if tc.cancel {
+				ctx, cancel = context.WithCancel(context.Background())
+				sleep := c.sleep
+				c.sleep = func(ctx context.Context, d time.Duration) error {
+					cancel()
+					return sleep(ctx, d)
+				}
+			} else {
+				ctx, cancel = context.WithTimeout(context.Background(), tc.timeout)
+			}
+			defer cancel()
+			start := time.Now()
+			_, err := c.AttestNonce(ctx, &softwareTPM{ev: testEvidence(), key: ephemeralKey}, "1234")
+			if d := time.Since(start); d > tc.maxTaken {
+				t.Errorf("returned after %s, want within %s", d, tc.maxTaken)
+			}
+			for _, want := range tc.wantErr {
+				if !errors.Is(err, want) {
+					t.Errorf("err = %v, want errors.Is %v", err, want)
+				}
+			}
+			if tc.notErr != nil && errors.Is(err, tc.notErr) {
+				t.Errorf("err = %v, want not errors.Is %v", err, tc.notErr)
+			}
+			for _, want := range tc.wantMsg {
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Errorf("err = %v, want it to contain %q", err, want)
+				}
+			}
+			if n := f.requests.Load(); n != 1 {
+				t.Errorf("%d requests, want 1", n)
 			}
 		})
-		defer close(release)
-		c := newTestClient(t, f, ClientOptions{MaxAttempts: 10})
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		defer cancel()
-		start := time.Now()
-		_, err := c.AttestNonce(ctx, &softwareTPM{ev: testEvidence(), key: ephemeralKey}, "1234")
-		if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("err = %v", err)
-		}
-		if d := time.Since(start); d > 2*time.Second {
-			t.Errorf("returned after %s", d)
-		}
-		if n := f.requests.Load(); n != 1 {
-			t.Errorf("%d requests, want 1", n)
-		}
-	})
+	}
+}
+
+// lateTransport sends the request regardless of its context, and returns the answer only once
+// that context has ended: an answer that arrives just after the deadline.
+type lateTransport struct{ rt http.RoundTripper }
+
+func (l lateTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := l.rt.RoundTrip(r.Clone(context.WithoutCancel(r.Context())))
+	<-r.Context().Done()
+	return resp, err
 }
 
 func TestBackoff(t *testing.T) {
