@@ -107,14 +107,17 @@ func TestFaultMatrix(t *testing.T) {
 			respond(429, `{"error":{"code":"TooManyRequests","message":"slow down"}}`)(w)
 			return true
 		}, code: plugin.ErrorCodeThrottled, message: "429"},
+		// An answer from MAA that cannot be used (maa.ErrResponse) is not a refusal: MAA refuses
+		// evidence with a 4xx, and nothing here was refused, by MAA or by a check of the token.
+		// It is ERROR, as an outage is; it still stops the signature.
 		{name: "MAA 200 with a malformed body", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
 			respond(200, `{"token": 42}`)(w)
 			return true
-		}, code: plugin.ErrorCodeAccessDenied, message: "response"},
+		}, code: plugin.ErrorCodeGeneric, message: "response"},
 		{name: "MAA 200 with an undecryptable token", fault: func(w http.ResponseWriter, _ *http.Request, _ int) bool {
 			respond(200, `{"token":"eyJFbmNyeXB0ZWRJbm5lcktleSI6IkFBQUEifQ"}`)(w)
 			return true
-		}, code: plugin.ErrorCodeAccessDenied, message: "response"},
+		}, code: plugin.ErrorCodeGeneric, message: "response"},
 		{name: "MAA slower than the deadline", timeout: 300 * time.Millisecond, fault: func(w http.ResponseWriter, r *http.Request, _ int) bool {
 			select {
 			case <-r.Context().Done():
