@@ -150,8 +150,8 @@ type Repository interface {
 
 // Verify examines subject (reference is its full name@digest, used by the trust policy's
 // registry scopes). An error means the registry could not be read (listing the signatures or the
-// token referrers, or fetching the signature that got furthest); a refusal is a Result with
-// Passed false.
+// token referrers, fetching the signature that got furthest, or reading a token referrer when
+// the token looked for is not among those read); a refusal is a Result with Passed false.
 func Verify(ctx context.Context, repo Repository, reference string, subject ocispec.Descriptor, o Options) (*Result, error) {
 	if o.Notation == nil || o.TokenKeys == nil || o.Rules == nil || o.AttestationURL == "" || o.KeyID == "" || o.MaxTokenAge <= 0 {
 		return nil, errors.New("imageverify: Notation, AttestationURL, TokenKeys, KeyID, MaxTokenAge and Rules are required")
@@ -427,9 +427,28 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	tok, tokenErrs := ix.Find(ctx, tokenSHA)
 	if tok == nil {
-		detail := "no token referrer with sha256 " + tokenSHA + " (run oras-attest attach)"
-		if len(tokenErrs) > 0 {
-			detail += fmt.Sprintf("; %d referrer(s) unreadable: %v", len(tokenErrs), tokenErrs[0])
+		var unread, malformed []error
+		var re *referrer.ReadError
+		for _, err := range tokenErrs {
+			if errors.As(err, &re) {
+				unread = append(unread, err)
+			} else {
+				malformed = append(malformed, err)
+			}
+		}
+		// The token may be in a referrer the registry did not serve: telling the user to attach
+		// it would send them after a token that may well be there.
+		if len(unread) > 0 {
+			c.readErr = fmt.Errorf("token %s not found, and %d of the %d token referrers could not be read: %w", tokenSHA, len(unread), ix.Len(), unread[0])
+			return c.fail(CheckReferrer, c.readErr.Error())
+		}
+		detail := "no token referrer with sha256 " + tokenSHA
+		if !ix.Truncated() {
+			// Every referrer attached was read: the token is not among them.
+			detail += " (run oras-attest attach)"
+		}
+		if len(malformed) > 0 {
+			detail += fmt.Sprintf("; %d referrer(s) are not well-formed token referrers: %v", len(malformed), malformed[0])
 		}
 		if ix.Truncated() {
 			detail += fmt.Sprintf("; more than %d token referrers are attached and only the first %d were read", referrer.MaxListed, referrer.MaxListed)

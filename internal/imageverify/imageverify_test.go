@@ -9,6 +9,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +25,7 @@ import (
 	"github.com/notaryproject/notation-go"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
@@ -420,13 +423,26 @@ func TestVerifyRefusesInstanceURL(t *testing.T) {
 }
 
 // lastRepository lists the signatures in the registry's order but with those for which last
-// is true at the end, and can make the token listing or the signature fetch fail.
+// is true at the end, and can make the token listing, the signature fetch or the reads of the
+// token referrers fail.
 type lastRepository struct {
 	Repository
 	last              func(ocispec.Descriptor) bool
 	listErr, fetchErr error
 	// fetchFails chooses the signatures whose fetch fails with fetchErr; nil means all.
 	fetchFails func(ocispec.Descriptor) bool
+	// tokenFetch, when set, is called before each fetch of a token referrer's manifest or
+	// layer; an error it returns is the fetch's.
+	tokenFetch func(ctx context.Context, d ocispec.Descriptor) error
+}
+
+func (r lastRepository) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if r.tokenFetch != nil {
+		if err := r.tokenFetch(ctx, d); err != nil {
+			return nil, err
+		}
+	}
+	return r.Repository.Fetch(ctx, d)
 }
 
 func (r lastRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
@@ -493,21 +509,120 @@ func TestRegistryErrorsAreErrors(t *testing.T) {
 	f.sign(t, f.untrusted, img, tok, f.maaURL, time.Now())
 	genuine := func(d ocispec.Descriptor) bool { return namesPinnedCert(d, []string{certSHA256(t, f.signer)}) }
 	down := errors.New("503 service unavailable")
+	// failing makes the fetches of the token referrers' content of mediaType fail with down.
+	failing := func(mediaType string) func(context.Context, ocispec.Descriptor) error {
+		return func(_ context.Context, d ocispec.Descriptor) error {
+			if d.MediaType == mediaType {
+				return down
+			}
+			return nil
+		}
+	}
+	// hanging makes the fetch of the token layer wait for the end of the verification's context.
+	hanging := func(ctx context.Context, d ocispec.Descriptor) error {
+		if d.MediaType != referrer.LayerMediaType {
+			return nil
+		}
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	for _, tc := range []struct {
-		name string
-		repo lastRepository
-		want string
+		name    string
+		repo    lastRepository
+		timeout time.Duration // of the verification; 0 for none
+		is      error         // what the error must wrap
+		want    string
 	}{
-		{"token referrers not listed", lastRepository{Repository: f.repo, listErr: down}, "listing referrers of " + img.Digest.String()},
-		{"signature not fetched", lastRepository{Repository: f.repo, fetchErr: down}, "fetching signature"},
+		{"token referrers not listed", lastRepository{Repository: f.repo, listErr: down}, 0, down, "listing referrers of " + img.Digest.String()},
+		{"signature not fetched", lastRepository{Repository: f.repo, fetchErr: down}, 0, down, "fetching signature"},
 		// The untrusted signature is refused first; the genuine one, as far along, is unreadable.
-		{"genuine signature not fetched, after a refused one", lastRepository{Repository: f.repo, fetchErr: down, fetchFails: genuine, last: genuine}, "fetching signature"},
+		{"genuine signature not fetched, after a refused one", lastRepository{Repository: f.repo, fetchErr: down, fetchFails: genuine, last: genuine}, 0, down, "fetching signature"},
+		// The token was attached: a refusal would send the user to attach it again.
+		{"token referrer manifest not fetched", lastRepository{Repository: f.repo, tokenFetch: failing(ocispec.MediaTypeImageManifest)}, 0, down, "could not be read: token referrer sha256:"},
+		{"token layer not fetched", lastRepository{Repository: f.repo, tokenFetch: failing(referrer.LayerMediaType)}, 0, down, "fetching the token layer"},
+		{"token layer fetch times out", lastRepository{Repository: f.repo, tokenFetch: hanging}, time.Second, context.DeadlineExceeded, "1 of the 1 token referrers could not be read"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res, err := Verify(context.Background(), tc.repo, f.reference+"@"+img.Digest.String(), img, f.opts)
-			if err == nil || !errors.Is(err, down) || !strings.Contains(err.Error(), tc.want) {
+			ctx := context.Background()
+			if tc.timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tc.timeout)
+				defer cancel()
+			}
+			res, err := Verify(ctx, tc.repo, f.reference+"@"+img.Digest.String(), img, f.opts)
+			if err == nil || !errors.Is(err, tc.is) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "oras-attest attach") {
 				t.Fatalf("got %+v, %v; want an error containing %q", res, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestTokenReferrerRefusal: a token that is not among the referrers, all of which were read, is a
+// refusal that tells the user to attach it, also beside a referrer that was read and is
+// malformed (named in the detail); with more referrers than are listed, attaching is not
+// suggested (the token may be attached beyond the bound).
+func TestTokenReferrerRefusal(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name      string
+		setup     func(t *testing.T, img ocispec.Descriptor)
+		maxListed int
+		want      []string // in the token-referrer check's detail
+		notWant   string
+	}{
+		{name: "no referrer", want: []string{"(run oras-attest attach)"}},
+		{name: "a malformed referrer", setup: func(t *testing.T, img ocispec.Descriptor) { pushMalformedReferrer(t, f, img) },
+			want: []string{"(run oras-attest attach)", "1 referrer(s) are not well-formed token referrers", "2 layers"}},
+		{name: "more referrers than listed", maxListed: 1, setup: func(t *testing.T, img ocispec.Descriptor) {
+			f.attach(t, img, f.token(t, "another nonce 1"))
+			f.attach(t, img, f.token(t, "another nonce 2"))
+		}, want: []string{"more than 1 token referrers are attached"}, notWant: "oras-attest attach"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.maxListed > 0 {
+				defer func(n int) { referrer.MaxListed = n }(referrer.MaxListed)
+				referrer.MaxListed = tc.maxListed
+			}
+			img := f.pushImage(t, fmt.Sprintf("refused %d", i))
+			b, err := binding.Compute(img.Digest.String(), keyID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.sign(t, f.signer, img, f.token(t, b), f.maaURL, time.Now())
+			if tc.setup != nil {
+				tc.setup(t, img)
+			}
+			res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, f.opts)
+			if err != nil {
+				t.Fatalf("error %v, want a refusal", err)
+			}
+			detail := res.FailedDetail()
+			if res.Passed || res.FailedCheck() != CheckReferrer || (tc.notWant != "" && strings.Contains(detail, tc.notWant)) {
+				t.Fatalf("passed %v, failed check %q: %q", res.Passed, res.FailedCheck(), detail)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(detail, w) {
+					t.Fatalf("detail %q does not contain %q", detail, w)
+				}
+			}
+		})
+	}
+}
+
+// pushMalformedReferrer attaches to img a referrer of the token artifact type with two layers.
+func pushMalformedReferrer(t *testing.T, f *fixture, img ocispec.Descriptor) {
+	t.Helper()
+	ctx := context.Background()
+	var layers []ocispec.Descriptor
+	for _, b := range []string{"a.b.c", "d.e.f"} {
+		l, err := oras.PushBytes(ctx, f.remote, referrer.LayerMediaType, []byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	if _, err := oras.PackManifest(ctx, f.remote, oras.PackManifestVersion1_1, referrer.ArtifactType, oras.PackManifestOptions{Subject: &img, Layers: layers}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -227,6 +227,23 @@ var MaxListed = 256
 // errListTruncated stops the listing at MaxListed.
 var errListTruncated = errors.New("listing truncated")
 
+// ReadError is a failure to read from the registry: a transport error, a timeout, an HTTP error
+// answer, or content that does not match the descriptor it was listed with. Unlike a referrer
+// that was read and is not a token referrer, it says nothing of what the registry holds: the
+// token looked for may be in the referrer that could not be read.
+type ReadError struct {
+	// What names what was being read, e.g. "token referrer sha256:…".
+	What string
+	// Err is the registry client's error.
+	Err error
+}
+
+// Error returns What and Err, e.g. "token referrer sha256:…: GET …: 503 Service Unavailable".
+func (e *ReadError) Error() string { return e.What + ": " + e.Err.Error() }
+
+// Unwrap returns Err.
+func (e *ReadError) Unwrap() error { return e.Err }
+
 // Index is the listing of a subject's token referrers (the Referrers API, or the referrers tag
 // schema); tokens are read when asked for, each at most once. It is not safe for concurrent use.
 type Index struct {
@@ -254,25 +271,28 @@ func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Ind
 		return nil
 	})
 	if err != nil && !errors.Is(err, errListTruncated) {
-		ix.err = fmt.Errorf("listing referrers of %s: %w", subject.Digest, err)
+		ix.err = &ReadError{What: "listing referrers of " + subject.Digest.String(), Err: err}
 	}
 	return ix
 }
 
-// Err is the listing's error: the registry could not list the referrers.
+// Err is the listing's error, a *ReadError: the registry could not list the referrers.
 func (ix *Index) Err() error { return ix.err }
 
 // Len is the number of token referrers listed.
 func (ix *Index) Len() int { return len(ix.descs) }
 
 // Find returns the referrer holding the token whose hex SHA-256 is sha, or nil with the errors
-// of the referrers that could not be read (see also Truncated). Referrers annotated with sha are
-// read first; when none of them holds the token (a referrer from before the annotation, a
-// registry that drops annotations from its listing, or a false annotation), every other referrer
-// is read. A referrer whose manifest or layer is malformed is reported as an error, not skipped:
-// a verifier must not pass silently over a token it could not read, though it may pass with
-// another token that verifies. The match is always on the hash of the token read, never on the
-// annotation's word.
+// of the referrers it could not use (see also Truncated). Referrers annotated with sha are read
+// first; when none of them holds the token (a referrer from before the annotation, a registry
+// that drops annotations from its listing, or a false annotation), every other referrer is read.
+// The match is always on the hash of the token read, never on the annotation's word.
+//
+// The errors are of two kinds. A *ReadError (errors.As) is a referrer the registry did not serve,
+// or the listing's error: the token may be in it, so nil then does not mean that the token is not
+// attached. Any other error is a referrer that was read and is not a well-formed token referrer
+// (its manifest or layer is malformed): it is reported rather than skipped silently, but it
+// cannot hold a usable token.
 func (ix *Index) Find(ctx context.Context, sha string) (*Found, []error) {
 	if ix.err != nil {
 		return nil, []error{ix.err}
@@ -324,20 +344,26 @@ func (ix *Index) read(ctx context.Context, d ocispec.Descriptor) (Found, error) 
 		return r.f, r.err
 	}
 	f, err := read(ctx, ix.repo, d)
-	if err != nil {
+	var re *ReadError
+	switch {
+	case errors.As(err, &re):
+		err = &ReadError{What: "token referrer " + d.Digest.String() + ": " + re.What, Err: re.Err}
+	case err != nil:
 		err = fmt.Errorf("token referrer %s: %w", d.Digest, err)
 	}
 	ix.reads[key] = readResult{f, err}
 	return f, err
 }
 
+// read reads the referrer d. An error of the registry (including content that does not match its
+// descriptor) is a *ReadError; anything else is content that is not a token referrer.
 func read(ctx context.Context, repo Target, d ocispec.Descriptor) (Found, error) {
 	if d.MediaType != ocispec.MediaTypeImageManifest || d.Size > maxManifestSize {
 		return Found{}, fmt.Errorf("unexpected manifest %s of %d bytes", d.MediaType, d.Size)
 	}
 	b, err := content.FetchAll(ctx, repo, d)
 	if err != nil {
-		return Found{}, err
+		return Found{}, &ReadError{What: "fetching the manifest", Err: err}
 	}
 	var m ocispec.Manifest
 	if err := jsonStrictUnmarshal(b, &m); err != nil {
@@ -352,13 +378,14 @@ func read(ctx context.Context, repo Target, d ocispec.Descriptor) (Found, error)
 	}
 	rc, err := repo.Fetch(ctx, l)
 	if err != nil {
-		return Found{}, err
+		return Found{}, &ReadError{What: "fetching the token layer " + l.Digest.String(), Err: err}
 	}
 	defer rc.Close()
-	// content.ReadAll checks size and digest.
+	// content.ReadAll checks size and digest. A body cut short or not matching them counts as a
+	// read error, as a dropped connection or a faulty proxy produce it.
 	tb, err := content.ReadAll(io.LimitReader(rc, MaxTokenSize+1), l)
 	if err != nil {
-		return Found{}, err
+		return Found{}, &ReadError{What: "reading the token layer " + l.Digest.String(), Err: err}
 	}
 	return Found{Descriptor: d, Raw: string(tb), SHA256: hexSHA256(tb), Annotations: m.Annotations}, nil
 }

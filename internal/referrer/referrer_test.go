@@ -2,6 +2,7 @@ package referrer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -327,5 +328,92 @@ func TestConcurrentAttach(t *testing.T) {
 	// An attach may fail (saying so); none may report a referrer the registry then drops.
 	if ix := NewIndex(context.Background(), repo, subject); ix.Len() != n-failed {
 		t.Fatalf("%d token referrers listed after %d attaches reported success", ix.Len(), n-failed)
+	}
+}
+
+// failingTarget fails the fetches of the content whose mediaType is failMediaType with err, and
+// the listing of the referrers with listErr.
+type failingTarget struct {
+	Target
+	failMediaType string
+	err, listErr  error
+}
+
+func (f failingTarget) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if d.MediaType == f.failMediaType {
+		return nil, f.err
+	}
+	return f.Target.Fetch(ctx, d)
+}
+
+func (f failingTarget) Referrers(ctx context.Context, subject ocispec.Descriptor, artifactType string, fn func([]ocispec.Descriptor) error) error {
+	if f.listErr != nil {
+		return f.listErr
+	}
+	return f.Target.Referrers(ctx, subject, artifactType, fn)
+}
+
+// TestFindErrors: Find tells a referrer the registry did not serve (a *ReadError wrapping the
+// registry's error: the token may be in it) from one that was read and is not a token referrer.
+func TestFindErrors(t *testing.T) {
+	host := registries(t)["olareg (Referrers API)"]
+	down := errors.New("503 Service Unavailable")
+	tests := []struct {
+		name      string
+		fail      failingTarget // Target is filled in
+		malformed bool          // a referrer with two layers is attached instead of the token
+		read      bool          // the error must be a *ReadError wrapping down
+		want      string        // in the error
+	}{
+		{name: "manifest not served", fail: failingTarget{failMediaType: ocispec.MediaTypeImageManifest, err: down}, read: true, want: "token referrer sha256:"},
+		{name: "token layer not served", fail: failingTarget{failMediaType: LayerMediaType, err: down}, read: true, want: "fetching the token layer sha256:"},
+		{name: "referrers not listed", fail: failingTarget{listErr: down}, read: true, want: "listing referrers of sha256:"},
+		{name: "two layers", malformed: true, want: "not a token referrer"},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			// A repository of its own: the image pushed is the same in each.
+			repo, err := remote.NewRepository(fmt.Sprintf("%s/find%d", host, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			repo.PlainHTTP = true
+			subject := pushImage(t, repo)
+			raw := "eyJhbGciOiJSUzI1NiJ9.eyJmaW5kIjoxfQ.c2ln"
+			if tc.malformed {
+				pushTwoLayers(t, repo, subject, raw)
+			} else {
+				pushReferrer(t, repo, subject, raw, nil)
+			}
+			target := tc.fail
+			target.Target = repo
+			f, errs := NewIndex(ctx, target, subject).Find(ctx, hexSHA256([]byte(raw)))
+			if f != nil || len(errs) != 1 {
+				t.Fatalf("Find = %+v, %v; want one error", f, errs)
+			}
+			var re *ReadError
+			if errors.As(errs[0], &re) != tc.read || errors.Is(errs[0], down) != tc.read || !strings.Contains(errs[0].Error(), tc.want) {
+				t.Fatalf("error %v (a *ReadError: %v); want one containing %q that is a *ReadError: %v", errs[0], re != nil, tc.want, tc.read)
+			}
+		})
+	}
+}
+
+// pushTwoLayers pushes a referrer of the token artifact type whose manifest has raw as a second
+// layer: not a token referrer.
+func pushTwoLayers(t *testing.T, repo *remote.Repository, subject ocispec.Descriptor, raw string) {
+	t.Helper()
+	ctx := context.Background()
+	var layers []ocispec.Descriptor
+	for _, b := range []string{"a.b.c", raw} {
+		l, err := pushBlob(ctx, repo, LayerMediaType, []byte(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, l)
+	}
+	if _, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, ArtifactType, oras.PackManifestOptions{Subject: &subject, Layers: layers}); err != nil {
+		t.Fatal(err)
 	}
 }

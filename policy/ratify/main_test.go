@@ -297,3 +297,55 @@ func silentServer(t *testing.T) (string, *atomic.Bool) {
 	})
 	return "https://" + l.Addr().String(), reached
 }
+
+// TestVerifierErrorsNameTheCause: when the registry will not serve the token referrer, the answer is isSuccess false with a message naming that
+// cause, not a refusal that blames the image (nor one telling to attach a token that is
+// attached).
+func TestVerifierErrorsNameTheCause(t *testing.T) {
+	ctx := t.Context()
+	f := newFixture(t)
+	img, ref := f.signed(t, "good", f.chain.URL, bound)
+	regHost, repoPath, _ := strings.Cut(f.name, "/")
+	// The registry denies reads of the token referrer's manifest (403 is not retried).
+	denying := failingProxy(t, regHost, http.StatusForbidden, func(r *http.Request) bool {
+		return strings.HasSuffix(r.URL.Path, "/manifests/"+ref.Digest.String())
+	})
+
+	tests := []struct {
+		name    string
+		subject string
+		input   map[string]any
+		want    []string
+	}{
+		{"token referrer not served", denying + "/" + repoPath + "@" + img.Digest.String(), input(f.cfg, ref), []string{"token referrers could not be read", "403"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			res := exe(ctx, t, tc.subject, tc.input)
+			if res.IsSuccess || strings.Contains(res.Message, "attested signing not proven") || strings.Contains(res.Message, "oras-attest attach") {
+				t.Fatalf("got %+v, want an error, not a refusal", res)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(res.Message, w) {
+					t.Fatalf("message %q does not name the cause %q", res.Message, w)
+				}
+			}
+		})
+	}
+}
+
+// failingProxy serves the registry at target through a loopback proxy that answers the requests
+// fail selects with status.
+func failingProxy(t *testing.T, target string, status int, fail func(*http.Request) bool) (host string) {
+	t.Helper()
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: target})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail(r) {
+			http.Error(w, http.StatusText(status), status)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
