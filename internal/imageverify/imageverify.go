@@ -25,6 +25,7 @@ import (
 	"github.com/notaryproject/notation-go"
 	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
+	"github.com/notaryproject/notation-go/verifier/truststore"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
@@ -149,9 +150,13 @@ type Repository interface {
 }
 
 // Verify examines subject (reference is its full name@digest, used by the trust policy's
-// registry scopes). An error means the registry could not be read (listing the signatures or the
-// token referrers, fetching the signature that got furthest, or reading a token referrer when
-// the token looked for is not among those read); a refusal is a Result with Passed false.
+// registry scopes). A refusal is a Result with Passed false: the image is not proven to be signed
+// from an attested machine. An error means that what decides could not be read, so that a
+// refusal would blame the image for trouble elsewhere: the registry (listing the signatures or
+// the token referrers, fetching the signature that got furthest, or reading a token referrer
+// when the token looked for is not among those read), MAA's token signing keys (its /certs),
+// or the Notation configuration (no trust policy applies to reference, or a trust store cannot be
+// read).
 func Verify(ctx context.Context, repo Repository, reference string, subject ocispec.Descriptor, o Options) (*Result, error) {
 	if o.Notation == nil || o.TokenKeys == nil || o.Rules == nil || o.AttestationURL == "" || o.KeyID == "" || o.MaxTokenAge <= 0 {
 		return nil, errors.New("imageverify: Notation, AttestationURL, TokenKeys, KeyID, MaxTokenAge and Rules are required")
@@ -232,8 +237,8 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 			}
 		}
 	}
-	// The candidate that got furthest stopped because the registry could not be read: that is
-	// not a judgement of the image.
+	// The candidate that got furthest stopped because the registry, MAA's keys or the Notation
+	// configuration could not be read: that is not a judgement of the image.
 	if bestReadErr != nil {
 		return nil, bestReadErr
 	}
@@ -355,7 +360,8 @@ type candidate struct {
 	tokenSHA    string
 	referrer    string
 	signingTime *time.Time
-	// readErr is why the registry could not be read, when that stopped the checks.
+	// readErr is why the checks stopped without judging the image, when they did: the registry,
+	// MAA's signing keys or the Notation configuration could not be read.
 	readErr error
 }
 
@@ -390,6 +396,10 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	outcome, err := o.Notation.Verify(ctx, subject, blob, notation.VerifierVerifyOptions{ArtifactReference: reference, SignatureMediaType: blobDesc.MediaType})
 	if err != nil {
+		if notationConfigError(err) {
+			c.readErr = fmt.Errorf("verifying signature %s: the Notation trust policy or trust store cannot be used: %w", sd.Digest, err)
+			return c.fail(CheckSignature, c.readErr.Error())
+		}
 		return c.fail(CheckSignature, err.Error())
 	}
 	if outcome == nil || outcome.EnvelopeContent == nil {
@@ -473,6 +483,12 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	t, err := v.Verify(ctx, tok.Raw, "")
 	if err != nil {
+		if errors.Is(err, maa.ErrKeySource) {
+			// MAA's signing keys could not be read (its /certs is down or unreachable): the
+			// token is not judged.
+			c.readErr = fmt.Errorf("verifying token %s: %w", tokenSHA, err)
+			return c.fail(CheckToken, c.readErr.Error())
+		}
 		if maa.CheckName(err) == maa.CheckAge {
 			c.ok(CheckToken, "signature, issuer and lifetime verified")
 			return c.fail(CheckAge, err.Error())
@@ -492,6 +508,33 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	c.ok(CheckRules, fmt.Sprintf("%d rules of %s passed", len(o.Rules.Rules()), o.Rules.Name()))
 	return []candidate{c}
+}
+
+// notationConfigError reports whether err, from notation-go's verifier (v1.3.2,
+// verifier.Verify), says that the verifier's own configuration cannot be used, whatever the
+// signature:
+//   - notation.NoApplicableTrustPolicyError: no trust policy's registryScopes cover the reference;
+//   - truststore.TrustStoreError: a trust store the policy names is missing, not a directory or
+//     unreadable, or the policy's trust store value is malformed (wrapped with %w when the TSA
+//     store is loaded for a timestamp);
+//   - truststore.CertificateError: a trust store's certificate file cannot be read or is not a
+//     usable CA certificate, or the store holds no certificate.
+//
+// Everything else stays a refusal of the signature: a verification that failed (integrity,
+// authenticity, trusted identity, expiry, timestamp, revocation), and the classes that are
+// ambiguous. notation.VerificationInconclusiveError is also returned for what the signature
+// chooses, which whoever can push to the repository writes: a verification plugin it names that
+// is not installed, or a signing scheme for which the policy has no trust store ("no trusted
+// certificates are found"). A revocation status that could not be checked (an OCSP or CRL server
+// unreachable) is a plain error that cannot be told from others by type. Either way the image does
+// not pass; this only decides whether the user is told that the image is at fault.
+func notationConfigError(err error) bool {
+	var (
+		noPolicy notation.NoApplicableTrustPolicyError
+		store    truststore.TrustStoreError
+		cert     truststore.CertificateError
+	)
+	return errors.As(err, &noPolicy) || errors.As(err, &store) || errors.As(err, &cert)
 }
 
 // notEnforced says why a signature that notation-go accepted is not verified in the sense an

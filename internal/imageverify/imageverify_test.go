@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,7 +24,9 @@ import (
 	"github.com/notaryproject/notation-core-go/signature"
 	_ "github.com/notaryproject/notation-core-go/signature/jws"
 	"github.com/notaryproject/notation-go"
+	"github.com/notaryproject/notation-go/dir"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
+	"github.com/notaryproject/notation-go/verifier/truststore"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/registry/remote"
@@ -624,5 +627,131 @@ func pushMalformedReferrer(t *testing.T, f *fixture, img ocispec.Descriptor) {
 	}
 	if _, err := oras.PackManifest(ctx, f.remote, oras.PackManifestVersion1_1, referrer.ArtifactType, oras.PackManifestOptions{Subject: &img, Layers: layers}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestKeySourceErrorIsAnError: when MAA's signing keys cannot be read (its /certs answers 503),
+// Verify returns an error naming the key source, not a refusal of the token; a key set that was
+// read and lacks the token's key still refuses it.
+func TestKeySourceErrorIsAnError(t *testing.T) {
+	f := newFixture(t)
+	img, _ := f.attested(t, "keys unavailable")
+	certsDown := attesttest.TLSServer(t, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "service unavailable", http.StatusServiceUnavailable)
+	}))
+	other, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	jwks, _ := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: other.Public(), KeyID: "other", Algorithm: "RS256", Use: "sig"}}})
+	otherKeys, err := maa.NewStaticKeySet(jwks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		keys   maa.KeySet
+		failed string // the refusal's failed check; "" for an error
+	}{
+		{name: "/certs answers 503", keys: maa.NewRemoteKeySet(certsDown.URL, maa.JWKSOptions{HTTPClient: certsDown.Client()})},
+		{name: "keys of another instance", keys: otherKeys, failed: CheckToken},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := f.opts
+			o.TokenKeys = tc.keys
+			res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o)
+			if tc.failed == "" {
+				if err == nil || !errors.Is(err, maa.ErrKeySource) || !strings.Contains(err.Error(), "503") {
+					t.Fatalf("got %+v, %v; want an error wrapping maa.ErrKeySource", res, err)
+				}
+				return
+			}
+			if err != nil || res.Passed || res.FailedCheck() != tc.failed {
+				t.Fatalf("got %+v, %v; want a refusal at %q", res, err, tc.failed)
+			}
+		})
+	}
+}
+
+// TestNotationConfigErrors: a Notation configuration that cannot be used for the image (no
+// trust policy scope covers it, its trust store is missing, empty or holds a file that is not a
+// certificate) is an error of Verify; a signature that does not verify under a usable one stays
+// a refusal.
+func TestNotationConfigErrors(t *testing.T) {
+	f := newFixture(t)
+	img, _ := f.attested(t, "notation configuration")
+	certs, _ := f.signer.CertificateChain()
+	// notationIn returns a Notation verifier trusting the fixture's signer for scopes, with its
+	// trust store changed by edit.
+	notationIn := func(t *testing.T, scopes []string, edit func(t *testing.T, storeDir string)) notation.Verifier {
+		t.Helper()
+		cfgDir := t.TempDir()
+		if err := notationcfg.WriteTrust(cfgDir, notationcfg.Trust{PolicyName: "test", StoreName: "test", Scopes: scopes, Roots: certs, Identities: []string{"*"}}); err != nil {
+			t.Fatal(err)
+		}
+		if edit != nil {
+			edit(t, filepath.Join(cfgDir, dir.X509TrustStoreDir("ca", "test")))
+		}
+		nv, err := notationcfg.NewVerifier(filepath.Join(cfgDir, "trustpolicy.json"), cfgDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return nv
+	}
+	emptyStore := func(t *testing.T, storeDir string) {
+		if err := os.RemoveAll(storeDir); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(storeDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var (
+		noPolicy notation.NoApplicableTrustPolicyError
+		store    truststore.TrustStoreError
+		cert     truststore.CertificateError
+	)
+	tests := []struct {
+		name     string
+		notation func(t *testing.T) notation.Verifier
+		as       any    // what the error must be (errors.As); nil for a refusal
+		failed   string // the refusal's failed check
+	}{
+		{name: "no trust policy scope covers the image", as: &noPolicy,
+			notation: func(t *testing.T) notation.Verifier { return notationIn(t, []string{"registry.example/other"}, nil) }},
+		{name: "trust store missing", as: &store, notation: func(t *testing.T) notation.Verifier {
+			return notationIn(t, []string{"*"}, func(t *testing.T, storeDir string) {
+				if err := os.RemoveAll(storeDir); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}},
+		{name: "trust store empty", as: &cert, notation: func(t *testing.T) notation.Verifier { return notationIn(t, []string{"*"}, emptyStore) }},
+		{name: "trust store file not a certificate", as: &cert, notation: func(t *testing.T) notation.Verifier {
+			return notationIn(t, []string{"*"}, func(t *testing.T, storeDir string) {
+				emptyStore(t, storeDir)
+				if err := os.WriteFile(filepath.Join(storeDir, "root.pem"), []byte("not a certificate"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			})
+		}},
+		{name: "signer not trusted", failed: CheckSignature, notation: func(t *testing.T) notation.Verifier { return f.notationTrusting(t, f.untrusted) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := f.opts
+			o.Notation = tc.notation(t)
+			res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o)
+			if tc.as == nil {
+				if err != nil || res.Passed || res.FailedCheck() != tc.failed {
+					t.Fatalf("got %+v, %v; want a refusal at %q", res, err, tc.failed)
+				}
+				return
+			}
+			if err == nil || !errors.As(err, tc.as) || !strings.Contains(err.Error(), "trust policy or trust store cannot be used") {
+				t.Fatalf("got %+v, %v; want an error matching %T", res, err, tc.as)
+			}
+		})
 	}
 }

@@ -298,7 +298,8 @@ func silentServer(t *testing.T) (string, *atomic.Bool) {
 	return "https://" + l.Addr().String(), reached
 }
 
-// TestVerifierErrorsNameTheCause: when the registry will not serve the token referrer, the answer is isSuccess false with a message naming that
+// TestVerifierErrorsNameTheCause: when the registry will not serve the token referrer, or MAA's
+// signing keys cannot be fetched, the answer is isSuccess false with a message naming that
 // cause, not a refusal that blames the image (nor one telling to attach a token that is
 // attached).
 func TestVerifierErrorsNameTheCause(t *testing.T) {
@@ -310,6 +311,17 @@ func TestVerifierErrorsNameTheCause(t *testing.T) {
 	denying := failingProxy(t, regHost, http.StatusForbidden, func(r *http.Request) bool {
 		return strings.HasSuffix(r.URL.Path, "/manifests/"+ref.Digest.String())
 	})
+	// An MAA instance whose port refuses connections: the signing-key fetch fails at once. The
+	// image is signed naming it as the issuer, so that verification reaches the key fetch.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedURL := "https://" + l.Addr().String()
+	l.Close()
+	closedImg, closedRef := f.signed(t, "closed issuer", closedURL, bound)
+	closedCfg := f.cfg
+	closedCfg.AttestationURL, closedCfg.JWKSPath = closedURL, ""
 
 	tests := []struct {
 		name    string
@@ -318,6 +330,7 @@ func TestVerifierErrorsNameTheCause(t *testing.T) {
 		want    []string
 	}{
 		{"token referrer not served", denying + "/" + repoPath + "@" + img.Digest.String(), input(f.cfg, ref), []string{"token referrers could not be read", "403"}},
+		{"MAA signing keys unreachable", f.name + "@" + closedImg.Digest.String(), input(closedCfg, closedRef), []string{"signing keys unavailable", closedURL + "/certs"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
