@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -103,5 +106,54 @@ func TestAttach(t *testing.T) {
 	}
 	if ix := referrer.NewIndex(context.Background(), repo, unsigned); ix.Len() != 0 {
 		t.Fatalf("%d token referrers on the unsigned image", ix.Len())
+	}
+}
+
+// TestAttachTimeout: attach gives up at its --timeout on a registry that accepts the connection
+// and never answers, with an error naming the limit, instead of hanging; a limit that is not above
+// 0 is a usage error.
+func TestAttachTimeout(t *testing.T) {
+	release := make(chan struct{})
+	var reached atomic.Bool
+	silent := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		reached.Store(true)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(silent.Close)
+	t.Cleanup(func() { close(release) }) // runs first: no handler is left waiting on Close
+	ref := strings.TrimPrefix(silent.URL, "http://") + "/app@sha256:" + zeros
+	tests := []struct {
+		name    string
+		timeout string
+		code    int
+		stderr  string
+	}{
+		{"registry never answers", "300ms", 1, "time limit reached (--timeout 300ms)"},
+		{"zero", "0s", 2, "--timeout 0s: want a duration above 0"},
+		{"negative", "-1s", 2, "--timeout -1s: want a duration above 0"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var o, e strings.Builder
+			began := time.Now()
+			code := run(t.Context(), []string{"attach", ref, "--token-dir", t.TempDir(), "--timeout", tc.timeout}, strings.NewReader(""), &o, &e)
+			if took := time.Since(began); took > 5*time.Second {
+				t.Fatalf("attach returned after %s", took)
+			}
+			if code != tc.code || !strings.Contains(e.String(), tc.stderr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, e.String(), tc.code, tc.stderr)
+			}
+			if tc.code == 1 && !reached.Load() {
+				t.Fatal("the registry was never asked")
+			}
+		})
+	}
+	// --help documents the flag and its default.
+	var o, e strings.Builder
+	if code := run(t.Context(), []string{"attach", "--help"}, strings.NewReader(""), &o, &e); code != 0 || !strings.Contains(o.String(), "--timeout duration") || !strings.Contains(o.String(), "(default 2m0s)") {
+		t.Fatalf("attach --help: exit %d, %q", code, o.String())
 	}
 }

@@ -66,6 +66,44 @@ func (r *registryFlags) options(cio cmdIO) (registryclient.Options, error) {
 // maxPassword bounds the registry password read from stdin (an ACR token is a few KiB).
 const maxPassword = 64 << 10
 
+// defaultTimeout is the default of --timeout.
+const defaultTimeout = 2 * time.Minute
+
+// timeoutFlag is --timeout, the overall time limit of the commands that talk to a registry
+// (attach, verify): a registry that accepts the connection and never answers must not hang them.
+type timeoutFlag struct {
+	d time.Duration
+	// reached is the cause of the end of the context made by context.
+	reached error
+}
+
+func (t *timeoutFlag) add(fs *pflag.FlagSet) {
+	fs.DurationVar(&t.d, "timeout", defaultTimeout, "overall time limit")
+}
+
+// check refuses a limit that would end the command before it starts.
+func (t *timeoutFlag) check() error {
+	if t.d <= 0 {
+		return fmt.Errorf("--timeout %s: want a duration above 0, such as %s", t.d, defaultTimeout)
+	}
+	return nil
+}
+
+// context returns ctx limited to the flag's duration; at the limit its cause names the flag.
+func (t *timeoutFlag) context(ctx context.Context) (context.Context, context.CancelFunc) {
+	t.reached = fmt.Errorf("time limit reached (--timeout %s)", t.d)
+	return context.WithTimeoutCause(ctx, t.d, t.reached)
+}
+
+// explain adds to err that the time limit was reached, when it ended ctx (from context) and err
+// does not say so already: a client that reports ctx.Err() only says "context deadline exceeded".
+func (t *timeoutFlag) explain(ctx context.Context, err error) error {
+	if err == nil || t.reached == nil || !errors.Is(context.Cause(ctx), t.reached) || errors.Is(err, t.reached) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", err, t.reached)
+}
+
 // image is a resolved image reference.
 type image struct {
 	repo    *remote.Repository
@@ -138,21 +176,31 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	tokenFile := fs.String("token", "", "attach this token file (- for stdin) instead of the token store's tokens for the digest; a signature of the image must name it")
 	tokenDir := fs.String("token-dir", os.Getenv("ATTEST_TOKEN_DIR"), "token store, the plugin's token_dir (env ATTEST_TOKEN_DIR; default $XDG_STATE_HOME/attested-kv/tokens)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
+	var timeout timeoutFlag
+	timeout.add(fs)
 	var reg registryFlags
 	reg.add(fs)
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
-	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest attach:", err); return code }
+	fail := func(code int, err error) int {
+		fmt.Fprintln(io.stderr, "oras-attest attach:", timeout.explain(ctx, err))
+		return code
+	}
 	if fs.NArg() != 1 {
 		return fail(2, errors.New("want exactly one image reference REGISTRY/REPO@DIGEST"))
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
 		return fail(2, err)
 	}
+	if err := timeout.check(); err != nil {
+		return fail(2, err)
+	}
 	if *tokenFile == "-" && reg.passwordStdin {
 		return fail(2, errors.New("--token - and --password-stdin both read stdin: give the token as a file"))
 	}
+	ctx, cancel := timeout.context(ctx)
+	defer cancel()
 	img, code, err := reg.open(ctx, fs.Arg(0), io)
 	if err != nil {
 		return fail(code, err)
@@ -281,17 +329,24 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	trustPolicy := fs.String("trust-policy", filepath.Join(cfgDir, "trustpolicy.json"), "Notation trust policy")
 	trustStore := fs.String("trust-store", cfgDir, "directory holding Notation's truststore/ (NOTATION_CONFIG)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
-	timeout := fs.Duration("timeout", 2*time.Minute, "overall time limit")
+	var timeout timeoutFlag
+	timeout.add(fs)
 	var reg registryFlags
 	reg.add(fs)
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
-	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest verify:", err); return code }
+	fail := func(code int, err error) int {
+		fmt.Fprintln(io.stderr, "oras-attest verify:", timeout.explain(ctx, err))
+		return code
+	}
 	if fs.NArg() != 1 {
 		return fail(2, errors.New("want exactly one image reference REGISTRY/REPO@DIGEST"))
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
+		return fail(2, err)
+	}
+	if err := timeout.check(); err != nil {
 		return fail(2, err)
 	}
 	if *url == "" || *keyID == "" {
@@ -307,7 +362,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	if err != nil {
 		return fail(2, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := timeout.context(ctx)
 	defer cancel()
 	// The rules compile while the registry is read; their errors are reported first.
 	var rs *rules.Set

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestAzureCredential: an Entra ID credential is made for Azure container registries only, so
@@ -42,6 +45,7 @@ func TestVerifyConfigErrors(t *testing.T) {
 		{"attestation URL with a path", []string{"--attestation-url", "https://x.weu.attest.azure.net/certs"}, "path"},
 		{"attestation URL with a password", []string{"--attestation-url", "https://u:s3cret@x.weu.attest.azure.net"}, "user information"},
 		{"malformed certificate pin", []string{"--attestation-url", "https://x.weu.attest.azure.net", "--signing-cert-sha256", "abc"}, "64 hex digits"},
+		{"timeout of zero", []string{"--attestation-url", "https://x.weu.attest.azure.net", "--timeout", "0s"}, "--timeout 0s: want a duration above 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -52,5 +56,29 @@ func TestVerifyConfigErrors(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want 2 and an error mentioning %q", code, e.String(), tt.want)
 			}
 		})
+	}
+}
+
+// TestTimeoutExplain: an error after the --timeout limit names it once, whether the client
+// reported the context's cause or only "context deadline exceeded"; other errors are unchanged.
+func TestTimeoutExplain(t *testing.T) {
+	tf := timeoutFlag{d: time.Millisecond}
+	ctx, cancel := tf.context(context.Background())
+	defer cancel()
+	<-ctx.Done()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want string
+	}{
+		{"deadline exceeded", ctx, fmt.Errorf("pushing: %w", ctx.Err()), "pushing: context deadline exceeded: time limit reached (--timeout 1ms)"},
+		{"cause reported", ctx, fmt.Errorf("resolving: %w", context.Cause(ctx)), "resolving: time limit reached (--timeout 1ms)"},
+		{"before the limit", context.Background(), errors.New("resolving: not found"), "resolving: not found"},
+	}
+	for _, tc := range tests {
+		if got := tf.explain(tc.ctx, tc.err).Error(); got != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
+		}
 	}
 }

@@ -20,10 +20,10 @@ Usage:
   oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
   oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
   oras-attest token show   FILE|- [-o json]
-  oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [-o json]
+  oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [--timeout 2m] [-o json]
   oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL
                      [--signing-cert-sha256 HEX] [--trust-policy FILE] [--trust-store DIR] [--rules FILE]
-                     [--max-age 5m] [--jwks FILE] [-o json]
+                     [--max-age 5m] [--jwks FILE] [--timeout 2m] [-o json]
   oras-attest rules test --rules FILE --claims FILE [-o json]
   oras-attest version
 
