@@ -53,15 +53,16 @@ echo "verifying..." >&2
 V_IMAGE="$(push verify)"
 notation sign --key attested-local "$V_IMAGE" >/dev/null
 oras-attest attach "$V_IMAGE" >/dev/null
-VA=(); VN=()
-for _ in $(seq "$RUNS"); do
-  VA+=("$(ms oras-attest verify "$V_IMAGE")"); VN+=("$(ms notation verify "$V_IMAGE")")
-done
-VER_ATT=$(printf '%s\n' "${VA[@]}" | median); VER_NOT=$(printf '%s\n' "${VN[@]}" | median)
 # The same image signed and attested 20 times: verification must not read every token.
 M_IMAGE="$(push many)"
 for _ in $(seq 20); do notation sign --key attested-local "$M_IMAGE" >/dev/null; oras-attest attach "$M_IMAGE" >/dev/null; done
-VM=(); for _ in $(seq "$RUNS"); do VM+=("$(ms oras-attest verify "$M_IMAGE")"); done
+# The three run interleaved, so that the image with 20 signatures is compared with the one of one
+# signature under the same load.
+VA=(); VN=(); VM=()
+for _ in $(seq "$RUNS"); do
+  VA+=("$(ms oras-attest verify "$V_IMAGE")"); VN+=("$(ms notation verify "$V_IMAGE")"); VM+=("$(ms oras-attest verify "$M_IMAGE")")
+done
+VER_ATT=$(printf '%s\n' "${VA[@]}" | median); VER_NOT=$(printf '%s\n' "${VN[@]}" | median)
 VER_MANY=$(printf '%s\n' "${VM[@]}" | median)
 # Calibration: what starting a process costs on this machine (an empty static Go program, started
 # as the plugin is below), so that the command timings can be compared across machines.
