@@ -36,7 +36,8 @@ func newFlags(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
 
 // parse parses args; it returns (exit code, done) where done means the caller must return. Help
 // asked for (-h, --help) goes to stdout with exit 0, so that `oras-attest attach --help | less`
-// shows it; a usage error goes to stderr with exit 2.
+// shows it; a usage error (an unknown flag, a flag without its value, a value that does not
+// parse) goes to stderr, named, then the usage, with exit 2.
 func parse(fs *pflag.FlagSet, args []string, stdout io.Writer) (int, bool) {
 	usage := fs.Usage
 	fs.Usage = func() {} // printed below, where it is known whether help was asked for
@@ -48,7 +49,9 @@ func parse(fs *pflag.FlagSet, args []string, stdout io.Writer) (int, bool) {
 		usage()
 		return 0, true
 	case err != nil:
-		usage() // after pflag's error message, on stderr
+		// pflag (v1.1.0) returns the error of a ContinueOnError set without printing it.
+		fmt.Fprintf(fs.Output(), "%s: %v\n\n", fs.Name(), err)
+		usage()
 		return 2, true
 	}
 	return 0, false
