@@ -69,22 +69,42 @@ const maxPassword = 64 << 10
 // defaultTimeout is the default of --timeout.
 const defaultTimeout = 2 * time.Minute
 
-// timeoutFlag is --timeout, the overall time limit of the commands that talk to a registry
-// (attach, verify): a registry that accepts the connection and never answers must not hang them.
+// defaultMaxAge is the default of --max-age.
+const defaultMaxAge = 5 * time.Minute
+
+// timeoutFlag is --timeout, the time limit of a command: a registry that accepts the connection
+// and never answers must not hang attach or verify, nor a stalled TPM or MAA token fetch.
 type timeoutFlag struct {
 	d time.Duration
+	// def and usage are the flag's default and help text; zero means defaultTimeout and
+	// "overall time limit".
+	def   time.Duration
+	usage string
 	// reached is the cause of the end of the context made by context.
 	reached error
 }
 
 func (t *timeoutFlag) add(fs *pflag.FlagSet) {
-	fs.DurationVar(&t.d, "timeout", defaultTimeout, "overall time limit")
+	if t.def == 0 {
+		t.def = defaultTimeout
+	}
+	if t.usage == "" {
+		t.usage = "overall time limit"
+	}
+	fs.DurationVar(&t.d, "timeout", t.def, t.usage)
 }
 
 // check refuses a limit that would end the command before it starts.
 func (t *timeoutFlag) check() error {
-	if t.d <= 0 {
-		return fmt.Errorf("--timeout %s: want a duration above 0, such as %s", t.d, defaultTimeout)
+	return checkPositive("--timeout", t.d, t.def)
+}
+
+// checkPositive refuses a duration flag's value d that is not above 0, naming the flag and its
+// default as an example: a limit of 0 ends the command before it starts, and a --max-age of 0
+// accepts no token, which the libraries would report with their own field names.
+func checkPositive(flag string, d, def time.Duration) error {
+	if d <= 0 {
+		return fmt.Errorf("%s %s: want a duration above 0, such as %s", flag, d, def)
 	}
 	return nil
 }
@@ -321,7 +341,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest verify", "oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL [flags]", io.stderr)
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "the MAA instance tokens must come from (env ATTEST_URL)")
 	keyID := fs.String("key-id", os.Getenv("ATTEST_KEY_ID"), "the Key Vault key id the image must be signed with (env ATTEST_KEY_ID)")
-	maxAge := fs.Duration("max-age", 5*time.Minute, "largest age of the token at the signing time")
+	maxAge := fs.Duration("max-age", defaultMaxAge, "largest age of the token at the signing time")
 	rulesFile := fs.String("rules", "", "CEL claim rule file (default: the built-in baseline)")
 	jwks := fs.String("jwks", "", "token signing keys from this JWKS file instead of {instance}/certs (offline use)")
 	pins := fs.StringSlice("signing-cert-sha256", nil, "SHA-256 fingerprint(s) of the signing certificate (certificateThumbprintSha256 of attest-bootstrap apply): only a signature by that certificate counts; needed when the trust store holds a CA or other keys")
@@ -347,6 +367,9 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 		return fail(2, err)
 	}
 	if err := timeout.check(); err != nil {
+		return fail(2, err)
+	}
+	if err := checkPositive("--max-age", *maxAge, defaultMaxAge); err != nil {
 		return fail(2, err)
 	}
 	if *url == "" || *keyID == "" {

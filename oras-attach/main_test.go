@@ -43,3 +43,37 @@ func TestFlagErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestDurationFlags: a --max-age or --timeout that is not above 0 is a usage error naming the
+// flag (exit 2), in every command that takes it, before a TPM, MAA or a registry is asked:
+// verify reported imageverify's "MaxTokenAge ... required" (exit 1), token verify the verifier's
+// "MaxAge must be positive", and token fetch --timeout 0 blamed the TPM.
+func TestDurationFlags(t *testing.T) {
+	img := "localhost:1/app@sha256:" + zeros
+	const url = "https://x.weu.attest.azure.net"
+	fetch := []string{"token", "fetch", "--attestation-url", url, "--nonce", "n", "--tpm", "unix:/nonexistent"}
+	tverify := []string{"token", "verify", "t.jwt", "--attestation-url", url}
+	verify := []string{"verify", img, "--attestation-url", url, "--key-id", "https://v.vault.azure.net/keys/k/1"}
+	attach := []string{"attach", img}
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{append(fetch, "--max-age", "0"), "oras-attest token fetch: --max-age 0s: want a duration above 0, such as 5m0s"},
+		{append(fetch, "--timeout", "0"), "oras-attest token fetch: --timeout 0s: want a duration above 0, such as 2m0s"},
+		{append(tverify, "--max-age", "0"), "oras-attest token verify: --max-age 0s: want a duration above 0, such as 5m0s"},
+		{append(tverify, "--max-age", "-1m"), "oras-attest token verify: --max-age -1m0s: want a duration above 0"},
+		{append(tverify, "--timeout", "0"), "oras-attest token verify: --timeout 0s: want a duration above 0, such as 30s"},
+		{append(verify, "--max-age", "0"), "oras-attest verify: --max-age 0s: want a duration above 0, such as 5m0s"},
+		{append(verify, "--timeout", "0"), "oras-attest verify: --timeout 0s: want a duration above 0, such as 2m0s"},
+		{append(attach, "--timeout", "-5s"), "oras-attest attach: --timeout -5s: want a duration above 0, such as 2m0s"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCmd(tc.args...)
+			if code != 2 || !strings.HasPrefix(stderr, tc.want) || stdout != "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 2 and %q", code, stdout, stderr, tc.want)
+			}
+		})
+	}
+}

@@ -67,25 +67,34 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	nonce := fs.String("nonce", "", "value MAA echoes in the token's client payload (required)")
 	out := fs.String("out", "", "write the token to FILE (mode 0600) instead of stdout")
 	noVerify := fs.Bool("no-verify", false, "do not verify the token before writing it (not recommended)")
-	maxAge := fs.Duration("max-age", 5*time.Minute, "maximum token age accepted by the verification")
-	timeout := fs.Duration("timeout", 2*time.Minute, "overall time limit, retries included")
+	maxAge := fs.Duration("max-age", defaultMaxAge, "maximum token age accepted by the verification")
+	timeout := timeoutFlag{usage: "overall time limit, retries included"}
+	timeout.add(fs)
 	debug := fs.Bool("debug", false, "debug logging (may print evidence; never use in shared logs)")
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
-	if fs.NArg() != 0 {
-		fmt.Fprintf(io.stderr, "oras-attest token fetch: unexpected argument %q\n", fs.Arg(0))
+	usageErr := func(err error) int {
+		fmt.Fprintln(io.stderr, "oras-attest token fetch:", err)
 		return 2
+	}
+	if fs.NArg() != 0 {
+		return usageErr(fmt.Errorf("unexpected argument %q", fs.Arg(0)))
 	}
 	if *url == "" || *nonce == "" {
-		fmt.Fprintln(io.stderr, "oras-attest token fetch: --attestation-url (or ATTEST_URL) and --nonce are required")
-		return 2
+		return usageErr(errors.New("--attestation-url (or ATTEST_URL) and --nonce are required"))
+	}
+	if err := timeout.check(); err != nil {
+		return usageErr(err)
+	}
+	if err := checkPositive("--max-age", *maxAge, defaultMaxAge); err != nil {
+		return usageErr(err)
 	}
 	log := cliutil.Logger(io.stderr, *debug)
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := timeout.context(ctx)
 	defer cancel()
 	fail := func(err error) int {
-		fmt.Fprintln(io.stderr, "oras-attest token fetch:", err)
+		fmt.Fprintln(io.stderr, "oras-attest token fetch:", timeout.explain(ctx, err))
 		return 1
 	}
 
@@ -182,11 +191,12 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest token verify", "oras-attest token verify FILE|- [flags]", io.stderr)
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "the MAA instance the token must come from: pins iss and the key source (env ATTEST_URL)")
 	nonce := fs.String("nonce", "", "the value the token's client payload must carry (checked when given)")
-	maxAge := fs.Duration("max-age", 5*time.Minute, "maximum age of the token (from its iat)")
+	maxAge := fs.Duration("max-age", defaultMaxAge, "maximum age of the token (from its iat)")
 	rulesFile := fs.String("rules", "", "CEL claim rule file (default: the built-in baseline)")
 	jwks := fs.String("jwks", "", "verify with the keys of this JWKS file instead of fetching {instance}/certs (offline use)")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
-	timeout := fs.Duration("timeout", 30*time.Second, "time limit for fetching the instance's keys")
+	timeout := timeoutFlag{def: 30 * time.Second, usage: "time limit for fetching the instance's keys"}
+	timeout.add(fs)
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
@@ -197,6 +207,12 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 	if fs.NArg() != 1 || *url == "" {
 		fmt.Fprintln(io.stderr, "usage: oras-attest token verify FILE|- --attestation-url URL [--nonce VALUE] [--max-age DURATION] [--rules FILE]")
 		return 2
+	}
+	for _, err := range []error{timeout.check(), checkPositive("--max-age", *maxAge, defaultMaxAge)} {
+		if err != nil {
+			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
+			return 2
+		}
 	}
 	// A rule file that does not load is a configuration error, reported before any check.
 	rs, err := rules.LoadOrBaseline(*rulesFile)
@@ -209,7 +225,7 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
 		return 1
 	}
-	keys, err := maa.KeySetFor(*url, *jwks, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: *timeout}})
+	keys, err := maa.KeySetFor(*url, *jwks, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: timeout.d}})
 	if err != nil {
 		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
 		return 1
@@ -219,7 +235,7 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
 		return 2
 	}
-	vctx, cancel := context.WithTimeout(ctx, *timeout)
+	vctx, cancel := timeout.context(ctx)
 	defer cancel()
 	tok, verr := v.Verify(vctx, raw, *nonce)
 
