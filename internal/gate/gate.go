@@ -244,7 +244,7 @@ func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnv
 func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, log *slog.Logger) (*Attestation, error) {
 	b, err := binding.Compute(subject, keyID)
 	if err != nil {
-		return nil, validationf("binding: %v", err)
+		return nil, validationf("%v", err) // binding.ErrInvalidInput's text starts "binding:"
 	}
 	var (
 		rules    ClaimRules

@@ -229,6 +229,7 @@ func TestFailClosed(t *testing.T) {
 		req     func(r *plugin.GenerateEnvelopeRequest)
 		code    plugin.ErrorCode
 		message string
+		prefix  string // what the message starts with, when set
 	}{
 		// The TPM's faults and this machine's setup are not refusals: ERROR, or VALIDATION_ERROR
 		// for what the user fixes in the config or the machine.
@@ -308,7 +309,7 @@ func TestFailClosed(t *testing.T) {
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
 		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
 		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},
-		{name: "key id in another spelling", req: func(r *plugin.GenerateEnvelopeRequest) { r.KeyID += "/" }, code: plugin.ErrorCodeValidation, message: "give it as " + strconv.Quote(testKeyID)},
+		{name: "key id in another spelling", req: func(r *plugin.GenerateEnvelopeRequest) { r.KeyID += "/" }, code: plugin.ErrorCodeValidation, message: "give it as " + strconv.Quote(testKeyID), prefix: "binding: invalid input: key id "},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -330,8 +331,8 @@ func TestFailClosed(t *testing.T) {
 			if !errors.As(err, &perr) {
 				t.Fatalf("err = %v, want a plugin error", err)
 			}
-			if perr.ErrCode != tc.code || !strings.Contains(perr.Message, tc.message) {
-				t.Fatalf("got %s %q, want %s containing %q", perr.ErrCode, perr.Message, tc.code, tc.message)
+			if perr.ErrCode != tc.code || !strings.Contains(perr.Message, tc.message) || !strings.HasPrefix(perr.Message, tc.prefix) {
+				t.Fatalf("got %s %q, want %s containing %q, starting %q", perr.ErrCode, perr.Message, tc.code, tc.message, tc.prefix)
 			}
 			if f.signerN.Load() != before {
 				t.Fatal("the signer (Key Vault) was reached")
