@@ -157,3 +157,33 @@ func TestAttachTimeout(t *testing.T) {
 		t.Fatalf("attach --help: exit %d, %q", code, o.String())
 	}
 }
+
+// TestImageNotFound: an image the registry does not hold is named once in the error, by attach
+// and verify alike (oras-go's error names the reference already), with exit 1.
+func TestImageNotFound(t *testing.T) {
+	_, name := attesttest.Registry(t)
+	ref := name + "@sha256:" + zeros
+	want := "resolving " + ref + ": not found\n"
+	for _, args := range [][]string{
+		{"attach", ref, "--token-dir", t.TempDir()},
+		{"verify", ref, "--attestation-url", "https://x.weu.attest.azure.net", "--key-id", "https://v.vault.azure.net/keys/k/1", "--trust-policy", skipPolicy(t)},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			code, _, stderr := runCmd(args...)
+			if code != 1 || !strings.HasSuffix(stderr, want) || strings.Count(stderr, ref) != 1 {
+				t.Fatalf("exit %d, stderr %q; want 1 and an error ending %q", code, stderr, want)
+			}
+		})
+	}
+}
+
+// skipPolicy writes a trust policy that Notation loads, skipping verification for every image.
+func skipPolicy(t *testing.T) string {
+	t.Helper()
+	p := t.TempDir() + "/trustpolicy.json"
+	doc := `{"version":"1.0","trustPolicies":[{"name":"all","registryScopes":["*"],"signatureVerification":{"level":"skip"}}]}`
+	if err := os.WriteFile(p, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/pflag"
+	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/cliutil"
@@ -152,7 +153,11 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 		return nil, 2, err
 	}
 	subject, err := repo.Resolve(ctx, parsed.Reference)
-	if err != nil {
+	switch {
+	case errors.Is(err, errdef.ErrNotFound):
+		// oras-go's error is "REFERENCE: not found": the reference is named once, here.
+		return nil, 1, fmt.Errorf("resolving %s: %w", ref, errdef.ErrNotFound)
+	case err != nil:
 		return nil, 1, fmt.Errorf("resolving %s: %w", ref, err)
 	}
 	return &image{repo: repo, subject: subject, name: parsed.Registry + "/" + parsed.Repository + "@" + subject.Digest.String()}, 0, nil
