@@ -61,6 +61,7 @@ func TestAttach(t *testing.T) {
 		}
 		return p
 	}
+	garbage := file("garbage\n")
 	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
 	ref := func(img ocispec.Descriptor) string { return name + "@" + img.Digest.String() }
 
@@ -74,6 +75,7 @@ func TestAttach(t *testing.T) {
 		{"store: the named token attached, another image's skipped", []string{ref(signed), "--token-dir", store.Dir()}, 0, 1, "skipped stored token " + sha(otherTok)},
 		{"file: the named token", []string{ref(signed), "--token", file(signedTok)}, 0, 1, ""},
 		{"file: another image's token refused", []string{ref(signed), "--token", file(otherTok)}, 1, 0, "no signature of " + ref(signed) + " names token " + sha(otherTok)},
+		{"file: not a token", []string{ref(signed), "--token", garbage}, 1, -1, "--token " + garbage + " is not an attestation token: MAA token: check \"format\" failed"},
 		{"file: a hand-made JWT refused", []string{ref(signed), "--token", file("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln")}, 1, 0, "no signature of"},
 		{"store: an unsigned image's token is not attached", []string{ref(unsigned), "--token-dir", store.Dir()}, 1, 0, "nothing attached: none of the 1 stored tokens"},
 		{"stdin for both the token and the password", []string{ref(signed), "--token", "-", "-u", "user", "--password-stdin"}, 2, -1, "both read stdin"},

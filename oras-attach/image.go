@@ -224,6 +224,19 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	if *tokenFile == "-" && reg.passwordStdin {
 		return fail(2, errors.New("--token - and --password-stdin both read stdin: give the token as a file"))
 	}
+	// A token file is read, and must be a token, before the registry is asked: a file that is
+	// not one is reported as such, not as a token no signature names.
+	var raws []string
+	if *tokenFile != "" {
+		raw, err := readToken(*tokenFile, io.stdin)
+		if err != nil {
+			return fail(1, fmt.Errorf("--token: %w", err))
+		}
+		if _, _, err := maa.ParseUnverified(raw); err != nil {
+			return fail(1, fmt.Errorf("--token %s is not an attestation token: %w", *tokenFile, err))
+		}
+		raws = []string{raw}
+	}
 	ctx, cancel := timeout.context(ctx)
 	defer cancel()
 	img, code, err := reg.open(ctx, fs.Arg(0), io)
@@ -237,14 +250,7 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	// collection instead (it is untagged).
 	repo.SkipReferrersGC = true
 
-	var raws []string
-	if *tokenFile != "" {
-		raw, err := readToken(*tokenFile, io.stdin)
-		if err != nil {
-			return fail(1, err)
-		}
-		raws = []string{raw}
-	} else {
+	if *tokenFile == "" {
 		dir := *tokenDir
 		if dir == "" {
 			if dir, err = token.DefaultDir(); err != nil {
