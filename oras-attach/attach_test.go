@@ -189,3 +189,31 @@ func skipPolicy(t *testing.T) string {
 	}
 	return p
 }
+
+// TestAttachNoStoredToken: an image without a stored token is reported naming the directory
+// looked in, whether it is the default or given, and how to give the plugin's token_dir.
+func TestAttachNoStoredToken(t *testing.T) {
+	repo, name := attesttest.Registry(t)
+	img := attesttest.PushImage(t, repo, "never signed")
+	ref := name + "@" + img.Digest.String()
+	state := t.TempDir()
+	t.Setenv("XDG_STATE_HOME", state)
+	t.Setenv("ATTEST_TOKEN_DIR", "")
+	given := t.TempDir()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"default", nil, " in " + state + "/attested-kv/tokens (the default token store, ATTEST_TOKEN_DIR being unset): was the image signed"},
+		{"given", []string{"--token-dir", given}, " in " + given + " (the token store of --token-dir or ATTEST_TOKEN_DIR): was the image signed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runCmd(append([]string{"attach", ref}, tc.args...)...)
+			if code != 1 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "give it with --token-dir or ATTEST_TOKEN_DIR\n") {
+				t.Fatalf("exit %d, stderr %q; want 1 and %q", code, stderr, tc.want)
+			}
+		})
+	}
+}

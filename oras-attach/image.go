@@ -251,15 +251,20 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	repo.SkipReferrersGC = true
 
 	if *tokenFile == "" {
-		dir := *tokenDir
+		dir, which := *tokenDir, "the token store of --token-dir or ATTEST_TOKEN_DIR"
 		if dir == "" {
 			if dir, err = token.DefaultDir(); err != nil {
 				return fail(1, err)
 			}
+			which = "the default token store, ATTEST_TOKEN_DIR being unset"
 		}
 		entries, err := token.NewStore(dir).List(subject.Digest.String())
+		if errors.Is(err, token.ErrNotFound) {
+			// The error names the directory looked in; the plugin may keep its tokens elsewhere.
+			return fail(1, fmt.Errorf("%w (%s): was the image signed with the attested-kv plugin on this machine? If the plugin's token_dir is another directory, give it with --token-dir or ATTEST_TOKEN_DIR", err, which))
+		}
 		if err != nil {
-			return fail(1, fmt.Errorf("%w (was the image signed with the attested-kv plugin on this machine?)", err))
+			return fail(1, err)
 		}
 		for _, e := range entries {
 			raws = append(raws, e.Raw)

@@ -14,31 +14,75 @@ import (
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 )
 
+// tokenSynopses and rulesSynopses are the subcommands of the command groups token and rules.
+const (
+	tokenSynopses = `  oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
+  oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
+  oras-attest token show   FILE|- [-o json]
+`
+	rulesSynopses = `  oras-attest rules test --rules FILE --claims FILE [-o json]
+`
+)
+
 const usage = `oras-attest: attestation tokens for attested container signing.
 
 Usage:
-  oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
-  oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
-  oras-attest token show   FILE|- [-o json]
-  oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [--timeout 2m] [-o json]
+` + tokenSynopses + `  oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [--token-dir DIR] [--timeout 2m] [-o json]
   oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL
                      [--signing-cert-sha256 HEX] [--trust-policy FILE] [--trust-store DIR] [--rules FILE]
                      [--max-age 5m] [--jwks FILE] [--timeout 2m] [-o json]
-  oras-attest rules test --rules FILE --claims FILE [-o json]
-  oras-attest version
+` + rulesSynopses + `  oras-attest version
 
 attach publishes only the tokens a signature of the image names (sign first); -o json prints the
 list of referrers attached.
 
 Environment defaults (as printed by "attest-bootstrap local env"):
-  ATTEST_URL      the MAA instance URL (--attestation-url)
-  ATTEST_TPM      the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
-  ATTEST_TCG_LOG  the firmware event log (--tcg-log)
-  ATTEST_KEY_ID   the Key Vault key id signatures must be made with (--key-id)
-  NOTATION_CONFIG where the Notation trust policy and trust store live
+  ATTEST_URL       the MAA instance URL (--attestation-url)
+  ATTEST_TPM       the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
+  ATTEST_TCG_LOG   the firmware event log (--tcg-log)
+  ATTEST_KEY_ID    the Key Vault key id signatures must be made with (--key-id)
+  ATTEST_TOKEN_DIR the token store attach reads, the plugin's token_dir (--token-dir; default
+                   $XDG_STATE_HOME/attested-kv/tokens, else ~/.local/state/attested-kv/tokens)
+  NOTATION_CONFIG  where the Notation trust policy and trust store live
 
 Run "oras-attest token fetch --help" and so on for each command's flags.
 `
+
+// group is a command group (token, rules): its subcommands' names and synopses.
+type group struct {
+	name     string
+	names    string // the subcommands, as the error for a missing one lists them
+	synopses string
+}
+
+var (
+	tokenGroup = group{name: "token", names: "fetch, verify or show", synopses: tokenSynopses}
+	rulesGroup = group{name: "rules", names: "test", synopses: rulesSynopses}
+)
+
+// usage is the group's usage: its subcommands' synopses.
+func (g group) usage() string {
+	return fmt.Sprintf("Usage:\n%s\nRun \"oras-attest %s SUBCOMMAND --help\" for a subcommand's flags.\n", g.synopses, g.name)
+}
+
+// dispatch runs the group's subcommand named by args[0], from run; help goes to stdout (exit 0),
+// a missing or unknown subcommand is named on stderr with the group's usage (exit 2).
+func (g group) dispatch(args []string, stdout, stderr io.Writer, cmds map[string]func(args []string) int) int {
+	if len(args) == 0 {
+		fmt.Fprintf(stderr, "oras-attest %s: missing subcommand (%s)\n\n%s", g.name, g.names, g.usage())
+		return 2
+	}
+	if cmd, ok := cmds[args[0]]; ok {
+		return cmd(args[1:])
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, g.usage())
+		return 0
+	}
+	fmt.Fprintf(stderr, "oras-attest: unknown command \"%s %s\"\n\n%s", g.name, args[0], g.usage())
+	return 2
+}
 
 func main() {
 	cliutil.ShortLivedGC()
@@ -65,34 +109,17 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "verify":
 		return verifyImage(ctx, args[1:], cmdIO{stdin: stdin, stdout: stdout, stderr: stderr})
 	case "rules":
-		if len(args) >= 2 && (args[1] == "-h" || args[1] == "--help" || args[1] == "help") {
-			fmt.Fprint(stdout, usage)
-			return 0
-		}
-		if len(args) < 2 || args[1] != "test" {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		return rulesTest(args[2:], cmdIO{stdin: stdin, stdout: stdout, stderr: stderr})
+		cio := cmdIO{stdin: stdin, stdout: stdout, stderr: stderr}
+		return rulesGroup.dispatch(args[1:], stdout, stderr, map[string]func([]string) int{
+			"test": func(a []string) int { return rulesTest(a, cio) },
+		})
 	case "token":
-		if len(args) < 2 {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		io := cmdIO{stdin: stdin, stdout: stdout, stderr: stderr}
-		switch args[1] {
-		case "fetch":
-			return tokenFetch(ctx, args[2:], io)
-		case "verify":
-			return tokenVerify(ctx, args[2:], io)
-		case "show":
-			return tokenShow(args[2:], io)
-		case "-h", "--help", "help":
-			fmt.Fprint(stdout, usage)
-			return 0
-		}
-		fmt.Fprintf(stderr, "oras-attest: unknown command \"token %s\"\n\n%s", args[1], usage)
-		return 2
+		cio := cmdIO{stdin: stdin, stdout: stdout, stderr: stderr}
+		return tokenGroup.dispatch(args[1:], stdout, stderr, map[string]func([]string) int{
+			"fetch":  func(a []string) int { return tokenFetch(ctx, a, cio) },
+			"verify": func(a []string) int { return tokenVerify(ctx, a, cio) },
+			"show":   func(a []string) int { return tokenShow(a, cio) },
+		})
 	}
 	fmt.Fprintf(stderr, "oras-attest: unknown command %q\n\n%s", args[0], usage)
 	return 2

@@ -77,3 +77,77 @@ func TestDurationFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandGroups: "oras-attest token" and "oras-attest rules" without a subcommand, or with
+// one that does not exist, say so and list the group's subcommands (exit 2); --help lists them
+// on stdout.
+func TestCommandGroups(t *testing.T) {
+	tests := []struct {
+		args   []string
+		code   int
+		stdout string
+		stderr string
+		lists  string // a synopsis the group's usage holds
+	}{
+		{[]string{"token"}, 2, "", "oras-attest token: missing subcommand (fetch, verify or show)\n\nUsage:\n", "oras-attest token show   FILE|- [-o json]"},
+		{[]string{"rules"}, 2, "", "oras-attest rules: missing subcommand (test)\n\nUsage:\n", "oras-attest rules test --rules FILE --claims FILE"},
+		{[]string{"token", "list"}, 2, "", "oras-attest: unknown command \"token list\"\n\nUsage:\n", "oras-attest token fetch "},
+		{[]string{"rules", "check"}, 2, "", "oras-attest: unknown command \"rules check\"\n\nUsage:\n", "oras-attest rules test "},
+		{[]string{"token", "--help"}, 0, "Usage:\n", "", "oras-attest token verify FILE|-"},
+		{[]string{"rules", "help"}, 0, "Usage:\n", "", "oras-attest rules test "},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCmd(tc.args...)
+			out := stderr
+			if tc.code == 0 {
+				out = stdout
+			}
+			if code != tc.code || !strings.HasPrefix(stdout, tc.stdout) || !strings.HasPrefix(stderr, tc.stderr) || !strings.Contains(out, tc.lists) {
+				t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s\nwant %d, stdout starting %q, stderr starting %q, listing %q", code, stdout, stderr, tc.code, tc.stdout, tc.stderr, tc.lists)
+			}
+			if strings.Contains(out, "Environment defaults") {
+				t.Errorf("the top-level usage instead of the group's:\n%s", out)
+			}
+			if tc.code == 2 && stdout != "" {
+				t.Errorf("stdout %q", stdout)
+			}
+		})
+	}
+}
+
+// TestUsageErrorsNameTheSetting: token verify and token show name what is missing or wrong,
+// then print their full usage (flags included), where they printed a bare synopsis.
+func TestUsageErrorsNameTheSetting(t *testing.T) {
+	t.Setenv("ATTEST_URL", "")
+	tests := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"token", "verify", "t.jwt"}, "oras-attest token verify: --attestation-url or ATTEST_URL is required\n"},
+		{[]string{"token", "verify", "--attestation-url", "https://x.weu.attest.azure.net"}, "oras-attest token verify: want one token file (FILE, or - for stdin)\n"},
+		{[]string{"token", "verify", "t.jwt", "-o", "yaml"}, `oras-attest token verify: unknown output format "yaml" (want text or json)` + "\n"},
+		{[]string{"token", "show"}, "oras-attest token show: want one token file (FILE, or - for stdin)\n"},
+		{[]string{"token", "show", "a.jwt", "b.jwt"}, "oras-attest token show: want one token file (FILE, or - for stdin)\n"},
+		{[]string{"token", "show", "t.jwt", "-o", "yaml"}, `oras-attest token show: unknown output format "yaml" (want text or json)` + "\n"},
+	}
+	for _, tc := range tests {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			code, stdout, stderr := runCmd(tc.args...)
+			usage := "\nUsage: oras-attest " + strings.Join(tc.args[:2], " ") + " FILE|- "
+			if code != 2 || stdout != "" || !strings.HasPrefix(stderr, tc.want) || !strings.Contains(stderr, usage) || !strings.Contains(stderr, "-o, --output string") {
+				t.Fatalf("exit %d, stdout %q, stderr:\n%s\nwant 2, stderr starting %q, then the usage with its flags", code, stdout, stderr, tc.want)
+			}
+		})
+	}
+}
+
+// TestHelpEnvironment: the top-level help lists each environment default the commands read.
+func TestHelpEnvironment(t *testing.T) {
+	code, stdout, _ := runCmd("--help")
+	for _, env := range []string{"ATTEST_URL", "ATTEST_TPM", "ATTEST_TCG_LOG", "ATTEST_KEY_ID", "ATTEST_TOKEN_DIR", "NOTATION_CONFIG"} {
+		if code != 0 || !strings.Contains(stdout, "\n  "+env+" ") {
+			t.Errorf("exit %d, --help does not list %s:\n%s", code, env, stdout)
+		}
+	}
+}

@@ -50,11 +50,17 @@ func parse(fs *pflag.FlagSet, args []string, stdout io.Writer) (int, bool) {
 		return 0, true
 	case err != nil:
 		// pflag (v1.1.0) returns the error of a ContinueOnError set without printing it.
-		fmt.Fprintf(fs.Output(), "%s: %v\n\n", fs.Name(), err)
-		usage()
-		return 2, true
+		return usageError(fs, err), true
 	}
 	return 0, false
+}
+
+// usageError prints err, then the command's usage, on the flag set's output (stderr) and returns
+// the exit code of a usage error, 2.
+func usageError(fs *pflag.FlagSet, err error) int {
+	fmt.Fprintf(fs.Output(), "%s: %v\n\n", fs.Name(), err)
+	fs.Usage()
+	return 2
 }
 
 func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
@@ -201,12 +207,13 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		return code
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-		return 2
+		return usageError(fs, err)
 	}
-	if fs.NArg() != 1 || *url == "" {
-		fmt.Fprintln(io.stderr, "usage: oras-attest token verify FILE|- --attestation-url URL [--nonce VALUE] [--max-age DURATION] [--rules FILE]")
-		return 2
+	if fs.NArg() != 1 {
+		return usageError(fs, errors.New("want one token file (FILE, or - for stdin)"))
+	}
+	if *url == "" {
+		return usageError(fs, errors.New("--attestation-url or ATTEST_URL is required"))
 	}
 	for _, err := range []error{timeout.check(), checkPositive("--max-age", *maxAge, defaultMaxAge)} {
 		if err != nil {
@@ -322,9 +329,11 @@ func tokenShow(args []string, io cmdIO) int {
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
-	if err := cliutil.CheckFormat(*output); err != nil || fs.NArg() != 1 {
-		fmt.Fprintln(io.stderr, "usage: oras-attest token show FILE|- [-o json]")
-		return 2
+	if err := cliutil.CheckFormat(*output); err != nil {
+		return usageError(fs, err)
+	}
+	if fs.NArg() != 1 {
+		return usageError(fs, errors.New("want one token file (FILE, or - for stdin)"))
 	}
 	raw, err := readToken(fs.Arg(0), io.stdin)
 	if err != nil {
