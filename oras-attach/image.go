@@ -208,9 +208,10 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
+	// listed is set once the JSON output is the list of referrers attached.
+	listed := false
 	fail := func(code int, err error) int {
-		fmt.Fprintln(io.stderr, "oras-attest attach:", timeout.explain(ctx, err))
-		return code
+		return report(io, "oras-attest attach", *output == "json" && !listed, code, timeout.explain(ctx, err))
 	}
 	if fs.NArg() != 1 {
 		return fail(2, errors.New("want exactly one image reference REGISTRY/REPO@DIGEST"))
@@ -282,6 +283,7 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	done := func(code int, err error) int {
 		if *output == "json" {
 			cliutil.WriteJSON(io.stdout, out)
+			listed = true
 		}
 		if err != nil {
 			return fail(code, err)
@@ -373,8 +375,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 		return code
 	}
 	fail := func(code int, err error) int {
-		fmt.Fprintln(io.stderr, "oras-attest verify:", timeout.explain(ctx, err))
-		return code
+		return report(io, "oras-attest verify", *output == "json", code, timeout.explain(ctx, err))
 	}
 	if fs.NArg() != 1 {
 		return fail(2, errors.New("want exactly one image reference REGISTRY/REPO@DIGEST"))
@@ -414,17 +415,17 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	keys, err := maa.KeySetFor(*url, *jwks, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: 30 * time.Second}})
 	if err != nil {
 		<-rulesDone
-		return fail(2, err)
+		return fail(fileCode(err), err)
 	}
 	nv, err := notationcfg.NewVerifier(*trustPolicy, *trustStore)
 	if err != nil {
 		<-rulesDone
-		return fail(2, err)
+		return fail(fileCode(err), err)
 	}
 	img, code, err := reg.open(ctx, fs.Arg(0), io)
 	<-rulesDone
 	if rulesErr != nil {
-		return fail(2, rulesErr)
+		return fail(fileCode(rulesErr), rulesErr)
 	}
 	if err != nil {
 		return fail(code, err)

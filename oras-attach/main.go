@@ -5,8 +5,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
 	"syscall"
@@ -34,7 +36,12 @@ Usage:
 ` + rulesSynopses + `  oras-attest version
 
 attach publishes only the tokens a signature of the image names (sign first); -o json prints the
-list of referrers attached.
+list of referrers attached, also when a later token fails.
+
+Exit status: 0 verified, or done; 1 refused, or failed (a registry, MAA or the TPM, a file that
+cannot be read); 2 usage error (a flag, an argument, or what a file given holds, is wrong).
+With -o json, a failure that has no result to print (no checks, no list of referrers) prints
+{"error": "MESSAGE"} on stdout, besides the message on stderr.
 
 Environment defaults (as printed by "attest-bootstrap local env"):
   ATTEST_URL       the MAA instance URL (--attestation-url)
@@ -128,4 +135,32 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 type cmdIO struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
+}
+
+// jsonError is what -o json prints on stdout for a failure (exit 1) that has no result to print,
+// so that a consumer of the JSON output gets an object in every case.
+type jsonError struct {
+	Error string `json:"error"`
+}
+
+// report prints err on stderr, after the command's name, and returns code, the exit code: 1 for a
+// failure, 2 for a usage error (the usage lists them). With json, a failure also prints jsonError
+// on stdout; a usage error does not.
+func report(io cmdIO, cmd string, json bool, code int, err error) int {
+	fmt.Fprintf(io.stderr, "%s: %v\n", cmd, err)
+	if json && code == 1 {
+		cliutil.WriteJSON(io.stdout, jsonError{Error: err.Error()})
+	}
+	return code
+}
+
+// fileCode is the exit code of an error loading a file that a flag names: 1 when the file cannot
+// be read (it is missing, or this user may not read it: the machine's state, not the command
+// line), 2 when it was read and what it holds is wrong.
+func fileCode(err error) int {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return 1
+	}
+	return 2
 }

@@ -21,7 +21,9 @@ func rulesTest(args []string, io cmdIO) int {
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
-	fail := func(code int, err error) int { fmt.Fprintln(io.stderr, "oras-attest rules test:", err); return code }
+	fail := func(code int, err error) int {
+		return report(io, "oras-attest rules test", *output == "json", code, err)
+	}
 	if *rulesFile == "" || *claimsFile == "" || fs.NArg() != 0 {
 		return fail(2, errors.New("--rules and --claims are required"))
 	}
@@ -34,17 +36,17 @@ func rulesTest(args []string, io cmdIO) int {
 	}
 	rs, err := rules.LoadOrBaseline(path)
 	if err != nil {
-		return fail(2, err)
+		return fail(fileCode(err), err)
 	}
 	b, err := os.ReadFile(*claimsFile)
 	if err != nil {
-		return fail(2, err)
+		return fail(1, fmt.Errorf("--claims: %w", err))
 	}
 	var claims map[string]any
 	if err := json.Unmarshal(b, &claims); err != nil {
 		raw, rerr := readToken(*claimsFile, io.stdin)
 		if rerr != nil {
-			return fail(2, rerr)
+			return fail(fileCode(rerr), rerr)
 		}
 		if _, claims, err = maa.ParseUnverified(raw); err != nil {
 			return fail(2, fmt.Errorf("%s is neither a JSON claim set nor a token: %w", *claimsFile, err))

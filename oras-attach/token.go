@@ -109,7 +109,7 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 		info, err := maa.ReadOSRelease(*osRelease)
 		if err != nil {
 			fmt.Fprintln(io.stderr, "oras-attest token fetch: --os-release:", err)
-			return 2
+			return fileCode(err)
 		}
 		copts.OS = &info
 	}
@@ -215,32 +215,30 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 	if *url == "" {
 		return usageError(fs, errors.New("--attestation-url or ATTEST_URL is required"))
 	}
+	fail := func(code int, err error) int {
+		return report(io, "oras-attest token verify", *output == "json", code, err)
+	}
 	for _, err := range []error{timeout.check(), checkPositive("--max-age", *maxAge, defaultMaxAge)} {
 		if err != nil {
-			fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-			return 2
+			return fail(2, err)
 		}
 	}
 	// A rule file that does not load is a configuration error, reported before any check.
 	rs, err := rules.LoadOrBaseline(*rulesFile)
 	if err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-		return 2
+		return fail(fileCode(err), err)
 	}
 	raw, err := readToken(fs.Arg(0), io.stdin)
 	if err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-		return 1
+		return fail(1, err)
 	}
 	keys, err := maa.KeySetFor(*url, *jwks, maa.JWKSOptions{HTTPClient: &http.Client{Timeout: timeout.d}})
 	if err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-		return 1
+		return fail(fileCode(err), err)
 	}
 	v, err := maa.NewVerifier(maa.VerifierOptions{Instance: *url, Keys: keys, MaxAge: *maxAge})
 	if err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token verify:", err)
-		return 2
+		return fail(2, err)
 	}
 	vctx, cancel := timeout.context(ctx)
 	defer cancel()
@@ -335,15 +333,14 @@ func tokenShow(args []string, io cmdIO) int {
 	if fs.NArg() != 1 {
 		return usageError(fs, errors.New("want one token file (FILE, or - for stdin)"))
 	}
+	fail := func(err error) int { return report(io, "oras-attest token show", *output == "json", 1, err) }
 	raw, err := readToken(fs.Arg(0), io.stdin)
 	if err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token show:", err)
-		return 1
+		return fail(err)
 	}
 	header, claims, err := maa.ParseUnverified(raw)
 	if err != nil {
-		fmt.Fprintln(io.stderr, "oras-attest token show:", err)
-		return 1
+		return fail(err)
 	}
 	if *output == "json" {
 		cliutil.WriteJSON(io.stdout, map[string]any{"verified": false, "header": header, "claims": claims})

@@ -145,7 +145,7 @@ func TestTokenVerifyRules(t *testing.T) {
 		{
 			name:   "rule file that does not exist",
 			args:   verify(healthy, "--rules", filepath.Join(t.TempDir(), "absent.cel")),
-			code:   2,
+			code:   1,
 			stderr: "oras-attest token verify: claim rules: open ",
 		},
 		{

@@ -1,0 +1,130 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
+)
+
+// writeFile writes content to name in a new temporary directory and returns its path.
+func writeFile(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// writeJWKS writes a JWKS file of one RSA key, as MAA's /certs serves.
+func writeJWKS(t *testing.T) string {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: k.Public(), KeyID: "k", Algorithm: "RS256", Use: "sig"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return writeFile(t, "jwks.json", string(b))
+}
+
+// TestFileExitCodes: a file a flag names that cannot be read is a failure (exit 1), not a usage
+// error; one that was read and holds something unusable stays a usage error (exit 2).
+func TestFileExitCodes(t *testing.T) {
+	absent := filepath.Join(t.TempDir(), "absent")
+	const url = "https://x.weu.attest.azure.net"
+	img := "localhost:1/app@sha256:" + zeros
+	verify := []string{"verify", img, "--attestation-url", url, "--key-id", "https://v.vault.azure.net/keys/k/1", "--trust-policy", skipPolicy(t)}
+	token := writeFile(t, "t.jwt", "a.b.c")
+	syntax := writeRules(t, "this is not a rule\n")
+	claims := writeFile(t, "claims.json", "{}")
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stderr string
+	}{
+		{"verify: trust policy absent", append(verify, "--trust-policy", absent), 1, "oras-attest verify: trust policy: open " + absent},
+		{"verify: trust policy not JSON", append(verify, "--trust-policy", syntax), 2, "oras-attest verify: trust policy " + syntax},
+		{"verify: rule file absent", append(verify, "--rules", absent), 1, "oras-attest verify: claim rules: open " + absent},
+		{"verify: rule file with a syntax error", append(verify, "--rules", syntax), 2, "syntax error"},
+		{"verify: JWKS file absent", append(verify, "--jwks", absent), 1, "oras-attest verify: JWKS file: open " + absent},
+		{"verify: JWKS file not a JWKS", append(verify, "--jwks", syntax), 2, "oras-attest verify: JWKS file " + syntax},
+		{"token verify: rule file absent", []string{"token", "verify", token, "--attestation-url", url, "--rules", absent}, 1, "oras-attest token verify: claim rules: open " + absent},
+		{"token verify: JWKS file absent", []string{"token", "verify", token, "--attestation-url", url, "--jwks", absent}, 1, "oras-attest token verify: JWKS file: open " + absent},
+		{"rules test: rule file absent", []string{"rules", "test", "--rules", absent, "--claims", claims}, 1, "oras-attest rules test: claim rules: open " + absent},
+		{"rules test: claims absent", []string{"rules", "test", "--rules", "baseline", "--claims", absent}, 1, "oras-attest rules test: --claims: open " + absent},
+		{"rules test: claims neither JSON nor a token", []string{"rules", "test", "--rules", "baseline", "--claims", syntax}, 2, "is neither a JSON claim set nor a token"},
+		{"token fetch: os-release absent", []string{"token", "fetch", "--attestation-url", url, "--nonce", "n", "--os-release", absent}, 1, "oras-attest token fetch: --os-release: reading os-release: open " + absent},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runCmd(tc.args...)
+			if code != tc.code || !strings.Contains(stderr, tc.stderr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.stderr)
+			}
+		})
+	}
+}
+
+// TestJSONErrors: with -o json, a failure that has no result to print prints {"error": ...} on
+// stdout, with the message on stderr as in text; a refusal still prints its result, and a usage
+// error prints nothing on stdout.
+func TestJSONErrors(t *testing.T) {
+	repo, name := attesttest.Registry(t)
+	unsigned := attesttest.PushImage(t, repo, "unsigned")
+	absent := filepath.Join(t.TempDir(), "absent")
+	missing := name + "@sha256:" + zeros
+	const url = "https://x.weu.attest.azure.net"
+	verify := func(ref string, extra ...string) []string {
+		return append([]string{"verify", ref, "-o", "json", "--attestation-url", url, "--key-id", "https://v.vault.azure.net/keys/k/1", "--jwks", writeJWKS(t), "--trust-policy", skipPolicy(t)}, extra...)
+	}
+	garbage := writeFile(t, "garbage.jwt", "garbage\n")
+	tests := []struct {
+		name  string
+		args  []string
+		error string // the JSON error; "" for none
+	}{
+		{"verify: image not found", verify(missing), "resolving " + missing + ": not found"},
+		{"verify: trust policy absent", verify(missing, "--trust-policy", absent), "trust policy: open " + absent + ": no such file or directory"},
+		{"attach: image not found", []string{"attach", missing, "-o", "json", "--token-dir", t.TempDir()}, "resolving " + missing + ": not found"},
+		{"attach: token file absent", []string{"attach", missing, "-o", "json", "--token", absent}, "--token: open " + absent + ": no such file or directory"},
+		{"token verify: token file absent", []string{"token", "verify", absent, "-o", "json", "--attestation-url", url}, "open " + absent + ": no such file or directory"},
+		{"token show: not a token", []string{"token", "show", garbage, "-o", "json"}, `MAA token: check "format" failed: token has 1 dot-separated parts, a compact JWS has 3 (truncated or not a JWT?)`},
+		{"rules test: rule file absent", []string{"rules", "test", "-o", "json", "--rules", absent, "--claims", garbage}, "claim rules: open " + absent + ": no such file or directory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCmd(tc.args...)
+			var got map[string]any
+			if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+				t.Fatalf("exit %d, stdout %q (%v), stderr %q: want a JSON object", code, stdout, err, stderr)
+			}
+			if code != 1 || len(got) != 1 || got["error"] != tc.error || !strings.HasSuffix(stderr, ": "+tc.error+"\n") {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 1 and {\"error\": %q} on stdout and stderr", code, stdout, stderr, tc.error)
+			}
+		})
+	}
+
+	// A refusal prints the result, as before: no error object.
+	code, stdout, stderr := runCmd(verify(name + "@" + unsigned.Digest.String())...)
+	var res imageverify.Result
+	if err := json.Unmarshal([]byte(stdout), &res); err != nil || code != 1 || res.Passed || res.FailedCheck() != imageverify.CheckSignature || strings.Contains(stdout, `"error"`) || stderr != "" {
+		t.Fatalf("refusal: exit %d, stdout %q (%v), stderr %q; want 1 and the result", code, stdout, err, stderr)
+	}
+	// A usage error prints nothing on stdout.
+	if code, stdout, _ := runCmd("verify", missing, "-o", "json", "--timeout", "0"); code != 2 || stdout != "" {
+		t.Fatalf("usage error: exit %d, stdout %q", code, stdout)
+	}
+}
