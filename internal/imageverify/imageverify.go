@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -499,7 +500,7 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.ok(CheckAge, fmt.Sprintf("issued %s before signing (max %s)", st.Sub(t.IssuedAt()).Round(time.Second), o.MaxTokenAge))
 
 	if t.Nonce() != want {
-		return c.fail(CheckBinding, "the token is bound to another image or key than "+subject.Digest.String()+" and "+o.KeyID)
+		return c.fail(CheckBinding, bindingMismatch(subject.Digest.String(), o.KeyID, t.Nonce()))
 	}
 	c.ok(CheckBinding, "bound to "+subject.Digest.String()+" and "+o.KeyID)
 
@@ -508,6 +509,34 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	}
 	c.ok(CheckRules, fmt.Sprintf("%d rules of %s passed", len(o.Rules.Rules()), o.Rules.Name()))
 	return []candidate{c}
+}
+
+// bindingMismatch says what a token bound to got, not to digest and keyID, is bound to, when it
+// can tell: the signature pins the digest, and the plugin accepts a key id without version
+// (https://VAULT/keys/NAME), so a token bound to keyID without its version was made for a
+// signature with that key id. Otherwise it says only that the token is bound to another image
+// or key.
+func bindingMismatch(digest, keyID, got string) string {
+	if short := versionless(keyID); short != "" {
+		if b, err := binding.Compute(digest, short); err == nil && b == got {
+			return fmt.Sprintf("the token is bound to key id %s, not %s: the image was signed with the key id without version; verify with --key-id %[1]s or sign with the versioned id", short, keyID)
+		}
+	}
+	return "the token is bound to another image or key than " + digest + " and " + keyID
+}
+
+// versionless returns a Key Vault key id with a version (https://VAULT/keys/NAME/VERSION, or
+// /certificates/) without it, or "" for any other key id.
+func versionless(keyID string) string {
+	u, err := url.Parse(keyID)
+	if err != nil || u.Scheme != "https" || u.RawQuery != "" || u.Fragment != "" {
+		return ""
+	}
+	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+	if len(parts) != 3 || (parts[0] != "keys" && parts[0] != "certificates") || parts[1] == "" || parts[2] == "" {
+		return ""
+	}
+	return strings.TrimSuffix(keyID, "/"+parts[2])
 }
 
 // notationConfigError reports whether err, from notation-go's verifier (v1.3.2,

@@ -755,3 +755,65 @@ func TestNotationConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestBindingDetail: a token bound to the configured key id without its version (an image signed
+// with the versionless key id, which the plugin accepts) is refused as before, and the binding
+// check says so, naming both ids and the remedies; any other mismatch says only that the token is
+// bound to another image or key.
+func TestBindingDetail(t *testing.T) {
+	f := newFixture(t)
+	const short = "https://kv.vault.azure.net/keys/signer"
+	other := f.pushImage(t, "another image")
+	tests := []struct {
+		name   string
+		digest func(img ocispec.Descriptor) string
+		key    string
+		detail string
+	}{
+		{"the key id without version", func(img ocispec.Descriptor) string { return img.Digest.String() }, short,
+			"the token is bound to key id " + short + ", not " + keyID + ": the image was signed with the key id without version; verify with --key-id " + short + " or sign with the versioned id"},
+		{"another key", func(img ocispec.Descriptor) string { return img.Digest.String() }, "https://kv.vault.azure.net/keys/other",
+			"the token is bound to another image or key than %s and " + keyID},
+		{"another image, the key id without version", func(ocispec.Descriptor) string { return other.Digest.String() }, short,
+			"the token is bound to another image or key than %s and " + keyID},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img := f.pushImage(t, "binding "+string(rune('a'+i)))
+			b, err := binding.Compute(tc.digest(img), tc.key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok := f.token(t, b)
+			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+			res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, f.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.detail
+			if strings.Contains(want, "%s") {
+				want = fmt.Sprintf(want, img.Digest)
+			}
+			if res.Passed || res.FailedCheck() != CheckBinding || res.FailedDetail() != want {
+				t.Fatalf("passed %v, failed %q: %q; want the binding check to fail with %q", res.Passed, res.FailedCheck(), res.FailedDetail(), want)
+			}
+		})
+	}
+}
+
+func TestVersionless(t *testing.T) {
+	tests := []struct{ keyID, want string }{
+		{keyID, "https://kv.vault.azure.net/keys/signer"},
+		{"https://kv.vault.azure.net/certificates/signer/abc", "https://kv.vault.azure.net/certificates/signer"},
+		{"https://kv.vault.azure.net/keys/signer", ""},
+		{"https://kv.vault.azure.net/secrets/signer/abc", ""},
+		{"http://kv.vault.azure.net/keys/signer/abc", ""},
+		{"signer-key", ""},
+	}
+	for _, tc := range tests {
+		if got := versionless(tc.keyID); got != tc.want {
+			t.Errorf("versionless(%q) = %q, want %q", tc.keyID, got, tc.want)
+		}
+	}
+}
