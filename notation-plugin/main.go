@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/notaryproject/notation-plugin-framework-go/cli"
@@ -21,9 +22,8 @@ import (
 
 func main() {
 	cliutil.ShortLivedGC()
-	if len(os.Args) == 2 && (os.Args[1] == "--help" || os.Args[1] == "-h" || os.Args[1] == "help") {
-		fmt.Print(usage)
-		return
+	if code, done := forPeople(os.Args[1:], os.Stdout, os.Stderr); done {
+		os.Exit(code)
 	}
 	c, err := cli.New(gate.New(gate.Deps{}))
 	if err != nil {
@@ -31,6 +31,22 @@ func main() {
 		os.Exit(1)
 	}
 	c.Execute(context.Background(), os.Args)
+}
+
+// forPeople answers the invocations a person makes, which the plugin framework would answer
+// with a bare "Invalid command, ..." (no newline, no pointer to help): help (-h, --help, help) is
+// the usage on stdout, exit 0; no arguments at all is the usage on stderr, exit 2. done is false
+// for anything else, which the framework handles.
+func forPeople(args []string, stdout, stderr io.Writer) (code int, done bool) {
+	switch {
+	case len(args) == 0:
+		fmt.Fprint(stderr, usage)
+		return 2, true
+	case len(args) == 1 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help"):
+		fmt.Fprint(stdout, usage)
+		return 0, true
+	}
+	return 0, false
 }
 
 const usage = `notation-attested-kv: the Notation plugin "attested-kv".
