@@ -519,7 +519,7 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 func bindingMismatch(digest, keyID, got string) string {
 	if short := versionless(keyID); short != "" {
 		if b, err := binding.Compute(digest, short); err == nil && b == got {
-			return fmt.Sprintf("the token is bound to key id %s, not %s: the image was signed with the key id without version; verify with --key-id %[1]s or sign with the versioned id", short, keyID)
+			return fmt.Sprintf("the token is bound to key id %s, not %s: the image was signed with the key id without version; verify with that key id (oras-attest --key-id, the Ratify verifier's keyID) or sign with the versioned one", short, keyID)
 		}
 	}
 	return "the token is bound to another image or key than " + digest + " and " + keyID

@@ -771,7 +771,7 @@ func TestBindingDetail(t *testing.T) {
 		detail string
 	}{
 		{"the key id without version", func(img ocispec.Descriptor) string { return img.Digest.String() }, short,
-			"the token is bound to key id " + short + ", not " + keyID + ": the image was signed with the key id without version; verify with --key-id " + short + " or sign with the versioned id"},
+			"the token is bound to key id " + short + ", not " + keyID + ": the image was signed with the key id without version; verify with that key id (oras-attest --key-id, the Ratify verifier's keyID) or sign with the versioned one"},
 		{"another key", func(img ocispec.Descriptor) string { return img.Digest.String() }, "https://kv.vault.azure.net/keys/other",
 			"the token is bound to another image or key than %s and " + keyID},
 		{"another image, the key id without version", func(ocispec.Descriptor) string { return other.Digest.String() }, short,
