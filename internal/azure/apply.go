@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/keyvault/armkeyvault"
@@ -108,8 +109,9 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		}
 	}
 	// A vault of ours that destroy soft-deleted (without --purge) blocks its name until purged:
-	// recover it. One that is not ours is refused like a live one. Soft-deleted vaults outlive
-	// their resource group, so this is checked even when the group is missing.
+	// recover it. One that is not ours, including the vault of a deployment with the same prefix in
+	// another resource group, is refused like a live one. Soft-deleted vaults outlive their
+	// resource group, so this is checked even when the group is missing.
 	var recoverVault bool
 	if _, live := own[ownedKey("key vault", n.Vault)]; !live {
 		if recoverVault, err = checkDeletedVault(ctx, cl, cfg); err != nil {
@@ -216,7 +218,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	} else {
 		done("key vault", n.Vault, "ready", out.KeyVaultURL+" (RBAC)")
 	}
-	vaultScope := cfg.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
+	vaultScope := cfg.vaultID()
 	// The operator creates the certificate, so it needs the vault scope.
 	if err := assign(ctx, cl, cfg, vaultScope, cfg.OperatorPrincipalID, operatorType(cfg), RoleKeyVaultCertificatesOfficer); err != nil {
 		return fail("role assignment", "Key Vault Certificates Officer (operator)", err)
@@ -321,13 +323,15 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 // soft delete, or refused.
 func planDeletedVault(ctx context.Context, cl *Clients, cfg Config, steps []Step) ([]Step, error) {
 	n := NamesFor(cfg.NamePrefix)
-	ours, found, err := deletedVault(ctx, cl, cfg)
+	d, err := deletedVault(ctx, cl, cfg)
 	switch {
 	case err != nil:
 		return steps, err
-	case found && ours:
+	case d.owner == deletedOurs:
 		return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "recover", Detail: "soft-deleted by an earlier destroy: recovered with its keys and certificates"}), nil
-	case found:
+	case d.owner == deletedOtherVault:
+		return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "refuse", Detail: "soft-deleted, the vault of another deployment with this prefix (" + d.vaultID + "): apply would refuse (" + d.howToProceed(cfg) + ")"}), nil
+	case d.owner == deletedForeign:
 		return append(steps, Step{Kind: "key vault", Name: n.Vault, Action: "refuse", Detail: "soft-deleted, not created by this deployment: apply would refuse (choose another --name-prefix)"}), nil
 	}
 	return planCreateGlobal(ctx, cl, cfg, "key vault", n.Vault, steps)
@@ -472,33 +476,85 @@ func keepRegistrySettings(rp, e *armcontainerregistry.RegistryProperties) {
 	rp.ZoneRedundancy = e.ZoneRedundancy
 }
 
-// checkDeletedVault looks for a soft-deleted vault under the deployment's vault name: one of
-// ours is to be recovered (true); another is an ErrNotOwned error.
+// checkDeletedVault looks for a soft-deleted vault under the deployment's vault name: this
+// deployment's is to be recovered (true); any other is an ErrNotOwned error, since recovering it
+// would take over another deployment's keys.
 func checkDeletedVault(ctx context.Context, cl *Clients, cfg Config) (bool, error) {
-	ours, found, err := deletedVault(ctx, cl, cfg)
+	d, err := deletedVault(ctx, cl, cfg)
+	n := NamesFor(cfg.NamePrefix)
 	switch {
 	case err != nil:
 		return false, err
-	case found && !ours:
-		n := NamesFor(cfg.NamePrefix)
+	case d.owner == deletedOtherVault:
+		return false, fmt.Errorf("key vault %s is soft-deleted in %s and was %w but by another deployment with prefix %s: it was %s, not %s, and recovering it here would take over that deployment's signing key; its name stays taken until it is recovered or purged: %s",
+			n.Vault, cfg.Location, ErrNotOwned, cfg.NamePrefix, d.vaultID, cfg.vaultID(), d.howToProceed(cfg))
+	case d.owner == deletedForeign:
 		return false, fmt.Errorf("key vault %s is soft-deleted in %s and was %w (no %s=%s tag): its name stays taken until it is purged; choose another --name-prefix",
 			n.Vault, cfg.Location, ErrNotOwned, TagKey, cfg.NamePrefix)
 	}
-	return found, nil
+	return d.owner == deletedOurs, nil
 }
 
-// deletedVault reports whether a soft-deleted vault holds the deployment's vault name in its
-// location, and whether it carries the deployment's tag.
-func deletedVault(ctx context.Context, cl *Clients, cfg Config) (ours, found bool, err error) {
+// deletedOwner says whose soft-deleted vault holds the deployment's vault name.
+type deletedOwner int
+
+const (
+	noDeletedVault    deletedOwner = iota // none
+	deletedOurs                           // this deployment's: our tag and our vault's resource id
+	deletedOtherVault                     // our tag, but another vault: same prefix, another resource group or subscription
+	deletedForeign                        // no tag of ours
+)
+
+// softDeleted is what deletedVault found.
+type softDeleted struct {
+	owner deletedOwner
+	// vaultID is the resource id the vault had before deletion, as ARM reports it, or a note
+	// saying ARM reported none; "" when there is no soft-deleted vault.
+	vaultID string
+}
+
+// howToProceed says what to run about another deployment's soft-deleted vault: recover or purge
+// it from the deployment it belongs to, or use another prefix.
+func (d softDeleted) howToProceed(cfg Config) string {
+	where := "from the deployment it belongs to"
+	if id, err := arm.ParseResourceID(d.vaultID); err == nil && id.ResourceGroupName != "" {
+		where = "with --resource-group " + id.ResourceGroupName
+		if !strings.EqualFold(id.SubscriptionID, cfg.SubscriptionID) {
+			where += " --subscription " + id.SubscriptionID
+		}
+	}
+	return "run apply " + where + " to recover it there, or destroy --purge " + where + " to delete it for good, or choose another --name-prefix"
+}
+
+// deletedVault looks for a soft-deleted vault holding the deployment's vault name in its location.
+// ARM keeps soft-deleted vaults per subscription and location, not per resource group, so the tag
+// (whose value is only the prefix) does not tell deployments of one prefix in two groups apart:
+// the vault is this deployment's only if it also had this deployment's resource id
+// (DeletedVaultProperties.VaultID, "The resource id of the original vault": armkeyvault v1.5.0
+// models.go; its getDeletedVault example gives the form /subscriptions/…/resourceGroups/…/
+// providers/Microsoft.KeyVault/vaults/…), compared case-insensitively as ARM ids are. A vault
+// whose id ARM does not report is not ours (the REST example carries it; that every answer does is
+// UNCONFIRMED): purging or recovering another deployment's vault cannot be undone.
+func deletedVault(ctx context.Context, cl *Clients, cfg Config) (softDeleted, error) {
 	n := NamesFor(cfg.NamePrefix)
 	d, err := cl.Vaults.GetDeleted(ctx, n.Vault, cfg.Location, nil)
 	if isNotFound(err) {
-		return false, false, nil
+		return softDeleted{}, nil
 	}
 	if err != nil {
-		return false, false, fmt.Errorf("soft-deleted key vault %s: %w", n.Vault, err)
+		return softDeleted{}, fmt.Errorf("soft-deleted key vault %s: %w", n.Vault, err)
 	}
-	return d.Properties != nil && tagged(d.Properties.Tags, cfg.NamePrefix), true, nil
+	if d.Properties == nil || !tagged(d.Properties.Tags, cfg.NamePrefix) {
+		return softDeleted{owner: deletedForeign}, nil
+	}
+	id := deref(d.Properties.VaultID)
+	if !strings.EqualFold(id, cfg.vaultID()) {
+		if id == "" {
+			id = "unknown (ARM reported no vaultId)"
+		}
+		return softDeleted{owner: deletedOtherVault, vaultID: id}, nil
+	}
+	return softDeleted{owner: deletedOurs, vaultID: id}, nil
 }
 
 // mergeTags returns existing with the deployment's tag set: tags others put on our resources stay.
@@ -638,14 +694,18 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 			return steps, err
 		}
 	case vault == absent && purge:
-		// Left soft-deleted by an earlier destroy without --purge.
-		ours, found, err := deletedVault(ctx, cl, cfg)
+		// Left soft-deleted by an earlier destroy without --purge, of this deployment only: the
+		// lookup is by name and location, and a vault of the same prefix from another resource
+		// group would be purged with its keys, irreversibly.
+		d, err := deletedVault(ctx, cl, cfg)
 		switch {
 		case err != nil:
 			return steps, err
-		case found && !ours:
+		case d.owner == deletedForeign:
 			note("key vault", n.Vault, "skip", "soft-deleted, not created by this deployment")
-		case found:
+		case d.owner == deletedOtherVault:
+			note("key vault", n.Vault, "skip", "soft-deleted, the vault of another deployment with this prefix ("+d.vaultID+"), not "+cfg.vaultID()+": not purged")
+		case d.owner == deletedOurs:
 			if err := purgeVault(ctx, cl, cfg, "was soft-deleted", note); err != nil {
 				return steps, err
 			}

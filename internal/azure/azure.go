@@ -246,6 +246,11 @@ func (c Config) rgID() string {
 	return "/subscriptions/" + c.SubscriptionID + "/resourceGroups/" + c.ResourceGroup
 }
 
+// vaultID is the resource id of the deployment's vault.
+func (c Config) vaultID() string {
+	return c.rgID() + "/providers/Microsoft.KeyVault/vaults/" + NamesFor(c.NamePrefix).Vault
+}
+
 func (c Config) roleDefinition(guid string) string {
 	return "/subscriptions/" + c.SubscriptionID + "/providers/Microsoft.Authorization/roleDefinitions/" + guid
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -50,6 +51,9 @@ type fakeAzure struct {
 	failVault bool
 	// deletedVaults are soft-deleted vaults (name -> the tags they had).
 	deletedVaults map[string]map[string]*string
+	// deletedVaultIDs are the resource ids soft-deleted vaults had (name -> id), as ARM reports
+	// them in DeletedVaultProperties.VaultID; a vault without one is reported without an id.
+	deletedVaultIDs map[string]string
 	// taken are global vault and registry names held outside the group (name -> reason), on top
 	// of the vaults (live or soft-deleted) and registries the fake holds.
 	taken map[string]string
@@ -81,7 +85,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
 		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
 		roleDefs: map[string]armauthorization.RoleDefinition{},
-		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}, taken: map[string]string{}}
+		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}, deletedVaultIDs: map[string]string{}, taken: map[string]string{}}
 	cred := &azfake.TokenCredential{}
 	opt := func(tr interface {
 		Do(*http.Request) (*http.Response, error)
@@ -196,6 +200,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 				return r, e
 			}
 			delete(f.deletedVaults, name)
+			delete(f.deletedVaultIDs, name)
 			f.vaults[name] = p
 			f.wrote("vault")
 			v := armkeyvault.Vault{Tags: p.Tags, Properties: &armkeyvault.VaultProperties{VaultURI: ptr("https://" + name + ".vault.azure.net/")}}
@@ -217,6 +222,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			f.deletedVaults[name] = f.vaults[name].Tags
+			f.deletedVaultIDs[name] = "/subscriptions/sub/resourceGroups/" + rg + "/providers/Microsoft.KeyVault/vaults/" + name
 			delete(f.vaults, name)
 			f.wrote("vault-delete")
 			return respond(http.StatusOK, armkeyvault.VaultsClientDeleteResponse{})
@@ -228,9 +234,13 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armkeyvault.VaultsClientGetDeletedResponse]()
 			}
+			var id *string
+			if v, ok := f.deletedVaultIDs[name]; ok {
+				id = ptr(v)
+			}
 			var r azfake.Responder[armkeyvault.VaultsClientGetDeletedResponse]
 			r.SetResponse(http.StatusOK, armkeyvault.VaultsClientGetDeletedResponse{DeletedVault: armkeyvault.DeletedVault{
-				Name: ptr(name), Properties: &armkeyvault.DeletedVaultProperties{Location: ptr(location), Tags: tags, PurgeProtectionEnabled: ptr(f.purgeProtected)},
+				Name: ptr(name), Properties: &armkeyvault.DeletedVaultProperties{Location: ptr(location), Tags: tags, PurgeProtectionEnabled: ptr(f.purgeProtected), VaultID: id},
 			}}, nil)
 			return r, azfake.ErrorResponder{}
 		},
@@ -265,6 +275,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 				return azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]{}, e
 			}
 			delete(f.deletedVaults, name)
+			delete(f.deletedVaultIDs, name)
 			f.wrote("vault-purge")
 			var r azfake.PollerResponder[armkeyvault.VaultsClientPurgeDeletedResponse]
 			r.SetTerminalResponse(http.StatusOK, armkeyvault.VaultsClientPurgeDeletedResponse{}, nil)
@@ -401,9 +412,10 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	armSrv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		f.mu.Lock()
 		defer f.mu.Unlock()
-		const prefix = "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.Attestation/attestationProviders/"
-		name, ok := strings.CutPrefix(r.URL.Path, prefix)
-		if !ok || r.URL.Query().Get("api-version") != AttestationAPIVersion || !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+		// Any resource group: providers are kept by name, like the fake's other resources.
+		rgAndName, ok := strings.CutPrefix(r.URL.Path, "/subscriptions/sub/resourceGroups/")
+		_, name, found := strings.Cut(rgAndName, "/providers/Microsoft.Attestation/attestationProviders/")
+		if !ok || !found || strings.Contains(name, "/") || r.URL.Query().Get("api-version") != AttestationAPIVersion || !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
@@ -894,6 +906,120 @@ func TestApplyRecoversSoftDeletedVault(t *testing.T) {
 			t.Fatalf("destroy --purge purged a foreign vault: %v", err)
 		}
 	}
+}
+
+// TestSoftDeletedVaultOfAnotherGroup: soft-deleted vaults are looked up by subscription, location
+// and name, and the tag holds only the prefix, so a deployment with the same prefix in another
+// resource group finds the vault an earlier destroy (without --purge) left of the first one. Its
+// destroy --purge must not purge that vault (and its keys, irreversibly), nor its apply recover it.
+func TestSoftDeletedVaultOfAnotherGroup(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	f, cl := newFakeAzure(t)
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	other := testConfig
+	other.ResourceGroup = "rg2"
+	before := maps.Clone(f.writes)
+
+	steps, err := Destroy(ctx, cl, other, true, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.deletedVaults[n.Vault]; !ok || f.writes["vault-purge"] != 0 {
+		t.Fatalf("destroy --purge in another group purged the first deployment's vault: %+v", steps)
+	}
+	if !hasStepDetail(steps, n.Vault, "skip", "another deployment") {
+		t.Errorf("the skipped vault is not reported: %+v", steps)
+	}
+
+	plan, err := Plan(ctx, cl, other)
+	if err != nil || !hasStepDetail(plan, n.Vault, "refuse", "--resource-group rg ") {
+		t.Errorf("plan in another group: %+v %v", plan, err)
+	}
+	_, _, err = Apply(ctx, cl, other, io.Discard)
+	if !errors.Is(err, ErrNotOwned) {
+		t.Fatalf("apply in another group: %v", err)
+	}
+	for _, want := range []string{"another deployment", "/resourceGroups/rg/", "apply with --resource-group rg ", "destroy --purge with --resource-group rg ", "--name-prefix"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("the refusal does not say %q: %v", want, err)
+		}
+	}
+	if !maps.Equal(f.writes, before) {
+		t.Errorf("wrote in another group: %v, before %v", f.writes, before)
+	}
+
+	// The deployment it belongs to still recovers it.
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil || len(f.deletedVaults) != 0 {
+		t.Fatalf("apply in the vault's own group: %v, still soft-deleted %v", err, f.deletedVaults)
+	}
+}
+
+// TestDeletedVaultOwner: whose a soft-deleted vault is, by its tag and its original resource id.
+func TestDeletedVaultOwner(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	ours := testConfig.vaultID()
+	for _, tc := range []struct {
+		name  string
+		tags  map[string]*string
+		id    string // "" = not reported
+		owner deletedOwner
+		// what to proceed with says, for another deployment's vault
+		proceed string
+	}{
+		{name: "ours", tags: testConfig.tags(), id: ours, owner: deletedOurs},
+		{name: "ours, id in another case", tags: testConfig.tags(), id: strings.ToUpper(ours), owner: deletedOurs},
+		{name: "another group", tags: testConfig.tags(), id: "/subscriptions/sub/resourceGroups/teamrg/providers/Microsoft.KeyVault/vaults/" + n.Vault,
+			owner: deletedOtherVault, proceed: "--resource-group teamrg to"},
+		{name: "another subscription", tags: testConfig.tags(), id: "/subscriptions/sub2/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/" + n.Vault,
+			owner: deletedOtherVault, proceed: "--resource-group rg --subscription sub2 to"},
+		{name: "id not reported", tags: testConfig.tags(), owner: deletedOtherVault, proceed: "from the deployment it belongs to"},
+		{name: "untagged", id: ours, owner: deletedForeign},
+		{name: "another prefix", tags: map[string]*string{TagKey: ptr("other")}, id: ours, owner: deletedForeign},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, cl := newFakeAzure(t)
+			f.deletedVaults[n.Vault] = tc.tags
+			if tc.id != "" {
+				f.deletedVaultIDs[n.Vault] = tc.id
+			}
+			d, err := deletedVault(ctx, cl, testConfig)
+			if err != nil || d.owner != tc.owner {
+				t.Fatalf("owner %v, %v; want %v", d.owner, err, tc.owner)
+			}
+			if tc.proceed != "" && !strings.Contains(d.howToProceed(testConfig), tc.proceed) {
+				t.Errorf("how to proceed: %q, want %q", d.howToProceed(testConfig), tc.proceed)
+			}
+			_, _, err = Apply(ctx, cl, testConfig, io.Discard)
+			if tc.owner == deletedOurs {
+				if err != nil || len(f.deletedVaults) != 0 {
+					t.Fatalf("apply did not recover our vault: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrNotOwned) || len(f.writes) != 0 {
+				t.Fatalf("apply over it: %v, writes %v", err, f.writes)
+			}
+			if _, err := Destroy(ctx, cl, testConfig, true, io.Discard); err != nil || f.writes["vault-purge"] != 0 || len(f.deletedVaults) != 1 {
+				t.Fatalf("destroy --purge purged it: %v", err)
+			}
+		})
+	}
+}
+
+func hasStepDetail(steps []Step, name, action, detail string) bool {
+	for _, s := range steps {
+		if s.Name == name && s.Action == action && strings.Contains(s.Detail, detail) {
+			return true
+		}
+	}
+	return false
 }
 
 func hasStep(steps []Step, name, action string) bool {
