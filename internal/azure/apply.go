@@ -237,6 +237,12 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		})
 		return err
 	}); err != nil {
+		if errors.Is(err, provision.ErrCertificateDisabled) {
+			// An administrator's stop, not a step a rerun completes: the error says what to do
+			// first, and no outputs or trust store are written.
+			progress(w, "%-20s %-26s REFUSED: %v", "certificate", n.Certificate, err)
+			return nil, steps, err
+		}
 		return fail("certificate", n.Certificate, err)
 	}
 	out.KeyID, out.Certificate = cert.KeyID, cert.Certificate

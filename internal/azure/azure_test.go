@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"net/http"
@@ -1058,6 +1059,27 @@ func TestApplyReportsReplacedCertificate(t *testing.T) {
 	for _, want := range []string{"previous certificate will no longer verify", "trust store", "signingCertSHA256", out.CertificateThumbprint} {
 		if !strings.Contains(detail, want) {
 			t.Errorf("the new-version step does not say %q: %q", want, detail)
+		}
+	}
+}
+
+// TestApplyRefusesDisabledCertificate: a signing certificate an administrator disabled stops
+// apply, with the refusal as its error (not a failure a rerun completes), and no outputs.
+func TestApplyRefusesDisabledCertificate(t *testing.T) {
+	_, cl := newFakeAzure(t)
+	cl.Certificates = func(_ context.Context, _ string, c provision.SigningCertificate) (*provision.Result, error) {
+		return nil, fmt.Errorf("certificate %s version v1 is disabled: %w: enable it, or delete it, then run apply again", c.Name, provision.ErrCertificateDisabled)
+	}
+	out, steps, err := Apply(context.Background(), cl, testConfig, io.Discard)
+	if !errors.Is(err, provision.ErrCertificateDisabled) || out != nil {
+		t.Fatalf("apply over a disabled certificate: %v, outputs %+v", err, out)
+	}
+	if strings.Contains(err.Error(), "run apply again to complete") || !strings.Contains(err.Error(), "certificate attested-signing") {
+		t.Errorf("the refusal reads as a failure to rerun, or does not name the certificate: %v", err)
+	}
+	for _, s := range steps {
+		if s.Kind == "certificate" || strings.HasPrefix(s.Name, "Key Vault Crypto") {
+			t.Errorf("apply went on past the refusal: %+v", s)
 		}
 	}
 }

@@ -167,15 +167,23 @@ func isHSM(kt *azcertificates.KeyType) bool {
 // HSM-backed by one whose key is not: signatures would silently stop being HSM-made.
 var ErrKeyDowngrade = errors.New("refused to replace an HSM-backed key by a software key")
 
+// ErrCertificateDisabled is EnsureSigningCertificate's refusal to replace a signing certificate
+// whose current version is disabled: an administrator disabled it (an emergency stop, such as
+// after a suspected compromise), and a new, enabled version with a new key would resume signing
+// and be written to the trust store.
+var ErrCertificateDisabled = errors.New("refused to replace a signing certificate an administrator disabled")
+
 // EnsureSigningCertificate returns the certificate named c.Name if the vault's current version of
 // it is what c asks for, so that a second bootstrap run does not add a certificate version, and
-// creates the certificate otherwise. The current version is reused only if it is enabled, valid
-// now and for at least RenewBefore more, its key usage is digitalSignature alone and its extended
-// key usage code signing alone, its public key has c's type and size or curve, and its policy
-// (which Key Vault follows for every later version) has c's key type and size or curve, a
-// non-exportable key, c's issuer and the PEM secret content type. Any other version is replaced
-// by a new version created with c's policy; Result.Replaced says why. Subject, validity months and
-// key reuse are not compared: they do not weaken the key or the certificate Notation trusts.
+// creates the certificate otherwise. A current version that is disabled (or whose enabled
+// attribute Key Vault does not report) is an ErrCertificateDisabled error, and so is never
+// replaced. An enabled current version is reused only if it is valid now and for at least
+// RenewBefore more, its key usage is digitalSignature alone and its extended key usage code
+// signing alone, its public key has c's type and size or curve, and its policy (which Key Vault
+// follows for every later version) has c's key type and size or curve, a non-exportable key, c's
+// issuer and the PEM secret content type. Any other enabled version is replaced by a new version
+// created with c's policy; Result.Replaced says why. Subject, validity months and key reuse are
+// not compared: they do not weaken the key or the certificate Notation trusts.
 func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.TokenCredential, opts *azcertificates.ClientOptions, c SigningCertificate) (*Result, error) {
 	client, err := azcertificates.NewClient(vaultURL, cred, opts)
 	if err != nil {
@@ -196,6 +204,16 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	if err != nil {
 		return nil, fmt.Errorf("certificate %s: %w", c.Name, err)
 	}
+	if a := got.Attributes; a == nil || a.Enabled == nil || !*a.Enabled {
+		state := "disabled"
+		if a == nil || a.Enabled == nil {
+			state = "not reported as enabled"
+		}
+		// A deleted certificate keeps its name while soft-deleted (Key Vault answers a create of
+		// it with a conflict until it is purged or recovered: UNCONFIRMED here).
+		return nil, fmt.Errorf("certificate %s version %s is %s: %w: apply does not replace a signing certificate an administrator disabled; enable it, or delete it (and purge it), then run apply again",
+			c.Name, got.ID.Version(), state, ErrCertificateDisabled)
+	}
 	if got.Policy != nil && got.Policy.KeyProperties != nil && isHSM(got.Policy.KeyProperties.KeyType) && !isHSM(c.policy().KeyProperties.KeyType) {
 		return nil, fmt.Errorf("certificate %s: %w: its key is %s and a new version would have a %s key", c.Name, ErrKeyDowngrade, *got.Policy.KeyProperties.KeyType, *c.policy().KeyProperties.KeyType)
 	}
@@ -210,16 +228,15 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	return &Result{KeyID: strings.TrimSuffix(vaultURL, "/") + "/keys/" + c.Name + "/" + got.ID.Version(), Certificate: cert}, nil
 }
 
-// mismatches lists how the certificate version got (whose leaf is cert) falls short of the policy
-// want at time now, each entry naming the field with what it has and what is wanted; none means
-// it can be reused. A field Key Vault did not report counts as a mismatch.
+// mismatches lists how the enabled certificate version got (whose leaf is cert) falls short of the
+// policy want at time now, each entry naming the field with what it has and what is wanted; none
+// means it can be reused. A field Key Vault did not report counts as a mismatch. Whether got is
+// enabled is not its business: a disabled version is refused, not replaced
+// (EnsureSigningCertificate).
 func mismatches(got azcertificates.Certificate, cert *x509.Certificate, want *azcertificates.CertificatePolicy, now time.Time) []string {
 	var d []string
 	add := func(field, have, wanted string) { d = append(d, field+": have "+have+", want "+wanted) }
 
-	if a := got.Attributes; a == nil || a.Enabled == nil || !*a.Enabled {
-		add("enabled", "false", "true")
-	}
 	switch {
 	case now.Before(cert.NotBefore):
 		add("not before", cert.NotBefore.UTC().Format(time.RFC3339), "at or before "+now.UTC().Format(time.RFC3339))

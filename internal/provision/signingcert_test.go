@@ -68,6 +68,8 @@ type certVersion struct {
 	leaf    *x509.Certificate
 	policy  restPolicy
 	enabled bool
+	// enabledUnreported leaves the enabled attribute out of the answer.
+	enabledUnreported bool
 }
 
 type fakeVault struct {
@@ -117,15 +119,19 @@ func (v *fakeVault) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"id": base + "/certificates/" + name + "/pending", "status": "completed"})
 	case r.Method == http.MethodGet && rest == "" && len(vs) > 0:
 		cv := vs[len(vs)-1]
+		attrs := map[string]any{
+			"enabled": cv.enabled, "nbf": cv.leaf.NotBefore.Unix(), "exp": cv.leaf.NotAfter.Unix(),
+			"created": cv.leaf.NotBefore.Unix(), "updated": cv.leaf.NotBefore.Unix(),
+		}
+		if cv.enabledUnreported {
+			delete(attrs, "enabled")
+		}
 		bundle := map[string]any{
-			"id":  base + "/certificates/" + name + "/" + cv.version,
-			"kid": base + "/keys/" + name + "/" + cv.version,
-			"sid": base + "/secrets/" + name + "/" + cv.version,
-			"cer": base64.StdEncoding.EncodeToString(cv.leaf.Raw),
-			"attributes": map[string]any{
-				"enabled": cv.enabled, "nbf": cv.leaf.NotBefore.Unix(), "exp": cv.leaf.NotAfter.Unix(),
-				"created": cv.leaf.NotBefore.Unix(), "updated": cv.leaf.NotBefore.Unix(),
-			},
+			"id":         base + "/certificates/" + name + "/" + cv.version,
+			"kid":        base + "/keys/" + name + "/" + cv.version,
+			"sid":        base + "/secrets/" + name + "/" + cv.version,
+			"cer":        base64.StdEncoding.EncodeToString(cv.leaf.Raw),
+			"attributes": attrs,
 		}
 		if cv.policy != (restPolicy{}) {
 			bundle["policy"] = cv.policy
@@ -283,8 +289,16 @@ func TestEnsureSigningCertificate(t *testing.T) {
 			edit: func(*restPolicy, *certVersion) {}},
 		{name: "not yet valid", notBefore: now.Add(time.Hour), notAfter: year, replaced: "not before",
 			edit: func(*restPolicy, *certVersion) {}},
-		{name: "disabled", notAfter: year, replaced: "enabled: have false",
+		// An administrator's emergency stop: refused, never replaced by an enabled version with a
+		// new key, whatever else is wrong with the certificate.
+		{name: "disabled: refused", notAfter: year, refused: ErrCertificateDisabled,
 			edit: func(_ *restPolicy, cv *certVersion) { cv.enabled = false }},
+		{name: "disabled and expired: refused", notBefore: now.AddDate(-1, 0, -1), notAfter: now.Add(-time.Hour), refused: ErrCertificateDisabled,
+			edit: func(_ *restPolicy, cv *certVersion) { cv.enabled = false }},
+		{name: "disabled with an exportable key: refused", notAfter: year, refused: ErrCertificateDisabled,
+			edit: func(p *restPolicy, cv *certVersion) { t := true; p.KeyProps.Exportable, cv.enabled = &t, false }},
+		{name: "enabled not reported: refused", notAfter: year, refused: ErrCertificateDisabled,
+			edit: func(_ *restPolicy, cv *certVersion) { cv.enabledUnreported = true }},
 		{name: "key usage with keyEncipherment", notAfter: year, replaced: "policy key usage",
 			edit: func(p *restPolicy, _ *certVersion) {
 				p.X509Props.KeyUsage = []string{"digitalSignature", "keyEncipherment"}
@@ -322,7 +336,7 @@ func TestEnsureSigningCertificate(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				v.policy, v.enabled = p, cv.enabled
+				v.policy, v.enabled, v.enabledUnreported = p, cv.enabled, cv.enabledUnreported
 				vault.versions["sig"] = []certVersion{v}
 			}
 			c := request
@@ -335,6 +349,12 @@ func TestEnsureSigningCertificate(t *testing.T) {
 			if tt.refused != nil {
 				if !errors.Is(err, tt.refused) || len(vault.created) != 0 {
 					t.Fatalf("got %v with %d versions created, want %v and none", err, len(vault.created), tt.refused)
+				}
+				if !strings.Contains(err.Error(), "certificate sig") {
+					t.Errorf("the refusal does not name the certificate: %v", err)
+				}
+				if errors.Is(tt.refused, ErrCertificateDisabled) && (!strings.Contains(err.Error(), "enable it") || !strings.Contains(err.Error(), "delete it")) {
+					t.Errorf("the refusal does not say how to proceed: %v", err)
 				}
 				return
 			}
