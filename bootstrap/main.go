@@ -39,11 +39,16 @@ Usage:
 apply creates or updates, idempotently: the resource group, a user-assigned managed identity,
 an attestation provider and its AzureGuest policy, a Key Vault (RBAC) with an RSA-3072
 code-signing certificate, a Premium container registry, and the role assignments; it writes the
-outputs file and the Notation trust policy and store. With --image-builder it adds a compute
+outputs file and the Notation trust policy and store. The managed identity signs through a custom
+role (attested-kv signer <prefix> <rg> <subscription>) holding only
+Microsoft.KeyVault/vaults/keys/read and .../keys/sign/action on the signing key, not Key Vault
+Crypto User (whose keys/update re-enables a disabled key and keys/backup exports it; the Crypto
+User grant earlier versions made is withdrawn), and reads the chain through Certificate User on
+the certificate and Secrets User on its secret. With --image-builder it adds a compute
 gallery, a Trusted Launch image definition and an Azure Image Builder template that runs as its
 own identity (<prefix>-imagebuilder) with a custom role that can only read the gallery and write
 image versions; the signing identity gets no right on the gallery, and the Contributor grant
-earlier versions gave it there is withdrawn. Creating that role needs
+earlier versions gave it there is withdrawn. Creating the custom roles needs
 Microsoft.Authorization/roleDefinitions/write (Owner or User Access Administrator).
 destroy removes only what apply tagged.
 

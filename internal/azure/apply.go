@@ -51,6 +51,12 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	if steps, err = planResources(ctx, cfg, coreResources(cl, cfg, nil), rgExists, steps); err != nil {
 		return steps, err
 	}
+	if cl.RoleDefinitions == nil {
+		return steps, errors.New("no role definition client (the signer role needs one)")
+	}
+	if steps, err = planCustomRole(ctx, cl, cfg, cfg.signerRole(), steps); err != nil {
+		return steps, err
+	}
 	if cfg.ImageBuilder {
 		if cl.Build == nil || cl.RoleDefinitions == nil {
 			return steps, errors.New("image builder: no build layer or role definition clients")
@@ -62,7 +68,8 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	steps = append(steps,
 		Step{Kind: "attestation policy", Name: AttestationType, Action: "set", Detail: "from policy/maa/azureguest.txt"},
 		Step{Kind: "certificate", Name: n.Certificate, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"},
-		Step{Kind: "role assignments", Name: "identity, operator, cluster", Action: "ensure", Detail: "Key Vault Crypto User on the signing key, Certificate User on its certificate and Secrets User on its secret, AcrPush for the identity; Certificates Officer and Attestation Contributor for the operator; AcrPull for the cluster"},
+		Step{Kind: "role assignments", Name: "identity, operator, cluster", Action: "ensure", Detail: "the signer role (" + cfg.signerRole().what + ") on the signing key, Certificate User on its certificate and Secrets User on its secret, AcrPush for the identity; Certificates Officer and Attestation Contributor for the operator; AcrPull for the cluster"},
+		Step{Kind: "role assignment", Name: legacyCryptoUserLabel, Action: "revoke", Detail: "if an earlier version granted it: the signer role replaces it"},
 	)
 	return steps, nil
 }
@@ -78,6 +85,9 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 	if cfg.ImageBuilder && (cl.Build == nil || cl.RoleDefinitions == nil) {
 		return nil, nil, errors.New("image builder: no build layer or role definition clients")
+	}
+	if cl.RoleDefinitions == nil {
+		return nil, nil, errors.New("no role definition client (the signer role needs one)")
 	}
 	n := NamesFor(cfg.NamePrefix)
 	out := &Outputs{SubscriptionID: cfg.SubscriptionID, ResourceGroup: cfg.ResourceGroup, TenantID: cfg.TenantID}
@@ -257,14 +267,24 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	} else {
 		done("certificate", n.Certificate, "ready", out.KeyID)
 	}
-	// The signing identity gets sign on the certificate's key, read on the certificate and read on
-	// its secret (where the signer reads the PEM chain), each scoped to that one object rather
-	// than to the vault. Key Vault RBAC takes object scopes .../vaults/<v>/keys|secrets|
-	// certificates/<name> (Microsoft Learn, key-vault/general/rbac-guide). The objects exist by
-	// now, since the certificate created its key and secret; whether ARM would accept the
-	// assignment before they exist is UNCONFIRMED.
-	for _, a := range signingAssignments(vaultScope, n.Certificate) {
-		if err := assign(ctx, cl, cfg, a.scope, out.IdentityPrincipalID, "ServicePrincipal", a.role); err != nil {
+	// The signing identity gets read and sign on the certificate's key (the custom signer role,
+	// not Key Vault Crypto User: see signerDataActions), read on the certificate and read on its
+	// secret (where the signer reads the PEM chain), each scoped to that one object rather than to
+	// the vault. Key Vault RBAC takes object scopes .../vaults/<v>/keys|secrets|certificates/<name>
+	// (Microsoft Learn, key-vault/general/rbac-guide). The objects exist by now, since the
+	// certificate created its key and secret; whether ARM would accept the assignment before they
+	// exist is UNCONFIRMED.
+	signer := cfg.signerRole()
+	action, err := ensureCustomRole(ctx, cl, cfg, signer)
+	if err != nil {
+		return fail("role definition", signer.name, err)
+	}
+	done("role definition", signer.name, action, signer.what)
+	for _, a := range signingAssignments(cfg, n.Certificate) {
+		// The signer role may have been created just now (see applyBuildLayer).
+		if err := retryWhile(ctx, w, "the new role to propagate", roleNotVisibleYet, func() error {
+			return assign(ctx, cl, cfg, a.scope, out.IdentityPrincipalID, "ServicePrincipal", a.role)
+		}); err != nil {
 			return fail("role assignment", a.label, err)
 		}
 		// The vault-wide grant earlier versions made is withdrawn.
@@ -273,6 +293,16 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		}
 		done("role assignment", a.label, "ensured", "")
 	}
+	// Key Vault Crypto User, which earlier versions granted on the key (and before that on the
+	// whole vault), is withdrawn once the signer role is in place: it also grants keys/update,
+	// with which a job on a build VM could re-enable a key an administrator disabled, and
+	// keys/backup, which exports the key.
+	for _, scope := range []string{signingKeyScope(cfg, n.Certificate), vaultScope} {
+		if err := unassign(ctx, cl, scope, out.IdentityPrincipalID, RoleKeyVaultCryptoUser); err != nil {
+			return fail("role assignment", legacyCryptoUserLabel, err)
+		}
+	}
+	done("role assignment", legacyCryptoUserLabel, "revoked", "if an earlier version granted it")
 
 	rprops := &armcontainerregistry.RegistryProperties{
 		AdminUserEnabled: ptr(false),
@@ -434,9 +464,13 @@ func checkOwned(ctx context.Context, cl *Clients, cfg Config, seen *existingProp
 	if err := checkResources(ctx, cfg, rs, o); err != nil {
 		return o, err
 	}
+	// The roles carry no tags: getCustomRole refuses one under their ids that is not ours.
+	if _, _, err := getCustomRole(ctx, cl, cfg, cfg.signerRole()); err != nil {
+		return o, err
+	}
 	if cfg.ImageBuilder {
-		// The role carries no tags: getPublisherRole refuses one of its name that is not ours.
-		if _, _, err := getPublisherRole(ctx, cl, cfg); err != nil {
+		// The role carries no tags: getCustomRole refuses one of its name that is not ours.
+		if _, _, err := getCustomRole(ctx, cl, cfg, cfg.publisherRole()); err != nil {
 			return o, err
 		}
 	}
@@ -602,13 +636,55 @@ func assign(ctx context.Context, cl *Clients, cfg Config, scope, principal, prin
 // signingAssignment is a role the signing identity holds on one vault object.
 type signingAssignment struct{ scope, role, label string }
 
-// signingAssignments are the signing identity's roles on the vault, each on its object.
-func signingAssignments(vaultScope, certificate string) []signingAssignment {
+// signingAssignments are the signing identity's roles on the vault, each on its object: the
+// deployment's signer role on the key, the built-in Certificate User and Secrets User on the
+// certificate and its secret.
+func signingAssignments(cfg Config, certificate string) []signingAssignment {
+	vaultScope := cfg.vaultID()
 	return []signingAssignment{
-		{vaultScope + "/keys/" + certificate, RoleKeyVaultCryptoUser, "Key Vault Crypto User on key " + certificate + " (identity)"},
+		{signingKeyScope(cfg, certificate), cfg.signerRoleID(), signerAssignmentLabel(certificate)},
 		{vaultScope + "/certificates/" + certificate, RoleKeyVaultCertificateUser, "Key Vault Certificate User on certificate " + certificate + " (identity)"},
 		{vaultScope + "/secrets/" + certificate, RoleKeyVaultSecretsUser, "Key Vault Secrets User on secret " + certificate + " (identity)"},
 	}
+}
+
+// signingKeyScope is the role assignment scope of the signing key.
+func signingKeyScope(cfg Config, certificate string) string {
+	return cfg.vaultID() + "/keys/" + certificate
+}
+
+// signerAssignmentLabel names the signer role's assignment in steps.
+func signerAssignmentLabel(certificate string) string {
+	return "signer role on key " + certificate + " (identity)"
+}
+
+// legacyCryptoUserLabel names, in steps, the Key Vault Crypto User grant earlier versions gave the
+// signing identity.
+const legacyCryptoUserLabel = "Key Vault Crypto User (identity)"
+
+// destroySignerRole removes the signing identity's signer role assignment on the key, then the
+// signer role (a role with assignments cannot be deleted). What ARM refuses is reported as kept.
+func destroySignerRole(ctx context.Context, cl *Clients, cfg Config, note func(kind, name, action, detail string)) error {
+	n := NamesFor(cfg.NamePrefix)
+	id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil)
+	switch {
+	case isNotFound(err):
+	case err != nil:
+		return fmt.Errorf("managed identity %s: %w", n.Identity, err)
+	case tagged(id.Tags, cfg.NamePrefix) && id.Properties != nil && id.Properties.PrincipalID != nil:
+		label := signerAssignmentLabel(n.Certificate)
+		err := unassign(ctx, cl, signingKeyScope(cfg, n.Certificate), *id.Properties.PrincipalID, cfg.signerRoleID())
+		var re *azcore.ResponseError
+		switch {
+		case err == nil:
+			note("role assignment", label, "deleted", "")
+		case errors.As(err, &re):
+			note("role assignment", label, "kept", "delete refused: "+responseReason(re))
+		default:
+			return fmt.Errorf("role assignment %s: %w", label, err)
+		}
+	}
+	return destroyCustomRole(ctx, cl, cfg, cfg.signerRole(), note)
 }
 
 // unassign deletes the assignment assign would have made; a missing one is success.
@@ -677,6 +753,10 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	}
 	// The image builder's identity and role go after the template that runs as it.
 	if err := destroyImageBuilder(ctx, cl, cfg, note); err != nil {
+		return steps, err
+	}
+	// The signer role goes with its assignment, before the vault holding the key it is assigned on.
+	if err := destroySignerRole(ctx, cl, cfg, note); err != nil {
 		return steps, err
 	}
 	if _, err := destroyResource(ctx, cfg, core["container registry"], note, "", func(ctx context.Context) error {

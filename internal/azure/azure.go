@@ -2,10 +2,12 @@
 // chain needs: a resource group, a user-assigned managed identity for the build VMs, an MAA
 // attestation provider (through azcore: armattestation cannot be fetched through the Go module
 // proxy here, azure-sdk.md §1) and its policy, a Key Vault in RBAC mode with a code-signing
-// certificate, a Premium container registry, and the role assignments between them. With the
-// build layer it adds a compute gallery and an Azure Image Builder template that runs as a second
-// identity of its own, holding a custom image publisher role on the gallery only: the signing
-// identity, whose token any job on a build VM can get, gets no right on the gallery.
+// certificate, a Premium container registry, and the role assignments between them; the signing
+// identity holds a custom signer role on the signing key that can read it and sign with it only
+// (roles.go). With the build layer it adds a compute gallery and an Azure Image Builder template
+// that runs as a second identity of its own, holding a custom image publisher role on the gallery
+// only: the signing identity, whose token any job on a build VM can get, gets no right on the
+// gallery.
 //
 // Apply is idempotent: every resource is created or updated in place, role assignments have
 // deterministic names and "already exists" counts as success, and a failed run reports what

@@ -525,7 +525,7 @@ func TestApplyPlanDestroy(t *testing.T) {
 	regScope := testConfig.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
 	provScope := testConfig.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + n.AttestationProvider
 	wantRoles := map[string]string{
-		"principal-" + n.Identity + "|" + RoleKeyVaultCryptoUser:      "ServicePrincipal " + vaultScope + "/keys/attested-signing",
+		"principal-" + n.Identity + "|" + testConfig.signerRoleID():   "ServicePrincipal " + vaultScope + "/keys/attested-signing",
 		"principal-" + n.Identity + "|" + RoleKeyVaultCertificateUser: "ServicePrincipal " + vaultScope + "/certificates/attested-signing",
 		"principal-" + n.Identity + "|" + RoleKeyVaultSecretsUser:     "ServicePrincipal " + vaultScope + "/secrets/attested-signing",
 		"principal-" + n.Identity + "|" + RoleAcrPush:                 "ServicePrincipal " + regScope,
@@ -585,8 +585,9 @@ func TestApplyPlanDestroy(t *testing.T) {
 	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.vaults)+len(f.registries)+len(f.identities)+len(f.providers)+len(f.groups) != 0 || f.writes["vault-purge"] != 0 {
-		t.Fatalf("left after destroy: %d vaults, %d registries, %d identities, %d providers, %d groups, %d purges", len(f.vaults), len(f.registries), len(f.identities), len(f.providers), len(f.groups), f.writes["vault-purge"])
+	if len(f.vaults)+len(f.registries)+len(f.identities)+len(f.providers)+len(f.groups)+len(f.roleDefs) != 0 || f.writes["vault-purge"] != 0 {
+		t.Fatalf("left after destroy: %d vaults, %d registries, %d identities, %d providers, %d groups, %d role definitions, %d purges",
+			len(f.vaults), len(f.registries), len(f.identities), len(f.providers), len(f.groups), len(f.roleDefs), f.writes["vault-purge"])
 	}
 }
 
@@ -810,17 +811,21 @@ func TestApplyRefusesHSMDowngrade(t *testing.T) {
 }
 
 // TestSigningRolesScopedToObjects: the signing identity's Key Vault roles are on the signing key,
-// certificate and secret only, and the vault-wide grants of earlier versions are withdrawn.
+// certificate and secret only, and the grants of earlier versions (Crypto User and Certificate
+// User on the whole vault, then Crypto User on the key) are withdrawn.
 func TestSigningRolesScopedToObjects(t *testing.T) {
 	ctx := context.Background()
 	f, cl := newFakeAzure(t)
 	n := NamesFor("demo1")
 	vaultScope := testConfig.rgID() + "/providers/Microsoft.KeyVault/vaults/" + n.Vault
+	keyScope := vaultScope + "/keys/attested-signing"
 	principal := "principal-" + n.Identity
-	// What an earlier apply left: the identity's roles on the whole vault.
-	for _, role := range []string{RoleKeyVaultCryptoUser, RoleKeyVaultCertificateUser} {
-		f.assignments[vaultScope+"|"+assignmentName(vaultScope, principal, role)] = armauthorization.RoleAssignmentCreateParameters{
-			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(role))},
+	// What earlier applies left: the identity's roles on the whole vault, and Crypto User on the key.
+	for _, g := range []struct{ scope, role string }{
+		{vaultScope, RoleKeyVaultCryptoUser}, {vaultScope, RoleKeyVaultCertificateUser}, {keyScope, RoleKeyVaultCryptoUser},
+	} {
+		f.assignments[g.scope+"|"+assignmentName(g.scope, principal, g.role)] = armauthorization.RoleAssignmentCreateParameters{
+			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(g.role))},
 		}
 	}
 	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
@@ -835,7 +840,7 @@ func TestSigningRolesScopedToObjects(t *testing.T) {
 		got[key[:strings.LastIndex(key, "|")]+" "+role] = true
 	}
 	want := map[string]bool{
-		vaultScope + "/keys/attested-signing " + RoleKeyVaultCryptoUser:              true,
+		keyScope + " " + testConfig.signerRoleID():                                   true,
 		vaultScope + "/certificates/attested-signing " + RoleKeyVaultCertificateUser: true,
 		vaultScope + "/secrets/attested-signing " + RoleKeyVaultSecretsUser:          true,
 	}
@@ -846,6 +851,106 @@ func TestSigningRolesScopedToObjects(t *testing.T) {
 		if !got[k] {
 			t.Fatalf("missing %s; have %v", k, got)
 		}
+	}
+}
+
+// TestSignerRole: the signing identity signs through a custom role holding exactly the data
+// actions the plugin uses on the key (read it, sign with it), not Key Vault Crypto User, whose
+// keys/update would let a build job re-enable a key an administrator disabled and keys/backup
+// export it. Reruns keep the role and the assignment, a role widened since is narrowed again,
+// plan shows it, and destroy removes it.
+func TestSignerRole(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	n := NamesFor("demo1")
+	keyScope := testConfig.vaultID() + "/keys/" + n.Certificate
+	name := "attested-kv signer demo1 rg sub"
+
+	plan, err := Plan(ctx, cl, testConfig)
+	if err != nil || !hasStepDetail(plan, name, "create", "Microsoft.KeyVault/vaults/keys/sign/action") {
+		t.Fatalf("plan: %+v %v", plan, err)
+	}
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	checkRole := func(when string) {
+		t.Helper()
+		role, ok := f.roleDefs[testConfig.signerRoleID()]
+		if !ok || role.Properties == nil || *role.Properties.RoleName != name || len(role.Properties.Permissions) != 1 {
+			t.Fatalf("%s: signer role %+v", when, role.Properties)
+		}
+		p := role.Properties.Permissions[0]
+		var data []string
+		for _, a := range p.DataActions {
+			data = append(data, *a)
+		}
+		slices.Sort(data)
+		if want := []string{"Microsoft.KeyVault/vaults/keys/read", "Microsoft.KeyVault/vaults/keys/sign/action"}; !slices.Equal(data, want) ||
+			len(p.Actions)+len(p.NotActions)+len(p.NotDataActions) != 0 {
+			t.Fatalf("%s: signer role permissions %v (+%d actions, %d not actions, %d not data actions), want exactly %v",
+				when, data, len(p.Actions), len(p.NotActions), len(p.NotDataActions), want)
+		}
+		if s := role.Properties.AssignableScopes; len(s) != 1 || *s[0] != testConfig.rgID() {
+			t.Fatalf("%s: assignable scopes %v", when, s)
+		}
+	}
+	checkRole("apply")
+	// The key's assignment holds the signer role; Crypto User is held nowhere.
+	var onKey []string
+	for key, a := range f.assignments {
+		if strings.HasSuffix(*a.Properties.RoleDefinitionID, "/"+RoleKeyVaultCryptoUser) {
+			t.Errorf("Key Vault Crypto User assigned at %s", key)
+		}
+		if strings.HasPrefix(key, keyScope+"|") {
+			onKey = append(onKey, *a.Properties.PrincipalID+" "+*a.Properties.RoleDefinitionID)
+		}
+	}
+	if want := "principal-" + n.Identity + " /subscriptions/sub/providers/Microsoft.Authorization/roleDefinitions/" + testConfig.signerRoleID(); len(onKey) != 1 || onKey[0] != want {
+		t.Fatalf("assignments on the key: %v, want %s", onKey, want)
+	}
+
+	// A rerun writes neither the role nor the assignment again.
+	before := maps.Clone(f.writes)
+	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if f.writes["role-definition"] != before["role-definition"] || f.writes["assignment"] != before["assignment"] {
+		t.Fatalf("rerun wrote the role %d times, assignments %d times", f.writes["role-definition"]-before["role-definition"], f.writes["assignment"]-before["assignment"])
+	}
+	if plan, err := Plan(ctx, cl, testConfig); err != nil || !hasStep(plan, name, "exists") {
+		t.Fatalf("plan after apply: %+v %v", plan, err)
+	}
+
+	// Widened since (keys/update added): plan says update, apply narrows it back in place.
+	f.mu.Lock()
+	role := f.roleDefs[testConfig.signerRoleID()]
+	role.Properties.Permissions[0].DataActions = append(role.Properties.Permissions[0].DataActions, ptr("Microsoft.KeyVault/vaults/keys/update/action"))
+	f.mu.Unlock()
+	if plan, err := Plan(ctx, cl, testConfig); err != nil || !hasStep(plan, name, "update") {
+		t.Fatalf("plan of a widened role: %+v %v", plan, err)
+	}
+	_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
+	if err != nil || !hasStep(steps, name, "updated") || f.writes["role-definition"] != before["role-definition"]+1 || f.writes["assignment"] != before["assignment"] {
+		t.Fatalf("apply over a widened role: %v, steps %+v", err, steps)
+	}
+	checkRole("rerun over a widened role")
+
+	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.roleDefs[testConfig.signerRoleID()]; ok {
+		t.Fatal("destroy kept the signer role")
+	}
+
+	// A role under its id that is not ours: refused before any write.
+	f2, cl2 := newFakeAzure(t)
+	f2.groups["rg"] = armresources.ResourceGroup{Location: ptr("westeurope"), Tags: testConfig.tags()}
+	f2.roleDefs[testConfig.signerRoleID()] = armauthorization.RoleDefinition{Properties: &armauthorization.RoleDefinitionProperties{RoleName: ptr("someone else's role")}}
+	if plan, err := Plan(ctx, cl2, testConfig); err != nil || !hasStep(plan, name, "refuse") {
+		t.Errorf("plan over a foreign role: %+v %v", plan, err)
+	}
+	if _, _, err := Apply(ctx, cl2, testConfig, io.Discard); !errors.Is(err, ErrNotOwned) || len(f2.writes) != 0 {
+		t.Errorf("apply over a foreign role: %v, writes %v", err, f2.writes)
 	}
 }
 
@@ -865,7 +970,7 @@ func TestApplyRecoversSoftDeletedVault(t *testing.T) {
 		t.Fatalf("destroy: deleted vaults %v, groups %d", f.deletedVaults, len(f.groups))
 	}
 	plan, err := Plan(ctx, cl, testConfig)
-	if err != nil || !hasStep(plan, n.Vault, "recover") || len(plan) != 8 {
+	if err != nil || !hasStep(plan, n.Vault, "recover") || len(plan) != 10 {
 		t.Fatalf("plan: %+v %v", plan, err)
 	}
 	_, steps, err := Apply(ctx, cl, testConfig, io.Discard)

@@ -14,7 +14,6 @@ import (
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
-	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/msi/armmsi"
@@ -188,16 +187,12 @@ func applyBuildLayer(ctx context.Context, cl *Clients, cfg Config, out *Outputs,
 		builderID = *bid.ID
 	}
 	done("managed identity", n.ImageBuilderIdentity, "ready", "Azure Image Builder runs as it")
-	action, err := ensurePublisherRole(ctx, cl, cfg)
+	action, err := ensureCustomRole(ctx, cl, cfg, cfg.publisherRole())
 	if err != nil {
 		return err
 	}
 	done("role definition", cfg.publisherRoleName(), action, strings.Join(imagePublisherActions, ", "))
-	// A role just created can take a while to be visible to role assignments. The error code
-	// ARM answers meanwhile (400 RoleDefinitionDoesNotExist) is UNCONFIRMED.
-	if err := retryWhile(ctx, w, "the new role to propagate", func(re *azcore.ResponseError) bool {
-		return re.StatusCode == http.StatusBadRequest && (re.ErrorCode == "RoleDefinitionDoesNotExist" || re.ErrorCode == "PrincipalNotFound")
-	}, func() error {
+	if err := retryWhile(ctx, w, "the new role to propagate", roleNotVisibleYet, func() error {
 		return assign(ctx, cl, cfg, galleryScope, *bid.Properties.PrincipalID, "ServicePrincipal", cfg.publisherRoleID())
 	}); err != nil {
 		return fmt.Errorf("role assignment image publisher on the gallery: %w", err)
@@ -339,100 +334,20 @@ func (c Config) publisherRoleID() string {
 	return assignmentName(c.rgID(), c.NamePrefix, "image-publisher")
 }
 
-// publisherRoleName is the image publisher role's display name. Role names are unique in a
-// tenant, so it names the subscription too: deployments of the same prefix and group name in two
-// subscriptions of one tenant would otherwise collide (RoleDefinitionWithSameNameExists).
-func (c Config) publisherRoleName() string {
-	return "attested-kv image publisher " + c.NamePrefix + " " + c.ResourceGroup + " " + c.SubscriptionID
-}
+// publisherRoleName is the image publisher role's display name (roleName).
+func (c Config) publisherRoleName() string { return c.roleName("image publisher") }
 
 // BuildTimeout is how long Azure Image Builder may run one build of the template.
 const BuildTimeout = 90 * time.Minute
 
-// publisherRole is the image publisher role definition: the four gallery actions, assignable in
-// the deployment's resource group only.
-func (c Config) publisherRole() armauthorization.RoleDefinition {
-	actions := make([]*string, len(imagePublisherActions))
-	for i := range imagePublisherActions {
-		actions[i] = &imagePublisherActions[i]
+// publisherRole is the image publisher role: the four gallery actions.
+func (c Config) publisherRole() customRole {
+	return customRole{
+		id: c.publisherRoleID(), name: c.publisherRoleName(),
+		description: "Lets Azure Image Builder publish image versions to the attested-kv build-agent gallery (deployment " + c.NamePrefix + ").",
+		actions:     imagePublisherActions,
+		what:        strings.Join(imagePublisherActions, ", "),
 	}
-	return armauthorization.RoleDefinition{Properties: &armauthorization.RoleDefinitionProperties{
-		RoleName:         ptr(c.publisherRoleName()),
-		Description:      ptr("Lets Azure Image Builder publish image versions to the attested-kv build-agent gallery (deployment " + c.NamePrefix + ")."),
-		RoleType:         ptr("CustomRole"),
-		Permissions:      []*armauthorization.Permission{{Actions: actions, NotActions: []*string{}, DataActions: []*string{}, NotDataActions: []*string{}}},
-		AssignableScopes: []*string{ptr(c.rgID())},
-	}}
-}
-
-// getPublisherRole reads the image publisher role; found is false if there is none, and a role
-// under its id with another name is an ErrNotOwned error.
-func getPublisherRole(ctx context.Context, cl *Clients, cfg Config) (role armauthorization.RoleDefinition, found bool, err error) {
-	r, err := cl.RoleDefinitions.Get(ctx, cfg.rgID(), cfg.publisherRoleID(), nil)
-	switch {
-	case isNotFound(err):
-		return role, false, nil
-	case err != nil:
-		return role, false, fmt.Errorf("role definition %s: %w", cfg.publisherRoleID(), err)
-	case r.Properties == nil || r.Properties.RoleName == nil || *r.Properties.RoleName != cfg.publisherRoleName():
-		return role, true, fmt.Errorf("role definition %s exists and was %w (its name is not %q): apply refuses to overwrite it",
-			cfg.publisherRoleID(), ErrNotOwned, cfg.publisherRoleName())
-	}
-	return r.RoleDefinition, true, nil
-}
-
-// ensurePublisherRole creates the image publisher role, or updates it if its actions or scopes
-// differ; it returns what it did.
-func ensurePublisherRole(ctx context.Context, cl *Clients, cfg Config) (string, error) {
-	got, found, err := getPublisherRole(ctx, cl, cfg)
-	if err != nil {
-		return "", err
-	}
-	want := cfg.publisherRole()
-	if found && sameRole(got, want) {
-		return "exists", nil
-	}
-	if _, err := cl.RoleDefinitions.CreateOrUpdate(ctx, cfg.rgID(), cfg.publisherRoleID(), want, nil); err != nil {
-		return "", fmt.Errorf("role definition %s: %w", cfg.publisherRoleName(), err)
-	}
-	if found {
-		return "updated", nil
-	}
-	return "created", nil
-}
-
-// sameRole reports whether a role grants exactly want's actions, and nothing else, at exactly want's
-// assignable scopes.
-func sameRole(got, want armauthorization.RoleDefinition) bool {
-	if got.Properties == nil || len(got.Properties.Permissions) != 1 || got.Properties.Permissions[0] == nil {
-		return false
-	}
-	gp, wp := got.Properties.Permissions[0], want.Properties.Permissions[0]
-	return sameSet(gp.Actions, wp.Actions) && len(gp.NotActions) == 0 && len(gp.DataActions) == 0 && len(gp.NotDataActions) == 0 &&
-		sameSet(got.Properties.AssignableScopes, want.Properties.AssignableScopes)
-}
-
-// sameSet compares two lists of ARM names (case-insensitive) as sets.
-func sameSet(a, b []*string) bool {
-	set := func(l []*string) map[string]bool {
-		m := map[string]bool{}
-		for _, s := range l {
-			if s != nil {
-				m[strings.ToLower(*s)] = true
-			}
-		}
-		return m
-	}
-	sa, sb := set(a), set(b)
-	if len(sa) != len(sb) {
-		return false
-	}
-	for k := range sa {
-		if !sb[k] {
-			return false
-		}
-	}
-	return true
 }
 
 // templateStale says why the existing template t cannot serve as the build layer bl running as
@@ -493,18 +408,8 @@ func planBuildLayer(ctx context.Context, cl *Clients, cfg Config, rgExists bool,
 	add := func(kind, name, action, detail string) {
 		steps = append(steps, Step{Kind: kind, Name: name, Action: action, Detail: detail})
 	}
-	role, found, err := getPublisherRole(ctx, cl, cfg)
-	switch {
-	case errors.Is(err, ErrNotOwned):
-		add("role definition", cfg.publisherRoleName(), "refuse", err.Error())
-	case err != nil:
+	if steps, err = planCustomRole(ctx, cl, cfg, cfg.publisherRole(), steps); err != nil {
 		return steps, err
-	case found && sameRole(role, cfg.publisherRole()):
-		add("role definition", cfg.publisherRoleName(), "exists", "")
-	case found:
-		add("role definition", cfg.publisherRoleName(), "update", strings.Join(imagePublisherActions, ", "))
-	default:
-		add("role definition", cfg.publisherRoleName(), "create", strings.Join(imagePublisherActions, ", ")+"; needs Microsoft.Authorization/roleDefinitions/write")
 	}
 	add("role assignment", "image publisher on the gallery (image builder identity)", "ensure", "")
 	add("role assignment", "Contributor on the gallery (signing identity)", "revoke", "if an earlier version granted it")
@@ -556,26 +461,8 @@ func destroyImageBuilder(ctx context.Context, cl *Clients, cfg Config, note func
 			return fmt.Errorf("role assignment image publisher on the gallery: %w", err)
 		}
 	}
-	if cl.RoleDefinitions != nil {
-		_, found, err := getPublisherRole(ctx, cl, cfg)
-		switch {
-		case errors.Is(err, ErrNotOwned):
-			note("role definition", cfg.publisherRoleID(), "skip", "not created by this deployment")
-		case err != nil:
-			return err
-		case found:
-			_, err := cl.RoleDefinitions.Delete(ctx, cfg.rgID(), cfg.publisherRoleID(), nil)
-			switch {
-			case err == nil:
-				note("role definition", cfg.publisherRoleName(), "deleted", "")
-			case errors.As(err, &re) && re.ErrorCode == "RoleDefinitionHasAssignments":
-				note("role definition", cfg.publisherRoleName(), "kept", "still assigned (an assignment this deployment did not make): remove it, then run destroy again")
-			case errors.As(err, &re):
-				note("role definition", cfg.publisherRoleName(), "kept", "delete refused: "+responseReason(re))
-			default:
-				return fmt.Errorf("role definition %s: %w", cfg.publisherRoleName(), err)
-			}
-		}
+	if err := destroyCustomRole(ctx, cl, cfg, cfg.publisherRole(), note); err != nil {
+		return err
 	}
 	switch {
 	case !idFound:

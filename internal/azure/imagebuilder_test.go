@@ -183,7 +183,7 @@ func TestBuildLayerAndReplicas(t *testing.T) {
 		t.Fatal("destroy kept the image template")
 	}
 	// The builder's assignment, its role and the identity go too.
-	if _, ok := f.identities[n.ImageBuilderIdentity]; ok || len(f.roleDefs) != 0 || f.writes["role-definition-delete"] != 1 {
+	if _, ok := f.identities[n.ImageBuilderIdentity]; ok || len(f.roleDefs) != 0 || f.writes["role-definition-delete"] != 2 {
 		t.Fatalf("destroy left the builder identity (%v) or the role definitions %v", ok, f.roleDefs)
 	}
 	for key, a := range f.assignments {
@@ -263,7 +263,7 @@ func TestBuildLayerPrivilegeSeparation(t *testing.T) {
 		t.Fatalf("the builder identity's assignments: %v, want only the publisher role at %s", builderRoles, galleryScope)
 	}
 	checkTemplateIdentity(t, b.templates[n.ImageTemplate], n.ImageBuilderIdentity)
-	if len(f.roleDefs) != 1 {
+	if len(f.roleDefs) != 2 { // the publisher role and the signer role
 		t.Fatalf("role definitions %v", f.roleDefs)
 	}
 	role := f.roleDefs[cfg.publisherRoleID()].Properties
@@ -286,12 +286,12 @@ func TestBuildLayerPrivilegeSeparation(t *testing.T) {
 		t.Fatalf("plan after apply: %+v %v", plan, err)
 	}
 
-	// Without the build layer: one identity and no custom role.
+	// Without the build layer: one identity and no publisher role (the signer role only).
 	f2, cl2, _ := newFakeBuild(t)
 	if _, _, err := Apply(ctx, cl2, testConfig, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f2.identities[n.ImageBuilderIdentity]; ok || len(f2.identities) != 1 || len(f2.roleDefs) != 0 || f2.writes["role-definition"] != 0 {
+	if _, ok := f2.identities[n.ImageBuilderIdentity]; ok || len(f2.identities) != 1 || len(f2.roleDefs) != 1 || f2.writes["role-definition"] != 1 {
 		t.Fatalf("without --image-builder: identities %d, role definitions %d", len(f2.identities), len(f2.roleDefs))
 	}
 }
