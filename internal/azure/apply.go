@@ -304,17 +304,17 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 	done("role assignment", legacyCryptoUserLabel, "revoked", "if an earlier version granted it")
 
-	rprops := &armcontainerregistry.RegistryProperties{
-		AdminUserEnabled: ptr(false),
-		// AcrPush/AcrPull are not honoured in ABAC mode: ask for the legacy mode explicitly.
-		RoleAssignmentMode: ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions),
-	}
-	keepRegistrySettings(rprops, seen.registry)
-	rp, err := cl.Registries.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, armcontainerregistry.Registry{
+	registry := armcontainerregistry.Registry{
 		Location: &cfg.Location, Tags: tagsOf("container registry", n.Registry),
-		SKU:        &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
-		Properties: rprops,
-	}, nil)
+		SKU: &armcontainerregistry.SKU{Name: ptr(armcontainerregistry.SKUNamePremium)},
+		Properties: &armcontainerregistry.RegistryProperties{
+			AdminUserEnabled: ptr(false),
+			// AcrPush/AcrPull are not honoured in ABAC mode: ask for the legacy mode explicitly.
+			RoleAssignmentMode: ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions),
+		},
+	}
+	keepRegistrySettings(&registry, seen.registry)
+	rp, err := cl.Registries.BeginCreate(ctx, cfg.ResourceGroup, n.Registry, registry, nil)
 	if err != nil {
 		return fail("container registry", n.Registry, err)
 	}
@@ -499,21 +499,49 @@ func keepVaultSettings(vp, e *armkeyvault.VaultProperties) {
 }
 
 // keepRegistrySettings is keepVaultSettings for the registry, whose update is also a PUT (what ACR
-// does with the properties a PUT leaves out is UNCONFIRMED; they are sent as they are): network
-// rules and access, policies (quarantine, trust, retention, export), data endpoints, anonymous
-// pull, and the settings fixed at creation (encryption, zone redundancy).
-func keepRegistrySettings(rp, e *armcontainerregistry.RegistryProperties) {
+// does with the properties a PUT leaves out is UNCONFIRMED; they are sent as they are): copied
+// from the existing registry e onto r, the registry apply sends, are network rules and access
+// (with the bypasses for trusted services and for ACR Tasks), policies (quarantine, trust,
+// retention, export), data endpoints, anonymous pull, the settings fixed at creation (encryption,
+// zone redundancy), and the registry's managed identity. A registry encrypted with a
+// customer-managed key reaches its key through that identity (KeyVaultProperties.Identity is its
+// client id: armcontainerregistry/v3 models.go), so a PUT without it could remove the identity and
+// cut the registry off from its own key.
+func keepRegistrySettings(r, e *armcontainerregistry.Registry) {
 	if e == nil {
 		return
 	}
-	rp.NetworkRuleSet = e.NetworkRuleSet
-	rp.NetworkRuleBypassOptions = e.NetworkRuleBypassOptions
-	rp.PublicNetworkAccess = e.PublicNetworkAccess
-	rp.Policies = e.Policies
-	rp.DataEndpointEnabled = e.DataEndpointEnabled
-	rp.AnonymousPullEnabled = e.AnonymousPullEnabled
-	rp.Encryption = e.Encryption
-	rp.ZoneRedundancy = e.ZoneRedundancy
+	r.Identity = sentIdentity(e.Identity)
+	rp, ep := r.Properties, e.Properties
+	if ep == nil {
+		return
+	}
+	rp.NetworkRuleSet = ep.NetworkRuleSet
+	rp.NetworkRuleBypassOptions = ep.NetworkRuleBypassOptions
+	rp.NetworkRuleBypassAllowedForTasks = ep.NetworkRuleBypassAllowedForTasks
+	rp.PublicNetworkAccess = ep.PublicNetworkAccess
+	rp.Policies = ep.Policies
+	rp.DataEndpointEnabled = ep.DataEndpointEnabled
+	rp.AnonymousPullEnabled = ep.AnonymousPullEnabled
+	rp.Encryption = ep.Encryption
+	rp.ZoneRedundancy = ep.ZoneRedundancy
+}
+
+// sentIdentity is the registry identity id as a PUT carries it: its type and its user-assigned
+// identities by resource id, without the principal, tenant and client ids the service reports
+// (read-only in armcontainerregistry/v3 IdentityProperties and UserIdentityProperties).
+func sentIdentity(id *armcontainerregistry.IdentityProperties) *armcontainerregistry.IdentityProperties {
+	if id == nil {
+		return nil
+	}
+	out := &armcontainerregistry.IdentityProperties{Type: id.Type}
+	if id.UserAssignedIdentities != nil {
+		out.UserAssignedIdentities = make(map[string]*armcontainerregistry.UserIdentityProperties, len(id.UserAssignedIdentities))
+		for k := range id.UserAssignedIdentities {
+			out.UserAssignedIdentities[k] = &armcontainerregistry.UserIdentityProperties{}
+		}
+	}
+	return out
 }
 
 // checkDeletedVault looks for a soft-deleted vault under the deployment's vault name: this

@@ -1362,6 +1362,18 @@ func TestApplyKeepsUnmanagedSettings(t *testing.T) {
 	r := f.registries[n.Registry]
 	r.Properties.PublicNetworkAccess = ptr(armcontainerregistry.PublicNetworkAccessDisabled)
 	r.Properties.Policies = &armcontainerregistry.Policies{QuarantinePolicy: &armcontainerregistry.QuarantinePolicy{Status: ptr(armcontainerregistry.PolicyStatusEnabled)}}
+	r.Properties.NetworkRuleBypassAllowedForTasks = ptr(true)
+	// A customer-managed key, reached through a user-assigned identity of the registry.
+	cmkIdentity := testConfig.rgID() + "/providers/Microsoft.ManagedIdentity/userAssignedIdentities/acr-cmk"
+	r.Identity = &armcontainerregistry.IdentityProperties{
+		Type:                   ptr(armcontainerregistry.ResourceIdentityTypeUserAssigned),
+		UserAssignedIdentities: map[string]*armcontainerregistry.UserIdentityProperties{cmkIdentity: {ClientID: ptr("cmk-client"), PrincipalID: ptr("cmk-principal")}},
+		PrincipalID:            ptr("reported"),
+	}
+	r.Properties.Encryption = &armcontainerregistry.EncryptionProperty{
+		Status:             ptr(armcontainerregistry.EncryptionStatusEnabled),
+		KeyVaultProperties: &armcontainerregistry.KeyVaultProperties{Identity: ptr("cmk-client"), KeyIdentifier: ptr("https://cmk.vault.azure.net/keys/acr")},
+	}
 	f.registries[n.Registry] = r
 	f.mu.Unlock()
 
@@ -1381,5 +1393,69 @@ func TestApplyKeepsUnmanagedSettings(t *testing.T) {
 	}
 	if *rp.AdminUserEnabled {
 		t.Error("the admin user was enabled")
+	}
+	if rp.NetworkRuleBypassAllowedForTasks == nil || !*rp.NetworkRuleBypassAllowedForTasks {
+		t.Errorf("the registry's bypass for ACR Tasks after a rerun: %v", rp.NetworkRuleBypassAllowedForTasks)
+	}
+	if e := rp.Encryption; e == nil || e.KeyVaultProperties == nil || *e.KeyVaultProperties.Identity != "cmk-client" {
+		t.Errorf("the registry's encryption after a rerun: %+v", e)
+	}
+	id := f.registries[n.Registry].Identity
+	if id == nil || id.Type == nil || *id.Type != armcontainerregistry.ResourceIdentityTypeUserAssigned || len(id.UserAssignedIdentities) != 1 || id.UserAssignedIdentities[cmkIdentity] == nil {
+		t.Errorf("the registry's identity, through which it reaches its key, after a rerun: %+v", id)
+	}
+}
+
+// TestKeepRegistrySettings: the registry PUT carries the existing registry's identity (as a PUT
+// states it: no read-only ids) and network settings, and adds nothing to a registry apply creates.
+func TestKeepRegistrySettings(t *testing.T) {
+	ua := "/subscriptions/sub/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/cmk"
+	for _, tc := range []struct {
+		name     string
+		existing *armcontainerregistry.Registry
+		want     *armcontainerregistry.IdentityProperties
+		tasks    *bool
+	}{
+		{name: "new registry"},
+		{name: "no identity", existing: &armcontainerregistry.Registry{Properties: &armcontainerregistry.RegistryProperties{NetworkRuleBypassAllowedForTasks: ptr(false)}},
+			tasks: ptr(false)},
+		{name: "system-assigned",
+			existing: &armcontainerregistry.Registry{
+				Identity:   &armcontainerregistry.IdentityProperties{Type: ptr(armcontainerregistry.ResourceIdentityTypeSystemAssigned), PrincipalID: ptr("p"), TenantID: ptr("t")},
+				Properties: &armcontainerregistry.RegistryProperties{NetworkRuleBypassAllowedForTasks: ptr(true)},
+			},
+			want:  &armcontainerregistry.IdentityProperties{Type: ptr(armcontainerregistry.ResourceIdentityTypeSystemAssigned)},
+			tasks: ptr(true)},
+		{name: "user-assigned, without properties",
+			existing: &armcontainerregistry.Registry{Identity: &armcontainerregistry.IdentityProperties{
+				Type:                   ptr(armcontainerregistry.ResourceIdentityTypeSystemAssignedUserAssigned),
+				UserAssignedIdentities: map[string]*armcontainerregistry.UserIdentityProperties{ua: {ClientID: ptr("c"), PrincipalID: ptr("p")}},
+			}},
+			want: &armcontainerregistry.IdentityProperties{
+				Type:                   ptr(armcontainerregistry.ResourceIdentityTypeSystemAssignedUserAssigned),
+				UserAssignedIdentities: map[string]*armcontainerregistry.UserIdentityProperties{ua: {}},
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := armcontainerregistry.Registry{Properties: &armcontainerregistry.RegistryProperties{AdminUserEnabled: ptr(false)}}
+			keepRegistrySettings(&r, tc.existing)
+			got, _ := json.Marshal(r.Identity)
+			want, _ := json.Marshal(tc.want)
+			if string(got) != string(want) {
+				t.Errorf("identity sent %s, want %s", got, want)
+			}
+			if g := r.Properties.NetworkRuleBypassAllowedForTasks; (g == nil) != (tc.tasks == nil) || (g != nil && *g != *tc.tasks) {
+				show := func(b *bool) string {
+					if b == nil {
+						return "unset"
+					}
+					return fmt.Sprint(*b)
+				}
+				t.Errorf("bypass for tasks %s, want %s", show(g), show(tc.tasks))
+			}
+			if r.Properties.AdminUserEnabled == nil || *r.Properties.AdminUserEnabled {
+				t.Error("the settings apply manages were changed")
+			}
+		})
 	}
 }

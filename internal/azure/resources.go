@@ -55,7 +55,9 @@ func coreResources(cl *Clients, cfg Config, seen *existingProps) []taggedResourc
 		}},
 		{kind: "container registry", name: n.Registry, tags: func(ctx context.Context) (map[string]*string, string, error) {
 			r, err := cl.Registries.Get(ctx, rg, n.Registry, nil)
-			seen.registry = r.Properties
+			if err == nil {
+				seen.registry = &r.Registry
+			}
 			return r.Tags, "", err
 		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
 			return planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps)
@@ -82,11 +84,12 @@ func vaultConflict(v armkeyvault.Vault, cfg Config) string {
 		`pass --hsm (or "hsm": true in the config file), or destroy the deployment first to move to a software key`
 }
 
-// existingProps are the properties of the deployment's existing vault and registry, as read by
-// the ownership check (nil for one that does not exist).
+// existingProps are the properties of the deployment's existing vault and the existing registry
+// (its identity sits beside its properties), as read by the ownership check (nil for one that does
+// not exist).
 type existingProps struct {
 	vault    *armkeyvault.VaultProperties
-	registry *armcontainerregistry.RegistryProperties
+	registry *armcontainerregistry.Registry
 }
 
 // buildResources are the build layer's tagged resources but its image template, which Plan
