@@ -3,11 +3,13 @@ package azure
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
@@ -25,7 +27,20 @@ const AttestationAPIVersion = "2020-10-01"
 type AttestationProviders struct {
 	sub    string
 	client *arm.Client
+	// deleteWait bounds how long Delete waits for a provider whose deletion ARM accepted (202)
+	// to be gone, reading it every deletePoll.
+	deleteWait, deletePoll time.Duration
 }
+
+// Defaults of AttestationProviders.deleteWait and deletePoll.
+const (
+	attestationDeleteWait = 5 * time.Minute
+	attestationDeletePoll = 5 * time.Second
+)
+
+// ErrDeleteNotDone is the error of a deletion ARM accepted (202) whose resource still exists
+// when the wait for it ends.
+var ErrDeleteNotDone = errors.New("deletion accepted but not done")
 
 // Provider is the part of an attestation provider the bootstrap uses.
 type Provider struct {
@@ -44,7 +59,7 @@ func NewAttestationProviders(subscription string, cred azcore.TokenCredential, o
 	if err != nil {
 		return nil, err
 	}
-	return &AttestationProviders{sub: subscription, client: c}, nil
+	return &AttestationProviders{sub: subscription, client: c, deleteWait: attestationDeleteWait, deletePoll: attestationDeletePoll}, nil
 }
 
 func (a *AttestationProviders) url(rg, name string) string {
@@ -75,7 +90,13 @@ func (a *AttestationProviders) Get(ctx context.Context, rg, name string) (*Provi
 	return a.do(req, http.StatusOK)
 }
 
-// Delete deletes a provider (200 or 204).
+// Delete deletes a provider and returns once it is gone. ARM answers 200 or 204 for a deletion
+// done, and 202 for one it accepted: armattestation's ProvidersClient.Delete accepts all three
+// (sdk/resourcemanager/attestation/armattestation/providers_client.go, API 2020-10-01). After a
+// 202 Delete reads the provider until ARM answers 404, every deletePoll for at most deleteWait
+// (an ErrDeleteNotDone error then), so that destroy does not go on to the resource group while the
+// provider is still in it. The spec gives the 202 no Location or Azure-AsyncOperation header to
+// poll (UNCONFIRMED that the service sends none), hence the reads.
 func (a *AttestationProviders) Delete(ctx context.Context, rg, name string) error {
 	req, err := runtime.NewRequest(ctx, http.MethodDelete, a.url(rg, name))
 	if err != nil {
@@ -86,10 +107,34 @@ func (a *AttestationProviders) Delete(ctx context.Context, rg, name string) erro
 		return err
 	}
 	defer rsp.Body.Close()
-	if !runtime.HasStatusCode(rsp, http.StatusOK, http.StatusNoContent) {
-		return runtime.NewResponseError(rsp)
+	switch {
+	case runtime.HasStatusCode(rsp, http.StatusOK, http.StatusNoContent):
+		return nil
+	case rsp.StatusCode == http.StatusAccepted:
+		return a.waitGone(ctx, rg, name)
 	}
-	return nil
+	return runtime.NewResponseError(rsp)
+}
+
+// waitGone reads the provider until it is gone (404), for at most deleteWait.
+func (a *AttestationProviders) waitGone(ctx context.Context, rg, name string) error {
+	deadline := time.Now().Add(a.deleteWait)
+	for {
+		_, err := a.Get(ctx, rg, name)
+		switch {
+		case isNotFound(err):
+			return nil
+		case err != nil:
+			return fmt.Errorf("attestation provider %s: waiting for its deletion: %w", name, err)
+		case !time.Now().Add(a.deletePoll).Before(deadline):
+			return fmt.Errorf("attestation provider %s: %w: it still exists %s after ARM accepted its deletion; run destroy again later", name, ErrDeleteNotDone, a.deleteWait)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("attestation provider %s: waiting for its deletion: %w", name, ctx.Err())
+		case <-time.After(a.deletePoll):
+		}
+	}
 }
 
 func (a *AttestationProviders) do(req *policy.Request, ok ...int) (*Provider, error) {

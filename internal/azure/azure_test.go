@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
@@ -64,6 +65,13 @@ type fakeAzure struct {
 	purgeForbidden bool
 	// foreign are resources in the group that no deployment of ours created.
 	foreign []*armresources.GenericResourceExpanded
+	// providerDelete is the status the attestation provider's DELETE answers (200 if 0). After
+	// a 202 the provider is still there for providerGoneAfter more reads (-1: for ever); deleting
+	// holds those counts by name, and providerGets counts the reads.
+	providerDelete    int
+	providerGoneAfter int
+	deleting          map[string]int
+	providerGets      int
 }
 
 func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
@@ -86,7 +94,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
 		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
 		roleDefs: map[string]armauthorization.RoleDefinition{},
-		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}, deletedVaultIDs: map[string]string{}, taken: map[string]string{}}
+		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}, deletedVaultIDs: map[string]string{}, taken: map[string]string{}, deleting: map[string]int{}}
 	cred := &azfake.TokenCredential{}
 	opt := func(tr interface {
 		Do(*http.Request) (*http.Response, error)
@@ -441,6 +449,16 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			w.WriteHeader(http.StatusCreated)
 			json.NewEncoder(w).Encode(p)
 		case http.MethodGet:
+			f.providerGets++
+			if left, ok := f.deleting[name]; ok {
+				switch {
+				case left == 0:
+					delete(f.deleting, name)
+					delete(f.providers, name)
+				case left > 0:
+					f.deleting[name] = left - 1
+				}
+			}
 			p, ok := f.providers[name]
 			if !ok {
 				w.WriteHeader(http.StatusNotFound)
@@ -449,9 +467,18 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			}
 			json.NewEncoder(w).Encode(p)
 		case http.MethodDelete:
-			delete(f.providers, name)
 			f.wrote("provider-delete")
-			w.WriteHeader(http.StatusOK)
+			switch f.providerDelete {
+			case 0, http.StatusOK, http.StatusNoContent:
+				delete(f.providers, name)
+				w.WriteHeader(max(f.providerDelete, http.StatusOK))
+			case http.StatusAccepted:
+				f.deleting[name] = f.providerGoneAfter
+				w.WriteHeader(http.StatusAccepted)
+			default:
+				w.WriteHeader(f.providerDelete)
+				w.Write([]byte(`{"error":{"code":"Failed","message":"refused"}}`))
+			}
 		}
 	}))
 	t.Cleanup(armSrv.Close)
@@ -1282,6 +1309,75 @@ func TestApplyRefusesTakenGlobalNames(t *testing.T) {
 				t.Errorf("%s taken (group %v): apply wrote %v", c.kind, groupExists, f.writes)
 			}
 		}
+	}
+}
+
+// TestDeleteAttestationProvider: a provider deletion ARM answers with 200 or 204 is done; one it
+// accepts with 202 is waited for (reads until 404), within a bound and the context, so that
+// destroy goes on only once the provider is gone.
+func TestDeleteAttestationProvider(t *testing.T) {
+	n := NamesFor("demo1")
+	for _, tc := range []struct {
+		name      string
+		status    int
+		goneAfter int    // reads that still find the provider after a 202; -1 = never gone
+		cancel    bool   // the context ends while waiting
+		gets      int    // reads Delete makes, if > 0
+		err       string // substring of the error; "" = success
+		is        error
+	}{
+		{name: "200", status: http.StatusOK},
+		{name: "204", status: http.StatusNoContent},
+		{name: "202, gone after two reads", status: http.StatusAccepted, goneAfter: 2, gets: 3},
+		{name: "202, gone at once", status: http.StatusAccepted, goneAfter: 0, gets: 1},
+		{name: "202, never gone", status: http.StatusAccepted, goneAfter: -1, err: "still exists", is: ErrDeleteNotDone},
+		{name: "202, context ends while waiting", status: http.StatusAccepted, goneAfter: -1, cancel: true, err: "waiting for its deletion", is: context.DeadlineExceeded},
+		{name: "409", status: http.StatusConflict, err: "409"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, cl := newFakeAzure(t)
+			cl.Attestation.deleteWait, cl.Attestation.deletePoll = 200*time.Millisecond, 5*time.Millisecond
+			f.providers[n.AttestationProvider] = Provider{Location: "westeurope", Tags: testConfig.tags()}
+			f.providerDelete, f.providerGoneAfter = tc.status, tc.goneAfter
+			ctx := context.Background()
+			if tc.cancel {
+				c, cancel := context.WithTimeout(ctx, 30*time.Millisecond)
+				defer cancel()
+				ctx, cl.Attestation.deleteWait = c, time.Hour
+			}
+			start := time.Now()
+			err := cl.Attestation.Delete(ctx, "rg", n.AttestationProvider)
+			if tc.err == "" {
+				_, left := f.providers[n.AttestationProvider]
+				if err != nil || left {
+					t.Fatalf("delete: %v, provider left %v", err, left)
+				}
+				if tc.gets > 0 && f.providerGets != tc.gets {
+					t.Errorf("%d reads, want %d", f.providerGets, tc.gets)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) || (tc.is != nil && !errors.Is(err, tc.is)) {
+				t.Fatalf("error %v, want %q (%v)", err, tc.err, tc.is)
+			}
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("gave up after %s", d)
+			}
+		})
+	}
+
+	// Destroy waits for the provider, then deletes the group it was in.
+	f, cl := newFakeAzure(t)
+	cl.Attestation.deleteWait, cl.Attestation.deletePoll = time.Second, 5*time.Millisecond
+	if _, _, err := Apply(context.Background(), cl, testConfig, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	f.providerDelete, f.providerGoneAfter = http.StatusAccepted, 2
+	if _, err := Destroy(context.Background(), cl, testConfig, false, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.providers)+len(f.groups) != 0 {
+		t.Errorf("after destroy: %d providers, %d groups", len(f.providers), len(f.groups))
 	}
 }
 
