@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -54,14 +53,12 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	purge := fs.Bool("purge", false, "destroy: purge the soft-deleted vault")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit (with --run-image-build the default is 3h: the build itself may take up to "+azure.BuildTimeout.String()+")")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: attest-bootstrap %s [flags]\n\nFlags:\n%s", cmd, fs.FlagUsages())
+	usage := func(w io.Writer) {
+		fmt.Fprintf(w, "Usage: attest-bootstrap %s [flags]\n\nFlags:\n%s", cmd, fs.FlagUsages())
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
-		return 2
+	fs.Usage = func() { usage(stderr) }
+	if code, ok := parseFlags(fs, cmd, args, usage, stderr); !ok {
+		return code
 	}
 	fail := func(code int, err error) int { fmt.Fprintf(stderr, "attest-bootstrap %s: %v\n", cmd, err); return code }
 	if err := cliutil.CheckFormat(*output); err != nil {

@@ -98,11 +98,8 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	debug := fs.Bool("debug", false, "log debug output")
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			return 0
-		}
-		return 2
+	if code, ok := parseFlags(fs, "local "+sub, args[1:], func(w io.Writer) { fmt.Fprint(w, usage) }, stderr); !ok {
+		return code
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
 		fmt.Fprintln(stderr, "attest-bootstrap:", err)
@@ -228,6 +225,23 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n%s", sub, usage)
 	return 2
+}
+
+// parseFlags parses args into fs for the command cmd ("plan", "local up"). pflag (v1.1.0) with
+// ContinueOnError prints no parse error, so it is printed here, then the command's usage (from
+// usage), as a usage error: exit 2. ok is false when the command must end with code: also after
+// --help, which fs.Usage answers.
+func parseFlags(fs *pflag.FlagSet, cmd string, args []string, usage func(io.Writer), stderr io.Writer) (code int, ok bool) {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return 0, true
+	case errors.Is(err, pflag.ErrHelp):
+		return 0, false
+	}
+	fmt.Fprintf(stderr, "attest-bootstrap %s: %v\n\n", cmd, err)
+	usage(stderr)
+	return 2, false
 }
 
 func stateFlag(given, abs string) string {
