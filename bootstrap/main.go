@@ -10,14 +10,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/spf13/pflag"
 
 	"github.com/attested-kv/attested-kv/internal/cliutil"
-	"github.com/attested-kv/attested-kv/internal/localstack"
 )
 
 const usage = `attest-bootstrap: provision the attested signing chain.
@@ -86,147 +83,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return 2
-	}
-	sub := args[0]
-	fs := pflag.NewFlagSet("attest-bootstrap local "+sub, pflag.ContinueOnError)
-	fs.SetOutput(stderr)
-	stateDir := fs.String("state", "", "state directory of the stack (default $XDG_STATE_HOME/attested-kv/local)")
-	output := fs.StringP("output", "o", "text", "output format: text or json")
-	debug := fs.Bool("debug", false, "log debug output")
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	if code, ok := parseFlags(fs, "local "+sub, args[1:], func(w io.Writer) { fmt.Fprint(w, usage) }, stderr); !ok {
-		return code
-	}
-	if err := cliutil.CheckFormat(*output); err != nil {
-		fmt.Fprintln(stderr, "attest-bootstrap:", err)
-		return 2
-	}
-	dir := *stateDir
-	if dir == "" {
-		d, err := localstack.DefaultStateDir()
-		if err != nil {
-			fmt.Fprintln(stderr, "attest-bootstrap:", err)
-			return 1
-		}
-		dir = d
-	}
-	dir, err := localstack.ResolveStateDir(dir)
-	if err != nil {
-		fmt.Fprintln(stderr, "attest-bootstrap:", err)
-		return 1
-	}
-	fail := func(err error) int {
-		fmt.Fprintln(stderr, "attest-bootstrap local "+sub+":", err)
-		return 1
-	}
-
-	switch sub {
-	case "serve": // the background process that `up` starts; not for direct use
-		return exitCode(localstack.Run(ctx, localstack.Options{StateDir: dir, Logger: cliutil.Logger(stderr, *debug), PluginPath: pluginPath()}), stderr)
-	case "up":
-		exe, err := os.Executable()
-		if err != nil {
-			return fail(err)
-		}
-		command := []string{exe, "local", "serve", "--state", dir}
-		if *debug {
-			command = append(command, "--debug")
-		}
-		st, already, err := localstack.Up(ctx, localstack.StartOptions{StateDir: dir, Command: command})
-		if err != nil {
-			return fail(err)
-		}
-		if already {
-			fmt.Fprintf(stderr, "the local stack is already running (pid %d, state %s)\n", st.PID, dir)
-		} else {
-			fmt.Fprintf(stderr, "local stack started (pid %d, state %s)\n", st.PID, dir)
-		}
-		for _, w := range st.Warnings {
-			fmt.Fprintln(stderr, "warning:", w)
-		}
-		fmt.Fprintf(stderr, "  MAA emulator        %s\n  TPM simulator       %s\n  Entra ID emulator   %s\n  Key Vault emulator  %s\n  registry            %s\n  signing key         %s (notation key %q)\nnext: eval \"$(attest-bootstrap local env%s)\"\n",
-			st.MAAURL, st.TPMAddr, st.EntraURL, st.KeyVaultURL, st.Registry, st.KeyID, localstack.SigningKeyName, stateFlag(*stateDir, dir))
-		return 0
-	case "env":
-		st, _, err := localstack.Status(ctx, dir)
-		if err != nil {
-			return fail(fmt.Errorf("%w; start it with: attest-bootstrap local up%s", err, stateFlag(*stateDir, dir)))
-		}
-		if *output == "json" {
-			m := map[string]string{}
-			for _, kv := range localstack.Env(st) {
-				m[kv[0]] = kv[1]
-			}
-			cliutil.WriteJSON(stdout, m)
-			return 0
-		}
-		for _, kv := range localstack.Env(st) {
-			fmt.Fprintf(stdout, "export %s=%s\n", kv[0], localstack.ShellQuote(kv[1]))
-		}
-		return 0
-	case "status":
-		st, comps, err := localstack.Status(ctx, dir)
-		if err != nil {
-			if *output == "json" {
-				cliutil.WriteJSON(stdout, map[string]any{"running": false, "state": dir})
-			} else {
-				fmt.Fprintf(stdout, "local stack: not running (state %s)\n", dir)
-			}
-			return 3
-		}
-		healthy := true
-		for _, c := range comps {
-			healthy = healthy && c.OK
-		}
-		if *output == "json" {
-			cliutil.WriteJSON(stdout, map[string]any{"running": true, "healthy": healthy, "pid": st.PID, "state": dir, "startedAt": st.StartedAt, "components": comps, "warnings": st.Warnings})
-		} else {
-			fmt.Fprintf(stdout, "local stack: running (pid %d, since %s, state %s)\n", st.PID, st.StartedAt.Local().Format(time.RFC3339), dir)
-			for _, w := range st.Warnings {
-				fmt.Fprintln(stdout, "  warning:", w)
-			}
-			for _, c := range comps {
-				mark := "ok  "
-				if !c.OK {
-					mark = "DOWN"
-				}
-				fmt.Fprintf(stdout, "  %s %-14s %-32s %s\n", mark, c.Name, c.Address, c.Detail)
-			}
-		}
-		if !healthy {
-			return 1
-		}
-		return 0
-	case "down":
-		err := localstack.Down(ctx, dir)
-		if errors.Is(err, localstack.ErrNotRunning) {
-			fmt.Fprintf(stderr, "the local stack is not running (state %s)\n", dir)
-			return 0
-		}
-		if err != nil {
-			return fail(err)
-		}
-		fmt.Fprintln(stderr, "local stack stopped")
-		return 0
-	case "tpm":
-		if fs.NArg() != 1 || (fs.Arg(0) != "stop" && fs.Arg(0) != "start") {
-			fmt.Fprintln(stderr, "usage: attest-bootstrap local tpm stop|start [--state DIR]")
-			return 2
-		}
-		if err := localstack.SetTPMAvailable(ctx, dir, fs.Arg(0) == "start"); err != nil {
-			return fail(err)
-		}
-		fmt.Fprintf(stderr, "TPM simulator: %sed\n", map[string]string{"stop": "stopp", "start": "start"}[fs.Arg(0)])
-		return 0
-	}
-	fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n%s", sub, usage)
-	return 2
-}
-
 // parseFlags parses args into fs for the command cmd ("plan", "local up"). pflag (v1.1.0) with
 // ContinueOnError prints no parse error, so it is printed here, then the command's usage (from
 // usage), as a usage error: exit 2. ok is false when the command must end with code: also after
@@ -242,33 +98,4 @@ func parseFlags(fs *pflag.FlagSet, cmd string, args []string, usage func(io.Writ
 	fmt.Fprintf(stderr, "attest-bootstrap %s: %v\n\n", cmd, err)
 	usage(stderr)
 	return 2, false
-}
-
-func stateFlag(given, abs string) string {
-	if given == "" {
-		return ""
-	}
-	return " --state " + localstack.ShellQuote(abs)
-}
-
-func exitCode(err error, stderr io.Writer) int {
-	if err != nil && !errors.Is(err, context.Canceled) {
-		fmt.Fprintln(stderr, "attest-bootstrap:", err)
-		return 1
-	}
-	return 0
-}
-
-// pluginPath is the notation-attested-kv built next to this binary (make build puts both in
-// ./bin), or "" if there is none.
-func pluginPath() string {
-	exe, err := os.Executable()
-	if err != nil {
-		return ""
-	}
-	p := filepath.Join(filepath.Dir(exe), localstack.PluginBinary)
-	if fi, err := os.Stat(p); err != nil || fi.IsDir() {
-		return ""
-	}
-	return p
 }
