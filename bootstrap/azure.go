@@ -53,11 +53,11 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	purge := fs.Bool("purge", false, "destroy: purge the soft-deleted vault")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit (with --run-image-build the default is 3h: the build itself may take up to "+azure.BuildTimeout.String()+")")
+	fs = commandFlags(fs, cmd)
 	usage := func(w io.Writer) {
-		fmt.Fprintf(w, "Usage: attest-bootstrap %s [flags]\n\nFlags:\n%s", cmd, fs.FlagUsages())
+		fmt.Fprintf(w, "Usage: attest-bootstrap %s [flags]\n\n%s\n\nFlags:\n%s", cmd, azureHelp(cmd), fs.FlagUsages())
 	}
-	fs.Usage = func() { usage(stderr) }
-	if code, ok := parseFlags(fs, cmd, args, usage, stderr); !ok {
+	if code, ok := parseFlags(fs, cmd, args, usage, stdout, stderr); !ok {
 		return code
 	}
 	fail := func(code int, err error) int { fmt.Fprintf(stderr, "attest-bootstrap %s: %v\n", cmd, err); return code }
@@ -135,6 +135,45 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 		return fail(1, err)
 	}
 	return 0
+}
+
+// commandFlags returns the flags of all that cmd (plan, apply or destroy) reads: each command
+// lists and accepts only its own.
+func commandFlags(all *pflag.FlagSet, cmd string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(all.Name(), pflag.ContinueOnError)
+	fs.SetOutput(all.Output())
+	fs.SortFlags = false
+	all.VisitAll(func(f *pflag.Flag) {
+		if readsFlag(cmd, f.Name) {
+			fs.AddFlag(f)
+		}
+	})
+	return fs
+}
+
+// readsFlag reports whether cmd reads the flag name: plan reads what decides what apply would
+// do; destroy what finds the deployment, and --purge.
+func readsFlag(cmd, name string) bool {
+	switch name {
+	case "operator-type", "cluster-principal-id", "purge-protection", "run-image-build", "replicas", "outputs", "notation-config":
+		return cmd == "apply"
+	case "hsm", "image-builder", "artifacts-url", "artifacts-sha256", "build-vm-size":
+		return cmd == "plan" || cmd == "apply"
+	case "purge":
+		return cmd == "destroy"
+	}
+	return true
+}
+
+// azureHelp is what the help of cmd says it does.
+func azureHelp(cmd string) string {
+	switch cmd {
+	case "plan":
+		return "Report what apply would create, update or refuse; nothing is changed."
+	case "apply":
+		return "Create or update the deployment, idempotently; write the outputs file and the Notation trust\npolicy and store."
+	}
+	return "Delete what apply created (what carries the deployment's tag), and the resource group if apply\ncreated it and nothing else is in it."
 }
 
 func errString(err error) string {

@@ -15,20 +15,113 @@ import (
 	"github.com/attested-kv/attested-kv/internal/localstack"
 )
 
+// localCommand is a command of `attest-bootstrap local`: what its help says and which flags it
+// takes besides --state.
+type localCommand struct {
+	name    string
+	args    string // the operands in the synopsis, e.g. "stop|start"
+	summary string // its line in the help of `local`
+	help    string // the paragraphs of its own help
+	output  bool   // takes -o text|json
+	debug   bool   // takes --debug
+	hidden  bool   // not listed (serve, which up runs)
+}
+
+// localCommands are the commands of `attest-bootstrap local`, in the order of its help.
+func localCommands() []localCommand {
+	return []localCommand{
+		{name: "up", summary: "start the local stack in the background", debug: true, help: `Start the local stack as a background process and wait until it is ready: MAA, Entra ID and
+Key Vault emulators (HTTPS), a TPM 2.0 simulator provisioned like an Azure vTPM, and an OCI
+registry, all on loopback. If the stack runs already, up says so and starts nothing. The stack
+logs to stack.log in the state directory.
+`},
+		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
+NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
+  eval "$(attest-bootstrap local env)"
+`},
+		{name: "status", summary: "report whether the stack runs and each component answers", output: true, help: `Report whether the local stack runs and whether each of its components answers.
+`},
+		{name: "down", summary: "stop the stack; no process is left behind", help: `Stop the stack and wait until its process is gone. The state directory is kept (keys,
+certificates, the registry's content) for the next up; remove it to start afresh.
+`},
+		{name: "tpm", args: "stop|start", summary: "stop|start: make the stack's TPM unavailable / available again", help: `stop makes the stack's TPM unavailable, as a failed TPM would be: signing must then fail closed.
+start makes it available again, with its state kept.
+`},
+		{name: "serve", debug: true, hidden: true, help: "Run the stack in the foreground; up starts it so.\n"},
+	}
+}
+
+// localHelp is the help of `attest-bootstrap local`.
+func localHelp(w io.Writer) {
+	fmt.Fprint(w, `Usage: attest-bootstrap local COMMAND [flags]
+
+The local stack stands in for Azure on loopback: MAA, Entra ID and Key Vault emulators (HTTPS), a
+TPM 2.0 simulator provisioned like an Azure vTPM, and an OCI registry, in one background process.
+
+Commands:
+`)
+	for _, c := range localCommands() {
+		if !c.hidden {
+			fmt.Fprintf(w, "  %-7s %s\n", c.name, c.summary)
+		}
+	}
+	fmt.Fprint(w, `
+Every command takes --state DIR, the stack's state directory (default
+$XDG_STATE_HOME/attested-kv/local). Run "attest-bootstrap local COMMAND --help" for its flags.
+`)
+}
+
+// usage writes the help of c, with the flags of fs.
+func (c localCommand) usage(w io.Writer, fs *pflag.FlagSet) {
+	synopsis := "attest-bootstrap local " + c.name
+	if c.args != "" {
+		synopsis += " " + c.args
+	}
+	fmt.Fprintf(w, "Usage: %s [flags]\n\n%s\nFlags:\n%s", synopsis, c.help, fs.FlagUsages())
+}
+
 func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
+		localHelp(stderr)
 		return 2
 	}
 	sub := args[0]
+	switch sub {
+	case "-h", "--help", "help":
+		localHelp(stdout)
+		return 0
+	}
+	var cmd *localCommand
+	for _, c := range localCommands() {
+		if c.name == sub {
+			cmd = &c
+		}
+	}
+	if cmd == nil {
+		fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n", sub)
+		localHelp(stderr)
+		return 2
+	}
 	fs := pflag.NewFlagSet("attest-bootstrap local "+sub, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.SortFlags = false
 	stateDir := fs.String("state", "", "state directory of the stack (default $XDG_STATE_HOME/attested-kv/local)")
-	output := fs.StringP("output", "o", "text", "output format: text or json")
-	debug := fs.Bool("debug", false, "log debug output")
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	if code, ok := parseFlags(fs, "local "+sub, args[1:], func(w io.Writer) { fmt.Fprint(w, usage) }, stderr); !ok {
+	output, debug := new(string), new(bool)
+	*output = "text"
+	if cmd.output {
+		fs.StringVarP(output, "output", "o", "text", "output format: text or json")
+	}
+	if cmd.debug {
+		fs.BoolVar(debug, "debug", false, "log debug output")
+	}
+	usage := func(w io.Writer) { cmd.usage(w, fs) }
+	if code, ok := parseFlags(fs, "local "+sub, args[1:], usage, stdout, stderr); !ok {
 		return code
+	}
+	if sub != "tpm" && fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "attest-bootstrap local %s: unexpected argument %q\n\n", sub, fs.Arg(0))
+		usage(stderr)
+		return 2
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
 		fmt.Fprintln(stderr, "attest-bootstrap:", err)
@@ -143,7 +236,8 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 0
 	case "tpm":
 		if fs.NArg() != 1 || (fs.Arg(0) != "stop" && fs.Arg(0) != "start") {
-			fmt.Fprintln(stderr, "usage: attest-bootstrap local tpm stop|start [--state DIR]")
+			fmt.Fprintf(stderr, "attest-bootstrap local tpm: want stop or start\n\n")
+			usage(stderr)
 			return 2
 		}
 		if err := localstack.SetTPMAvailable(ctx, dir, fs.Arg(0) == "start"); err != nil {
@@ -152,7 +246,8 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "TPM simulator: %sed\n", map[string]string{"stop": "stopp", "start": "start"}[fs.Arg(0)])
 		return 0
 	}
-	fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n%s", sub, usage)
+	fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n", sub)
+	localHelp(stderr)
 	return 2
 }
 

@@ -21,16 +21,18 @@ const usage = `attest-bootstrap: provision the attested signing chain.
 
 Usage:
   attest-bootstrap plan    --subscription S --tenant T --resource-group RG --location L --name-prefix P --operator-object-id ID
-  attest-bootstrap apply   (same flags) [--cluster-principal-id ID] [--hsm] [--purge-protection] [--outputs FILE] [--notation-config DIR]
-                           [--replicas R1,R2] [--image-builder --artifacts-url URL --artifacts-sha256 HEX [--run-image-build]]
-  attest-bootstrap destroy (same flags) [--purge]
-      (or --config FILE in YAML or JSON; -o json; see "attest-bootstrap apply --help")
+                           [--hsm] [--image-builder --artifacts-url URL --artifacts-sha256 HEX]
+  attest-bootstrap apply   (plan's flags) [--cluster-principal-id ID] [--purge-protection] [--outputs FILE] [--notation-config DIR]
+                           [--replicas R1,R2] [--run-image-build]
+  attest-bootstrap destroy (plan's first six flags) [--purge]
+      (or --config FILE in YAML or JSON; -o json; see "attest-bootstrap COMMAND --help")
   attest-bootstrap local up      [--state DIR]   start the local stack in the background
   attest-bootstrap local env     [--state DIR]   print shell exports for the running stack
   attest-bootstrap local status  [--state DIR] [-o json]
   attest-bootstrap local down    [--state DIR]   stop the stack; no process is left behind
   attest-bootstrap local tpm stop|start [--state DIR]
                                                   make the stack's TPM unavailable / available again
+      (see "attest-bootstrap local --help" and "attest-bootstrap local COMMAND --help")
   attest-bootstrap version
 
 apply creates or updates, idempotently: the resource group, a user-assigned managed identity,
@@ -83,16 +85,19 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
-// parseFlags parses args into fs for the command cmd ("plan", "local up"). pflag (v1.1.0) with
-// ContinueOnError prints no parse error, so it is printed here, then the command's usage (from
-// usage), as a usage error: exit 2. ok is false when the command must end with code: also after
-// --help, which fs.Usage answers.
-func parseFlags(fs *pflag.FlagSet, cmd string, args []string, usage func(io.Writer), stderr io.Writer) (code int, ok bool) {
+// parseFlags parses args into fs for the command cmd ("plan", "local up"). --help (or -h) writes
+// the command's usage (from usage) on stdout, and the command ends with 0: help asked for is not
+// an error. pflag (v1.1.0) with ContinueOnError prints no parse error, so it is printed here, then
+// the usage, on stderr: a usage error, exit 2. ok is false when the command must end with code.
+// fs.Usage is replaced.
+func parseFlags(fs *pflag.FlagSet, cmd string, args []string, usage func(io.Writer), stdout, stderr io.Writer) (code int, ok bool) {
+	fs.Usage = func() {} // pflag calls it for --help only, which is answered below
 	err := fs.Parse(args)
 	switch {
 	case err == nil:
 		return 0, true
 	case errors.Is(err, pflag.ErrHelp):
+		usage(stdout)
 		return 0, false
 	}
 	fmt.Fprintf(stderr, "attest-bootstrap %s: %v\n\n", cmd, err)
