@@ -150,8 +150,8 @@ func startSigning(p paths, tlsConfig *tls.Config, log *slog.Logger, serve func(s
 	regCfg.Log.AccessLog.Disabled = true
 	registry := handlers.NewApp(context.Background(), regCfg)
 
-	entraHTTP := &http.Server{Handler: s.entra.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
-	vaultHTTP := &http.Server{Handler: s.vault.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	entraHTTP := &http.Server{Handler: s.entra.Handler(), TLSConfig: tlsConfig.Clone(), ReadHeaderTimeout: 10 * time.Second}
+	vaultHTTP := &http.Server{Handler: s.vault.Handler(), TLSConfig: tlsConfig.Clone(), ReadHeaderTimeout: 10 * time.Second}
 	regHTTP := &http.Server{Handler: registry, ReadHeaderTimeout: 10 * time.Second}
 	s.servers = []*http.Server{entraHTTP, vaultHTTP, regHTTP}
 	serve("Entra ID emulator", func() error { return entraHTTP.ServeTLS(entraLn, "", "") })

@@ -187,6 +187,7 @@ func Run(ctx context.Context, opts Options) error {
 	if err != nil {
 		return fmt.Errorf("TLS server certificate: %w", err)
 	}
+	// Each HTTPS server takes a Clone: ServeTLS writes the HTTP/2 settings into its config.
 	tlsConfig := &tls.Config{
 		MinVersion:   tls.VersionTLS12,
 		Certificates: []tls.Certificate{{Certificate: [][]byte{srvCert.Raw}, PrivateKey: srvKey, Leaf: srvCert}},
@@ -229,7 +230,7 @@ func Run(ctx context.Context, opts Options) error {
 		maaLn.Close()
 		return fmt.Errorf("MAA emulator: %w", err)
 	}
-	maaHTTP := &http.Server{Handler: maaSrv.Handler(), TLSConfig: tlsConfig, ReadHeaderTimeout: 10 * time.Second}
+	maaHTTP := &http.Server{Handler: maaSrv.Handler(), TLSConfig: tlsConfig.Clone(), ReadHeaderTimeout: 10 * time.Second}
 
 	// The control socket: status and TPM outage simulation for the demo and tests.
 	os.Remove(p.control())

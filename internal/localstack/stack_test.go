@@ -1,0 +1,60 @@
+package localstack
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// runStack runs the stack of dir in this process (Run, as `local serve` does) until stop is
+// called or the test ends; it returns the state the stack published. One at a time: the TPM
+// simulator is one per process.
+func runStack(t *testing.T, dir string) (st *State, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan *State, 1)
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, Options{StateDir: dir, Ready: func(st *State) { ready <- st }}) }()
+	var once bool
+	stop = func() {
+		if once {
+			return
+		}
+		once = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	select {
+	case st = <-ready:
+		t.Cleanup(stop)
+		return st, stop
+	case err := <-done:
+		cancel()
+		t.Fatalf("Run: %v", err)
+	case <-time.After(time.Minute):
+		cancel()
+		<-done
+		t.Fatal("the stack did not become ready within a minute")
+	}
+	return nil, nil
+}
+
+// TestRun: Run publishes the state of a stack whose HTTPS endpoints answer through the stack's
+// TLS root. Under -race it checks that the servers' start-ups share nothing (each HTTPS server
+// has its own TLS config: ServeTLS writes into it).
+func TestRun(t *testing.T) {
+	st, _ := runStack(t, t.TempDir())
+	ctx := context.Background()
+	for _, c := range []ComponentStatus{
+		probeHTTPS(ctx, "MAA emulator", st.MAAURL+"/certs", st.TLSRootPath),
+		probeHTTPS(ctx, "Entra ID emulator", st.EntraURL+"/"+st.TenantID+"/v2.0/.well-known/openid-configuration", st.TLSRootPath),
+		probeHTTPS(ctx, "Key Vault emulator", st.KeyVaultURL+"/keys/"+SigningKeyName, st.TLSRootPath, http.StatusUnauthorized),
+	} {
+		if !c.OK {
+			t.Errorf("%s does not answer: %s", c.Name, c.Detail)
+		}
+	}
+}
