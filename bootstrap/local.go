@@ -39,7 +39,15 @@ logs to stack.log in the state directory.
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
   eval "$(attest-bootstrap local env)"
 `},
-		{name: "status", summary: "report whether the stack runs and each component answers", output: true, help: `Report whether the local stack runs and whether each of its components answers.
+		{name: "status", summary: "report whether the stack runs and each component answers", output: true, help: `Report whether the local stack runs and whether each of its components answers: the HTTPS
+emulators a request, the TPM simulator a TPM command, the registry a connection. For a component
+that does not answer, it may name the command that brings it back.
+
+Exit status:
+  0  the stack runs and every component answers
+  1  the stack runs, but a component does not answer (the TPM after "local tpm stop", for one)
+  2  usage error
+  3  the stack is not running
 `},
 		{name: "down", summary: "stop the stack; no process is left behind", help: `Stop the stack and wait until its process is gone. The state directory is kept (keys,
 certificates, the registry's content) for the next up; remove it to start afresh.
@@ -201,23 +209,16 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 3
 		}
 		healthy := true
-		for _, c := range comps {
+		for i, c := range comps {
 			healthy = healthy && c.OK
+			if c.Hint != "" {
+				comps[i].Hint += stateFlag(*stateDir, dir)
+			}
 		}
 		if *output == "json" {
 			cliutil.WriteJSON(stdout, map[string]any{"running": true, "healthy": healthy, "pid": st.PID, "state": dir, "startedAt": st.StartedAt, "components": comps, "warnings": st.Warnings})
 		} else {
-			fmt.Fprintf(stdout, "local stack: running (pid %d, since %s, state %s)\n", st.PID, st.StartedAt.Local().Format(time.RFC3339), dir)
-			for _, w := range st.Warnings {
-				fmt.Fprintln(stdout, "  warning:", w)
-			}
-			for _, c := range comps {
-				mark := "ok  "
-				if !c.OK {
-					mark = "DOWN"
-				}
-				fmt.Fprintf(stdout, "  %s %-14s %-32s %s\n", mark, c.Name, c.Address, c.Detail)
-			}
+			writeStatus(stdout, st, dir, comps)
 		}
 		if !healthy {
 			return 1
@@ -249,6 +250,24 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n", sub)
 	localHelp(stderr)
 	return 2
+}
+
+// writeStatus writes the status of the running stack st, whose components are comps, as text.
+func writeStatus(w io.Writer, st *localstack.State, dir string, comps []localstack.ComponentStatus) {
+	fmt.Fprintf(w, "local stack: running (pid %d, since %s, state %s)\n", st.PID, st.StartedAt.Local().Format(time.RFC3339), dir)
+	for _, warning := range st.Warnings {
+		fmt.Fprintln(w, "  warning:", warning)
+	}
+	for _, c := range comps {
+		mark := "ok  "
+		if !c.OK {
+			mark = "DOWN"
+		}
+		fmt.Fprintf(w, "  %s %-14s %-32s %s\n", mark, c.Name, c.Address, c.Detail)
+		if c.Hint != "" {
+			fmt.Fprintf(w, "       to bring it back: %s\n", c.Hint)
+		}
+	}
 }
 
 func stateFlag(given, abs string) string {

@@ -58,3 +58,50 @@ func TestRun(t *testing.T) {
 		}
 	}
 }
+
+// component returns the status of the component name.
+func component(t *testing.T, comps []ComponentStatus, name string) ComponentStatus {
+	t.Helper()
+	for _, c := range comps {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no component %q in %+v", name, comps)
+	return ComponentStatus{}
+}
+
+// TestStatusTPMStopped: status reports the TPM down while it is stopped (it accepts connections
+// and closes them, so a connection is no sign of health) with the command that starts it again,
+// and up again once started.
+func TestStatusTPMStopped(t *testing.T) {
+	st, _ := runStack(t, t.TempDir())
+	ctx := context.Background()
+	check := func(wantOK bool) {
+		t.Helper()
+		c := component(t, components(ctx, st), "TPM simulator")
+		if c.OK != wantOK {
+			t.Fatalf("TPM status %+v, want ok %v", c, wantOK)
+		}
+		if !wantOK && c.Hint != "attest-bootstrap local tpm start" {
+			t.Errorf("hint %q, want the command that starts the TPM", c.Hint)
+		}
+		if wantOK && c.Hint != "" {
+			t.Errorf("hint %q on a TPM that answers", c.Hint)
+		}
+	}
+	check(true)
+	if err := controlSocket(ctx, st.ControlSocket, http.MethodPost, "/tpm/stop", nil); err != nil {
+		t.Fatal(err)
+	}
+	check(false)
+	if err := controlSocket(ctx, st.ControlSocket, http.MethodPost, "/tpm/start", nil); err != nil {
+		t.Fatal(err)
+	}
+	check(true)
+	for _, c := range components(ctx, st) {
+		if !c.OK {
+			t.Errorf("component %+v is down", c)
+		}
+	}
+}

@@ -17,6 +17,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/attested-kv/attested-kv/internal/tpm"
 )
 
 // ErrNotRunning reports that no stack is running for a state directory.
@@ -175,6 +179,8 @@ type ComponentStatus struct {
 	Address string `json:"address"`
 	OK      bool   `json:"ok"`
 	Detail  string `json:"detail,omitempty"`
+	// Hint is a command that may bring the component back.
+	Hint string `json:"hint,omitempty"`
 }
 
 // Status reports each component of a running stack.
@@ -183,13 +189,18 @@ func Status(ctx context.Context, stateDir string) (*State, []ComponentStatus, er
 	if err != nil {
 		return nil, nil, err
 	}
+	return st, components(ctx, st), nil
+}
+
+// components probes each component of the stack st describes.
+func components(ctx context.Context, st *State) []ComponentStatus {
 	var out []ComponentStatus
 	out = append(out, probeHTTPS(ctx, "MAA emulator", st.MAAURL+"/certs", st.TLSRootPath))
-	out = append(out, probeTCP(ctx, "TPM simulator", strings.TrimPrefix(st.TPMAddr, "swtpm:")))
+	out = append(out, probeTPM(ctx, "TPM simulator", st.TPMAddr))
 	out = append(out, probeHTTPS(ctx, "Entra ID emulator", st.EntraURL+"/"+st.TenantID+"/v2.0/.well-known/openid-configuration", st.TLSRootPath))
 	out = append(out, probeHTTPS(ctx, "Key Vault emulator", st.KeyVaultURL+"/keys/"+SigningKeyName, st.TLSRootPath, http.StatusUnauthorized))
 	out = append(out, probeTCP(ctx, "registry", st.Registry))
-	return st, out, nil
+	return out
 }
 
 // Env returns the shell exports of DESIGN.md for a running stack, in a stable order.
@@ -249,10 +260,15 @@ func control(ctx context.Context, stateDir, method, path string, out any) error 
 	if err != nil {
 		return err
 	}
+	return controlSocket(ctx, st.ControlSocket, method, path, out)
+}
+
+// controlSocket calls the control socket at socket.
+func controlSocket(ctx context.Context, socket, method, path string, out any) error {
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", st.ControlSocket)
+			return d.DialContext(ctx, "unix", socket)
 		},
 	}}
 	req, err := http.NewRequestWithContext(ctx, method, "http://stack"+path, nil)
@@ -389,6 +405,59 @@ func probeHTTPS(ctx context.Context, name, url, rootPath string, okStatus ...int
 		cs.Detail = "401: answers with the bearer challenge"
 	}
 	return cs
+}
+
+// tpmProbeTimeout bounds the TPM probe; the TPM serves one client at a time, so a signing in
+// progress may hold it a moment.
+const tpmProbeTimeout = 5 * time.Second
+
+// probeTPM checks that the TPM at addr (swtpm:HOST:PORT) answers a TPM command
+// (TPM2_GetCapability, through go-tpm) on its data channel. A connection alone tells nothing: the
+// stopped TPM (attest-bootstrap local tpm stop) accepts connections and closes them.
+func probeTPM(ctx context.Context, name, addr string) ComponentStatus {
+	hostPort := strings.TrimPrefix(addr, tpm.SchemeSwtpm)
+	cs := ComponentStatus{Name: name, Address: hostPort}
+	ctx, cancel := context.WithTimeout(ctx, tpmProbeTimeout)
+	defer cancel()
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", hostPort)
+	if err == nil {
+		defer conn.Close()
+		deadline, _ := ctx.Deadline()
+		conn.SetDeadline(deadline)
+		_, err = tpm2.GetCapability{Capability: tpm2.TPMCapTPMProperties, Property: uint32(tpm2.TPMPTManufacturer), PropertyCount: 1}.Execute(streamTPM{conn})
+	}
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		// Not an outage for sure: another client may hold the TPM that long.
+		cs.Detail = fmt.Sprintf("no answer to a TPM command within %s: %v", tpmProbeTimeout, err)
+		return cs
+	case err != nil:
+		cs.Detail = "does not answer TPM commands: " + err.Error()
+		cs.Hint = "attest-bootstrap local tpm start"
+		return cs
+	}
+	cs.OK = true
+	cs.Detail = "answers TPM commands"
+	return cs
+}
+
+// maxTPMResponse bounds a TPM response (TPM2's MAX_RESPONSE_SIZE is 4096 on common TPMs).
+const maxTPMResponse = 16 << 10
+
+// streamTPM is a transport.TPM over a raw TPM 2.0 command stream (swtpm's data channel).
+type streamTPM struct{ conn net.Conn }
+
+// Send implements transport.TPM.
+func (s streamTPM) Send(cmd []byte) ([]byte, error) {
+	if _, err := s.conn.Write(cmd); err != nil {
+		return nil, fmt.Errorf("sending a command: %w", err)
+	}
+	rsp, err := tpm.ReadMessage(s.conn, maxTPMResponse)
+	if err != nil {
+		return nil, fmt.Errorf("reading a response: %w", err)
+	}
+	return rsp, nil
 }
 
 func probeTCP(ctx context.Context, name, addr string) ComponentStatus {
