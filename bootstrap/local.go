@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -34,6 +35,12 @@ func localCommands() []localCommand {
 Key Vault emulators (HTTPS), a TPM 2.0 simulator provisioned like an Azure vTPM, and an OCI
 registry, all on loopback. If the stack runs already, up says so and starts nothing. The stack
 logs to stack.log in the state directory.
+
+Started again in the same state directory, the stack keeps the ports and the emulated tenant's
+client id and secret of its previous start (up names a port it could not keep), so that the
+shells that exported its environment keep working. When the environment changed nonetheless
+(ATTEST_KEY_ID does at every start: the Key Vault emulator creates a new signing key), up says
+so: run eval "$(attest-bootstrap local env)" again in those shells.
 `},
 		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
@@ -170,16 +177,7 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		if err != nil {
 			return fail(err)
 		}
-		if already {
-			fmt.Fprintf(stderr, "the local stack is already running (pid %d, state %s)\n", st.PID, dir)
-		} else {
-			fmt.Fprintf(stderr, "local stack started (pid %d, state %s)\n", st.PID, dir)
-		}
-		for _, w := range st.Warnings {
-			fmt.Fprintln(stderr, "warning:", w)
-		}
-		fmt.Fprintf(stderr, "  MAA emulator        %s\n  TPM simulator       %s\n  Entra ID emulator   %s\n  Key Vault emulator  %s\n  registry            %s\n  signing key         %s (notation key %q)\nnext: eval \"$(attest-bootstrap local env%s)\"\n",
-			st.MAAURL, st.TPMAddr, st.EntraURL, st.KeyVaultURL, st.Registry, st.KeyID, localstack.SigningKeyName, stateFlag(*stateDir, dir))
+		writeUp(stderr, st, already, dir, stateFlag(*stateDir, dir))
 		return 0
 	case "env":
 		st, _, err := localstack.Status(ctx, dir)
@@ -250,6 +248,33 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fmt.Fprintf(stderr, "attest-bootstrap: unknown command \"local %s\"\n\n", sub)
 	localHelp(stderr)
 	return 2
+}
+
+// writeUp writes what up started, or found running (already), for the stack st in dir; stateArg
+// is the --state flag the commands it suggests need.
+func writeUp(w io.Writer, st *localstack.State, already bool, dir, stateArg string) {
+	if already {
+		fmt.Fprintf(w, "the local stack is already running (pid %d, state %s)\n", st.PID, dir)
+	} else {
+		fmt.Fprintf(w, "local stack started (pid %d, state %s)\n", st.PID, dir)
+	}
+	for _, warning := range st.Warnings {
+		fmt.Fprintln(w, "warning:", warning)
+	}
+	if !already {
+		for _, m := range st.PortsMoved {
+			fmt.Fprintln(w, "note:", m)
+		}
+	}
+	fmt.Fprintf(w, "  MAA emulator        %s\n  TPM simulator       %s\n  Entra ID emulator   %s\n  Key Vault emulator  %s\n  registry            %s\n  signing key         %s (notation key %q)\n",
+		st.MAAURL, st.TPMAddr, st.EntraURL, st.KeyVaultURL, st.Registry, st.KeyID, localstack.SigningKeyName)
+	if !already && len(st.EnvChanged) > 0 {
+		// The shells that exported the previous start's environment would reach the old ports or
+		// sign with the old key id.
+		fmt.Fprintf(w, "changed since the previous start: %s\nthe environment changed: run eval \"$(attest-bootstrap local env%s)\" again\n", strings.Join(st.EnvChanged, " "), stateArg)
+		return
+	}
+	fmt.Fprintf(w, "next: eval \"$(attest-bootstrap local env%s)\"\n", stateArg)
 }
 
 // writeStatus writes the status of the running stack st, whose components are comps, as text.

@@ -35,3 +35,39 @@ func TestStatusHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteUp: up says to export the environment again when a restart changed it, with the
+// variables that changed and the ports that moved; a first start, or a stack already running,
+// says what to run next.
+func TestWriteUp(t *testing.T) {
+	again := `the environment changed: run eval "$(attest-bootstrap local env --state '/s')" again`
+	for _, tc := range []struct {
+		name      string
+		st        localstack.State
+		already   bool
+		want, not []string
+	}{
+		{"first start", localstack.State{}, false, []string{`next: eval "$(attest-bootstrap local env --state '/s')"`}, []string{"changed", "note:"}},
+		{"restart, key id changed", localstack.State{EnvChanged: []string{"ATTEST_KEY_ID"}}, false,
+			[]string{"changed since the previous start: ATTEST_KEY_ID\n", again}, []string{"next:", "note:"}},
+		{"restart, registry moved", localstack.State{EnvChanged: []string{"ATTEST_KEY_ID", "ATTEST_REGISTRY"}, PortsMoved: []string{"registry: port 5000 of the previous start is not free"}}, false,
+			[]string{"note: registry: port 5000", "changed since the previous start: ATTEST_KEY_ID ATTEST_REGISTRY\n", again}, []string{"next:"}},
+		{"already running", localstack.State{EnvChanged: []string{"ATTEST_KEY_ID"}, PortsMoved: []string{"registry: x"}}, true,
+			[]string{"already running", "next: eval"}, []string{"changed", "note:"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			writeUp(&b, &tc.st, tc.already, "/s", " --state '/s'")
+			for _, w := range tc.want {
+				if !strings.Contains(b.String(), w) {
+					t.Errorf("no %q in:\n%s", w, b.String())
+				}
+			}
+			for _, n := range tc.not {
+				if strings.Contains(b.String(), n) {
+					t.Errorf("%q in:\n%s", n, b.String())
+				}
+			}
+		})
+	}
+}

@@ -92,18 +92,19 @@ func uuid() string {
 // startSigning starts the Entra ID and Key Vault emulators (HTTPS) and the registry (HTTP on
 // loopback, reached as localhost so notation and oras use plain HTTP), and serves them until ctx
 // ends. serve runs each server in the caller's supervision.
-func startSigning(p paths, tlsConfig *tls.Config, log *slog.Logger, serve func(string, func() error)) (*signing, error) {
-	s := &signing{tenant: uuid(), clientID: uuid(), clientSecret: randomHex(24)}
+func startSigning(p paths, tlsConfig *tls.Config, r *restart, log *slog.Logger, serve func(string, func() error)) (*signing, error) {
+	s := &signing{}
+	s.tenant, s.clientID, s.clientSecret = r.identity()
 	var err error
 	if s.entra, err = entra.New(entra.Config{TenantID: s.tenant, Clients: map[string]string{s.clientID: s.clientSecret}, Logger: log.With("component", "entra")}); err != nil {
 		return nil, err
 	}
-	entraLn, err := net.Listen("tcp", "127.0.0.1:0")
+	entraLn, err := keepPort(r, "Entra ID emulator", urlHost(r.prev.EntraURL), listenTCP)
 	if err != nil {
 		return nil, fmt.Errorf("Entra ID emulator: %w", err)
 	}
 	s.entraURL = "https://" + entraLn.Addr().String()
-	vaultLn, err := net.Listen("tcp", "127.0.0.1:0")
+	vaultLn, err := keepPort(r, "Key Vault emulator", urlHost(r.prev.KeyVaultURL), listenTCP)
 	if err != nil {
 		entraLn.Close()
 		return nil, fmt.Errorf("Key Vault emulator: %w", err)
@@ -127,7 +128,7 @@ func startSigning(p paths, tlsConfig *tls.Config, log *slog.Logger, serve func(s
 		vaultLn.Close()
 		return nil, err
 	}
-	regLn, err := net.Listen("tcp", "127.0.0.1:0")
+	regLn, err := keepPort(r, "registry", r.prev.Registry, listenTCP)
 	if err != nil {
 		entraLn.Close()
 		vaultLn.Close()

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,12 +67,20 @@ type State struct {
 
 	// Warnings are what the user must know though the stack runs (e.g. no plugin installed).
 	Warnings []string `json:"warnings,omitempty"`
+
+	// How this start differs from the previous one in the state directory, whose ports and client
+	// credentials it keeps where it can. PortsMoved says which components could not have their
+	// previous port, and why; EnvChanged names the variables of Env whose values changed (the
+	// shells that exported the previous ones must export them again). Empty on a first start.
+	PortsMoved []string `json:"portsMoved,omitempty"`
+	EnvChanged []string `json:"envChanged,omitempty"`
 }
 
 // Paths of the state directory's files.
 type paths struct{ dir string }
 
 func (p paths) state() string        { return filepath.Join(p.dir, "state.json") }
+func (p paths) lastState() string    { return filepath.Join(p.dir, "last-state.json") }
 func (p paths) pid() string          { return filepath.Join(p.dir, "stack.pid") }
 func (p paths) upLock() string       { return filepath.Join(p.dir, "up.lock") }
 func (p paths) serveLock() string    { return filepath.Join(p.dir, "serve.lock") }
@@ -193,16 +202,19 @@ func Run(ctx context.Context, opts Options) error {
 		Certificates: []tls.Certificate{{Certificate: [][]byte{srvCert.Raw}, PrivateKey: srvKey, Leaf: srvCert}},
 	}
 
+	// A restart keeps the previous start's ports and client credentials where it can.
+	r := loadRestart(p)
+
 	// The TPM: a fresh simulator each start (its state lives in memory), provisioned like an Azure
 	// vTPM, with PCRs 0-7 measured by a Secure Boot firmware event log.
-	tpmSrv, tpmAddr, closeTPM, err := startTPM(ctx, p, vtpmCA, log)
+	tpmSrv, tpmAddr, closeTPM, err := startTPM(ctx, p, vtpmCA, r, log)
 	if err != nil {
 		return err
 	}
 	defer closeTPM()
 
 	// The MAA emulator.
-	maaLn, err := net.Listen("tcp", "127.0.0.1:0")
+	maaLn, err := keepPort(r, "MAA emulator", urlHost(r.prev.MAAURL), listenTCP)
 	if err != nil {
 		return fmt.Errorf("MAA emulator: %w", err)
 	}
@@ -266,7 +278,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 
 	// The signing half: Entra ID, Key Vault, the registry; then provisioning through the SDK.
-	s, err := startSigning(p, tlsConfig, log, serve)
+	s, err := startSigning(p, tlsConfig, r, log, serve)
 	if err != nil {
 		shutdownAll()
 		return err
@@ -299,6 +311,10 @@ func Run(ctx context.Context, opts Options) error {
 		KeyVaultURL: sig.vaultURL, KeyID: sig.keyID, Registry: sig.registryAddr,
 		NotationConfig: p.notationConfig(), NotationLibexec: p.notationLibexec(), TokenDir: p.tokenDir(),
 		Warnings: sig.warnings, OSReleasePath: sig.osRelease,
+		PortsMoved: r.moved,
+	}
+	if !r.first() {
+		st.EnvChanged = envChanges(&r.prev, st)
 	}
 	if err := writeState(p, st); err != nil {
 		shutdownAll()
@@ -321,7 +337,7 @@ func Run(ctx context.Context, opts Options) error {
 }
 
 // startTPM brings up the simulator, measures the boot, provisions the AK and serves it.
-func startTPM(ctx context.Context, p paths, ca *tpm.CA, log *slog.Logger) (*tpmsim.Server, string, func(), error) {
+func startTPM(ctx context.Context, p paths, ca *tpm.CA, r *restart, log *slog.Logger) (*tpmsim.Server, string, func(), error) {
 	sim, err := simulator.Get()
 	if err != nil {
 		return nil, "", nil, fmt.Errorf("TPM simulator: %w", err)
@@ -345,7 +361,7 @@ func startTPM(ctx context.Context, p paths, ca *tpm.CA, log *slog.Logger) (*tpms
 		return fail(fmt.Errorf("provisioning the AK: %w", err))
 	}
 	srv := tpmsim.NewServer(t, tpmsim.ServerOptions{Logger: log.With("component", "tpm")})
-	addr, err := srv.Listen("127.0.0.1:0")
+	addr, err := keepPort(r, "TPM simulator", strings.TrimPrefix(r.prev.TPMAddr, tpm.SchemeSwtpm), srv.Listen)
 	if err != nil {
 		return fail(fmt.Errorf("TPM server: %w", err))
 	}
@@ -365,9 +381,14 @@ func startTPM(ctx context.Context, p paths, ca *tpm.CA, log *slog.Logger) (*tpms
 	}, nil
 }
 
+// writeState publishes st in state.json, and keeps a copy in last-state.json for the next start
+// (loadRestart): state.json goes when the stack stops.
 func writeState(p paths, st *State) error {
 	b, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(p.lastState(), append(b, '\n'), 0o600); err != nil {
 		return err
 	}
 	return atomicfile.Write(p.state(), append(b, '\n'), 0o600)

@@ -2,7 +2,10 @@ package localstack
 
 import (
 	"context"
+	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -103,5 +106,57 @@ func TestStatusTPMStopped(t *testing.T) {
 		if !c.OK {
 			t.Errorf("component %+v is down", c)
 		}
+	}
+}
+
+// TestRestartKeepsEnvironment: started again in its state directory, the stack listens on the
+// ports of its previous start and keeps the tenant, client id and secret, so that the environment
+// exported then still works; only the key id changes (the Key Vault emulator makes a new key) and
+// the start says so. A port taken meanwhile moves, and the start names it.
+func TestRestartKeepsEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	first, stop := runStack(t, dir)
+	stop()
+	if len(first.PortsMoved) != 0 || len(first.EnvChanged) != 0 {
+		t.Errorf("a first start reports moved ports %q and a changed environment %q", first.PortsMoved, first.EnvChanged)
+	}
+	same := func(a, b *State) []string {
+		var diff []string
+		for _, f := range []struct{ name, a, b string }{
+			{"MAA", a.MAAURL, b.MAAURL}, {"TPM", a.TPMAddr, b.TPMAddr}, {"Entra ID", a.EntraURL, b.EntraURL},
+			{"Key Vault", a.KeyVaultURL, b.KeyVaultURL}, {"registry", a.Registry, b.Registry},
+			{"tenant", a.TenantID, b.TenantID}, {"client id", a.ClientID, b.ClientID}, {"client secret", a.ClientSecret, b.ClientSecret},
+		} {
+			if f.a != f.b {
+				diff = append(diff, f.name)
+			}
+		}
+		return diff
+	}
+
+	second, stop := runStack(t, dir)
+	stop()
+	if d := same(first, second); len(d) != 0 {
+		t.Errorf("the restart changed %v", d)
+	}
+	if len(second.PortsMoved) != 0 || !slices.Equal(second.EnvChanged, []string{"ATTEST_KEY_ID"}) {
+		t.Errorf("restart: moved %q, changed %q; want none and ATTEST_KEY_ID", second.PortsMoved, second.EnvChanged)
+	}
+
+	// The registry's port is taken by another program meanwhile.
+	ln, err := net.Listen("tcp", "127.0.0.1:"+strings.TrimPrefix(second.Registry, "localhost:"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	third, _ := runStack(t, dir)
+	if d := same(second, third); !slices.Equal(d, []string{"registry"}) {
+		t.Errorf("with the registry's port taken, the restart changed %v; want the registry alone", d)
+	}
+	if len(third.PortsMoved) != 1 || !strings.HasPrefix(third.PortsMoved[0], "registry: port ") {
+		t.Errorf("moved %q; want the registry named", third.PortsMoved)
+	}
+	if !slices.Contains(third.EnvChanged, "ATTEST_REGISTRY") {
+		t.Errorf("changed %q; want ATTEST_REGISTRY among them", third.EnvChanged)
 	}
 }
