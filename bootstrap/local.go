@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,6 +46,10 @@ so: run eval "$(attest-bootstrap local env)" again in those shells.
 		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
   eval "$(attest-bootstrap local env)"
+
+The output contains a secret: AZURE_CLIENT_SECRET, the client secret of the Entra ID emulator's
+tenant. It is good for the stack's emulators on loopback only, but do not paste it where others
+read it.
 `},
 		{name: "status", summary: "report whether the stack runs and each component answers", output: true, help: `Report whether the local stack runs and whether each of its components answers: the HTTPS
 emulators a request, the TPM simulator a TPM command, the registry a connection. For a component
@@ -283,16 +288,31 @@ func writeStatus(w io.Writer, st *localstack.State, dir string, comps []localsta
 	for _, warning := range st.Warnings {
 		fmt.Fprintln(w, "  warning:", warning)
 	}
+	// The columns are as wide as their longest entry. An address is shown as the endpoint up and
+	// env give, without the path status probed (-o json has it).
+	nameWidth, addrWidth := 0, 0
+	for _, c := range comps {
+		nameWidth = max(nameWidth, len(c.Name))
+		addrWidth = max(addrWidth, len(endpoint(c.Address)))
+	}
 	for _, c := range comps {
 		mark := "ok  "
 		if !c.OK {
 			mark = "DOWN"
 		}
-		fmt.Fprintf(w, "  %s %-14s %-32s %s\n", mark, c.Name, c.Address, c.Detail)
+		fmt.Fprintf(w, "  %s %-*s %-*s %s\n", mark, nameWidth, c.Name, addrWidth, endpoint(c.Address), c.Detail)
 		if c.Hint != "" {
 			fmt.Fprintf(w, "       to bring it back: %s\n", c.Hint)
 		}
 	}
+}
+
+// endpoint is the scheme and host of a URL, or addr itself if it is not one (HOST:PORT).
+func endpoint(addr string) string {
+	if u, err := url.Parse(addr); err == nil && u.Scheme != "" && u.Host != "" {
+		return u.Scheme + "://" + u.Host
+	}
+	return addr
 }
 
 func stateFlag(given, abs string) string {

@@ -25,6 +25,48 @@ func TestWriteStatus(t *testing.T) {
 	}
 }
 
+// TestStatusColumns: the addresses and the details of status start in one column whatever the
+// length of the names ("Key Vault emulator" is the longest) and of the probed URLs.
+func TestStatusColumns(t *testing.T) {
+	comps := []localstack.ComponentStatus{
+		{Name: "MAA emulator", Address: "https://127.0.0.1:1/certs", OK: true, Detail: "200 OK"},
+		{Name: "TPM simulator", Address: "127.0.0.1:22", OK: true, Detail: "answers TPM commands"},
+		{Name: "Entra ID emulator", Address: "https://127.0.0.1:333/0b1c/v2.0/.well-known/openid-configuration", OK: true, Detail: "200 OK"},
+		{Name: "Key Vault emulator", Address: "https://127.0.0.1:4444/keys/attested-local", OK: true, Detail: "401: answers with the bearer challenge"},
+		{Name: "registry", Address: "localhost:55555", OK: true, Detail: "accepting connections"},
+	}
+	var b strings.Builder
+	writeStatus(&b, &localstack.State{}, "/s", comps)
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")[1:]
+	if len(lines) != len(comps) {
+		t.Fatalf("%d component lines, want %d:\n%s", len(lines), len(comps), b.String())
+	}
+	addrCol, detailCol := -1, -1
+	for i, l := range lines {
+		c := comps[i]
+		a := strings.Index(l, endpoint(c.Address))
+		d := strings.LastIndex(l, c.Detail)
+		if a < 0 || d < 0 || (addrCol >= 0 && (a != addrCol || d != detailCol)) {
+			t.Fatalf("misaligned:\n%s", b.String())
+		}
+		addrCol, detailCol = a, d
+	}
+	if !strings.Contains(lines[2], "Entra ID emulator  https://127.0.0.1:333 ") {
+		t.Errorf("the address is not shown as the endpoint:\n%s", b.String())
+	}
+}
+
+// TestEnvHelp: env's help warns that its output holds the emulator's client secret.
+func TestEnvHelp(t *testing.T) {
+	var o, e strings.Builder
+	run(context.Background(), []string{"local", "env", "--help"}, &o, &e)
+	for _, w := range []string{"AZURE_CLIENT_SECRET", "client secret of the Entra ID emulator", "loopback only"} {
+		if !strings.Contains(o.String(), w) {
+			t.Errorf("no %q in:\n%s", w, o.String())
+		}
+	}
+}
+
 // TestStatusHelp: status's help gives its exit codes.
 func TestStatusHelp(t *testing.T) {
 	var o, e strings.Builder
