@@ -6,7 +6,12 @@ BIN="$PWD/bin"
 export PATH="$BIN:$PATH"
 STATE="${ATTEST_DEMO_STATE:-$(mktemp -d /tmp/attested-kv-demo.XXXXXX)}"
 WORK="$(mktemp -d /tmp/attested-kv-demo-work.XXXXXX)"
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Bold step titles on a terminal only: no escape codes in a log or a pipe.
+if [ -t 1 ]; then
+  step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+else
+  step() { printf '\n== %s\n' "$*"; }
+fi
 refused() { echo "-> refused, as it must be"; }
 # The state directory holds private keys and the registry's data: removed unless the caller chose it.
 cleanup() {
