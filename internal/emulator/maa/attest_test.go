@@ -2,6 +2,8 @@ package maa
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"net/http"
 	"os"
@@ -48,19 +50,19 @@ func TestAttestHappyPath(t *testing.T) {
 		"x-ms-azurevm-osversion-minor":          json.Number("4"),
 		"x-ms-azurevm-vmid":                     "7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B",
 		"x-ms-policy-hash":                      policyHash(DefaultPolicy),
-		// No TCG log: secure-boot claims fail closed.
+		// No TCG log: secure-boot claims fail closed, and so do the debugger claims.
 		"secureboot":                                   false,
 		"x-ms-azurevm-dbvalidated":                     false,
 		"x-ms-azurevm-dbxvalidated":                    false,
 		"x-ms-azurevm-default-securebootkeysvalidated": false,
+		"x-ms-azurevm-bootdebug-enabled":               true,
+		"x-ms-azurevm-debuggersdisabled":               false,
 		// Windows boot-configuration claims, constant on Linux as in the real token.
-		"x-ms-azurevm-bootdebug-enabled":       false,
 		"x-ms-azurevm-kerneldebug-enabled":     false,
 		"x-ms-azurevm-testsigning-enabled":     false,
 		"x-ms-azurevm-flightsigning-enabled":   false,
 		"x-ms-azurevm-hypervisordebug-enabled": false,
 		"x-ms-azurevm-signingdisabled":         true,
-		"x-ms-azurevm-debuggersdisabled":       true,
 		"x-ms-azurevm-hvci-policy":             json.Number("0"),
 		"x-ms-azurevm-elam-enabled":            false,
 	}
@@ -177,10 +179,11 @@ func TestAttestWithEventLog(t *testing.T) {
 }
 
 // TestAttestUEFIDebugger checks the debugger claims against logs built like the local stack's
-// (tpmsim.BuildEventLog) and replayed into the TPM: a UEFI debugger recorded on PCR 7 makes
-// x-ms-azurevm-debuggersdisabled false and x-ms-azurevm-bootdebug-enabled true, as well as the
-// Secure Boot claims false; a log whose Secure Boot state cannot be read for another reason
-// leaves the debugger claims alone.
+// (tpmsim.BuildEventLog) and replayed into the TPM: x-ms-azurevm-debuggersdisabled is true and
+// x-ms-azurevm-bootdebug-enabled false only when the log proves that no UEFI debugger was
+// enabled. A debugger recorded on PCR 7, whatever type or data the log gives its event, makes them
+// false and true, as well as the Secure Boot claims false; so do no log, a log without PCR 7, and
+// a PCR 7 whose Secure Boot state cannot be read (fail closed).
 func TestAttestUEFIDebugger(t *testing.T) {
 	utf16le := func(s string) []byte {
 		var b []byte
@@ -199,20 +202,47 @@ func TestAttestUEFIDebugger(t *testing.T) {
 			return bytes.Replace(raw, old, new, 1)
 		}
 	}
+	// relabel gives the debugger's event another type: the type is not measured, so the log
+	// still replays to the PCRs the debugger's boot extended.
+	relabel := func(typ uint32) func(*testing.T, []byte) []byte {
+		return func(t *testing.T, raw []byte) []byte {
+			d := sha256.Sum256([]byte(uefiDebugModeAction))
+			i := bytes.Index(raw, d[:])
+			// TCG_PCR_EVENT2: pcrIndex, eventType, digests.count, hashAlg, digest.
+			if bytes.Count(raw, d[:]) != 1 || i < 14 {
+				t.Fatal("the log does not hold the debugger's digest exactly once")
+			}
+			out := bytes.Clone(raw)
+			binary.LittleEndian.PutUint32(out[i-10:], typ)
+			return out
+		}
+	}
+	const (
+		evPostCode             = 0x00000001
+		evSeparator            = 0x00000004
+		evEFIVariableAuthority = 0x800000E0
+	)
 	tests := []struct {
 		name              string
+		noLog             bool
 		debugger          bool
+		withoutPCR7       bool
 		mutate            func(*testing.T, []byte) []byte
 		secureBoot        bool
 		debuggersDisabled bool
 		bootDebug         bool
 	}{
 		{name: "no debugger", secureBoot: true, debuggersDisabled: true},
-		{name: "UEFI debugger", debugger: true, debuggersDisabled: false, bootDebug: true},
+		{name: "no log", noLog: true, bootDebug: true},
+		{name: "no event on PCR 7", withoutPCR7: true, bootDebug: true},
+		{name: "UEFI debugger", debugger: true, bootDebug: true},
 		{name: "UEFI debugger, event data rewritten", debugger: true,
-			mutate: replace([]byte("UEFI Debug Mode"), []byte("UEFI Normal Run")), debuggersDisabled: false, bootDebug: true},
+			mutate: replace([]byte("UEFI Debug Mode"), []byte("UEFI Normal Run")), bootDebug: true},
+		{name: "UEFI debugger, event relabelled EV_POST_CODE", debugger: true, mutate: relabel(evPostCode), bootDebug: true},
+		{name: "UEFI debugger, event relabelled EV_SEPARATOR", debugger: true, mutate: relabel(evSeparator), bootDebug: true},
+		{name: "UEFI debugger, event relabelled EV_EFI_VARIABLE_AUTHORITY", debugger: true, mutate: relabel(evEFIVariableAuthority), bootDebug: true},
 		{name: "secure-boot state unreadable, no debugger",
-			mutate: replace(utf16le("SecureBoot"), utf16le("XecureBoot")), debuggersDisabled: true},
+			mutate: replace(utf16le("SecureBoot"), utf16le("XecureBoot")), bootDebug: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,9 +253,15 @@ func TestAttestUEFIDebugger(t *testing.T) {
 			if tt.mutate != nil {
 				raw = tt.mutate(t, raw)
 			}
+			if tt.withoutPCR7 {
+				raw, extends = dropPCR(t, raw, extends, pcrSecureBootPolicy)
+			}
 			e := newEnv(t)
 			for _, x := range extends {
 				e.tpm.extend(t, x.PCR, x.Digest)
+			}
+			if tt.noLog {
+				raw = nil
 			}
 			claims := attestWithLog(t, e, raw)
 			for k, want := range map[string]bool{
@@ -239,6 +275,63 @@ func TestAttestUEFIDebugger(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// dropPCR removes the events of pcr from a crypto-agile log with the SHA-256 bank only (as
+// tpmsim.BuildEventLog writes), and its extends, so that the log replays without that PCR.
+func dropPCR(t *testing.T, raw []byte, extends []tpmsim.PCRExtend, pcr int) ([]byte, []tpmsim.PCRExtend) {
+	t.Helper()
+	le := binary.LittleEndian
+	// The first event, TCG_PCClientPCREvent: pcrIndex, eventType, SHA-1 digest, eventSize, event.
+	first := 4 + 4 + 20 + 4 + int(le.Uint32(raw[28:]))
+	out := bytes.Clone(raw[:first])
+	for rest := raw[first:]; len(rest) > 0; {
+		// TCG_PCR_EVENT2 with one SHA-256 digest: pcrIndex, eventType, count, hashAlg, digest,
+		// eventSize, event.
+		if len(rest) < 50 || le.Uint32(rest[8:]) != 1 {
+			t.Fatal("not a SHA-256-only crypto-agile log")
+		}
+		n := 50 + int(le.Uint32(rest[46:]))
+		if int(le.Uint32(rest)) != pcr {
+			out = append(out, rest[:n]...)
+		}
+		rest = rest[n:]
+	}
+	var kept []tpmsim.PCRExtend
+	for _, x := range extends {
+		if x.PCR != pcr {
+			kept = append(kept, x)
+		}
+	}
+	return out, kept
+}
+
+// TestUEFIDebuggerMeasured checks the debugger's detection on its own: the measured digest on
+// PCR 7 counts whatever the event's type or data, EV_NO_ACTION (never extended) and other PCRs do
+// not.
+func TestUEFIDebuggerMeasured(t *testing.T) {
+	debug := sha256.Sum256([]byte(uefiDebugModeAction))
+	other := sha256.Sum256([]byte("Calling EFI Application from Boot Option"))
+	tests := []struct {
+		name  string
+		event attest.Event
+		want  bool
+	}{
+		{"EV_EFI_ACTION", attest.Event{Index: 7, Type: 0x80000007, Data: []byte(uefiDebugModeAction), Digest: debug[:]}, true},
+		{"EV_POST_CODE", attest.Event{Index: 7, Type: 0x00000001, Data: []byte("POST CODE"), Digest: debug[:]}, true},
+		{"EV_SEPARATOR", attest.Event{Index: 7, Type: 0x00000004, Data: []byte{0, 0, 0, 0}, Digest: debug[:]}, true},
+		{"EV_EFI_VARIABLE_AUTHORITY", attest.Event{Index: 7, Type: 0x800000E0, Data: []byte("db"), Digest: debug[:]}, true},
+		{"EV_EFI_VARIABLE_DRIVER_CONFIG", attest.Event{Index: 7, Type: 0x80000001, Digest: debug[:]}, true},
+		{"data only", attest.Event{Index: 7, Type: 0x80000007, Data: []byte(uefiDebugModeAction), Digest: other[:]}, true},
+		{"EV_NO_ACTION", attest.Event{Index: 7, Type: eventTypeNoAction, Digest: debug[:]}, false},
+		{"another PCR", attest.Event{Index: 4, Type: 0x80000007, Data: []byte(uefiDebugModeAction), Digest: debug[:]}, false},
+		{"another action", attest.Event{Index: 7, Type: 0x80000007, Data: []byte("Calling EFI Application from Boot Option"), Digest: other[:]}, false},
+	}
+	for _, tt := range tests {
+		if got := uefiDebuggerMeasured([]attest.Event{tt.event}); got != tt.want {
+			t.Errorf("%s: uefiDebuggerMeasured = %v, want %v", tt.name, got, tt.want)
+		}
 	}
 }
 

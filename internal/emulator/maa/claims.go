@@ -68,10 +68,12 @@ func serviceClaims(ev *evidence, ve *verifiedEvidence, boot bootState) map[strin
 		claimOSBuild:              ev.osBuild,
 		claimOSVersionMajor:       int64(ev.osVersionMajor),
 		claimOSVersionMinor:       int64(ev.osVersionMin),
-		// A UEFI debugger recorded in PCR 7 contradicts "debuggers disabled" and "boot debugging
-		// off", so those two claims follow the log (how MAA itself sets them is UNCONFIRMED).
-		claimBootDebug:         boot.uefiDebugger,
-		claimDebuggersDisabled: !boot.uefiDebugger,
+		// "Debuggers disabled" and "boot debugging off" are claimed only when the log proves that
+		// no UEFI debugger was recorded in PCR 7; with no log, or a PCR 7 that cannot be read,
+		// they fail closed (how MAA itself sets them, and what it issues without a log, is
+		// UNCONFIRMED).
+		claimBootDebug:         !boot.noDebugger,
+		claimDebuggersDisabled: boot.noDebugger,
 		// Windows boot-configuration claims. MAA derives them from Windows boot measurements; on
 		// Linux guests the real token (testdata/real) carries these constant values, which the
 		// emulator reproduces: they say nothing about the Linux boot.

@@ -47,9 +47,13 @@
 //     -default-securebootkeysvalidated mean that non-empty db, dbx, and PK+KEK were measured, not
 //     that they match Microsoft's defaults. With no log (Azure Trusted Launch may give none) all
 //     four are false: fail closed; what MAA issues then is UNCONFIRMED.
-//   - x-ms-azurevm-debuggersdisabled is false and x-ms-azurevm-bootdebug-enabled true when PCR 7
-//     records a UEFI debugger ("UEFI Debug Mode"; the Secure Boot claims are then false too, as
-//     go-attestation refuses such a log); otherwise true and false, as in the real tokens.
+//   - x-ms-azurevm-debuggersdisabled is true and x-ms-azurevm-bootdebug-enabled false, as in the
+//     real tokens, only when the replayed log proves no UEFI debugger: PCR 7 has events, its
+//     Secure Boot state parses, and no PCR 7 event other than EV_NO_ACTION extended the
+//     debugger's digest, SHA-256 of "UEFI Debug Mode", whatever type the log gives that event
+//     (the type is not measured, so a relabelled event still counts). Otherwise (a debugger
+//     recorded, no log, no PCR 7 events, or a PCR 7 that does not parse) they are false and true:
+//     fail closed; what MAA issues without a log, or for an unreadable PCR 7, is UNCONFIRMED.
 //   - Windows boot-configuration claims (kerneldebug, testsigning, flightsigning, hypervisordebug,
 //     elam false; signingdisabled true; hvci-policy 0) are the constants of the real Linux token
 //     in testdata/real; they say nothing about the Linux boot.

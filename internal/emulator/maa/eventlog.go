@@ -18,7 +18,6 @@ const eventTypeNoAction = 0x03
 // Profile; go-attestation's ParseSecurebootState refuses such a log with "a UEFI debugger was
 // present during boot").
 const (
-	eventTypeEFIAction  = 0x80000007
 	pcrSecureBootPolicy = 7
 	uefiDebugModeAction = "UEFI Debug Mode"
 )
@@ -35,6 +34,10 @@ type bootState struct {
 	defaultKeysMeasured bool
 	// uefiDebugger: PCR 7 records that a UEFI debugger was enabled during boot.
 	uefiDebugger bool
+	// noDebugger: the log proves that no UEFI debugger was enabled: PCR 7 was measured, its
+	// Secure Boot state parsed, and none of its events is the debugger's. False when there is no
+	// log or PCR 7 cannot be read (fail closed), whatever uefiDebugger says.
+	noDebugger bool
 	// note explains why the secure-boot claims are false, for the request log.
 	note string
 }
@@ -43,15 +46,18 @@ type bootState struct {
 // verifyEvidence has already proven the TPM signed) and derives the secure-boot state from the
 // events of the replayed PCRs only.
 //
-// An empty log is accepted with every secure-boot claim false (fail closed): Azure's Linux client
-// tolerates a missing log, and what real MAA issues then is UNCONFIRMED. A log that does not
-// replay to the quoted values is refused. The mapping from log to claims is an approximation of
-// MAA's (which is not public): secureboot is the measured SecureBoot variable; dbvalidated,
-// dbxvalidated and default-securebootkeysvalidated mean only that non-empty db, dbx, and PK+KEK
-// variables were measured, not that their contents were compared with Microsoft's defaults.
+// An empty log is accepted with every secure-boot claim false and the debugger claims saying a
+// debugger may have been present (fail closed): Azure's Linux client tolerates a missing log, and
+// what real MAA issues then is UNCONFIRMED. A log that does not replay to the quoted values is
+// refused. The mapping from log to claims is an approximation of MAA's (which is not public):
+// secureboot is the measured SecureBoot variable; dbvalidated, dbxvalidated and
+// default-securebootkeysvalidated mean only that non-empty db, dbx, and PK+KEK variables were
+// measured, not that their contents were compared with Microsoft's defaults. No debugger is
+// claimed only when PCR 7 was measured, its Secure Boot state parses, and no PCR 7 event extended
+// the debugger's digest (see uefiDebuggerMeasured).
 func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
 	if len(raw) == 0 {
-		return bootState{note: "no TCG log was sent; secure-boot claims are false"}, nil
+		return bootState{note: "no TCG log was sent; secure-boot claims are false and a UEFI debugger is not excluded"}, nil
 	}
 	el, err := parseEventLog(raw)
 	if err != nil {
@@ -84,14 +90,27 @@ func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
 	}
 
 	st := bootState{logPresent: true, uefiDebugger: uefiDebuggerMeasured(events)}
+	if !extended[pcrSecureBootPolicy] {
+		st.note = "the log has no event for PCR 7; secure-boot claims are false and a UEFI debugger is not excluded"
+		return st, nil
+	}
 	sb, err := parseSecurebootState(events)
 	if err != nil {
 		st.note = fmt.Sprintf("secure-boot state could not be established from the log (%v); secure-boot claims are false", err)
 		if st.uefiDebugger {
 			st.note += "; a UEFI debugger was enabled during boot"
+		} else {
+			st.note += " and a UEFI debugger is not excluded"
 		}
 		return st, nil
 	}
+	if st.uefiDebugger {
+		// go-attestation refuses every log with the debugger's event on PCR 7; this is a
+		// safeguard should a later version accept one.
+		st.note = "a UEFI debugger was enabled during boot; secure-boot claims are false"
+		return st, nil
+	}
+	st.noDebugger = true
 	st.secureBoot = sb.Enabled
 	st.dbMeasured = len(sb.PermittedKeys)+len(sb.PermittedHashes) > 0
 	st.dbxMeasured = len(sb.ForbiddenKeys)+len(sb.ForbiddenHashes) > 0
@@ -102,13 +121,21 @@ func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
 // uefiDebuggerMeasured reports whether the replayed events record a UEFI debugger on PCR 7.
 // go-attestation detects the same event but returns it as an unexported error, indistinguishable
 // by errors.Is from its other refusals, and stops at the first problem it finds; so the events
-// are searched here. The digest, which the replay has proven was extended, counts as well as the
-// data, which nothing verifies: a log cannot hide the debugger by rewriting the event's data.
+// are searched here.
+//
+// What counts is the digest, SHA-256 of "UEFI Debug Mode", which the replay has proven was
+// extended into PCR 7, on any event that is not EV_NO_ACTION (the only type the replay skips).
+// Neither the event's type nor its data is measured, so a log cannot hide the debugger by
+// relabelling the event (as EV_POST_CODE, EV_SEPARATOR, EV_EFI_VARIABLE_AUTHORITY...) or by
+// rewriting its data. Data that reads "UEFI Debug Mode" counts too: a log that says so is taken
+// at its word.
 func uefiDebuggerMeasured(events []attest.Event) bool {
 	want := sha256.Sum256([]byte(uefiDebugModeAction))
 	for _, e := range events {
-		if e.Index == pcrSecureBootPolicy && e.Type == eventTypeEFIAction &&
-			(string(e.Data) == uefiDebugModeAction || bytes.Equal(e.Digest, want[:])) {
+		if e.Index != pcrSecureBootPolicy || e.Type == eventTypeNoAction {
+			continue
+		}
+		if bytes.Equal(e.Digest, want[:]) || string(e.Data) == uefiDebugModeAction {
 			return true
 		}
 	}
