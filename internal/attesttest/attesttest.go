@@ -81,9 +81,11 @@ func TLSServer(t testing.TB, h http.Handler) *httptest.Server {
 	return s
 }
 
-// WithSecureBoot measures a Secure Boot firmware log into the TPM, so the emulator issues
-// secureboot and the db/dbx claims true, as for a healthy Trusted Launch VM. Without it the TPM
-// has no event log and those claims are false.
+// WithSecureBoot measures a Secure Boot firmware log into the TPM (tpmsim.BuildEventLog), so the
+// emulator, which takes that log's keys as the default Secure Boot keys, issues secureboot, the
+// db/dbx and default-keys claims true and the debugger claims clean, as for a healthy Trusted
+// Launch VM: the baseline rules pass. Without it the TPM has no event log, those claims are false
+// and the debugger claims fail closed.
 func WithSecureBoot() Option { return func(o *options) { o.secureBoot = true } }
 
 type nopClose struct{ transport.TPM }
@@ -138,7 +140,18 @@ func New(t testing.TB, opts ...Option) *Chain {
 	srv := httptest.NewUnstartedServer(nil)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL, AuthorizePolicyRequest: o.policyAuthorize})
+	// The emulator takes the simulator's Secure Boot keys as the platform's defaults, as MAA takes
+	// Microsoft's on Azure.
+	sbKeys, err := tpmsim.SecureBootCertificates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var defaultKeys [][sha256.Size]byte
+	for _, k := range sbKeys {
+		defaultKeys = append(defaultKeys, sha256.Sum256(k.Raw))
+	}
+	e, err := emu.New(emu.Config{TrustedRoots: roots, Intermediates: inters, Issuer: srv.URL, AuthorizePolicyRequest: o.policyAuthorize,
+		DefaultSecureBootKeys: defaultKeys})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ package localstack
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -222,14 +223,25 @@ func Run(ctx context.Context, opts Options) error {
 	roots, inters := x509.NewCertPool(), x509.NewCertPool()
 	roots.AddCert(vtpmCA.Root)
 	inters.AddCert(vtpmCA.Intermediate)
+	// The TPM's Secure Boot keys are the platform's defaults here, as Microsoft's are on Azure.
+	sbKeys, err := tpmsim.SecureBootCertificates()
+	if err != nil {
+		maaLn.Close()
+		return fmt.Errorf("MAA emulator: %w", err)
+	}
+	var defaultKeys [][sha256.Size]byte
+	for _, k := range sbKeys {
+		defaultKeys = append(defaultKeys, sha256.Sum256(k.Raw))
+	}
 	var sig *signing
 	maaSrv, err := emu.New(emu.Config{
-		TrustedRoots:  roots,
-		Intermediates: inters,
-		SigningKey:    signKey,
-		SigningCert:   signCert,
-		Issuer:        maaURL,
-		Logger:        log.With("component", "maa"),
+		TrustedRoots:          roots,
+		Intermediates:         inters,
+		SigningKey:            signKey,
+		SigningCert:           signCert,
+		Issuer:                maaURL,
+		DefaultSecureBootKeys: defaultKeys,
+		Logger:                log.With("component", "maa"),
 		// Policy reads and writes need an Entra ID token for MAA's scope, as on Azure.
 		AuthorizePolicyRequest: func(r *http.Request) error {
 			if sig == nil {

@@ -82,18 +82,11 @@ type EventLogOptions struct {
 // Ed25519 certificates (not Microsoft's) derived deterministically, so the log, and the PCR values
 // it produces, are the same on every call for the same options.
 func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
-	pk, err := selfSigned("attested-kv local Platform Key")
+	keys, err := SecureBootCertificates()
 	if err != nil {
 		return nil, nil, err
 	}
-	kek, err := selfSigned("attested-kv local Key Exchange Key")
-	if err != nil {
-		return nil, nil, err
-	}
-	db, err := selfSigned("attested-kv local UEFI CA (db)")
-	if err != nil {
-		return nil, nil, err
-	}
+	pk, kek, db := keys[0], keys[1], keys[2]
 	revoked := sha256.Sum256([]byte("a revoked boot loader"))
 
 	b := &logBuilder{}
@@ -128,6 +121,23 @@ func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
 	b.event(5, evEFIAction, []byte("Exit Boot Services Invocation"))
 	b.event(5, evEFIAction, []byte("Exit Boot Services Returned with Success"))
 	return b.buf.Bytes(), b.extends, nil
+}
+
+// SecureBootCertificates returns the Secure Boot certificates BuildEventLog enrolls, in this
+// order: the platform key (PK), the key exchange key (KEK) and the db certificate. They are local
+// self-signed certificates, the same on every call; a verifier that should take this TPM's
+// Secure Boot keys as the platform's defaults (as MAA takes Microsoft's) is configured with them,
+// e.g. the MAA emulator's Config.DefaultSecureBootKeys.
+func SecureBootCertificates() ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for _, cn := range []string{"attested-kv local Platform Key", "attested-kv local Key Exchange Key", "attested-kv local UEFI CA (db)"} {
+		c, err := selfSigned(cn)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
 
 // ApplyEventLog extends each digest into the SHA-256 bank of t, in order, with PCR_Extend, so

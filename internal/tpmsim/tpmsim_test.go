@@ -166,6 +166,14 @@ func testEventLog(t *testing.T, sb bool) {
 		t.Fatalf("secure boot databases: PK %d, KEK %d, db %d, dbx hashes %d",
 			len(st.PlatformKeys), len(st.ExchangeKeys), len(st.PermittedKeys), len(st.ForbiddenHashes))
 	}
+	// The enrolled keys are those SecureBootCertificates returns, in the order PK, KEK, db.
+	keys, err := SecureBootCertificates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 3 || !keys[0].Equal(&st.PlatformKeys[0]) || !keys[1].Equal(&st.ExchangeKeys[0]) || !keys[2].Equal(&st.PermittedKeys[0]) {
+		t.Fatal("SecureBootCertificates does not return the PK, KEK and db certificates the log enrolls")
+	}
 	if sb {
 		if len(st.PostSeparatorAuthority) != 1 || !st.PostSeparatorAuthority[0].Equal(&st.PermittedKeys[0]) {
 			t.Fatalf("want the db certificate as the authority that verified the boot loader, got %d", len(st.PostSeparatorAuthority))

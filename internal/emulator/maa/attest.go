@@ -63,7 +63,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request, rec *RequestReco
 	if err != nil {
 		return "", err
 	}
-	boot, err := verifyTCGLog(ev.tcgLog, ev.pcrs)
+	boot, err := verifyTCGLog(ev.tcgLog, ev.pcrs, s.defaultKeys)
 	if err != nil {
 		return "", err
 	}

@@ -3,11 +3,13 @@ package maa
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
 	"net/http"
 	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 
 	wire "github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/tpmsim"
+	"github.com/attested-kv/attested-kv/policy/rules"
 )
 
 // TestAttestHappyPath runs Azure's flow end to end against a real (simulated) TPM: the token
@@ -130,10 +133,11 @@ func TestAttestTokenOnlyForThisPCRState(t *testing.T) {
 }
 
 // attestWithLog attests the environment e's TPM with the event log raw (which the caller has
-// replayed into the TPM) and returns the claims of the token issued.
-func attestWithLog(t *testing.T, e *env, raw []byte) map[string]any {
+// replayed into the TPM), to an emulator taking the certificates whose fingerprints are known as
+// the default Secure Boot keys, and returns the claims of the token issued.
+func attestWithLog(t *testing.T, e *env, raw []byte, known [][sha256.Size]byte) map[string]any {
 	t.Helper()
-	in := newInstance(t, e, nil)
+	in := newInstance(t, e, func(c *Config) { c.DefaultSecureBootKeys = known })
 	c := e.collect(t)
 	c.tcgLog = raw
 	status, body := in.attest(t, requestBody(t, c.info()))
@@ -144,14 +148,49 @@ func attestWithLog(t *testing.T, e *env, raw []byte) map[string]any {
 	return claims
 }
 
-// TestAttestWithEventLog replays a real firmware log into the TPM, so the quote matches it, and
-// checks the secure-boot claims derived from it.
-func TestAttestWithEventLog(t *testing.T) {
-	e := newEnv(t)
-	raw, err := os.ReadFile("testdata/rhel8-uefi.bin")
+// fingerprints returns the SHA-256 fingerprints of certs, as Config.DefaultSecureBootKeys lists
+// them.
+func fingerprints(certs ...*x509.Certificate) [][sha256.Size]byte {
+	var out [][sha256.Size]byte
+	for _, c := range certs {
+		out = append(out, sha256.Sum256(c.Raw))
+	}
+	return out
+}
+
+// tpmsimKeys returns the fingerprints of the Secure Boot keys tpmsim.BuildEventLog enrolls.
+func tpmsimKeys(t testing.TB) [][sha256.Size]byte {
+	t.Helper()
+	certs, err := tpmsim.SecureBootCertificates()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return fingerprints(certs...)
+}
+
+// logSecureBootKeys returns the fingerprints of the PK, KEK and db certificates a TCG log
+// measures.
+func logSecureBootKeys(t testing.TB, raw []byte) [][sha256.Size]byte {
+	t.Helper()
+	el, err := attest.ParseEventLog(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := attest.ParseSecurebootState(el.Events(attest.HashSHA256))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][sha256.Size]byte
+	for _, c := range slices.Concat(sb.PlatformKeys, sb.ExchangeKeys, sb.PermittedKeys) {
+		out = append(out, sha256.Sum256(c.Raw))
+	}
+	return out
+}
+
+// replayLog extends the digests of raw's events on PCRs 0-7 into e's TPM, so the quote matches
+// the log.
+func replayLog(t *testing.T, e *env, raw []byte) {
+	t.Helper()
 	el, err := attest.ParseEventLog(raw)
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +200,18 @@ func TestAttestWithEventLog(t *testing.T) {
 			e.tpm.extend(t, ev.Index, ev.Digest)
 		}
 	}
-	claims := attestWithLog(t, e, raw)
+}
+
+// TestAttestWithEventLog replays a real firmware log into the TPM, so the quote matches it, and
+// checks the secure-boot claims derived from it, the log's own keys being taken as the defaults.
+func TestAttestWithEventLog(t *testing.T) {
+	e := newEnv(t)
+	raw, err := os.ReadFile("testdata/rhel8-uefi.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayLog(t, e, raw)
+	claims := attestWithLog(t, e, raw, logSecureBootKeys(t, raw))
 	for _, k := range []string{"secureboot", "x-ms-azurevm-dbvalidated", "x-ms-azurevm-dbxvalidated", "x-ms-azurevm-default-securebootkeysvalidated"} {
 		if claims[k] != true {
 			t.Errorf("claim %s = %v, want true", k, claims[k])
@@ -175,6 +225,110 @@ func TestAttestWithEventLog(t *testing.T) {
 	status, body := newInstance(t, e, nil).attest(t, requestBody(t, c2.info()))
 	if status != http.StatusBadRequest || cloudError(t, body).Code != CodeTcgLogMismatch {
 		t.Fatalf("attest with a stale log: %d %s", status, body)
+	}
+}
+
+// TestAttestDefaultSecureBootKeys checks that x-ms-azurevm-default-securebootkeysvalidated and
+// x-ms-azurevm-dbvalidated are true only when the measured PK, KEK and db hold only certificates
+// of Config.DefaultSecureBootKeys, and that the baseline's rules on them fail otherwise: keys
+// someone enrolled themselves (tpmsim's local ones, the real log's) are not default keys unless
+// configured as such. dbxvalidated and secureboot do not depend on the set.
+func TestAttestDefaultSecureBootKeys(t *testing.T) {
+	rhel, err := os.ReadFile("testdata/rhel8-uefi.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := tpmsimKeys(t)
+	tests := []struct {
+		name        string
+		real        bool // the rhel8 log, else tpmsim.BuildEventLog's
+		known       [][sha256.Size]byte
+		defaultKeys bool
+	}{
+		{name: "local keys, no default keys configured"},
+		{name: "local keys configured", known: local, defaultKeys: true},
+		{name: "local PK and KEK configured, not db", known: local[:2]},
+		{name: "local KEK and db configured, not PK", known: local[1:]},
+		{name: "local keys and others configured", known: append(logSecureBootKeys(t, rhel), local...), defaultKeys: true},
+		{name: "real log, local keys configured", real: true, known: local},
+		{name: "real log, its keys configured", real: true, known: logSecureBootKeys(t, rhel), defaultKeys: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t)
+			raw := rhel
+			if tt.real {
+				replayLog(t, e, raw)
+			} else {
+				var (
+					extends []tpmsim.PCRExtend
+					err     error
+				)
+				if raw, extends, err = tpmsim.BuildEventLog(tpmsim.EventLogOptions{SecureBoot: true}); err != nil {
+					t.Fatal(err)
+				}
+				for _, x := range extends {
+					e.tpm.extend(t, x.PCR, x.Digest)
+				}
+			}
+			claims := attestWithLog(t, e, raw, tt.known)
+			for k, want := range map[string]bool{
+				"secureboot":                                   true, // in both logs
+				"x-ms-azurevm-dbxvalidated":                    true,
+				"x-ms-azurevm-dbvalidated":                     tt.defaultKeys,
+				"x-ms-azurevm-default-securebootkeysvalidated": tt.defaultKeys,
+			} {
+				if claims[k] != want {
+					t.Errorf("claim %s = %v, want %v", k, claims[k], want)
+				}
+			}
+			for _, r := range rules.Baseline().Evaluate(claims).Rules {
+				switch r.Name {
+				case "default-secureboot-keys", "db-validated":
+					if r.Passed != tt.defaultKeys {
+						t.Errorf("baseline rule %s passed = %v, want %v", r.Name, r.Passed, tt.defaultKeys)
+					}
+				default:
+					// The local log is a healthy Secure Boot but for its keys.
+					if !tt.real && !r.Passed {
+						t.Errorf("baseline rule %s failed: %s", r.Name, r.Reason)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestDefaultKeySetHoldsOnly checks the comparison of one measured variable with the default
+// keys: non-empty, certificates only, each of them listed.
+func TestDefaultKeySetHoldsOnly(t *testing.T) {
+	certs, err := tpmsim.SecureBootCertificates()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pk, kek := *certs[0], *certs[1]
+	known := newDefaultKeySet(fingerprints(certs[0]))
+	hash := sha256Sum([]byte("a boot loader"))
+	tests := []struct {
+		name   string
+		certs  []x509.Certificate
+		hashes [][]byte
+		want   bool
+	}{
+		{"listed certificate", []x509.Certificate{pk}, nil, true},
+		{"empty variable", nil, nil, false},
+		{"unlisted certificate", []x509.Certificate{kek}, nil, false},
+		{"listed and unlisted certificates", []x509.Certificate{pk, kek}, nil, false},
+		{"listed certificate and a hash", []x509.Certificate{pk}, [][]byte{hash}, false},
+		{"hash only", nil, [][]byte{hash}, false},
+	}
+	for _, tt := range tests {
+		if got := known.holdsOnly(tt.certs, tt.hashes); got != tt.want {
+			t.Errorf("%s: holdsOnly = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if newDefaultKeySet(nil).holdsOnly([]x509.Certificate{pk}, nil) {
+		t.Error("an empty set holds a certificate")
 	}
 }
 
@@ -263,7 +417,7 @@ func TestAttestUEFIDebugger(t *testing.T) {
 			if tt.noLog {
 				raw = nil
 			}
-			claims := attestWithLog(t, e, raw)
+			claims := attestWithLog(t, e, raw, tpmsimKeys(t))
 			for k, want := range map[string]bool{
 				"secureboot":                     tt.secureBoot,
 				"x-ms-azurevm-dbvalidated":       tt.secureBoot,

@@ -59,15 +59,19 @@ func serviceClaims(ev *evidence, ve *verifiedEvidence, boot bootState) map[strin
 		wire.ClaimAttestedPCRs:    pcrs,
 		wire.ClaimVMID:            vmID(ve.akCert),
 		wire.ClaimSecureBoot:      boot.secureBoot,
-		claimDBValidated:          boot.dbMeasured,
-		claimDBXValidated:         boot.dbxMeasured,
-		claimDefaultKeysValid:     boot.defaultKeysMeasured,
-		claimIsWindows:            false,
-		claimOSType:               ev.osType,
-		claimOSDistro:             ev.osDistro,
-		claimOSBuild:              ev.osBuild,
-		claimOSVersionMajor:       int64(ev.osVersionMajor),
-		claimOSVersionMinor:       int64(ev.osVersionMin),
+		// Whoever holds PK or KEK can rewrite db, so db counts as validated only under the
+		// default PK and KEK: both claims are the same check (UNCONFIRMED how MAA decides them).
+		claimDBValidated:      boot.defaultKeys,
+		claimDefaultKeysValid: boot.defaultKeys,
+		// dbx is only measured and non-empty, not compared with a current revocation list
+		// (UNCONFIRMED what MAA compares it with).
+		claimDBXValidated:   boot.dbxMeasured,
+		claimIsWindows:      false,
+		claimOSType:         ev.osType,
+		claimOSDistro:       ev.osDistro,
+		claimOSBuild:        ev.osBuild,
+		claimOSVersionMajor: int64(ev.osVersionMajor),
+		claimOSVersionMinor: int64(ev.osVersionMin),
 		// "Debuggers disabled" and "boot debugging off" are claimed only when the log proves that
 		// no UEFI debugger was recorded in PCR 7; with no log, or a PCR 7 that cannot be read,
 		// they fail closed (how MAA itself sets them, and what it issues without a log, is

@@ -43,10 +43,15 @@
 //     protocol's own freshness is the encrypted response, which only that TPM in that PCR state
 //     can open.
 //   - Secure-boot claims come from the TCG log replayed against the quote: secureboot is the
-//     measured SecureBoot variable; x-ms-azurevm-dbvalidated, -dbxvalidated and
-//     -default-securebootkeysvalidated mean that non-empty db, dbx, and PK+KEK were measured, not
-//     that they match Microsoft's defaults. With no log (Azure Trusted Launch may give none) all
-//     four are false: fail closed; what MAA issues then is UNCONFIRMED.
+//     measured SecureBoot variable. x-ms-azurevm-default-securebootkeysvalidated and
+//     -dbvalidated are true only when the measured PK, KEK and db are non-empty and hold only
+//     certificates listed in Config.DefaultSecureBootKeys (SHA-256 of the DER; no hash entries),
+//     the emulator's stand-in for Microsoft's default keys: keys someone enrolled themselves are
+//     not default ones, and with the list empty both claims are false. db counts as validated
+//     only under default PK and KEK, whose holders could rewrite it. x-ms-azurevm-dbxvalidated
+//     means only that a non-empty dbx was measured, not that it is a current revocation list.
+//     How MAA decides all three is UNCONFIRMED. With no log (Azure Trusted Launch may give none)
+//     all four are false: fail closed; what MAA issues then is UNCONFIRMED.
 //   - x-ms-azurevm-debuggersdisabled is true and x-ms-azurevm-bootdebug-enabled false, as in the
 //     real tokens, only when the replayed log proves no UEFI debugger: PCR 7 has events, its
 //     Secure Boot state parses, and no PCR 7 event other than EV_NO_ACTION extended the

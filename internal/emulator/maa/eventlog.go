@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 
@@ -28,10 +29,12 @@ type bootState struct {
 	logPresent bool
 	// secureBoot: the SecureBoot variable measured in PCR 7 was 1.
 	secureBoot bool
-	// dbMeasured, dbxMeasured: a non-empty db / dbx was measured in PCR 7.
-	dbMeasured, dbxMeasured bool
-	// defaultKeysMeasured: non-empty PK and KEK were measured in PCR 7.
-	defaultKeysMeasured bool
+	// defaultKeys: the PK, KEK and db measured in PCR 7 are non-empty and hold only certificates
+	// of the configured default Secure Boot keys (see defaultKeySet.holdsOnly).
+	defaultKeys bool
+	// dbxMeasured: a non-empty dbx was measured in PCR 7 (its contents are not compared with
+	// anything).
+	dbxMeasured bool
 	// uefiDebugger: PCR 7 records that a UEFI debugger was enabled during boot.
 	uefiDebugger bool
 	// noDebugger: the log proves that no UEFI debugger was enabled: PCR 7 was measured, its
@@ -50,12 +53,12 @@ type bootState struct {
 // debugger may have been present (fail closed): Azure's Linux client tolerates a missing log, and
 // what real MAA issues then is UNCONFIRMED. A log that does not replay to the quoted values is
 // refused. The mapping from log to claims is an approximation of MAA's (which is not public):
-// secureboot is the measured SecureBoot variable; dbvalidated, dbxvalidated and
-// default-securebootkeysvalidated mean only that non-empty db, dbx, and PK+KEK variables were
-// measured, not that their contents were compared with Microsoft's defaults. No debugger is
+// secureboot is the measured SecureBoot variable; default-securebootkeysvalidated and dbvalidated
+// mean that the measured PK, KEK and db hold only certificates in known (bootState.defaultKeys);
+// dbxvalidated means only that a non-empty dbx was measured. No debugger is
 // claimed only when PCR 7 was measured, its Secure Boot state parses, and no PCR 7 event extended
 // the debugger's digest (see uefiDebuggerMeasured).
-func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
+func verifyTCGLog(raw []byte, pcrs []pcrValue, known defaultKeySet) (bootState, error) {
 	if len(raw) == 0 {
 		return bootState{note: "no TCG log was sent; secure-boot claims are false and a UEFI debugger is not excluded"}, nil
 	}
@@ -112,10 +115,44 @@ func verifyTCGLog(raw []byte, pcrs []pcrValue) (bootState, error) {
 	}
 	st.noDebugger = true
 	st.secureBoot = sb.Enabled
-	st.dbMeasured = len(sb.PermittedKeys)+len(sb.PermittedHashes) > 0
+	st.defaultKeys = known.holdsOnly(sb.PlatformKeys, sb.PlatformKeyHashes) &&
+		known.holdsOnly(sb.ExchangeKeys, sb.ExchangeKeyHashes) &&
+		known.holdsOnly(sb.PermittedKeys, sb.PermittedHashes)
 	st.dbxMeasured = len(sb.ForbiddenKeys)+len(sb.ForbiddenHashes) > 0
-	st.defaultKeysMeasured = len(sb.PlatformKeys)+len(sb.PlatformKeyHashes) > 0 && len(sb.ExchangeKeys)+len(sb.ExchangeKeyHashes) > 0
+	if !st.defaultKeys {
+		st.note = "the measured PK, KEK and db are not (only) the configured default Secure Boot keys; " +
+			"default-securebootkeysvalidated and dbvalidated are false"
+	}
 	return st, nil
+}
+
+// defaultKeySet holds the SHA-256 fingerprints of the DER certificates accepted as the
+// platform's default Secure Boot keys (Config.DefaultSecureBootKeys).
+type defaultKeySet map[[sha256.Size]byte]struct{}
+
+func newDefaultKeySet(fingerprints [][sha256.Size]byte) defaultKeySet {
+	s := make(defaultKeySet, len(fingerprints))
+	for _, f := range fingerprints {
+		s[f] = struct{}{}
+	}
+	return s
+}
+
+// holdsOnly reports whether a measured Secure Boot variable (its certificates and hashes, as
+// go-attestation parsed its EFI_SIGNATURE_LISTs, each proven measured by its event digest) is
+// non-empty and holds only certificates in s. A hash entry is never a default key: s lists
+// certificates, and an enrolled hash is someone's own choice (UNCONFIRMED whether MAA's defaults
+// admit any).
+func (s defaultKeySet) holdsOnly(certs []x509.Certificate, hashes [][]byte) bool {
+	if len(certs) == 0 || len(hashes) > 0 {
+		return false
+	}
+	for _, c := range certs {
+		if _, ok := s[sha256.Sum256(c.Raw)]; !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // uefiDebuggerMeasured reports whether the replayed events record a UEFI debugger on PCR 7.

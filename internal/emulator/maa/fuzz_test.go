@@ -39,7 +39,7 @@ func FuzzDecodeAttestationInfo(f *testing.F) {
 			t.Fatalf("verification failed without a check code: %v", err)
 		}
 		// The log parser runs on whatever the request carried, verified or not.
-		_, _ = verifyTCGLog(ev.tcgLog, ev.pcrs)
+		_, _ = verifyTCGLog(ev.tcgLog, ev.pcrs, nil)
 	})
 }
 
@@ -60,14 +60,15 @@ func FuzzVerifyTCGLog(f *testing.F) {
 			pcrs[ev.Index].digest = sha256Sum(append(pcrs[ev.Index].digest, ev.Digest...))
 		}
 	}
-	if st, err := verifyTCGLog(raw, pcrs); err != nil || !st.secureBoot {
+	known := newDefaultKeySet(logSecureBootKeys(f, raw))
+	if st, err := verifyTCGLog(raw, pcrs, known); err != nil || !st.secureBoot || !st.defaultKeys {
 		f.Fatalf("the fixture does not replay: %+v %v", st, err)
 	}
 	f.Add(raw)
 	f.Add(raw[:1024])
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, log []byte) {
-		st, err := verifyTCGLog(log, pcrs)
+		st, err := verifyTCGLog(log, pcrs, known)
 		if err != nil && asCheckError(err).Code == CodeInternalError {
 			t.Fatalf("log check failed without a check code: %v", err)
 		}

@@ -73,6 +73,13 @@ type Config struct {
 	MaxClockSkewBetweenQuoteAndCertify time.Duration
 	// ReplayCacheSize bounds the remembered certify infos; DefaultReplayCacheSize if zero.
 	ReplayCacheSize int
+	// DefaultSecureBootKeys are the SHA-256 fingerprints of the DER certificates taken as the
+	// platform's default Secure Boot keys, as MAA takes Microsoft's. The token says
+	// x-ms-azurevm-default-securebootkeysvalidated and x-ms-azurevm-dbvalidated true only when the
+	// PK, KEK and db measured in the TCG log are non-empty and hold only certificates listed here
+	// (no hashes). Empty: no key is a default one, and those claims are false. The local stack
+	// lists its TPM's own keys (tpmsim.SecureBootCertificates).
+	DefaultSecureBootKeys [][sha256.Size]byte
 	// AuthorizePolicyRequest authorizes GET and PUT /policies, which real MAA allows only with a
 	// valid Entra ID bearer token for https://attest.azure.net carrying an attestation role
 	// (reference/azure-sdk.md §5). It is called for requests that carry an
@@ -117,6 +124,7 @@ type Server struct {
 	authorizePolicy      func(*http.Request) error
 	log                  *slog.Logger
 	replay               *replayCache
+	defaultKeys          defaultKeySet
 
 	mu     sync.Mutex
 	policy *storedPolicy
@@ -151,6 +159,7 @@ func New(cfg Config) (*Server, error) {
 		now:             cfg.Now,
 		authorizePolicy: cfg.AuthorizePolicyRequest,
 		log:             cfg.Logger,
+		defaultKeys:     newDefaultKeySet(cfg.DefaultSecureBootKeys),
 	}
 	if s.intermediates == nil {
 		s.intermediates = x509.NewCertPool()
