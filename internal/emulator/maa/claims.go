@@ -46,8 +46,14 @@ const (
 	ephemeralKeyOpEncrypt  = "encrypt"
 )
 
-// serviceClaims are the claims the service derives from verified evidence, as policy input and
-// token content. Values are bool, int64, string or []int64.
+// serviceClaims are the claims the service issues (issuer AttestationService), as policy input
+// and token content. Values are bool, int64, string or []int64.
+//
+// Not all of them are derived from verified evidence. The OS claims (x-ms-azurevm-ostype,
+// -osdistro, -osbuild, -osversion-major, -osversion-minor) are copied from the request's OSType,
+// OSDistro, OSBuild and OSVersionMajor/Minor: the client asserts them and nothing in the quote or
+// the log checks them, as with real MAA as far as the public sources tell (UNCONFIRMED whether
+// MAA compares them with the measurements). The Windows boot-configuration claims are constants.
 func serviceClaims(ev *evidence, ve *verifiedEvidence, boot bootState) map[string]any {
 	pcrs := make([]int64, len(ev.pcrSet))
 	for i, p := range ev.pcrSet {
@@ -65,8 +71,9 @@ func serviceClaims(ev *evidence, ve *verifiedEvidence, boot bootState) map[strin
 		claimDefaultKeysValid: boot.defaultKeys,
 		// dbx is only measured and non-empty, not compared with a current revocation list
 		// (UNCONFIRMED what MAA compares it with).
-		claimDBXValidated:   boot.dbxMeasured,
-		claimIsWindows:      false,
+		claimDBXValidated: boot.dbxMeasured,
+		claimIsWindows:    false,
+		// Client-asserted: copied from the request, not from the evidence.
 		claimOSType:         ev.osType,
 		claimOSDistro:       ev.osDistro,
 		claimOSBuild:        ev.osBuild,

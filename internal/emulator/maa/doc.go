@@ -59,6 +59,13 @@
 //     (the type is not measured, so a relabelled event still counts). Otherwise (a debugger
 //     recorded, no log, no PCR 7 events, or a PCR 7 that does not parse) they are false and true:
 //     fail closed; what MAA issues without a log, or for an unreadable PCR 7, is UNCONFIRMED.
+//   - Client-asserted claims: x-ms-azurevm-ostype, -osdistro, -osbuild, -osversion-major and
+//     -osversion-minor are copied from the request's OSType, OSDistro, OSBuild, OSVersionMajor and
+//     OSVersionMinor (only OSType "Linux" and a major version above 0 are accepted). Nothing in the
+//     quote or the log verifies them, as far as the public sources tell real MAA does not either
+//     (UNCONFIRMED), so a rule on them stops mistakes, not an attacker. The runtime claims under
+//     x-ms-runtime.client-payload are the client's too, bound to the evidence only by being sent
+//     with it.
 //   - Windows boot-configuration claims (kerneldebug, testsigning, flightsigning, hypervisordebug,
 //     elam false; signingdisabled true; hvci-policy 0) are the constants of the real Linux token
 //     in testdata/real; they say nothing about the Linux boot.
