@@ -99,7 +99,7 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request, rec *RequestReco
 
 	// Consume the certify info last, once everything else has passed, so that a refused request
 	// does not burn it, and atomically, so that two concurrent copies cannot both succeed.
-	if err := s.replay.consume(ve.certifyDigest, now, now.Add(s.tokenLifetime)); err != nil {
+	if err := s.replay.consume(ve.akDigest, ve.certifyDigest, now, now.Add(s.tokenLifetime)); err != nil {
 		return "", err
 	}
 	jwt, err := s.signJWT(claims)

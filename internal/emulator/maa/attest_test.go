@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/google/go-attestation/attest"
+	"github.com/google/go-tpm/tpm2"
 
 	wire "github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/tpmsim"
@@ -554,6 +555,45 @@ func TestAttestReplayedCertifyInfo(t *testing.T) {
 	recs := in.srv.Requests()
 	if len(recs) != 3 || recs[1].ErrorCode != CodeCertifyInfoReplayed || recs[1].TokenID != "" {
 		t.Errorf("Requests() = %+v", recs)
+	}
+}
+
+// TestAttestReplayLimitPerAK checks, through the server, that one AK attesting again and again
+// fills only its own share of the replay cache: beyond Config.ReplayEntriesPerAK it is refused
+// (429) while another AK of the same CA still attests, its earlier certifications stay refused as
+// replays, and the whole cache is still bounded (503).
+func TestAttestReplayLimitPerAK(t *testing.T) {
+	e := newEnv(t)
+	// A second AK in the same TPM, certified by the same CA.
+	otherAK := e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHEndorsement, akTemplate(2)))
+	other := &env{tpm: e.tpm, ca: e.ca, ak: otherAK, akCert: e.ca.issueAKCert(t, otherAK.rsa, akCertOptions{})}
+	in := newInstance(t, e, func(c *Config) { c.ReplayEntriesPerAK, c.ReplayCacheSize = 2, 3 })
+	attest := func(e *env) (int, []byte, []byte) {
+		c := e.collect(t)
+		defer e.unload(c.eph) // the simulator holds only three loaded objects
+		body := requestBody(t, c.info())
+		status, rsp := in.attest(t, body)
+		return status, rsp, body
+	}
+
+	status, rsp, first := attest(e)
+	if status != http.StatusOK {
+		t.Fatalf("attest 1: %d %s", status, rsp)
+	}
+	if status, rsp, _ = attest(e); status != http.StatusOK {
+		t.Fatalf("attest 2: %d %s", status, rsp)
+	}
+	if status, rsp, _ = attest(e); status != http.StatusTooManyRequests || cloudError(t, rsp).Code != CodeAikAttestationLimit {
+		t.Fatalf("attest 3 of the same AK: %d %s, want 429 %s", status, rsp, CodeAikAttestationLimit)
+	}
+	if status, rsp = in.attest(t, first); status != http.StatusBadRequest || cloudError(t, rsp).Code != CodeCertifyInfoReplayed {
+		t.Fatalf("replay of attest 1: %d %s", status, rsp)
+	}
+	if status, rsp, _ = attest(other); status != http.StatusOK {
+		t.Fatalf("another AK: %d %s", status, rsp)
+	}
+	if status, rsp, _ = attest(other); status != http.StatusServiceUnavailable || cloudError(t, rsp).Code != CodeReplayCacheFull {
+		t.Fatalf("another AK, cache full: %d %s, want 503 %s", status, rsp, CodeReplayCacheFull)
 	}
 }
 

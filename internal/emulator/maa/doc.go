@@ -38,10 +38,12 @@
 // # Approximations (what real MAA does here is not public)
 //
 //   - Freshness: MAA's replay defences are UNCONFIRMED. The emulator remembers the SHA-256 of
-//     every EncKeyCertifyInfo it issued a token for, for the token lifetime, and refuses it again;
-//     the cache is bounded and refuses new attestations (503) rather than forget live entries. The
-//     protocol's own freshness is the encrypted response, which only that TPM in that PCR state
-//     can open.
+//     every EncKeyCertifyInfo it issued a token for, for the token lifetime, and refuses it again.
+//     The cache is bounded and never forgets a live entry: an AK holding
+//     Config.ReplayEntriesPerAK live entries has its attestations refused (429), so that one TPM
+//     cannot lock the others out, and a cache full of Config.ReplayCacheSize live entries refuses
+//     every new attestation (503). The protocol's own freshness is the encrypted response, which
+//     only that TPM in that PCR state can open.
 //   - Secure-boot claims come from the TCG log replayed against the quote: secureboot is the
 //     measured SecureBoot variable. x-ms-azurevm-default-securebootkeysvalidated and
 //     -dbvalidated are true only when the measured PK, KEK and db are non-empty and hold only
@@ -80,5 +82,6 @@
 //     Config.AuthorizePolicyRequest accepts, and refuse every request (401) when it is not set.
 //   - Qualifying data in the quote or the certification is refused: Azure's client sends none and
 //     nothing in the protocol would check it (UNCONFIRMED whether MAA refuses it).
-//   - Error codes and the statuses of refusals (400, 401, 405, 413, 503) are the emulator's own.
+//   - Error codes and the statuses of refusals (400, 401, 405, 413, 429, 503) are the emulator's
+//     own.
 package maa

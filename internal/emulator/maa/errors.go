@@ -53,6 +53,7 @@ const (
 	CodeEvidenceClockSkew          = "EvidenceClockSkew"
 	CodeCertifyInfoReplayed        = "EncKeyCertifyInfoReplayed"
 	CodeReplayCacheFull            = "ReplayCacheFull"
+	CodeAikAttestationLimit        = "AikAttestationLimitReached"
 	CodeTcgLogInvalid              = "TcgLogInvalid"
 	CodeTcgLogMismatch             = "TcgLogPcrMismatch"
 	CodePolicyEvaluationError      = "PolicyEvaluationError"

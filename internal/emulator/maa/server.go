@@ -37,6 +37,9 @@ const (
 	DefaultMaxClockSkew = 60 * time.Second
 	// DefaultReplayCacheSize bounds the number of remembered EncKeyCertifyInfo digests.
 	DefaultReplayCacheSize = 65536
+	// DefaultReplayEntriesPerAK bounds the remembered digests of one AK: a certified TPM can
+	// then fill at most 1/64 of the cache (one attestation every 28 s over a token lifetime).
+	DefaultReplayEntriesPerAK = 1024
 	// MaxAttestBodyBytes bounds POST /attest bodies (a TCG log is tens of KiB; the body carries it
 	// base64-encoded twice).
 	MaxAttestBodyBytes = 4 << 20
@@ -71,8 +74,14 @@ type Config struct {
 	// MaxClockSkewBetweenQuoteAndCertify bounds the TPM-clock distance between PcrQuote and
 	// EncKeyCertifyInfo; DefaultMaxClockSkew if zero.
 	MaxClockSkewBetweenQuoteAndCertify time.Duration
-	// ReplayCacheSize bounds the remembered certify infos; DefaultReplayCacheSize if zero.
+	// ReplayCacheSize bounds the remembered certify infos; DefaultReplayCacheSize if zero. When
+	// the cache is full of live entries, attestations are refused with 503.
 	ReplayCacheSize int
+	// ReplayEntriesPerAK bounds the remembered certify infos of one AK (by its public key), so
+	// that one TPM cannot fill the cache for the others; DefaultReplayEntriesPerAK if zero, at
+	// most ReplayCacheSize. An AK at its limit has its attestations refused with 429 until its
+	// entries expire; they are not forgotten early, which would let them be replayed.
+	ReplayEntriesPerAK int
 	// DefaultSecureBootKeys are the SHA-256 fingerprints of the DER certificates taken as the
 	// platform's default Secure Boot keys, as MAA takes Microsoft's. The token says
 	// x-ms-azurevm-default-securebootkeysvalidated and x-ms-azurevm-dbvalidated true only when the
@@ -183,7 +192,11 @@ func New(cfg Config) (*Server, error) {
 	if size <= 0 {
 		size = DefaultReplayCacheSize
 	}
-	s.replay = newReplayCache(size)
+	perAK := cfg.ReplayEntriesPerAK
+	if perAK <= 0 {
+		perAK = DefaultReplayEntriesPerAK
+	}
+	s.replay = newReplayCache(size, perAK)
 
 	if err := s.setupSigning(cfg.SigningKey, cfg.SigningCert); err != nil {
 		return nil, fmt.Errorf("maa emulator: %w", err)

@@ -26,6 +26,9 @@ type verifiedEvidence struct {
 	encKey *rsa.PublicKey
 	// certifyDigest identifies the exact EncKeyCertifyInfo for the replay check.
 	certifyDigest [sha256.Size]byte
+	// akDigest identifies the AK (SHA-256 of its certificate's SubjectPublicKeyInfo, the key of
+	// AikPub) for the replay check's limit per AK.
+	akDigest [sha256.Size]byte
 }
 
 // verifyOptions are the trust inputs of verifyEvidence.
@@ -115,7 +118,8 @@ func verifyEvidence(ev *evidence, opts verifyOptions) (*verifiedEvidence, error)
 		return nil, err
 	}
 
-	return &verifiedEvidence{akCert: cert, encKey: encKey, certifyDigest: sha256.Sum256(ev.certifyInfo)}, nil
+	return &verifiedEvidence{akCert: cert, encKey: encKey, certifyDigest: sha256.Sum256(ev.certifyInfo),
+		akDigest: sha256.Sum256(cert.RawSubjectPublicKeyInfo)}, nil
 }
 
 // verifyAKCert parses the AK certificate and chains it to the trusted vTPM roots
