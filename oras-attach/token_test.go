@@ -94,12 +94,14 @@ func TestTokenVerifyRules(t *testing.T) {
 			stdout: []string{
 				"ok   signature\n", "ok   rule attestation-type\n",
 				"FAIL rule secure-boot: evaluated to false\n",
+				// No log: nothing shows that no UEFI debugger ran, so the emulator claims one.
+				"FAIL rule no-boot-debug: evaluated to false\n",
 				"FAIL rule default-secureboot-keys: evaluated to false\n",
-				"ok   rule debuggers-disabled\n",
+				"FAIL rule debuggers-disabled: evaluated to false\n",
 				"FAIL rule db-validated: evaluated to false\n",
 				"FAIL rule dbx-validated: evaluated to false\n",
 				"ok   rule no-kernel-debug\n",
-				"token REFUSED: 4 claim rules of baseline.cel failed: secure-boot, default-secureboot-keys, db-validated, dbx-validated\n",
+				"token REFUSED: 6 claim rules of baseline.cel failed: secure-boot, no-boot-debug, default-secureboot-keys, debuggers-disabled, db-validated, dbx-validated\n",
 			},
 			notStdout: []string{"token verified"},
 		},
@@ -206,11 +208,13 @@ func TestTokenVerifyRulesJSON(t *testing.T) {
 			name: "baseline", code: 1, ruleSet: "baseline.cel", ruleChecks: len(rules.Baseline().Rules()),
 			failed: []checkOutcome{
 				{Check: checkRule, Rule: "secure-boot", Reason: "evaluated to false"},
+				{Check: checkRule, Rule: "no-boot-debug", Reason: "evaluated to false"},
 				{Check: checkRule, Rule: "default-secureboot-keys", Reason: "evaluated to false"},
+				{Check: checkRule, Rule: "debuggers-disabled", Reason: "evaluated to false"},
 				{Check: checkRule, Rule: "db-validated", Reason: "evaluated to false"},
 				{Check: checkRule, Rule: "dbx-validated", Reason: "evaluated to false"},
 			},
-			errText: "4 claim rules of baseline.cel failed: secure-boot, default-secureboot-keys, db-validated, dbx-validated",
+			errText: "6 claim rules of baseline.cel failed: secure-boot, no-boot-debug, default-secureboot-keys, debuggers-disabled, db-validated, dbx-validated",
 		},
 		{
 			name: "rule file", rules: []string{"--rules", failing}, code: 1, ruleSet: failing, ruleChecks: 2,
