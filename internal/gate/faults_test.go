@@ -118,12 +118,12 @@ func TestFaultMatrix(t *testing.T) {
 			respond(200, `{"token":"eyJFbmNyeXB0ZWRJbm5lcktleSI6IkFBQUEifQ"}`)(w)
 			return true
 		}, code: plugin.ErrorCodeGeneric, message: "response"},
-		{name: "MAA slower than the deadline", timeout: 300 * time.Millisecond, fault: func(w http.ResponseWriter, r *http.Request, _ int) bool {
+		{name: "MAA slower than the deadline", timeout: time.Second, fault: func(w http.ResponseWriter, r *http.Request, _ int) bool {
 			select {
 			case <-r.Context().Done():
 			case <-time.After(3 * time.Second):
 			}
-			return true
+			panic(http.ErrAbortHandler) // no answer at all, not an empty 200
 		}, code: plugin.ErrorCodeTimeout},
 		// The deadline, not MAA, ends the retries: Retry-After (capped at RetryMaxDelay, 2s) would
 		// wait past it, so the client stops at once. TIMEOUT, and the message keeps MAA's answer.

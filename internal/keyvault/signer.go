@@ -124,7 +124,13 @@ func sameSpelling(id KeyID, kid *azkeys.ID) error {
 	if kid == nil {
 		return nil
 	}
-	name, version := kid.Name(), kid.Version()
+	// azkeys' ID.Name and ID.Version dereference nil on a kid that does not parse: the kid is read
+	// as any key id is, and one that is not is refused.
+	reported, err := ParseKeyID(string(*kid))
+	if err != nil || reported.Kind != KindKeys || reported.Version == "" {
+		return fmt.Errorf("%w: Key Vault reported the key id %.200q for %s, which is not a versioned key id", ErrInvalidKeyID, string(*kid), id.Raw)
+	}
+	name, version := reported.Name, reported.Version
 	if name != id.Name || (id.Version != "" && version != id.Version) {
 		want := id.VaultURL + "/" + id.Kind + "/" + name
 		if id.Version != "" {

@@ -305,6 +305,12 @@ func (c *Client) post(ctx context.Context, body []byte) ([]byte, *attemptError) 
 	}
 	defer resp.Body.Close()
 	data, readErr := readBounded(resp.Body, MaxResponseSize)
+	if resp.StatusCode == http.StatusOK && ctx.Err() != nil {
+		// The deadline (or a cancellation) came while the answer was read: whatever arrived is
+		// not used, and the attestation ends as the context did, not as a bad answer from MAA.
+		// (An error answer is kept: its text says what MAA answered.)
+		return nil, &attemptError{err: fmt.Errorf("reading the response: %w", ctx.Err()), retryable: true, sentinel: ErrUnavailable}
+	}
 	if resp.StatusCode == http.StatusOK {
 		if errors.Is(readErr, errBodyTooLarge) {
 			return nil, &attemptError{err: fmt.Errorf("decrypting the MAA response: %w: %w", ErrResponse, readErr)}

@@ -450,7 +450,13 @@ func TestAttestDeadline(t *testing.T) {
 			case <-r.Context().Done():
 			case <-time.After(5 * time.Second):
 			}
+			// Never answer: returning would send an empty 200, which can race the client's
+			// cancellation (the case "200 read after the deadline" below).
+			panic(http.ErrAbortHandler)
 		}, wantErr: []error{ErrUnavailable, context.DeadlineExceeded}, maxTaken: 3 * time.Second},
+		{name: "200 read after the deadline", respond: func(w http.ResponseWriter, r *http.Request, n int) {
+			io.WriteString(w, `not the answer`)
+		}, timeout: time.Second, late: true, wantErr: []error{ErrUnavailable, context.DeadlineExceeded}, notErr: ErrResponse, maxTaken: 3 * time.Second},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
