@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 )
 
 func TestParseKeyID(t *testing.T) {
@@ -63,4 +65,42 @@ func FuzzParseKeyID(f *testing.F) {
 			t.Fatalf("accepted %q as %+v", s, id)
 		}
 	})
+}
+
+// TestSameSpelling: the key id Key Vault reports is compared with the one given; a reported kid
+// that does not parse is refused as such, not a crash (azkeys' ID.Name dereferences nil on it).
+func TestSameSpelling(t *testing.T) {
+	id, err := ParseKeyID("https://v.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef")
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest, err := ParseKeyID("https://v.vault.azure.net/keys/signer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		id   KeyID
+		kid  string
+		ok   bool
+	}{
+		{"as given", id, id.Raw, true},
+		{"latest: any version", latest, id.Raw, true},
+		{"name in another case", id, "https://v.vault.azure.net/keys/Signer/0123456789abcdef0123456789abcdef", false},
+		{"version in another case", id, "https://v.vault.azure.net/keys/signer/0123456789ABCDEF0123456789ABCDEF", false},
+		{"empty", id, "", false},
+		{"no name", id, "https://v.vault.azure.net/keys", false},
+		{"not a URL", id, "%zz", false},
+		{"no version", id, "https://v.vault.azure.net/keys/signer", false},
+		{"a certificate", id, "https://v.vault.azure.net/certificates/signer/0123456789abcdef0123456789abcdef", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kid := azkeys.ID(tc.kid)
+			err := sameSpelling(tc.id, &kid)
+			if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrInvalidKeyID)) {
+				t.Fatalf("sameSpelling(%s, %q) = %v, want ok %v", tc.id.Raw, tc.kid, err, tc.ok)
+			}
+		})
+	}
 }
