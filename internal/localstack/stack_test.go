@@ -134,13 +134,25 @@ func TestRestartKeepsEnvironment(t *testing.T) {
 		return diff
 	}
 
+	// Another test running meanwhile may take a port the stop freed: a component may then move,
+	// but only one that up names, and never the credentials.
+	moved := func(prev, next *State) {
+		t.Helper()
+		d := same(prev, next)
+		for _, name := range d {
+			if name == "tenant" || name == "client id" || name == "client secret" {
+				t.Errorf("the restart changed the %s", name)
+			}
+		}
+		if len(d) != len(next.PortsMoved) {
+			t.Errorf("the restart changed %v and named %q as moved", d, next.PortsMoved)
+		}
+	}
 	second, stop := runStack(t, dir)
 	stop()
-	if d := same(first, second); len(d) != 0 {
-		t.Errorf("the restart changed %v", d)
-	}
-	if len(second.PortsMoved) != 0 || !slices.Equal(second.EnvChanged, []string{"ATTEST_KEY_ID"}) {
-		t.Errorf("restart: moved %q, changed %q; want none and ATTEST_KEY_ID", second.PortsMoved, second.EnvChanged)
+	moved(first, second)
+	if !slices.Contains(second.EnvChanged, "ATTEST_KEY_ID") || (len(second.PortsMoved) == 0 && len(second.EnvChanged) != 1) {
+		t.Errorf("restart: moved %q, changed %q; want ATTEST_KEY_ID changed, and nothing else unless a port moved", second.PortsMoved, second.EnvChanged)
 	}
 
 	// The registry's port is taken by another program meanwhile.
@@ -150,10 +162,11 @@ func TestRestartKeepsEnvironment(t *testing.T) {
 	}
 	defer ln.Close()
 	third, _ := runStack(t, dir)
-	if d := same(second, third); !slices.Equal(d, []string{"registry"}) {
-		t.Errorf("with the registry's port taken, the restart changed %v; want the registry alone", d)
+	moved(second, third)
+	if d := same(second, third); !slices.Contains(d, "registry") {
+		t.Errorf("with the registry's port taken, the restart changed %v; want the registry among them", d)
 	}
-	if len(third.PortsMoved) != 1 || !strings.HasPrefix(third.PortsMoved[0], "registry: port ") {
+	if !slices.ContainsFunc(third.PortsMoved, func(m string) bool { return strings.HasPrefix(m, "registry: port ") }) {
 		t.Errorf("moved %q; want the registry named", third.PortsMoved)
 	}
 	if !slices.Contains(third.EnvChanged, "ATTEST_REGISTRY") {
