@@ -214,11 +214,10 @@ func (s *Signer) Sign(payload []byte) ([]byte, []*x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Key Vault sign with %s: %w", s.id.Name, err)
 	}
-	// Key Vault's versions are case-insensitive (Microsoft Learn, "Azure Key Vault keys, secrets
-	// and certificates overview", object identifiers): the kid reports the stored case, which
-	// need not be the case the key id was written in.
-	if s.id.Version != "" && rsp.KID != nil && !strings.EqualFold(rsp.KID.Version(), s.id.Version) {
-		return nil, nil, fmt.Errorf("Key Vault signed with key version %q, not the requested %q", rsp.KID.Version(), s.id.Version)
+	// The signature's kid names the key opened, spelt as NewSigner checked it (sameSpelling,
+	// which also reads a malformed kid without crashing).
+	if err := sameSpelling(s.id, rsp.KID); err != nil {
+		return nil, nil, fmt.Errorf("Key Vault signed with another key than the one opened: %w", err)
 	}
 	if err := verify(s.chain[0].PublicKey, alg.Hash(), digest, rsp.Result); err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrSignature, err)
