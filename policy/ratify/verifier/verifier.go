@@ -182,10 +182,11 @@ func within(ctx context.Context, start time.Time, timeout time.Duration, res Res
 func decodeInput(b []byte) (Input, time.Duration, error) {
 	var in Input
 	if err := json.Unmarshal(b, &in); err != nil {
+		var kerr *configKeyError
+		if errors.As(err, &kerr) {
+			return in, 0, fmt.Errorf("verifier config: %v", kerr.err)
+		}
 		return Input{}, 0, fmt.Errorf("verifier input is not JSON: %v", err)
-	}
-	if err := checkConfigKeys(b); err != nil {
-		return in, 0, fmt.Errorf("verifier config: %v", err)
 	}
 	timeout, err := parseTimeout(in.Config.Timeout)
 	if err != nil {
@@ -215,18 +216,34 @@ var configKeys = func() []string {
 	return keys
 }()
 
-// checkConfigKeys refuses a config (the "config" member of the input b, already decoded once)
-// that names a key twice or a key outside configKeys. encoding/json, which decodes the config,
-// matches names regardless of case and keeps the last of duplicates; the names are checked here
-// exactly, so that what is decoded is what the operator wrote.
+// configKeyError is Config.UnmarshalJSON's refusal of the config's keys (checkConfigKeys).
+type configKeyError struct{ err error }
+
+func (e *configKeyError) Error() string { return e.err.Error() }
+
+// UnmarshalJSON decodes the config object b after checkConfigKeys, so that a config naming a key
+// twice or a key the verifier does not know is refused (a *configKeyError) as it is decoded. The
+// settings are decoded first, so that a refusal can still be answered under the configured name.
+func (c *Config) UnmarshalJSON(b []byte) error {
+	type plain Config
+	if err := json.Unmarshal(b, (*plain)(c)); err != nil {
+		return err
+	}
+	if err := checkConfigKeys(b); err != nil {
+		return &configKeyError{err}
+	}
+	return nil
+}
+
+// checkConfigKeys refuses a config object b that names a key twice or a key outside configKeys.
+// encoding/json, which decodes the config, matches names regardless of case and keeps the last of
+// duplicates; the names are checked here exactly, so that what is decoded is what the operator
+// wrote.
 func checkConfigKeys(b []byte) error {
-	var raw struct {
-		Config jsontext.Value `json:"config"`
+	dec := jsontext.NewDecoder(bytes.NewReader(b))
+	if dec.PeekKind() != '{' {
+		return nil // null: the required settings are reported missing later
 	}
-	if err := json.Unmarshal(b, &raw); err != nil || len(raw.Config) == 0 || raw.Config.Kind() != '{' {
-		return nil // no config object: the required settings are reported missing later
-	}
-	dec := jsontext.NewDecoder(bytes.NewReader(raw.Config))
 	if _, err := dec.ReadToken(); err != nil {
 		return err
 	}
