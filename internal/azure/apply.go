@@ -69,8 +69,18 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 		Step{Kind: "attestation policy", Name: AttestationType, Action: "set", Detail: "from policy/maa/azureguest.txt"},
 		Step{Kind: "certificate", Name: n.Certificate, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"},
 		Step{Kind: "role assignments", Name: "identity, operator, cluster", Action: "ensure", Detail: "the signer role (" + cfg.signerRole().what + ") on the signing key, Certificate User on its certificate and Secrets User on its secret, AcrPush for the identity; Certificates Officer and Attestation Contributor for the operator; AcrPull for the cluster"},
-		Step{Kind: "role assignment", Name: legacyCryptoUserLabel, Action: "revoke", Detail: "if an earlier version granted it: the signer role replaces it"},
+		Step{Kind: "role assignments", Name: "of earlier versions", Action: "revoke", Detail: "if an earlier version granted them (Key Vault Crypto User, and Certificate User and Secrets User on the whole vault): the roles above replace them, and they are withdrawn once those have had " + RoleSettle.String() + " to take effect"},
 	)
+	if rgExists {
+		// Grants an earlier apply made to principals the configuration no longer names.
+		var identity string
+		if id, err := cl.Identities.Get(ctx, cfg.ResourceGroup, n.Identity, nil); err == nil && tagged(id.Tags, cfg.NamePrefix) && id.Properties != nil && id.Properties.PrincipalID != nil {
+			identity = *id.Properties.PrincipalID
+		} else if err != nil && !isNotFound(err) {
+			return steps, fmt.Errorf("managed identity %s: %w", n.Identity, err)
+		}
+		return planFormer(ctx, cl, cfg.grants(identity), steps)
+	}
 	return steps, nil
 }
 
@@ -175,7 +185,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 	out.AttestationURL = prov.Properties.AttestURI
 	done("attestation provider", n.AttestationProvider, "ready", out.AttestationURL)
-	provScope := cfg.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + n.AttestationProvider
+	provScope := cfg.providerID()
 	if err := assign(ctx, cl, cfg, provScope, cfg.OperatorPrincipalID, operatorType(cfg), RoleAttestationContributor); err != nil {
 		return fail("role assignment", "Attestation Contributor", err)
 	}
@@ -280,29 +290,28 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		return fail("role definition", signer.name, err)
 	}
 	done("role definition", signer.name, action, signer.what)
-	for _, a := range signingAssignments(cfg, n.Certificate) {
+	signing := signingAssignments(cfg, n.Certificate)
+	for _, a := range signing {
 		// The signer role may have been created just now (see applyBuildLayer).
 		if err := retryWhile(ctx, w, "the new role to propagate", roleNotVisibleYet, func() error {
 			return assign(ctx, cl, cfg, a.scope, out.IdentityPrincipalID, "ServicePrincipal", a.role)
 		}); err != nil {
 			return fail("role assignment", a.label, err)
 		}
-		// The vault-wide grant earlier versions made is withdrawn.
-		if err := unassign(ctx, cl, vaultScope, out.IdentityPrincipalID, a.role); err != nil {
-			return fail("role assignment", a.label+" at vault scope", err)
-		}
 		done("role assignment", a.label, "ensured", "")
 	}
-	// Key Vault Crypto User, which earlier versions granted on the key (and before that on the
-	// whole vault), is withdrawn once the signer role is in place: it also grants keys/update,
+	// The grants earlier versions made the signing identity are withdrawn once the object-scoped
+	// ones above have taken effect: Certificate User and Secrets User on the whole vault, and Key
+	// Vault Crypto User on the key (before that on the whole vault), which also grants keys/update,
 	// with which a job on a build VM could re-enable a key an administrator disabled, and
 	// keys/backup, which exports the key.
-	for _, scope := range []string{signingKeyScope(cfg, n.Certificate), vaultScope} {
-		if err := unassign(ctx, cl, scope, out.IdentityPrincipalID, RoleKeyVaultCryptoUser); err != nil {
-			return fail("role assignment", legacyCryptoUserLabel, err)
-		}
+	settle, err := settledAt(ctx, cl, out.IdentityPrincipalID, signing)
+	if err != nil {
+		return fail("role assignment", legacyCryptoUserLabel, err)
 	}
-	done("role assignment", legacyCryptoUserLabel, "revoked", "if an earlier version granted it")
+	if err := withdrawReplaced(ctx, cl, out.IdentityPrincipalID, legacyGrants(cfg, n.Certificate), settle, done); err != nil {
+		return fail("role assignment", "grants of earlier versions", err)
+	}
 
 	registry := armcontainerregistry.Registry{
 		Location: &cfg.Location, Tags: tagsOf("container registry", n.Registry),
@@ -327,7 +336,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	}
 	out.RegistryLoginServer = *reg.Properties.LoginServer
 	done("container registry", n.Registry, "ready", out.RegistryLoginServer)
-	regScope := cfg.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
+	regScope := cfg.registryID()
 	if err := assign(ctx, cl, cfg, regScope, out.IdentityPrincipalID, "ServicePrincipal", RoleAcrPush); err != nil {
 		return fail("role assignment", "AcrPush (identity)", err)
 	}
@@ -351,6 +360,10 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		// Without the build layer this run, a gallery an earlier run made may still hold the
 		// Contributor grant earlier versions gave the signing identity.
 		return fail("role assignment", "Contributor on the gallery (signing identity)", err)
+	}
+	// Last, the grants an earlier apply made to principals the configuration no longer names.
+	if err := withdrawFormer(ctx, cl, cfg.grants(out.IdentityPrincipalID), done); err != nil {
+		return fail("role assignment", "former holders", err)
 	}
 	return out, steps, nil
 }
@@ -690,6 +703,19 @@ func signerAssignmentLabel(certificate string) string {
 // signing identity.
 const legacyCryptoUserLabel = "Key Vault Crypto User (identity)"
 
+// legacyGrants are the signing identity's grants of earlier versions, which signingAssignments
+// replace: Certificate User and Secrets User on the whole vault, and Key Vault Crypto User on the
+// key and before that on the whole vault.
+func legacyGrants(cfg Config, certificate string) []signingAssignment {
+	vaultScope := cfg.vaultID()
+	return []signingAssignment{
+		{vaultScope, RoleKeyVaultCertificateUser, "Key Vault Certificate User on the vault (identity)"},
+		{vaultScope, RoleKeyVaultSecretsUser, "Key Vault Secrets User on the vault (identity)"},
+		{signingKeyScope(cfg, certificate), RoleKeyVaultCryptoUser, legacyCryptoUserLabel + " on key " + certificate},
+		{vaultScope, RoleKeyVaultCryptoUser, legacyCryptoUserLabel + " on the vault"},
+	}
+}
+
 // destroySignerRole removes the signing identity's signer role assignment on the key, then the
 // signer role (a role with assignments cannot be deleted). What ARM refuses is reported as kept.
 func destroySignerRole(ctx context.Context, cl *Clients, cfg Config, note func(kind, name, action, detail string)) error {
@@ -788,6 +814,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		return steps, err
 	}
 	if _, err := destroyResource(ctx, cfg, core["container registry"], note, "", func(ctx context.Context) error {
+		if err := withdrawAllAt(ctx, cl, cfg.registryID(), "registry "+n.Registry, note); err != nil {
+			return err
+		}
 		p, err := cl.Registries.BeginDelete(ctx, cfg.ResourceGroup, n.Registry, nil)
 		if err == nil {
 			_, err = p.PollUntilDone(ctx, nil)
@@ -826,6 +855,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		}
 	}
 	if _, err := destroyResource(ctx, cfg, core["attestation provider"], note, "", func(ctx context.Context) error {
+		if err := withdrawAllAt(ctx, cl, cfg.providerID(), "attestation provider "+n.AttestationProvider, note); err != nil {
+			return err
+		}
 		return cl.Attestation.Delete(ctx, cfg.ResourceGroup, n.AttestationProvider)
 	}); err != nil {
 		return steps, err

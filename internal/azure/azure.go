@@ -253,6 +253,16 @@ func (c Config) vaultID() string {
 	return c.rgID() + "/providers/Microsoft.KeyVault/vaults/" + NamesFor(c.NamePrefix).Vault
 }
 
+// providerID is the resource id of the deployment's attestation provider.
+func (c Config) providerID() string {
+	return c.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + NamesFor(c.NamePrefix).AttestationProvider
+}
+
+// registryID is the resource id of the deployment's container registry.
+func (c Config) registryID() string {
+	return c.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + NamesFor(c.NamePrefix).Registry
+}
+
 func (c Config) roleDefinition(guid string) string {
 	return "/subscriptions/" + c.SubscriptionID + "/providers/Microsoft.Authorization/roleDefinitions/" + guid
 }

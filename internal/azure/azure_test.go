@@ -44,6 +44,9 @@ type fakeAzure struct {
 	vaults      map[string]armkeyvault.VaultCreateOrUpdateParameters
 	registries  map[string]armcontainerregistry.Registry
 	assignments map[string]armauthorization.RoleAssignmentCreateParameters
+	// assignedAt is when each assignment was created (key as in assignments), reported as its
+	// createdOn; tests backdate it to stand for an assignment an earlier run made.
+	assignedAt map[string]time.Time
 	// roleDefs are custom role definitions by id, as sent (with ID and Name set).
 	roleDefs  map[string]armauthorization.RoleDefinition
 	providers map[string]Provider
@@ -78,6 +81,29 @@ type fakeAzure struct {
 
 func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
 
+// assignmentLocked is the assignment under key (scope|name) as ARM reports it; f.mu is held.
+func (f *fakeAzure) assignmentLocked(key string) armauthorization.RoleAssignment {
+	i := strings.LastIndex(key, "|")
+	p := f.assignments[key].Properties
+	created := f.assignedAt[key]
+	return armauthorization.RoleAssignment{
+		ID: ptr(key[:i] + "/providers/Microsoft.Authorization/roleAssignments/" + key[i+1:]), Name: ptr(key[i+1:]),
+		Properties: &armauthorization.RoleAssignmentProperties{
+			Scope: ptr(key[:i]), PrincipalID: p.PrincipalID, RoleDefinitionID: p.RoleDefinitionID, PrincipalType: p.PrincipalType, CreatedOn: &created,
+		},
+	}
+}
+
+// backdate makes every assignment look made by an earlier run, long enough ago to have taken
+// effect.
+func (f *fakeAzure) backdate() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for k := range f.assignments {
+		f.assignedAt[k] = time.Now().Add(-2 * RoleSettle)
+	}
+}
+
 // respond is a fake's answer: status and the response value.
 func respond[T any](status int, v T) (azfake.Responder[T], azfake.ErrorResponder) {
 	var r azfake.Responder[T]
@@ -94,7 +120,7 @@ func notFound[T any]() (azfake.Responder[T], azfake.ErrorResponder) {
 func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	t.Helper()
 	f := &fakeAzure{groups: map[string]armresources.ResourceGroup{}, identities: map[string]armmsi.Identity{}, vaults: map[string]armkeyvault.VaultCreateOrUpdateParameters{},
-		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, providers: map[string]Provider{},
+		registries: map[string]armcontainerregistry.Registry{}, assignments: map[string]armauthorization.RoleAssignmentCreateParameters{}, assignedAt: map[string]time.Time{}, providers: map[string]Provider{},
 		roleDefs: map[string]armauthorization.RoleDefinition{},
 		writes:   map[string]int{}, certs: map[string]bool{}, deletedVaults: map[string]map[string]*string{}, deletedVaultIDs: map[string]string{}, taken: map[string]string{}, deleting: map[string]int{}}
 	cred := &azfake.TokenCredential{}
@@ -352,6 +378,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			}
 			if _, ok := f.assignments[scope+"|"+name]; !ok {
 				f.wrote("assignment")
+				f.assignedAt[scope+"|"+name] = time.Now()
 			}
 			f.assignments[scope+"|"+name] = p
 			r.SetResponse(http.StatusCreated, armauthorization.RoleAssignmentsClientCreateResponse{}, nil)
@@ -368,9 +395,44 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 				return r, azfake.ErrorResponder{}
 			}
 			delete(f.assignments, scope+"|"+name)
+			delete(f.assignedAt, scope+"|"+name)
 			f.wrote("assignment-delete")
 			r.SetResponse(http.StatusOK, armauthorization.RoleAssignmentsClientDeleteResponse{}, nil)
 			return r, azfake.ErrorResponder{}
+		},
+		Get: func(_ context.Context, scope, name string, _ *armauthorization.RoleAssignmentsClientGetOptions) (azfake.Responder[armauthorization.RoleAssignmentsClientGetResponse], azfake.ErrorResponder) {
+			scope = "/" + strings.TrimPrefix(scope, "/")
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if _, ok := f.assignments[scope+"|"+name]; !ok {
+				var e azfake.ErrorResponder
+				e.SetResponseError(http.StatusNotFound, "RoleAssignmentNotFound")
+				return azfake.Responder[armauthorization.RoleAssignmentsClientGetResponse]{}, e
+			}
+			return respond(http.StatusOK, armauthorization.RoleAssignmentsClientGetResponse{RoleAssignment: f.assignmentLocked(scope + "|" + name)})
+		},
+		NewListForScopePager: func(scope string, o *armauthorization.RoleAssignmentsClientListForScopeOptions) azfake.PagerResponder[armauthorization.RoleAssignmentsClientListForScopeResponse] {
+			scope = "/" + strings.TrimPrefix(scope, "/")
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			// ARM: without a filter, the assignments at, above and below the scope; with
+			// atScope(), at and above it only.
+			atScope := o != nil && o.Filter != nil && *o.Filter == "atScope()"
+			var all []*armauthorization.RoleAssignment
+			for _, key := range slices.Sorted(maps.Keys(f.assignments)) {
+				at := strings.ToLower(key[:strings.LastIndex(key, "|")])
+				s := strings.ToLower(scope)
+				if at == s || strings.HasPrefix(s, at+"/") || !atScope && strings.HasPrefix(at, s+"/") {
+					a := f.assignmentLocked(key)
+					all = append(all, &a)
+				}
+			}
+			// Two pages, to exercise the pager.
+			half := len(all) / 2
+			var r azfake.PagerResponder[armauthorization.RoleAssignmentsClientListForScopeResponse]
+			r.AddPage(http.StatusOK, armauthorization.RoleAssignmentsClientListForScopeResponse{RoleAssignmentListResult: armauthorization.RoleAssignmentListResult{Value: all[:half]}}, nil)
+			r.AddPage(http.StatusOK, armauthorization.RoleAssignmentsClientListForScopeResponse{RoleAssignmentListResult: armauthorization.RoleAssignmentListResult{Value: all[half:]}}, nil)
+			return r
 		},
 	})))
 	if err != nil {
@@ -717,6 +779,49 @@ func TestDestroyKeepsGroupWithForeignResources(t *testing.T) {
 	}
 }
 
+// TestDestroyWithdrawsResourceGrants: destroy deletes the role assignments apply made on the
+// registry and the attestation provider before it deletes them, so none is left to grant its role
+// on a resource made later under the same name; an assignment apply did not make is left alone.
+func TestDestroyWithdrawsResourceGrants(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	cfg := testConfig
+	cfg.ClusterPrincipalID = "cluster-1"
+	if _, _, err := Apply(ctx, cl, cfg, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	n := NamesFor(cfg.NamePrefix)
+	regScope := cfg.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
+	provScope := cfg.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + n.AttestationProvider
+	byHand := regScope + "|0b0b0b0b-0000-4000-8000-000000000001"
+	f.assignments[byHand] = armauthorization.RoleAssignmentCreateParameters{
+		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr("by-hand"), RoleDefinitionID: ptr(cfg.roleDefinition(RoleAcrPull))},
+	}
+	count := func() (n int) {
+		for key := range f.assignments {
+			if strings.HasPrefix(key, regScope+"|") || strings.HasPrefix(key, provScope+"|") {
+				n++
+			}
+		}
+		return n
+	}
+	// AcrPush (identity), AcrPull (cluster), Attestation Contributor (operator), and the one by hand.
+	if got := count(); got != 4 {
+		t.Fatalf("%d assignments on the registry and provider after apply, want 4", got)
+	}
+	steps, err := Destroy(ctx, cl, cfg, false, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.assignments[byHand]; !ok || count() != 1 {
+		t.Fatalf("after destroy: by-hand assignment kept %v, %d assignments on the registry and provider, want only it", ok, count())
+	}
+	if !hasStepDetail(steps, "AcrPull on registry "+n.Registry, "deleted", "held by cluster-1") ||
+		!hasStepDetail(steps, "Attestation Contributor on attestation provider "+n.AttestationProvider, "deleted", "held by "+cfg.OperatorPrincipalID) {
+		t.Fatalf("destroy steps: %+v", steps)
+	}
+}
+
 // TestApplyRefusesForeignResources: a resource under one of the deployment's names that does not
 // carry its tag is neither overwritten nor adopted; one that does keeps the tags others added.
 func TestApplyRefusesForeignResources(t *testing.T) {
@@ -844,7 +949,9 @@ func TestApplyRefusesHSMDowngrade(t *testing.T) {
 
 // TestSigningRolesScopedToObjects: the signing identity's Key Vault roles are on the signing key,
 // certificate and secret only, and the grants of earlier versions (Crypto User and Certificate
-// User on the whole vault, then Crypto User on the key) are withdrawn.
+// User on the whole vault, then Crypto User on the key) are withdrawn, but only once the roles
+// replacing them have had RoleSettle to take effect: withdrawn at once, signing could fail until
+// Azure applied the new assignments.
 func TestSigningRolesScopedToObjects(t *testing.T) {
 	ctx := context.Background()
 	f, cl := newFakeAzure(t)
@@ -853,35 +960,178 @@ func TestSigningRolesScopedToObjects(t *testing.T) {
 	keyScope := vaultScope + "/keys/attested-signing"
 	principal := "principal-" + n.Identity
 	// What earlier applies left: the identity's roles on the whole vault, and Crypto User on the key.
-	for _, g := range []struct{ scope, role string }{
+	legacy := []struct{ scope, role string }{
 		{vaultScope, RoleKeyVaultCryptoUser}, {vaultScope, RoleKeyVaultCertificateUser}, {keyScope, RoleKeyVaultCryptoUser},
-	} {
+	}
+	for _, g := range legacy {
 		f.assignments[g.scope+"|"+assignmentName(g.scope, principal, g.role)] = armauthorization.RoleAssignmentCreateParameters{
 			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(g.role))},
 		}
 	}
-	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]bool{}
-	for key, a := range f.assignments {
-		if *a.Properties.PrincipalID != principal || !strings.HasPrefix(key, vaultScope) {
-			continue
+	held := func() map[string]bool {
+		got := map[string]bool{}
+		for key, a := range f.assignments {
+			if *a.Properties.PrincipalID != principal || !strings.HasPrefix(key, vaultScope) {
+				continue
+			}
+			role := (*a.Properties.RoleDefinitionID)[strings.LastIndex(*a.Properties.RoleDefinitionID, "/")+1:]
+			got[key[:strings.LastIndex(key, "|")]+" "+role] = true
 		}
-		role := (*a.Properties.RoleDefinitionID)[strings.LastIndex(*a.Properties.RoleDefinitionID, "/")+1:]
-		got[key[:strings.LastIndex(key, "|")]+" "+role] = true
+		return got
 	}
 	want := map[string]bool{
 		keyScope + " " + testConfig.signerRoleID():                                   true,
 		vaultScope + "/certificates/attested-signing " + RoleKeyVaultCertificateUser: true,
 		vaultScope + "/secrets/attested-signing " + RoleKeyVaultSecretsUser:          true,
 	}
-	if len(got) != len(want) {
-		t.Fatalf("identity's assignments on the vault: %v", got)
+	for _, run := range []struct {
+		name string
+		// settled makes every assignment look made RoleSettle ago or earlier.
+		settled bool
+		// legacyKept is whether the earlier grants are still held after the run.
+		legacyKept bool
+	}{
+		{"first apply", false, true},
+		{"rerun at once", false, true},
+		{"rerun once settled", true, false},
+		{"rerun after", true, false},
+	} {
+		if run.settled {
+			f.backdate()
+		}
+		_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", run.name, err)
+		}
+		got := held()
+		for k := range want {
+			if !got[k] {
+				t.Fatalf("%s: missing %s; have %v", run.name, k, got)
+			}
+		}
+		for _, g := range legacy {
+			if k := g.scope + " " + g.role; got[k] != run.legacyKept {
+				t.Fatalf("%s: earlier grant %s held %v, want %v", run.name, k, got[k], run.legacyKept)
+			}
+		}
+		if len(got) != len(want)+len(legacy)*map[bool]int{true: 1}[run.legacyKept] {
+			t.Fatalf("%s: identity's assignments on the vault: %v", run.name, got)
+		}
+		if run.legacyKept && !hasStepDetail(steps, legacyCryptoUserLabel+" on key attested-signing", "kept", "withdrawn by the first apply after") {
+			t.Fatalf("%s: steps do not say the earlier grant is kept and until when: %+v", run.name, steps)
+		}
 	}
-	for k := range want {
-		if !got[k] {
-			t.Fatalf("missing %s; have %v", k, got)
+}
+
+// TestFormerHoldersWithdrawn: the grants an earlier apply made to an operator, a cluster or a
+// managed identity the configuration no longer names are withdrawn (plan says so first), and
+// assignments of the same roles that apply did not make are left alone.
+func TestFormerHoldersWithdrawn(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	first := testConfig
+	first.ClusterPrincipalID = "cluster-1"
+	if _, _, err := Apply(ctx, cl, first, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	n := NamesFor(first.NamePrefix)
+	regScope := first.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
+	// Someone grants AcrPull to another principal by hand (a random assignment name).
+	f.assignments[regScope+"|0b0b0b0b-0000-4000-8000-000000000001"] = armauthorization.RoleAssignmentCreateParameters{
+		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr("by-hand"), RoleDefinitionID: ptr(first.roleDefinition(RoleAcrPull))},
+	}
+	holders := func(scope, role string) []string {
+		var p []string
+		for key, a := range f.assignments {
+			if strings.HasPrefix(key, scope+"|") && strings.HasSuffix(*a.Properties.RoleDefinitionID, "/"+role) {
+				p = append(p, *a.Properties.PrincipalID)
+			}
+		}
+		slices.Sort(p)
+		return p
+	}
+	// A rerun that does not name the cluster keeps its grant, and says so.
+	noCluster := first
+	noCluster.ClusterPrincipalID = ""
+	_, steps, err := Apply(ctx, cl, noCluster, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := holders(regScope, RoleAcrPull); !slices.Equal(got, []string{"by-hand", "cluster-1"}) || !hasStepDetail(steps, "AcrPull (cluster)", "kept", "held by cluster-1") {
+		t.Fatalf("rerun without --cluster-principal-id: AcrPull held by %v; steps %+v", got, steps)
+	}
+	second := first
+	second.OperatorPrincipalID, second.ClusterPrincipalID = "operator-2", "cluster-2"
+	plan, err := Plan(ctx, cl, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []struct{ name, detail string }{
+		{"Attestation Contributor (operator)", "from " + first.OperatorPrincipalID + ","},
+		{"Key Vault Certificates Officer (operator)", "from " + first.OperatorPrincipalID + ","},
+		{"AcrPull (cluster)", "from cluster-1,"},
+	} {
+		if !hasStepDetail(plan, want.name, "withdraw", want.detail) {
+			t.Errorf("plan has no withdraw of %s %s: %+v", want.name, want.detail, plan)
+		}
+	}
+	if hasStepDetail(plan, "AcrPull (cluster)", "withdraw", "by-hand") {
+		t.Errorf("plan withdraws an assignment apply did not make: %+v", plan)
+	}
+	_, steps, err = Apply(ctx, cl, second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	provScope := first.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + n.AttestationProvider
+	for _, c := range []struct {
+		scope, role string
+		want        []string
+	}{
+		{provScope, RoleAttestationContributor, []string{"operator-2"}},
+		{first.vaultID(), RoleKeyVaultCertificatesOfficer, []string{"operator-2"}},
+		{regScope, RoleAcrPull, []string{"by-hand", "cluster-2"}},
+		{regScope, RoleAcrPush, []string{"principal-" + n.Identity}},
+	} {
+		if got := holders(c.scope, c.role); !slices.Equal(got, c.want) {
+			t.Errorf("%s at %s held by %v, want %v", roleLabel(c.role), c.scope, got, c.want)
+		}
+	}
+	if !hasStepDetail(steps, "AcrPull (cluster)", "withdrawn", "--cluster-principal-id no longer names it") {
+		t.Errorf("apply steps: %+v", steps)
+	}
+	// Converged: neither plan nor apply withdraws anything more.
+	plan, err = Plan(ctx, cl, second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, steps, err = Apply(ctx, cl, second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range append(plan, steps...) {
+		if s.Action == "withdraw" || s.Action == "withdrawn" {
+			t.Errorf("after convergence: %+v", s)
+		}
+	}
+
+	// The managed identity made again (a new principal): its predecessor's grants go.
+	f.mu.Lock()
+	for key, a := range f.assignments {
+		if *a.Properties.PrincipalID == "principal-"+n.Identity {
+			a.Properties.PrincipalID = ptr("deleted-identity")
+			delete(f.assignments, key)
+			scope := key[:strings.LastIndex(key, "|")]
+			role := (*a.Properties.RoleDefinitionID)[strings.LastIndex(*a.Properties.RoleDefinitionID, "/")+1:]
+			f.assignments[scope+"|"+assignmentName(scope, "deleted-identity", role)] = a
+		}
+	}
+	f.mu.Unlock()
+	if _, _, err := Apply(ctx, cl, second, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	for key, a := range f.assignments {
+		if *a.Properties.PrincipalID == "deleted-identity" {
+			t.Errorf("the former identity still holds %s", key)
 		}
 	}
 }

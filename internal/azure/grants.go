@@ -1,0 +1,259 @@
+package azure
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/authorization/armauthorization/v2"
+)
+
+// RoleSettle is how long apply lets the role assignments it makes take effect before it withdraws
+// the grants they replace. Withdrawn at once, the signing identity could be refused between the
+// two: Azure applies a new assignment with a delay. Microsoft Learn's RBAC troubleshooting page
+// gives up to 10 minutes (Azure Resource Manager caches); Microsoft's own answers and later
+// reports give up to 30. The bound is UNCONFIRMED, so the longer one is used.
+var RoleSettle = 30 * time.Minute
+
+// grant is a role the deployment grants at one scope, and the principals that are to hold it there.
+type grant struct {
+	scope, role, label string
+	// holders are the principals the configuration names for it. None (--cluster-principal-id not
+	// given) keeps what an earlier apply granted, and reports it: a forgotten flag on a rerun must
+	// not stop the cluster's image pulls.
+	holders []string
+	// flag names the setting that names the holders, for the message when a former one loses it.
+	flag string
+}
+
+// grants are the role assignments apply makes on the deployment's resources to principals the
+// configuration names: the operator (--operator-object-id), the cluster (--cluster-principal-id)
+// and the signing identity (identity, its principal id; "" if it does not exist yet). The image
+// builder layer's grants are its own (applyBuildLayer).
+func (c Config) grants(identity string) []grant {
+	n := NamesFor(c.NamePrefix)
+	regScope := c.registryID()
+	var cluster []string
+	if c.ClusterPrincipalID != "" {
+		cluster = []string{c.ClusterPrincipalID}
+	}
+	g := []grant{
+		{scope: c.providerID(), role: RoleAttestationContributor, label: "Attestation Contributor (operator)", holders: []string{c.OperatorPrincipalID}, flag: "--operator-object-id"},
+		{scope: c.vaultID(), role: RoleKeyVaultCertificatesOfficer, label: "Key Vault Certificates Officer (operator)", holders: []string{c.OperatorPrincipalID}, flag: "--operator-object-id"},
+		{scope: regScope, role: RoleAcrPull, label: "AcrPull (cluster)", holders: cluster, flag: "--cluster-principal-id"},
+	}
+	if identity == "" {
+		return g
+	}
+	for _, a := range signingAssignments(c, n.Certificate) {
+		g = append(g, grant{scope: a.scope, role: a.role, label: a.label, holders: []string{identity}, flag: "the managed identity " + n.Identity})
+	}
+	return append(g, grant{scope: regScope, role: RoleAcrPush, label: "AcrPush (identity)", holders: []string{identity}, flag: "the managed identity " + n.Identity})
+}
+
+// madeByApply reports whether a is an assignment assign made, and if so its scope, principal and
+// role (the role definition's GUID). assign names each assignment after its own scope, principal
+// and role (assignmentName), so an assignment named otherwise was made by someone else and is
+// never touched, whatever it grants.
+func madeByApply(a *armauthorization.RoleAssignment) (scope, principal, role string, ok bool) {
+	if a == nil || a.Name == nil || a.Properties == nil || a.Properties.Scope == nil || a.Properties.PrincipalID == nil || a.Properties.RoleDefinitionID == nil {
+		return "", "", "", false
+	}
+	scope, principal = *a.Properties.Scope, *a.Properties.PrincipalID
+	def := *a.Properties.RoleDefinitionID
+	role = def[strings.LastIndex(def, "/")+1:]
+	return scope, principal, role, strings.EqualFold(*a.Name, assignmentName(scope, principal, role))
+}
+
+// assignmentsAt lists the role assignments made exactly at scope, or also below it if below is
+// set; a scope that does not exist has none.
+func assignmentsAt(ctx context.Context, cl *Clients, scope string, below bool) ([]*armauthorization.RoleAssignment, error) {
+	var opts armauthorization.RoleAssignmentsClientListForScopeOptions
+	if !below {
+		// At and above the scope; those above (the group's, the subscription's) are dropped below.
+		opts.Filter = ptr("atScope()")
+	}
+	var out []*armauthorization.RoleAssignment
+	pager := cl.RoleAssignments.NewListForScopePager(scope, &opts)
+	for pager.More() {
+		page, err := pager.NextPage(ctx)
+		if isNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("listing role assignments at %s: %w", scope, err)
+		}
+		for _, a := range page.Value {
+			if a == nil || a.Properties == nil || a.Properties.Scope == nil {
+				continue
+			}
+			at := strings.ToLower(*a.Properties.Scope)
+			if s := strings.ToLower(scope); at == s || below && strings.HasPrefix(at, s+"/") {
+				out = append(out, a)
+			}
+		}
+	}
+	return out, nil
+}
+
+// formerHolders lists the principals holding g's role at g's scope through an assignment apply
+// made, that the configuration no longer names: a former operator or cluster, or a managed
+// identity that was deleted and made again.
+func formerHolders(ctx context.Context, cl *Clients, g grant) ([]string, error) {
+	list, err := assignmentsAt(ctx, cl, g.scope, false)
+	if err != nil {
+		return nil, err
+	}
+	var former []string
+	for _, a := range list {
+		_, principal, role, ours := madeByApply(a)
+		if !ours || !strings.EqualFold(role, g.role) || holds(g.holders, principal) {
+			continue
+		}
+		former = append(former, principal)
+	}
+	return former, nil
+}
+
+// holds reports whether principal is one of holders (object ids, compared case-insensitively).
+func holds(holders []string, principal string) bool {
+	for _, h := range holders {
+		if strings.EqualFold(h, principal) {
+			return true
+		}
+	}
+	return false
+}
+
+// withdrawFormer deletes the grants formerHolders finds for each of gs, and reports each.
+func withdrawFormer(ctx context.Context, cl *Clients, gs []grant, done func(kind, name, action, detail string)) error {
+	for _, g := range gs {
+		former, err := formerHolders(ctx, cl, g)
+		if err != nil {
+			return fmt.Errorf("%s: %w", g.label, err)
+		}
+		for _, p := range former {
+			if len(g.holders) == 0 {
+				done("role assignment", g.label, "kept", keptDetail(g, p))
+				continue
+			}
+			if err := unassign(ctx, cl, g.scope, p, g.role); err != nil {
+				return fmt.Errorf("%s of former holder %s: %w", g.label, p, err)
+			}
+			done("role assignment", g.label, "withdrawn", "from "+p+", granted by an earlier apply; "+g.flag+" no longer names it")
+		}
+	}
+	return nil
+}
+
+// keptDetail says why a grant to p that the configuration does not name is kept.
+func keptDetail(g grant, p string) string {
+	return "held by " + p + ", granted by an earlier apply; " + g.flag + " names none this time, so it is kept: name the new principal to move it, or remove it by hand"
+}
+
+// planFormer adds a withdraw step for each grant formerHolders finds for each of gs.
+func planFormer(ctx context.Context, cl *Clients, gs []grant, steps []Step) ([]Step, error) {
+	for _, g := range gs {
+		former, err := formerHolders(ctx, cl, g)
+		if err != nil {
+			// Plan reads scopes that may not exist yet, and what ARM answers for the assignments
+			// of a resource that does not exist (404 is taken for none) is UNCONFIRMED: the step
+			// says what could not be read instead of failing the whole plan. Apply lists them
+			// once the resources exist, and fails on the error.
+			steps = append(steps, Step{Kind: "role assignment", Name: g.label, Action: "unknown", Detail: "could not list who holds it: " + err.Error()})
+			continue
+		}
+		for _, p := range former {
+			step := Step{Kind: "role assignment", Name: g.label, Action: "withdraw", Detail: "from " + p + ", granted by an earlier apply; " + g.flag + " no longer names it"}
+			if len(g.holders) == 0 {
+				step.Action, step.Detail = "keep", keptDetail(g, p)
+			}
+			steps = append(steps, step)
+		}
+	}
+	return steps, nil
+}
+
+// withdrawAllAt deletes every assignment apply made at scope or below it, whoever holds it, before
+// the resource at scope is deleted: whether ARM deletes a resource's role assignments with it is
+// UNCONFIRMED, and one left behind would grant the same role on a resource made later under the
+// same name.
+func withdrawAllAt(ctx context.Context, cl *Clients, scope, what string, note func(kind, name, action, detail string)) error {
+	list, err := assignmentsAt(ctx, cl, scope, true)
+	if err != nil {
+		return err
+	}
+	for _, a := range list {
+		at, principal, role, ours := madeByApply(a)
+		if !ours {
+			continue
+		}
+		if err := unassign(ctx, cl, at, principal, role); err != nil {
+			return fmt.Errorf("role assignment %s on %s: %w", *a.Name, what, err)
+		}
+		note("role assignment", roleLabel(role)+" on "+what, "deleted", "held by "+principal)
+	}
+	return nil
+}
+
+// roleLabel names a role GUID this deployment assigns, for steps.
+func roleLabel(role string) string {
+	for guid, name := range map[string]string{
+		RoleAttestationContributor: "Attestation Contributor", RoleKeyVaultCertificatesOfficer: "Key Vault Certificates Officer",
+		RoleAcrPull: "AcrPull", RoleAcrPush: "AcrPush", RoleKeyVaultCertificateUser: "Key Vault Certificate User",
+		RoleKeyVaultSecretsUser: "Key Vault Secrets User", RoleKeyVaultCryptoUser: "Key Vault Crypto User",
+	} {
+		if strings.EqualFold(guid, role) {
+			return name
+		}
+	}
+	return "role " + role
+}
+
+// settledAt is when the newest of the assignments apply made of roles to principal at scopes will
+// have had RoleSettle to take effect; an assignment that does not exist, or whose creation time
+// ARM does not report, counts as made now.
+func settledAt(ctx context.Context, cl *Clients, principal string, assignments []signingAssignment) (time.Time, error) {
+	latest := time.Time{}
+	for _, a := range assignments {
+		got, err := cl.RoleAssignments.Get(ctx, a.scope, assignmentName(a.scope, principal, a.role), nil)
+		created := time.Now()
+		switch {
+		case isNotFound(err):
+		case err != nil:
+			return time.Time{}, fmt.Errorf("role assignment %s: %w", a.label, err)
+		case got.Properties != nil && got.Properties.CreatedOn != nil:
+			created = *got.Properties.CreatedOn
+		}
+		if created.After(latest) {
+			latest = created
+		}
+	}
+	return latest.Add(RoleSettle), nil
+}
+
+// withdrawReplaced withdraws the grants of earlier versions (role to principal at scope, for each
+// of legacy) that the signing identity's object-scoped assignments replace, once those have
+// settled (settle, from settledAt). Until then a grant that exists is kept and reported with the
+// time from which a rerun withdraws it, so that signing never stops between the two.
+func withdrawReplaced(ctx context.Context, cl *Clients, principal string, legacy []signingAssignment, settle time.Time, done func(kind, name, action, detail string)) error {
+	for _, l := range legacy {
+		name := assignmentName(l.scope, principal, l.role)
+		if _, err := cl.RoleAssignments.Get(ctx, l.scope, name, nil); isNotFound(err) {
+			continue
+		} else if err != nil {
+			return fmt.Errorf("role assignment %s: %w", l.label, err)
+		}
+		if time.Now().Before(settle) {
+			done("role assignment", l.label, "kept", "granted by an earlier version and replaced now; withdrawn by the first apply after "+
+				settle.UTC().Format("15:04 MST")+", once Azure has applied its replacement, so that signing does not stop meanwhile")
+			continue
+		}
+		if err := unassign(ctx, cl, l.scope, principal, l.role); err != nil {
+			return fmt.Errorf("role assignment %s: %w", l.label, err)
+		}
+		done("role assignment", l.label, "revoked", "granted by an earlier version; replaced by the object-scoped roles above")
+	}
+	return nil
+}
