@@ -47,9 +47,11 @@ so: run eval "$(attest-bootstrap local env)" again in those shells.
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
   eval "$(attest-bootstrap local env)"
 
-The output contains a secret: AZURE_CLIENT_SECRET, the client secret of the Entra ID emulator's
-tenant. It is good for the stack's emulators on loopback only, but do not paste it where others
-read it.
+The output contains a secret: AZURE_CLIENT_SECRET, the client secret of the signing identity in
+the Entra ID emulator's tenant. Like the managed identity on Azure, that identity may only read
+the signing key, sign with it and read its certificate chain: the emulated vault refuses it
+anything else, and MAA refuses it the attestation policy. It is good for the stack's emulators on
+loopback only, but do not paste it where others read it.
 `},
 		{name: "status", summary: "report whether the stack runs and each component answers", output: true, help: `Report whether the local stack runs and whether each of its components answers: the HTTPS
 emulators a request, the TPM simulator a TPM command, the registry a connection. For a component

@@ -56,11 +56,12 @@ func TestStatusColumns(t *testing.T) {
 	}
 }
 
-// TestEnvHelp: env's help warns that its output holds the emulator's client secret.
+// TestEnvHelp: env's help warns that its output holds the signing identity's client secret, and
+// says what that identity may do.
 func TestEnvHelp(t *testing.T) {
 	var o, e strings.Builder
 	run(context.Background(), []string{"local", "env", "--help"}, &o, &e)
-	for _, w := range []string{"AZURE_CLIENT_SECRET", "client secret of the Entra ID emulator", "loopback only"} {
+	for _, w := range []string{"AZURE_CLIENT_SECRET", "client secret of the signing identity", "may only read\nthe signing key, sign with it", "loopback only"} {
 		if !strings.Contains(o.String(), w) {
 			t.Errorf("no %q in:\n%s", w, o.String())
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
@@ -26,6 +27,10 @@ var signerDataActions = []string{
 	"Microsoft.KeyVault/vaults/keys/read",
 	"Microsoft.KeyVault/vaults/keys/sign/action",
 }
+
+// SignerDataActions returns the data actions of the signer role (signerDataActions), for the
+// emulated vault's assignments to mirror.
+func SignerDataActions() []string { return slices.Clone(signerDataActions) }
 
 // customRole is a role definition a deployment makes: a deterministic id (so a rerun addresses the
 // same role), a display name naming the deployment (role names are unique in a tenant), and

@@ -77,11 +77,11 @@ func newEnvFor(t testing.TB, resource string) *env {
 			}
 			return c.AppID, nil
 		},
-		Authorize: func(principal, op string) error {
-			if principal == denied && op == "sign" {
-				return errors.New("no keys/sign permission")
-			}
-			return nil
+		// The signing identity holds everything; the denied one can read keys and certificate
+		// chains but not sign.
+		Assignments: []kvemu.Assignment{
+			{Principal: clientID, DataActions: []string{"Microsoft.KeyVault/vaults/*"}},
+			{Principal: denied, DataActions: append([]string{"Microsoft.KeyVault/vaults/keys/read"}, kvemu.CertificateUserActions...)},
 		},
 	})
 	if err != nil {

@@ -27,8 +27,10 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem" // the registry's storage
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
+	"github.com/attested-kv/attested-kv/internal/azure"
 	"github.com/attested-kv/attested-kv/internal/emulator/entra"
 	kvemu "github.com/attested-kv/attested-kv/internal/emulator/keyvault"
+	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
 	"github.com/attested-kv/attested-kv/internal/gate"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/notationcfg"
@@ -54,7 +56,11 @@ type signing struct {
 	vault   *kvemu.Server
 	servers []*http.Server
 
+	// clientID and clientSecret are the signing identity's, which the plugin uses (exported
+	// by Env); operatorID and operatorSecret are the operator's, which provisions the vault and
+	// writes the attestation policy from within the stack, and are never written anywhere.
 	tenant, clientID, clientSecret string
+	operatorID, operatorSecret     string
 	entraURL, vaultURL             string
 	registryAddr                   string
 	keyID                          string
@@ -95,8 +101,9 @@ func uuid() string {
 func startSigning(p paths, tlsConfig *tls.Config, r *restart, log *slog.Logger, serve func(string, func() error)) (*signing, error) {
 	s := &signing{}
 	s.tenant, s.clientID, s.clientSecret = r.identity()
+	s.operatorID, s.operatorSecret = uuid(), randomHex(24)
 	var err error
-	if s.entra, err = entra.New(entra.Config{TenantID: s.tenant, Clients: map[string]string{s.clientID: s.clientSecret}, Logger: log.With("component", "entra")}); err != nil {
+	if s.entra, err = entra.New(entra.Config{TenantID: s.tenant, Clients: map[string]string{s.clientID: s.clientSecret, s.operatorID: s.operatorSecret}, Logger: log.With("component", "entra")}); err != nil {
 		return nil, err
 	}
 	entraLn, err := keepPort(r, "Entra ID emulator", urlHost(r.prev.EntraURL), listenTCP)
@@ -117,8 +124,9 @@ func startSigning(p paths, tlsConfig *tls.Config, r *restart, log *slog.Logger, 
 			if err != nil {
 				return "", err
 			}
-			return c.AppID, nil
+			return c.ObjectID, nil
 		},
+		Assignments: s.vaultAssignments(),
 		// Key Vault issues a certificate asynchronously: the bootstrap's wait for the operation
 		// runs here on every start.
 		PendingPolls: 1,
@@ -167,13 +175,29 @@ func (s *signing) shutdown(ctx context.Context) {
 	}
 }
 
-// credential is the stack's service principal, as azidentity uses it against Azure.
+// vaultAssignments are the emulated vault's role assignments, those attest-bootstrap apply makes
+// on Azure (internal/azure): the operator holds Key Vault Certificates Officer on the vault, and
+// the signing identity the signer role on the signing key, Certificate User on its certificate
+// and Secrets User on its secret, and nothing else. So the plugin, which signs as the signing
+// identity, is refused anything else the vault offers (creating or re-enabling a key, for one),
+// as it would be on Azure.
+func (s *signing) vaultAssignments() []kvemu.Assignment {
+	signer := entra.ObjectID(s.clientID)
+	return []kvemu.Assignment{
+		{Principal: entra.ObjectID(s.operatorID), DataActions: kvemu.CertificatesOfficerActions},
+		{Principal: signer, Scope: "keys/" + SigningKeyName, DataActions: azure.SignerDataActions()},
+		{Principal: signer, Scope: "certificates/" + SigningKeyName, DataActions: kvemu.CertificateUserActions},
+		{Principal: signer, Scope: "secrets/" + SigningKeyName, DataActions: kvemu.SecretsUserActions},
+	}
+}
+
+// credential is the stack's operator, as azidentity uses it against Azure.
 func (s *signing) credential(roots *x509.CertPool) (azcore.TokenCredential, azcore.ClientOptions, error) {
 	opts := azcore.ClientOptions{
 		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: s.entraURL + "/"},
 		Transport: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
 	}
-	cred, err := azidentity.NewClientSecretCredential(s.tenant, s.clientID, s.clientSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
+	cred, err := azidentity.NewClientSecretCredential(s.tenant, s.operatorID, s.operatorSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
 	return cred, opts, err
 }
 
@@ -281,12 +305,20 @@ func (s *signing) counts() KeyVaultCounts {
 var errNoSigning = errors.New("the signing components are not running")
 
 // authorizeAttestationAdmin checks that a policy request to the MAA emulator carries a token of
-// this tenant for MAA's data plane.
+// this tenant for MAA's data plane, of the operator: on Azure only the operator holds
+// Attestation Contributor on the provider (internal/azure), so the signing identity may not
+// read or write the policy that decides what it may sign.
 func (s *signing) authorizeAttestationAdmin(r *http.Request) error {
 	raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 	if !ok {
 		return errors.New("no bearer token")
 	}
-	_, err := s.entra.ValidateAccessToken(raw, strings.TrimSuffix(maa.AttestationScope, "/.default"))
-	return err
+	c, err := s.entra.ValidateAccessToken(raw, strings.TrimSuffix(maa.AttestationScope, "/.default"))
+	if err != nil {
+		return err
+	}
+	if c.ObjectID != entra.ObjectID(s.operatorID) {
+		return fmt.Errorf("principal %s: %w (only the operator holds Attestation Contributor)", c.ObjectID, emu.ErrNoPolicyRole)
+	}
+	return nil
 }

@@ -247,10 +247,10 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	now := s.cfg.Now()
 	claims := Claims{
 		Claims: jwt.Claims{
-			Issuer: s.Issuer(), Audience: jwt.Audience{resource}, Subject: objectID(rec.ClientID),
+			Issuer: s.Issuer(), Audience: jwt.Audience{resource}, Subject: ObjectID(rec.ClientID),
 			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(TokenLifetime)),
 		},
-		TenantID: s.cfg.TenantID, ObjectID: objectID(rec.ClientID), AppID: rec.ClientID,
+		TenantID: s.cfg.TenantID, ObjectID: ObjectID(rec.ClientID), AppID: rec.ClientID,
 	}
 	raw, err := jwt.Signed(s.signer).Claims(claims).Serialize()
 	if err != nil {
@@ -295,8 +295,9 @@ func (s *Server) resourceOf(scope string) (resource, code, desc string) {
 	return resources[0], "", ""
 }
 
-// objectID is a stable service-principal object id for a client id.
-func objectID(clientID string) string {
+// ObjectID is the service principal object id (the oid claim) the tenant gives a client id; role
+// assignments name principals by it, as Azure's do.
+func ObjectID(clientID string) string {
 	h := sha256.Sum256([]byte("oid:" + clientID))
 	b := h[:16]
 	b[6] = b[6]&0x0f | 0x40

@@ -6,7 +6,8 @@
 //   - challenge-based bearer authentication: a request without a token gets 401 with
 //     `WWW-Authenticate: Bearer authorization="{authority}/{tenant}", resource="https://vault.azure.net"`;
 //     a token is validated by Config.ValidateToken (the Entra emulator's keys, audience, expiry),
-//     and Config.Authorize may refuse an identity an operation (403 Forbidden);
+//     and with Config.Assignments each operation needs its Azure RBAC data action, held at the
+//     vault's scope or the object's (403 Forbidden, innererror ForbiddenByRbac, otherwise);
 //   - object names: 1-127 letters, digits and dashes, refused otherwise with 400 BadParameter
 //     before any handler runs; names and versions are looked up without regard to case, and ids
 //     report the case the object was created with;
@@ -92,8 +93,11 @@ type Config struct {
 	// ValidateToken checks a bearer token for the resource and returns the caller's identity.
 	// Required.
 	ValidateToken func(raw string) (principal string, err error)
-	// Authorize may refuse principal the operation op (e.g. "sign", "keys/create"); nil allows all.
-	Authorize func(principal, op string) error
+	// Assignments are the vault's role assignments (its Azure RBAC permission model), checked
+	// for every operation. Nil lets every caller ValidateToken accepts do everything: a
+	// shortcut for tests that are not about authorization, which no vault in RBAC mode offers;
+	// the local stack always sets them.
+	Assignments []Assignment
 	// Issuers are CA issuers by name.
 	Issuers map[string]Issuer
 	// PendingPolls is how many reads of a new certificate's pending operation answer
@@ -306,10 +310,8 @@ func (s *Server) authorizeAndRun(w http.ResponseWriter, r *http.Request, op stri
 	if name := r.PathValue("name"); name != "" && !validName(name) {
 		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "The request URI contains an invalid name: %s", name)
 	}
-	if s.cfg.Authorize != nil {
-		if err := s.cfg.Authorize(principal, op); err != nil {
-			return 0, nil, kvError(http.StatusForbidden, "Forbidden", "Caller is not authorized to perform action on resource: %s (%v)", op, err)
-		}
+	if err := s.authorizeRBAC(principal, op, r.PathValue("name")); err != nil {
+		return 0, nil, err
 	}
 	s.mu.Lock()
 	f := s.faults[op]

@@ -20,7 +20,8 @@ func newVault(t testing.TB) (*Server, http.Handler) {
 	return newVaultWith(t, Config{})
 }
 
-// newVaultWith is newVault with cfg's clock and issuers.
+// newVaultWith is newVault with cfg's clock, issuers, pending polls and assignments; its
+// callers are all "app".
 func newVaultWith(t testing.TB, cfg Config) (*Server, http.Handler) {
 	t.Helper()
 	s, err := New(Config{
@@ -34,6 +35,7 @@ func newVaultWith(t testing.TB, cfg Config) (*Server, http.Handler) {
 		Now:          cfg.Now,
 		Issuers:      cfg.Issuers,
 		PendingPolls: cfg.PendingPolls,
+		Assignments:  cfg.Assignments,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ const (
 	CodeInvalidRequestBody         = "InvalidRequestBody"
 	CodeUnsupportedAttestationType = "UnsupportedAttestationType"
 	CodeUnauthorized               = "Unauthorized"
+	CodeForbidden                  = "Forbidden"
 
 	// AttestationInfo decoding.
 	CodeInvalidAttestationInfoEncoding = "InvalidAttestationInfoEncoding"

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 	"unicode/utf8"
@@ -71,7 +72,11 @@ func (s *Server) policyRequest(w http.ResponseWriter, r *http.Request, rec *Requ
 	if err := requireBearer(r); err != nil {
 		return nil, refuseStatus(http.StatusUnauthorized, CodeUnauthorized, "%v", err)
 	}
-	if err := s.authorizePolicy(r); err != nil {
+	if err := s.authorizePolicy(r); errors.Is(err, ErrNoPolicyRole) {
+		// A valid token of a caller without the role: 403, as Azure's RBAC answers (the code
+		// MAA puts in the body is UNCONFIRMED).
+		return nil, refuseStatus(http.StatusForbidden, CodeForbidden, "%v", err)
+	} else if err != nil {
 		return nil, refuseStatus(http.StatusUnauthorized, CodeUnauthorized, "%v", err)
 	}
 	now := s.now()

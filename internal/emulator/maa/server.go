@@ -92,12 +92,18 @@ type Config struct {
 	// AuthorizePolicyRequest authorizes GET and PUT /policies, which real MAA allows only with a
 	// valid Entra ID bearer token for https://attest.azure.net carrying an attestation role
 	// (reference/azure-sdk.md §5). It is called for requests that carry an
-	// "Authorization: Bearer ..." header and must validate that token. If nil, every policy
-	// request is refused with 401: the emulator cannot validate a token, so it fails closed.
+	// "Authorization: Bearer ..." header and must validate that token; an error wrapping
+	// ErrNoPolicyRole (a valid token of a caller without the role) is answered 403, any other
+	// 401. If nil, every policy request is refused with 401: the emulator cannot validate a
+	// token, so it fails closed.
 	AuthorizePolicyRequest func(*http.Request) error
 	// Logger receives one record per request; nothing is logged if nil.
 	Logger *slog.Logger
 }
+
+// ErrNoPolicyRole is what Config.AuthorizePolicyRequest returns, wrapped, for a caller whose
+// token is valid but who holds no attestation role on the provider.
+var ErrNoPolicyRole = errors.New("no attestation role on the provider")
 
 // RequestRecord is one attest or policy request as the emulator saw it, with its outcome.
 type RequestRecord struct {
