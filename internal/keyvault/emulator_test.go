@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,7 @@ import (
 	"github.com/notaryproject/notation-core-go/signature"
 
 	"github.com/attested-kv/attested-kv/internal/emulator/entra"
+	"github.com/attested-kv/attested-kv/internal/emulator/imds"
 	kvemu "github.com/attested-kv/attested-kv/internal/emulator/keyvault"
 	"github.com/attested-kv/attested-kv/internal/keyvault"
 )
@@ -36,12 +38,17 @@ const (
 	clientID = "0b8a2c1d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
 	secret   = "local-emulator-secret"
 	denied   = "1c1c1c1c-2d2d-4e4e-8f8f-909090909090"
+	// managedID is a user-assigned managed identity of the tenant, attached to the emulated VM
+	// whose IMDS the env serves.
+	managedID = "3e3e3e3e-4f4f-4a5a-8b6b-7c7c7c7c7c7c"
 )
 
 type env struct {
 	vault   *kvemu.Server
 	vaultSr *httptest.Server
 	entraSr *httptest.Server
+	imds    *imds.Server
+	imdsSr  *httptest.Server
 	opts    azcore.ClientOptions
 
 	tokenRequests atomic.Int32 // POSTs to Entra ID's token endpoint
@@ -55,7 +62,7 @@ func newEnv(t testing.TB) *env { return newEnvFor(t, kvemu.Resource) }
 func newEnvFor(t testing.TB, resource string) *env {
 	t.Helper()
 	e := &env{}
-	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret},
+	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret}, ManagedIdentities: []string{managedID},
 		Resources: append(entra.KnownResources(), resource)})
 	if err != nil {
 		t.Fatal(err)
@@ -82,6 +89,7 @@ func newEnvFor(t testing.TB, resource string) *env {
 		Assignments: []kvemu.Assignment{
 			{Principal: clientID, DataActions: []string{"Microsoft.KeyVault/vaults/*"}},
 			{Principal: denied, DataActions: append([]string{"Microsoft.KeyVault/vaults/keys/read"}, kvemu.CertificateUserActions...)},
+			{Principal: managedID, DataActions: []string{"Microsoft.KeyVault/vaults/keys/*", "Microsoft.KeyVault/vaults/secrets/getSecret/action"}},
 		},
 	})
 	if err != nil {
@@ -94,6 +102,12 @@ func newEnvFor(t testing.TB, resource string) *env {
 		vaultH.ServeHTTP(w, r)
 	}))
 	t.Cleanup(vaultSr.Close)
+	// The VM's instance metadata service, with the managed identity attached.
+	if e.imds, err = imds.New(imds.Config{UserAssigned: []string{managedID}, ObjectID: entra.ObjectID, Issue: ent.IssueManagedIdentityToken}); err != nil {
+		t.Fatal(err)
+	}
+	e.imdsSr = httptest.NewServer(e.imds.Handler())
+	t.Cleanup(e.imdsSr.Close)
 	// httptest servers share one certificate, so one client trusts both.
 	e.vault, e.vaultSr, e.entraSr = vault, vaultSr, entraSr
 	e.opts = azcore.ClientOptions{
@@ -200,6 +214,81 @@ func TestSignerAgainstEmulators(t *testing.T) {
 	}
 	if n := e.vault.Count("sign", http.StatusOK); n != 2*len(tests) {
 		t.Fatalf("vault saw %d successful signs, want %d", n, 2*len(tests))
+	}
+}
+
+// onVM is a transport for a process on the emulated VM: requests to the link-local IMDS address
+// reach the env's IMDS, the others go out as e.opts sends them. azidentity sends its IMDS request
+// through the credential's ClientOptions.Transport, so the SDK's own request (path, query,
+// Metadata header) is what the emulator sees.
+type onVM struct {
+	imds *httptest.Server
+	out  policy.Transporter
+}
+
+func (v onVM) Do(r *http.Request) (*http.Response, error) {
+	if r.URL.Host == "169.254.169.254" {
+		r = r.Clone(r.Context())
+		r.URL.Host = strings.TrimPrefix(v.imds.URL, "http://")
+		r.Host = r.URL.Host
+		return v.imds.Client().Do(r)
+	}
+	return v.out.Do(r)
+}
+
+// TestManagedIdentitySigner: with credential_type=managedid and the client id of the identity
+// attached to the VM, the signer gets its Key Vault token from the VM's instance metadata service
+// (azidentity and MSAL's real IMDS request, answered by the IMDS emulator with a token of the
+// tenant) and signs as that identity; a client id the VM does not have is refused by IMDS, and
+// nothing is signed.
+func TestManagedIdentitySigner(t *testing.T) {
+	e := newEnv(t)
+	keyURL := e.createCertificate(t, "mi-signing", "RSA", 2048, "", []string{"digitalSignature"})
+	kid, err := keyvault.ParseKeyID(keyURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := e.opts
+	vm.Transport = onVM{imds: e.imdsSr, out: e.opts.Transport}
+	for _, c := range []struct {
+		name, clientID string
+		// wantErr is in the error when the signer must not open; "" when it must sign.
+		wantErr string
+	}{
+		{"attached identity", managedID, ""},
+		{"identity not on the VM", "5a5a5a5a-6b6b-4c7c-8d8d-9e9e9e9e9e9e", "Identity not found"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			signsBefore := e.vault.Count("sign", http.StatusOK)
+			cred, err := keyvault.NewCredential(keyvault.CredentialOptions{Type: keyvault.CredentialManagedID, ClientID: c.clientID, ClientOptions: vm})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := keyvault.NewSigner(context.Background(), kid, keyvault.Options{Credential: cred, ClientOptions: e.opts})
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("NewSigner: %v, want an error with %q", err, c.wantErr)
+				}
+				if n := e.vault.Count("sign", http.StatusOK); n != signsBefore {
+					t.Fatalf("%d signatures made", n-signsBefore)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("NewSigner: %v", err)
+			}
+			if _, _, err := s.Sign([]byte("payload")); err != nil {
+				t.Fatalf("Sign: %v", err)
+			}
+		})
+	}
+	// IMDS saw the SDK ask for Key Vault's resource for the identity named.
+	var got []string
+	for _, r := range e.imds.Requests() {
+		got = append(got, fmt.Sprintf("%s %s %d", r.ClientID, r.Resource, r.Status))
+	}
+	if len(got) == 0 || got[0] != managedID+" "+kvemu.Resource+" 200" {
+		t.Fatalf("IMDS requests %q, want the first for %s and %s, answered 200", got, managedID, kvemu.Resource)
 	}
 }
 

@@ -79,6 +79,10 @@ type Config struct {
 	TenantID string
 	// Clients maps application (client) ids to their secrets.
 	Clients map[string]string
+	// ManagedIdentities are the client ids of the tenant's managed identities: they have no
+	// secret, and get tokens only through the instance metadata service of a VM they are
+	// attached to (IssueManagedIdentityToken, for internal/emulator/imds).
+	ManagedIdentities []string
 	// Resources are the resource identifiers tokens may be issued for, compared exactly (case and
 	// trailing slash included); KnownResources() if nil. A request for any other resource is
 	// refused, as Entra refuses a resource with no service principal in the tenant.
@@ -120,9 +124,15 @@ type Claims struct {
 
 // New creates the tenant with a fresh RSA-2048 signing key.
 func New(cfg Config) (*Server, error) {
-	if cfg.TenantID == "" || len(cfg.Clients) == 0 {
-		return nil, errors.New("entra emulator: a tenant id and at least one client are required")
+	if cfg.TenantID == "" || len(cfg.Clients)+len(cfg.ManagedIdentities) == 0 {
+		return nil, errors.New("entra emulator: a tenant id and at least one client or managed identity are required")
 	}
+	for _, id := range cfg.ManagedIdentities {
+		if _, ok := cfg.Clients[id]; ok {
+			return nil, fmt.Errorf("entra emulator: %s is both a client with a secret and a managed identity", id)
+		}
+	}
+	cfg.ManagedIdentities = slices.Clone(cfg.ManagedIdentities)
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -207,14 +217,17 @@ func (s *Server) keys(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &s.key.PublicKey, KeyID: s.kid, Use: "sig", Algorithm: "RS256"}}})
 }
 
+// record keeps and logs one token request.
+func (s *Server) record(rec Request) {
+	s.mu.Lock()
+	s.requests = append(s.requests, rec)
+	s.mu.Unlock()
+	s.log.Info("token request", "client", rec.ClientID, "scope", rec.Scope, "status", rec.Status, "error", rec.Error)
+}
+
 func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	rec := Request{Time: s.cfg.Now()}
-	defer func() {
-		s.mu.Lock()
-		s.requests = append(s.requests, rec)
-		s.mu.Unlock()
-		s.log.Info("token request", "client", rec.ClientID, "scope", rec.Scope, "status", rec.Status, "error", rec.Error)
-	}()
+	defer func() { s.record(rec) }()
 	fail := func(status int, code, desc string) {
 		rec.Status, rec.Error = status, code
 		writeError(w, status, code, desc)
@@ -244,15 +257,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		fail(http.StatusBadRequest, code, desc)
 		return
 	}
-	now := s.cfg.Now()
-	claims := Claims{
-		Claims: jwt.Claims{
-			Issuer: s.Issuer(), Audience: jwt.Audience{resource}, Subject: ObjectID(rec.ClientID),
-			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(TokenLifetime)),
-		},
-		TenantID: s.cfg.TenantID, ObjectID: ObjectID(rec.ClientID), AppID: rec.ClientID,
-	}
-	raw, err := jwt.Signed(s.signer).Claims(claims).Serialize()
+	raw, _, err := s.issue(rec.ClientID, resource)
 	if err != nil {
 		fail(http.StatusInternalServerError, "temporarily_unavailable", "AADSTS50000: There was an error issuing a token.")
 		return
@@ -262,6 +267,53 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		"token_type": "Bearer", "expires_in": int(TokenLifetime.Seconds()), "ext_expires_in": int(TokenLifetime.Seconds()),
 		"access_token": raw,
 	})
+}
+
+// issue signs an access token of clientID for resource, and returns it with its expiry.
+func (s *Server) issue(clientID, resource string) (string, time.Time, error) {
+	now := s.cfg.Now()
+	exp := now.Add(TokenLifetime)
+	claims := Claims{
+		Claims: jwt.Claims{
+			Issuer: s.Issuer(), Audience: jwt.Audience{resource}, Subject: ObjectID(clientID),
+			IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(exp),
+		},
+		TenantID: s.cfg.TenantID, ObjectID: ObjectID(clientID), AppID: clientID,
+	}
+	raw, err := jwt.Signed(s.signer).Claims(claims).Serialize()
+	return raw, exp, err
+}
+
+// ErrNotManagedIdentity means a token was asked for a client id that is not one of the tenant's
+// managed identities; ErrUnknownResource, for a resource the tenant does not know.
+var (
+	ErrNotManagedIdentity = errors.New("not a managed identity of the tenant")
+	ErrUnknownResource    = errors.New("resource not found in the tenant")
+)
+
+// IssueManagedIdentityToken issues the access token the instance metadata service hands a VM
+// for one of the tenant's managed identities (Config.ManagedIdentities) and resource (exactly
+// as one of Config.Resources, which IMDS takes without "/.default"): the claims of a
+// client-credentials token of that client id. It is the emulated IMDS's way into the tenant; the
+// request is recorded like a token request, with the scope "<resource> (IMDS)".
+func (s *Server) IssueManagedIdentityToken(clientID, resource string) (string, time.Time, error) {
+	rec := Request{Time: s.cfg.Now(), ClientID: clientID, Scope: resource + " (IMDS)"}
+	defer func() { s.record(rec) }()
+	switch {
+	case !slices.Contains(s.cfg.ManagedIdentities, clientID):
+		rec.Status, rec.Error = http.StatusBadRequest, "unauthorized_client"
+		return "", time.Time{}, fmt.Errorf("%w: %s", ErrNotManagedIdentity, clientID)
+	case !slices.Contains(s.cfg.Resources, resource):
+		rec.Status, rec.Error = http.StatusBadRequest, "invalid_resource"
+		return "", time.Time{}, fmt.Errorf("%w: %s", ErrUnknownResource, resource)
+	}
+	raw, exp, err := s.issue(clientID, resource)
+	if err != nil {
+		rec.Status, rec.Error = http.StatusInternalServerError, "temporarily_unavailable"
+		return "", time.Time{}, err
+	}
+	rec.Status = http.StatusOK
+	return raw, exp, nil
 }
 
 // resourceOf returns the resource a client-credentials scope parameter asks for, or the error

@@ -205,3 +205,48 @@ func postToken(h http.Handler, form url.Values) (int, map[string]any) {
 	json.Unmarshal(rec.Body.Bytes(), &out)
 	return rec.Code, out
 }
+
+// TestManagedIdentityToken: IssueManagedIdentityToken issues only to the tenant's managed
+// identities (a client with a secret gets its tokens from the token endpoint, and a managed
+// identity none there), only for known resources, and its tokens validate like the token
+// endpoint's, naming the identity's object id.
+func TestManagedIdentityToken(t *testing.T) {
+	if _, err := New(Config{TenantID: "t1", Clients: map[string]string{"mi": "x"}, ManagedIdentities: []string{"mi"}}); err == nil {
+		t.Fatal("a client id both with a secret and as a managed identity accepted")
+	}
+	s, err := New(Config{TenantID: "t1", Clients: map[string]string{"app": "s3cret"}, ManagedIdentities: []string{"mi"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		client, resource string
+		want             error
+	}{
+		{"mi", ResourceKeyVault, nil},
+		{"app", ResourceKeyVault, ErrNotManagedIdentity},
+		{"other", ResourceKeyVault, ErrNotManagedIdentity},
+		{"mi", "https://example.com", ErrUnknownResource},
+		{"mi", ResourceKeyVault + "/.default", ErrUnknownResource},
+	} {
+		raw, exp, err := s.IssueManagedIdentityToken(c.client, c.resource)
+		if !errors.Is(err, c.want) {
+			t.Fatalf("%s for %s: %v, want %v", c.client, c.resource, err, c.want)
+		}
+		if c.want != nil {
+			continue
+		}
+		claims, err := s.ValidateAccessToken(raw, c.resource)
+		if err != nil || claims.AppID != c.client || claims.ObjectID != ObjectID(c.client) || !claims.Expiry.Time().Equal(exp.Truncate(time.Second)) {
+			t.Fatalf("token of %s: %+v, %v", c.client, claims, err)
+		}
+	}
+	// A managed identity has no secret: the token endpoint does not know it.
+	form := url.Values{"grant_type": {"client_credentials"}, "client_id": {"mi"}, "client_secret": {""}, "scope": {ResourceKeyVault + "/.default"}}
+	req := httptest.NewRequest(http.MethodPost, "/t1/oauth2/v2.0/token", strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rec := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rec, req)
+	if rec.Code == http.StatusOK {
+		t.Fatalf("the token endpoint issued a managed identity a token: %s", rec.Body)
+	}
+}
