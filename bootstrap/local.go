@@ -38,10 +38,12 @@ registry, all on loopback. If the stack runs already, up says so and starts noth
 logs to stack.log in the state directory.
 
 Started again in the same state directory, the stack keeps the ports and the emulated tenant's
-client id and secret of its previous start (up names a port it could not keep), so that the
-shells that exported its environment keep working. When the environment changed nonetheless
-(ATTEST_KEY_ID does at every start: the Key Vault emulator creates a new signing key), up says
-so: run eval "$(attest-bootstrap local env)" again in those shells.
+client id and secret of its previous start (up names a port it could not keep), and the Key
+Vault emulator's keys and certificates, so that the shells that exported its environment keep
+working with the same signing key (ATTEST_KEY_ID) and images signed before still verify. When the
+environment changed nonetheless (a port moved, or a signing certificate near its expiry was
+replaced with a new key), up says so: run eval "$(attest-bootstrap local env)" again in those
+shells.
 `},
 		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:

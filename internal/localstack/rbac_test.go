@@ -34,23 +34,7 @@ func TestSigningIdentityLeastPrivilege(t *testing.T) {
 	st, _ := runStack(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	pem, err := os.ReadFile(st.TLSRootPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(pem) {
-		t.Fatal("no TLS root")
-	}
-	opts := azcore.ClientOptions{
-		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: st.EntraURL + "/"},
-		Transport: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
-	}
-	opts.Retry.MaxRetries = -1
-	cred, err := azidentity.NewClientSecretCredential(st.TenantID, st.ClientID, st.ClientSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cred, opts := exportedIdentity(t, st)
 	id, err := keyvault.ParseKeyID(st.KeyID)
 	if err != nil {
 		t.Fatal(err)
@@ -125,3 +109,28 @@ func TestSigningIdentityLeastPrivilege(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+// exportedIdentity is the identity the stack st exports (the one the plugin signs as), as the
+// Azure SDK uses it against the stack's emulators, and the client options that reach them (the
+// stack's TLS root, the Entra ID emulator as the authority, no retries).
+func exportedIdentity(t *testing.T, st *State) (azcore.TokenCredential, azcore.ClientOptions) {
+	t.Helper()
+	pem, err := os.ReadFile(st.TLSRootPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		t.Fatal("no TLS root")
+	}
+	opts := azcore.ClientOptions{
+		Cloud:     cloud.Configuration{ActiveDirectoryAuthorityHost: st.EntraURL + "/"},
+		Transport: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
+	}
+	opts.Retry.MaxRetries = -1
+	cred, err := azidentity.NewClientSecretCredential(st.TenantID, st.ClientID, st.ClientSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cred, opts
+}

@@ -128,13 +128,15 @@ func startSigning(p paths, tlsConfig *tls.Config, r *restart, log *slog.Logger, 
 		},
 		Assignments: s.vaultAssignments(),
 		// Key Vault issues a certificate asynchronously: the bootstrap's wait for the operation
-		// runs here on every start.
+		// runs at every start that creates one.
 		PendingPolls: 1,
-		Logger:       log.With("component", "keyvault"),
+		// Key Vault keeps its keys: so does the emulated vault, across restarts of the stack.
+		StatePath: p.vaultState(),
+		Logger:    log.With("component", "keyvault"),
 	}); err != nil {
 		entraLn.Close()
 		vaultLn.Close()
-		return nil, err
+		return nil, fmt.Errorf("%w (if %s cannot be repaired, remove it: the stack then starts with an empty vault and a new signing key, and what was signed with the old key no longer verifies)", err, p.vaultState())
 	}
 	regLn, err := keepPort(r, "registry", r.prev.Registry, listenTCP)
 	if err != nil {
@@ -201,17 +203,24 @@ func (s *signing) credential(roots *x509.CertPool) (azcore.TokenCredential, azco
 	return cred, opts, err
 }
 
-// provision creates the signing certificate through the Azure SDK and prepares the Notation
-// configuration: trust policy and store, the plugin, and the signing key entry.
+// provision ensures the signing certificate through the Azure SDK, as attest-bootstrap apply does
+// on Azure (the vault's current version is reused while it is fit, so a restart keeps the key the
+// previous start signed with), and prepares the Notation configuration: trust policy and store,
+// the plugin, and the signing key entry.
 func (s *signing) provision(ctx context.Context, p paths, roots *x509.CertPool, maaURL, tpmAddr, pluginPath string, log *slog.Logger) error {
 	cred, opts, err := s.credential(roots)
 	if err != nil {
 		return err
 	}
-	res, err := provision.CreateSigningCertificate(ctx, s.vaultURL, cred, &azcertificates.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true},
+	res, err := provision.EnsureSigningCertificate(ctx, s.vaultURL, cred, &azcertificates.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true},
 		provision.SigningCertificate{Name: SigningKeyName, Subject: SigningSubject, KeyType: "RSA", KeySize: 2048})
 	if err != nil {
 		return fmt.Errorf("provisioning the signing certificate: %w", err)
+	}
+	if len(res.Replaced) > 0 {
+		w := "the signing certificate was replaced by a new version with a new key (" + strings.Join(res.Replaced, "; ") + "): what was signed with the previous key no longer verifies with the trust store written now; sign it again"
+		s.warnings = append(s.warnings, w)
+		log.Warn(w)
 	}
 	s.keyID = res.KeyID
 	if err := s.osReleaseFor(p, maa.DefaultOSReleasePath); err != nil {

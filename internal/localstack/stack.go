@@ -5,6 +5,14 @@
 // Notation configuration (trust policy, trust store, the plugin, the signing key), so that after
 // `eval "$(attest-bootstrap local env)"` notation signs through the attested-kv plugin. See
 // DESIGN.md, "Local stack".
+//
+// The state directory keeps what a restart must not change: the TLS and vTPM CAs, the MAA token
+// signing key, the registry's content, the previous start's ports and client credentials, and the
+// emulated vault's keys and certificates (keyvault/state.json). Provisioning reuses the vault's
+// signing certificate, as attest-bootstrap apply does on Azure, so the signing key, ATTEST_KEY_ID
+// and the trust store stay the same and what was signed before a restart still verifies; only a
+// certificate that expires within provision.RenewBefore is replaced by a new version, with a new
+// key (the start warns of it).
 package localstack
 
 import (
@@ -96,6 +104,8 @@ func (p paths) tcgLog() string       { return filepath.Join(p.dir, "tpm", "binar
 func (p paths) tpmDir() string       { return filepath.Join(p.dir, "tpm") }
 func (p paths) vtpmRootPEM() string  { return filepath.Join(p.dir, "vtpm", "root.pem") }
 func (p paths) registryDir() string  { return filepath.Join(p.dir, "registry") }
+func (p paths) vaultDir() string     { return filepath.Join(p.dir, "keyvault") }
+func (p paths) vaultState() string   { return filepath.Join(p.dir, "keyvault", "state.json") }
 func (p paths) notationConfig() string {
 	return filepath.Join(p.dir, "notation", "config")
 }
@@ -151,7 +161,7 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer lock.Close()
-	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
+	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir(), p.vaultDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}

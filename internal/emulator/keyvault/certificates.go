@@ -153,10 +153,21 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	kv.nbf, kv.exp = ptr(leaf.NotBefore.Unix()), ptr(leaf.NotAfter.Unix())
 	cv := &certVersion{version: kv.version, chain: append([]*x509.Certificate{leaf}, chainTail...), policy: req.Policy, issuer: issuerName, created: now, pending: s.cfg.PendingPolls}
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	nk := nameKey(name)
 	s.storeKeyLocked(name, kv)
 	cv.name = kv.name // the case the name was first created in
-	s.certs[nameKey(name)] = append(s.certs[nameKey(name)], cv)
-	s.mu.Unlock()
+	s.certs[nk] = append(s.certs[nk], cv)
+	if err := s.commitLocked(func() {
+		s.unstoreKeyLocked(nk)
+		if cs := s.certs[nk][:len(s.certs[nk])-1]; len(cs) == 0 {
+			delete(s.certs, nk)
+		} else {
+			s.certs[nk] = cs
+		}
+	}); err != nil {
+		return 0, nil, err
+	}
 	// Key Vault answers a creation with 202 and the operation in progress.
 	return http.StatusAccepted, s.operation(r, cv, "inProgress"), nil
 }

@@ -28,6 +28,22 @@
 //   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain;
 //     keys are never exportable here, so no private key is ever in a secret).
 //
+// Persistence, which Key Vault has and an emulator in memory lacks: with Config.StatePath, New
+// loads the vault's keys and certificates from that file (none there: an empty vault), and every
+// change (a key created or updated, a certificate created) writes the whole state back before it
+// is answered, atomically (a temporary file in the same directory, fsync, rename, fsync of the
+// directory) and under the vault's lock, so that writes never interleave. The file is JSON
+// ({"version":1,...}) and holds every version of every key, with its private key as PKCS#8 DER,
+// kty, key_ops, enabled, nbf, exp, created, updated and the managed flag, and every version of
+// every certificate, with its chain (DER), policy and issuer; it is written 0600. New refuses,
+// with an error naming the file, a file that is not the user's own, that others may read or
+// write, that is a symbolic link, or that does not parse or holds what the emulator never writes
+// (another version, an unknown field, a key of another type, a certificate not of its key):
+// starting with an empty vault instead would silently make a new signing key. A change the vault
+// cannot write is undone and answered 500 InternalError, never reported done. Not kept: the
+// request log, injected faults, and pending operations (a certificate read from the file has its
+// operation completed).
+//
 // Approximations: a certificate is issued when it is created, and readable at once; only its
 // operation reports "inProgress", as Key Vault's 202 answer does, for Config.PendingPolls reads of
 // the pending operation before "completed" (what Key Vault returns for a read of a certificate
@@ -105,6 +121,10 @@ type Config struct {
 	PendingPolls int
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
+	// StatePath, if set, is the file the vault keeps its keys and certificates in across
+	// restarts (see the package documentation): New loads it, if it exists, and every change
+	// rewrites it. Its directory must exist. Empty: the vault lives in memory only.
+	StatePath string
 	// Logger receives one record per request; silent if nil.
 	Logger *slog.Logger
 }
@@ -167,7 +187,7 @@ type fault struct {
 	left   int
 }
 
-// New returns an empty vault.
+// New returns a vault: empty, or with the state of Config.StatePath.
 func New(cfg Config) (*Server, error) {
 	if cfg.ValidateToken == nil || cfg.Authority == "" || cfg.TenantID == "" {
 		return nil, errors.New("keyvault emulator: Authority, TenantID and ValidateToken are required")
@@ -182,7 +202,14 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: log, keys: map[string][]*keyVersion{}, certs: map[string][]*certVersion{}, faults: map[string]*fault{}}, nil
+	keys, certs := map[string][]*keyVersion{}, map[string][]*certVersion{}
+	if cfg.StatePath != "" {
+		var err error
+		if keys, certs, err = loadState(cfg.StatePath); err != nil {
+			return nil, fmt.Errorf("keyvault emulator: state file %s: %w", cfg.StatePath, err)
+		}
+	}
+	return &Server{cfg: cfg, log: log, keys: keys, certs: certs, faults: map[string]*fault{}}, nil
 }
 
 // InjectFault makes the next n requests of operation op (e.g. "sign") fail with status.
@@ -455,8 +482,12 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) (int, any, er
 		return 0, nil, err
 	}
 	s.mu.Lock()
-	s.storeKeyLocked(r.PathValue("name"), kv)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	name := r.PathValue("name")
+	s.storeKeyLocked(name, kv)
+	if err := s.commitLocked(func() { s.unstoreKeyLocked(nameKey(name)) }); err != nil {
+		return 0, nil, err
+	}
 	return http.StatusOK, s.keyBundle(r, kv), nil
 }
 
@@ -494,7 +525,11 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) (int, any, er
 		nv.ops = slices.Clone(*req.KeyOps)
 	}
 	nv.updated = s.cfg.Now()
+	old := vs[i]
 	vs[i] = &nv
+	if err := s.commitLocked(func() { vs[i] = old }); err != nil {
+		return 0, nil, err
+	}
 	return http.StatusOK, s.keyBundle(r, &nv), nil
 }
 

@@ -20,8 +20,8 @@ func newVault(t testing.TB) (*Server, http.Handler) {
 	return newVaultWith(t, Config{})
 }
 
-// newVaultWith is newVault with cfg's clock, issuers, pending polls and assignments; its
-// callers are all "app".
+// newVaultWith is newVault with cfg's clock, issuers, pending polls, assignments and state
+// file; its callers are all "app".
 func newVaultWith(t testing.TB, cfg Config) (*Server, http.Handler) {
 	t.Helper()
 	s, err := New(Config{
@@ -36,6 +36,7 @@ func newVaultWith(t testing.TB, cfg Config) (*Server, http.Handler) {
 		Issuers:      cfg.Issuers,
 		PendingPolls: cfg.PendingPolls,
 		Assignments:  cfg.Assignments,
+		StatePath:    cfg.StatePath,
 	})
 	if err != nil {
 		t.Fatal(err)
