@@ -307,7 +307,7 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 	// keys/backup, which exports the key.
 	settle, err := settledAt(ctx, cl, out.IdentityPrincipalID, signing)
 	if err != nil {
-		return fail("role assignment", legacyCryptoUserLabel, err)
+		return fail("role assignment", "signing identity's object-scoped roles", err)
 	}
 	if err := withdrawReplaced(ctx, cl, out.IdentityPrincipalID, legacyGrants(cfg, n.Certificate), settle, done); err != nil {
 		return fail("role assignment", "grants of earlier versions", err)
@@ -656,15 +656,18 @@ func operatorType(cfg Config) string {
 }
 
 // assign creates a role assignment with a deterministic name; RoleAssignmentExists (the same
-// assignment under another name) is success. principalType is always sent: ARM then does not look
+// assignment under another name) is success. principalType is sent whenever known: ARM then does not look
 // the principal up in Entra ID, so an identity created moments before does not fail with
 // PrincipalNotFound while the directory replicates (ARM's own PrincipalNotFound message says so
 // and points to https://aka.ms/docs-principaltype).
 func assign(ctx context.Context, cl *Clients, cfg Config, scope, principal, principalType, role string) error {
-	pt := armauthorization.PrincipalType(principalType)
+	var pt *armauthorization.PrincipalType
+	if principalType != "" {
+		pt = ptr(armauthorization.PrincipalType(principalType))
+	}
 	_, err := cl.RoleAssignments.Create(ctx, scope, assignmentName(scope, principal, role), armauthorization.RoleAssignmentCreateParameters{
 		Properties: &armauthorization.RoleAssignmentProperties{
-			PrincipalID: &principal, RoleDefinitionID: ptr(cfg.roleDefinition(role)), PrincipalType: &pt,
+			PrincipalID: &principal, RoleDefinitionID: ptr(cfg.roleDefinition(role)), PrincipalType: pt,
 		},
 	}, nil)
 	var re *azcore.ResponseError
@@ -814,14 +817,13 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		return steps, err
 	}
 	if _, err := destroyResource(ctx, cfg, core["container registry"], note, "", func(ctx context.Context) error {
-		if err := withdrawAllAt(ctx, cl, cfg.registryID(), "registry "+n.Registry, note); err != nil {
+		return deleteWithGrants(ctx, cl, cfg, cfg.registryID(), "registry "+n.Registry, note, func(ctx context.Context) error {
+			p, err := cl.Registries.BeginDelete(ctx, cfg.ResourceGroup, n.Registry, nil)
+			if err == nil {
+				_, err = p.PollUntilDone(ctx, nil)
+			}
 			return err
-		}
-		p, err := cl.Registries.BeginDelete(ctx, cfg.ResourceGroup, n.Registry, nil)
-		if err == nil {
-			_, err = p.PollUntilDone(ctx, nil)
-		}
-		return err
+		})
 	}); err != nil {
 		return steps, err
 	}
@@ -855,10 +857,9 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 		}
 	}
 	if _, err := destroyResource(ctx, cfg, core["attestation provider"], note, "", func(ctx context.Context) error {
-		if err := withdrawAllAt(ctx, cl, cfg.providerID(), "attestation provider "+n.AttestationProvider, note); err != nil {
-			return err
-		}
-		return cl.Attestation.Delete(ctx, cfg.ResourceGroup, n.AttestationProvider)
+		return deleteWithGrants(ctx, cl, cfg, cfg.providerID(), "attestation provider "+n.AttestationProvider, note, func(ctx context.Context) error {
+			return cl.Attestation.Delete(ctx, cfg.ResourceGroup, n.AttestationProvider)
+		})
 	}); err != nil {
 		return steps, err
 	}

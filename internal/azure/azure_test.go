@@ -77,6 +77,10 @@ type fakeAzure struct {
 	providerGets      int
 	// onProviderGet, if set, runs at each read of an attestation provider.
 	onProviderGet func()
+	// failRegistryDelete refuses registry deletes with 409 (as a delete lock would be refused).
+	failRegistryDelete bool
+	// grantsAtRegistryDelete are the assignments on the registry when it was deleted.
+	grantsAtRegistryDelete []string
 }
 
 func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
@@ -351,6 +355,16 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 		BeginDelete: func(_ context.Context, rg, name string, _ *armcontainerregistry.RegistriesClientBeginDeleteOptions) (azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
+			if f.failRegistryDelete {
+				var e azfake.ErrorResponder
+				e.SetResponseError(http.StatusConflict, "ScopeLocked")
+				return azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse]{}, e
+			}
+			for key := range f.assignments {
+				if strings.HasPrefix(key, "/subscriptions/sub/resourceGroups/"+rg+"/providers/Microsoft.ContainerRegistry/registries/"+name+"|") {
+					f.grantsAtRegistryDelete = append(f.grantsAtRegistryDelete, key)
+				}
+			}
 			delete(f.registries, name)
 			f.wrote("registry-delete")
 			var r azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse]
@@ -809,9 +823,26 @@ func TestDestroyWithdrawsResourceGrants(t *testing.T) {
 	if got := count(); got != 4 {
 		t.Fatalf("%d assignments on the registry and provider after apply, want 4", got)
 	}
+	// A registry that cannot be deleted keeps its grants: they are made again.
+	f.failRegistryDelete = true
+	kept := maps.Clone(f.assignments)
 	steps, err := Destroy(ctx, cl, cfg, false, io.Discard)
+	if err == nil || !hasStepDetail(steps, "AcrPull on registry "+n.Registry, "restored", "held by cluster-1") {
+		t.Fatalf("destroy with the registry locked: %v; steps %+v", err, steps)
+	}
+	for key := range kept {
+		if _, ok := f.assignments[key]; strings.HasPrefix(key, regScope+"|") && !ok {
+			t.Errorf("assignment %s on the registry that stays was not restored", key)
+		}
+	}
+	f.failRegistryDelete = false
+	steps, err = Destroy(ctx, cl, cfg, false, io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The grants went before the registry they were on: only the one by hand was left then.
+	if !slices.Equal(f.grantsAtRegistryDelete, []string{byHand}) {
+		t.Fatalf("assignments on the registry when it was deleted: %v, want only %s", f.grantsAtRegistryDelete, byHand)
 	}
 	if _, ok := f.assignments[byHand]; !ok || count() != 1 {
 		t.Fatalf("after destroy: by-hand assignment kept %v, %d assignments on the registry and provider, want only it", ok, count())
@@ -1023,6 +1054,37 @@ func TestSigningRolesScopedToObjects(t *testing.T) {
 	}
 }
 
+// TestLegacyWithdrawnWhenReplacementPredates: when the object-scoped roles were assigned long ago
+// under other names (by hand, before apply; assign takes ARM's RoleAssignmentExists for success),
+// their age is read from the scope's listing, and the wider grants of earlier versions go on the
+// first apply instead of being kept for ever.
+func TestLegacyWithdrawnWhenReplacementPredates(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	n := NamesFor("demo1")
+	principal := "principal-" + n.Identity
+	put := func(scope, name, role string) {
+		f.assignments[scope+"|"+name] = armauthorization.RoleAssignmentCreateParameters{
+			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(role))},
+		}
+	}
+	for i, a := range signingAssignments(testConfig, n.Certificate) {
+		put(a.scope, fmt.Sprintf("0a0a0a0a-0000-4000-8000-00000000000%d", i), a.role)
+	}
+	keyScope := signingKeyScope(testConfig, n.Certificate)
+	put(keyScope, assignmentName(keyScope, principal, RoleKeyVaultCryptoUser), RoleKeyVaultCryptoUser)
+	_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.assignments[keyScope+"|"+assignmentName(keyScope, principal, RoleKeyVaultCryptoUser)]; ok {
+		t.Fatalf("Crypto User kept although its replacements are old: %+v", steps)
+	}
+	if !hasStep(steps, legacyCryptoUserLabel+" on key "+n.Certificate, "revoked") {
+		t.Fatalf("steps: %+v", steps)
+	}
+}
+
 // TestFormerHoldersWithdrawn: the grants an earlier apply made to an operator, a cluster or a
 // managed identity the configuration no longer names are withdrawn (plan says so first), and
 // assignments of the same roles that apply did not make are left alone.
@@ -1066,18 +1128,33 @@ func TestFormerHoldersWithdrawn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []struct{ name, detail string }{
-		{"Attestation Contributor (operator)", "from " + first.OperatorPrincipalID + ","},
-		{"Key Vault Certificates Officer (operator)", "from " + first.OperatorPrincipalID + ","},
-		{"AcrPull (cluster)", "from cluster-1,"},
+	for _, want := range []struct{ name, action, detail string }{
+		{"Attestation Contributor (operator)", "withdraw", "from " + first.OperatorPrincipalID + ","},
+		{"Key Vault Certificates Officer (operator)", "withdraw", "from " + first.OperatorPrincipalID + ","},
+		// cluster-2 holds nothing yet: cluster-1 keeps pulling meanwhile.
+		{"AcrPull (cluster)", "keep", "held by cluster-1,"},
 	} {
-		if !hasStepDetail(plan, want.name, "withdraw", want.detail) {
-			t.Errorf("plan has no withdraw of %s %s: %+v", want.name, want.detail, plan)
+		if !hasStepDetail(plan, want.name, want.action, want.detail) {
+			t.Errorf("plan has no %s of %s %s: %+v", want.action, want.name, want.detail, plan)
 		}
 	}
 	if hasStepDetail(plan, "AcrPull (cluster)", "withdraw", "by-hand") {
 		t.Errorf("plan withdraws an assignment apply did not make: %+v", plan)
 	}
+	_, steps, err = Apply(ctx, cl, second, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The cluster's pulls serve production: cluster-1 keeps AcrPull until cluster-2's grant has
+	// had RoleSettle to take effect, and the steps say until when; the operator's grants go at once.
+	if got := holders(regScope, RoleAcrPull); !slices.Equal(got, []string{"by-hand", "cluster-1", "cluster-2"}) ||
+		!hasStepDetail(steps, "AcrPull (cluster)", "kept", "withdrawn by the first apply after") {
+		t.Fatalf("move to cluster-2: AcrPull held by %v; steps %+v", got, steps)
+	}
+	if plan, err := Plan(ctx, cl, second); err != nil || !hasStepDetail(plan, "AcrPull (cluster)", "keep", "held by cluster-1") {
+		t.Fatalf("plan before cluster-2's grant settles: %+v %v", plan, err)
+	}
+	f.backdate()
 	_, steps, err = Apply(ctx, cl, second, io.Discard)
 	if err != nil {
 		t.Fatal(err)

@@ -25,6 +25,11 @@ type grant struct {
 	holders []string
 	// flag names the setting that names the holders, for the message when a former one loses it.
 	flag string
+	// settle keeps a former holder's grant until the current holders' assignments have had
+	// RoleSettle to take effect: set where the grant serves production (the cluster's pulls),
+	// so that a move to a new principal never leaves both without it. The operator's grants serve
+	// apply alone and go at once; a former managed identity no longer exists.
+	settle bool
 }
 
 // grants are the role assignments apply makes on the deployment's resources to principals the
@@ -41,15 +46,17 @@ func (c Config) grants(identity string) []grant {
 	g := []grant{
 		{scope: c.providerID(), role: RoleAttestationContributor, label: "Attestation Contributor (operator)", holders: []string{c.OperatorPrincipalID}, flag: "--operator-object-id"},
 		{scope: c.vaultID(), role: RoleKeyVaultCertificatesOfficer, label: "Key Vault Certificates Officer (operator)", holders: []string{c.OperatorPrincipalID}, flag: "--operator-object-id"},
-		{scope: regScope, role: RoleAcrPull, label: "AcrPull (cluster)", holders: cluster, flag: "--cluster-principal-id"},
+		{scope: regScope, role: RoleAcrPull, label: "AcrPull (cluster)", holders: cluster, flag: "--cluster-principal-id", settle: true},
 	}
 	if identity == "" {
 		return g
 	}
+	// The identity's principal changes only when the identity is made again.
+	flag := "the managed identity " + n.Identity + " (now principal " + identity + ")"
 	for _, a := range signingAssignments(c, n.Certificate) {
-		g = append(g, grant{scope: a.scope, role: a.role, label: a.label, holders: []string{identity}, flag: "the managed identity " + n.Identity})
+		g = append(g, grant{scope: a.scope, role: a.role, label: a.label, holders: []string{identity}, flag: flag})
 	}
-	return append(g, grant{scope: regScope, role: RoleAcrPush, label: "AcrPush (identity)", holders: []string{identity}, flag: "the managed identity " + n.Identity})
+	return append(g, grant{scope: regScope, role: RoleAcrPush, label: "AcrPush (identity)", holders: []string{identity}, flag: flag})
 }
 
 // madeByApply reports whether a is an assignment assign made, and if so its scope, principal and
@@ -57,13 +64,32 @@ func (c Config) grants(identity string) []grant {
 // and role (assignmentName), so an assignment named otherwise was made by someone else and is
 // never touched, whatever it grants.
 func madeByApply(a *armauthorization.RoleAssignment) (scope, principal, role string, ok bool) {
-	if a == nil || a.Name == nil || a.Properties == nil || a.Properties.Scope == nil || a.Properties.PrincipalID == nil || a.Properties.RoleDefinitionID == nil {
+	scope = scopeOf(a)
+	if scope == "" || a.Name == nil || a.Properties.PrincipalID == nil || a.Properties.RoleDefinitionID == nil {
 		return "", "", "", false
 	}
-	scope, principal = *a.Properties.Scope, *a.Properties.PrincipalID
+	principal = *a.Properties.PrincipalID
 	def := *a.Properties.RoleDefinitionID
 	role = def[strings.LastIndex(def, "/")+1:]
 	return scope, principal, role, strings.EqualFold(*a.Name, assignmentName(scope, principal, role))
+}
+
+// scopeOf is an assignment's scope: its scope property, or, when ARM leaves that out, the part
+// of its id before "/providers/Microsoft.Authorization/roleAssignments/"; "" if neither tells.
+func scopeOf(a *armauthorization.RoleAssignment) string {
+	if a == nil || a.Properties == nil {
+		return ""
+	}
+	if a.Properties.Scope != nil {
+		return *a.Properties.Scope
+	}
+	if a.ID != nil {
+		const sep = "/providers/microsoft.authorization/roleassignments/"
+		if i := strings.LastIndex(strings.ToLower(*a.ID), sep); i > 0 {
+			return (*a.ID)[:i]
+		}
+	}
+	return ""
 }
 
 // assignmentsAt lists the role assignments made exactly at scope, or also below it if below is
@@ -85,11 +111,8 @@ func assignmentsAt(ctx context.Context, cl *Clients, scope string, below bool) (
 			return nil, fmt.Errorf("listing role assignments at %s: %w", scope, err)
 		}
 		for _, a := range page.Value {
-			if a == nil || a.Properties == nil || a.Properties.Scope == nil {
-				continue
-			}
-			at := strings.ToLower(*a.Properties.Scope)
-			if s := strings.ToLower(scope); at == s || below && strings.HasPrefix(at, s+"/") {
+			at := strings.ToLower(scopeOf(a))
+			if s := strings.ToLower(scope); at != "" && (at == s || below && strings.HasPrefix(at, s+"/")) {
 				out = append(out, a)
 			}
 		}
@@ -126,22 +149,65 @@ func holds(holders []string, principal string) bool {
 	return false
 }
 
-// withdrawFormer deletes the grants formerHolders finds for each of gs, and reports each.
+// former is what becomes of one former holder's grant: withdraw it now, or keep it (and why).
+type former struct {
+	principal string
+	withdraw  bool
+	detail    string
+}
+
+// decideFormer decides, for each principal formerHolders finds for g, whether its grant goes
+// now: not when the configuration names no holder (keptDetail), nor, for a grant that settles,
+// before the current holders' assignments have had RoleSettle to take effect.
+func decideFormer(ctx context.Context, cl *Clients, g grant) ([]former, error) {
+	principals, err := formerHolders(ctx, cl, g)
+	if err != nil || len(principals) == 0 {
+		return nil, err
+	}
+	var settle time.Time
+	if g.settle {
+		for _, h := range g.holders {
+			t, err := settledAt(ctx, cl, h, []signingAssignment{{g.scope, g.role, g.label}})
+			if err != nil {
+				return nil, err
+			}
+			if t.After(settle) {
+				settle = t
+			}
+		}
+	}
+	var out []former
+	for _, p := range principals {
+		f := former{principal: p, withdraw: true, detail: "from " + p + ", granted by an earlier apply; " + g.flag + " no longer names it"}
+		switch {
+		case len(g.holders) == 0:
+			f.withdraw, f.detail = false, keptDetail(g, p)
+		case time.Now().Before(settle):
+			f.withdraw, f.detail = false, "held by "+p+", granted by an earlier apply; "+g.flag+" no longer names it, and it is withdrawn by the first apply after "+
+				settle.UTC().Format("15:04 MST")+", once Azure has applied the grant to the principal named now, so that pulls do not stop meanwhile"
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// withdrawFormer deletes the grants decideFormer lets go for each of gs, and reports each, and
+// each it keeps.
 func withdrawFormer(ctx context.Context, cl *Clients, gs []grant, done func(kind, name, action, detail string)) error {
 	for _, g := range gs {
-		former, err := formerHolders(ctx, cl, g)
+		fs, err := decideFormer(ctx, cl, g)
 		if err != nil {
 			return fmt.Errorf("%s: %w", g.label, err)
 		}
-		for _, p := range former {
-			if len(g.holders) == 0 {
-				done("role assignment", g.label, "kept", keptDetail(g, p))
+		for _, f := range fs {
+			if !f.withdraw {
+				done("role assignment", g.label, "kept", f.detail)
 				continue
 			}
-			if err := unassign(ctx, cl, g.scope, p, g.role); err != nil {
-				return fmt.Errorf("%s of former holder %s: %w", g.label, p, err)
+			if err := unassign(ctx, cl, g.scope, f.principal, g.role); err != nil {
+				return fmt.Errorf("%s of former holder %s: %w", g.label, f.principal, err)
 			}
-			done("role assignment", g.label, "withdrawn", "from "+p+", granted by an earlier apply; "+g.flag+" no longer names it")
+			done("role assignment", g.label, "withdrawn", f.detail)
 		}
 	}
 	return nil
@@ -152,10 +218,10 @@ func keptDetail(g grant, p string) string {
 	return "held by " + p + ", granted by an earlier apply; " + g.flag + " names none this time, so it is kept: name the new principal to move it, or remove it by hand"
 }
 
-// planFormer adds a withdraw step for each grant formerHolders finds for each of gs.
+// planFormer adds a step for each grant decideFormer finds for each of gs: withdraw, or keep.
 func planFormer(ctx context.Context, cl *Clients, gs []grant, steps []Step) ([]Step, error) {
 	for _, g := range gs {
-		former, err := formerHolders(ctx, cl, g)
+		fs, err := decideFormer(ctx, cl, g)
 		if err != nil {
 			// Plan reads scopes that may not exist yet, and what ARM answers for the assignments
 			// of a resource that does not exist (404 is taken for none) is UNCONFIRMED: the step
@@ -164,25 +230,41 @@ func planFormer(ctx context.Context, cl *Clients, gs []grant, steps []Step) ([]S
 			steps = append(steps, Step{Kind: "role assignment", Name: g.label, Action: "unknown", Detail: "could not list who holds it: " + err.Error()})
 			continue
 		}
-		for _, p := range former {
-			step := Step{Kind: "role assignment", Name: g.label, Action: "withdraw", Detail: "from " + p + ", granted by an earlier apply; " + g.flag + " no longer names it"}
-			if len(g.holders) == 0 {
-				step.Action, step.Detail = "keep", keptDetail(g, p)
+		for _, f := range fs {
+			action := "withdraw"
+			if !f.withdraw {
+				action = "keep"
 			}
-			steps = append(steps, step)
+			steps = append(steps, Step{Kind: "role assignment", Name: g.label, Action: action, Detail: f.detail})
 		}
 	}
 	return steps, nil
 }
 
-// withdrawAllAt deletes every assignment apply made at scope or below it, whoever holds it, before
-// the resource at scope is deleted: whether ARM deletes a resource's role assignments with it is
-// UNCONFIRMED, and one left behind would grant the same role on a resource made later under the
-// same name.
-func withdrawAllAt(ctx context.Context, cl *Clients, scope, what string, note func(kind, name, action, detail string)) error {
+// deleteWithGrants deletes the resource at scope (del) after every role assignment apply made at
+// scope or below it, whoever holds it: whether ARM deletes a resource's role assignments with it
+// is UNCONFIRMED, and one left behind would grant the same role on a resource made later under
+// the same name. If the resource stays (del fails: a lock, a conflict), the assignments are made
+// again, so that a failed destroy takes no access away from what is still there.
+func deleteWithGrants(ctx context.Context, cl *Clients, cfg Config, scope, what string, note func(kind, name, action, detail string), del func(context.Context) error) error {
 	list, err := assignmentsAt(ctx, cl, scope, true)
 	if err != nil {
 		return err
+	}
+	var removed []*armauthorization.RoleAssignment
+	restore := func(cause error) error {
+		for _, a := range removed {
+			at, principal, role, _ := madeByApply(a)
+			pt := ""
+			if a.Properties.PrincipalType != nil {
+				pt = string(*a.Properties.PrincipalType)
+			}
+			if err := assign(ctx, cl, cfg, at, principal, pt, role); err != nil {
+				return fmt.Errorf("%w; and restoring %s of %s failed: %v (assign it again by hand, or run apply)", cause, roleLabel(role), principal, err)
+			}
+			note("role assignment", roleLabel(role)+" on "+what, "restored", "held by "+principal+": "+what+" was not deleted")
+		}
+		return cause
 	}
 	for _, a := range list {
 		at, principal, role, ours := madeByApply(a)
@@ -190,9 +272,13 @@ func withdrawAllAt(ctx context.Context, cl *Clients, scope, what string, note fu
 			continue
 		}
 		if err := unassign(ctx, cl, at, principal, role); err != nil {
-			return fmt.Errorf("role assignment %s on %s: %w", *a.Name, what, err)
+			return restore(fmt.Errorf("deleting %s of %s on %s: %w", roleLabel(role), principal, what, err))
 		}
+		removed = append(removed, a)
 		note("role assignment", roleLabel(role)+" on "+what, "deleted", "held by "+principal)
+	}
+	if err := del(ctx); err != nil {
+		return restore(err)
 	}
 	return nil
 }
@@ -217,20 +303,43 @@ func roleLabel(role string) string {
 func settledAt(ctx context.Context, cl *Clients, principal string, assignments []signingAssignment) (time.Time, error) {
 	latest := time.Time{}
 	for _, a := range assignments {
-		got, err := cl.RoleAssignments.Get(ctx, a.scope, assignmentName(a.scope, principal, a.role), nil)
-		created := time.Now()
-		switch {
-		case isNotFound(err):
-		case err != nil:
-			return time.Time{}, fmt.Errorf("role assignment %s: %w", a.label, err)
-		case got.Properties != nil && got.Properties.CreatedOn != nil:
-			created = *got.Properties.CreatedOn
+		created, err := assignedOn(ctx, cl, principal, a)
+		if err != nil {
+			return time.Time{}, fmt.Errorf("reading the role assignment %s: %w", a.label, err)
 		}
 		if created.After(latest) {
 			latest = created
 		}
 	}
 	return latest.Add(RoleSettle), nil
+}
+
+// assignedOn is when a's role was assigned to principal at a's scope: the assignment assign
+// made, or, when the role was assigned under another name before apply (assign then took ARM's
+// RoleAssignmentExists for success), that one, found by listing the scope. Without either, or
+// without ARM's createdOn, it is now: the wait for it to take effect starts over.
+func assignedOn(ctx context.Context, cl *Clients, principal string, a signingAssignment) (time.Time, error) {
+	got, err := cl.RoleAssignments.Get(ctx, a.scope, assignmentName(a.scope, principal, a.role), nil)
+	switch {
+	case err == nil:
+		if got.Properties != nil && got.Properties.CreatedOn != nil {
+			return *got.Properties.CreatedOn, nil
+		}
+		return time.Now(), nil
+	case !isNotFound(err):
+		return time.Time{}, err
+	}
+	list, err := assignmentsAt(ctx, cl, a.scope, false)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, l := range list {
+		if p := l.Properties; p.PrincipalID != nil && strings.EqualFold(*p.PrincipalID, principal) && p.RoleDefinitionID != nil &&
+			strings.EqualFold((*p.RoleDefinitionID)[strings.LastIndex(*p.RoleDefinitionID, "/")+1:], a.role) && p.CreatedOn != nil {
+			return *p.CreatedOn, nil
+		}
+	}
+	return time.Now(), nil
 }
 
 // withdrawReplaced withdraws the grants of earlier versions (role to principal at scope, for each
@@ -246,8 +355,8 @@ func withdrawReplaced(ctx context.Context, cl *Clients, principal string, legacy
 			return fmt.Errorf("role assignment %s: %w", l.label, err)
 		}
 		if time.Now().Before(settle) {
-			done("role assignment", l.label, "kept", "granted by an earlier version and replaced now; withdrawn by the first apply after "+
-				settle.UTC().Format("15:04 MST")+", once Azure has applied its replacement, so that signing does not stop meanwhile")
+			done("role assignment", l.label, "kept", "granted by an earlier version and replaced by the object-scoped roles above; withdrawn by the first apply after "+
+				settle.UTC().Format("15:04 MST")+", once Azure has applied them, so that signing does not stop meanwhile")
 			continue
 		}
 		if err := unassign(ctx, cl, l.scope, principal, l.role); err != nil {

@@ -39,9 +39,16 @@ import (
 // Path is the managed identity token endpoint's path on IMDS.
 const Path = "/metadata/identity/oauth2/token"
 
-// minAPIVersion is the earliest api-version of the token endpoint; versions are dates, so they
-// compare as strings.
-const minAPIVersion = "2018-02-01"
+// minAPIVersion is the earliest api-version of the token endpoint.
+var minAPIVersion = time.Date(2018, 2, 1, 0, 0, 0, 0, time.UTC)
+
+// validAPIVersion reports whether v is an api-version of the token endpoint: a date (YYYY-MM-DD)
+// no earlier than minAPIVersion and no later than today. Which dates IMDS publishes is not
+// checked (UNCONFIRMED: MSAL sends 2018-02-01).
+func validAPIVersion(v string) bool {
+	d, err := time.Parse(time.DateOnly, v)
+	return err == nil && !d.Before(minAPIVersion) && !d.After(time.Now())
+}
 
 // Config describes the VM's identities and where their tokens come from.
 type Config struct {
@@ -130,7 +137,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	case q.Get("api-version") == "":
 		fail(http.StatusBadRequest, "invalid_request", "Required query variable 'api-version' is missing")
 		return
-	case q.Get("api-version") < minAPIVersion:
+	case !validAPIVersion(q.Get("api-version")):
 		fail(http.StatusBadRequest, "invalid_request", "Invalid version: "+q.Get("api-version"))
 		return
 	case rec.Resource == "":

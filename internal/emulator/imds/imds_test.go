@@ -45,6 +45,7 @@ func TestToken(t *testing.T) {
 		{"POST", "s", nil, "POST", ok, nil, 405, "invalid_request"},
 		{"no api-version", "s", nil, "GET", "/metadata/identity/oauth2/token?resource=https://vault.azure.net", nil, 400, "invalid_request"},
 		{"old api-version", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2017-09-01&resource=https://vault.azure.net", nil, 400, "invalid_request"},
+		{"api-version not a date", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=latest&resource=https://vault.azure.net", nil, 400, "invalid_request"},
 		{"no resource", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2018-02-01", nil, 400, "invalid_request"},
 		{"a scope, not a resource", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net/.default", nil, 400, "invalid_resource"},
 		{"unknown resource", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://example.com", nil, 400, "invalid_resource"},

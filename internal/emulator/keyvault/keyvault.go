@@ -106,8 +106,8 @@ type Config struct {
 	// requires the vault's host to be a subdomain of it (unless told not to check), so a vault
 	// served under another domain names that domain here.
 	Resource string
-	// ValidateToken checks a bearer token for the resource and returns the caller's identity.
-	// Required.
+	// ValidateToken checks a bearer token for the resource and returns the caller's identity,
+	// its object id (oid), which Assignments name. Required.
 	ValidateToken func(raw string) (principal string, err error)
 	// Assignments are the vault's role assignments (its Azure RBAC permission model), checked
 	// for every operation. Nil lets every caller ValidateToken accepts do everything: a

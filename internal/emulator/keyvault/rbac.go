@@ -8,7 +8,8 @@ import (
 // Assignment is a role assignment on the vault in Key Vault's Azure RBAC permission model: the
 // principal holds the data actions at the scope.
 type Assignment struct {
-	// Principal is the caller as Config.ValidateToken names it.
+	// Principal is the caller as Config.ValidateToken names it: its object id, as Azure's role
+	// assignments name principals.
 	Principal string
 	// Scope is "" for the whole vault, or one object: "keys/NAME", "secrets/NAME" or
 	// "certificates/NAME", as Key Vault's object-scoped assignments (Microsoft Learn,
@@ -93,7 +94,7 @@ func (s *Server) authorizeRBAC(principal, op, name string) error {
 	return &apiError{status: http.StatusForbidden, code: "Forbidden", inner: "ForbiddenByRbac",
 		message: "Caller is not authorized to perform action on resource.\r\n" +
 			"If role assignments, deny assignments or role definitions were changed recently, please observe propagation time.\r\n" +
-			"Caller: appid=" + principal + "\r\nAction: '" + p.action + "'\r\nResource: '" + object + "'\r\nAssignment: (not found)\r\n"}
+			"Caller: oid=" + principal + "\r\nAction: '" + p.action + "'\r\nResource: '" + object + "'\r\nAssignment: (not found)\r\n"}
 }
 
 // grants reports whether the data action granted (possibly ending in "/*") covers action;

@@ -32,7 +32,7 @@ func TestRBAC(t *testing.T) {
 		{"update needs update", []Assignment{{Principal: "app", Scope: "keys/k", DataActions: []string{"Microsoft.KeyVault/vaults/keys/read", "Microsoft.KeyVault/vaults/keys/sign/action"}}}, http.MethodPatch, "/keys/k/", map[string]any{}, http.StatusForbidden},
 		{"certificate user reads the secret", []Assignment{{Principal: "app", Scope: "secrets/c", DataActions: CertificateUserActions}}, http.MethodGet, "/secrets/c", nil, http.StatusNotFound},
 		{"secrets user cannot read the certificate", []Assignment{{Principal: "app", Scope: "certificates/c", DataActions: SecretsUserActions}}, http.MethodGet, "/certificates/c", nil, http.StatusForbidden},
-		{"officer creates certificates", []Assignment{{Principal: "app", DataActions: CertificatesOfficerActions}}, http.MethodGet, "/certificates/c/pending", nil, http.StatusNotFound},
+		{"officer reads the pending operation", []Assignment{{Principal: "app", DataActions: CertificatesOfficerActions}}, http.MethodGet, "/certificates/c/pending", nil, http.StatusNotFound},
 		{"nil: no RBAC (tests only)", nil, http.MethodGet, "/keys/k", nil, http.StatusNotFound},
 	} {
 		t.Run(c.name, func(t *testing.T) {
