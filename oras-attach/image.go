@@ -64,6 +64,30 @@ func (r *registryFlags) options(cio cmdIO) (registryclient.Options, error) {
 	return o, nil
 }
 
+// tokenDirFlag is --token-dir, the token store the plugin writes (its token_dir), which attach
+// reads and token prune prunes: ATTEST_TOKEN_DIR when the flag is not given, else
+// token.DefaultDir.
+type tokenDirFlag struct {
+	dir string
+}
+
+func (t *tokenDirFlag) add(fs *pflag.FlagSet) {
+	fs.StringVar(&t.dir, "token-dir", os.Getenv("ATTEST_TOKEN_DIR"), "token store, the plugin's token_dir (env ATTEST_TOKEN_DIR; default $XDG_STATE_HOME/attested-kv/tokens)")
+}
+
+// store returns the token store, and which one it is for an error to name: the one given, or
+// the default.
+func (t *tokenDirFlag) store() (*token.Store, string, error) {
+	if t.dir != "" {
+		return token.NewStore(t.dir), "the token store of --token-dir or ATTEST_TOKEN_DIR", nil
+	}
+	dir, err := token.DefaultDir()
+	if err != nil {
+		return nil, "", err
+	}
+	return token.NewStore(dir), "the default token store, ATTEST_TOKEN_DIR being unset", nil
+}
+
 // maxPassword bounds the registry password read from stdin (an ACR token is a few KiB).
 const maxPassword = 64 << 10
 
@@ -199,7 +223,8 @@ func splitDigestRef(ref string) error {
 func attach(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest attach", "oras-attest attach REGISTRY/REPO@DIGEST [--token FILE] [flags]", io.stderr)
 	tokenFile := fs.String("token", "", "attach this token file (- for stdin) instead of the token store's tokens for the digest; a signature of the image must name it")
-	tokenDir := fs.String("token-dir", os.Getenv("ATTEST_TOKEN_DIR"), "token store, the plugin's token_dir (env ATTEST_TOKEN_DIR; default $XDG_STATE_HOME/attested-kv/tokens)")
+	var tokenDir tokenDirFlag
+	tokenDir.add(fs)
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	var timeout timeoutFlag
 	timeout.add(fs)
@@ -252,14 +277,11 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	repo.SkipReferrersGC = true
 
 	if *tokenFile == "" {
-		dir, which := *tokenDir, "the token store of --token-dir or ATTEST_TOKEN_DIR"
-		if dir == "" {
-			if dir, err = token.DefaultDir(); err != nil {
-				return fail(1, err)
-			}
-			which = "the default token store, ATTEST_TOKEN_DIR being unset"
+		store, which, err := tokenDir.store()
+		if err != nil {
+			return fail(1, err)
 		}
-		entries, err := token.NewStore(dir).List(subject.Digest.String())
+		entries, err := store.List(subject.Digest.String())
 		if errors.Is(err, token.ErrNotFound) {
 			// The error names the directory looked in; the plugin may keep its tokens elsewhere.
 			return fail(1, fmt.Errorf("%w (%s): was the image signed with the attested-kv plugin on this machine? If the plugin's token_dir is another directory, give it with --token-dir or ATTEST_TOKEN_DIR", err, which))

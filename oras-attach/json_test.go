@@ -91,6 +91,13 @@ func TestJSONErrors(t *testing.T) {
 		return append([]string{"verify", ref, "-o", "json", "--attestation-url", url, "--key-id", "https://v.vault.azure.net/keys/k/1", "--jwks", writeJWKS(t), "--trust-policy", skipPolicy(t)}, extra...)
 	}
 	garbage := writeFile(t, "garbage.jwt", "garbage\n")
+	shared := filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(shared, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o777); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name  string
 		args  []string
@@ -102,6 +109,7 @@ func TestJSONErrors(t *testing.T) {
 		{"attach: token file absent", []string{"attach", missing, "-o", "json", "--token", absent}, "--token: open " + absent + ": no such file or directory"},
 		{"token verify: token file absent", []string{"token", "verify", absent, "-o", "json", "--attestation-url", url}, "open " + absent + ": no such file or directory"},
 		{"token show: not a token", []string{"token", "show", garbage, "-o", "json"}, `MAA token: check "format" failed: token has 1 dot-separated parts, a compact JWS has 3 (truncated or not a JWT?)`},
+		{"token prune: store writable by others", []string{"token", "prune", "-o", "json", "--older-than", "24h", "--token-dir", shared}, "token store " + shared + " is writable by others (mode 0777): chmod go-w it, or choose another token_dir"},
 		{"rules test: rule file absent", []string{"rules", "test", "-o", "json", "--rules", absent, "--claims", garbage}, "claim rules: open " + absent + ": no such file or directory"},
 	}
 	for _, tc := range tests {

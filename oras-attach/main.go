@@ -21,6 +21,7 @@ const (
 	tokenSynopses = `  oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
   oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
   oras-attest token show   FILE|- [-o json]
+  oras-attest token prune  --older-than DURATION [--token-dir DIR] [--dry-run] [-o json]
 `
 	rulesSynopses = `  oras-attest rules test --rules FILE --claims FILE [-o json]
 `
@@ -38,6 +39,10 @@ Usage:
 attach publishes only the tokens a signature of the image names (sign first); -o json prints the
 list of referrers attached, also when a later token fails.
 
+token prune removes from the token store the tokens stored longer ago than --older-than (1h at
+least; there is no default) and the directories left empty; --dry-run lists them first. A pruned
+token can no longer be attached: run attach for every image signed before then first.
+
 Exit status: 0 verified, or done; 1 refused, or failed (a registry, MAA or the TPM, a file that
 cannot be read); 2 usage error (a flag, an argument, or what a file given holds, is wrong).
 With -o json, a failure that has no result to print (no checks, no list of referrers) prints
@@ -48,8 +53,9 @@ Environment defaults (as printed by "attest-bootstrap local env"):
   ATTEST_TPM       the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
   ATTEST_TCG_LOG   the firmware event log (--tcg-log)
   ATTEST_KEY_ID    the Key Vault key id signatures must be made with (--key-id)
-  ATTEST_TOKEN_DIR the token store attach reads, the plugin's token_dir (--token-dir; default
-                   $XDG_STATE_HOME/attested-kv/tokens, else ~/.local/state/attested-kv/tokens)
+  ATTEST_TOKEN_DIR the token store attach reads and token prune prunes, the plugin's token_dir
+                   (--token-dir; default $XDG_STATE_HOME/attested-kv/tokens, else
+                   ~/.local/state/attested-kv/tokens)
   NOTATION_CONFIG  where the Notation trust policy and trust store live
 
 Run "oras-attest token fetch --help" and so on for each command's flags.
@@ -63,7 +69,7 @@ type group struct {
 }
 
 var (
-	tokenGroup = group{name: "token", names: "fetch, verify or show", synopses: tokenSynopses}
+	tokenGroup = group{name: "token", names: "fetch, verify, show or prune", synopses: tokenSynopses}
 	rulesGroup = group{name: "rules", names: "test", synopses: rulesSynopses}
 )
 
@@ -126,6 +132,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			"fetch":  func(a []string) int { return tokenFetch(ctx, a, cio) },
 			"verify": func(a []string) int { return tokenVerify(ctx, a, cio) },
 			"show":   func(a []string) int { return tokenShow(a, cio) },
+			"prune":  func(a []string) int { return tokenPrune(a, cio) },
 		})
 	}
 	fmt.Fprintf(stderr, "oras-attest: unknown command %q\n\n%s", args[0], usage)

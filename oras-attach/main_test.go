@@ -21,6 +21,9 @@ func TestFlagErrors(t *testing.T) {
 		{[]string{"token", "verify"}, []string{"t.jwt", "--max-age", "5"}, `invalid argument "5" for "--max-age" flag`},
 		{[]string{"token", "show"}, []string{"t.jwt", "-x"}, "unknown shorthand flag: 'x' in -x"},
 		{[]string{"token", "show"}, []string{"t.jwt", "-o"}, "flag needs an argument: 'o' in -o"},
+		{[]string{"token", "prune"}, []string{"--older-than", "1month"}, `invalid argument "1month" for "--older-than" flag`},
+		{[]string{"token", "prune"}, []string{"--older-than"}, "flag needs an argument: --older-than"},
+		{[]string{"token", "prune"}, []string{"--older-than", "24h", "--dry-run=perhaps"}, `invalid argument "perhaps" for "--dry-run" flag`},
 		{[]string{"attach"}, []string{img, "--bogus", "x"}, "unknown flag: --bogus"},
 		{[]string{"attach"}, []string{img, "--timeout", "soon"}, `invalid argument "soon" for "--timeout" flag`},
 		{[]string{"verify"}, []string{img, "--bogus", "x"}, "unknown flag: --bogus"},
@@ -55,6 +58,7 @@ func TestDurationFlags(t *testing.T) {
 	tverify := []string{"token", "verify", "t.jwt", "--attestation-url", url}
 	verify := []string{"verify", img, "--attestation-url", url, "--key-id", "https://v.vault.azure.net/keys/k/1"}
 	attach := []string{"attach", img}
+	prune := []string{"token", "prune", "--token-dir", t.TempDir()}
 	tests := []struct {
 		args []string
 		want string
@@ -67,6 +71,8 @@ func TestDurationFlags(t *testing.T) {
 		{append(verify, "--max-age", "0"), "oras-attest verify: --max-age 0s: want a duration above 0, such as 5m0s"},
 		{append(verify, "--timeout", "0"), "oras-attest verify: --timeout 0s: want a duration above 0, such as 2m0s"},
 		{append(attach, "--timeout", "-5s"), "oras-attest attach: --timeout -5s: want a duration above 0, such as 2m0s"},
+		{append(prune, "--older-than", "0"), "oras-attest token prune: --older-than 0s: want a duration above 0, such as 720h0m0s"},
+		{append(prune, "--older-than", "30m"), "oras-attest token prune: --older-than 30m0s: want 1h0m0s or more"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
@@ -89,7 +95,7 @@ func TestCommandGroups(t *testing.T) {
 		stderr string
 		lists  string // a synopsis the group's usage holds
 	}{
-		{[]string{"token"}, 2, "", "oras-attest token: missing subcommand (fetch, verify or show)\n\nUsage:\n", "oras-attest token show   FILE|- [-o json]"},
+		{[]string{"token"}, 2, "", "oras-attest token: missing subcommand (fetch, verify, show or prune)\n\nUsage:\n", "oras-attest token prune  --older-than DURATION"},
 		{[]string{"rules"}, 2, "", "oras-attest rules: missing subcommand (test)\n\nUsage:\n", "oras-attest rules test --rules FILE --claims FILE"},
 		{[]string{"token", "list"}, 2, "", "oras-attest: unknown command \"token list\"\n\nUsage:\n", "oras-attest token fetch "},
 		{[]string{"rules", "check"}, 2, "", "oras-attest: unknown command \"rules check\"\n\nUsage:\n", "oras-attest rules test "},

@@ -16,6 +16,7 @@ import (
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/token"
 	"github.com/attested-kv/attested-kv/internal/tpm"
 	"github.com/attested-kv/attested-kv/policy/rules"
 )
@@ -380,4 +381,114 @@ func readToken(name string, stdin io.Reader) (string, error) {
 		return "", fmt.Errorf("%s: empty", name)
 	}
 	return s, nil
+}
+
+// minPruneAge is the least --older-than token prune accepts: attach runs after notation sign, so
+// a token stored more recently may belong to an image whose token is not attached yet, and a
+// pruned token can no longer be attached.
+const minPruneAge = time.Hour
+
+// pruneExample is the --older-than an error suggests: 30 days.
+const pruneExample = 30 * 24 * time.Hour
+
+// pruneResult is token prune's JSON output. Removed lists the tokens removed or, with DryRun,
+// that would be removed; Skipped the entries of the token directory that are not the store's,
+// left alone. Error is set when pruning failed part way, after removing Removed.
+type pruneResult struct {
+	TokenDir  string          `json:"tokenDir"`
+	DryRun    bool            `json:"dryRun"`
+	OlderThan string          `json:"olderThan"`
+	Before    time.Time       `json:"before"`
+	Removed   []token.Pruned  `json:"removed"`
+	Kept      int             `json:"kept"`
+	Skipped   []token.Skipped `json:"skipped"`
+	Error     string          `json:"error,omitempty"`
+}
+
+// tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
+// the user must choose: attach can no longer publish a token once it is pruned.
+func tokenPrune(args []string, io cmdIO) int {
+	fs := newFlags("oras-attest token prune", "oras-attest token prune --older-than DURATION [flags]", io.stderr)
+	olderThan := fs.Duration("older-than", 0, "remove the tokens stored longer ago than this, at least 1h (required): attach must have run for every image signed before then, as a pruned token can no longer be attached")
+	var tokenDir tokenDirFlag
+	tokenDir.add(fs)
+	dryRun := fs.Bool("dry-run", false, "list the tokens that would be removed, and remove nothing")
+	output := fs.StringP("output", "o", "text", "output format: text or json")
+	if code, done := parse(fs, args, io.stdout); done {
+		return code
+	}
+	if err := cliutil.CheckFormat(*output); err != nil {
+		return usageError(fs, err)
+	}
+	if fs.NArg() != 0 {
+		return usageError(fs, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	if !fs.Changed("older-than") {
+		return usageError(fs, fmt.Errorf("--older-than is required: a pruned token can no longer be attached, so choose how old a token must be to go, such as %s", pruneExample))
+	}
+	if err := checkPositive("--older-than", *olderThan, pruneExample); err != nil {
+		return usageError(fs, err)
+	}
+	if *olderThan < minPruneAge {
+		return usageError(fs, fmt.Errorf("--older-than %s: want %s or more: a token stored more recently may belong to an image not attached yet (attach runs after notation sign), and a pruned token can no longer be attached", *olderThan, minPruneAge))
+	}
+	asJSON := *output == "json"
+	fail := func(err error) int { return report(io, "oras-attest token prune", asJSON, 1, err) }
+	store, _, err := tokenDir.store()
+	if err != nil {
+		return fail(err)
+	}
+	now := time.Now()
+	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan)}
+	pr, err := store.Prune(res.Before, *dryRun)
+	if err != nil && len(pr.Removed) == 0 {
+		return fail(err) // nothing done to report: {"error": ...}
+	}
+	res.Removed, res.Kept, res.Skipped = pr.Removed, pr.Kept, pr.Skipped
+	for _, s := range res.Skipped {
+		fmt.Fprintf(io.stderr, "oras-attest token prune: skipped %s: %s\n", s.Path, s.Reason)
+	}
+	if asJSON {
+		if err != nil {
+			res.Error = err.Error()
+		}
+		cliutil.WriteJSON(io.stdout, res)
+	} else {
+		printPruned(io.stdout, res, now)
+	}
+	if err != nil {
+		return report(io, "oras-attest token prune", false, 1, err)
+	}
+	return 0
+}
+
+// printPruned prints token prune's text output: a line per token, then a summary.
+func printPruned(w io.Writer, res pruneResult, now time.Time) {
+	verb := "removed"
+	if res.DryRun {
+		verb = "would remove"
+	}
+	subjects := map[string]bool{}
+	for _, p := range res.Removed {
+		subjects[p.Subject] = true
+		fmt.Fprintf(w, "%s %s token %s, stored %s ago\n", verb, p.Subject, p.SHA256[:12], now.Sub(p.Modified).Round(time.Minute))
+	}
+	cutoff := fmt.Sprintf("older than %s (stored before %s)", res.OlderThan, res.Before.Local().Format(time.RFC3339))
+	kept := plural(res.Kept, "newer token") + " kept"
+	switch {
+	case len(res.Removed) == 0:
+		fmt.Fprintf(w, "no token in %s is %s; %s\n", res.TokenDir, cutoff, kept)
+	case res.DryRun:
+		fmt.Fprintf(w, "would remove %s of %s from %s, %s; %s; nothing removed (--dry-run)\n", plural(len(res.Removed), "token"), plural(len(subjects), "image"), res.TokenDir, cutoff, kept)
+	default:
+		fmt.Fprintf(w, "removed %s of %s from %s, %s; %s\n", plural(len(res.Removed), "token"), plural(len(subjects), "image"), res.TokenDir, cutoff, kept)
+	}
+}
+
+// plural is n and noun, in the plural unless n is 1.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }

@@ -11,6 +11,9 @@
 // A token is durable once Put returns: the file, its name and every directory Put created on the
 // way are synced, because the plugin reports success right after Put and notation then pushes a
 // signature naming the token. A token lost in a crash would leave a signature nobody can verify.
+//
+// Nothing is removed but by Prune, which removes the tokens older than a cutoff (`oras-attest
+// token prune`): once attach has published a token, the store's copy is no longer needed.
 package token
 
 import (
@@ -48,7 +51,14 @@ func validDigest(s string) bool {
 // Store is a token directory.
 type Store struct {
 	dir string
+	// beforeWrite, when set (by tests), runs in Put between making the subject directory and
+	// writing the token into it.
+	beforeWrite func()
 }
+
+// putAttempts bounds how often Put makes its directories again when they vanish before the
+// token is written: Prune removes a subject or algorithm directory it finds empty.
+const putAttempts = 5
 
 // Entry is one stored token.
 type Entry struct {
@@ -113,6 +123,11 @@ func (s *Store) checkOwner() error {
 	if err := unix.Stat(s.dir, &st); err != nil {
 		return err
 	}
+	return s.ownerError(&st)
+}
+
+// ownerError is checkOwner's check of st, the store directory's status.
+func (s *Store) ownerError(st *unix.Stat_t) error {
 	if int(st.Uid) != os.Getuid() {
 		return fmt.Errorf("token store %s belongs to uid %d, not to this user (uid %d): choose another token_dir", s.dir, st.Uid, os.Getuid())
 	}
@@ -132,6 +147,8 @@ func (s *Store) subjectDir(subject string) (string, error) {
 
 // Put stores raw under subject and returns its entry. Storing the same token again rewrites the
 // same file with the same bytes.
+// If Prune removes the directories Put made or found before the token is in them, Put makes them
+// again.
 // When Put returns nil the token is on stable storage: the file is synced, and so is each
 // directory whose entries Put changed (the subject directory, and the parent of each directory
 // it created, up to and above the store root if that did not exist), so that a crash afterwards
@@ -144,14 +161,25 @@ func (s *Store) Put(subject, raw string) (Entry, error) {
 	if raw == "" || len(raw) > MaxTokenSize || strings.ContainsAny(raw, " \t\r\n") {
 		return Entry{}, fmt.Errorf("token store: refusing to store a token of %d bytes with white space or beyond %d bytes", len(raw), MaxTokenSize)
 	}
-	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
-		return Entry{}, fmt.Errorf("token store: %w", err)
-	}
 	sum := sha256.Sum256([]byte(raw))
 	h := hex.EncodeToString(sum[:])
 	path := filepath.Join(dir, h+".jwt")
-	if err := atomicfile.Write(path, []byte(raw), 0o600); err != nil {
-		return Entry{}, fmt.Errorf("token store: %w", err)
+	for attempt := 1; ; attempt++ {
+		err := atomicfile.MkdirAll(dir, 0o700)
+		if err == nil {
+			if s.beforeWrite != nil {
+				s.beforeWrite()
+			}
+			err = atomicfile.Write(path, []byte(raw), 0o600)
+		}
+		if err == nil {
+			break
+		}
+		// A directory that vanished was removed empty by Prune, after MkdirAll found or made
+		// it and before the token's file was in it: make it again.
+		if !errors.Is(err, fs.ErrNotExist) || attempt == putAttempts {
+			return Entry{}, fmt.Errorf("token store: %w", err)
+		}
 	}
 	fi, err := os.Stat(path)
 	if err != nil {

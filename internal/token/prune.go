@@ -1,0 +1,241 @@
+package token
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pruned is a token Prune removed, or would remove on a dry run.
+type Pruned struct {
+	// Subject is the image digest the token was stored under.
+	Subject string `json:"subject"`
+	// SHA256 is the hex SHA-256 of the token, the name of its file without .jwt.
+	SHA256 string `json:"sha256"`
+	// Modified is the file's modification time: when Put last wrote it.
+	Modified time.Time `json:"modified"`
+	// Path is the file.
+	Path string `json:"path"`
+}
+
+// Skipped is an entry of the store that Prune left alone because Put does not write it: a name
+// outside the store's layout, a symbolic link (never followed), or a file of another type.
+type Skipped struct {
+	Path   string `json:"path"`
+	Reason string `json:"reason"`
+}
+
+// PruneResult is what Prune did.
+type PruneResult struct {
+	// Removed are the tokens removed (on a dry run: that would be removed), in the order of
+	// the layout: algorithm, subject, token name.
+	Removed []Pruned
+	// Kept counts the tokens not older than the cutoff.
+	Kept int
+	// Skipped are the entries that are not the store's, left as they are.
+	Skipped []Skipped
+}
+
+// Prune removes the tokens whose file was last modified before olderThan, then the subject and
+// algorithm directories left empty; the store's own directory stays. With dryRun it removes
+// nothing and reports what it would remove. A store directory that does not exist holds nothing
+// to prune.
+//
+// It removes only what Put writes: a regular file named <hex SHA-256>.jwt in a directory
+// <algorithm>/<encoded digest> of a digest the store keeps tokens under. It opens each directory
+// below the store's without following a symbolic link and removes entries relative to the open
+// directory, so that a link, placed anywhere, never leads it out of the store; every other entry
+// is reported in Skipped and left alone. Like List, it refuses a store directory that is not this
+// user's own or that others may write to.
+//
+// A Put running at the same time does not lose its token. Prune removes a directory with rmdir,
+// which fails once the directory holds a file (Put's temporary file comes first), and only if it
+// had not changed for a minute (dirGrace), so never one that Put has just made; and Put makes its
+// directories again if they vanish before its file is in them. One race remains: a Put storing
+// again a token whose file is older than olderThan (the same bytes under the same name) loses it
+// if it renames its file into place between Prune's check of the old file and the removal. The
+// plugin stores only tokens MAA has just issued, so it never stores an old one again.
+//
+// An error on one entry does not stop the others: the result holds what was done, and the
+// error names each entry that failed.
+func (s *Store) Prune(olderThan time.Time, dryRun bool) (PruneResult, error) {
+	res := PruneResult{Removed: []Pruned{}, Skipped: []Skipped{}}
+	// The store's directory itself is opened as the other methods find it, through a link.
+	fd, err := unix.Open(s.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return res, nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("token store: %w", &fs.PathError{Op: "open", Path: s.dir, Err: err})
+	}
+	root := os.NewFile(uintptr(fd), s.dir)
+	defer root.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return res, fmt.Errorf("token store: %w", &fs.PathError{Op: "stat", Path: s.dir, Err: err})
+	}
+	// The directory checked is the one opened, whatever its path names by now.
+	if err := s.ownerError(&st); err != nil {
+		return res, err
+	}
+	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: dryRun, res: &res}
+	p.store(root, s.dir)
+	if len(p.errs) > 0 {
+		return res, fmt.Errorf("token store: pruning %s: %w", s.dir, errors.Join(p.errs...))
+	}
+	return res, nil
+}
+
+// dirGrace is how long after its last change Prune leaves an empty directory: Put may have made
+// it and not written the token into it yet. Put makes a directory again if Prune removes it
+// nonetheless (an old directory Put found existing), and the one it makes is then new.
+const dirGrace = time.Minute
+
+// pruner is one run of Prune.
+type pruner struct {
+	olderThan time.Time
+	// changed is the time before which a directory must have last changed to be removed.
+	changed time.Time
+	dryRun  bool
+	res     *PruneResult
+	errs    []error
+}
+
+func (p *pruner) skip(path, reason string) {
+	p.res.Skipped = append(p.res.Skipped, Skipped{Path: path, Reason: reason})
+}
+
+// store prunes each algorithm directory of the store's directory root, at path.
+func (p *pruner) store(root *os.File, path string) {
+	for _, algo := range p.names(root, path) {
+		if algo != "sha256" && algo != "sha512" {
+			p.skip(filepath.Join(path, algo), "not an algorithm directory of the store (sha256 or sha512)")
+			continue
+		}
+		d, mtime, ok := p.open(root, path, algo)
+		if !ok {
+			continue
+		}
+		p.algorithm(d, filepath.Join(path, algo), algo)
+		d.Close()
+		p.rmdir(root, path, algo, mtime)
+	}
+}
+
+// algorithm prunes each subject directory of the algorithm directory d, at path.
+func (p *pruner) algorithm(d *os.File, path, algo string) {
+	for _, enc := range p.names(d, path) {
+		subject := algo + ":" + enc
+		if !validDigest(subject) {
+			p.skip(filepath.Join(path, enc), "not a digest directory of "+algo)
+			continue
+		}
+		sd, mtime, ok := p.open(d, path, enc)
+		if !ok {
+			continue
+		}
+		p.subject(sd, filepath.Join(path, enc), subject)
+		sd.Close()
+		p.rmdir(d, path, enc, mtime)
+	}
+}
+
+// subject removes the tokens older than the cutoff from the subject directory d, at path.
+func (p *pruner) subject(d *os.File, path, subject string) {
+	for _, name := range p.names(d, path) {
+		file := filepath.Join(path, name)
+		h, ok := strings.CutSuffix(name, ".jwt")
+		if !ok || !isHexSHA256(h) {
+			p.skip(file, "not a token file name (<hex sha256>.jwt)")
+			continue
+		}
+		var st unix.Stat_t
+		err := unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+		switch {
+		case errors.Is(err, unix.ENOENT): // removed since it was listed
+			continue
+		case err != nil:
+			p.errs = append(p.errs, &fs.PathError{Op: "stat", Path: file, Err: err})
+			continue
+		case st.Mode&unix.S_IFMT != unix.S_IFREG:
+			p.skip(file, "not a regular file")
+			continue
+		}
+		mtime := time.Unix(st.Mtim.Unix())
+		if !mtime.Before(p.olderThan) {
+			p.res.Kept++
+			continue
+		}
+		if !p.dryRun {
+			err := unix.Unlinkat(int(d.Fd()), name, 0)
+			if errors.Is(err, unix.ENOENT) {
+				continue
+			}
+			if err != nil {
+				p.errs = append(p.errs, &fs.PathError{Op: "remove", Path: file, Err: err})
+				continue
+			}
+		}
+		p.res.Removed = append(p.res.Removed, Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file})
+	}
+}
+
+// names lists the directory d, at path, sorted.
+func (p *pruner) names(d *os.File, path string) []string {
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		p.errs = append(p.errs, &fs.PathError{Op: "readdir", Path: path, Err: err})
+	}
+	sort.Strings(names)
+	return names
+}
+
+// open opens the directory name in the directory d, at path, without following a symbolic link,
+// and returns it with the time it last changed, before Prune changes it. It reports false, and
+// skips the entry, if it is a link or not a directory.
+func (p *pruner) open(d *os.File, path, name string) (*os.File, time.Time, bool) {
+	full := filepath.Join(path, name)
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	switch {
+	case err == nil:
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			unix.Close(fd)
+			p.errs = append(p.errs, &fs.PathError{Op: "stat", Path: full, Err: err})
+			return nil, time.Time{}, false
+		}
+		return os.NewFile(uintptr(fd), full), time.Unix(st.Mtim.Unix()), true
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.ENOTDIR):
+		p.skip(full, "not a directory: a symbolic link or a file, not followed")
+	case errors.Is(err, unix.ENOENT): // removed since it was listed
+	default:
+		p.errs = append(p.errs, &fs.PathError{Op: "open", Path: full, Err: err})
+	}
+	return nil, time.Time{}, false
+}
+
+// rmdir removes the directory name from the directory d, at path, if it is empty and had not
+// changed for dirGrace when open saw its modification time mtime. rmdir fails on a directory
+// that holds anything, such as the token or temporary file of a Put that found it.
+func (p *pruner) rmdir(d *os.File, path, name string, mtime time.Time) {
+	if p.dryRun || !mtime.Before(p.changed) {
+		return
+	}
+	err := unix.Unlinkat(int(d.Fd()), name, unix.AT_REMOVEDIR)
+	if err == nil || errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENOENT) {
+		return
+	}
+	p.errs = append(p.errs, &fs.PathError{Op: "rmdir", Path: filepath.Join(path, name), Err: err})
+}
+
+// isHexSHA256 reports whether h is a SHA-256 in lower-case hex, as Put names token files.
+func isHexSHA256(h string) bool {
+	return len(h) == 64 && strings.Trim(h, "0123456789abcdef") == ""
+}

@@ -1,0 +1,514 @@
+package token
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// stored is a token stored before a test, with its file's modification time.
+type stored struct {
+	subject, raw string
+	mtime        time.Time
+}
+
+// tokenPath is where Put stores raw under subject, relative to the store's directory.
+func tokenPath(subject, raw string) string {
+	algo, enc, _ := strings.Cut(subject, ":")
+	sum := sha256.Sum256([]byte(raw))
+	return filepath.Join(algo, enc, hex.EncodeToString(sum[:])+".jwt")
+}
+
+// putAt stores raw under subject and dates its file mtime.
+func putAt(t *testing.T, s *Store, subject, raw string, mtime time.Time) Entry {
+	t.Helper()
+	e, err := s.Put(subject, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(e.Path, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// writeAt writes an empty file at path, making its directories, and dates it mtime.
+func writeAt(t *testing.T, path string, mtime time.Time) {
+	t.Helper()
+	writeFile(t, path)
+	if err := os.Chtimes(path, mtime, mtime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ageDirs dates every directory below root, root excluded, mtime; Prune leaves a directory that
+// changed within the last minute. A symbolic link is not followed.
+func ageDirs(t *testing.T, root string, mtime time.Time) {
+	t.Helper()
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || path == root || !d.IsDir() {
+			return err
+		}
+		return os.Chtimes(path, mtime, mtime)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func symlink(t *testing.T, target, link string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(link), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPrune: Prune removes the tokens older than the cutoff and the directories left empty,
+// reports them, and leaves alone every entry Put does not write (a symbolic link is never
+// followed); a dry run removes nothing and reports the same.
+func TestPrune(t *testing.T) {
+	now := time.Now().Truncate(time.Second)
+	cutoff := now.Add(-24 * time.Hour)
+	old, recent := now.Add(-48*time.Hour), now.Add(-time.Minute)
+	subject512 := "sha512:" + strings.Repeat("c", 128)
+	algoA, encA, _ := strings.Cut(subjectA, ":")
+	_, encB, _ := strings.Cut(subjectB, ":")
+	hexOf := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
+	mixed := []stored{{subjectA, "h.a-old.sig", old}, {subjectA, "h.a-new.sig", recent}, {subjectB, "h.b-old.sig", old}}
+
+	tests := []struct {
+		name   string
+		tokens []stored
+		// setup adds, under the store's directory root, what Put does not write; outside is a
+		// directory out of the store.
+		setup func(t *testing.T, root, outside string)
+		// fresh are the directories, relative to the store's, that changed just now; every
+		// other directory last changed as long ago as the old tokens.
+		fresh   []string
+		dryRun  bool
+		removed []string // the raw tokens reported removed
+		kept    int
+		skipped []string // the entries reported skipped, relative to the store's directory
+		gone    []string // entries that must be gone afterwards, relative to it
+		stay    []string // entries that must be there afterwards, relative to it or to outside
+	}{
+		{
+			name:    "old tokens removed, recent kept",
+			tokens:  mixed,
+			removed: []string{"h.a-old.sig", "h.b-old.sig"},
+			kept:    1,
+			gone:    []string{tokenPath(subjectA, "h.a-old.sig"), filepath.Join(algoA, encB)},
+			stay:    []string{tokenPath(subjectA, "h.a-new.sig")},
+		},
+		{
+			name:    "dry run removes nothing",
+			tokens:  mixed,
+			dryRun:  true,
+			removed: []string{"h.a-old.sig", "h.b-old.sig"},
+			kept:    1,
+			stay:    []string{tokenPath(subjectA, "h.a-old.sig"), tokenPath(subjectA, "h.a-new.sig"), tokenPath(subjectB, "h.b-old.sig")},
+		},
+		{
+			name:   "dry run keeps empty directories",
+			dryRun: true,
+			setup: func(t *testing.T, root, _ string) {
+				if err := os.MkdirAll(filepath.Join(root, algoA, encB), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			},
+			stay: []string{filepath.Join(algoA, encB)},
+		},
+		{
+			name:   "a token of the cutoff's age is kept",
+			tokens: []stored{{subjectA, "h.cutoff.sig", cutoff}, {subjectA, "h.before.sig", cutoff.Add(-time.Second)}},
+			// Before means strictly before.
+			removed: []string{"h.before.sig"},
+			kept:    1,
+			stay:    []string{tokenPath(subjectA, "h.cutoff.sig")},
+		},
+		{
+			name:   "directories left empty removed, the store's kept",
+			tokens: []stored{{subjectA, "h.a.sig", old}, {subject512, "h.c.sig", old}},
+			setup: func(t *testing.T, root, _ string) {
+				// A subject directory that was empty already, as a failed Put leaves it.
+				if err := os.MkdirAll(filepath.Join(root, algoA, encB), 0o700); err != nil {
+					t.Fatal(err)
+				}
+			},
+			removed: []string{"h.a.sig", "h.c.sig"},
+			gone:    []string{"sha256", "sha512"},
+			stay:    []string{"."},
+		},
+		{
+			name:    "a directory changed within the last minute is kept",
+			tokens:  []stored{{subjectA, "h.a.sig", old}},
+			fresh:   []string{filepath.Join(algoA, encA)},
+			removed: []string{"h.a.sig"},
+			stay:    []string{filepath.Join(algoA, encA)},
+		},
+		{
+			name:   "foreign entries and symbolic links left alone",
+			tokens: []stored{{subjectA, "h.a-old.sig", old}},
+			setup: func(t *testing.T, root, outside string) {
+				a := filepath.Join(root, algoA, encA)
+				writeAt(t, filepath.Join(root, "README"), old)
+				writeAt(t, filepath.Join(root, "sha384", strings.Repeat("d", 96), hexOf("x")+".jwt"), old)
+				writeAt(t, filepath.Join(root, algoA, "not-a-digest", hexOf("y")+".jwt"), old)
+				writeAt(t, filepath.Join(root, algoA, strings.Repeat("e", 128), hexOf("z")+".jwt"), old)
+				writeAt(t, filepath.Join(a, "notes.txt"), old)
+				writeAt(t, filepath.Join(a, "."+hexOf("tmp")+".jwt.tmp-123"), old)
+				writeAt(t, filepath.Join(a, strings.ToUpper(hexOf("upper"))+".jwt"), old)
+				writeAt(t, filepath.Join(a, hexOf("dir")+".jwt", "inside"), old)
+				// Links to old token files and to directories of them, out of the store.
+				writeAt(t, filepath.Join(outside, "token.jwt"), old)
+				writeAt(t, filepath.Join(outside, "subject", hexOf("out")+".jwt"), old)
+				writeAt(t, filepath.Join(outside, "algorithm", strings.Repeat("f", 128), hexOf("out")+".jwt"), old)
+				symlink(t, filepath.Join(outside, "token.jwt"), filepath.Join(a, hexOf("link")+".jwt"))
+				symlink(t, filepath.Join(outside, "subject"), filepath.Join(root, algoA, encB))
+				symlink(t, filepath.Join(outside, "algorithm"), filepath.Join(root, "sha512"))
+			},
+			removed: []string{"h.a-old.sig"},
+			skipped: []string{
+				"README",
+				"sha384",
+				filepath.Join(algoA, "not-a-digest"),
+				filepath.Join(algoA, strings.Repeat("e", 128)),
+				filepath.Join(algoA, encA, "notes.txt"),
+				filepath.Join(algoA, encA, "."+hexOf("tmp")+".jwt.tmp-123"),
+				filepath.Join(algoA, encA, strings.ToUpper(hexOf("upper"))+".jwt"),
+				filepath.Join(algoA, encA, hexOf("dir")+".jwt"),
+				filepath.Join(algoA, encA, hexOf("link")+".jwt"),
+				filepath.Join(algoA, encB),
+				"sha512",
+			},
+			gone: []string{tokenPath(subjectA, "h.a-old.sig")},
+			stay: []string{
+				"README",
+				filepath.Join("sha384", strings.Repeat("d", 96), hexOf("x")+".jwt"),
+				filepath.Join(algoA, "not-a-digest", hexOf("y")+".jwt"),
+				filepath.Join(algoA, encA, "notes.txt"),
+				filepath.Join(algoA, encA, "."+hexOf("tmp")+".jwt.tmp-123"),
+				filepath.Join(algoA, encA, strings.ToUpper(hexOf("upper"))+".jwt"),
+				filepath.Join(algoA, encA, hexOf("dir")+".jwt", "inside"),
+				filepath.Join(algoA, encA, hexOf("link")+".jwt"),
+				filepath.Join(algoA, encB),
+				"sha512",
+				"outside/token.jwt",
+				filepath.Join("outside/subject", hexOf("out")+".jwt"),
+				filepath.Join("outside/algorithm", strings.Repeat("f", 128), hexOf("out")+".jwt"),
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			base := t.TempDir()
+			root, outside := filepath.Join(base, "tokens"), filepath.Join(base, "outside")
+			s := NewStore(root)
+			if err := s.Prepare(); err != nil {
+				t.Fatal(err)
+			}
+			entries := map[string]Entry{}
+			for _, tok := range tc.tokens {
+				entries[tok.raw] = putAt(t, s, tok.subject, tok.raw, tok.mtime)
+			}
+			if tc.setup != nil {
+				tc.setup(t, root, outside)
+			}
+			ageDirs(t, root, old)
+			for _, rel := range tc.fresh {
+				if err := os.Chtimes(filepath.Join(root, rel), now, now); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := s.Prune(cutoff, tc.dryRun)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var removed []string
+			for _, p := range res.Removed {
+				var e Entry
+				var mtime time.Time
+				for _, tok := range tc.tokens {
+					if entries[tok.raw].Path == p.Path {
+						e, mtime = entries[tok.raw], tok.mtime
+						removed = append(removed, tok.raw)
+					}
+				}
+				if p.Subject != e.Subject || p.SHA256 != e.SHA256 || p.Path != e.Path || !p.Modified.Equal(mtime) {
+					t.Errorf("removed %+v, want the token Put stored as %+v, modified %s", p, e, mtime)
+				}
+			}
+			slices.Sort(removed)
+			if !slices.Equal(removed, tc.removed) || len(res.Removed) != len(tc.removed) {
+				t.Errorf("removed %v (%+v), want %v", removed, res.Removed, tc.removed)
+			}
+			if res.Kept != tc.kept {
+				t.Errorf("kept %d, want %d", res.Kept, tc.kept)
+			}
+			var skipped []string
+			for _, sk := range res.Skipped {
+				rel, err := filepath.Rel(root, sk.Path)
+				if err != nil || sk.Reason == "" {
+					t.Errorf("skipped %+v", sk)
+				}
+				skipped = append(skipped, rel)
+			}
+			slices.Sort(skipped)
+			want := slices.Sorted(slices.Values(tc.skipped))
+			if !slices.Equal(skipped, want) {
+				t.Errorf("skipped\n%v\nwant\n%v", skipped, want)
+			}
+			for _, raw := range tc.removed {
+				if _, err := os.Lstat(entries[raw].Path); tc.dryRun == errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("%s: %v after Prune with dry run %v", raw, err, tc.dryRun)
+				}
+			}
+			for _, rel := range tc.gone {
+				if _, err := os.Lstat(filepath.Join(root, rel)); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("%s left: %v", rel, err)
+				}
+			}
+			for _, rel := range tc.stay {
+				path := filepath.Join(root, rel)
+				if strings.HasPrefix(rel, "outside/") {
+					path = filepath.Join(base, rel)
+				}
+				if _, err := os.Lstat(path); err != nil {
+					t.Errorf("%s removed: %v", rel, err)
+				}
+			}
+		})
+	}
+}
+
+// TestPruneStoreDirectory: Prune refuses a store directory that List refuses (others may write
+// to it, or another user owns it) before removing anything, and finds nothing to prune in a
+// store directory that does not exist, without creating it.
+func TestPruneStoreDirectory(t *testing.T) {
+	old := time.Now().Add(-48 * time.Hour)
+	tests := []struct {
+		name string
+		// setup makes the store's directory dir, holding an old token, what the case needs.
+		setup   func(t *testing.T, dir string) string
+		err     string // "" for none
+		removed int
+	}{
+		{"own and closed", func(*testing.T, string) string { return "" }, "", 1},
+		{"writable by others", func(t *testing.T, dir string) string {
+			if err := os.Chmod(dir, 0o777); err != nil {
+				t.Fatal(err)
+			}
+			return ""
+		}, "writable by others", 0},
+		{"group-writable", func(t *testing.T, dir string) string {
+			if err := os.Chmod(dir, 0o770); err != nil {
+				t.Fatal(err)
+			}
+			return ""
+		}, "writable by others", 0},
+		{"another user's", func(t *testing.T, dir string) string {
+			if os.Getuid() != 0 {
+				t.Skip("only root can give a directory to another user")
+			}
+			if err := os.Chown(dir, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+			return ""
+		}, "belongs to uid 65534", 0},
+		{"missing", func(t *testing.T, dir string) string {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			return ""
+		}, "", 0},
+		{"a file", func(t *testing.T, dir string) string {
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, dir)
+			return ""
+		}, "not a directory", 0},
+		{"a symbolic link to a private directory", func(t *testing.T, dir string) string {
+			link := dir + "-link"
+			symlink(t, dir, link)
+			return link
+		}, "", 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "tokens")
+			e := putAt(t, NewStore(dir), subjectA, "h.old.sig", old)
+			s := NewStore(dir)
+			if link := tc.setup(t, dir); link != "" {
+				s = NewStore(link)
+			}
+			res, err := s.Prune(time.Now(), false)
+			if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+				t.Fatalf("Prune: %v, want %q", err, tc.err)
+			}
+			if len(res.Removed) != tc.removed {
+				t.Fatalf("removed %+v, want %d tokens", res.Removed, tc.removed)
+			}
+			if strings.Contains(tc.err, "others") || strings.Contains(tc.err, "uid") {
+				if _, serr := os.Lstat(e.Path); serr != nil {
+					t.Errorf("a refused Prune removed the token: %v", serr)
+				}
+			}
+			if tc.name == "missing" {
+				if _, err := os.Lstat(dir); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("Prune created the missing store: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestPutDirectoryRemoved: a Put whose subject directory (and the algorithm directory above it)
+// Prune removes empty, after Put made or found it and before Put writes the token, makes them
+// again and stores the token; Put gives up, with the error, if they vanish at every attempt.
+// Prune removes them only if they had not changed for a minute: not the ones Put just made.
+func TestPutDirectoryRemoved(t *testing.T) {
+	old := time.Now().Add(-48 * time.Hour)
+	tests := []struct {
+		name     string
+		before   []stored // tokens stored before
+		removals int      // how many times Prune runs between Put's MkdirAll and its write
+		// aged dates the directories old before each Prune, as Put finds them when they exist.
+		aged bool
+		ok   bool
+	}{
+		{name: "subject directory new", removals: 1, ok: true},
+		{name: "subject directory found", removals: 1, aged: true, ok: true},
+		{name: "subject directory found, its old token removed", before: []stored{{subjectA, "h.old.sig", old}}, removals: 1, aged: true, ok: true},
+		{name: "removed at every attempt but the last", removals: putAttempts - 1, aged: true, ok: true},
+		{name: "removed at every attempt", removals: putAttempts, aged: true, ok: false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewStore(filepath.Join(t.TempDir(), "tokens"))
+			for _, b := range tc.before {
+				putAt(t, s, b.subject, b.raw, b.mtime)
+			}
+			algo, _, _ := strings.Cut(subjectA, ":")
+			runs := 0
+			s.beforeWrite = func() {
+				if runs == tc.removals {
+					return
+				}
+				runs++
+				if tc.aged {
+					ageDirs(t, s.Dir(), old)
+				}
+				if _, err := s.Prune(time.Now().Add(-time.Hour), false); err != nil {
+					t.Error(err)
+				}
+				if _, err := os.Lstat(filepath.Join(s.Dir(), algo)); tc.aged != errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("after Prune, the algorithm directory that was aged %v: %v", tc.aged, err)
+				}
+			}
+			e, err := s.Put(subjectA, "h.new.sig")
+			if !tc.ok {
+				if err == nil || !errors.Is(err, fs.ErrNotExist) || !strings.HasPrefix(err.Error(), "token store: ") {
+					t.Fatalf("Put: %v, want the error of the directory that vanished", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Put: %v", err)
+			}
+			if got, err := s.Get(subjectA, e.SHA256); err != nil || got.Raw != "h.new.sig" {
+				t.Fatalf("Get = %+v, %v; want the token Put stored", got, err)
+			}
+		})
+	}
+}
+
+// TestPutPruneRace runs Put and Prune at the same time, as the plugin signing while a cron job
+// prunes does: each Put stores into a subject directory Prune is emptying of an old token, or
+// removing empty, and every token Put stored is there afterwards, and every old one gone.
+func TestPutPruneRace(t *testing.T) {
+	old := time.Now().Add(-48 * time.Hour)
+	const subjects, rounds = 8, 20
+	subject := func(round, i int) string { return fmt.Sprintf("sha256:%032x%032x", round, i) }
+	var stored []Entry
+	stores := map[string]*Store{}
+	var mu sync.Mutex
+	base := t.TempDir()
+	for round := range rounds {
+		// A store per round, so that each pass of Prune is as short as the first.
+		s := NewStore(filepath.Join(base, strconv.Itoa(round)))
+		// Put waits between making its directory and writing into it, as on a loaded machine,
+		// so that Prune often removes the directory then.
+		s.beforeWrite = func() { time.Sleep(100 * time.Microsecond) }
+		// Old tokens and empty directories, all unchanged for long, for Prune to remove under
+		// the Puts of the round.
+		for i := range subjects {
+			sd, err := s.subjectDir(subject(round, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if i%2 == 0 {
+				putAt(t, s, subject(round, i), fmt.Sprintf("h.old-%d-%d.sig", round, i), old)
+			} else if err := os.MkdirAll(sd, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}
+		ageDirs(t, s.Dir(), old)
+		start := make(chan struct{})
+		var wg sync.WaitGroup
+		for i := range subjects {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				e, err := s.Put(subject(round, i), fmt.Sprintf("h.new-%d-%d.sig", round, i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				stored = append(stored, e)
+				stores[e.Subject] = s
+				mu.Unlock()
+			}()
+		}
+		putsDone := make(chan struct{})
+		go func() { wg.Wait(); close(putsDone) }()
+		close(start)
+		for pruning := true; pruning; {
+			if _, err := s.Prune(time.Now().Add(-time.Hour), false); err != nil {
+				t.Error(err)
+			}
+			select {
+			case <-putsDone:
+				pruning = false
+			default:
+			}
+		}
+		if _, err := s.Prune(time.Now().Add(-time.Hour), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(stored) != subjects*rounds {
+		t.Fatalf("%d tokens stored, want %d", len(stored), subjects*rounds)
+	}
+	for _, e := range stored {
+		l, err := stores[e.Subject].List(e.Subject)
+		if err != nil || len(l) != 1 || l[0].SHA256 != e.SHA256 {
+			t.Errorf("%s: %d tokens (%v), want only the one Put stored, %s", e.Subject, len(l), err, e.SHA256)
+		}
+	}
+}
