@@ -71,7 +71,7 @@ func TestDurationFlags(t *testing.T) {
 		{append(verify, "--max-age", "0"), "oras-attest verify: --max-age 0s: want a duration above 0, such as 5m0s"},
 		{append(verify, "--timeout", "0"), "oras-attest verify: --timeout 0s: want a duration above 0, such as 2m0s"},
 		{append(attach, "--timeout", "-5s"), "oras-attest attach: --timeout -5s: want a duration above 0, such as 2m0s"},
-		{append(prune, "--older-than", "0"), "oras-attest token prune: --older-than 0s: want a duration above 0, such as 720h0m0s"},
+		{append(prune, "--older-than", "0"), "oras-attest token prune: --older-than 0s: want 1h0m0s or more"},
 		{append(prune, "--older-than", "30m"), "oras-attest token prune: --older-than 30m0s: want 1h0m0s or more"},
 	}
 	for _, tc := range tests {

@@ -69,14 +69,14 @@ func TestTokenPrune(t *testing.T) {
 			name:   "zero",
 			args:   []string{"--token-dir", "DIR", "--older-than", "0"},
 			code:   2,
-			stderr: "oras-attest token prune: --older-than 0s: want a duration above 0, such as 720h0m0s\n",
+			stderr: "oras-attest token prune: --older-than 0s: want 1h0m0s or more",
 			left:   all,
 		},
 		{
 			name:   "negative",
 			args:   []string{"--token-dir", "DIR", "--older-than", "-48h"},
 			code:   2,
-			stderr: "oras-attest token prune: --older-than -48h0m0s: want a duration above 0",
+			stderr: "oras-attest token prune: --older-than -48h0m0s: want 1h0m0s or more",
 			left:   all,
 		},
 		{
@@ -177,6 +177,31 @@ func TestTokenPrune(t *testing.T) {
 			code:   1,
 			stderr: "oras-attest token prune: token store DIR is writable by others (mode 0777): chmod go-w it, or choose another token_dir\n",
 			left:   all,
+		},
+		{
+			name:   "a missing store said on stderr",
+			args:   []string{"--token-dir", "DIR-typo", "--older-than", "24h"},
+			code:   0,
+			stdout: []string{"no token in DIR-typo is older than 24h0m0s"},
+			stderr: "oras-attest token prune: DIR-typo does not exist: is it the plugin's token_dir",
+			left:   all,
+		},
+		{
+			name: "a leftover of an interrupted store removed",
+			args: []string{"--token-dir", "DIR", "--older-than", "24h"},
+			setup: func(t *testing.T, dir string) {
+				tmp := filepath.Join(dir, "sha256", strings.TrimPrefix(subjectA, "sha256:"), "."+strings.Repeat("ab", 32)+".jwt.tmp-12345")
+				if err := os.WriteFile(tmp, []byte("partial"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				old := now.Add(-48 * time.Hour)
+				if err := os.Chtimes(tmp, old, old); err != nil {
+					t.Fatal(err)
+				}
+			},
+			code:   0,
+			stdout: []string{"removed 2 tokens", "; 1 leftover of an interrupted store removed\n"},
+			left:   []string{"h.a-recent.sig"},
 		},
 		{
 			name:   "help on stdout",

@@ -402,7 +402,9 @@ type pruneResult struct {
 	Removed   []token.Pruned  `json:"removed"`
 	Kept      int             `json:"kept"`
 	Skipped   []token.Skipped `json:"skipped"`
-	Error     string          `json:"error,omitempty"`
+	// Temporary counts the leftovers of interrupted stores removed (token.PruneResult).
+	Temporary int    `json:"temporary"`
+	Error     string `json:"error,omitempty"`
 }
 
 // tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
@@ -426,9 +428,6 @@ func tokenPrune(args []string, io cmdIO) int {
 	if !fs.Changed("older-than") {
 		return usageError(fs, fmt.Errorf("--older-than is required: a pruned token can no longer be attached, so choose how old a token must be to go, such as %s", pruneExample))
 	}
-	if err := checkPositive("--older-than", *olderThan, pruneExample); err != nil {
-		return usageError(fs, err)
-	}
 	if *olderThan < minPruneAge {
 		return usageError(fs, fmt.Errorf("--older-than %s: want %s or more: a token stored more recently may belong to an image not attached yet (attach runs after notation sign), and a pruned token can no longer be attached", *olderThan, minPruneAge))
 	}
@@ -440,11 +439,15 @@ func tokenPrune(args []string, io cmdIO) int {
 	}
 	now := time.Now()
 	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan)}
-	pr, err := store.Prune(res.Before, *dryRun)
-	if err != nil && len(pr.Removed) == 0 {
-		return fail(err) // nothing done to report: {"error": ...}
+	if _, serr := os.Stat(store.Dir()); os.IsNotExist(serr) {
+		// Nothing to prune; but a mistyped --token-dir looks just like this.
+		fmt.Fprintf(io.stderr, "oras-attest token prune: %s does not exist: is it the plugin's token_dir (--token-dir, ATTEST_TOKEN_DIR)?\n", store.Dir())
 	}
-	res.Removed, res.Kept, res.Skipped = pr.Removed, pr.Kept, pr.Skipped
+	pr, err := store.Prune(res.Before, *dryRun)
+	if err != nil && len(pr.Removed) == 0 && pr.Kept == 0 && len(pr.Skipped) == 0 && pr.Temporary == 0 {
+		return fail(err) // nothing read to report: {"error": ...}
+	}
+	res.Removed, res.Kept, res.Skipped, res.Temporary = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary
 	for _, s := range res.Skipped {
 		fmt.Fprintf(io.stderr, "oras-attest token prune: skipped %s: %s\n", s.Path, s.Reason)
 	}
@@ -475,6 +478,10 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	}
 	cutoff := fmt.Sprintf("older than %s (stored before %s)", res.OlderThan, res.Before.Local().Format(time.RFC3339))
 	kept := plural(res.Kept, "newer token") + " kept"
+	if res.Temporary > 0 {
+		// What a store interrupted by a crash left (never a token).
+		kept += "; " + plural(res.Temporary, "leftover") + " of an interrupted store " + map[bool]string{true: "would be removed", false: "removed"}[res.DryRun]
+	}
 	switch {
 	case len(res.Removed) == 0:
 		fmt.Fprintf(w, "no token in %s is %s; %s\n", res.TokenDir, cutoff, kept)

@@ -136,7 +136,15 @@ func startSigning(p paths, tlsConfig *tls.Config, r *restart, log *slog.Logger, 
 	}); err != nil {
 		entraLn.Close()
 		vaultLn.Close()
-		return nil, fmt.Errorf("%w (if %s cannot be repaired, remove it: the stack then starts with an empty vault and a new signing key, and what was signed with the old key no longer verifies)", err, p.vaultState())
+		switch {
+		case errors.Is(err, kvemu.ErrStateAccess):
+			// The file holds the signing key: removing it would make everything signed so far
+			// unverifiable, where its mode or owner is what is wrong.
+			err = fmt.Errorf("%w (make it a regular file of this user, mode 0600: chmod 600 %s)", err, p.vaultState())
+		case errors.Is(err, kvemu.ErrStateInvalid):
+			err = fmt.Errorf("%w (if it cannot be repaired, remove it: the stack then starts with an empty vault and a new signing key, and what was signed with the old key no longer verifies)", err)
+		}
+		return nil, err
 	}
 	regLn, err := keepPort(r, "registry", r.prev.Registry, listenTCP)
 	if err != nil {

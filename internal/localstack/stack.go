@@ -161,10 +161,15 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer lock.Close()
-	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir(), p.vaultDir()} {
+	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}
+	}
+	// The vault's directory is made durably: lost in a crash with its state file, the stack would
+	// come back with a new signing key.
+	if err := atomicfile.MkdirAll(p.vaultDir(), 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
 	}
 
 	// Trust material, kept across restarts.

@@ -41,6 +41,10 @@ type PruneResult struct {
 	Kept int
 	// Skipped are the entries that are not the store's, left as they are.
 	Skipped []Skipped
+	// Temporary counts the temporary files of Puts that never finished (a crash between writing
+	// and renaming), older than the cutoff, removed (on a dry run: that would be removed). Those
+	// of a Put still running are newer, and left alone without a word.
+	Temporary int
 }
 
 // Prune removes the tokens whose file was last modified before olderThan, then the subject and
@@ -49,7 +53,9 @@ type PruneResult struct {
 // to prune.
 //
 // It removes only what Put writes: a regular file named <hex SHA-256>.jwt in a directory
-// <algorithm>/<encoded digest> of a digest the store keeps tokens under. It opens each directory
+// <algorithm>/<encoded digest> of a digest the store keeps tokens under, and the temporary file
+// (".<hex SHA-256>.jwt.tmp-*") a Put interrupted by a crash left there, once it is older than the
+// cutoff (counted in Temporary; a newer one may be a running Put's, and is left unreported). It opens each directory
 // below the store's without following a symbolic link and removes entries relative to the open
 // directory, so that a link, placed anywhere, never leads it out of the store; every other entry
 // is reported in Skipped and left alone. Like List, it refuses a store directory that is not this
@@ -151,6 +157,10 @@ func (p *pruner) algorithm(d *os.File, path, algo string) {
 func (p *pruner) subject(d *os.File, path, subject string) {
 	for _, name := range p.names(d, path) {
 		file := filepath.Join(path, name)
+		if isTemporary(name) {
+			p.temporary(d, file, name)
+			continue
+		}
 		h, ok := strings.CutSuffix(name, ".jwt")
 		if !ok || !isHexSHA256(h) {
 			p.skip(file, "not a token file name (<hex sha256>.jwt)")
@@ -185,6 +195,43 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 		}
 		p.res.Removed = append(p.res.Removed, Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file})
 	}
+}
+
+// isTemporary reports whether name is that of a temporary file Put writes a token through
+// (atomicfile: ".<hex sha256>.jwt.tmp-<random>").
+func isTemporary(name string) bool {
+	rest, ok := strings.CutPrefix(name, ".")
+	if !ok {
+		return false
+	}
+	h, suffix, ok := strings.Cut(rest, ".jwt.tmp-")
+	return ok && isHexSHA256(h) && suffix != "" && !strings.ContainsAny(suffix, "/.")
+}
+
+// temporary removes the temporary file name in the directory d, at file, if it is a regular
+// file older than the cutoff: what a Put that crashed left. A newer one may be a running Put's.
+func (p *pruner) temporary(d *os.File, file, name string) {
+	var st unix.Stat_t
+	err := unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	switch {
+	case errors.Is(err, unix.ENOENT): // renamed into place or removed since it was listed
+		return
+	case err != nil:
+		p.errs = append(p.errs, &fs.PathError{Op: "stat", Path: file, Err: err})
+		return
+	case st.Mode&unix.S_IFMT != unix.S_IFREG:
+		p.skip(file, "not a regular file")
+		return
+	case !time.Unix(st.Mtim.Unix()).Before(p.olderThan):
+		return
+	}
+	if !p.dryRun {
+		if err := unix.Unlinkat(int(d.Fd()), name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+			p.errs = append(p.errs, &fs.PathError{Op: "remove", Path: file, Err: err})
+			return
+		}
+	}
+	p.res.Temporary++
 }
 
 // names lists the directory d, at path, sorted.

@@ -102,8 +102,10 @@ func TestPrune(t *testing.T) {
 		removed []string // the raw tokens reported removed
 		kept    int
 		skipped []string // the entries reported skipped, relative to the store's directory
-		gone    []string // entries that must be gone afterwards, relative to it
-		stay    []string // entries that must be there afterwards, relative to it or to outside
+		// temporary counts the leftovers of interrupted Puts removed.
+		temporary int
+		gone      []string // entries that must be gone afterwards, relative to it
+		stay      []string // entries that must be there afterwards, relative to it or to outside
 	}{
 		{
 			name:    "old tokens removed, recent kept",
@@ -170,6 +172,12 @@ func TestPrune(t *testing.T) {
 				writeAt(t, filepath.Join(root, algoA, strings.Repeat("e", 128), hexOf("z")+".jwt"), old)
 				writeAt(t, filepath.Join(a, "notes.txt"), old)
 				writeAt(t, filepath.Join(a, "."+hexOf("tmp")+".jwt.tmp-123"), old)
+				// A running Put's temporary file: newer than the cutoff, left without a word.
+				writeAt(t, filepath.Join(a, "."+hexOf("running")+".jwt.tmp-456"), time.Now())
+				// Named like one but not a regular file.
+				if err := os.MkdirAll(filepath.Join(a, "."+hexOf("dir")+".jwt.tmp-789"), 0o700); err != nil {
+					t.Fatal(err)
+				}
 				writeAt(t, filepath.Join(a, strings.ToUpper(hexOf("upper"))+".jwt"), old)
 				writeAt(t, filepath.Join(a, hexOf("dir")+".jwt", "inside"), old)
 				// Links to old token files and to directories of them, out of the store.
@@ -187,20 +195,22 @@ func TestPrune(t *testing.T) {
 				filepath.Join(algoA, "not-a-digest"),
 				filepath.Join(algoA, strings.Repeat("e", 128)),
 				filepath.Join(algoA, encA, "notes.txt"),
-				filepath.Join(algoA, encA, "."+hexOf("tmp")+".jwt.tmp-123"),
+				filepath.Join(algoA, encA, "."+hexOf("dir")+".jwt.tmp-789"),
 				filepath.Join(algoA, encA, strings.ToUpper(hexOf("upper"))+".jwt"),
 				filepath.Join(algoA, encA, hexOf("dir")+".jwt"),
 				filepath.Join(algoA, encA, hexOf("link")+".jwt"),
 				filepath.Join(algoA, encB),
 				"sha512",
 			},
-			gone: []string{tokenPath(subjectA, "h.a-old.sig")},
+			// What a crashed Put left, older than the cutoff.
+			temporary: 1,
+			gone:      []string{tokenPath(subjectA, "h.a-old.sig"), filepath.Join(algoA, encA, "."+hexOf("tmp")+".jwt.tmp-123")},
 			stay: []string{
 				"README",
 				filepath.Join("sha384", strings.Repeat("d", 96), hexOf("x")+".jwt"),
 				filepath.Join(algoA, "not-a-digest", hexOf("y")+".jwt"),
 				filepath.Join(algoA, encA, "notes.txt"),
-				filepath.Join(algoA, encA, "."+hexOf("tmp")+".jwt.tmp-123"),
+				filepath.Join(algoA, encA, "."+hexOf("running")+".jwt.tmp-456"),
 				filepath.Join(algoA, encA, strings.ToUpper(hexOf("upper"))+".jwt"),
 				filepath.Join(algoA, encA, hexOf("dir")+".jwt", "inside"),
 				filepath.Join(algoA, encA, hexOf("link")+".jwt"),
@@ -257,6 +267,9 @@ func TestPrune(t *testing.T) {
 			}
 			if res.Kept != tc.kept {
 				t.Errorf("kept %d, want %d", res.Kept, tc.kept)
+			}
+			if res.Temporary != tc.temporary {
+				t.Errorf("leftovers of interrupted Puts removed: %d, want %d", res.Temporary, tc.temporary)
 			}
 			var skipped []string
 			for _, sk := range res.Skipped {

@@ -297,13 +297,16 @@ func writableTime(t time.Time) bool {
 // loadState reads the state file at path: none (a first start) is an empty vault. The file holds
 // private keys, so it must be a regular file of this user (the effective uid), readable and
 // writable by no one else; it is opened without following a symbolic link and checked as opened.
+//
+// A file refused for what it is (a link, not a regular file, another user's, open to others) is
+// an ErrStateAccess error; one whose content does not parse, an ErrStateInvalid error.
 func loadState(path string) (map[string][]*keyVersion, map[string][]*certVersion, error) {
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, fs.ErrNotExist) {
 		return map[string][]*keyVersion{}, map[string][]*certVersion{}, nil
 	}
 	if errors.Is(err, syscall.ELOOP) {
-		return nil, nil, errors.New("a symbolic link, not the state file itself")
+		return nil, nil, fmt.Errorf("%w: a symbolic link, not the state file itself", ErrStateAccess)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -314,47 +317,73 @@ func loadState(path string) (map[string][]*keyVersion, map[string][]*certVersion
 		return nil, nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("not a regular file (mode %s)", fi.Mode())
+		return nil, nil, fmt.Errorf("%w: not a regular file (mode %s)", ErrStateAccess, fi.Mode())
 	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return nil, nil, errors.New("no owner reported")
 	}
 	if int(st.Uid) != os.Geteuid() {
-		return nil, nil, fmt.Errorf("owned by uid %d, not by this user (uid %d); it holds the vault's private keys", st.Uid, os.Geteuid())
+		return nil, nil, fmt.Errorf("%w: owned by uid %d, not by this user (uid %d); it holds the vault's private keys", ErrStateAccess, st.Uid, os.Geteuid())
 	}
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, nil, fmt.Errorf("mode %#o lets others read or write it; it holds the vault's private keys and must be 0600", perm)
+		return nil, nil, fmt.Errorf("%w: mode %#o lets others read or write it; it holds the vault's private keys and must be 0600", ErrStateAccess, perm)
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxStateFile+1))
 	if err != nil {
 		return nil, nil, err
 	}
 	if len(data) > maxStateFile {
-		return nil, nil, fmt.Errorf("more than %d bytes", maxStateFile)
+		return nil, nil, fmt.Errorf("%w: more than %d bytes", ErrStateInvalid, maxStateFile)
 	}
-	return parseState(data)
+	keys, certs, err := parseState(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrStateInvalid, err)
+	}
+	return keys, certs, nil
 }
+
+// Errors of a state file New refuses: for what the file is, or for what it holds.
+var (
+	ErrStateAccess  = errors.New("state file refused")
+	ErrStateInvalid = errors.New("state file does not parse")
+)
 
 // commitLocked writes the vault's state to Config.StatePath after a change (nothing to do without
 // one); if that fails, undo reverts the change, so that the vault never reports a change it did
 // not keep, and the error (answered 500) says why. s.mu must be held, so that writes never
 // interleave and each writes the state of its own change.
+//
+// A write can fail after its rename (at the directory's sync), with the change already in the
+// file: the state as undone is then written again, so that a restart does not bring back a
+// change the vault answered 500 for. If that fails too, the file may hold the undone change until
+// the next change is written (each write holds the whole state); only a restart before then
+// brings it back.
 func (s *Server) commitLocked(undo func()) error {
 	if s.cfg.StatePath == "" {
 		return nil
 	}
-	b, err := encodeState(s.keys, s.certs)
+	write := func() error {
+		b, err := encodeState(s.keys, s.certs)
+		if err == nil {
+			err = writeState(s.cfg.StatePath, b, 0o600)
+		}
+		return err
+	}
+	err := write()
 	if err == nil {
-		err = atomicfile.Write(s.cfg.StatePath, b, 0o600)
+		return nil
 	}
-	if err != nil {
-		undo()
-		s.log.Error("key vault state not kept: the change is undone", "file", s.cfg.StatePath, "err", err)
-		return fmt.Errorf("the vault could not keep its state in %s, the change is undone: %w", s.cfg.StatePath, err)
+	undo()
+	s.log.Error("key vault state not kept: the change is undone", "file", s.cfg.StatePath, "err", err)
+	if err2 := write(); err2 != nil {
+		s.log.Error("key vault state file not written again after the undo: it holds the undone change if the failed write had renamed it in place, until the next change is written", "file", s.cfg.StatePath, "err", err2)
 	}
-	return nil
+	return fmt.Errorf("the vault could not keep its state in %s, the change is undone: %w", s.cfg.StatePath, err)
 }
+
+// writeState writes the state file; tests replace it to fail where a disk would.
+var writeState = atomicfile.Write
 
 // unstoreKeyLocked removes the latest version of the key nk (a map key), which storeKeyLocked
 // stored; s.mu must be held.

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
 )
 
 // testCA is a CA issuer valid from notBefore to notAfter.
@@ -310,6 +312,10 @@ func TestStateFileRefused(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("New: %v; want an error naming %s and saying %q", err, path, tc.want)
 			}
+			// What the file is (its mode) and what it holds are told apart, for the hint.
+			if want := map[bool]error{true: ErrStateInvalid, false: ErrStateAccess}[tc.mode == 0o600]; !errors.Is(err, want) {
+				t.Fatalf("New: %v, want it to be %v", err, want)
+			}
 			if b, _ := os.ReadFile(path); !bytes.Equal(b, tc.data) {
 				t.Error("the refused file was changed")
 			}
@@ -324,7 +330,7 @@ func TestStateFileRefused(t *testing.T) {
 		if err := os.Symlink(target, link); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := newFromState(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		if _, err := newFromState(link); err == nil || !strings.Contains(err.Error(), "symbolic link") || !errors.Is(err, ErrStateAccess) {
 			t.Fatalf("New: %v; want the symbolic link refused", err)
 		}
 	})
@@ -503,4 +509,67 @@ func FuzzParseState(f *testing.F) {
 			t.Fatalf("state not stable: %v\n%s\n%s", err, b, b2)
 		}
 	})
+}
+
+// TestStateWriteFailsAfterRename: a write that fails after its rename (the directory's sync) has
+// put the change in the file already; the vault, which answers 500 and undoes the change, writes
+// the undone state again, so a restart does not bring the change back. When that write fails too,
+// the next change written heals the file.
+func TestStateWriteFailsAfterRename(t *testing.T) {
+	const v = "?api-version=7.5"
+	for _, c := range []struct {
+		name string
+		// failures is how many writes after the first change fail once the file is written.
+		failures int
+	}{
+		{"rewrite succeeds", 1},
+		{"rewrite fails too", 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "vault.json")
+			_, h := newVaultWith(t, Config{StatePath: path})
+			if rec, _ := call(t, h, "POST", "/keys/k1/create"+v, "good", map[string]any{"kty": "EC"}); rec.Code != 200 {
+				t.Fatalf("create k1: %d", rec.Code)
+			}
+			// The first write fails after its rename (the change is in the file); a second
+			// failure is one before its rename (the file is left as it was).
+			left := c.failures
+			writeState = func(p string, data []byte, perm os.FileMode) error {
+				switch left {
+				case 0:
+					return atomicfile.Write(p, data, perm)
+				case c.failures:
+					left--
+					if err := atomicfile.Write(p, data, perm); err != nil {
+						return err
+					}
+					return errors.New("sync of the directory failed")
+				default:
+					left--
+					return errors.New("disk full")
+				}
+			}
+			t.Cleanup(func() { writeState = atomicfile.Write })
+			if rec, _ := call(t, h, "POST", "/keys/k2/create"+v, "good", map[string]any{"kty": "EC"}); rec.Code != 500 {
+				t.Fatalf("create k2 with the write failing: %d, want 500", rec.Code)
+			}
+			if c.failures == 1 {
+				// Restarted now, the vault has not got the change it answered 500 for.
+				_, now := newVaultWith(t, Config{StatePath: path})
+				if rec, _ := call(t, now, "GET", "/keys/k2"+v, "good", nil); rec.Code != 404 {
+					t.Fatalf("after a restart the change answered 500 is back: GET k2 %d", rec.Code)
+				}
+			}
+			if rec, _ := call(t, h, "POST", "/keys/k3/create"+v, "good", map[string]any{"kty": "EC"}); rec.Code != 200 {
+				t.Fatalf("a later change: %d, want 200", rec.Code)
+			}
+			_, h2 := newVaultWith(t, Config{StatePath: path})
+			if rec, _ := call(t, h2, "GET", "/keys/k2"+v, "good", nil); rec.Code != 404 {
+				t.Fatalf("after a restart the change answered 500 is back: GET k2 %d", rec.Code)
+			}
+			if rec, _ := call(t, h2, "GET", "/keys/k1"+v, "good", nil); rec.Code != 200 {
+				t.Fatalf("after a restart k1: %d", rec.Code)
+			}
+		})
+	}
 }
