@@ -34,15 +34,8 @@ func TestSigningIdentityLeastPrivilege(t *testing.T) {
 	st, _ := runStack(t, t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	keys, id := signingKeyClient(t, st)
 	cred, opts := exportedIdentity(t, st)
-	id, err := keyvault.ParseKeyID(st.KeyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := azkeys.NewClient(id.VaultURL, cred, &azkeys.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true})
-	if err != nil {
-		t.Fatal(err)
-	}
 	certs, err := azcertificates.NewClient(id.VaultURL, cred, &azcertificates.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true})
 	if err != nil {
 		t.Fatal(err)
@@ -133,4 +126,20 @@ func exportedIdentity(t *testing.T, st *State) (azcore.TokenCredential, azcore.C
 		t.Fatal(err)
 	}
 	return cred, opts
+}
+
+// signingKeyClient is an azkeys client of the stack's vault as the exported identity, and the id
+// of the stack's signing key.
+func signingKeyClient(t *testing.T, st *State) (*azkeys.Client, keyvault.KeyID) {
+	t.Helper()
+	cred, opts := exportedIdentity(t, st)
+	id, err := keyvault.ParseKeyID(st.KeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := azkeys.NewClient(id.VaultURL, cred, &azkeys.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys, id
 }

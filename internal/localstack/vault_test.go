@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
-
-	"github.com/attested-kv/attested-kv/internal/keyvault"
 )
 
 // trustStoreRoot is the certificate of the stack's Notation trust store, as the file holds it.
@@ -55,15 +53,7 @@ func TestRestartKeepsSigningKey(t *testing.T) {
 	rs256 := azkeys.SignatureAlgorithmRS256
 	sign := func(st *State, digest []byte) []byte {
 		t.Helper()
-		cred, opts := exportedIdentity(t, st)
-		id, err := keyvault.ParseKeyID(st.KeyID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys, err := azkeys.NewClient(id.VaultURL, cred, &azkeys.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true})
-		if err != nil {
-			t.Fatal(err)
-		}
+		keys, id := signingKeyClient(t, st)
 		res, err := keys.Sign(ctx, id.Name, id.Version, azkeys.SignParameters{Algorithm: &rs256, Value: digest}, nil)
 		if err != nil {
 			t.Fatalf("signing with %s: %v", st.KeyID, err)
@@ -91,15 +81,7 @@ func TestRestartKeepsSigningKey(t *testing.T) {
 		}
 	}
 	// The key the vault reports now verifies the signature made before.
-	cred, opts := exportedIdentity(t, second)
-	id, err := keyvault.ParseKeyID(second.KeyID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, err := azkeys.NewClient(id.VaultURL, cred, &azkeys.ClientOptions{ClientOptions: opts, DisableChallengeResourceVerification: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	keys, id := signingKeyClient(t, second)
 	got, err := keys.GetKey(ctx, id.Name, "", nil)
 	if err != nil {
 		t.Fatal(err)

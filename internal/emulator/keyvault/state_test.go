@@ -1,15 +1,10 @@
 package keyvault
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"strings"
 	"sync"
 	"testing"
@@ -242,26 +237,7 @@ func TestCaseInsensitiveLookup(t *testing.T) {
 // created with, and that a CA-issued leaf ends no later than its issuer.
 func TestCertificateIssuer(t *testing.T) {
 	start := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
-	newCA := func(notAfter time.Time) Issuer {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "local CA"},
-			NotBefore: start.AddDate(-1, 0, 0), NotAfter: notAfter,
-			KeyUsage: x509.KeyUsageCertSign, IsCA: true, BasicConstraintsValid: true,
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return Issuer{Cert: c, Key: key, Chain: []*x509.Certificate{c}}
-	}
+	newCA := func(notAfter time.Time) Issuer { return testCA(t, start.AddDate(-1, 0, 0), notAfter) }
 	ca := newCA(start.AddDate(0, 1, 0)) // ends in a month
 	_, h := newVaultWith(t, Config{Now: func() time.Time { return start }, Issuers: map[string]Issuer{
 		"LocalCA": ca, "ExpiredCA": newCA(start.Add(-time.Hour)),
