@@ -394,14 +394,22 @@ func TestSignerRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := s.Sign([]byte("x")); !errors.As(err, &rerr) || rerr.StatusCode != http.StatusForbidden {
-		t.Fatalf("forbidden sign: %v", err)
+	if _, _, err := s.Sign([]byte("x")); !errors.As(err, &rerr) || rerr.StatusCode != http.StatusForbidden ||
+		!strings.Contains(err.Error(), "Key Vault refused the signing identity signing: it holds no role that allows it") {
+		t.Fatalf("forbidden sign: %v, want the 403 with what to do", err)
 	}
+
 	// Throttling and server errors surface as response errors after the SDK's retries.
 	s, err = open(good, e.credential(t, clientID, secret))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A 403 that is not RBAC's (here an injected one, without innererror) gets no RBAC hint.
+	e.vault.InjectFault("sign", http.StatusForbidden, 1)
+	if _, _, err := s.Sign([]byte("x")); !errors.As(err, &rerr) || rerr.StatusCode != http.StatusForbidden || strings.Contains(err.Error(), "holds no role") {
+		t.Fatalf("injected 403: %v, want it without the RBAC hint", err)
+	}
+	e.vault.InjectFault("sign", 0, 0)
 	for _, status := range []int{http.StatusTooManyRequests, http.StatusInternalServerError} {
 		e.vault.InjectFault("sign", status, 5)
 		if _, _, err := s.Sign([]byte("x")); !errors.As(err, &rerr) || rerr.StatusCode != status {
