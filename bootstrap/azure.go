@@ -155,9 +155,11 @@ func commandFlags(all *pflag.FlagSet, cmd string) *pflag.FlagSet {
 // do; destroy what finds the deployment, and --purge.
 func readsFlag(cmd, name string) bool {
 	switch name {
-	case "operator-type", "cluster-principal-id", "purge-protection", "run-image-build", "replicas", "outputs", "notation-config":
+	case "operator-type", "purge-protection", "run-image-build", "replicas", "outputs", "notation-config":
 		return cmd == "apply"
-	case "hsm", "image-builder", "artifacts-url", "artifacts-sha256", "build-vm-size":
+	case "hsm", "image-builder", "artifacts-url", "artifacts-sha256", "build-vm-size",
+		// plan reports what becomes of the cluster's AcrPull, which depends on the one named.
+		"cluster-principal-id":
 		return cmd == "plan" || cmd == "apply"
 	case "purge":
 		return cmd == "destroy"

@@ -43,7 +43,9 @@ Vault emulator's keys and certificates, so that the shells that exported its env
 working with the same signing key (ATTEST_KEY_ID) and images signed before still verify. When the
 environment changed nonetheless (a port moved, or a signing certificate near its expiry was
 replaced with a new key), up says so: run eval "$(attest-bootstrap local env)" again in those
-shells.
+shells. If it was the Key Vault emulator's port that moved, ATTEST_KEY_ID names the same key at
+another URL, and the images signed before (whose tokens bind the key id as it was) must be signed
+again.
 `},
 		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
@@ -66,7 +68,8 @@ Exit status:
   3  the stack is not running
 `},
 		{name: "down", summary: "stop the stack; no process is left behind", help: `Stop the stack and wait until its process is gone. The state directory is kept (keys,
-certificates, the registry's content) for the next up; remove it to start afresh.
+certificates, the registry's content) for the next up. Removing it starts afresh, with a new
+signing key: what was signed with the old one no longer verifies.
 `},
 		{name: "tpm", args: "stop|start", summary: "stop|start: make the stack's TPM unavailable / available again", help: `stop makes the stack's TPM unavailable, as a failed TPM would be: signing must then fail closed.
 start makes it available again, with its state kept.

@@ -21,8 +21,8 @@ const usage = `attest-bootstrap: provision the attested signing chain.
 
 Usage:
   attest-bootstrap plan    --subscription S --tenant T --resource-group RG --location L --name-prefix P --operator-object-id ID
-                           [--hsm] [--image-builder --artifacts-url URL --artifacts-sha256 HEX]
-  attest-bootstrap apply   (plan's flags) [--cluster-principal-id ID] [--purge-protection] [--outputs FILE] [--notation-config DIR]
+                           [--cluster-principal-id ID] [--hsm] [--image-builder --artifacts-url URL --artifacts-sha256 HEX]
+  attest-bootstrap apply   (plan's flags) [--purge-protection] [--outputs FILE] [--notation-config DIR]
                            [--replicas R1,R2] [--run-image-build]
   attest-bootstrap destroy (plan's first six flags) [--purge]
       (or --config FILE in YAML or JSON; -o json; see "attest-bootstrap COMMAND --help")
@@ -41,15 +41,18 @@ code-signing certificate, a Premium container registry, and the role assignments
 outputs file and the Notation trust policy and store. The managed identity signs through a custom
 role (attested-kv signer <prefix> <rg> <subscription>) holding only
 Microsoft.KeyVault/vaults/keys/read and .../keys/sign/action on the signing key, not Key Vault
-Crypto User (whose keys/update re-enables a disabled key and keys/backup exports it; the Crypto
-User grant earlier versions made is withdrawn), and reads the chain through Certificate User on
-the certificate and Secrets User on its secret. With --image-builder it adds a compute
+Crypto User (whose keys/update re-enables a disabled key and keys/backup exports it), and reads
+the chain through Certificate User on the certificate and Secrets User on its secret. The wider
+grants of earlier versions (Crypto User, vault-wide Certificate and Secrets User) are withdrawn by
+the first apply 30 minutes after their replacements were assigned, so that signing never stops
+meanwhile. Apply also withdraws the grants it made to an operator or cluster the flags no longer
+name (a former cluster's AcrPull once the new one's is 30 minutes old; plan lists them). With --image-builder it adds a compute
 gallery, a Trusted Launch image definition and an Azure Image Builder template that runs as its
 own identity (<prefix>-imagebuilder) with a custom role that can only read the gallery and write
 image versions; the signing identity gets no right on the gallery, and the Contributor grant
 earlier versions gave it there is withdrawn. Creating the custom roles needs
 Microsoft.Authorization/roleDefinitions/write (Owner or User Access Administrator).
-destroy removes only what apply tagged.
+destroy removes only what apply tagged, and the role assignments apply made on what it removes.
 
 The local stack runs on loopback only: MAA, Entra ID and Key Vault emulators (HTTPS), a TPM 2.0
 simulator provisioned like an Azure vTPM, and an OCI registry. Use it with:

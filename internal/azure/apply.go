@@ -812,10 +812,6 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	if err := destroyImageBuilder(ctx, cl, cfg, note); err != nil {
 		return steps, err
 	}
-	// The signer role goes with its assignment, before the vault holding the key it is assigned on.
-	if err := destroySignerRole(ctx, cl, cfg, note); err != nil {
-		return steps, err
-	}
 	if _, err := destroyResource(ctx, cfg, core["container registry"], note, "", func(ctx context.Context) error {
 		return deleteWithGrants(ctx, cl, cfg, cfg.registryID(), "registry "+n.Registry, note, func(ctx context.Context) error {
 			p, err := cl.Registries.BeginDelete(ctx, cfg.ResourceGroup, n.Registry, nil)
@@ -825,6 +821,12 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 			return err
 		})
 	}); err != nil {
+		return steps, err
+	}
+	// The signer role goes with its assignment, before the vault holding the key it is assigned
+	// on, and after the registry: a destroy stopped by a registry that cannot be deleted leaves
+	// signing as it was.
+	if err := destroySignerRole(ctx, cl, cfg, note); err != nil {
 		return steps, err
 	}
 	vault, err := destroyResource(ctx, cfg, core["key vault"], note, "soft-deleted; keys recoverable until purged", func(ctx context.Context) error {

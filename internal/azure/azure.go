@@ -13,8 +13,12 @@
 // deterministic names and "already exists" counts as success, and a failed run reports what
 // exists so that running it again completes. It refuses, before writing anything, a resource
 // under one of its names that does not carry this deployment's tag, and recovers the vault an
-// earlier destroy soft-deleted. Plan reads and changes nothing. Destroy removes only resources
-// that carry this deployment's tag, and the resource group only when nothing else is left in it.
+// earlier destroy soft-deleted. Apply converges the role assignments it makes (grants.go): those
+// it made to principals the configuration no longer names are withdrawn, a grant serving
+// production only once its replacement has had RoleSettle to take effect; assignments it did not
+// make are never touched. Plan reads and changes nothing. Destroy removes only resources that
+// carry this deployment's tag, with the role assignments apply made on them, and the resource
+// group only when nothing else is left in it.
 package azure
 
 import (

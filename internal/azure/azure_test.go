@@ -45,8 +45,10 @@ type fakeAzure struct {
 	registries  map[string]armcontainerregistry.Registry
 	assignments map[string]armauthorization.RoleAssignmentCreateParameters
 	// assignedAt is when each assignment was created (key as in assignments), reported as its
-	// createdOn; tests backdate it to stand for an assignment an earlier run made.
+	// createdOn; tests backdate it to stand for an assignment an earlier run made. undated
+	// assignments are reported without createdOn.
 	assignedAt map[string]time.Time
+	undated    bool
 	// roleDefs are custom role definitions by id, as sent (with ID and Name set).
 	roleDefs  map[string]armauthorization.RoleDefinition
 	providers map[string]Provider
@@ -77,8 +79,10 @@ type fakeAzure struct {
 	providerGets      int
 	// onProviderGet, if set, runs at each read of an attestation provider.
 	onProviderGet func()
-	// failRegistryDelete refuses registry deletes with 409 (as a delete lock would be refused).
+	// failRegistryDelete refuses registry deletes with 409 (as a delete lock would be refused),
+	// after calling onRegistryDelete if set.
 	failRegistryDelete bool
+	onRegistryDelete   func()
 	// grantsAtRegistryDelete are the assignments on the registry when it was deleted.
 	grantsAtRegistryDelete []string
 }
@@ -89,11 +93,15 @@ func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
 func (f *fakeAzure) assignmentLocked(key string) armauthorization.RoleAssignment {
 	i := strings.LastIndex(key, "|")
 	p := f.assignments[key].Properties
-	created := f.assignedAt[key]
+	var created *time.Time
+	if !f.undated {
+		t := f.assignedAt[key]
+		created = &t
+	}
 	return armauthorization.RoleAssignment{
 		ID: ptr(key[:i] + "/providers/Microsoft.Authorization/roleAssignments/" + key[i+1:]), Name: ptr(key[i+1:]),
 		Properties: &armauthorization.RoleAssignmentProperties{
-			Scope: ptr(key[:i]), PrincipalID: p.PrincipalID, RoleDefinitionID: p.RoleDefinitionID, PrincipalType: p.PrincipalType, CreatedOn: &created,
+			Scope: ptr(key[:i]), PrincipalID: p.PrincipalID, RoleDefinitionID: p.RoleDefinitionID, PrincipalType: p.PrincipalType, CreatedOn: created,
 		},
 	}
 }
@@ -356,6 +364,9 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			if f.failRegistryDelete {
+				if f.onRegistryDelete != nil {
+					f.onRegistryDelete()
+				}
 				var e azfake.ErrorResponder
 				e.SetResponseError(http.StatusConflict, "ScopeLocked")
 				return azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse]{}, e
@@ -835,7 +846,24 @@ func TestDestroyWithdrawsResourceGrants(t *testing.T) {
 			t.Errorf("assignment %s on the registry that stays was not restored", key)
 		}
 	}
-	f.failRegistryDelete = false
+	// Nor did it take the signing identity's signer role off the key: signing goes on.
+	keyScope := signingKeyScope(cfg, n.Certificate)
+	if _, ok := f.assignments[keyScope+"|"+assignmentName(keyScope, "principal-"+n.Identity, cfg.signerRoleID())]; !ok {
+		t.Error("the destroy stopped by the registry removed the signer role's assignment: signing broke")
+	}
+	// Likewise when the delete fails because destroy's context ended meanwhile (a timeout, an
+	// interrupt): the grants are restored all the same.
+	cctx, cancel := context.WithCancel(ctx)
+	f.onRegistryDelete = cancel
+	if steps, err = Destroy(cctx, cl, cfg, false, io.Discard); err == nil || !hasStepDetail(steps, "AcrPull on registry "+n.Registry, "restored", "held by cluster-1") {
+		t.Fatalf("destroy interrupted during the registry's delete: %v; steps %+v", err, steps)
+	}
+	for key := range kept {
+		if _, ok := f.assignments[key]; strings.HasPrefix(key, regScope+"|") && !ok {
+			t.Errorf("assignment %s on the registry that stays was not restored after the interrupt", key)
+		}
+	}
+	f.failRegistryDelete, f.onRegistryDelete = false, nil
 	steps, err = Destroy(ctx, cl, cfg, false, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -1082,6 +1110,33 @@ func TestLegacyWithdrawnWhenReplacementPredates(t *testing.T) {
 	}
 	if !hasStep(steps, legacyCryptoUserLabel+" on key "+n.Certificate, "revoked") {
 		t.Fatalf("steps: %+v", steps)
+	}
+}
+
+// TestUndatedReplacementKeepsLegacy: when ARM reports no creation time for the roles replacing a
+// grant of an earlier version, apply cannot tell when they took effect: it keeps the old grant
+// and says it is for the operator to remove, rather than promising a time it would push back at
+// every run.
+func TestUndatedReplacementKeepsLegacy(t *testing.T) {
+	ctx := context.Background()
+	f, cl := newFakeAzure(t)
+	f.undated = true
+	n := NamesFor("demo1")
+	principal := "principal-" + n.Identity
+	keyScope := signingKeyScope(testConfig, n.Certificate)
+	legacy := keyScope + "|" + assignmentName(keyScope, principal, RoleKeyVaultCryptoUser)
+	f.assignments[legacy] = armauthorization.RoleAssignmentCreateParameters{
+		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(RoleKeyVaultCryptoUser))},
+	}
+	for run := range 2 {
+		_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := f.assignments[legacy]; !ok || !hasStepDetail(steps, legacyCryptoUserLabel+" on key "+n.Certificate, "kept", "ARM reported no creation time") {
+			t.Fatalf("run %d: Crypto User kept %v; steps %+v", run, ok, steps)
+		}
+		f.backdate()
 	}
 }
 

@@ -2,6 +2,7 @@ package azure
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -164,16 +165,14 @@ func decideFormer(ctx context.Context, cl *Clients, g grant) ([]former, error) {
 	if err != nil || len(principals) == 0 {
 		return nil, err
 	}
-	var settle time.Time
+	var current settle
 	if g.settle {
 		for _, h := range g.holders {
 			t, err := settledAt(ctx, cl, h, []signingAssignment{{g.scope, g.role, g.label}})
 			if err != nil {
 				return nil, err
 			}
-			if t.After(settle) {
-				settle = t
-			}
+			current = current.later(t)
 		}
 	}
 	var out []former
@@ -182,9 +181,9 @@ func decideFormer(ctx context.Context, cl *Clients, g grant) ([]former, error) {
 		switch {
 		case len(g.holders) == 0:
 			f.withdraw, f.detail = false, keptDetail(g, p)
-		case time.Now().Before(settle):
-			f.withdraw, f.detail = false, "held by "+p+", granted by an earlier apply; "+g.flag+" no longer names it, and it is withdrawn by the first apply after "+
-				settle.UTC().Format("15:04 MST")+", once Azure has applied the grant to the principal named now, so that pulls do not stop meanwhile"
+		case g.settle && current.pending():
+			f.withdraw, f.detail = false, "held by "+p+", granted by an earlier apply; "+g.flag+" no longer names it, and it is kept so that pulls do not stop meanwhile; "+
+				current.until("the grant to the principal named now")
 		}
 		out = append(out, f)
 	}
@@ -241,6 +240,10 @@ func planFormer(ctx context.Context, cl *Clients, gs []grant, steps []Step) ([]S
 	return steps, nil
 }
 
+// restoreTimeout bounds the restoring of the assignments deleteWithGrants removed, which runs even
+// after the caller's context ended.
+const restoreTimeout = 2 * time.Minute
+
 // deleteWithGrants deletes the resource at scope (del) after every role assignment apply made at
 // scope or below it, whoever holds it: whether ARM deletes a resource's role assignments with it
 // is UNCONFIRMED, and one left behind would grant the same role on a resource made later under
@@ -252,19 +255,26 @@ func deleteWithGrants(ctx context.Context, cl *Clients, cfg Config, scope, what 
 		return err
 	}
 	var removed []*armauthorization.RoleAssignment
+	// restore makes the removed assignments again, each of them, even when the delete failed
+	// because ctx ended (a timeout, an interrupt): the resource may still be there, and a grant
+	// left off it (the cluster's AcrPull) would stop production. What cannot be restored is named.
 	restore := func(cause error) error {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), restoreTimeout)
+		defer cancel()
+		errs := []error{cause}
 		for _, a := range removed {
 			at, principal, role, _ := madeByApply(a)
 			pt := ""
 			if a.Properties.PrincipalType != nil {
 				pt = string(*a.Properties.PrincipalType)
 			}
-			if err := assign(ctx, cl, cfg, at, principal, pt, role); err != nil {
-				return fmt.Errorf("%w; and restoring %s of %s failed: %v (assign it again by hand, or run apply)", cause, roleLabel(role), principal, err)
+			if err := assign(rctx, cl, cfg, at, principal, pt, role); err != nil {
+				errs = append(errs, fmt.Errorf("restoring %s of %s on %s failed (assign it again by hand, or run apply): %w", roleLabel(role), principal, what, err))
+				continue
 			}
 			note("role assignment", roleLabel(role)+" on "+what, "restored", "held by "+principal+": "+what+" was not deleted")
 		}
-		return cause
+		return errors.Join(errs...)
 	}
 	for _, a := range list {
 		at, principal, role, ours := madeByApply(a)
@@ -297,56 +307,87 @@ func roleLabel(role string) string {
 	return "role " + role
 }
 
-// settledAt is when the newest of the assignments apply made of roles to principal at scopes will
-// have had RoleSettle to take effect; an assignment that does not exist, or whose creation time
-// ARM does not report, counts as made now.
-func settledAt(ctx context.Context, cl *Clients, principal string, assignments []signingAssignment) (time.Time, error) {
-	latest := time.Time{}
-	for _, a := range assignments {
-		created, err := assignedOn(ctx, cl, principal, a)
-		if err != nil {
-			return time.Time{}, fmt.Errorf("reading the role assignment %s: %w", a.label, err)
-		}
-		if created.After(latest) {
-			latest = created
-		}
+// settle is when assignments will have had RoleSettle to take effect.
+type settle struct {
+	at time.Time
+	// undated is set when ARM reported no creation time for one of them: at is then a time
+	// that every apply pushes back, and a grant waiting for it is never withdrawn.
+	undated bool
+}
+
+// pending reports whether the assignments may not have taken effect yet.
+func (s settle) pending() bool { return s.undated || time.Now().Before(s.at) }
+
+// until says when a grant kept for s goes, for steps: the time from which an apply withdraws it,
+// or, without ARM's creation time, that it is for the operator to remove.
+func (s settle) until(what string) string {
+	if s.undated {
+		return "ARM reported no creation time for " + what + ", so apply cannot tell when Azure has applied it: remove this grant by hand once that is sure"
 	}
-	return latest.Add(RoleSettle), nil
+	return "withdrawn by the first apply after " + s.at.UTC().Format("15:04 MST") + ", once Azure has applied " + what
+}
+
+// later is the later of s and t.
+func (s settle) later(t settle) settle {
+	if t.at.After(s.at) {
+		s.at = t.at
+	}
+	s.undated = s.undated || t.undated
+	return s
+}
+
+// settledAt is when the newest of the assignments apply made of roles to principal at scopes will
+// have had RoleSettle to take effect; an assignment that does not exist counts as made now, and
+// one whose creation time ARM does not report makes the result undated.
+func settledAt(ctx context.Context, cl *Clients, principal string, assignments []signingAssignment) (settle, error) {
+	var out settle
+	for _, a := range assignments {
+		created, dated, err := assignedOn(ctx, cl, principal, a)
+		if err != nil {
+			return settle{}, fmt.Errorf("reading the role assignment %s: %w", a.label, err)
+		}
+		out = out.later(settle{at: created.Add(RoleSettle), undated: !dated})
+	}
+	return out, nil
 }
 
 // assignedOn is when a's role was assigned to principal at a's scope: the assignment assign
 // made, or, when the role was assigned under another name before apply (assign then took ARM's
 // RoleAssignmentExists for success), that one, found by listing the scope. Without either, or
-// without ARM's createdOn, it is now: the wait for it to take effect starts over.
-func assignedOn(ctx context.Context, cl *Clients, principal string, a signingAssignment) (time.Time, error) {
+// without ARM's createdOn, it is now: the wait for it to take effect starts over. dated is false
+// when an assignment exists but ARM reported no creation time for it.
+func assignedOn(ctx context.Context, cl *Clients, principal string, a signingAssignment) (created time.Time, dated bool, err error) {
 	got, err := cl.RoleAssignments.Get(ctx, a.scope, assignmentName(a.scope, principal, a.role), nil)
 	switch {
 	case err == nil:
 		if got.Properties != nil && got.Properties.CreatedOn != nil {
-			return *got.Properties.CreatedOn, nil
+			return *got.Properties.CreatedOn, true, nil
 		}
-		return time.Now(), nil
+		return time.Now(), false, nil
 	case !isNotFound(err):
-		return time.Time{}, err
+		return time.Time{}, false, err
 	}
 	list, err := assignmentsAt(ctx, cl, a.scope, false)
 	if err != nil {
-		return time.Time{}, err
+		return time.Time{}, false, err
 	}
 	for _, l := range list {
 		if p := l.Properties; p.PrincipalID != nil && strings.EqualFold(*p.PrincipalID, principal) && p.RoleDefinitionID != nil &&
-			strings.EqualFold((*p.RoleDefinitionID)[strings.LastIndex(*p.RoleDefinitionID, "/")+1:], a.role) && p.CreatedOn != nil {
-			return *p.CreatedOn, nil
+			strings.EqualFold((*p.RoleDefinitionID)[strings.LastIndex(*p.RoleDefinitionID, "/")+1:], a.role) {
+			if p.CreatedOn == nil {
+				return time.Now(), false, nil
+			}
+			return *p.CreatedOn, true, nil
 		}
 	}
-	return time.Now(), nil
+	return time.Now(), true, nil
 }
 
 // withdrawReplaced withdraws the grants of earlier versions (role to principal at scope, for each
 // of legacy) that the signing identity's object-scoped assignments replace, once those have
 // settled (settle, from settledAt). Until then a grant that exists is kept and reported with the
 // time from which a rerun withdraws it, so that signing never stops between the two.
-func withdrawReplaced(ctx context.Context, cl *Clients, principal string, legacy []signingAssignment, settle time.Time, done func(kind, name, action, detail string)) error {
+func withdrawReplaced(ctx context.Context, cl *Clients, principal string, legacy []signingAssignment, replaced settle, done func(kind, name, action, detail string)) error {
 	for _, l := range legacy {
 		name := assignmentName(l.scope, principal, l.role)
 		if _, err := cl.RoleAssignments.Get(ctx, l.scope, name, nil); isNotFound(err) {
@@ -354,9 +395,9 @@ func withdrawReplaced(ctx context.Context, cl *Clients, principal string, legacy
 		} else if err != nil {
 			return fmt.Errorf("role assignment %s: %w", l.label, err)
 		}
-		if time.Now().Before(settle) {
-			done("role assignment", l.label, "kept", "granted by an earlier version and replaced by the object-scoped roles above; withdrawn by the first apply after "+
-				settle.UTC().Format("15:04 MST")+", once Azure has applied them, so that signing does not stop meanwhile")
+		if replaced.pending() {
+			done("role assignment", l.label, "kept", "granted by an earlier version and replaced by the object-scoped roles above, and kept so that signing does not stop meanwhile; "+
+				replaced.until("those roles"))
 			continue
 		}
 		if err := unassign(ctx, cl, l.scope, principal, l.role); err != nil {

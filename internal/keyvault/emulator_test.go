@@ -40,6 +40,8 @@ const (
 	clientID = "0b8a2c1d-4e5f-4a6b-9c7d-8e9f0a1b2c3d"
 	secret   = "local-emulator-secret"
 	denied   = "1c1c1c1c-2d2d-4e4e-8f8f-909090909090"
+	// noRoles is a client of the tenant without any role on the vault.
+	noRoles = "2a2a2a2a-3b3b-4c4c-8d8d-5e5e5e5e5e5e"
 )
 
 type env struct {
@@ -65,7 +67,7 @@ func newEnv(t testing.TB) *env { return newEnvFor(t, kvemu.Resource) }
 func newEnvFor(t testing.TB, resource string) *env {
 	t.Helper()
 	e := &env{managedID: newUUID(t)}
-	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret}, ManagedIdentities: []string{e.managedID},
+	ent, err := entra.New(entra.Config{TenantID: tenant, Clients: map[string]string{clientID: secret, denied: secret, noRoles: secret}, ManagedIdentities: []string{e.managedID},
 		Resources: append(entra.KnownResources(), resource)})
 	if err != nil {
 		t.Fatal(err)
@@ -389,13 +391,18 @@ func TestSignerRefusals(t *testing.T) {
 	if _, err := open(good, e.credential(t, clientID, "wrong")); err == nil || !strings.Contains(err.Error(), "AADSTS7000215") {
 		t.Fatalf("wrong secret: %v", err)
 	}
+	// An identity without any role is refused the key, and told what it needs.
+	if _, err := open(good, e.credential(t, noRoles, secret)); !errors.As(err, &rerr) || rerr.StatusCode != http.StatusForbidden ||
+		!strings.Contains(err.Error(), "Key Vault refused to read the key: the signing identity holds no role that allows it") {
+		t.Fatalf("no role: %v, want the 403 with what to do", err)
+	}
 	// An identity without the sign permission gets 403 from sign.
 	s, err := open(good, e.credential(t, denied, secret))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := s.Sign([]byte("x")); !errors.As(err, &rerr) || rerr.StatusCode != http.StatusForbidden ||
-		!strings.Contains(err.Error(), "Key Vault refused the signing identity signing: it holds no role that allows it") {
+		!strings.Contains(err.Error(), "Key Vault refused to sign: the signing identity holds no role that allows it") {
 		t.Fatalf("forbidden sign: %v, want the 403 with what to do", err)
 	}
 

@@ -35,7 +35,7 @@ func withRBACHint(err error, what string) error {
 	if json.Unmarshal(body, &answer) != nil || answer.Error.Inner.Code != "ForbiddenByRbac" {
 		return err
 	}
-	return fmt.Errorf("Key Vault refused the signing identity %s: it holds no role that allows it. "+
+	return fmt.Errorf("Key Vault refused %s: the signing identity holds no role that allows it. "+
 		"It needs the deployment's signer role on the key and Key Vault Certificate User and Secrets User on its certificate and secret, "+
 		"which attest-bootstrap apply grants to the deployment's managed identity (check that credential_type and client_id name that identity); "+
 		"a role assigned in the last 30 minutes may not apply yet: %w", what, err)

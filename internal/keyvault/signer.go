@@ -86,7 +86,7 @@ func NewSigner(ctx context.Context, id KeyID, o Options) (*Signer, error) {
 	if err != nil {
 		stopChain()
 		<-chainDone
-		return nil, fmt.Errorf("reading key %s/%s: %w", id.Kind, id.Name, withRBACHint(err, "reading the key"))
+		return nil, fmt.Errorf("reading key %s/%s: %w", id.Kind, id.Name, withRBACHint(err, "to read the key"))
 	}
 	cr := <-chainDone
 	if kr.Key == nil {
@@ -161,7 +161,7 @@ func readCertificates(ctx context.Context, id KeyID, o Options, skipResourceChec
 		}
 		cr, err := cc.GetCertificate(ctx, id.Name, id.Version, nil)
 		if err != nil {
-			return nil, fmt.Errorf("reading certificate %s: %w", id.Name, withRBACHint(err, "reading the certificate"))
+			return nil, fmt.Errorf("reading certificate %s: %w", id.Name, withRBACHint(err, "to read the certificate"))
 		}
 		leaf, err := x509.ParseCertificate(cr.CER)
 		if err != nil {
@@ -178,7 +178,7 @@ func readCertificates(ctx context.Context, id KeyID, o Options, skipResourceChec
 		pemType := azsecrets.ContentTypePEM
 		sr, err := sc.GetSecret(ctx, id.Name, id.Version, &azsecrets.GetSecretOptions{OutContentType: &pemType})
 		if err != nil {
-			return nil, fmt.Errorf("reading the certificate chain from secret %s (grant secrets/get, or set ca_certs): %w", id.Name, withRBACHint(err, "reading the certificate's secret"))
+			return nil, fmt.Errorf("reading the certificate chain from secret %s (grant secrets/get, or set ca_certs): %w", id.Name, withRBACHint(err, "to read the certificate's secret"))
 		}
 		if sr.Value == nil {
 			return nil, fmt.Errorf("%w: secret %s is empty", ErrCertificateChain, id.Name)
@@ -212,7 +212,7 @@ func (s *Signer) Sign(payload []byte) ([]byte, []*x509.Certificate, error) {
 	digest := h.Sum(nil)
 	rsp, err := s.keys.Sign(s.ctx, s.id.Name, s.id.Version, azkeys.SignParameters{Algorithm: &kvAlg, Value: digest}, nil)
 	if err != nil {
-		return nil, nil, fmt.Errorf("Key Vault sign with %s: %w", s.id.Name, withRBACHint(err, "signing"))
+		return nil, nil, fmt.Errorf("Key Vault sign with %s: %w", s.id.Name, withRBACHint(err, "to sign"))
 	}
 	// The signature's kid names the key opened, spelt as NewSigner checked it (sameSpelling,
 	// which also reads a malformed kid without crashing).
