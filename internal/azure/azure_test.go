@@ -79,8 +79,8 @@ type fakeAzure struct {
 	providerGets      int
 	// onProviderGet, if set, runs at each read of an attestation provider.
 	onProviderGet func()
-	// failRegistryDelete refuses registry deletes with 409 (as a delete lock would be refused),
-	// after calling onRegistryDelete if set.
+	// failRegistryDelete refuses registry deletes with 409 (as a delete lock would be refused);
+	// onRegistryDelete, if set, runs once a registry DELETE has been answered.
 	failRegistryDelete bool
 	onRegistryDelete   func()
 	// grantsAtRegistryDelete are the assignments on the registry when it was deleted.
@@ -88,6 +88,27 @@ type fakeAzure struct {
 }
 
 func (f *fakeAzure) wrote(kind string) { f.writes[kind]++ }
+
+// afterDelete is tr, calling f.onRegistryDelete once a DELETE has been answered: outside the SDK
+// fake's dispatch, which races with a context that ends while it runs.
+func afterDelete(f *fakeAzure, tr interface {
+	Do(*http.Request) (*http.Response, error)
+}) interface {
+	Do(*http.Request) (*http.Response, error)
+} {
+	return transportFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := tr.Do(r)
+		if r.Method == http.MethodDelete && f.onRegistryDelete != nil {
+			f.onRegistryDelete()
+		}
+		return resp, err
+	})
+}
+
+// transportFunc is a function as a transport.
+type transportFunc func(*http.Request) (*http.Response, error)
+
+func (t transportFunc) Do(r *http.Request) (*http.Response, error) { return t(r) }
 
 // assignmentLocked is the assignment under key (scope|name) as ARM reports it; f.mu is held.
 func (f *fakeAzure) assignmentLocked(key string) armauthorization.RoleAssignment {
@@ -334,7 +355,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl.Registries, err = armcontainerregistry.NewRegistriesClient("sub", cred, opt(acrfake.NewRegistriesServerTransport(&acrfake.RegistriesServer{
+	cl.Registries, err = armcontainerregistry.NewRegistriesClient("sub", cred, opt(afterDelete(f, acrfake.NewRegistriesServerTransport(&acrfake.RegistriesServer{
 		BeginCreate: func(_ context.Context, rg, name string, p armcontainerregistry.Registry, _ *armcontainerregistry.RegistriesClientBeginCreateOptions) (azfake.PollerResponder[armcontainerregistry.RegistriesClientCreateResponse], azfake.ErrorResponder) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -364,9 +385,6 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			if f.failRegistryDelete {
-				if f.onRegistryDelete != nil {
-					f.onRegistryDelete()
-				}
 				var e azfake.ErrorResponder
 				e.SetResponseError(http.StatusConflict, "ScopeLocked")
 				return azfake.PollerResponder[armcontainerregistry.RegistriesClientDeleteResponse]{}, e
@@ -382,7 +400,7 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			r.SetTerminalResponse(http.StatusOK, armcontainerregistry.RegistriesClientDeleteResponse{}, nil)
 			return r, azfake.ErrorResponder{}
 		},
-	})))
+	}))))
 	if err != nil {
 		t.Fatal(err)
 	}
