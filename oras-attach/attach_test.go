@@ -43,13 +43,14 @@ func TestAttach(t *testing.T) {
 	other := attesttest.PushImage(t, repo, "other")
 	otherTok := tokenFor(other)
 	unsigned := attesttest.PushImage(t, repo, "unsigned")
+	unsignedTok := tokenFor(unsigned)
 
 	dir := t.TempDir()
 	store := token.NewStore(dir + "/tokens")
 	for _, put := range []struct {
 		img ocispec.Descriptor
 		raw string
-	}{{signed, signedTok}, {signed, otherTok}, {unsigned, tokenFor(unsigned)}} {
+	}{{signed, signedTok}, {signed, otherTok}, {unsigned, unsignedTok}} {
 		if _, err := store.Put(put.img.Digest.String(), put.raw); err != nil {
 			t.Fatal(err)
 		}
@@ -108,6 +109,25 @@ func TestAttach(t *testing.T) {
 	}
 	if ix := referrer.NewIndex(context.Background(), repo, unsigned); ix.Len() != 0 {
 		t.Fatalf("%d token referrers on the unsigned image", ix.Len())
+	}
+	// The store marks what attach published, and only that: token prune removes a token only
+	// once it is published.
+	old := time.Now().Add(-48 * time.Hour)
+	for _, put := range []struct {
+		img ocispec.Descriptor
+		raw string
+	}{{signed, signedTok}, {signed, otherTok}, {unsigned, unsignedTok}} {
+		e, err := store.Get(put.img.Digest.String(), sha(put.raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(e.Path, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := store.Prune(time.Now().Add(-time.Hour), token.PruneOptions{})
+	if err != nil || len(res.Removed) != 1 || res.Removed[0].SHA256 != sha(signedTok) || res.Unattached != 2 {
+		t.Fatalf("prune after attach: %+v, %v; want the attached token removed and the 2 others kept", res, err)
 	}
 }
 

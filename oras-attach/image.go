@@ -276,8 +276,12 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 	// collection instead (it is untagged).
 	repo.SkipReferrersGC = true
 
+	// store is the token store the tokens come from, where each one published is marked so
+	// (nil with --token).
+	var store *token.Store
 	if *tokenFile == "" {
-		store, which, err := tokenDir.store()
+		var which string
+		store, which, err = tokenDir.store()
 		if err != nil {
 			return fail(1, err)
 		}
@@ -330,7 +334,18 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)\n", sha)
 			continue
 		}
+		// A token published is marked so in the store, so that token prune may remove it once old;
+		// a mark that cannot be written only makes prune keep the token.
+		markAttached := func() {
+			if store == nil {
+				return
+			}
+			if err := store.MarkAttached(subject.Digest.String(), sha); err != nil {
+				fmt.Fprintf(io.stderr, "oras-attest attach: token %s is attached, but could not be marked so in the token store (token prune will keep it): %v\n", sha, err)
+			}
+		}
 		if f := attached.FindAnnotated(ctx, sha); f != nil {
+			markAttached()
 			out = append(out, f.Descriptor)
 			if *output != "json" {
 				fmt.Fprintf(io.stdout, "Token already attached to %s\nDigest: %s\n", fs.Arg(0), f.Descriptor.Digest)
@@ -354,6 +369,7 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 		if err != nil {
 			return done(1, err)
 		}
+		markAttached()
 		out = append(out, desc)
 		if *output != "json" {
 			fmt.Fprintf(io.stdout, "Attached token to %s\nDigest: %s\n", fs.Arg(0), desc.Digest)

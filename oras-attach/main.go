@@ -21,7 +21,7 @@ const (
 	tokenSynopses = `  oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
   oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
   oras-attest token show   FILE|- [-o json]
-  oras-attest token prune  --older-than DURATION [--token-dir DIR] [--dry-run] [-o json]
+  oras-attest token prune  --older-than DURATION [--token-dir DIR] [--dry-run] [--include-unattached] [-o json]
 `
 	rulesSynopses = `  oras-attest rules test --rules FILE --claims FILE [-o json]
 `
@@ -40,8 +40,10 @@ attach publishes only the tokens a signature of the image names (sign first); -o
 list of referrers attached, also when a later token fails.
 
 token prune removes from the token store the tokens stored longer ago than --older-than (1h at
-least; there is no default) and the directories left empty; --dry-run lists them first. A pruned
-token can no longer be attached: run attach for every image signed before then first.
+least; there is no default) that attach published (attach marks each token it publishes in the
+store), and the directories left empty; --dry-run lists them first. Older tokens attach never
+published are kept and counted: a pruned token can no longer be attached, and the signature
+naming it never verified. --include-unattached removes them too.
 
 Exit status: 0 verified, or done; 1 refused, or failed (a registry, MAA or the TPM, a file that
 cannot be read); 2 usage error (a flag, an argument, or what a file given holds, is wrong).

@@ -37,6 +37,18 @@ func TestTokenPrune(t *testing.T) {
 	// prefix is the start of the token's SHA-256 that the text output prints.
 	prefix := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:6]) }
 
+	// unmark removes the marks attach left: the tokens were never published.
+	unmark := func(t *testing.T, dir string) {
+		marks, err := filepath.Glob(filepath.Join(dir, "*", "*", "*.attached"))
+		if err != nil || len(marks) == 0 {
+			t.Fatalf("marks %v: %v", marks, err)
+		}
+		for _, m := range marks {
+			if err := os.Remove(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	tests := []struct {
 		name string
 		// args are the arguments after "token prune"; DIR stands for the store's directory.
@@ -179,6 +191,22 @@ func TestTokenPrune(t *testing.T) {
 			left:   all,
 		},
 		{
+			name:   "old tokens attach never published kept",
+			args:   []string{"--token-dir", "DIR", "--older-than", "24h"},
+			setup:  unmark,
+			code:   0,
+			stdout: []string{"no token in DIR is older than 24h0m0s", "; 1 newer token kept; 2 older tokens attach never published kept (attach the images first, or --include-unattached removes them"},
+			left:   all,
+		},
+		{
+			name:   "--include-unattached removes them too",
+			args:   []string{"--token-dir", "DIR", "--older-than", "24h", "--include-unattached"},
+			setup:  unmark,
+			code:   0,
+			stdout: []string{"removed 2 tokens of 2 images from DIR"},
+			left:   []string{"h.a-recent.sig"},
+		},
+		{
 			name:   "a missing store said on stderr",
 			args:   []string{"--token-dir", "DIR-typo", "--older-than", "24h"},
 			code:   0,
@@ -226,6 +254,10 @@ func TestTokenPrune(t *testing.T) {
 				}
 				mtime := now.Add(-tok.age)
 				if err := os.Chtimes(e.Path, mtime, mtime); err != nil {
+					t.Fatal(err)
+				}
+				// As attach marks what it published.
+				if err := store.MarkAttached(tok.subject, e.SHA256); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -286,6 +318,9 @@ func TestTokenPruneJSON(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := os.Chtimes(e.Path, old, old); err != nil {
+				t.Fatal(err)
+			}
+			if err := store.MarkAttached(subject, e.SHA256); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := store.Put(subject, "h.new.sig"); err != nil {

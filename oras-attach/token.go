@@ -402,19 +402,22 @@ type pruneResult struct {
 	Removed   []token.Pruned  `json:"removed"`
 	Kept      int             `json:"kept"`
 	Skipped   []token.Skipped `json:"skipped"`
-	// Temporary counts the leftovers of interrupted stores removed (token.PruneResult).
-	Temporary int    `json:"temporary"`
-	Error     string `json:"error,omitempty"`
+	// Temporary counts the leftovers of interrupted stores removed, and Unattached the old
+	// tokens kept because attach never published them (token.PruneResult).
+	Temporary  int    `json:"temporary"`
+	Unattached int    `json:"unattached"`
+	Error      string `json:"error,omitempty"`
 }
 
 // tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
 // the user must choose: attach can no longer publish a token once it is pruned.
 func tokenPrune(args []string, io cmdIO) int {
 	fs := newFlags("oras-attest token prune", "oras-attest token prune --older-than DURATION [flags]", io.stderr)
-	olderThan := fs.Duration("older-than", 0, "remove the tokens stored longer ago than this, at least 1h (required): attach must have run for every image signed before then, as a pruned token can no longer be attached")
+	olderThan := fs.Duration("older-than", 0, "remove the tokens stored longer ago than this that attach published, at least 1h (required)")
 	var tokenDir tokenDirFlag
 	tokenDir.add(fs)
 	dryRun := fs.Bool("dry-run", false, "list the tokens that would be removed, and remove nothing")
+	unattached := fs.Bool("include-unattached", false, "remove, too, old tokens attach never published from this store: the signatures naming them can then never be verified")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
@@ -443,11 +446,11 @@ func tokenPrune(args []string, io cmdIO) int {
 		// Nothing to prune; but a mistyped --token-dir looks just like this.
 		fmt.Fprintf(io.stderr, "oras-attest token prune: %s does not exist: is it the plugin's token_dir (--token-dir, ATTEST_TOKEN_DIR)?\n", store.Dir())
 	}
-	pr, err := store.Prune(res.Before, *dryRun)
-	if err != nil && len(pr.Removed) == 0 && pr.Kept == 0 && len(pr.Skipped) == 0 && pr.Temporary == 0 {
+	pr, err := store.Prune(res.Before, token.PruneOptions{DryRun: *dryRun, Unattached: *unattached})
+	if err != nil && len(pr.Removed) == 0 && pr.Kept == 0 && len(pr.Skipped) == 0 && pr.Temporary == 0 && pr.Unattached == 0 {
 		return fail(err) // nothing read to report: {"error": ...}
 	}
-	res.Removed, res.Kept, res.Skipped, res.Temporary = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary
+	res.Removed, res.Kept, res.Skipped, res.Temporary, res.Unattached = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary, pr.Unattached
 	for _, s := range res.Skipped {
 		fmt.Fprintf(io.stderr, "oras-attest token prune: skipped %s: %s\n", s.Path, s.Reason)
 	}
@@ -478,6 +481,9 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	}
 	cutoff := fmt.Sprintf("older than %s (stored before %s)", res.OlderThan, res.Before.Local().Format(time.RFC3339))
 	kept := plural(res.Kept, "newer token") + " kept"
+	if res.Unattached > 0 {
+		kept += "; " + plural(res.Unattached, "older token") + " attach never published kept (attach the images first, or --include-unattached removes them, and the signatures naming them can then never be verified)"
+	}
 	if res.Temporary > 0 {
 		// What a store interrupted by a crash left (never a token).
 		kept += "; " + plural(res.Temporary, "leftover") + " of an interrupted store " + map[bool]string{true: "would be removed", false: "removed"}[res.DryRun]

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -45,6 +46,18 @@ type PruneResult struct {
 	// and renaming), older than the cutoff, removed (on a dry run: that would be removed). Those
 	// of a Put still running are newer, and left alone without a word.
 	Temporary int
+	// Unattached counts the tokens older than the cutoff that were kept because no attach marked
+	// them published (MarkAttached), Prune being asked to keep those.
+	Unattached int
+}
+
+// PruneOptions are Prune's choices besides the cutoff.
+type PruneOptions struct {
+	// DryRun removes nothing and reports what would be removed.
+	DryRun bool
+	// Unattached removes, too, the tokens no attach marked published: their signatures can then
+	// never be verified. By default they are kept, and counted.
+	Unattached bool
 }
 
 // Prune removes the tokens whose file was last modified before olderThan, then the subject and
@@ -71,7 +84,7 @@ type PruneResult struct {
 //
 // An error on one entry does not stop the others: the result holds what was done, and the
 // error names each entry that failed.
-func (s *Store) Prune(olderThan time.Time, dryRun bool) (PruneResult, error) {
+func (s *Store) Prune(olderThan time.Time, opts PruneOptions) (PruneResult, error) {
 	res := PruneResult{Removed: []Pruned{}, Skipped: []Skipped{}}
 	// The store's directory itself is opened as the other methods find it, through a link.
 	fd, err := unix.Open(s.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -91,7 +104,7 @@ func (s *Store) Prune(olderThan time.Time, dryRun bool) (PruneResult, error) {
 	if err := s.ownerError(&st); err != nil {
 		return res, err
 	}
-	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: dryRun, res: &res}
+	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: opts.DryRun, unattached: opts.Unattached, res: &res}
 	p.store(root, s.dir)
 	if len(p.errs) > 0 {
 		return res, fmt.Errorf("token store: pruning %s: %w", s.dir, errors.Join(p.errs...))
@@ -108,10 +121,11 @@ const dirGrace = time.Minute
 type pruner struct {
 	olderThan time.Time
 	// changed is the time before which a directory must have last changed to be removed.
-	changed time.Time
-	dryRun  bool
-	res     *PruneResult
-	errs    []error
+	changed    time.Time
+	dryRun     bool
+	unattached bool
+	res        *PruneResult
+	errs       []error
 }
 
 func (p *pruner) skip(path, reason string) {
@@ -155,10 +169,18 @@ func (p *pruner) algorithm(d *os.File, path, algo string) {
 
 // subject removes the tokens older than the cutoff from the subject directory d, at path.
 func (p *pruner) subject(d *os.File, path, subject string) {
-	for _, name := range p.names(d, path) {
+	names := p.names(d, path)
+	for _, name := range names {
 		file := filepath.Join(path, name)
 		if isTemporary(name) {
 			p.temporary(d, file, name)
+			continue
+		}
+		if h, ok := strings.CutSuffix(name, attachedSuffix); ok && isHexSHA256(h) {
+			// A marker goes with its token; one whose token is gone, once old.
+			if !slices.Contains(names, h+".jwt") {
+				p.removeOld(d, file, name)
+			}
 			continue
 		}
 		h, ok := strings.CutSuffix(name, ".jwt")
@@ -183,6 +205,11 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 			p.res.Kept++
 			continue
 		}
+		marked := slices.Contains(names, h+attachedSuffix)
+		if !marked && !p.unattached {
+			p.res.Unattached++
+			continue
+		}
 		if !p.dryRun {
 			err := unix.Unlinkat(int(d.Fd()), name, 0)
 			if errors.Is(err, unix.ENOENT) {
@@ -192,46 +219,65 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 				p.errs = append(p.errs, &fs.PathError{Op: "remove", Path: file, Err: err})
 				continue
 			}
+			if marked {
+				if err := unix.Unlinkat(int(d.Fd()), h+attachedSuffix, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+					p.errs = append(p.errs, &fs.PathError{Op: "remove", Path: filepath.Join(path, h+attachedSuffix), Err: err})
+				}
+			}
 		}
 		p.res.Removed = append(p.res.Removed, Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file})
 	}
 }
 
-// isTemporary reports whether name is that of a temporary file Put writes a token through
-// (atomicfile: ".<hex sha256>.jwt.tmp-<random>").
+// isTemporary reports whether name is that of a temporary file Put writes a token through, or
+// MarkAttached its marker (atomicfile: ".<hex sha256>.jwt.tmp-<random>", ".<hex
+// sha256>.attached.tmp-<random>").
 func isTemporary(name string) bool {
 	rest, ok := strings.CutPrefix(name, ".")
 	if !ok {
 		return false
 	}
-	h, suffix, ok := strings.Cut(rest, ".jwt.tmp-")
-	return ok && isHexSHA256(h) && suffix != "" && !strings.ContainsAny(suffix, "/.")
+	for _, ext := range []string{".jwt.tmp-", attachedSuffix + ".tmp-"} {
+		if h, suffix, ok := strings.Cut(rest, ext); ok && isHexSHA256(h) && suffix != "" && !strings.ContainsAny(suffix, "/.") {
+			return true
+		}
+	}
+	return false
 }
 
 // temporary removes the temporary file name in the directory d, at file, if it is a regular
 // file older than the cutoff: what a Put that crashed left. A newer one may be a running Put's.
 func (p *pruner) temporary(d *os.File, file, name string) {
+	if p.removeOld(d, file, name) {
+		p.res.Temporary++
+	}
+}
+
+// removeOld removes name in the directory d, at file, if it is a regular file older than the
+// cutoff (on a dry run, reports that it would), and reports whether it did. Another type of file
+// is skipped; a newer one is left unreported.
+func (p *pruner) removeOld(d *os.File, file, name string) bool {
 	var st unix.Stat_t
 	err := unix.Fstatat(int(d.Fd()), name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	switch {
 	case errors.Is(err, unix.ENOENT): // renamed into place or removed since it was listed
-		return
+		return false
 	case err != nil:
 		p.errs = append(p.errs, &fs.PathError{Op: "stat", Path: file, Err: err})
-		return
+		return false
 	case st.Mode&unix.S_IFMT != unix.S_IFREG:
 		p.skip(file, "not a regular file")
-		return
+		return false
 	case !time.Unix(st.Mtim.Unix()).Before(p.olderThan):
-		return
+		return false
 	}
 	if !p.dryRun {
 		if err := unix.Unlinkat(int(d.Fd()), name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
 			p.errs = append(p.errs, &fs.PathError{Op: "remove", Path: file, Err: err})
-			return
+			return false
 		}
 	}
-	p.res.Temporary++
+	return true
 }
 
 // names lists the directory d, at path, sorted.

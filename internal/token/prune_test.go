@@ -243,7 +243,7 @@ func TestPrune(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			res, err := s.Prune(cutoff, tc.dryRun)
+			res, err := s.Prune(cutoff, PruneOptions{DryRun: tc.dryRun, Unattached: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -368,7 +368,7 @@ func TestPruneStoreDirectory(t *testing.T) {
 			if link := tc.setup(t, dir); link != "" {
 				s = NewStore(link)
 			}
-			res, err := s.Prune(time.Now(), false)
+			res, err := s.Prune(time.Now(), PruneOptions{Unattached: true})
 			if (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
 				t.Fatalf("Prune: %v, want %q", err, tc.err)
 			}
@@ -425,7 +425,7 @@ func TestPutDirectoryRemoved(t *testing.T) {
 				if tc.aged {
 					ageDirs(t, s.Dir(), old)
 				}
-				if _, err := s.Prune(time.Now().Add(-time.Hour), false); err != nil {
+				if _, err := s.Prune(time.Now().Add(-time.Hour), PruneOptions{Unattached: true}); err != nil {
 					t.Error(err)
 				}
 				if _, err := os.Lstat(filepath.Join(s.Dir(), algo)); tc.aged != errors.Is(err, fs.ErrNotExist) {
@@ -502,7 +502,7 @@ func TestPutPruneRace(t *testing.T) {
 		go func() { wg.Wait(); close(putsDone) }()
 		close(start)
 		for pruning := true; pruning; {
-			if _, err := s.Prune(time.Now().Add(-time.Hour), false); err != nil {
+			if _, err := s.Prune(time.Now().Add(-time.Hour), PruneOptions{Unattached: true}); err != nil {
 				t.Error(err)
 			}
 			select {
@@ -511,7 +511,7 @@ func TestPutPruneRace(t *testing.T) {
 			default:
 			}
 		}
-		if _, err := s.Prune(time.Now().Add(-time.Hour), false); err != nil {
+		if _, err := s.Prune(time.Now().Add(-time.Hour), PruneOptions{Unattached: true}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -523,5 +523,74 @@ func TestPutPruneRace(t *testing.T) {
 		if err != nil || len(l) != 1 || l[0].SHA256 != e.SHA256 {
 			t.Errorf("%s: %d tokens (%v), want only the one Put stored, %s", e.Subject, len(l), err, e.SHA256)
 		}
+	}
+}
+
+// TestPruneKeepsUnattached: by default Prune removes an old token only once attach marked it
+// published (MarkAttached), with its mark, and counts the old ones it keeps; asked to, it removes
+// those too. A mark whose token is gone goes once old; one cannot be made for a token the store
+// does not hold.
+func TestPruneKeepsUnattached(t *testing.T) {
+	subject := "sha256:" + strings.Repeat("a", 64)
+	old := time.Now().Add(-48 * time.Hour)
+	for _, c := range []struct {
+		name       string
+		unattached bool
+		// removed are the tokens removed; the others stay.
+		removed     []string
+		unattachedN int
+	}{
+		{"default", false, []string{"h.published.sig"}, 1},
+		{"unattached too", true, []string{"h.published.sig", "h.unpublished.sig"}, 0},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "tokens")
+			s := NewStore(dir)
+			entries := map[string]Entry{}
+			for _, raw := range []string{"h.published.sig", "h.unpublished.sig"} {
+				e, err := s.Put(subject, raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chtimes(e.Path, old, old); err != nil {
+					t.Fatal(err)
+				}
+				entries[raw] = e
+			}
+			if err := s.MarkAttached(subject, entries["h.published.sig"].SHA256); err != nil {
+				t.Fatal(err)
+			}
+			mark := strings.TrimSuffix(entries["h.published.sig"].Path, ".jwt") + ".attached"
+			// A mark left by a token removed by hand, old.
+			orphan := filepath.Join(filepath.Dir(mark), strings.Repeat("c", 64)+".attached")
+			writeAt(t, orphan, old)
+			res, err := s.Prune(time.Now().Add(-time.Hour), PruneOptions{Unattached: c.unattached})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var removed []string
+			for raw, e := range entries {
+				_, err := os.Stat(e.Path)
+				if errors.Is(err, fs.ErrNotExist) {
+					removed = append(removed, raw)
+				}
+			}
+			slices.Sort(removed)
+			if !slices.Equal(removed, c.removed) || len(res.Removed) != len(c.removed) || res.Unattached != c.unattachedN {
+				t.Fatalf("removed %v (%d reported), %d unattached kept; want %v, %d", removed, len(res.Removed), res.Unattached, c.removed, c.unattachedN)
+			}
+			for _, f := range []string{mark, orphan} {
+				if _, err := os.Stat(f); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("%s left: %v", filepath.Base(f), err)
+				}
+			}
+			if len(res.Skipped) != 0 || res.Temporary != 0 {
+				t.Errorf("skipped %+v, temporary %d: marks are the store's own", res.Skipped, res.Temporary)
+			}
+		})
+	}
+	s := NewStore(t.TempDir())
+	if err := s.MarkAttached(subject, strings.Repeat("d", 64)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("marking a token the store does not hold: %v, want ErrNotFound", err)
 	}
 }

@@ -225,6 +225,24 @@ func (s *Store) List(subject string) ([]Entry, error) {
 	return out, nil
 }
 
+// attachedSuffix names, after a token's hex SHA-256, the marker MarkAttached leaves next to it.
+const attachedSuffix = ".attached"
+
+// MarkAttached records that the token of subject whose SHA-256 is sha256Hex is published in a
+// registry (an empty file <hex>.attached beside it), so that Prune removes it once old without
+// being asked to remove unpublished tokens too. A token the store does not hold is an ErrNotFound
+// error. Losing a marker only makes Prune keep its token.
+func (s *Store) MarkAttached(subject, sha256Hex string) error {
+	e, err := s.Get(subject, sha256Hex)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(filepath.Join(filepath.Dir(e.Path), e.SHA256+attachedSuffix), nil, 0o600); err != nil {
+		return fmt.Errorf("token store: %w", err)
+	}
+	return nil
+}
+
 // Get returns the token stored for subject whose SHA-256 is sha256Hex.
 func (s *Store) Get(subject, sha256Hex string) (Entry, error) {
 	dir, err := s.subjectDir(subject)
