@@ -60,18 +60,21 @@ type PruneOptions struct {
 	Unattached bool
 }
 
-// Prune removes the tokens whose file was last modified before olderThan, then the subject and
-// algorithm directories left empty; the store's own directory stays. With dryRun it removes
-// nothing and reports what it would remove. A store directory that does not exist holds nothing
-// to prune.
+// Prune removes the tokens whose file was last modified before olderThan and that attach marked
+// published (MarkAttached), with their marks, then the subject and algorithm directories left
+// empty; the store's own directory stays. Older tokens without a mark are kept and counted in
+// Unattached, unless opts.Unattached. With opts.DryRun it removes nothing and reports what it
+// would remove. A store directory that does not exist holds nothing to prune.
 //
-// It removes only what Put writes: a regular file named <hex SHA-256>.jwt in a directory
-// <algorithm>/<encoded digest> of a digest the store keeps tokens under, and the temporary file
-// (".<hex SHA-256>.jwt.tmp-*") a Put interrupted by a crash left there, once it is older than the
-// cutoff (counted in Temporary; a newer one may be a running Put's, and is left unreported). It opens each directory
-// below the store's without following a symbolic link and removes entries relative to the open
-// directory, so that a link, placed anywhere, never leads it out of the store; every other entry
-// is reported in Skipped and left alone. Like List, it refuses a store directory that is not this
+// It removes only what Put and MarkAttached write: a regular file named <hex SHA-256>.jwt, and
+// its mark <hex SHA-256>.attached, in a directory <algorithm>/<encoded digest> of a digest the
+// store keeps tokens under; a mark whose token is gone, once older than the cutoff; and the
+// temporary file (".<hex SHA-256>.jwt.tmp-*", ".<hex SHA-256>.attached.tmp-*") a write
+// interrupted by a crash left there, once older than the cutoff (counted in Temporary; a newer
+// one may be a running write's, and is left unreported). It opens each directory below the
+// store's without following a symbolic link and removes entries relative to the open directory,
+// so that a link, placed anywhere, never leads it out of the store; every other entry is
+// reported in Skipped and left alone. Like List, it refuses a store directory that is not this
 // user's own or that others may write to.
 //
 // A Put running at the same time does not lose its token. Prune removes a directory with rmdir,
