@@ -127,6 +127,20 @@ func (f *fakeAzure) assignmentLocked(key string) armauthorization.RoleAssignment
 	}
 }
 
+// plant stores, as if made long ago, the assignment of role to principal at scope under name
+// ("" for the name apply gives it); it returns its key in f.assignments. f.mu is not taken: tests
+// plant before they run apply.
+func (f *fakeAzure) plant(scope, name, principal, role string) string {
+	if name == "" {
+		name = assignmentName(scope, principal, role)
+	}
+	key := scope + "|" + name
+	f.assignments[key] = armauthorization.RoleAssignmentCreateParameters{
+		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(role))},
+	}
+	return key
+}
+
 // backdate makes every assignment look made by an earlier run, long enough ago to have taken
 // effect.
 func (f *fakeAzure) backdate() {
@@ -836,10 +850,7 @@ func TestDestroyWithdrawsResourceGrants(t *testing.T) {
 	n := NamesFor(cfg.NamePrefix)
 	regScope := cfg.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
 	provScope := cfg.rgID() + "/providers/Microsoft.Attestation/attestationProviders/" + n.AttestationProvider
-	byHand := regScope + "|0b0b0b0b-0000-4000-8000-000000000001"
-	f.assignments[byHand] = armauthorization.RoleAssignmentCreateParameters{
-		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr("by-hand"), RoleDefinitionID: ptr(cfg.roleDefinition(RoleAcrPull))},
-	}
+	byHand := f.plant(regScope, "0b0b0b0b-0000-4000-8000-000000000001", "by-hand", RoleAcrPull)
 	count := func() (n int) {
 		for key := range f.assignments {
 			if strings.HasPrefix(key, regScope+"|") || strings.HasPrefix(key, provScope+"|") {
@@ -1041,9 +1052,7 @@ func TestSigningRolesScopedToObjects(t *testing.T) {
 		{vaultScope, RoleKeyVaultCryptoUser}, {vaultScope, RoleKeyVaultCertificateUser}, {keyScope, RoleKeyVaultCryptoUser},
 	}
 	for _, g := range legacy {
-		f.assignments[g.scope+"|"+assignmentName(g.scope, principal, g.role)] = armauthorization.RoleAssignmentCreateParameters{
-			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(g.role))},
-		}
+		f.plant(g.scope, "", principal, g.role)
 	}
 	held := func() map[string]bool {
 		got := map[string]bool{}
@@ -1109,11 +1118,7 @@ func TestLegacyWithdrawnWhenReplacementPredates(t *testing.T) {
 	f, cl := newFakeAzure(t)
 	n := NamesFor("demo1")
 	principal := "principal-" + n.Identity
-	put := func(scope, name, role string) {
-		f.assignments[scope+"|"+name] = armauthorization.RoleAssignmentCreateParameters{
-			Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(role))},
-		}
-	}
+	put := func(scope, name, role string) { f.plant(scope, name, principal, role) }
 	for i, a := range signingAssignments(testConfig, n.Certificate) {
 		put(a.scope, fmt.Sprintf("0a0a0a0a-0000-4000-8000-00000000000%d", i), a.role)
 	}
@@ -1142,10 +1147,7 @@ func TestUndatedReplacementKeepsLegacy(t *testing.T) {
 	n := NamesFor("demo1")
 	principal := "principal-" + n.Identity
 	keyScope := signingKeyScope(testConfig, n.Certificate)
-	legacy := keyScope + "|" + assignmentName(keyScope, principal, RoleKeyVaultCryptoUser)
-	f.assignments[legacy] = armauthorization.RoleAssignmentCreateParameters{
-		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr(principal), RoleDefinitionID: ptr(testConfig.roleDefinition(RoleKeyVaultCryptoUser))},
-	}
+	legacy := f.plant(keyScope, "", principal, RoleKeyVaultCryptoUser)
 	for run := range 2 {
 		_, steps, err := Apply(ctx, cl, testConfig, io.Discard)
 		if err != nil {
@@ -1172,9 +1174,7 @@ func TestFormerHoldersWithdrawn(t *testing.T) {
 	n := NamesFor(first.NamePrefix)
 	regScope := first.rgID() + "/providers/Microsoft.ContainerRegistry/registries/" + n.Registry
 	// Someone grants AcrPull to another principal by hand (a random assignment name).
-	f.assignments[regScope+"|0b0b0b0b-0000-4000-8000-000000000001"] = armauthorization.RoleAssignmentCreateParameters{
-		Properties: &armauthorization.RoleAssignmentProperties{PrincipalID: ptr("by-hand"), RoleDefinitionID: ptr(first.roleDefinition(RoleAcrPull))},
-	}
+	f.plant(regScope, "0b0b0b0b-0000-4000-8000-000000000001", "by-hand", RoleAcrPull)
 	holders := func(scope, role string) []string {
 		var p []string
 		for key, a := range f.assignments {
