@@ -63,7 +63,8 @@ Install and use:
 Plugin config (--plugin-config key=value):
   attestation_url      MAA instance URL (required)
   attestation_type     AzureGuest (default and only value)
-  max_token_age        oldest acceptable token, default 5m
+  max_token_age        oldest acceptable token, default 5m; Key Vault must have signed by then
+  timeout              time limit of one signature (attestation, Key Vault), default 2m
   rules                CEL claim rule file (default: the built-in Trusted Launch baseline)
   tpm                  /dev/tpmrm0 (default; the build user must be in the device's group, usually tss),
                        swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 )
@@ -31,8 +32,8 @@ func Compute(digest, keyID string) (string, error) {
 	if algo, hexPart, ok := strings.Cut(digest, ":"); !ok || algo == "" || hexPart == "" {
 		return "", fmt.Errorf("%w: digest %q is not of the form algorithm:encoded", ErrInvalidInput, digest)
 	}
-	if canon, ok := canonicalURL(keyID); !ok {
-		return "", fmt.Errorf("%w: key id %q is another spelling of %q, and the binding covers the key id as written: give it as %[3]q, to the signer and to verifiers alike", ErrInvalidInput, keyID, canon)
+	if err := CheckKeyID(keyID); err != nil {
+		return "", err
 	}
 	h := sha256.New()
 	h.Write([]byte(Domain))
@@ -53,11 +54,24 @@ const (
 // NotaryPayloadType is the payload type notation signs for OCI artifacts.
 const NotaryPayloadType = "application/vnd.cncf.notary.payload.v1+json"
 
+// CheckKeyID refuses, as Compute does, a key id that is not written in its canonical form (see
+// canonicalURL), naming that form: verifiers call it with their configuration, before reading
+// anything, so that a misspelt key id is a configuration error rather than a refused image.
+func CheckKeyID(keyID string) error {
+	if keyID == "" || strings.ContainsAny(keyID, "\r\n") {
+		return fmt.Errorf("%w: key id must be set, without line breaks", ErrInvalidInput)
+	}
+	if canon, ok := canonicalURL(keyID); !ok {
+		return fmt.Errorf("%w: key id %q is another spelling of %q, and the binding covers the key id as written: give it as %[3]q, to the signer and to verifiers alike", ErrInvalidInput, keyID, canon)
+	}
+	return nil
+}
+
 // canonicalURL reports whether keyID, when it is an https URL (a Key Vault key id), is written in
 // its one canonical form, and returns that form: scheme and host in lower case, no default port,
-// no trailing slash. Different spellings of one key would give different bindings, so a token
-// made under one spelling would be refused by a verifier configured with another, as bound to
-// "another key". The name and version are Key Vault's to spell: the signer compares them with
+// no trailing dot on the host, no trailing slash, no empty query ("?") or fragment ("#").
+// Different spellings of one key would give different bindings, so a token made under one
+// spelling would be refused by a verifier configured with another, as bound to "another key". The name and version are Key Vault's to spell: the signer compares them with
 // the key id the vault reports. Key ids that are not https URLs are left as they are.
 func canonicalURL(keyID string) (string, bool) {
 	u, err := url.Parse(keyID)
@@ -66,9 +80,17 @@ func canonicalURL(keyID string) (string, bool) {
 	}
 	c := *u
 	c.Scheme = "https"
-	c.Host = strings.ToLower(strings.TrimSuffix(u.Host, ":443"))
+	host := strings.ToLower(strings.TrimSuffix(u.Host, ":443"))
+	if h, port, err := net.SplitHostPort(host); err == nil {
+		host = net.JoinHostPort(strings.TrimSuffix(h, "."), port)
+	} else {
+		host = strings.TrimSuffix(host, ".")
+	}
+	c.Host = host
 	c.Path = strings.TrimRight(u.Path, "/")
 	c.RawPath = ""
+	c.ForceQuery = false
+	c.RawFragment = ""
 	canon := c.String()
 	return canon, canon == keyID
 }

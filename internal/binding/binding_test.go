@@ -28,7 +28,12 @@ func TestCompute(t *testing.T) {
 		{"upper-case host", d, "https://V.vault.azure.net/keys/k/1", "", ErrInvalidInput},
 		{"default port", d, "https://v.vault.azure.net:443/keys/k/1", "", ErrInvalidInput},
 		{"upper-case scheme", d, "HTTPS://v.vault.azure.net/keys/k/1", "", ErrInvalidInput},
+		{"empty query", d, k + "?", "", ErrInvalidInput},
+		{"empty fragment", d, k + "#", "", ErrInvalidInput},
+		{"fully qualified host", d, "https://v.vault.azure.net./keys/k/1", "", ErrInvalidInput},
+		{"fully qualified host, default port", d, "https://v.vault.azure.net.:443/keys/k/1", "", ErrInvalidInput},
 		{"other port kept", d, "https://127.0.0.1:8443/keys/k/1", hexOf("attested-kv/v1\n" + d + "\nhttps://127.0.0.1:8443/keys/k/1"), nil},
+		{"IPv6 loopback kept", d, "https://[::1]:8443/keys/k/1", hexOf("attested-kv/v1\n" + d + "\nhttps://[::1]:8443/keys/k/1"), nil},
 		{"not a URL", d, "test-key", hexOf("attested-kv/v1\n" + d + "\ntest-key"), nil},
 	}
 	for _, tt := range tests {
@@ -56,4 +61,26 @@ func TestCompute(t *testing.T) {
 func hexOf(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
+}
+
+// TestCheckKeyID: verifiers refuse at configuration what Compute would refuse per image.
+func TestCheckKeyID(t *testing.T) {
+	for _, tt := range []struct {
+		key string
+		ok  bool
+	}{
+		{"https://v.vault.azure.net/keys/k/1", true},
+		{"https://127.0.0.1:8443/keys/k/1", true},
+		{"test-key", true},
+		{"", false},
+		{"https://v.vault.azure.net/keys/k/1\n", false},
+		{"https://v.vault.azure.net/keys/k/1/", false},
+		{"https://V.vault.azure.net/keys/k/1", false},
+		{"https://v.vault.azure.net/keys/k/1?", false},
+	} {
+		err := CheckKeyID(tt.key)
+		if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrInvalidInput)) {
+			t.Errorf("CheckKeyID(%q) = %v, want ok=%v", tt.key, err, tt.ok)
+		}
+	}
 }

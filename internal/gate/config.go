@@ -30,6 +30,7 @@ const (
 	KeyLogFile           = "log_file"
 	KeyKeyCache          = "key_cache"
 	KeyOSRelease         = "os_release"
+	KeyTimeout           = "timeout"
 )
 
 // knownKeys lists every accepted key: an unknown key is refused, so a typo cannot silently drop a
@@ -37,7 +38,7 @@ const (
 var knownKeys = []string{
 	KeyAttestationURL, KeyAttestationType, KeyMaxTokenAge, KeyRules, KeyTPM, KeyTCGLog,
 	KeyCredentialType, KeyClientID, KeyCACerts, KeyTokenDir, KeyTimestampURL, KeyTimestampRootCert, KeyLogFile,
-	KeyKeyCache, KeyOSRelease,
+	KeyKeyCache, KeyOSRelease, KeyTimeout,
 }
 
 // Defaults.
@@ -52,13 +53,22 @@ const (
 	// MaxMaxTokenAge bounds max_token_age: a token is fetched for each signature, so a long age only
 	// widens the window a stolen token could be replayed in.
 	MaxMaxTokenAge = time.Hour
+	// DefaultTimeout bounds one generate-envelope request. notation (v1.3.2) runs a plugin with a
+	// context that only an interrupt ends (exec.CommandContext under signal.NotifyContext), and a
+	// service that accepts the connection and never answers (Entra ID, the managed identity
+	// endpoint, Key Vault) must not hang a build for ever.
+	DefaultTimeout = 2 * time.Minute
+	// MaxTimeout is the longest timeout.
+	MaxTimeout = time.Hour
 )
 
 // Config is the parsed plugin config.
 type Config struct {
-	AttestationURL    string
-	AttestationType   string
-	MaxTokenAge       time.Duration
+	AttestationURL  string
+	AttestationType string
+	MaxTokenAge     time.Duration
+	// Timeout bounds the whole request: attestation, opening the key and signing.
+	Timeout           time.Duration
 	RulesPath         string // "" = the built-in baseline
 	TPM               string
 	TCGLog            string
@@ -105,6 +115,7 @@ func ParseConfig(m map[string]string) (Config, error) {
 		KeyCacheDir:       tpm.ResolveKeyCacheDir(m[KeyKeyCache]),
 		OSRelease:         m[KeyOSRelease],
 		MaxTokenAge:       DefaultMaxTokenAge,
+		Timeout:           DefaultTimeout,
 	}
 	if c.AttestationURL == "" {
 		return Config{}, fmt.Errorf("plugin config %s is required (the MAA instance URL, e.g. https://NAME.REGION.attest.azure.net)", KeyAttestationURL)
@@ -129,6 +140,13 @@ func ParseConfig(m map[string]string) (Config, error) {
 			return Config{}, fmt.Errorf("plugin config %s=%q: want a duration between %s and %s, e.g. 5m", KeyMaxTokenAge, v, MinMaxTokenAge, MaxMaxTokenAge)
 		}
 		c.MaxTokenAge = d
+	}
+	if v := m[KeyTimeout]; v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < time.Second || d > MaxTimeout {
+			return Config{}, fmt.Errorf("plugin config %s=%q: want a duration between %s and %s, e.g. 2m", KeyTimeout, v, time.Second, MaxTimeout)
+		}
+		c.Timeout = d
 	}
 	if c.TPM == "" {
 		c.TPM = tpm.DefaultDevice

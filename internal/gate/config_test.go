@@ -70,44 +70,51 @@ func TestParseConfigAttestationURL(t *testing.T) {
 	}
 }
 
-// TestParseConfigMaxTokenAge: max_token_age is between 1s and 1h, as its error says.
-func TestParseConfigMaxTokenAge(t *testing.T) {
-	for _, tc := range []struct {
-		age  string
-		want time.Duration // 0 = refused
-	}{
-		{"", DefaultMaxTokenAge},
-		{"1ns", 0},
-		{"500ms", 0},
-		{"999ms", 0},
-		{"0s", 0},
-		{"-5m", 0},
-		{"five minutes", 0},
-		{"1s", time.Second},
-		{"5m", 5 * time.Minute},
-		{"1h", time.Hour},
-		{"1h1s", 0},
-	} {
-		name := tc.age
-		if name == "" {
-			name = "unset"
-		}
-		t.Run(name, func(t *testing.T) {
-			m := map[string]string{KeyAttestationURL: "https://maa.example"}
-			if tc.age != "" {
-				m[KeyMaxTokenAge] = tc.age
+// TestParseConfigDurations: max_token_age and timeout are between 1s and 1h, as their errors say.
+func TestParseConfigDurations(t *testing.T) {
+	get := map[string]func(Config) time.Duration{
+		KeyMaxTokenAge: func(c Config) time.Duration { return c.MaxTokenAge },
+		KeyTimeout:     func(c Config) time.Duration { return c.Timeout },
+	}
+	defaults := map[string]time.Duration{KeyMaxTokenAge: DefaultMaxTokenAge, KeyTimeout: DefaultTimeout}
+	for _, key := range []string{KeyMaxTokenAge, KeyTimeout} {
+		for _, tc := range []struct {
+			value string
+			want  time.Duration // 0 = refused
+		}{
+			{"", defaults[key]},
+			{"1ns", 0},
+			{"500ms", 0},
+			{"999ms", 0},
+			{"0s", 0},
+			{"-5m", 0},
+			{"five minutes", 0},
+			{"1s", time.Second},
+			{"5m", 5 * time.Minute},
+			{"1h", time.Hour},
+			{"1h1s", 0},
+		} {
+			name := tc.value
+			if name == "" {
+				name = "unset"
 			}
-			c, err := ParseConfig(m)
-			if tc.want == 0 {
-				if err == nil || !strings.Contains(err.Error(), KeyMaxTokenAge) || !strings.Contains(err.Error(), "between 1s and 1h0m0s") {
-					t.Fatalf("accepted as %s, or the error does not name the key and the range: %v", c.MaxTokenAge, err)
+			t.Run(key+"="+name, func(t *testing.T) {
+				m := map[string]string{KeyAttestationURL: "https://maa.example"}
+				if tc.value != "" {
+					m[key] = tc.value
 				}
-				return
-			}
-			if err != nil || c.MaxTokenAge != tc.want {
-				t.Fatalf("MaxTokenAge = %s, %v; want %s", c.MaxTokenAge, err, tc.want)
-			}
-		})
+				c, err := ParseConfig(m)
+				if tc.want == 0 {
+					if err == nil || !strings.Contains(err.Error(), key) || !strings.Contains(err.Error(), "between 1s and 1h0m0s") {
+						t.Fatalf("accepted as %s, or the error does not name the key and the range: %v", get[key](c), err)
+					}
+					return
+				}
+				if err != nil || get[key](c) != tc.want {
+					t.Fatalf("%s = %s, %v; want %s", key, get[key](c), err, tc.want)
+				}
+			})
+		}
 	}
 }
 

@@ -86,6 +86,10 @@ func loadRules(c Config) (ClaimRules, error) {
 	return ruleSet{s}, nil
 }
 
+// tryTimeout bounds one try of a request to Entra ID or Key Vault, as the MAA client bounds its
+// own.
+const tryTimeout = 30 * time.Second
+
 // kvSource opens a Key Vault key with the credential of the plugin config.
 type kvSource struct {
 	id   keyvault.KeyID
@@ -99,11 +103,16 @@ func newKeyVaultSource(keyID string, c Config, log *slog.Logger) (KeySource, err
 	if err != nil {
 		return nil, err
 	}
-	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{Type: c.CredentialType, ClientID: c.ClientID})
+	// Each try of a request to Entra ID, the managed identity endpoint or Key Vault is bounded, so
+	// that a connection that stalls is retried rather than waited on until the deadline (the
+	// Azure SDK sets no per-try limit by default).
+	var co azcore.ClientOptions
+	co.Retry.TryTimeout = tryTimeout
+	cred, err := keyvault.NewCredential(keyvault.CredentialOptions{Type: c.CredentialType, ClientID: c.ClientID, ClientOptions: co})
 	if err != nil {
 		return nil, err
 	}
-	o := keyvault.Options{Credential: cred}
+	o := keyvault.Options{Credential: cred, ClientOptions: co}
 	if c.CACerts != "" {
 		if o.CACerts, err = nx509.ReadCertificateFile(c.CACerts); err != nil {
 			return nil, validationf("%s: %v", KeyCACerts, err)

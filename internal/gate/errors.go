@@ -42,11 +42,13 @@ func (e *attestError) Unwrap() error { return e.err }
 //     for this evidence, its binding or a claim rule fails, the TPM's state changed since the
 //     evidence (the ephemeral key's PCR policy refuses); and Key Vault 401/403.
 //   - THROTTLED: MAA's or Key Vault's 429.
-//   - TIMEOUT: the deadline ran out, also while waiting to retry MAA.
+//   - TIMEOUT: the deadline ran out (the timeout plugin config), also while waiting to retry
+//     MAA; or the token reached max_token_age while the key was opened or Key Vault signed.
 //   - ERROR: outages (MAA unreachable or answering 5xx after the retries, its signing keys
 //     unreadable, the TPM cannot be opened), faults (the TPM's, an AK certificate Azure has not
 //     provisioned yet, an answer from MAA that cannot be used), a token that passed its checks
-//     but aged past max_token_age while the key was opened, and anything else.
+//     but was past max_token_age once the key was open or Key Vault had signed, and anything
+//     else.
 //
 // The message is what notation shows the user.
 func ToPluginError(err error) *plugin.Error {

@@ -148,6 +148,9 @@ func (g *Gate) VerifySignature(context.Context, *plugin.VerifySignatureRequest) 
 	return nil, plugin.NewUnsupportedError("verify-signature")
 }
 
+// errTokenAged is the cause of the signing deadline: the token reached max_token_age.
+var errTokenAged = errors.New("the token reached its max_token_age")
+
 // Attestation is a verified token whose claim rules passed, bound to one digest and key. Only
 // Gate.attest constructs one; signing requires it.
 type Attestation struct {
@@ -171,8 +174,14 @@ func (g *Gate) GenerateEnvelope(ctx context.Context, req *plugin.GenerateEnvelop
 		return nil, plugin.NewValidationError(err.Error())
 	}
 	defer closeLog()
+	limit := fmt.Errorf("the signature took longer than the plugin config %s %s", KeyTimeout, cfg.Timeout)
+	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Timeout, limit)
+	defer cancel()
 	rsp, err := g.generate(ctx, cfg, req, log)
 	if err != nil {
+		if context.Cause(ctx) == limit {
+			err = fmt.Errorf("%w (%v)", err, limit)
+		}
 		perr := ToPluginError(err)
 		log.Error("generate-envelope refused", "code", perr.ErrCode, "err", err)
 		return nil, perr
@@ -217,10 +226,25 @@ func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnv
 		<-warmed
 		return nil, err
 	}
-	<-warmed // one token request at a time: the clients then find it in the credential's cache
+	// Key Vault must have signed while the token is at most max_token_age old (see sign): opening
+	// the key and signing run under that deadline, and waiting for the access token too.
+	signBy := att.token.IssuedAt().Add(cfg.MaxTokenAge)
+	signCtx, cancelSign := context.WithTimeoutCause(ctx, signBy.Sub(g.deps.Now()), errTokenAged)
+	defer cancelSign()
+	select {
+	case <-warmed: // one token request at a time: the clients then find it in the credential's cache
+	case <-signCtx.Done():
+	}
 	stopWarm()
-	env, err := g.sign(ctx, att, key, cfg, tsa, req, log)
+	<-warmed
+	if err := ctx.Err(); err != nil { // the timeout, which also ended Warm
+		return nil, fmt.Errorf("waiting for the Key Vault access token: %w", err)
+	}
+	env, err := g.sign(signCtx, att, key, cfg, tsa, req, log)
 	if err != nil {
+		if context.Cause(signCtx) == errTokenAged && ctx.Err() == nil {
+			err = &attestError{err: fmt.Errorf("the token became older than %s %s before Key Vault had signed (%w); nothing was signed, sign again", KeyMaxTokenAge, cfg.MaxTokenAge, err)}
+		}
 		return nil, err
 	}
 	entry, err := store.Put(att.subject, att.token.Raw())
@@ -300,16 +324,24 @@ func (g *Gate) verifiedToken(ctx context.Context, cfg Config, b string, log *slo
 // sign builds the envelope; it takes the Attestation so no path reaches Key Vault without one.
 //
 // The signing time is taken once the key is open, and the token must still be at most
-// max_token_age old then: verifiers judge the token's age at the signing time (DESIGN.md,
-// "Binding"), and opening the key can take long (Entra ID or Key Vault throttling and retries).
+// max_token_age old then and once Key Vault has signed: verifiers judge the token's age at the
+// signing time (DESIGN.md, "Binding"), and opening the key or signing can take long (Entra ID or
+// Key Vault throttling and retries). ctx ends when the token reaches that age (generate).
 func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Config, tsa *timestamping, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) ([]byte, error) {
 	if att == nil || att.token == nil || att.keyID != req.KeyID {
 		return nil, &attestError{err: errors.New("no attestation for this key")}
 	}
 	start := time.Now()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("before opening the Key Vault key: %w", err)
+	}
 	signer, err := key.Open(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// A signer that does not watch ctx (a local key) must not sign past the deadline either.
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("opening the Key Vault key: %w", err)
 	}
 	opened := time.Now()
 	defer func() { log.Debug("signing timings", "openKey", opened.Sub(start), "sign", time.Since(opened)) }()
@@ -349,6 +381,12 @@ func (g *Gate) sign(ctx context.Context, att *Attestation, key KeySource, cfg Co
 	out, err := env.Sign(sr.WithContext(ctx))
 	if err != nil {
 		return nil, &signError{err: err, signer: rec.err()}
+	}
+	// The signing time the envelope states is now; Key Vault (and the TSA) answered later. A
+	// signature made once the token is past its age would claim a freshness it did not have.
+	if age := g.deps.Now().Sub(att.token.IssuedAt()); age > cfg.MaxTokenAge {
+		return nil, &attestError{err: fmt.Errorf("the token was %s old when Key Vault had signed, more than %s %s (signing took %s); the signature is discarded, sign again",
+			age.Truncate(time.Millisecond), KeyMaxTokenAge, cfg.MaxTokenAge, g.deps.Now().Sub(now).Truncate(time.Millisecond))}
 	}
 	return out, nil
 }

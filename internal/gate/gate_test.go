@@ -543,65 +543,166 @@ func BenchmarkGenerateEnvelopeRoundTrips(b *testing.B) {
 }
 
 // countingSigner counts the uses of its private key (the Key Vault sign operation): the envelope
-// asks a local signer for its key only to sign.
+// asks a local signer for its key only to sign. Signing moves the clock by signFor.
 type countingSigner struct {
 	signature.LocalSigner
-	n *atomic.Int32
+	n       *atomic.Int32
+	clock   *atomic.Int64 // offset of the test's clock, in nanoseconds
+	signFor time.Duration
 }
 
 func (s countingSigner) PrivateKey() crypto.PrivateKey {
 	s.n.Add(1)
+	s.clock.Add(int64(s.signFor))
 	return s.LocalSigner.PrivateKey()
 }
 
-// countingKey opens the fixture's signer behind a countingSigner.
+// countingKey opens the fixture's signer behind a countingSigner; opening moves the clock by
+// openFor.
 type countingKey struct {
-	f *fixture
-	n *atomic.Int32
+	f                *fixture
+	n                *atomic.Int32
+	clock            *atomic.Int64
+	openFor, signFor time.Duration
 }
 
 func (countingKey) Warm(context.Context) {}
 
 func (k countingKey) Open(context.Context) (signature.Signer, error) {
-	return countingSigner{LocalSigner: k.f.signer, n: k.n}, nil
+	k.clock.Add(int64(k.openFor))
+	return countingSigner{LocalSigner: k.f.signer, n: k.n, clock: k.clock, signFor: k.signFor}, nil
 }
 
 // TestTokenAgeAtSigningTime: the token must be at most max_token_age old at the signing time, not
-// only when it was verified; verifiers judge it at the signing time. Opening the key can take long
-// (throttling, retries): here the clock says it took six minutes.
+// only when it was verified, and still when Key Vault has signed; verifiers judge it at the
+// signing time the envelope states. Opening the key or signing can take long (throttling,
+// retries): here the clock says they took minutes.
 func TestTokenAgeAtSigningTime(t *testing.T) {
 	f := newFixture(t)
 	tests := []struct {
-		name    string
-		openFor time.Duration
-		signed  bool
+		name             string
+		late             time.Duration // the clock when the token has been verified
+		openFor, signFor time.Duration
+		code             plugin.ErrorCode // "" = signed
+		message          string
 	}{
-		{"key opened within the age", DefaultMaxTokenAge - time.Minute, true},
-		{"key opened after the age", DefaultMaxTokenAge + time.Minute, false},
+		{name: "key opened and signed within the age", openFor: DefaultMaxTokenAge - 2*time.Minute, signFor: time.Minute},
+		// ERROR, not ACCESS_DENIED: the token passed every check when it was verified and aged
+		// while the key was opened (Entra ID or Key Vault being slow); nothing refused the
+		// attestation, and signing again helps, as the message says.
+		{name: "key opened after the age", openFor: DefaultMaxTokenAge + time.Minute, code: plugin.ErrorCodeGeneric, message: "old at the signing time"},
+		{name: "Key Vault signed after the age", openFor: time.Minute, signFor: DefaultMaxTokenAge, code: plugin.ErrorCodeGeneric, message: "when Key Vault had signed"},
+		// The deadline of opening and signing is the token's max_token_age: past it, Key Vault is
+		// not asked.
+		{name: "aged before the key was opened", late: DefaultMaxTokenAge + time.Second, code: plugin.ErrorCodeTimeout, message: "became older than max_token_age"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := f.deps(t)
 			var signs atomic.Int32
-			d.Key = func(string, Config, *slog.Logger) (KeySource, error) { return countingKey{f: f, n: &signs}, nil }
-			d.Now = func() time.Time { return time.Now().Add(tt.openFor) }
+			var clock atomic.Int64
+			d.Key = func(string, Config, *slog.Logger) (KeySource, error) {
+				return countingKey{f: f, n: &signs, clock: &clock, openFor: tt.openFor, signFor: tt.signFor}, nil
+			}
+			d.Now = func() time.Time { return time.Now().Add(time.Duration(clock.Load())) }
+			verify := d.Verifier
+			d.Verifier = func(c Config) (TokenVerifier, error) {
+				v, err := verify(c)
+				return lateVerifier{v, &clock, tt.late}, err
+			}
 			cfg := f.with(KeyTokenDir, t.TempDir())
 			_, err := New(d).GenerateEnvelope(context.Background(), request("application/jose+json", cfg))
-			if tt.signed {
+			if tt.code == "" {
 				if err != nil || signs.Load() != 1 {
 					t.Fatalf("err %v, %d signatures; want one", err, signs.Load())
 				}
 				return
 			}
-			// ERROR, not ACCESS_DENIED: the token passed every check when it was verified and aged
-			// while the key was opened (Entra ID or Key Vault being slow); nothing refused the
-			// attestation, and signing again helps, as the message says.
 			var perr *plugin.Error
-			if !errors.As(err, &perr) || perr.ErrCode != plugin.ErrorCodeGeneric || !strings.Contains(perr.Message, "old at the signing time") {
-				t.Fatalf("err = %v, want ERROR naming the token's age at the signing time", err)
+			if !errors.As(err, &perr) || perr.ErrCode != tt.code || !strings.Contains(perr.Message, tt.message) {
+				t.Fatalf("err = %v, want %s naming %q", err, tt.code, tt.message)
 			}
-			if signs.Load() != 0 {
+			if tt.signFor == 0 && signs.Load() != 0 {
 				t.Fatal("Key Vault signed with a token too old at the signing time")
+			}
+			if _, err := token.NewStore(cfg[KeyTokenDir]).List(testDigest); !errors.Is(err, token.ErrNotFound) {
+				t.Fatalf("a token was stored: %v", err)
+			}
+		})
+	}
+}
+
+// lateVerifier verifies, then moves the clock by late.
+type lateVerifier struct {
+	TokenVerifier
+	clock *atomic.Int64
+	late  time.Duration
+}
+
+func (v lateVerifier) Verify(ctx context.Context, raw, nonce string) (*maa.Token, error) {
+	tok, err := v.TokenVerifier.Verify(ctx, raw, nonce)
+	v.clock.Add(int64(v.late))
+	return tok, err
+}
+
+// hangingKey is a Key Vault (or Entra ID) that accepts the request and never answers: Warm or
+// Open waits until its context ends.
+type hangingKey struct {
+	f          *fixture
+	warm, open bool
+}
+
+func (k hangingKey) Warm(ctx context.Context) {
+	if k.warm {
+		<-ctx.Done()
+	}
+}
+
+func (k hangingKey) Open(ctx context.Context) (signature.Signer, error) {
+	if k.open {
+		<-ctx.Done()
+		return nil, fmt.Errorf("Key Vault: %w", ctx.Err())
+	}
+	return k.f.signer, nil
+}
+
+// TestHangingServicesTimeOut: notation waits for the plugin without a limit, so a service that
+// never answers must end in TIMEOUT, within the timeout config or the token's max_token_age, and
+// nothing is signed.
+func TestHangingServicesTimeOut(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name       string
+		warm, open bool
+		kv         []string
+		message    string
+	}{
+		{name: "access token never comes", warm: true, kv: []string{KeyTimeout, "1s"}, message: "deadline exceeded (the signature took longer than the plugin config timeout 1s)"},
+		{name: "Key Vault never answers, timeout first", open: true, kv: []string{KeyTimeout, "1s"}, message: "deadline exceeded (the signature took longer than the plugin config timeout 1s)"},
+		{name: "Key Vault never answers, max_token_age first", open: true, kv: []string{KeyMaxTokenAge, "2s"}, message: "became older than max_token_age 2s"},
+		{name: "access token never comes, max_token_age first", warm: true, kv: []string{KeyMaxTokenAge, "2s"}, message: "became older than max_token_age 2s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := f.deps(t)
+			d.Key = func(string, Config, *slog.Logger) (KeySource, error) {
+				return hangingKey{f: f, warm: tt.warm, open: tt.open}, nil
+			}
+			cfg := f.with(append([]string{KeyTokenDir, t.TempDir()}, tt.kv...)...)
+			done := make(chan error, 1)
+			go func() {
+				_, err := New(d).GenerateEnvelope(context.Background(), request("application/jose+json", cfg))
+				done <- err
+			}()
+			var err error
+			select {
+			case err = <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("generate-envelope still waits for a service that never answers")
+			}
+			var perr *plugin.Error
+			if !errors.As(err, &perr) || perr.ErrCode != plugin.ErrorCodeTimeout || !strings.Contains(perr.Message, tt.message) {
+				t.Fatalf("err = %v, want TIMEOUT naming %q", err, tt.message)
 			}
 			if _, err := token.NewStore(cfg[KeyTokenDir]).List(testDigest); !errors.Is(err, token.ErrNotFound) {
 				t.Fatalf("a token was stored: %v", err)

@@ -89,7 +89,8 @@ func ParseKeyID(raw string) (KeyID, error) {
 	if u.Scheme != "https" {
 		return bad("the scheme must be https")
 	}
-	if u.Host == "" || u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+	// A bare "?" or "#" parses as an empty query or fragment: still one, and another spelling.
+	if u.Host == "" || u.User != nil || strings.ContainsAny(raw, "?#") || u.Opaque != "" {
 		return bad("a host and a path are required; user info, query and fragment are not allowed")
 	}
 	parts := strings.Split(strings.TrimSuffix(strings.TrimPrefix(u.EscapedPath(), "/"), "/"), "/")
