@@ -11,9 +11,10 @@
 //
 // POST /attest/AzureGuest?api-version=2020-10-01 refuses, each with its own CloudError code
 // (the Code* constants) and without a token:
-//   - a body over MaxAttestBodyBytes, malformed JSON (duplicate keys, unknown fields, trailing
-//     data), AttestationInfo that is not base64url, inner binary fields that are not strict
-//     standard base64 (with padding, no line breaks), ClientPayload values that are not base64;
+//   - a body over MaxAttestBodyBytes, malformed JSON (duplicate keys, unknown fields, member names
+//     that differ from the wire names even only in case, trailing data), AttestationInfo that is
+//     not base64url, inner binary fields that are not strict standard base64 (with padding, no
+//     line breaks), ClientPayload values that are not base64;
 //   - AttestationProtocolVersion other than "2.0", IsolationInfo other than TrustedLaunch (no
 //     confidential-VM evidence is emulated), OSType other than Linux;
 //   - an AK certificate that does not parse, is a CA, is not time-valid, or does not chain to

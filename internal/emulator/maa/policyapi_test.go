@@ -108,6 +108,7 @@ func TestPolicyRefusals(t *testing.T) {
 		{"not a JWS", "PUT", policyURL("AzureGuest"), DefaultPolicy, bearer, 400, CodeInvalidPolicyDocument, "compact JWS"},
 		{"signature on alg none", "PUT", policyURL("AzureGuest"), hdrNone + "." + stored(DefaultPolicy) + ".c2ln", bearer, 400, CodeInvalidPolicyDocument, "empty signature"},
 		{"payload not a StoredAttestationPolicy", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"Policy":"x"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "StoredAttestationPolicy"},
+		{"payload key in another case", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"attestationPolicy":"`+base64.RawURLEncoding.EncodeToString([]byte(DefaultPolicy))+`"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "case-sensitive"},
 		{"policy not base64url", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"AttestationPolicy":"***"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "base64url"},
 		{"oversized", "PUT", policyURL("AzureGuest"), strings.Repeat("a", MaxPolicyBodyBytes+1), bearer, 413, CodeRequestBodyTooLarge, "exceeds"},
 	} {

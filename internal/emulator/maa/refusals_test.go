@@ -58,6 +58,21 @@ func TestAttestRefusals(t *testing.T) {
 			inner, _ := base64.RawURLEncoding.DecodeString(req.AttestationInfo)
 			return rawRequestBody(t, append(inner[:len(inner)-1], []byte(`,"Extra":1}`)...))
 		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: "Extra"},
+		{name: "outer body key in another case", body: func(t *testing.T, b []byte) []byte {
+			return bytes.Replace(b, []byte(`"AttestationInfo"`), []byte(`"attestationInfo"`), 1)
+		}, status: 400, code: CodeInvalidRequestBody, msg: "case-sensitive"},
+		{name: "AttestationInfo key in lower case", body: func(t *testing.T, valid []byte) []byte {
+			return rawRequestBody(t, bytes.Replace(innerDocument(t, valid), []byte(`"TpmInfo"`), []byte(`"tpminfo"`), 1))
+		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: `unknown field "tpminfo"`},
+		{name: "TpmInfo key in another case", body: func(t *testing.T, valid []byte) []byte {
+			return rawRequestBody(t, bytes.Replace(innerDocument(t, valid), []byte(`"AikCert"`), []byte(`"AIKCert"`), 1))
+		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: `"TpmInfo.AIKCert"`},
+		{name: "PCRs entry key in another case", body: func(t *testing.T, valid []byte) []byte {
+			return rawRequestBody(t, bytes.Replace(innerDocument(t, valid), []byte(`"Digest"`), []byte(`"digest"`), 1))
+		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: `"TpmInfo.PCRs[0].digest"`},
+		{name: "IsolationInfo key in another case", body: func(t *testing.T, valid []byte) []byte {
+			return rawRequestBody(t, bytes.Replace(innerDocument(t, valid), []byte(`"Type"`), []byte(`"type"`), 1))
+		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: `"IsolationInfo.type"`},
 		{name: "oversized body", body: func(*testing.T, []byte) []byte {
 			return append([]byte(`{"AttestationInfo":"`), bytes.Repeat([]byte("A"), MaxAttestBodyBytes)...)
 		}, status: 413, code: CodeRequestBodyTooLarge},
@@ -232,6 +247,20 @@ func readFixture(t testing.TB, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// innerDocument returns the AttestationInfo JSON document of a request body.
+func innerDocument(t *testing.T, body []byte) []byte {
+	t.Helper()
+	var req wire.AttestRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		t.Fatal(err)
+	}
+	inner, err := base64.RawURLEncoding.DecodeString(req.AttestationInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inner
 }
 
 func mustStd(s string) []byte {

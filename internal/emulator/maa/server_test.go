@@ -174,6 +174,9 @@ func TestDecodeStrictJSON(t *testing.T) {
 		{`[{"A":"x"}]`, false},
 		{`{"A":"x","M":{"k":"v"},"A":"z"}`, false},
 		{`{"M":{"k":{"x":1}}}`, false},
+		{`{"a":"x"}`, false},
+		{`{"m":{"k":"v"}}`, false},
+		{`{"M":{"K":"v","k2":"w"}}`, true},
 		{strings.Repeat(`{"M":`, 20) + "{}" + strings.Repeat("}", 20), false},
 	} {
 		var d doc
