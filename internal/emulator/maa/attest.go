@@ -48,6 +48,9 @@ func (s *Server) attest(w http.ResponseWriter, r *http.Request, rec *RequestReco
 	if err != nil {
 		return "", err
 	}
+	if err := requireMediaType(r, mediaTypeJSON); err != nil {
+		return "", err
+	}
 	body, err := readBody(w, r, MaxAttestBodyBytes)
 	if err != nil {
 		return "", err

@@ -11,6 +11,8 @@
 //
 // POST /attest/AzureGuest?api-version=2020-10-01 refuses, each with its own CloudError code
 // (the Code* constants) and without a token:
+//   - a Content-Type other than application/json (415; parameters allowed, a charset only if
+//     UTF-8);
 //   - a body over MaxAttestBodyBytes, malformed JSON (duplicate keys, unknown fields, member names
 //     that differ from the wire names even only in case, trailing data), AttestationInfo that is
 //     not base64url, inner binary fields that are not strict standard base64 (with padding, no
@@ -81,8 +83,11 @@
 //     The policy type segment is matched case-insensitively (UNCONFIRMED); only unsigned policies
 //     (the AAD trust model) are accepted; the policy endpoints require a bearer token that
 //     Config.AuthorizePolicyRequest accepts, and refuse every request (401) when it is not set.
+//     A PUT must send the compact JWS itself as text/plain (the REST spec's media type; the
+//     header Azure's SDKs send is UNCONFIRMED): another Content-Type, or the JWS quoted as a JSON
+//     string, is refused with 415, and whitespace around it with 400.
 //   - Qualifying data in the quote or the certification is refused: Azure's client sends none and
 //     nothing in the protocol would check it (UNCONFIRMED whether MAA refuses it).
-//   - Error codes and the statuses of refusals (400, 401, 405, 413, 429, 503) are the emulator's
+//   - Error codes and the statuses of refusals (400, 401, 405, 413, 415, 429, 503) are the emulator's
 //     own.
 package maa

@@ -191,6 +191,9 @@ func newInstance(t *testing.T, e *env, mod func(*Config)) *instance {
 	return &instance{srv: srv, ts: ts, client: ts.Client()}
 }
 
+// do sends one request. Its Content-Type is what internal/maa's clients send: text/plain for a
+// policy PUT, application/json otherwise; hdr sets headers over it, and a header hdr maps to ""
+// is left out.
 func (in *instance) do(t *testing.T, method, path string, body []byte, hdr map[string]string) (int, []byte) {
 	t.Helper()
 	req, err := http.NewRequest(method, in.ts.URL+path, bytes.NewReader(body))
@@ -198,7 +201,14 @@ func (in *instance) do(t *testing.T, method, path string, body []byte, hdr map[s
 		t.Fatal(err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if method == http.MethodPut && strings.HasPrefix(path, "/policies/") {
+		req.Header.Set("Content-Type", "text/plain")
+	}
 	for k, v := range hdr {
+		if v == "" {
+			req.Header.Del(k)
+			continue
+		}
 		req.Header.Set(k, v)
 	}
 	rsp, err := in.client.Do(req)

@@ -89,6 +89,9 @@ func (s *Server) policyRequest(w http.ResponseWriter, r *http.Request, rec *Requ
 		claims[claimPolicy] = cur.jws
 		rec.PolicyHash = cur.hash
 	} else {
+		if err := requireMediaType(r, mediaTypeText); err != nil {
+			return nil, err
+		}
 		body, err := readBody(w, r, MaxPolicyBodyBytes)
 		if err != nil {
 			return nil, err
@@ -119,19 +122,20 @@ func (s *Server) policyRequest(w http.ResponseWriter, r *http.Request, rec *Requ
 	return json.Marshal(wire.PolicyResponse{Token: tok})
 }
 
-// parsePolicyJWS reads a PUT /policies body: the compact JWS as the raw body (what the C++ SDK
-// sends) or as a JSON string (what JSON-minded SDKs may send). Only unsigned policies
+// parsePolicyJWS reads a PUT /policies body: the compact JWS as the raw body, as the REST spec
+// (text/plain, a JWT string) and the C++ SDK have it, byte for byte. A body that is the JWS
+// quoted as a JSON string is refused (415), as is surrounding whitespace (400): whether MAA
+// accepts either is UNCONFIRMED, and neither is what Azure's SDKs send. Only unsigned policies
 // ({"alg":"none"}, the AAD trust model) are accepted; the emulator has no policy signers.
 func parsePolicyJWS(body []byte) (jws, text string, err error) {
-	b := bytes.TrimSpace(body)
-	if len(b) > 0 && b[0] == '"' {
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return "", "", refuse(CodeInvalidPolicyDocument, "body is not a JSON string: %v", err)
-		}
-		b = []byte(strings.TrimSpace(s))
+	if len(body) > 0 && body[0] == '"' {
+		return "", "", refuseStatus(http.StatusUnsupportedMediaType, CodeUnsupportedMediaTypeOrBody,
+			"the body is a JSON string; send the compact JWS itself as the text/plain body")
 	}
-	jws = string(b)
+	if len(bytes.TrimSpace(body)) != len(body) {
+		return "", "", refuse(CodeInvalidPolicyDocument, "the body has whitespace around the compact JWS; surrounding whitespace is not emulated")
+	}
+	jws = string(body)
 	parts := strings.Split(jws, ".")
 	if len(parts) != 3 {
 		return "", "", refuse(CodeInvalidPolicyDocument, "body is not a compact JWS (header.payload.signature)")

@@ -26,6 +26,13 @@ func withPolicyAdmin(c *Config) {
 	}
 }
 
+// withHeader returns a copy of hdr with header k set to v.
+func withHeader(hdr map[string]string, k, v string) map[string]string {
+	out := maps.Clone(hdr)
+	out[k] = v
+	return out
+}
+
 func policyURL(typ string) string {
 	return "/policies/" + typ + "?api-version=" + wire.PolicyAPIVersion
 }
@@ -56,14 +63,16 @@ func TestPolicyPutGet(t *testing.T) {
 	text := `version=1.2; authorizationrules { c:[type=="secureboot", value==true] => permit(); }; issuancerules { };`
 	jws := unsignedPolicyJWS(text)
 	for _, tc := range []struct {
-		name string
-		body string
+		name        string
+		contentType string
 	}{
-		{"raw compact JWS", jws},
-		{"JSON string", `"` + jws + `"`},
+		{"text/plain", "text/plain"},
+		{"text/plain in UTF-8", "text/plain; charset=utf-8"},
+		{"media type in another case", "Text/Plain; charset=UTF-8"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body := in.do(t, http.MethodPut, policyURL("azureGuest"), []byte(tc.body), bearer)
+			hdr := withHeader(bearer, "Content-Type", tc.contentType)
+			status, body := in.do(t, http.MethodPut, policyURL("azureGuest"), []byte(jws), hdr)
 			if status != http.StatusOK {
 				t.Fatalf("PUT: %d %s", status, body)
 			}
@@ -111,6 +120,12 @@ func TestPolicyRefusals(t *testing.T) {
 		{"payload key in another case", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"attestationPolicy":"`+base64.RawURLEncoding.EncodeToString([]byte(DefaultPolicy))+`"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "case-sensitive"},
 		{"policy not base64url", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"AttestationPolicy":"***"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "base64url"},
 		{"oversized", "PUT", policyURL("AzureGuest"), strings.Repeat("a", MaxPolicyBodyBytes+1), bearer, 413, CodeRequestBodyTooLarge, "exceeds"},
+		{"sent as application/json", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(DefaultPolicy), withHeader(bearer, "Content-Type", "application/json"), 415, CodeUnsupportedMediaTypeOrBody, "text/plain"},
+		{"sent without a Content-Type", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(DefaultPolicy), withHeader(bearer, "Content-Type", ""), 415, CodeUnsupportedMediaTypeOrBody, "no Content-Type"},
+		{"sent as text/plain in UTF-16", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(DefaultPolicy), withHeader(bearer, "Content-Type", "text/plain; charset=utf-16"), 415, CodeUnsupportedMediaTypeOrBody, "not emulated"},
+		{"quoted JSON string", "PUT", policyURL("AzureGuest"), `"` + unsignedPolicyJWS(DefaultPolicy) + `"`, bearer, 415, CodeUnsupportedMediaTypeOrBody, "JSON string"},
+		{"quoted JSON string as application/json", "PUT", policyURL("AzureGuest"), `"` + unsignedPolicyJWS(DefaultPolicy) + `"`, withHeader(bearer, "Content-Type", "application/json"), 415, CodeUnsupportedMediaTypeOrBody, "text/plain"},
+		{"whitespace around the JWS", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(DefaultPolicy) + "\n", bearer, 400, CodeInvalidPolicyDocument, "whitespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := newInstance(t, nil, withPolicyAdmin)

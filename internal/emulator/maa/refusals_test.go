@@ -31,7 +31,9 @@ func TestAttestRefusals(t *testing.T) {
 		// body replaces the request body built from the document.
 		body func(t *testing.T, valid []byte) []byte
 		// url replaces the request URL.
-		url    string
+		url string
+		// hdr sets request headers ("" leaves one out).
+		hdr    map[string]string
 		status int
 		code   string
 		msg    string
@@ -42,6 +44,11 @@ func TestAttestRefusals(t *testing.T) {
 		{name: "missing api-version", url: wire.AttestPath, status: 400, code: CodeUnsupportedAPIVersion, msg: "api-version"},
 		{name: "repeated api-version", url: attestURL + "&api-version=2020-10-01", status: 400, code: CodeUnsupportedAPIVersion, msg: "api-version"},
 		{name: "other attestation type", url: "/attest/Tpm?api-version=2020-10-01", status: 400, code: CodeUnsupportedAttestationType, msg: "Tpm"},
+		{name: "sent as text/plain", hdr: map[string]string{"Content-Type": "text/plain"}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "application/json"},
+		{name: "sent without a Content-Type", hdr: map[string]string{"Content-Type": ""}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "no Content-Type"},
+		{name: "sent as application/jsonx", hdr: map[string]string{"Content-Type": "application/jsonx"}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "application/jsonx"},
+		{name: "sent as JSON in UTF-16", hdr: map[string]string{"Content-Type": "application/json; charset=utf-16"}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "not emulated"},
+		{name: "Content-Type that does not parse", hdr: map[string]string{"Content-Type": "application/json; charset"}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "does not parse"},
 		{name: "outer body not JSON", body: func(*testing.T, []byte) []byte { return []byte("{") }, status: 400, code: CodeInvalidRequestBody},
 		{name: "outer body unknown field", body: func(t *testing.T, b []byte) []byte {
 			return append(b[:len(b)-1], []byte(`,"RuntimeData":"x"}`)...)
@@ -226,7 +233,7 @@ func TestAttestRefusals(t *testing.T) {
 			if tc.url != "" {
 				url = tc.url
 			}
-			status, rsp := in.do(t, http.MethodPost, url, body, nil)
+			status, rsp := in.do(t, http.MethodPost, url, body, tc.hdr)
 			ce := cloudError(t, rsp)
 			t.Logf("%d %s: %s", status, ce.Code, ce.Message)
 			if status != tc.status || ce.Code != tc.code || !strings.Contains(ce.Message, tc.msg) {

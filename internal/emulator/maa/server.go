@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"mime"
 	"net/http"
 	"net/url"
 	"strings"
@@ -398,6 +399,41 @@ func checkAPIVersion(r *http.Request, want string) (string, error) {
 		return strings.Join(v, ","), refuse(CodeUnsupportedAPIVersion, "api-version %q is not supported here; use api-version=%s", strings.Join(v, ","), want)
 	}
 	return v[0], nil
+}
+
+// Media types of request bodies: POST /attest takes JSON {"AttestationInfo": ...} (AZGA
+// AttestationClientImpl.cpp; reference/maa.md "Request"), PUT /policies the compact JWS as raw
+// text (the REST spec's Policy_Set "consumes: text/plain"; reference/azure-sdk.md §5, where the
+// header the C++ SDK sends is UNCONFIRMED).
+const (
+	mediaTypeJSON = "application/json"
+	mediaTypeText = "text/plain"
+)
+
+// requireMediaType refuses with 415 a request whose one Content-Type is not want. Parameters
+// are allowed, and mime.ParseMediaType compares the type without regard to case, as RFC 9110
+// says; a charset other than UTF-8 is refused as not emulated (every body here is ASCII, and
+// what MAA does with another charset is UNCONFIRMED).
+func requireMediaType(r *http.Request, want string) error {
+	values := r.Header.Values("Content-Type")
+	switch len(values) {
+	case 0:
+		return refuseStatus(http.StatusUnsupportedMediaType, CodeUnsupportedMediaTypeOrBody, "the request has no Content-Type; send the body as %s", want)
+	case 1:
+	default:
+		return refuseStatus(http.StatusUnsupportedMediaType, CodeUnsupportedMediaTypeOrBody, "the request has %d Content-Type headers; send one, %s", len(values), want)
+	}
+	mt, params, err := mime.ParseMediaType(values[0])
+	if err != nil {
+		return refuseStatus(http.StatusUnsupportedMediaType, CodeUnsupportedMediaTypeOrBody, "Content-Type %q does not parse: %v; send the body as %s", values[0], err, want)
+	}
+	if mt != want {
+		return refuseStatus(http.StatusUnsupportedMediaType, CodeUnsupportedMediaTypeOrBody, "Content-Type %q is not supported here; send the body as %s", mt, want)
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return refuseStatus(http.StatusUnsupportedMediaType, CodeUnsupportedMediaTypeOrBody, "charset %q is not emulated; send %s as UTF-8", cs, want)
+	}
+	return nil
 }
 
 // readBody reads at most limit bytes of the body, answering 413 beyond that.
