@@ -52,21 +52,34 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	if len(req.Policy) == 0 || json.Unmarshal(req.Policy, &p) != nil || p.X509Props == nil || p.X509Props.Subject == "" {
 		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "a policy with x509_props.subject is required")
 	}
-	if p.SecretProps != nil && p.SecretProps.ContentType != "" && p.SecretProps.ContentType != "application/x-pem-file" {
+	// Key Vault fills a policy's missing fields with defaults the emulator does not model. For
+	// these three the default decides what the certificate's secret gives away and who issues
+	// the certificate, and Key Vault's is likely less safe than any the emulator would pick:
+	// UNCONFIRMED what the service fills in, but Azure PowerShell's
+	// New-AzKeyVaultCertificatePolicy makes the key exportable unless -KeyNotExportable is given,
+	// and internal/provision reads an unset exportable as exportable. Defaulting to a
+	// non-exportable key here would hide a client that forgot the field, so a policy that leaves
+	// one out is refused instead, as not emulated.
+	switch {
+	case p.KeyProps == nil || p.KeyProps.Exportable == nil:
+		return 0, nil, notEmulatedDefault("key_props.exportable")
+	case p.SecretProps == nil || p.SecretProps.ContentType == "":
+		return 0, nil, notEmulatedDefault("secret_props.contentType")
+	case p.Issuer == nil || p.Issuer.Name == "":
+		return 0, nil, notEmulatedDefault("issuer.name")
+	}
+	if p.SecretProps.ContentType != "application/x-pem-file" {
 		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "secret content type %q is not emulated (use application/x-pem-file)", p.SecretProps.ContentType)
 	}
-	if p.KeyProps != nil && p.KeyProps.Exportable != nil && *p.KeyProps.Exportable {
+	if *p.KeyProps.Exportable {
 		return 0, nil, kvError(http.StatusBadRequest, "BadParameter", "exportable keys are not emulated: signing keys stay in the vault")
 	}
-	kty, size, crv := "RSA", 2048, ""
-	if p.KeyProps != nil {
-		if p.KeyProps.Kty != "" {
-			kty = p.KeyProps.Kty
-		}
-		if p.KeyProps.KeySize != 0 {
-			size = p.KeyProps.KeySize
-		}
-		crv = p.KeyProps.Crv
+	kty, size, crv := "RSA", 2048, p.KeyProps.Crv
+	if p.KeyProps.Kty != "" {
+		kty = p.KeyProps.Kty
+	}
+	if p.KeyProps.KeySize != 0 {
+		size = p.KeyProps.KeySize
 	}
 	subject, err := parseDN(p.X509Props.Subject)
 	if err != nil {
@@ -100,10 +113,7 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	if months <= 0 {
 		months = 12
 	}
-	issuerName := "Self"
-	if p.Issuer != nil && p.Issuer.Name != "" {
-		issuerName = p.Issuer.Name
-	}
+	issuerName := p.Issuer.Name
 	var issuer Issuer
 	if issuerName != "Self" {
 		var ok bool
@@ -170,6 +180,11 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 	}
 	// Key Vault answers a creation with 202 and the operation in progress.
 	return http.StatusAccepted, s.operation(r, cv, "inProgress"), nil
+}
+
+// notEmulatedDefault refuses a certificate policy that leaves field to Key Vault's default.
+func notEmulatedDefault(field string) error {
+	return kvError(http.StatusBadRequest, "BadParameter", "the certificate policy must give %s: Key Vault's default for it is not emulated", field)
 }
 
 // operation is the certificate operation of cv in status, naming the issuer cv was created with.

@@ -21,10 +21,14 @@
 //     type does not support (400 BadParameter), and sign and verify refuse a key whose key_ops
 //     lack the operation (403 Forbidden, innererror KeyOperationForbidden);
 //   - certificates: create with a policy (self-issued, or by a configured local CA issuer), the
-//     pending operation, get; creating a certificate creates the key and the secret of the same
-//     name and version, as Key Vault does, the key's key_ops following the policy's key usage,
-//     its nbf and exp the certificate's validity, and its bundle marked managed; a CA-issued
-//     leaf ends no later than its issuer;
+//     pending operation, get; the policy must give key_props.exportable (false: exportable keys
+//     are not emulated), secret_props.contentType (application/x-pem-file) and issuer.name, which
+//     Key Vault would default and the emulator does not (400 BadParameter otherwise); get returns
+//     the policy as it was sent, without the defaults Key Vault would fill into its other
+//     fields; creating a certificate creates the key and the secret of the same name and
+//     version, as Key Vault does, the key's key_ops following the policy's key usage, its nbf
+//     and exp the certificate's validity, and its bundle marked managed; a CA-issued leaf ends
+//     no later than its issuer;
 //   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain;
 //     keys are never exportable here, so no private key is ever in a secret).
 //

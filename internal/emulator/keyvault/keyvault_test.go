@@ -5,6 +5,8 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -65,6 +67,21 @@ func call(t testing.TB, h http.Handler, method, path, token string, body any) (*
 	return rec, out
 }
 
+// certBody is a create-certificate body with keyProps and x509Props, and the fields every
+// policy must give (key_props.exportable, secret_props.contentType, issuer.name) set to false,
+// PEM and Self where keyProps does not set exportable itself.
+func certBody(keyProps, x509Props map[string]any) map[string]any {
+	kp := maps.Clone(keyProps)
+	if _, ok := kp["exportable"]; !ok {
+		kp["exportable"] = false
+	}
+	return map[string]any{"policy": map[string]any{
+		"key_props": kp, "x509_props": x509Props,
+		"secret_props": map[string]any{"contentType": "application/x-pem-file"},
+		"issuer":       map[string]any{"name": "Self"},
+	}}
+}
+
 func errCode(m map[string]any) string {
 	e, _ := m["error"].(map[string]any)
 	c, _ := e["code"].(string)
@@ -98,7 +115,7 @@ func TestVaultRules(t *testing.T) {
 		{"body not JSON", "POST", "/keys/rsa/sign" + v, "good", []byte("{"), 400, "BadParameter"},
 		{"PS256 ok", "POST", "/keys/rsa/sign" + v, "good", map[string]any{"alg": "PS256", "value": d32}, 200, ""},
 		{"ES256 ok", "POST", "/keys/ec/sign" + v, "good", map[string]any{"alg": "ES256", "value": d32}, 200, ""},
-		{"exportable certificate refused", "POST", "/certificates/c/create" + v, "good", map[string]any{"policy": map[string]any{"key_props": map[string]any{"exportable": true}, "x509_props": map[string]any{"subject": "CN=x"}}}, 400, "BadParameter"},
+		{"exportable certificate refused", "POST", "/certificates/c/create" + v, "good", certBody(map[string]any{"exportable": true}, map[string]any{"subject": "CN=x"}), 400, "BadParameter"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -159,7 +176,7 @@ func TestKeyOps(t *testing.T) {
 		if usage != nil {
 			x["key_usage"] = usage
 		}
-		return map[string]any{"policy": map[string]any{"key_props": map[string]any{"kty": kty, "exportable": false}, "x509_props": x}}
+		return certBody(map[string]any{"kty": kty}, x)
 	}
 	tests := []struct {
 		name, method, path string
@@ -213,6 +230,77 @@ func TestKeyOps(t *testing.T) {
 				if got, _ := key["key_ops"].([]any); !reflect.DeepEqual(got, tc.keyOps) {
 					t.Fatalf("key_ops %v, want %v", key["key_ops"], tc.keyOps)
 				}
+			}
+		})
+	}
+}
+
+// TestCertificatePolicyDefaults checks that a certificate policy must give the fields whose Key
+// Vault defaults the emulator does not model (key_props.exportable, secret_props.contentType,
+// issuer.name): a policy that leaves one out is refused, not filled with a default safer than
+// Azure's, and nothing is created.
+func TestCertificatePolicyDefaults(t *testing.T) {
+	_, h := newVault(t)
+	const v = "?api-version=7.5"
+	x509Props := map[string]any{"subject": "CN=c"}
+	full := func() map[string]any {
+		return map[string]any{
+			"key_props":    map[string]any{"kty": "EC", "exportable": false},
+			"secret_props": map[string]any{"contentType": "application/x-pem-file"},
+			"issuer":       map[string]any{"name": "Self"},
+			"x509_props":   x509Props,
+		}
+	}
+	without := func(field, member string) map[string]any {
+		p := full()
+		if member == "" {
+			delete(p, field)
+		} else {
+			m := maps.Clone(p[field].(map[string]any))
+			delete(m, member)
+			p[field] = m
+		}
+		return p
+	}
+	tests := []struct {
+		name   string
+		policy map[string]any
+		status int
+		msg    string
+	}{
+		{"minimal policy", map[string]any{"x509_props": x509Props}, 400, "key_props.exportable"},
+		{"no key_props", without("key_props", ""), 400, "key_props.exportable"},
+		{"no key_props.exportable", without("key_props", "exportable"), 400, "key_props.exportable"},
+		{"no secret_props", without("secret_props", ""), 400, "secret_props.contentType"},
+		{"no secret_props.contentType", without("secret_props", "contentType"), 400, "secret_props.contentType"},
+		{"no issuer", without("issuer", ""), 400, "issuer.name"},
+		{"no issuer.name", without("issuer", "name"), 400, "issuer.name"},
+		{"full policy", full(), 202, ""},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("c%d", i)
+			rec, out := call(t, h, "POST", "/certificates/"+name+"/create"+v, "good", map[string]any{"policy": tc.policy})
+			if rec.Code != tc.status {
+				t.Fatalf("got %d, want %d (%s)", rec.Code, tc.status, rec.Body.String())
+			}
+			if tc.status != 202 {
+				e, _ := out["error"].(map[string]any)
+				if msg, _ := e["message"].(string); errCode(out) != "BadParameter" || !strings.Contains(msg, tc.msg) || !strings.Contains(msg, "not emulated") {
+					t.Fatalf("error %s, want BadParameter naming %s as not emulated", rec.Body.String(), tc.msg)
+				}
+				if rec, _ := call(t, h, "GET", "/keys/"+name+v, "good", nil); rec.Code != 404 {
+					t.Fatalf("a refused certificate left a key: %d", rec.Code)
+				}
+				return
+			}
+			_, cert := call(t, h, "GET", "/certificates/"+name+v, "good", nil)
+			p, _ := cert["policy"].(map[string]any)
+			kp, _ := p["key_props"].(map[string]any)
+			sp, _ := p["secret_props"].(map[string]any)
+			ip, _ := p["issuer"].(map[string]any)
+			if kp["exportable"] != false || sp["contentType"] != "application/x-pem-file" || ip["name"] != "Self" {
+				t.Fatalf("policy read back %v", p)
 			}
 		})
 	}

@@ -221,9 +221,7 @@ func stateOf(t testing.TB) []byte {
 	if rec, _ := call(t, h, "POST", "/keys/k/create"+v, "good", map[string]any{"kty": "EC"}); rec.Code != 200 {
 		t.Fatalf("create key: %d", rec.Code)
 	}
-	if rec, _ := call(t, h, "POST", "/certificates/c/create"+v, "good", map[string]any{"policy": map[string]any{
-		"key_props": map[string]any{"kty": "EC"}, "x509_props": map[string]any{"subject": "CN=c"},
-	}}); rec.Code != 202 {
+	if rec, _ := call(t, h, "POST", "/certificates/c/create"+v, "good", certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=c"})); rec.Code != 202 {
 		t.Fatalf("create certificate: %d", rec.Code)
 	}
 	b, err := os.ReadFile(path)
@@ -440,12 +438,8 @@ func TestStateWriteFailure(t *testing.T) {
 				{"create a key", "POST", "/keys/k2/create", map[string]any{"kty": "EC"}},
 				{"create a version", "POST", "/keys/k1/create", map[string]any{"kty": "EC"}},
 				{"update a key", "PATCH", "/keys/k1/" + k1, map[string]any{"attributes": map[string]any{"enabled": false}}},
-				{"create a certificate", "POST", "/certificates/c/create", map[string]any{"policy": map[string]any{
-					"key_props": map[string]any{"kty": "EC"}, "x509_props": map[string]any{"subject": "CN=c"},
-				}}},
-				{"create a certificate of an existing key", "POST", "/certificates/k1/create", map[string]any{"policy": map[string]any{
-					"key_props": map[string]any{"kty": "EC"}, "x509_props": map[string]any{"subject": "CN=c"},
-				}}},
+				{"create a certificate", "POST", "/certificates/c/create", certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=c"})},
+				{"create a certificate of an existing key", "POST", "/certificates/k1/create", certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=c"})},
 			} {
 				rec, out := call(t, h, c.method, c.path+v, "good", c.body)
 				if rec.Code != 500 || errCode(out) != "InternalError" || !strings.Contains(rec.Body.String(), "undone") {

@@ -82,7 +82,7 @@ func TestKeyState(t *testing.T) {
 		{"exportable refused", "POST", "/keys/bad/create" + v, time.Time{}, ec(map[string]any{"exportable": true}), 400, "BadParameter", "", nil},
 		{"nbf as a string refused", "POST", "/keys/bad/create" + v, time.Time{}, ec(map[string]any{"nbf": "2030-01-01"}), 400, "BadParameter", "", nil},
 		{"release_policy refused", "POST", "/keys/bad/create" + v, time.Time{}, map[string]any{"kty": "EC", "release_policy": map[string]any{"data": "e30"}}, 400, "BadParameter", "", nil},
-		{"certificate", "POST", "/certificates/c/create" + v, time.Time{}, map[string]any{"policy": map[string]any{"key_props": map[string]any{"kty": "EC", "crv": "P-256"}, "x509_props": map[string]any{"subject": "CN=c", "validity_months": 1}}}, 202, "", "", nil},
+		{"certificate", "POST", "/certificates/c/create" + v, time.Time{}, certBody(map[string]any{"kty": "EC", "crv": "P-256"}, map[string]any{"subject": "CN=c", "validity_months": 1}), 202, "", "", nil},
 		{"its key signs while the certificate is valid", "POST", "/keys/c/sign" + v, time.Time{}, sign, 200, "", "", nil},
 		{"its key does not sign after the certificate expired", "POST", "/keys/c/sign" + v, start.AddDate(0, 1, 1), sign, 403, "Forbidden", "KeyExpired", nil},
 	}
@@ -145,7 +145,7 @@ func TestObjectNames(t *testing.T) {
 	_, h := newVault(t)
 	const v = "?api-version=7.5"
 	key := map[string]any{"kty": "EC", "crv": "P-256"}
-	cert := map[string]any{"policy": map[string]any{"key_props": map[string]any{"kty": "EC"}, "x509_props": map[string]any{"subject": "CN=n"}}}
+	cert := certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=n"})
 	long127, long128, long200 := strings.Repeat("a", 127), strings.Repeat("a", 128), strings.Repeat("b", 200)
 	tests := []struct {
 		name, method, path string
@@ -194,7 +194,7 @@ func TestCaseInsensitiveLookup(t *testing.T) {
 	_, created := call(t, h, "POST", "/keys/MixedCase/create"+v, "good", map[string]any{"kty": "EC", "crv": "P-256"})
 	kid := created["key"].(map[string]any)["kid"].(string)
 	ver := kid[strings.LastIndex(kid, "/")+1:]
-	if rec, _ := call(t, h, "POST", "/certificates/CertCase/create"+v, "good", map[string]any{"policy": map[string]any{"key_props": map[string]any{"kty": "EC"}, "x509_props": map[string]any{"subject": "CN=c"}}}); rec.Code != 202 {
+	if rec, _ := call(t, h, "POST", "/certificates/CertCase/create"+v, "good", certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=c"})); rec.Code != 202 {
 		t.Fatalf("create certificate: %d", rec.Code)
 	}
 	_, c := call(t, h, "GET", "/certificates/CertCase"+v, "good", nil)
@@ -245,8 +245,9 @@ func TestCertificateIssuer(t *testing.T) {
 	const v = "?api-version=7.5"
 	policy := func(issuer string, months int) map[string]any {
 		return map[string]any{"policy": map[string]any{
-			"key_props": map[string]any{"kty": "EC"}, "issuer": map[string]any{"name": issuer},
-			"x509_props": map[string]any{"subject": "CN=leaf", "validity_months": months},
+			"key_props": map[string]any{"kty": "EC", "exportable": false}, "issuer": map[string]any{"name": issuer},
+			"secret_props": map[string]any{"contentType": "application/x-pem-file"},
+			"x509_props":   map[string]any{"subject": "CN=leaf", "validity_months": months},
 		}}
 	}
 	tests := []struct {
@@ -303,10 +304,7 @@ func TestCertificateIssuer(t *testing.T) {
 // that a client which reads the certificate without waiting for the operation is caught.
 func TestCertificateOperationPending(t *testing.T) {
 	const v = "?api-version=7.5"
-	policy := map[string]any{"policy": map[string]any{
-		"key_props": map[string]any{"kty": "EC"}, "issuer": map[string]any{"name": "Self"},
-		"x509_props": map[string]any{"subject": "CN=leaf", "validity_months": 12},
-	}}
+	policy := certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=leaf", "validity_months": 12})
 	for _, polls := range []int{0, 1, 3} {
 		t.Run(fmt.Sprint(polls), func(t *testing.T) {
 			_, h := newVaultWith(t, Config{PendingPolls: polls})
