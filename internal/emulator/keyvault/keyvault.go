@@ -255,6 +255,14 @@ func (s *Server) Handler() http.Handler {
 	// UpdateKey: azkeys sends PATCH /keys/NAME/VERSION, and /keys/NAME/ for an empty version.
 	route("PATCH /keys/{name}/{$}", "keys/update", s.updateKey)
 	route("PATCH /keys/{name}/{version}", "keys/update", s.updateKey)
+	// Sign and verify without a version use the key's latest version (lookupKeyLocked). The REST
+	// reference still marks {key-version} required (learn.microsoft.com/rest/api/keyvault/keys/
+	// sign/sign, api-version 2025-07-01), but the SDK team made it optional for the crypto
+	// operations "after talking with the Key Vault and Managed HSM teams", to promote signing with
+	// the latest version (Azure/azure-sdk-for-rust#4134 and #4249, Azure/azure-rest-api-specs
+	// #42274 and #42571); the .NET KeyVaultClient.SignAsync documented keyVersion as optional, and
+	// azkeys sends POST /keys/NAME/sign for an empty version (reference/azure-sdk.md §4.1).
+	// UNCONFIRMED against the live service here, which is where azure-sdk.md leaves it.
 	route("POST /keys/{name}/sign", "sign", s.sign)
 	route("POST /keys/{name}/{version}/sign", "sign", s.sign)
 	route("POST /keys/{name}/verify", "verify", s.verify)
@@ -694,7 +702,7 @@ func (s *Server) lookupKeyLocked(name, version string) ([]*keyVersion, int, erro
 		return nil, 0, kvError(http.StatusNotFound, "KeyNotFound", "A key with (name/id) %s was not found in this key vault.", name)
 	}
 	if version == "" {
-		return vs, len(vs) - 1, nil
+		return vs, len(vs) - 1, nil // the latest version; see the sign route in Handler
 	}
 	for i, v := range vs {
 		if strings.EqualFold(v.version, version) {

@@ -305,3 +305,53 @@ func TestCertificatePolicyDefaults(t *testing.T) {
 		})
 	}
 }
+
+// TestSignKeyVersion pins which version of a key signs: the one named, or without a version the
+// latest (see the sign route in Handler for the sources and what is UNCONFIRMED). Each signature
+// verifies under the version expected and not under the other one.
+func TestSignKeyVersion(t *testing.T) {
+	_, h := newVault(t)
+	const v = "?api-version=7.5"
+	var versions []string
+	for range 2 {
+		rec, out := call(t, h, "POST", "/keys/k/create"+v, "good", map[string]any{"kty": "EC", "crv": "P-256"})
+		if rec.Code != 200 {
+			t.Fatalf("create: %d %s", rec.Code, rec.Body.String())
+		}
+		versions = append(versions, versionOf(t, out))
+	}
+	first, latest := versions[0], versions[1]
+	d32 := base64.RawURLEncoding.EncodeToString(make([]byte, 32))
+	tests := []struct {
+		name, path string
+		status     int
+		signer     string // the version whose kid the answer names, and under which it verifies
+	}{
+		{"no version: the latest", "/keys/k/sign", 200, latest},
+		{"name in another case, no version", "/keys/K/sign", 200, latest},
+		{"the first version", "/keys/k/" + first + "/sign", 200, first},
+		{"the latest version named", "/keys/k/" + latest + "/sign", 200, latest},
+		{"a version in upper case", "/keys/k/" + strings.ToUpper(first) + "/sign", 200, first},
+		{"an unknown version", "/keys/k/" + strings.Repeat("0", 32) + "/sign", 404, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, out := call(t, h, "POST", tc.path+v, "good", map[string]any{"alg": "ES256", "value": d32})
+			if rec.Code != tc.status {
+				t.Fatalf("got %d, want %d (%s)", rec.Code, tc.status, rec.Body.String())
+			}
+			if tc.status != 200 {
+				return
+			}
+			if kid, _ := out["kid"].(string); kid != "https://vault.example/keys/k/"+tc.signer {
+				t.Fatalf("kid %q, want version %s", kid, tc.signer)
+			}
+			for _, ver := range versions {
+				_, res := call(t, h, "POST", "/keys/k/"+ver+"/verify"+v, "good", map[string]any{"alg": "ES256", "digest": d32, "value": out["value"]})
+				if got, want := res["value"], ver == tc.signer; got != want {
+					t.Fatalf("verify under version %s: %v, want %v", ver, got, want)
+				}
+			}
+		})
+	}
+}
