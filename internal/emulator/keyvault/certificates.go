@@ -134,6 +134,8 @@ func (s *Server) createCertificate(w http.ResponseWriter, r *http.Request) (int,
 		KeyUsage: ku, UnknownExtKeyUsage: ekus, BasicConstraintsValid: true,
 	}
 	parent, signer := tmpl, kv.priv
+	// chainTail follows the leaf in the secret: nothing for a self-issued certificate, the
+	// issuer's chain for a configured CA (UNCONFIRMED, see Issuer.Chain).
 	chainTail := []*x509.Certificate(nil)
 	if issuerName != "Self" {
 		parent, signer, chainTail = issuer.Cert, issuer.Key, issuer.Chain

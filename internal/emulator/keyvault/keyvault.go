@@ -29,8 +29,10 @@
 //     version, as Key Vault does, the key's key_ops following the policy's key usage, its nbf
 //     and exp the certificate's validity, and its bundle marked managed; a CA-issued leaf ends
 //     no later than its issuer;
-//   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain;
-//     keys are never exportable here, so no private key is ever in a secret).
+//   - secrets: get of a certificate's secret as application/x-pem-file (the certificate chain:
+//     the leaf alone when self-issued, the leaf and Issuer.Chain when a configured CA issued it,
+//     an UNCONFIRMED model of Key Vault's integrated CAs; keys are never exportable here, so
+//     no private key is ever in a secret).
 //
 // Persistence, which Key Vault has and an emulator in memory lacks: with Config.StatePath, New
 // loads the vault's keys and certificates from that file (none there: an empty vault), and every
@@ -92,11 +94,18 @@ var APIVersions = []string{"7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "202
 // maxBody bounds request bodies.
 const maxBody = 64 << 10
 
-// Issuer is a certificate issuer a policy may name instead of "Self".
+// Issuer is a certificate issuer a policy may name instead of "Self": the emulator's model of a
+// CA integrated with Key Vault (as DigiCert and GlobalSign are), which issues as soon as the
+// certificate is created, without a CSR to merge.
 type Issuer struct {
 	Cert *x509.Certificate
 	Key  crypto.Signer
-	// Chain are the issuer's own certificates up to the root (Cert first), put in secrets.
+	// Chain are the issuer's own certificates up to the root (Cert first). The secret of every
+	// certificate the issuer issues holds the leaf followed by Chain, at once. UNCONFIRMED: that
+	// is the emulator's model of an integrated CA; what is documented (reference/notation.md,
+	// "Certificate chain") is that a secret holds the full chain only if the chain was merged
+	// in at CSR-merge time or imported, and what an integrated CA's certificates get is not.
+	// A client that needs the chain of a certificate from another CA must not count on it.
 	Chain []*x509.Certificate
 }
 

@@ -1,10 +1,16 @@
 package keyvault
 
 import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"strings"
 	"sync"
 	"testing"
@@ -320,6 +326,97 @@ func TestCertificateOperationPending(t *testing.T) {
 				rec, op := call(t, h, "GET", "/certificates/c/pending"+v, "good", nil)
 				if rec.Code != 200 || op["status"] != want {
 					t.Fatalf("read %d of the operation: %d, status %v; want %s", i+1, rec.Code, op["status"], want)
+				}
+			}
+		})
+	}
+}
+
+// TestCertificateSecretChain pins exactly what a certificate's secret holds: PEM CERTIFICATE
+// blocks and nothing else, the leaf (the certificate's cer) first, then, for a certificate from
+// a configured CA issuer, Issuer.Chain in order. Giving a CA-issued certificate its chain at once
+// is the emulator's UNCONFIRMED model of Key Vault's integrated CAs (see Issuer.Chain).
+func TestCertificateSecretChain(t *testing.T) {
+	start := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	root := testCA(t, start.AddDate(-1, 0, 0), start.AddDate(5, 0, 0))
+	interKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "local intermediate CA"},
+		NotBefore: start.AddDate(-1, 0, 0), NotAfter: start.AddDate(4, 0, 0),
+		KeyUsage: x509.KeyUsageCertSign, IsCA: true, BasicConstraintsValid: true,
+	}, root.Cert, interKey.Public(), root.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issuer := Issuer{Cert: inter, Key: interKey, Chain: []*x509.Certificate{inter, root.Cert}}
+	_, h := newVaultWith(t, Config{Now: func() time.Time { return start }, Issuers: map[string]Issuer{"LocalCA": issuer}})
+	const v = "?api-version=7.5"
+
+	tests := []struct {
+		name, issuer string
+		tail         []*x509.Certificate // what follows the leaf
+	}{
+		{"self-issued: the leaf alone", "Self", nil},
+		{"CA-issued: the leaf, then the issuer's chain", "LocalCA", issuer.Chain},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			name := fmt.Sprintf("c%d", i)
+			body := certBody(map[string]any{"kty": "EC"}, map[string]any{"subject": "CN=leaf", "validity_months": 12})
+			body["policy"].(map[string]any)["issuer"] = map[string]any{"name": tc.issuer}
+			if rec, _ := call(t, h, "POST", "/certificates/"+name+"/create"+v, "good", body); rec.Code != 202 {
+				t.Fatalf("create: %d %s", rec.Code, rec.Body.String())
+			}
+			_, cert := call(t, h, "GET", "/certificates/"+name+v, "good", nil)
+			cer, err := base64.StdEncoding.DecodeString(cert["cer"].(string))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, sec := call(t, h, "GET", "/secrets/"+name+v, "good", nil)
+			if rec.Code != 200 || sec["contentType"] != "application/x-pem-file" {
+				t.Fatalf("secret: %d %s", rec.Code, rec.Body.String())
+			}
+			var blocks [][]byte
+			rest := []byte(sec["value"].(string))
+			for len(rest) > 0 {
+				var b *pem.Block
+				if b, rest = pem.Decode(rest); b == nil {
+					t.Fatalf("the secret holds something other than PEM blocks: %q", rest)
+				}
+				if b.Type != "CERTIFICATE" || len(b.Headers) != 0 {
+					t.Fatalf("the secret holds a %s block (headers %v)", b.Type, b.Headers)
+				}
+				blocks = append(blocks, b.Bytes)
+			}
+			want := [][]byte{cer}
+			for _, c := range tc.tail {
+				want = append(want, c.Raw)
+			}
+			if len(blocks) != len(want) {
+				t.Fatalf("the secret holds %d certificates, want %d", len(blocks), len(want))
+			}
+			for j := range want {
+				if !bytes.Equal(blocks[j], want[j]) {
+					t.Fatalf("certificate %d of the secret is not the expected one", j)
+				}
+			}
+			if tc.tail != nil {
+				leaf, err := x509.ParseCertificate(cer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				roots, inters := x509.NewCertPool(), x509.NewCertPool()
+				roots.AddCert(root.Cert)
+				inters.AddCert(inter)
+				if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: start, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+					t.Fatalf("the leaf does not chain to the root: %v", err)
 				}
 			}
 		})
