@@ -4,7 +4,9 @@
 // Ratify runs it once per token referrer with RATIFY_VERIFIER_COMMAND=VERIFY,
 // RATIFY_VERIFIER_SUBJECT=<registry/repo@sha256:...> and RATIFY_VERIFIER_VERSION, and the
 // verifier input as one JSON object on stdin. It prints one result JSON on stdout and exits 0
-// whether or not the image passed. The protocol, the verifier config keys and the checks are
+// whether or not the image passed. A RATIFY_VERIFIER_VERSION it does not support (it supports
+// 1.0.0, what Ratify sends for a Verifier without a version) is refused as Ratify's plugin
+// skeleton refuses it: the error JSON {"code": 6, "msg", "details"} on stdout and exit status 1. The protocol, the verifier config keys and the checks are
 // those of package [github.com/attested-kv/attested-kv/policy/ratify/verifier]; this command
 // only wires the process to [verifier.Run]. "ratify-maa-verifier version" prints the version.
 package main
@@ -33,6 +35,13 @@ func main() {
 			return
 		}
 	}
+	// A config version the verifier does not support is refused as Ratify's plugin skeleton
+	// refuses it: its error JSON on stdout, exit status 1.
+	if e := verifier.CheckVersion(os.Getenv("RATIFY_VERIFIER_VERSION")); e != nil {
+		json.NewEncoder(os.Stdout).Encode(e)
+		fmt.Fprintln(os.Stderr, "ratify-maa-verifier:", e)
+		os.Exit(1)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	res := verifier.Run(ctx, os.Getenv, os.Stdin)
@@ -41,6 +50,9 @@ func main() {
 
 const usage = `ratify-maa-verifier: a Ratify v1 external verifier for attested-kv MAA token referrers.
 
-Ratify runs it with RATIFY_VERIFIER_COMMAND=VERIFY, RATIFY_VERIFIER_SUBJECT and the verifier
-config on stdin; it prints the verification result as JSON. See policy/k8s/README.md.
+Ratify runs it with RATIFY_VERIFIER_COMMAND=VERIFY, RATIFY_VERIFIER_SUBJECT,
+RATIFY_VERIFIER_VERSION (the verifier config's version: 1.0.0, the default of a Verifier resource,
+is the one supported) and the verifier config on stdin; it prints the verification result as JSON.
+Another version is refused with {"code": 6, ...} on stdout and exit status 1, as Ratify's plugin
+skeleton does. See policy/k8s/README.md.
 `

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -361,4 +362,24 @@ func failingProxy(t *testing.T, target string, status int, fail func(*http.Reque
 	}))
 	t.Cleanup(srv.Close)
 	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// TestVerifierRefusesVersion: a RATIFY_VERIFIER_VERSION the verifier does not support (here
+// 9.9.9) is refused as Ratify's plugin skeleton refuses it: exit status 1 and the error JSON
+// with code 6 (version not supported) naming the version on stdout, before stdin is read.
+func TestVerifierRefusesVersion(t *testing.T) {
+	cmd := exec.CommandContext(t.Context(), os.Args[0])
+	cmd.Env = append(os.Environ(), "RATIFY_MAA_VERIFIER_AS_MAIN=1", "RATIFY_VERIFIER_COMMAND=VERIFY",
+		"RATIFY_VERIFIER_SUBJECT=registry.invalid/app@sha256:"+strings.Repeat("0", 64), "RATIFY_VERIFIER_VERSION=9.9.9")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("exit: %v, want status 1 (stdout %q, stderr %q)", err, stdout.String(), stderr.String())
+	}
+	var e verifier.Error
+	if err := json.Unmarshal(stdout.Bytes(), &e); err != nil || e.Code != verifier.CodeVersionNotSupported || !strings.Contains(e.Msg, `"9.9.9"`) || !strings.Contains(e.Details, "1.0.0") {
+		t.Fatalf("stdout %q (%v): want Ratify's error JSON with code 6 naming 9.9.9", stdout.String(), err)
+	}
 }

@@ -7,9 +7,13 @@
 // RATIFY_VERIFIER_SUBJECT=<registry/repo@sha256:...> and RATIFY_VERIFIER_VERSION in the
 // environment, and one JSON object on stdin, [Input]: {"config": <the verifier's config>,
 // "storeConfig": {...}, "referenceDesc": <the referrer's descriptor>}. It reads back one JSON
-// object from stdout, [Result]: {"isSuccess", "name", "type", "message", "extensions"}. The
-// protocol, as Ratify v1 implements it, is described in /work/shared/reference/oras-ratify.md
-// §3.3 (exec plugins) and §3.4 (the notation verifier whose verificationCerts this one follows).
+// object from stdout, [Result]: {"isSuccess", "name", "type", "message", "extensions"}.
+// RATIFY_VERIFIER_VERSION is the verifier config's version; only [SupportedVersions] ("1.0.0",
+// what Ratify sends for a Verifier resource without one) are accepted, and the command refuses
+// another as Ratify's plugin skeleton does, with its error JSON ([Error], code 6) and exit status
+// 1 ([CheckVersion]). The protocol, as Ratify v1 implements it, is described in
+// /work/shared/reference/oras-ratify.md §3.3 (exec plugins) and §3.4 (the notation verifier whose
+// verificationCerts this one follows).
 //
 // [Run] succeeds only if this token is the one a trusted Notation signature of the subject names,
 // and the token verifies, is bound to the subject and the expected key, was fresh at signing, and

@@ -90,3 +90,32 @@ type Result struct {
 	// *imageverify.Result), once the verification has run.
 	Extensions any `json:"extensions,omitempty"`
 }
+
+// Error is the error JSON Ratify's plugin skeleton prints on stdout, exiting 1, when it refuses to
+// run a verifier (Ratify v1 pkg/common/plugin/types.go, Error; reference/oras-ratify.md §3.3).
+// Ratify then reports the verifier as failed with the exit status and this JSON in errorReason.
+type Error struct {
+	// Code is one of Ratify's plugin error codes (pkg/verifier/types/types.go), such as
+	// CodeVersionNotSupported.
+	Code uint `json:"code"`
+	// Msg says what is wrong.
+	Msg string `json:"msg"`
+	// Details adds to Msg, when there is more to say.
+	Details string `json:"details,omitempty"`
+}
+
+// Error returns Msg, and Details after a semicolon, as Ratify's Error does.
+func (e *Error) Error() string {
+	if e.Details != "" {
+		return e.Msg + "; " + e.Details
+	}
+	return e.Msg
+}
+
+// Ratify v1's plugin error codes that the verifier answers with (pkg/verifier/types/types.go).
+const (
+	// CodeMissingEnvironmentVariables: a RATIFY_VERIFIER_* variable is not set.
+	CodeMissingEnvironmentVariables uint = 4
+	// CodeVersionNotSupported: RATIFY_VERIFIER_VERSION is not one of SupportedVersions.
+	CodeVersionNotSupported uint = 6
+)

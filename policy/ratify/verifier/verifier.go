@@ -59,9 +59,34 @@ const maxTimeout = 30 * time.Second
 // verification that stops at its deadline still reports what it was doing.
 const maxAnswerMargin = 100 * time.Millisecond
 
+// SupportedVersions are the verifier config versions (RATIFY_VERIFIER_VERSION) the verifier
+// accepts. Ratify v1 sends the verifier's "version" (Verifier resource spec.version, or the
+// config file's verifier section or entry), and "1.0.0" for a Verifier resource without one
+// (config.GetDefaultPluginVersion); a config file without one sends "0.1.0" (types.SpecVersion),
+// which Ratify's own plugins refuse too. A v1 plugin must accept only the versions it supports
+// (reference/oras-ratify.md §3.3; Ratify's skel.PluginMain refuses the others with code 6).
+var SupportedVersions = []string{"1.0.0"}
+
+// CheckVersion returns the [Error] Ratify's plugin skeleton answers for the config version
+// version, RATIFY_VERIFIER_VERSION: CodeMissingEnvironmentVariables if it is empty,
+// CodeVersionNotSupported if it is not one of SupportedVersions, or nil. Command
+// ratify-maa-verifier prints it on stdout and exits 1, as the skeleton does; [Run] refuses such an
+// input with its message.
+func CheckVersion(version string) *Error {
+	if version == "" {
+		return &Error{Code: CodeMissingEnvironmentVariables, Msg: "missing env variables [RATIFY_VERIFIER_VERSION]"}
+	}
+	if !slices.Contains(SupportedVersions, version) {
+		return &Error{Code: CodeVersionNotSupported, Msg: fmt.Sprintf("plugin doesn't support version %.40q", version),
+			Details: fmt.Sprintf("RATIFY_VERIFIER_VERSION %.40q, the verifier config's version, is not one this verifier supports (%s): set the Verifier's version to %s, or leave it unset", version, strings.Join(SupportedVersions, ", "), SupportedVersions[0])}
+	}
+	return nil
+}
+
 // Run is the whole verifier: it reads Ratify's environment through getenv and the [Input] JSON
 // from stdin, verifies, and returns the [Result] to print. Every failure is a result with
-// IsSuccess false and a message naming the cause. The timeout is counted from the call, so
+// IsSuccess false and a message naming the cause, an unsupported RATIFY_VERIFIER_VERSION
+// included ([CheckVersion], which the command checks first to answer as Ratify's skeleton does). The timeout is counted from the call, so
 // reading the input and building the options spend it too. Run answers by the timeout even if a
 // call inside ignores its context; such a call is abandoned, to end with the process, so Run is
 // meant for the short-lived verifier process.
@@ -74,6 +99,9 @@ func Run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 	}
 	if c := getenv("RATIFY_VERIFIER_COMMAND"); c != "VERIFY" {
 		return fail("unsupported command %q (want VERIFY)", c)
+	}
+	if e := CheckVersion(getenv("RATIFY_VERIFIER_VERSION")); e != nil {
+		return fail("%v", e)
 	}
 	subjectRef := getenv("RATIFY_VERIFIER_SUBJECT")
 	if subjectRef == "" || !strings.Contains(subjectRef, "@") {

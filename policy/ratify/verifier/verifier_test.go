@@ -116,7 +116,7 @@ func TestParseTimeout(t *testing.T) {
 // TestRunRefusesInput: input the verifier cannot judge is refused before any network access,
 // each with a message naming what is wrong.
 func TestRunRefusesInput(t *testing.T) {
-	env := map[string]string{"RATIFY_VERIFIER_COMMAND": "VERIFY", "RATIFY_VERIFIER_SUBJECT": "registry.invalid/app@sha256:" + strings.Repeat("0", 64)}
+	env := map[string]string{"RATIFY_VERIFIER_COMMAND": "VERIFY", "RATIFY_VERIFIER_VERSION": "1.0.0", "RATIFY_VERIFIER_SUBJECT": "registry.invalid/app@sha256:" + strings.Repeat("0", 64)}
 	tokenDesc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: referrer.ArtifactType, Digest: digest.Digest("sha256:" + strings.Repeat("1", 64)), Size: 100}
 	withJSON := func(cfg map[string]any, desc ocispec.Descriptor) io.Reader {
 		b, _ := json.Marshal(map[string]any{"config": cfg, "referenceDesc": desc})
@@ -124,26 +124,35 @@ func TestRunRefusesInput(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
+		env     map[string]string // changes to env
 		stdin   io.Reader
 		message string
 	}{
-		{"input over the limit", strings.NewReader(strings.Repeat(" ", maxInput+1)), "verifier input exceeds the stdin limit of 1048576 bytes"},
-		{"input at the limit is read", strings.NewReader(strings.Repeat(" ", maxInput)), "verifier input is not JSON"},
-		{"unreadable input", iotest.ErrReader(errors.New("pipe closed")), "reading the verifier input: pipe closed"},
-		{"timeout not a duration", withJSON(map[string]any{"timeout": "3"}, tokenDesc), `verifier config: timeout "3": want a duration`},
-		{"timeout of zero", withJSON(map[string]any{"timeout": "0s"}, tokenDesc), `verifier config: timeout "0s"`},
-		{"timeout beyond the webhook's limit", withJSON(map[string]any{"timeout": "1m"}, tokenDesc), "at most 30s"},
-		{"misspelt pin list", withJSON(map[string]any{"signingCertSha256s": []string{"ab"}}, tokenDesc), `verifier config: unknown key "signingCertSha256s" (keys are case-sensitive`},
-		{"misspelt rule file", withJSON(map[string]any{"rule": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "rule"`},
-		{"a key in another case", withJSON(map[string]any{"Rules": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "Rules"`},
-		{"a key twice", strings.NewReader(`{"config":{"rules":"/a.cel","rules":"/b.cel"},"referenceDesc":{}}`), "verifier config: a key appears twice"},
-		{"referrer without a digest", withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
-		{"referrer of another artifact type", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
-		{"referrer with a malformed digest", withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
+		{"config version not supported", map[string]string{"RATIFY_VERIFIER_VERSION": "9.9.9"}, withJSON(nil, tokenDesc), `plugin doesn't support version "9.9.9"; RATIFY_VERIFIER_VERSION "9.9.9", the verifier config's version, is not one this verifier supports (1.0.0)`},
+		{"config version missing", map[string]string{"RATIFY_VERIFIER_VERSION": ""}, withJSON(nil, tokenDesc), "missing env variables [RATIFY_VERIFIER_VERSION]"},
+		{"input over the limit", nil, strings.NewReader(strings.Repeat(" ", maxInput+1)), "verifier input exceeds the stdin limit of 1048576 bytes"},
+		{"input at the limit is read", nil, strings.NewReader(strings.Repeat(" ", maxInput)), "verifier input is not JSON"},
+		{"unreadable input", nil, iotest.ErrReader(errors.New("pipe closed")), "reading the verifier input: pipe closed"},
+		{"timeout not a duration", nil, withJSON(map[string]any{"timeout": "3"}, tokenDesc), `verifier config: timeout "3": want a duration`},
+		{"timeout of zero", nil, withJSON(map[string]any{"timeout": "0s"}, tokenDesc), `verifier config: timeout "0s"`},
+		{"timeout beyond the webhook's limit", nil, withJSON(map[string]any{"timeout": "1m"}, tokenDesc), "at most 30s"},
+		{"misspelt pin list", nil, withJSON(map[string]any{"signingCertSha256s": []string{"ab"}}, tokenDesc), `verifier config: unknown key "signingCertSha256s" (keys are case-sensitive`},
+		{"misspelt rule file", nil, withJSON(map[string]any{"rule": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "rule"`},
+		{"a key in another case", nil, withJSON(map[string]any{"Rules": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "Rules"`},
+		{"a key twice", nil, strings.NewReader(`{"config":{"rules":"/a.cel","rules":"/b.cel"},"referenceDesc":{}}`), "verifier config: a key appears twice"},
+		{"referrer without a digest", nil, withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
+		{"referrer of another artifact type", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
+		{"referrer with a malformed digest", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			res := Run(t.Context(), func(k string) string { return env[k] }, tc.stdin)
+			getenv := func(k string) string {
+				if v, ok := tc.env[k]; ok {
+					return v
+				}
+				return env[k]
+			}
+			res := Run(t.Context(), getenv, tc.stdin)
 			if res.IsSuccess || !strings.Contains(res.Message, tc.message) {
 				t.Fatalf("got %+v, want a refusal containing %q", res, tc.message)
 			}
