@@ -7,13 +7,18 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	nregistry "github.com/notaryproject/notation-go/registry"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -236,4 +241,124 @@ func TestAttachNoStoredToken(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAttachSignatureReads: attach publishes the token of the genuine signature whatever else
+// whoever can push attached as a signature (here a manifest of the Notary signature type with two
+// layers, which notation-go refuses to read). A signature the
+// registry does not serve (503) stops attach only for a stored token no signature read names: the
+// only signature not served is an error, not "nothing attached"; a junk one not served is not,
+// until a stored token is left unnamed.
+func TestAttachSignatureReads(t *testing.T) {
+	chain := attesttest.New(t)
+	repo, name := attesttest.Registry(t)
+	host, _, _ := strings.Cut(name, "/")
+	signer := attesttest.Signer(t, "attested signer")
+	const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
+	ctx := context.Background()
+	sigRepo := imageverify.NewRepository(repo)
+	store := token.NewStore(t.TempDir() + "/tokens")
+	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
+	// signed pushes an image, signs it with a token bound to it and stores the token.
+	signed := func(t *testing.T, content string) (ocispec.Descriptor, string) {
+		t.Helper()
+		img := attesttest.PushImage(t, repo, content)
+		b, err := binding.Compute(img.Digest.String(), keyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := chain.Token(t, b)
+		attesttest.SignImage(t, sigRepo, signer, img, tok, chain.URL, time.Now())
+		if _, err := store.Put(img.Digest.String(), tok); err != nil {
+			t.Fatal(err)
+		}
+		return img, tok
+	}
+	// junk attaches to img a manifest of the Notary signature type with two layers.
+	junk := func(t *testing.T, img ocispec.Descriptor) ocispec.Descriptor {
+		t.Helper()
+		var layers []ocispec.Descriptor
+		for _, b := range []string{"{}", "{ }"} {
+			l, err := oras.PushBytes(ctx, repo, "application/jose+json", []byte(b))
+			if err != nil {
+				t.Fatal(err)
+			}
+			layers = append(layers, l)
+		}
+		d, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, nregistry.ArtifactTypeNotation, oras.PackManifestOptions{Subject: &img, Layers: layers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	signatureOf := func(t *testing.T, img ocispec.Descriptor) digest.Digest {
+		t.Helper()
+		var sigs []ocispec.Descriptor
+		if err := sigRepo.ListSignatures(ctx, img, func(p []ocispec.Descriptor) error { sigs = append(sigs, p...); return nil }); err != nil || len(sigs) != 1 {
+			t.Fatalf("signatures %v, %v", sigs, err)
+		}
+		return sigs[0].Digest
+	}
+	// unavailable is a proxy to the registry that answers 503 to the fetch of the manifest d.
+	unavailable := func(t *testing.T, d digest.Digest) string {
+		proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: host})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/manifests/"+d.String()) {
+				http.Error(w, "service unavailable", http.StatusServiceUnavailable)
+				return
+			}
+			proxy.ServeHTTP(w, r)
+		}))
+		t.Cleanup(srv.Close)
+		return strings.TrimPrefix(srv.URL, "http://")
+	}
+	attach := func(t *testing.T, registry string, img ocispec.Descriptor) (code int, out []ocispec.Descriptor, stderr string) {
+		t.Helper()
+		code, stdout, stderr := runCmd("attach", registry+"/app@"+img.Digest.String(), "--token-dir", store.Dir(), "-o", "json")
+		if err := json.Unmarshal([]byte(stdout), &out); err != nil {
+			t.Fatalf("stdout %q: %v (stderr %q)", stdout, err, stderr)
+		}
+		return code, out, stderr
+	}
+	attachedTokens := func(img ocispec.Descriptor) int { return referrer.NewIndex(ctx, repo, img).Len() }
+
+	t.Run("a two-layer signature beside the genuine one", func(t *testing.T) {
+		img, _ := signed(t, "junk beside")
+		junk(t, img)
+		code, out, stderr := attach(t, host, img)
+		if code != 0 || len(out) != 1 || attachedTokens(img) != 1 {
+			t.Fatalf("exit %d, %d attached (%d in the registry), stderr %q; want 0 and the token attached", code, len(out), attachedTokens(img), stderr)
+		}
+	})
+	// oras-go's client retries a 503 for several seconds: these two run at once, with the tokens
+	// made first (one TPM).
+	lone, _ := signed(t, "lone")
+	junkImg, junkTok := signed(t, "junk unavailable")
+	unnamed := chain.Token(t, "a signing whose signature was not pushed")
+	t.Run("503 on the only signature", func(t *testing.T) {
+		t.Parallel()
+		img := lone
+		code, out, stderr := attach(t, unavailable(t, signatureOf(t, img)), img)
+		if code != 1 || len(out) != 0 || attachedTokens(img) != 0 || !strings.Contains(stderr, "1 of the 1 signatures listed could not be read") ||
+			!strings.Contains(stderr, "503") || strings.Contains(stderr, "nothing attached") {
+			t.Fatalf("exit %d, %d attached, stderr %q; want 1 and the registry's error", code, len(out), stderr)
+		}
+	})
+	t.Run("503 on a junk signature", func(t *testing.T) {
+		t.Parallel()
+		img, tok := junkImg, junkTok
+		registry := unavailable(t, junk(t, img).Digest)
+		if code, out, stderr := attach(t, registry, img); code != 0 || len(out) != 1 {
+			t.Fatalf("exit %d, %d attached, stderr %q; want 0 and the token attached", code, len(out), stderr)
+		}
+		// A stored token no signature read names may be named by the one not served.
+		if _, err := store.Put(img.Digest.String(), unnamed); err != nil {
+			t.Fatal(err)
+		}
+		code, out, stderr := attach(t, registry, img)
+		if code != 1 || len(out) != 1 || out[0].Annotations[referrer.AnnotationTokenSHA256] != sha(tok) ||
+			!strings.Contains(stderr, "token "+sha(unnamed)+": no signature read names it, and 1 of the 2 signatures listed could not be read") {
+			t.Fatalf("exit %d, attached %v, stderr %q; want 1, the named token listed and the unnamed one's error", code, out, stderr)
+		}
+	})
 }

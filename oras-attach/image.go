@@ -297,10 +297,14 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			raws = append(raws, e.Raw)
 		}
 	}
-	// Only a token that a signature of this image names is published: not one of another image,
-	// key or instance, nor one whose signature was never pushed (the plugin stores the token
-	// before notation pushes the signature).
-	named, err := imageverify.NamedTokens(ctx, imageverify.NewRepository(repo), subject)
+	// Only a token that a signature of this image names is published: not one that no signature
+	// of this image names (one of another image, key or instance stored under this digest, or one
+	// whose signature was never pushed: the plugin stores the token before notation pushes the
+	// signature), nor one named by a signature of another image attached to this one (the
+	// signature's payload must target this digest). Signatures that are not usable are ignored,
+	// so that whoever can push cannot block attach with them; a stored token left unnamed while
+	// some signature could not be read fails attach after the others are attached.
+	names, err := imageverify.NamedTokens(ctx, imageverify.NewRepository(repo), subject)
 	if err != nil {
 		return fail(1, err)
 	}
@@ -323,15 +327,30 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 		return done(1, err)
 	}
 	skipped := 0
+	// unread is the error of the first stored token not attached because signatures that may
+	// name it could not be read; unreadN counts those tokens.
+	var unread error
+	unreadN := 0
 	for _, raw := range raws {
 		sum := sha256.Sum256([]byte(raw))
 		sha := hex.EncodeToString(sum[:])
-		if !named[sha] {
+		ok, err := names.Names(sha)
+		if err != nil {
 			if *tokenFile != "" {
-				return done(1, fmt.Errorf("no signature of %s names token %s: sign the image first (notation sign with the attested-kv plugin), or give the token its signature names", img.name, sha))
+				return done(1, fmt.Errorf("%w: run attach again once the registry answers", err))
+			}
+			if unreadN++; unread == nil {
+				unread = err
+			}
+			continue
+		}
+		if !ok {
+			why := ignoredNote(names)
+			if *tokenFile != "" {
+				return done(1, fmt.Errorf("no signature of %s names token %s: sign the image first (notation sign with the attested-kv plugin), or give the token its signature names%s", img.name, sha, why))
 			}
 			skipped++
-			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)\n", sha)
+			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)%s\n", sha, why)
 			continue
 		}
 		// A token published is marked so in the store, so that token prune may remove it once old;
@@ -375,10 +394,29 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			fmt.Fprintf(io.stdout, "Attached token to %s\nDigest: %s\n", fs.Arg(0), desc.Digest)
 		}
 	}
+	if unread != nil {
+		if unreadN > 1 {
+			unread = fmt.Errorf("%d stored tokens are not attached; the first: %w", unreadN, unread)
+		}
+		return done(1, fmt.Errorf("%w: run attach again once the registry answers (the tokens attached are kept)", unread))
+	}
 	if len(out) == 0 {
 		return done(1, fmt.Errorf("nothing attached: none of the %d stored tokens of %s is named by a signature of the image; sign it first (notation sign with the attested-kv plugin)", skipped, img.name))
 	}
 	return done(0, nil)
+}
+
+// ignoredNote says, for a message about a token no signature names, that signatures were listed
+// that are not usable, and that more are attached than were read: "" if neither.
+func ignoredNote(names *imageverify.TokenNames) string {
+	note := ""
+	if ig := names.Ignored(); len(ig) > 0 {
+		note = fmt.Sprintf("; %d of the signatures listed are not usable signatures of the image and were ignored (the first: %v)", len(ig), ig[0])
+	}
+	if names.Truncated() {
+		note += "; more signatures are attached than were read"
+	}
+	return note
 }
 
 // numericDate reads a JWT NumericDate claim as decoded by ParseUnverified.

@@ -36,7 +36,9 @@ Usage:
                      [--max-age 5m] [--jwks FILE] [--timeout 2m] [-o json]
 ` + rulesSynopses + `  oras-attest version
 
-attach publishes only the tokens a signature of the image names (sign first); -o json prints the
+attach publishes only the tokens a signature of the image names (sign first); what is listed as a
+signature but is not a Notary signature of this image is ignored. A registry that does not serve
+a signature fails attach only for a stored token no signature read names. -o json prints the
 list of referrers attached, also when a later token fails.
 
 token prune removes from the token store the tokens stored longer ago than --older-than (1h at

@@ -28,6 +28,8 @@ import (
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	"github.com/notaryproject/notation-go/verifier/truststore"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"oras.land/oras-go/v2/content"
+	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -254,38 +256,167 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	return res, nil
 }
 
-// NamedTokens returns the hex SHA-256 of every token that a signature of subject names in its
-// signed attributes. A signature counts if its envelope is intact (signed by its own leaf
-// certificate); whether that certificate is trusted is not judged here, nor anything else Verify
-// checks. `oras-attest attach` uses it to publish only the tokens some signature of the image
-// refers to. A signature that cannot be fetched is an error; one that does not parse or whose
-// envelope is not intact is skipped; at most maxListedSignatures are read.
-func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descriptor) (map[string]bool, error) {
-	sigs, _, err := listSignatures(ctx, repo, subject)
+// TokenNames is what the signatures of an image say about tokens (NamedTokens): which tokens they
+// name, which signatures the registry did not serve, and which it served that are not usable
+// signatures of the image.
+type TokenNames struct {
+	named map[string]bool
+	// unread are the signatures the registry did not serve, each a *referrer.ReadError.
+	unread []error
+	// ignored are the signatures read that are not usable signatures of the image.
+	ignored []error
+	// read counts the signatures listed, each read or tried.
+	read int
+	// truncated is set when more signatures are attached than were read.
+	truncated bool
+}
+
+// Names reports whether a signature of the image names the token whose hex SHA-256 (lower case)
+// is sha. When none of those read does and some could not be read, it returns an error that
+// wraps the first one's *referrer.ReadError: the token may be named by a signature the registry
+// did not serve, so false then does not mean that no signature names it.
+func (n *TokenNames) Names(sha string) (bool, error) {
+	if n.named[sha] {
+		return true, nil
+	}
+	if len(n.unread) > 0 {
+		return false, fmt.Errorf("token %s: no signature read names it, and %d of the %d signatures listed could not be read: %w", sha, len(n.unread), n.read, n.unread[0])
+	}
+	return false, nil
+}
+
+// Ignored returns, for each signature the registry served that is not a usable signature of the
+// image, an error naming it and why: a manifest that is not a Notary signature's (not exactly one
+// layer, too large, an envelope of a media type Notation does not know), one listed and no longer
+// in the registry, an envelope that does not parse or is not intact, or one that signs another
+// image.
+func (n *TokenNames) Ignored() []error { return n.ignored }
+
+// Truncated reports whether more signatures are attached than were read (maxListedSignatures): a
+// token none of those read names may be named by one beyond.
+func (n *TokenNames) Truncated() bool { return n.truncated }
+
+// NamedTokens reads the signatures of subject and returns the tokens they name in their signed
+// attributes (by hex SHA-256). A signature counts if its envelope is intact (signed by its own
+// leaf certificate) and its Notary payload's targetArtifact is subject (its digest); whether the
+// certificate is trusted is not judged here, nor anything else Verify checks. `oras-attest
+// attach` uses it to publish only the tokens some signature of the image refers to.
+//
+// Whoever can push to the repository can attach anything of the signature artifact type, and a
+// registry without the Referrers API can list a manifest it no longer holds: such a signature is
+// skipped (TokenNames.Ignored), so that it cannot stop the genuine one from counting. A signature
+// the registry did not serve (a transport error, a timeout, an HTTP error other than 404, content
+// that does not match its descriptor) is not skipped silently: TokenNames.Names reports it for a
+// token no other signature names, the approach of referrer.Index.Find. The error is the listing's
+// only. At most maxListedSignatures are read.
+func NamedTokens(ctx context.Context, repo Repository, subject ocispec.Descriptor) (*TokenNames, error) {
+	sigs, more, err := listSignatures(ctx, repo, subject)
 	if err != nil {
 		return nil, err
 	}
-	named := map[string]bool{}
+	n := &TokenNames{named: map[string]bool{}, read: len(sigs), truncated: more}
 	for _, sd := range sigs {
-		blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
-		if err != nil {
-			// Registry trouble is not a judgement of the signature: the caller must not tell
-			// the user to sign again.
-			return nil, fmt.Errorf("fetching signature %s: %w", sd.Digest, err)
-		}
-		env, err := signature.ParseEnvelope(blobDesc.MediaType, blob)
-		if err != nil {
-			continue
-		}
-		content, err := env.Verify()
-		if err != nil {
-			continue
-		}
-		if sha, _ := tokenAttrs(content.SignerInfo.SignedAttributes); sha != "" {
-			named[sha] = true
+		sha, err := namedToken(ctx, repo, subject, sd)
+		var re *referrer.ReadError
+		switch {
+		case errors.As(err, &re):
+			n.unread = append(n.unread, err)
+		case err != nil:
+			n.ignored = append(n.ignored, fmt.Errorf("signature %s: %w", sd.Digest, err))
+		case sha != "":
+			n.named[sha] = true
 		}
 	}
-	return named, nil
+	return n, nil
+}
+
+// namedToken reads the signature sd of subject and returns the token SHA-256 its signed
+// attributes name, "" for none. A *referrer.ReadError is the registry's failure; any other error
+// is a signature that is not usable.
+func namedToken(ctx context.Context, repo Repository, subject, sd ocispec.Descriptor) (string, error) {
+	blob, mediaType, err := readSignature(ctx, repo, sd)
+	if err != nil {
+		return "", err
+	}
+	env, err := signature.ParseEnvelope(mediaType, blob)
+	if err != nil {
+		return "", fmt.Errorf("envelope does not parse: %w", err)
+	}
+	signed, err := env.Verify()
+	if err != nil {
+		return "", fmt.Errorf("envelope is not intact: %w", err)
+	}
+	var p struct {
+		TargetArtifact struct {
+			Digest string `json:"digest"`
+		} `json:"targetArtifact"`
+	}
+	if err := json.Unmarshal(signed.Payload.Content, &p); err != nil {
+		return "", fmt.Errorf("payload is not a Notary payload: %w", err)
+	}
+	if p.TargetArtifact.Digest != subject.Digest.String() {
+		return "", fmt.Errorf("signs %.80q, not %s", p.TargetArtifact.Digest, subject.Digest)
+	}
+	sha, _ := tokenAttrs(signed.SignerInfo.SignedAttributes)
+	return sha, nil
+}
+
+// Limits of a signature manifest and its envelope, those of notation-go v1.3.2
+// (registry/repository.go maxManifestSizeLimit and maxBlobSizeLimit), so that what Verify reads
+// NamedTokens reads too.
+const (
+	maxSignatureManifest = 4 << 20
+	maxSignatureEnvelope = 32 << 20
+)
+
+// mediaTypeArtifactManifest is the OCI artifact manifest of image-spec v1.1 release candidates,
+// which notation-go still reads signatures from (its registry/internal/artifactspec).
+const mediaTypeArtifactManifest = "application/vnd.oci.artifact.manifest.v1+json"
+
+// readSignature returns the envelope of the signature manifest sd and the envelope's media type.
+// It reads what notation-go's FetchSignatureBlob (v1.3.2) reads, an image manifest (or an
+// artifact manifest) with exactly one layer (blob), but tells the registry's failures from
+// content that is not a signature: a fetch that fails, but with 404, is a *referrer.ReadError;
+// anything else wrong, a 404 included (a listed manifest the registry no longer holds, or an
+// envelope it never held), is a plain error. The envelope's media type must be one Notation
+// parses before it is fetched.
+func readSignature(ctx context.Context, repo Repository, sd ocispec.Descriptor) ([]byte, string, error) {
+	if (sd.MediaType != ocispec.MediaTypeImageManifest && sd.MediaType != mediaTypeArtifactManifest) || sd.Size <= 0 || sd.Size > maxSignatureManifest {
+		return nil, "", fmt.Errorf("listed as a manifest of media type %.80q and %d bytes, not a signature manifest", sd.MediaType, sd.Size)
+	}
+	b, err := content.FetchAll(ctx, repo, sd)
+	if errors.Is(err, errdef.ErrNotFound) {
+		return nil, "", fmt.Errorf("listed, but the registry does not hold the manifest (a stale entry of the referrers index): %w", err)
+	}
+	if err != nil {
+		return nil, "", &referrer.ReadError{What: "signature " + sd.Digest.String() + ": fetching the manifest", Err: err}
+	}
+	var m struct {
+		Layers []ocispec.Descriptor `json:"layers"` // image manifest
+		Blobs  []ocispec.Descriptor `json:"blobs"`  // artifact manifest
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, "", fmt.Errorf("manifest does not parse: %w", err)
+	}
+	layers := m.Layers
+	if sd.MediaType == mediaTypeArtifactManifest {
+		layers = m.Blobs
+	}
+	if len(layers) != 1 {
+		return nil, "", fmt.Errorf("manifest has %d layers, not the one signature envelope", len(layers))
+	}
+	l := layers[0]
+	if !slices.Contains(signature.RegisteredEnvelopeTypes(), l.MediaType) || l.Size <= 0 || l.Size > maxSignatureEnvelope {
+		return nil, "", fmt.Errorf("layer of media type %.80q and %d bytes is not a signature envelope", l.MediaType, l.Size)
+	}
+	blob, err := content.FetchAll(ctx, repo, l)
+	if errors.Is(err, errdef.ErrNotFound) {
+		return nil, "", fmt.Errorf("the registry does not hold the envelope %s: %w", l.Digest, err)
+	}
+	if err != nil {
+		return nil, "", &referrer.ReadError{What: "signature " + sd.Digest.String() + ": fetching the envelope " + l.Digest.String(), Err: err}
+	}
+	return blob, l.MediaType, nil
 }
 
 // listSignatures lists at most maxListedSignatures signatures of subject, in the registry's
