@@ -245,7 +245,7 @@ func TestAttachNoStoredToken(t *testing.T) {
 
 // TestAttachSignatureReads: attach publishes the token of the genuine signature whatever else
 // whoever can push attached as a signature (here a manifest of the Notary signature type with two
-// layers, which notation-go refuses to read). A signature the
+// layers, which notation-go refuses to read), and records where it published it. A signature the
 // registry does not serve (503) stops attach only for a stored token no signature read names: the
 // only signature not served is an error, not "nothing attached"; a junk one not served is not,
 // until a stored token is left unnamed.
@@ -323,11 +323,14 @@ func TestAttachSignatureReads(t *testing.T) {
 	attachedTokens := func(img ocispec.Descriptor) int { return referrer.NewIndex(ctx, repo, img).Len() }
 
 	t.Run("a two-layer signature beside the genuine one", func(t *testing.T) {
-		img, _ := signed(t, "junk beside")
+		img, tok := signed(t, "junk beside")
 		junk(t, img)
 		code, out, stderr := attach(t, host, img)
 		if code != 0 || len(out) != 1 || attachedTokens(img) != 1 {
 			t.Fatalf("exit %d, %d attached (%d in the registry), stderr %q; want 0 and the token attached", code, len(out), attachedTokens(img), stderr)
+		}
+		if ok, repos, err := store.Attached(img.Digest.String(), sha(tok)); err != nil || !ok || len(repos) != 1 || repos[0] != name {
+			t.Fatalf("mark: %v, %q, %v; want %s", ok, repos, err, name)
 		}
 	})
 	// oras-go's client retries a 503 for several seconds: these two run at once, with the tokens

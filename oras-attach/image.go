@@ -155,6 +155,8 @@ type image struct {
 	subject ocispec.Descriptor
 	// name is REGISTRY/REPO@DIGEST, as trust policies scope it.
 	name string
+	// repository is REGISTRY/REPO.
+	repository string
 }
 
 // open checks that ref names a digest, opens its repository with the registry flags and resolves
@@ -184,7 +186,8 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 	case err != nil:
 		return nil, 1, fmt.Errorf("resolving %s: %w", ref, err)
 	}
-	return &image{repo: repo, subject: subject, name: parsed.Registry + "/" + parsed.Repository + "@" + subject.Digest.String()}, 0, nil
+	repository := parsed.Registry + "/" + parsed.Repository
+	return &image{repo: repo, subject: subject, name: repository + "@" + subject.Digest.String(), repository: repository}, 0, nil
 }
 
 // azureCredential returns the Entra ID credential for ref's registry when it is an Azure
@@ -353,13 +356,14 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 			fmt.Fprintf(io.stderr, "oras-attest attach: skipped stored token %s: no signature of the image names it (a signature made with another key or instance, or one that was never pushed)%s\n", sha, why)
 			continue
 		}
-		// A token published is marked so in the store, so that token prune may remove it once old;
-		// a mark that cannot be written only makes prune keep the token.
+		// A token published is marked so in the store, with this repository, so that token prune
+		// may remove it once old and say where it was published; a mark that cannot be written
+		// only makes prune keep the token.
 		markAttached := func() {
 			if store == nil {
 				return
 			}
-			if err := store.MarkAttached(subject.Digest.String(), sha); err != nil {
+			if err := store.MarkAttached(subject.Digest.String(), sha, img.repository); err != nil {
 				fmt.Fprintf(io.stderr, "oras-attest attach: token %s is attached, but could not be marked so in the token store (token prune will keep it): %v\n", sha, err)
 			}
 		}

@@ -42,10 +42,14 @@ a signature fails attach only for a stored token no signature read names. -o jso
 list of referrers attached, also when a later token fails.
 
 token prune removes from the token store the tokens stored longer ago than --older-than (1h at
-least; there is no default) that attach published (attach marks each token it publishes in the
-store), and the directories left empty; --dry-run lists them first. Older tokens attach never
-published are kept and counted: a pruned token can no longer be attached, and the signature
-naming it never verified. --include-unattached removes them too.
+least; there is no default) that attach published, and the directories left empty; --dry-run
+lists them first. Attach marks each token it publishes with the repositories (REGISTRY/REPO) it
+published it to, and prune lists them with each token: the mark means "published to these
+repositories", and only those. An image copied to another repository before attach (a promotion
+to another registry) needs its token attached there too: attach it there before pruning, or copy
+the image with its referrers (oras cp -r) after attach. Older tokens attach never published are
+kept and counted: a pruned token can no longer be attached, and the signature naming it never
+verified. --include-unattached removes them too.
 
 Exit status: 0 verified, or done; 1 refused, or failed (a registry, MAA or the TPM, a file that
 cannot be read); 2 usage error (a flag, an argument, or what a file given holds, is wrong).

@@ -15,9 +15,10 @@ import (
 )
 
 // TestTokenPrune: token prune removes the stored tokens older than --older-than, which it
-// requires and refuses under 1h, from the store of --token-dir, ATTEST_TOKEN_DIR or the default;
-// --dry-run only lists them; -o json prints what it removed; entries not the store's are named
-// on stderr and left.
+// requires and refuses under 1h, from the store of --token-dir, ATTEST_TOKEN_DIR or the default,
+// each listed with the repositories attach published it to (an empty mark: published, repository
+// not recorded); --dry-run only lists them; -o json prints what it removed; entries not the
+// store's are named on stderr and left.
 func TestTokenPrune(t *testing.T) {
 	state := t.TempDir()
 	t.Setenv("XDG_STATE_HOME", state) // no case may prune this user's own store
@@ -28,10 +29,12 @@ func TestTokenPrune(t *testing.T) {
 	tokens := []struct {
 		subject, raw string
 		age          time.Duration
+		repos        []string // the repositories attach published it to
 	}{
-		{subjectA, "h.a-recent.sig", 10 * time.Minute},
-		{subjectA, "h.a-old.sig", 48 * time.Hour},
-		{subjectB, "h.b-older.sig", 72 * time.Hour},
+		{subjectA, "h.a-recent.sig", 10 * time.Minute, []string{"rega.example/app"}},
+		{subjectA, "h.a-old.sig", 48 * time.Hour, []string{"rega.example/app"}},
+		// Attached to regA, then to the copy in regB.
+		{subjectB, "h.b-older.sig", 72 * time.Hour, []string{"rega.example/app", "regb.example/app"}},
 	}
 	all := []string{"h.a-old.sig", "h.a-recent.sig", "h.b-older.sig"}
 	// prefix is the start of the token's SHA-256 that the text output prints.
@@ -117,8 +120,8 @@ func TestTokenPrune(t *testing.T) {
 			args: []string{"--token-dir", "DIR", "--older-than", "1h"},
 			code: 0,
 			stdout: []string{
-				"removed " + subjectA + " token " + prefix("h.a-old.sig") + ", stored 48h0m0s ago\n",
-				"removed " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago\n",
+				"removed " + subjectA + " token " + prefix("h.a-old.sig") + ", stored 48h0m0s ago, attached to rega.example/app\n",
+				"removed " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago, attached to rega.example/app, regb.example/app\n",
 				"removed 2 tokens of 2 images from DIR, older than 1h0m0s (stored before ",
 				"; 1 newer token kept\n",
 			},
@@ -128,7 +131,7 @@ func TestTokenPrune(t *testing.T) {
 			name:   "a longer age removes fewer",
 			args:   []string{"--token-dir", "DIR", "--older-than", "60h"},
 			code:   0,
-			stdout: []string{"removed " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago\n", "removed 1 token of 1 image from DIR, older than 60h0m0s", "; 2 newer tokens kept\n"},
+			stdout: []string{"removed " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago, attached to rega.example/app, regb.example/app\n", "removed 1 token of 1 image from DIR, older than 60h0m0s", "; 2 newer tokens kept\n"},
 			left:   []string{"h.a-old.sig", "h.a-recent.sig"},
 		},
 		{
@@ -136,8 +139,8 @@ func TestTokenPrune(t *testing.T) {
 			args: []string{"--token-dir", "DIR", "--older-than", "24h", "--dry-run"},
 			code: 0,
 			stdout: []string{
-				"would remove " + subjectA + " token " + prefix("h.a-old.sig") + ", stored 48h0m0s ago\n",
-				"would remove " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago\n",
+				"would remove " + subjectA + " token " + prefix("h.a-old.sig") + ", stored 48h0m0s ago, attached to rega.example/app\n",
+				"would remove " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago, attached to rega.example/app, regb.example/app\n",
 				"would remove 2 tokens of 2 images from DIR, older than 24h0m0s", "; 1 newer token kept; nothing removed (--dry-run)\n",
 			},
 			left: all,
@@ -203,8 +206,29 @@ func TestTokenPrune(t *testing.T) {
 			args:   []string{"--token-dir", "DIR", "--older-than", "24h", "--include-unattached"},
 			setup:  unmark,
 			code:   0,
-			stdout: []string{"removed 2 tokens of 2 images from DIR"},
+			stdout: []string{"removed 2 tokens of 2 images from DIR", ", stored 48h0m0s ago, never attached\n"},
 			left:   []string{"h.a-recent.sig"},
+		},
+		{
+			name: "an empty mark, from before marks named repositories, still counts",
+			args: []string{"--token-dir", "DIR", "--older-than", "24h"},
+			setup: func(t *testing.T, dir string) {
+				marks, err := filepath.Glob(filepath.Join(dir, "*", "*", "*.attached"))
+				if err != nil || len(marks) == 0 {
+					t.Fatalf("marks %v: %v", marks, err)
+				}
+				for _, m := range marks {
+					if err := os.WriteFile(m, nil, 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			},
+			code: 0,
+			stdout: []string{
+				"removed " + subjectA + " token " + prefix("h.a-old.sig") + ", stored 48h0m0s ago, attached (repository not recorded)\n",
+				"removed 2 tokens of 2 images from DIR",
+			},
+			left: []string{"h.a-recent.sig"},
 		},
 		{
 			name:   "a missing store said on stderr",
@@ -256,9 +280,11 @@ func TestTokenPrune(t *testing.T) {
 				if err := os.Chtimes(e.Path, mtime, mtime); err != nil {
 					t.Fatal(err)
 				}
-				// As attach marks what it published.
-				if err := store.MarkAttached(tok.subject, e.SHA256); err != nil {
-					t.Fatal(err)
+				// As attach marks what it published, and where.
+				for _, repo := range tok.repos {
+					if err := store.MarkAttached(tok.subject, e.SHA256, repo); err != nil {
+						t.Fatal(err)
+					}
 				}
 			}
 			if tc.setup != nil {
@@ -305,7 +331,8 @@ func TestTokenPrune(t *testing.T) {
 }
 
 // TestTokenPruneJSON: with -o json, token prune prints an object naming each token removed (or,
-// with --dry-run, that would be removed), the tokens kept and the entries skipped.
+// with --dry-run, that would be removed) with the repositories attach published it to, the
+// tokens kept and the entries skipped.
 func TestTokenPruneJSON(t *testing.T) {
 	subject := "sha256:" + strings.Repeat("c", 64)
 	for _, dryRun := range []bool{false, true} {
@@ -320,8 +347,10 @@ func TestTokenPruneJSON(t *testing.T) {
 			if err := os.Chtimes(e.Path, old, old); err != nil {
 				t.Fatal(err)
 			}
-			if err := store.MarkAttached(subject, e.SHA256); err != nil {
-				t.Fatal(err)
+			for _, repo := range []string{"rega.example/app", "regb.example/app"} {
+				if err := store.MarkAttached(subject, e.SHA256, repo); err != nil {
+					t.Fatal(err)
+				}
 			}
 			if _, err := store.Put(subject, "h.new.sig"); err != nil {
 				t.Fatal(err)
@@ -343,7 +372,8 @@ func TestTokenPruneJSON(t *testing.T) {
 			}
 			want := token.Pruned{Subject: subject, SHA256: e.SHA256, Modified: old, Path: e.Path}
 			if len(res.Removed) != 1 || res.Removed[0].Subject != want.Subject || res.Removed[0].SHA256 != want.SHA256 ||
-				!res.Removed[0].Modified.Equal(want.Modified) || res.Removed[0].Path != want.Path {
+				!res.Removed[0].Modified.Equal(want.Modified) || res.Removed[0].Path != want.Path ||
+				!res.Removed[0].Attached || !slices.Equal(res.Removed[0].Repositories, []string{"rega.example/app", "regb.example/app"}) {
 				t.Errorf("removed %+v, want [%+v]", res.Removed, want)
 			}
 			if res.DryRun != dryRun || res.TokenDir != dir || res.OlderThan != "24h0m0s" || res.Kept != 1 || res.Error != "" ||

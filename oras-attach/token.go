@@ -410,10 +410,11 @@ type pruneResult struct {
 }
 
 // tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
-// the user must choose: attach can no longer publish a token once it is pruned.
+// the user must choose: attach can no longer publish a token once it is pruned. Each token
+// removed is listed with the repositories attach published it to: only those have it.
 func tokenPrune(args []string, io cmdIO) int {
 	fs := newFlags("oras-attest token prune", "oras-attest token prune --older-than DURATION [flags]", io.stderr)
-	olderThan := fs.Duration("older-than", 0, "remove the tokens stored longer ago than this that attach published, at least 1h (required)")
+	olderThan := fs.Duration("older-than", 0, "remove the tokens stored longer ago than this that attach published (to the repositories listed, and only those), at least 1h (required)")
 	var tokenDir tokenDirFlag
 	tokenDir.add(fs)
 	dryRun := fs.Bool("dry-run", false, "list the tokens that would be removed, and remove nothing")
@@ -477,7 +478,7 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	subjects := map[string]bool{}
 	for _, p := range res.Removed {
 		subjects[p.Subject] = true
-		fmt.Fprintf(w, "%s %s token %s, stored %s ago\n", verb, p.Subject, p.SHA256[:12], now.Sub(p.Modified).Round(time.Minute))
+		fmt.Fprintf(w, "%s %s token %s, stored %s ago, %s\n", verb, p.Subject, p.SHA256[:12], now.Sub(p.Modified).Round(time.Minute), publishedTo(p))
 	}
 	cutoff := fmt.Sprintf("older than %s (stored before %s)", res.OlderThan, res.Before.Local().Format(time.RFC3339))
 	kept := plural(res.Kept, "newer token") + " kept"
@@ -496,6 +497,17 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	default:
 		fmt.Fprintf(w, "removed %s of %s from %s, %s; %s\n", plural(len(res.Removed), "token"), plural(len(subjects), "image"), res.TokenDir, cutoff, kept)
 	}
+}
+
+// publishedTo says where attach published the token p, as its mark records it.
+func publishedTo(p token.Pruned) string {
+	switch {
+	case !p.Attached:
+		return "never attached"
+	case len(p.Repositories) == 0:
+		return "attached (repository not recorded)"
+	}
+	return "attached to " + strings.Join(p.Repositories, ", ")
 }
 
 // plural is n and noun, in the plural unless n is 1.

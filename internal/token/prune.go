@@ -24,6 +24,14 @@ type Pruned struct {
 	Modified time.Time `json:"modified"`
 	// Path is the file.
 	Path string `json:"path"`
+	// Attached is whether attach marked the token published (MarkAttached). A token without a
+	// mark is removed only with PruneOptions.Unattached.
+	Attached bool `json:"attached"`
+	// Repositories are the repositories (REGISTRY/REPO) the mark records attach published the
+	// token to: only those, not copies of the image elsewhere. Empty (never nil) for a token
+	// never attached, and for a mark written before marks recorded them (Attached: published,
+	// repository unknown).
+	Repositories []string `json:"repositories"`
 }
 
 // Skipped is an entry of the store that Prune left alone because Put does not write it: a name
@@ -64,7 +72,10 @@ type PruneOptions struct {
 // published (MarkAttached), with their marks, then the subject and algorithm directories left
 // empty; the store's own directory stays. Older tokens without a mark are kept and counted in
 // Unattached, unless opts.Unattached. With opts.DryRun it removes nothing and reports what it
-// would remove. A store directory that does not exist holds nothing to prune.
+// would remove. A store directory that does not exist holds nothing to prune. Each token removed
+// is reported with the repositories its mark records: a mark means "published to these
+// repositories", and Prune cannot know of other repositories the image was copied to without its
+// referrers, where the token is still needed: attach it there first.
 //
 // It removes only what Put and MarkAttached write: a regular file named <hex SHA-256>.jwt, and
 // its mark <hex SHA-256>.attached, in a directory <algorithm>/<encoded digest> of a digest the
@@ -213,6 +224,10 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 			p.res.Unattached++
 			continue
 		}
+		repos := []string{}
+		if marked {
+			repos = append(repos, markRepositories(d, h+attachedSuffix)...)
+		}
 		if !p.dryRun {
 			err := unix.Unlinkat(int(d.Fd()), name, 0)
 			if errors.Is(err, unix.ENOENT) {
@@ -228,8 +243,23 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 				}
 			}
 		}
-		p.res.Removed = append(p.res.Removed, Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file})
+		p.res.Removed = append(p.res.Removed, Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file, Attached: marked, Repositories: repos})
 	}
+}
+
+// markRepositories returns the repositories recorded in the mark name of the directory d, none
+// if it cannot be read (a mark that is not a regular file, never followed if a link, still
+// counts as a mark).
+func markRepositories(d *os.File, name string) []string {
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil
+	}
+	b, err := readRegular(os.NewFile(uintptr(fd), filepath.Join(d.Name(), name)))
+	if err != nil {
+		return nil
+	}
+	return parseMark(b)
 }
 
 // isTemporary reports whether name is that of a temporary file Put writes a token through, or

@@ -557,7 +557,7 @@ func TestPruneKeepsUnattached(t *testing.T) {
 				}
 				entries[raw] = e
 			}
-			if err := s.MarkAttached(subject, entries["h.published.sig"].SHA256); err != nil {
+			if err := s.MarkAttached(subject, entries["h.published.sig"].SHA256, "reg.example/app"); err != nil {
 				t.Fatal(err)
 			}
 			mark := strings.TrimSuffix(entries["h.published.sig"].Path, ".jwt") + ".attached"
@@ -590,7 +590,105 @@ func TestPruneKeepsUnattached(t *testing.T) {
 		})
 	}
 	s := NewStore(t.TempDir())
-	if err := s.MarkAttached(subject, strings.Repeat("d", 64)); !errors.Is(err, ErrNotFound) {
+	if err := s.MarkAttached(subject, strings.Repeat("d", 64), "reg.example/app"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("marking a token the store does not hold: %v, want ErrNotFound", err)
+	}
+}
+
+// TestMarkAttachedRepositories: the mark records each repository attach published the token to,
+// once, in order, and at most MaxAttachedRepositories (the last ones); Prune reports them with
+// the token it removes. An empty mark, as attach wrote it before marks recorded repositories,
+// still means published (repository unknown); a name that is not REGISTRY/REPO is refused.
+func TestMarkAttachedRepositories(t *testing.T) {
+	subject := "sha256:" + strings.Repeat("a", 64)
+	old := time.Now().Add(-48 * time.Hour)
+	s := NewStore(filepath.Join(t.TempDir(), "tokens"))
+	put := func(raw string) Entry {
+		t.Helper()
+		e, err := s.Put(subject, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(e.Path, old, old); err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	two, legacy, many := put("h.two.sig"), put("h.legacy.sig"), put("h.many.sig")
+
+	// The promotion case: published to regA first, then to regB; regA again adds nothing.
+	for _, repo := range []string{"rega.example/app", "regb.example:5000/team/app", "rega.example/app"} {
+		if err := s.MarkAttached(subject, two.SHA256, repo); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"rega.example/app", "regb.example:5000/team/app"}
+	if ok, repos, err := s.Attached(subject, two.SHA256); err != nil || !ok || !slices.Equal(repos, want) {
+		t.Fatalf("Attached = %v, %q, %v; want true, %q", ok, repos, err, want)
+	}
+	// The mark from before repositories were recorded: an empty file.
+	writeAt(t, strings.TrimSuffix(legacy.Path, ".jwt")+attachedSuffix, old)
+	if ok, repos, err := s.Attached(subject, legacy.SHA256); err != nil || !ok || len(repos) != 0 {
+		t.Fatalf("an empty mark: Attached = %v, %q, %v; want true and no repository", ok, repos, err)
+	}
+	var all []string
+	for i := range MaxAttachedRepositories + 3 {
+		all = append(all, fmt.Sprintf("reg.example/app%d", i))
+		if err := s.MarkAttached(subject, many.SHA256, all[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, repos, _ := s.Attached(subject, many.SHA256); !slices.Equal(repos, all[3:]) {
+		t.Fatalf("past the bound: %d repositories recorded %q, want the last %d", len(repos), repos, MaxAttachedRepositories)
+	}
+	for _, bad := range []string{"", "app", "reg.example/app:v1", "reg.example/app@sha256:" + strings.Repeat("0", 64), "reg.example/app\nevil.example/x", "reg.example/App"} {
+		if err := s.MarkAttached(subject, two.SHA256, bad); err == nil {
+			t.Errorf("MarkAttached with repository %q: no error", bad)
+		}
+	}
+	if ok, _, err := s.Attached(subject, strings.Repeat("e", 64)); !errors.Is(err, ErrNotFound) || ok {
+		t.Errorf("Attached of a token not stored: %v, %v; want ErrNotFound", ok, err)
+	}
+
+	res, err := s.Prune(time.Now().Add(-time.Hour), PruneOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]Pruned{}
+	for _, p := range res.Removed {
+		got[p.SHA256] = p
+	}
+	if p := got[two.SHA256]; !p.Attached || !slices.Equal(p.Repositories, want) {
+		t.Errorf("removed %+v, want it attached to %q", p, want)
+	}
+	if p, ok := got[legacy.SHA256]; !ok || !p.Attached || p.Repositories == nil || len(p.Repositories) != 0 {
+		t.Errorf("the token of an empty mark: removed %v, %+v; want removed, attached, repositories []", ok, p)
+	}
+	if len(res.Removed) != 3 || res.Unattached != 0 {
+		t.Errorf("removed %d, %d unattached kept; want the 3 marked tokens removed", len(res.Removed), res.Unattached)
+	}
+}
+
+// TestMarkAttachedConcurrently: attaches of one token to several repositories at once each stay
+// recorded (the mark is rewritten under a lock of the subject's directory).
+func TestMarkAttachedConcurrently(t *testing.T) {
+	subject := "sha256:" + strings.Repeat("b", 64)
+	s := NewStore(filepath.Join(t.TempDir(), "tokens"))
+	e, err := s.Put(subject, "h.shared.sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := s.MarkAttached(subject, e.SHA256, fmt.Sprintf("reg%d.example/app", i)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if _, repos, err := s.Attached(subject, e.SHA256); err != nil || len(repos) != n {
+		t.Fatalf("%d repositories recorded (%q, %v), want %d", len(repos), repos, err, n)
 	}
 }

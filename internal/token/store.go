@@ -13,7 +13,12 @@
 // signature naming the token. A token lost in a crash would leave a signature nobody can verify.
 //
 // Nothing is removed but by Prune, which removes the tokens older than a cutoff (`oras-attest
-// token prune`): once attach has published a token, the store's copy is no longer needed.
+// token prune`) that attach marked published (MarkAttached). The mark records the repositories
+// attach published the token to (DIR/<algorithm>/<encoded digest>/<hex>.attached, one
+// REGISTRY/REPO a line; an empty mark, as written before, means published to a repository not
+// recorded). Once a token is attached in every repository that holds the image, the store's copy
+// is no longer needed; a copy of the image elsewhere (promoted to another registry before attach)
+// still needs it, and nothing in the store knows of that copy.
 package token
 
 import (
@@ -22,15 +27,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+	"oras.land/oras-go/v2/registry"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 )
@@ -225,22 +233,146 @@ func (s *Store) List(subject string) ([]Entry, error) {
 	return out, nil
 }
 
-// attachedSuffix names, after a token's hex SHA-256, the marker MarkAttached leaves next to it.
+// attachedSuffix names, after a token's hex SHA-256, the mark MarkAttached leaves next to it.
 const attachedSuffix = ".attached"
 
-// MarkAttached records that the token of subject whose SHA-256 is sha256Hex is published in a
-// registry (an empty file <hex>.attached beside it), so that Prune removes it once old without
-// being asked to remove unpublished tokens too. A token the store does not hold is an ErrNotFound
-// error. Losing a marker only makes Prune keep its token.
-func (s *Store) MarkAttached(subject, sha256Hex string) error {
+// MaxAttachedRepositories bounds the repositories a mark records: past it, the ones recorded
+// first are dropped.
+const MaxAttachedRepositories = 32
+
+// maxRepositoryName bounds a repository name in a mark: a registry host and a repository path,
+// each of at most 255 bytes in practice (distribution's reference grammar bounds the path).
+const maxRepositoryName = 512
+
+// maxMarkSize bounds the part of a mark file that is read.
+const maxMarkSize = MaxAttachedRepositories * (maxRepositoryName + 1)
+
+// MarkAttached records that attach published the token of subject whose SHA-256 is sha256Hex to
+// repository (REGISTRY/REPO, as oras-go parses it): the mark <hex>.attached beside the token,
+// one repository a line, in the order they were first recorded, each once, the
+// MaxAttachedRepositories last. Prune removes a marked token once old without being asked to
+// remove unpublished tokens too. The mark says where the token was published, not where it is
+// still needed: a copy of the image in another repository needs the token attached there too
+// (or the image copied with its referrers). The mark is replaced atomically and durably, under
+// an exclusive lock (flock) of the subject's directory, so that two attaches of one token to
+// two repositories at once both stay recorded. A token the store does not hold is an
+// ErrNotFound error. Losing a mark only makes Prune keep its token.
+func (s *Store) MarkAttached(subject, sha256Hex, repository string) error {
+	if !validRepository(repository) {
+		return fmt.Errorf("token store: %.100q is not a repository name REGISTRY/REPO", repository)
+	}
 	e, err := s.Get(subject, sha256Hex)
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.Write(filepath.Join(filepath.Dir(e.Path), e.SHA256+attachedSuffix), nil, 0o600); err != nil {
+	dir := filepath.Dir(e.Path)
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return fmt.Errorf("token store: %w", err)
+	}
+	defer unlock()
+	path := filepath.Join(dir, e.SHA256+attachedSuffix)
+	var repos []string
+	b, err := readMark(path)
+	switch {
+	case err == nil:
+		repos = parseMark(b)
+		if slices.Contains(repos, repository) {
+			return nil
+		}
+	case !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("token store: %w", err)
+	}
+	repos = append(repos, repository)
+	if len(repos) > MaxAttachedRepositories {
+		repos = repos[len(repos)-MaxAttachedRepositories:]
+	}
+	if err := atomicfile.Write(path, []byte(strings.Join(repos, "\n")+"\n"), 0o600); err != nil {
 		return fmt.Errorf("token store: %w", err)
 	}
 	return nil
+}
+
+// Attached reports whether attach marked the token of subject whose SHA-256 is sha256Hex
+// published (MarkAttached), and the repositories the mark records: none for a mark written
+// before marks recorded them (an empty file), which means published, repository unknown.
+func (s *Store) Attached(subject, sha256Hex string) (bool, []string, error) {
+	e, err := s.Get(subject, sha256Hex)
+	if err != nil {
+		return false, nil, err
+	}
+	b, err := readMark(filepath.Join(filepath.Dir(e.Path), e.SHA256+attachedSuffix))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil, nil
+	case err != nil:
+		return false, nil, fmt.Errorf("token store: %w", err)
+	}
+	return true, parseMark(b), nil
+}
+
+// lockDir takes an exclusive flock of the directory dir and returns its release.
+func lockDir(dir string) (func(), error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	for {
+		err = unix.Flock(fd, unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, &fs.PathError{Op: "flock", Path: dir, Err: err}
+	}
+	return func() { unix.Close(fd) }, nil // closing the last descriptor releases the lock
+}
+
+// readMark reads at most maxMarkSize bytes of the mark at path, which must be a regular file
+// (a symbolic link is not followed).
+func readMark(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return readRegular(os.NewFile(uintptr(fd), path))
+}
+
+// readRegular reads at most maxMarkSize bytes of f, which must be a regular file, and closes it.
+func readRegular(f *os.File) ([]byte, error) {
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", f.Name())
+	}
+	return io.ReadAll(io.LimitReader(f, maxMarkSize))
+}
+
+// parseMark returns the repositories of the mark b, in order, each once; a line that is not a
+// repository name is ignored.
+func parseMark(b []byte) []string {
+	var repos []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if validRepository(line) && !slices.Contains(repos, line) {
+			repos = append(repos, line)
+		}
+	}
+	return repos
+}
+
+// validRepository reports whether name is a repository REGISTRY/REPO as oras-go parses and
+// prints it, without a tag or digest.
+func validRepository(name string) bool {
+	if name == "" || len(name) > maxRepositoryName {
+		return false
+	}
+	ref, err := registry.ParseReference(name)
+	return err == nil && ref.Reference == "" && ref.Registry+"/"+ref.Repository == name
 }
 
 // Get returns the token stored for subject whose SHA-256 is sha256Hex.
