@@ -19,6 +19,7 @@ import (
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
 
+	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
 	"github.com/attested-kv/attested-kv/internal/keyvault"
@@ -477,6 +478,9 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	}
 	if err := maa.CheckInstance(*url); err != nil {
 		return fail(2, err)
+	}
+	if err := binding.CheckKeyID(*keyID); err != nil {
+		return fail(2, fmt.Errorf("--key-id: %w", err))
 	}
 	certPins, err := imageverify.ParseCertPins(*pins)
 	if err != nil {

@@ -45,6 +45,7 @@ func TestVerifyConfigErrors(t *testing.T) {
 		{"attestation URL with a path", []string{"--attestation-url", "https://x.weu.attest.azure.net/certs"}, "path"},
 		{"attestation URL with a password", []string{"--attestation-url", "https://u:s3cret@x.weu.attest.azure.net"}, "user information"},
 		{"malformed certificate pin", []string{"--attestation-url", "https://x.weu.attest.azure.net", "--signing-cert-sha256", "abc"}, "64 hex digits"},
+		{"key id spelt otherwise than Key Vault writes it", []string{"--attestation-url", "https://x.weu.attest.azure.net", "--key-id", "https://v.vault.azure.net/keys/k/1/"}, `--key-id: binding: invalid input: key id "https://v.vault.azure.net/keys/k/1/" is another spelling of "https://v.vault.azure.net/keys/k/1"`},
 		{"timeout of zero", []string{"--attestation-url", "https://x.weu.attest.azure.net", "--timeout", "0s"}, "--timeout 0s: want a duration above 0"},
 	}
 	for _, tt := range tests {

@@ -12,6 +12,7 @@ import (
 	notation "github.com/notaryproject/notation-go/verifier"
 	"github.com/notaryproject/notation-go/verifier/truststore"
 
+	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
 	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
@@ -65,6 +66,9 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 	}
 	if err := maa.CheckInstance(c.AttestationURL); err != nil {
 		return imageverify.Options{}, "", fmt.Errorf("attestationURL: %w", err)
+	}
+	if err := binding.CheckKeyID(c.KeyID); err != nil {
+		return imageverify.Options{}, "", fmt.Errorf("keyID: %w", err)
 	}
 	o := imageverify.Options{AttestationURL: c.AttestationURL, KeyID: c.KeyID, MaxTokenAge: 5 * time.Minute}
 	pins, err := imageverify.ParseCertPins(c.SigningCertSHA256)

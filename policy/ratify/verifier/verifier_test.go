@@ -140,6 +140,7 @@ func TestRunRefusesInput(t *testing.T) {
 		{"misspelt rule file", nil, withJSON(map[string]any{"rule": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "rule"`},
 		{"a key in another case", nil, withJSON(map[string]any{"Rules": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "Rules"`},
 		{"a key twice", nil, strings.NewReader(`{"config":{"rules":"/a.cel","rules":"/b.cel"},"referenceDesc":{}}`), "verifier config: a key appears twice"},
+		{"key id spelt otherwise than Key Vault writes it", nil, withJSON(map[string]any{"attestationURL": "https://x.weu.attest.azure.net", "keyID": "https://v.vault.azure.net/keys/k/1/"}, tokenDesc), `keyID: binding: invalid input: key id "https://v.vault.azure.net/keys/k/1/" is another spelling of "https://v.vault.azure.net/keys/k/1"`},
 		{"referrer without a digest", nil, withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
 		{"referrer of another artifact type", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
 		{"referrer with a malformed digest", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
