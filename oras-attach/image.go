@@ -41,7 +41,7 @@ type registryFlags struct {
 func (r *registryFlags) add(fs *pflag.FlagSet) {
 	fs.StringVarP(&r.username, "username", "u", "", "registry user name (default: docker credentials; Entra ID exchange for *.azurecr.io)")
 	fs.BoolVar(&r.passwordStdin, "password-stdin", false, "read the registry password from stdin")
-	fs.BoolVar(&r.plainHTTP, "plain-http", false, "use http (default only for localhost and loopback registries)")
+	fs.BoolVar(&r.plainHTTP, "plain-http", false, "use http (default only for localhost and loopback registries; refused for *.azurecr.io)")
 }
 
 func (r *registryFlags) options(cio cmdIO) (registryclient.Options, error) {

@@ -58,6 +58,12 @@ func Open(ref string, o Options) (*remote.Repository, registry.Reference, error)
 	if err != nil {
 		return nil, registry.Reference{}, err
 	}
+	// ACR serves HTTPS only, and over plain http whoever is on the path can rewrite the
+	// registry's WWW-Authenticate challenge to send the credential (an ACR refresh token that can
+	// push, or a docker password) to a token server of their choosing: refused.
+	if o.PlainHTTP && IsAzureRegistry(r.Host()) {
+		return nil, registry.Reference{}, fmt.Errorf("%s is an Azure container registry, which serves https only: plain http is refused, since it would expose the registry credential", r.Host())
+	}
 	repo.PlainHTTP = o.PlainHTTP || isLoopback(r.Host())
 	hc := o.HTTPClient
 	if hc == nil {
@@ -129,6 +135,10 @@ func ExchangeACRToken(ctx context.Context, hc *http.Client, registryHost string,
 	if err != nil {
 		return "", fmt.Errorf("Entra ID token for %s: %w", registryHost, err)
 	}
+	// No tenant field: the SDK's exchange options make it optional, and clients that work against
+	// ACR send only the access token, whose tid names the tenant anyway. UNCONFIRMED whether ACR
+	// needs it for a token of a guest tenant (reference/oras-ratify.md lists it, from ACR's
+	// AAD-OAuth.md example).
 	form := url.Values{"grant_type": {"access_token"}, "service": {registryHost}, "access_token": {at.Token}}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -63,6 +63,33 @@ func TestLoopbackIsPlainHTTP(t *testing.T) {
 	}
 }
 
+// TestAzureRegistryNeverPlainHTTP: asking for plain http to an Azure registry is refused before any
+// request, whatever the credential; other registries may use it.
+func TestAzureRegistryNeverPlainHTTP(t *testing.T) {
+	for _, tt := range []struct {
+		ref string
+		o   Options
+		ok  bool
+	}{
+		{"myreg.azurecr.io/app:v1", Options{PlainHTTP: true}, false},
+		{"MyReg.AzureCR.io:443/app:v1", Options{PlainHTTP: true, Username: "u", Password: "p"}, false},
+		{"myreg.azurecr.io/app:v1", Options{PlainHTTP: true, AzureCredential: staticCred{new([]string)}}, false},
+		{"myreg.azurecr.io/app:v1", Options{}, true},
+		{"registry.internal:5000/app:v1", Options{PlainHTTP: true}, true},
+	} {
+		repo, _, err := Open(tt.ref, tt.o)
+		if tt.ok {
+			if err != nil || (repo.PlainHTTP != tt.o.PlainHTTP) {
+				t.Errorf("Open(%q, plain http %v) = %v", tt.ref, tt.o.PlainHTTP, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), "plain http is refused") {
+			t.Errorf("Open(%q) with plain http: %v, want a refusal", tt.ref, err)
+		}
+	}
+}
+
 // TestReferrerPagesBounded: a registry that answers every referrers page with a link to another
 // is read for MaxReferrerPages pages, then the listing fails with ErrTooManyPages.
 func TestReferrerPagesBounded(t *testing.T) {
