@@ -175,7 +175,7 @@ func azureHelp(cmd string) string {
 	case "apply":
 		return "Create or update the deployment, idempotently; write the outputs file and the Notation trust\npolicy and store."
 	}
-	return "Delete what apply created (what carries the deployment's tag), and the resource group if apply\ncreated it and nothing else is in it."
+	return "Delete what apply created (what carries the deployment's tag), and the resource group if apply\ncreated it and nothing else is in it: what is left there counts as apply's only if it carries the\ntag and apply creates a resource of its type and name (a tag alone may be inherited from the group)."
 }
 
 func errString(err error) string {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -782,7 +783,9 @@ func retryWhile(ctx context.Context, w io.Writer, waitingFor string, retryable f
 }
 
 // Destroy deletes the deployment's resources that carry its tag, and the resource group if the
-// deployment created it and everything left in it carries the tag. The vault is purged only if purge is set (and purge protection allows).
+// deployment created it and everything left in it is a resource apply creates, under the name
+// apply gives it and with the tag (foreignResources). The vault is purged only if purge is set
+// (and purge protection allows).
 func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writer) ([]Step, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -885,10 +888,14 @@ func Destroy(ctx context.Context, cl *Clients, cfg Config, purge bool, w io.Writ
 	if rg, err := cl.Groups.Get(ctx, cfg.ResourceGroup, nil); err == nil {
 		if !tagged(rg.Tags, cfg.NamePrefix) {
 			note("resource group", cfg.ResourceGroup, "skip", "not created by this deployment")
-		} else if foreign, err := foreignResources(ctx, cl, cfg); err != nil {
+		} else if foreign, taggedForeign, err := foreignResources(ctx, cl, cfg); err != nil {
 			return steps, fmt.Errorf("listing resource group %s: %w", cfg.ResourceGroup, err)
 		} else if len(foreign) > 0 {
-			note("resource group", cfg.ResourceGroup, "skip", fmt.Sprintf("holds %d resources not created by this deployment (%s)", len(foreign), strings.Join(foreign, ", ")))
+			detail := fmt.Sprintf("holds %d resources not created by this deployment (%s)", len(foreign), strings.Join(foreign, ", "))
+			if taggedForeign > 0 {
+				detail += fmt.Sprintf("; those marked tagged carry %s=%s but are not resources apply creates (the tag can be inherited from the group, e.g. by the Azure Policy \"Inherit a tag from the resource group\")", TagKey, cfg.NamePrefix)
+			}
+			note("resource group", cfg.ResourceGroup, "skip", detail)
 		} else if p, err := cl.Groups.BeginDelete(ctx, cfg.ResourceGroup, nil); err != nil {
 			return steps, err
 		} else if _, err := p.PollUntilDone(ctx, nil); err != nil {
@@ -986,51 +993,75 @@ func revokeLegacyGalleryGrant(ctx context.Context, cl *Clients, cfg Config, prin
 	return nil
 }
 
-// galleriesType is the ARM type of a compute gallery.
-const galleriesType = "Microsoft.Compute/galleries"
-
-// foreignResources lists the resources of the deployment's group that do not carry its tag: the
-// group is deleted only when it holds none (deleting a group deletes everything in it). The one
-// exception is the image versions of our build image definition in our (tagged) gallery: ARM lists
-// them as resources of the group, and versions that builds published before their distributor set
-// ArtifactTags carry no tag. Anything else untagged, another image definition in our gallery
-// included, is foreign.
-func foreignResources(ctx context.Context, cl *Clients, cfg Config) ([]string, error) {
+// foreignResources lists the resources of the deployment's group that are not its own: the group
+// is deleted only when it holds none (deleting a group deletes everything in it). A resource is
+// the deployment's own only if it is one apply creates, by type and name (deploymentResources),
+// and carries the deployment's tag: the tag alone may have been inherited from the group. The one
+// exception to the tag is the image versions of our build image definition in our (own) gallery:
+// versions that builds published before their distributor set ArtifactTags carry no tag, and they
+// go with the image definition they belong to. withTag counts the foreign resources that carry the
+// tag.
+func foreignResources(ctx context.Context, cl *Clients, cfg Config) (foreign []string, withTag int, err error) {
 	if cl.Resources == nil {
-		return nil, errors.New("no resources client to list the group with")
+		return nil, 0, errors.New("no resources client to list the group with")
 	}
-	n := NamesFor(cfg.NamePrefix)
-	var untagged []*armresources.GenericResourceExpanded
-	ourVersions := "" // the id prefix of our build image's versions, once our gallery is listed
+	type listed struct {
+		r         *armresources.GenericResourceExpanded
+		typ, path string
+		ours      bool // one apply creates, by type and name
+		tagged    bool
+	}
+	own := deploymentResources(cfg)
+	versions := buildImageVersions(NamesFor(cfg.NamePrefix))
+	var all []listed
+	galleryOurs := false
 	pager := cl.Resources.NewListByResourceGroupPager(cfg.ResourceGroup, nil)
 	for pager.More() {
 		page, err := pager.NextPage(ctx)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		for _, r := range page.Value {
-			switch {
-			case r == nil:
-			case !tagged(r.Tags, cfg.NamePrefix):
-				untagged = append(untagged, r)
-			case r.Type != nil && r.Name != nil && strings.EqualFold(*r.Type, galleriesType) && strings.EqualFold(*r.Name, n.Gallery):
-				ourVersions = strings.ToLower(cfg.rgID() + "/providers/" + galleriesType + "/" + n.Gallery + "/images/" + BuildImageDefinition + "/versions/")
+			if r == nil {
+				continue
 			}
+			l := listed{r: r, tagged: tagged(r.Tags, cfg.NamePrefix)}
+			var ok bool
+			if l.typ, l.path, ok = listedAs(r, cfg); ok {
+				l.ours = slices.ContainsFunc(own, func(o listedResource) bool { return o.matches(l.typ, l.path) })
+			}
+			if l.ours && l.tagged && strings.EqualFold(l.typ, galleriesType) {
+				galleryOurs = true
+			}
+			all = append(all, l)
 		}
 	}
-	var foreign []string
-	for _, r := range untagged {
-		if ourVersions != "" && r.ID != nil && strings.HasPrefix(strings.ToLower(*r.ID), ourVersions) {
+	for _, l := range all {
+		if l.ours && (l.tagged || galleryOurs && versions.matches(l.typ, l.path)) {
 			continue
 		}
-		name := "?"
-		if r.Name != nil {
-			name = *r.Name
+		name := l.path
+		if l.r.Name != nil && *l.r.Name != "" {
+			name = *l.r.Name
 		}
-		if r.Type != nil {
-			name += " (" + *r.Type + ")"
+		if name == "" {
+			name = "?"
+		}
+		typ := l.typ
+		if l.r.Type != nil && *l.r.Type != "" {
+			typ = *l.r.Type
+		}
+		switch {
+		case l.tagged && typ != "":
+			name += " (" + typ + ", tagged)"
+			withTag++
+		case l.tagged:
+			name += " (tagged)"
+			withTag++
+		case typ != "":
+			name += " (" + typ + ")"
 		}
 		foreign = append(foreign, name)
 	}
-	return foreign, nil
+	return foreign, withTag, nil
 }

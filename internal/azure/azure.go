@@ -18,7 +18,8 @@
 // production only once its replacement has had RoleSettle to take effect; assignments it did not
 // make are never touched. Plan reads and changes nothing. Destroy removes only resources that
 // carry this deployment's tag, with the role assignments apply made on them, and the resource
-// group only when nothing else is left in it.
+// group only when nothing else is left in it: everything left must be a resource apply creates,
+// by type and name, and carry the tag, since a tag alone may have been inherited from the group.
 package azure
 
 import (

@@ -796,43 +796,101 @@ func TestConfigValidate(t *testing.T) {
 }
 
 // TestDestroyKeepsGroupWithForeignResources: a group carrying our tag is deleted only when
-// everything left in it carries our tag too; deleting a group deletes all it holds.
+// everything left in it is a resource apply creates, by type and name, carrying our tag too;
+// deleting a group deletes all it holds. The tag alone does not make a resource ours: an Azure
+// Policy such as "Inherit a tag from the resource group" puts it on whatever a team creates there.
 func TestDestroyKeepsGroupWithForeignResources(t *testing.T) {
 	ctx := context.Background()
-	f, cl := newFakeAzure(t)
-	if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
-		t.Fatal(err)
-	}
+	n := NamesFor("demo1")
+	ours := testConfig.tags
 	other := map[string]*string{TagKey: ptr("other")}
-	f.foreign = []*armresources.GenericResourceExpanded{
-		{Name: ptr("team-kv"), Type: ptr("Microsoft.KeyVault/vaults")},
-		{Name: ptr("otheracr"), Type: ptr("Microsoft.ContainerRegistry/registries"), Tags: other},
-		{Name: ptr("ours-too"), Type: ptr("Microsoft.Compute/galleries"), Tags: testConfig.tags()},
+	id := func(rest string) *string { return ptr(testConfig.rgID() + "/providers/" + rest) }
+	res := func(name, typ string, tags map[string]*string) *armresources.GenericResourceExpanded {
+		return &armresources.GenericResourceExpanded{Name: ptr(name), Type: ptr(typ), Tags: tags}
 	}
-	steps, err := Destroy(ctx, cl, testConfig, false, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.groups["rg"]; !ok || f.writes["group-delete"] != 0 {
-		t.Fatalf("the group holding foreign resources was deleted (%d deletes)", f.writes["group-delete"])
-	}
-	last := steps[len(steps)-1]
-	if last.Kind != "resource group" || last.Action != "skip" || !strings.Contains(last.Detail, "2 resources not created by this deployment") ||
-		!strings.Contains(last.Detail, "team-kv") || !strings.Contains(last.Detail, "otheracr") || strings.Contains(last.Detail, "ours-too") {
-		t.Fatalf("report: %+v", last)
-	}
-	// Our own resources were still deleted.
-	if len(f.vaults)+len(f.registries)+len(f.identities)+len(f.providers) != 0 {
-		t.Fatalf("left: %d vaults, %d registries, %d identities, %d providers", len(f.vaults), len(f.registries), len(f.identities), len(f.providers))
-	}
-
-	// Only our resources left (here another of our own, untouched by destroy): the group goes.
-	f.foreign = f.foreign[2:]
-	if _, err := Destroy(ctx, cl, testConfig, false, io.Discard); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.groups["rg"]; ok || f.writes["group-delete"] != 1 {
-		t.Fatalf("group of our resources only: kept %v, %d deletes", ok, f.writes["group-delete"])
+	for _, c := range []struct {
+		name   string
+		listed []*armresources.GenericResourceExpanded
+		// named are what the skip step must name ("" entries: the group goes).
+		named []string
+	}{
+		{"foreign resources, and a tagged gallery apply never creates", []*armresources.GenericResourceExpanded{
+			res("team-kv", "Microsoft.KeyVault/vaults", nil),
+			res("otheracr", "Microsoft.ContainerRegistry/registries", other),
+			res("ours-too", "Microsoft.Compute/galleries", ours()),
+		}, []string{"team-kv (Microsoft.KeyVault/vaults)", "otheracr (Microsoft.ContainerRegistry/registries)", "ours-too (Microsoft.Compute/galleries, tagged)"}},
+		{"a VM that inherited the tag from the group", []*armresources.GenericResourceExpanded{
+			{ID: id("Microsoft.Compute/virtualMachines/team-vm"), Name: ptr("team-vm"), Type: ptr("Microsoft.Compute/virtualMachines"), Tags: ours()},
+		}, []string{"team-vm (Microsoft.Compute/virtualMachines, tagged)"}},
+		{"one of our names under another type", []*armresources.GenericResourceExpanded{
+			res(n.Registry, "Microsoft.Storage/storageAccounts", ours()),
+		}, []string{n.Registry + " (Microsoft.Storage/storageAccounts, tagged)"}},
+		{"one of our types under another name", []*armresources.GenericResourceExpanded{
+			res(n.Vault+"2", "Microsoft.KeyVault/vaults", ours()),
+		}, []string{n.Vault + "2 (Microsoft.KeyVault/vaults, tagged)"}},
+		{"a tagged replica of another registry", []*armresources.GenericResourceExpanded{
+			{ID: id("Microsoft.ContainerRegistry/registries/otheracr/replications/northeurope"), Name: ptr("otheracr/northeurope"), Type: ptr("Microsoft.ContainerRegistry/registries/replications"), Tags: ours()},
+		}, []string{"otheracr/northeurope (Microsoft.ContainerRegistry/registries/replications, tagged)"}},
+		{"a tagged image definition of another team in our gallery", []*armresources.GenericResourceExpanded{
+			res(n.Gallery, "Microsoft.Compute/galleries", ours()),
+			res(n.Gallery+"/team-windows", "Microsoft.Compute/galleries/images", ours()),
+		}, []string{n.Gallery + "/team-windows (Microsoft.Compute/galleries/images, tagged)"}},
+		{"a resource whose id is not of its reported type", []*armresources.GenericResourceExpanded{
+			{ID: id("Microsoft.Compute/virtualMachines/" + n.Vault), Name: ptr(n.Vault), Type: ptr("Microsoft.KeyVault/vaults"), Tags: ours()},
+		}, []string{n.Vault + " (Microsoft.KeyVault/vaults, tagged)"}},
+		// What apply creates, with the build layer and a replica, reported by id or by name
+		// path (ids in ARM's varying case): the group goes.
+		{"exactly apply's resources", []*armresources.GenericResourceExpanded{
+			res(n.Identity, "Microsoft.ManagedIdentity/userAssignedIdentities", ours()),
+			{ID: id("Microsoft.ManagedIdentity/userAssignedIdentities/" + n.ImageBuilderIdentity), Name: ptr(n.ImageBuilderIdentity), Type: ptr("Microsoft.ManagedIdentity/userAssignedIdentities"), Tags: ours()},
+			res(n.AttestationProvider, "Microsoft.Attestation/attestationProviders", ours()),
+			res(n.Vault, "Microsoft.KeyVault/vaults", ours()),
+			res(n.Registry, "Microsoft.ContainerRegistry/registries", ours()),
+			{ID: id("Microsoft.ContainerRegistry/registries/" + n.Registry + "/replications/northeurope"), Name: ptr(n.Registry + "/northeurope"), Type: ptr("Microsoft.ContainerRegistry/registries/replications"), Tags: ours()},
+			res(n.Registry+"/swedencentral", "Microsoft.ContainerRegistry/registries/replications", ours()),
+			{ID: id("Microsoft.Compute/galleries/" + n.Gallery), Name: ptr(n.Gallery), Type: ptr("Microsoft.Compute/galleries"), Tags: ours()},
+			res(n.Gallery+"/"+BuildImageDefinition, "Microsoft.Compute/galleries/images", ours()),
+			{ID: ptr(strings.ToUpper(testConfig.rgID()+"/providers/Microsoft.Compute/galleries/"+n.Gallery) + "/images/" + BuildImageDefinition + "/versions/0.24.1"),
+				Name: ptr(n.Gallery + "/" + BuildImageDefinition + "/0.24.1"), Type: ptr("Microsoft.Compute/galleries/images/versions"), Tags: ours()},
+			res(n.ImageTemplate, "Microsoft.VirtualMachineImages/imageTemplates", ours()),
+		}, nil},
+	} {
+		f, cl := newFakeAzure(t)
+		if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		f.foreign = c.listed
+		steps, err := Destroy(ctx, cl, testConfig, false, io.Discard)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		// Our own resources were deleted either way.
+		if len(f.vaults)+len(f.registries)+len(f.identities)+len(f.providers) != 0 {
+			t.Errorf("%s: left %d vaults, %d registries, %d identities, %d providers", c.name, len(f.vaults), len(f.registries), len(f.identities), len(f.providers))
+		}
+		_, kept := f.groups["rg"]
+		if c.named == nil {
+			if kept || f.writes["group-delete"] != 1 {
+				t.Errorf("%s: the group of our resources only was kept; steps %+v", c.name, steps)
+			}
+			continue
+		}
+		if !kept || f.writes["group-delete"] != 0 {
+			t.Errorf("%s: the group holding foreign resources was deleted", c.name)
+			continue
+		}
+		last := steps[len(steps)-1]
+		if last.Kind != "resource group" || last.Action != "skip" || !strings.Contains(last.Detail, fmt.Sprintf("holds %d resources not created by this deployment", len(c.named))) {
+			t.Errorf("%s: report %+v", c.name, last)
+		}
+		for _, want := range c.named {
+			if !strings.Contains(last.Detail, want) {
+				t.Errorf("%s: report does not name %q: %s", c.name, want, last.Detail)
+			}
+		}
+		if strings.Contains(last.Detail, ", tagged)") != strings.Contains(last.Detail, "inherited from the group") {
+			t.Errorf("%s: report does not say why tagged resources are not ours: %s", c.name, last.Detail)
+		}
 	}
 }
 

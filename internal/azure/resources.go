@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/arm"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/containerregistry/armcontainerregistry/v3"
 	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/keyvault/armkeyvault"
+	"github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/resources/armresources"
 )
 
 // taggedResource is one of the deployment's resources that carries its tag, with the read that
@@ -174,4 +178,104 @@ func checkResources(ctx context.Context, cfg Config, rs []taggedResource, o owne
 		o[ownedKey(r.kind, r.name)] = tags
 	}
 	return nil
+}
+
+// ARM resource types of what apply creates, as the resource list API reports them.
+const (
+	identitiesType   = "Microsoft.ManagedIdentity/userAssignedIdentities"
+	providersType    = "Microsoft.Attestation/attestationProviders"
+	vaultsType       = "Microsoft.KeyVault/vaults"
+	registriesType   = "Microsoft.ContainerRegistry/registries"
+	replicationsType = registriesType + "/replications"
+	galleriesType    = "Microsoft.Compute/galleries"
+	imagesType       = galleriesType + "/images"
+	versionsType     = imagesType + "/versions"
+	templatesType    = "Microsoft.VirtualMachineImages/imageTemplates"
+)
+
+// listedResource is a resource apply creates in the resource group, as the resource list API
+// reports it: its ARM type and its name path, the names from the top-level resource down joined
+// by "/" (a gallery's image definition is gallery/definition).
+type listedResource struct {
+	typ, path string
+	// child makes path the parent's path: any one child of it of type typ matches (a registry
+	// replica in any region, any image version).
+	child bool
+}
+
+// deploymentResources are the resources apply creates in the resource group, named from cfg as
+// apply names them (NamesFor). Destroy deletes the group only if everything in it is one of these
+// and carries the deployment's tag: a tag alone says nothing, since an Azure Policy such as the
+// built-in "Inherit a tag from the resource group" puts the group's tags on whatever anyone
+// creates in it. The build layer is included whatever cfg says of it, and replicas in any region,
+// because destroy is given neither: the names come from the prefix alone, and a replica lives and
+// dies with its registry.
+func deploymentResources(cfg Config) []listedResource {
+	n := NamesFor(cfg.NamePrefix)
+	return []listedResource{
+		{typ: identitiesType, path: n.Identity},
+		{typ: identitiesType, path: n.ImageBuilderIdentity},
+		{typ: providersType, path: n.AttestationProvider},
+		{typ: vaultsType, path: n.Vault},
+		{typ: registriesType, path: n.Registry},
+		{typ: replicationsType, path: n.Registry, child: true},
+		{typ: galleriesType, path: n.Gallery},
+		{typ: imagesType, path: n.Gallery + "/" + BuildImageDefinition},
+		buildImageVersions(n),
+		{typ: templatesType, path: n.ImageTemplate},
+	}
+}
+
+// buildImageVersions are the image versions of the build-agent image definition.
+func buildImageVersions(n Names) listedResource {
+	return listedResource{typ: versionsType, path: n.Gallery + "/" + BuildImageDefinition, child: true}
+}
+
+// matches reports whether a listed resource of type typ and name path path is r; ARM compares
+// types and names case-insensitively.
+func (r listedResource) matches(typ, path string) bool {
+	if !strings.EqualFold(typ, r.typ) {
+		return false
+	}
+	if !r.child {
+		return strings.EqualFold(path, r.path)
+	}
+	i := strings.LastIndex(path, "/")
+	return i > 0 && i < len(path)-1 && strings.EqualFold(path[:i], r.path)
+}
+
+// listedAs is the ARM type and name path of a resource the resource list API reported in cfg's
+// resource group. They come from its id when it has one, which is its full address with the names
+// of its parents, and else from its type and name; for a child resource that name is taken to be
+// its name path, parent/child (the form ARM's Resources_ListByResourceGroup gives child names in
+// is UNCONFIRMED; the id, which it also reports, is used first). ok is false when they cannot be
+// told: an id that does not parse, lies outside the group, crosses into another provider (an
+// extension resource) or disagrees with the reported type. Such a resource counts as foreign.
+func listedAs(r *armresources.GenericResourceExpanded, cfg Config) (typ, path string, ok bool) {
+	if r.ID == nil || *r.ID == "" {
+		if r.Type == nil || r.Name == nil || *r.Type == "" || *r.Name == "" {
+			return "", "", false
+		}
+		return *r.Type, *r.Name, true
+	}
+	id, err := arm.ParseResourceID(*r.ID)
+	if err != nil || !strings.EqualFold(id.SubscriptionID, cfg.SubscriptionID) || !strings.EqualFold(id.ResourceGroupName, cfg.ResourceGroup) {
+		return "", "", false
+	}
+	typ = id.ResourceType.String()
+	if r.Type != nil && !strings.EqualFold(*r.Type, typ) {
+		return "", "", false
+	}
+	var names []string
+	for p := id; p.ResourceType.String() != arm.ResourceGroupResourceType.String(); p = p.Parent {
+		if p.Parent == nil || !strings.EqualFold(p.ResourceType.Namespace, id.ResourceType.Namespace) || p.Name == "" {
+			return "", "", false
+		}
+		names = append(names, p.Name)
+	}
+	if len(names) == 0 {
+		return "", "", false
+	}
+	slices.Reverse(names)
+	return typ, strings.Join(names, "/"), true
 }
