@@ -320,6 +320,8 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		Properties: &armcontainerregistry.RegistryProperties{
 			AdminUserEnabled: ptr(false),
 			// AcrPush/AcrPull are not honoured in ABAC mode: ask for the legacy mode explicitly.
+			// An existing registry in another mode was refused before any write
+			// (registryConflict), so this never switches an administrator's ABAC registry back.
 			RoleAssignmentMode: ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions),
 		},
 	}

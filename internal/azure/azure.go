@@ -12,8 +12,9 @@
 // Apply is idempotent: every resource is created or updated in place, role assignments have
 // deterministic names and "already exists" counts as success, and a failed run reports what
 // exists so that running it again completes. It refuses, before writing anything, a resource
-// under one of its names that does not carry this deployment's tag, and recovers the vault an
-// earlier destroy soft-deleted. Apply converges the role assignments it makes (grants.go): those
+// under one of its names that does not carry this deployment's tag, or one its update would
+// weaken (a Premium vault without --hsm, a registry an administrator moved to ABAC repository
+// permissions), and recovers the vault an earlier destroy soft-deleted. Apply converges the role assignments it makes (grants.go): those
 // it made to principals the configuration no longer names are withdrawn, a grant serving
 // production only once its replacement has had RoleSettle to take effect; assignments it did not
 // make are never touched. Plan reads and changes nothing. Destroy removes only resources that

@@ -1093,6 +1093,86 @@ func TestApplyRefusesHSMDowngrade(t *testing.T) {
 	}
 }
 
+// TestApplyRefusesABACRegistry: a registry an administrator moved to ABAC repository permissions
+// is shown as refused by plan and refused by apply before any write, registry included, since
+// apply would switch it back to legacy mode, where every AcrPush, AcrPull and AcrDelete assignment
+// works again; a mode apply does not know is refused alike. Back in legacy mode, apply goes through.
+func TestApplyRefusesABACRegistry(t *testing.T) {
+	ctx := context.Background()
+	n := NamesFor("demo1")
+	for _, c := range []struct {
+		mode armcontainerregistry.RoleAssignmentMode
+		says []string
+	}{
+		{armcontainerregistry.RoleAssignmentModeAbacRepositoryPermissions, []string{"AbacRepositoryPermissions", "AcrPush", "Container Registry Repository Writer", "not support yet"}},
+		{"SomeFutureMode", []string{"SomeFutureMode", "does not know"}},
+	} {
+		f, cl := newFakeAzure(t)
+		if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		f.mu.Lock()
+		r := f.registries[n.Registry]
+		r.Properties.RoleAssignmentMode = ptr(c.mode)
+		f.registries[n.Registry] = r
+		clear(f.writes)
+		f.mu.Unlock()
+
+		plan, err := Plan(ctx, cl, testConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var step *Step
+		for i := range plan {
+			if plan[i].Kind == "container registry" && plan[i].Name == n.Registry {
+				step = &plan[i]
+			}
+		}
+		if step == nil || step.Action != "refuse" || !strings.HasSuffix(step.Detail, "apply would refuse") {
+			t.Errorf("%s: plan step of the registry %+v", c.mode, step)
+		} else {
+			for _, want := range c.says {
+				if !strings.Contains(step.Detail, want) {
+					t.Errorf("%s: plan detail does not say %q: %s", c.mode, want, step.Detail)
+				}
+			}
+		}
+		_, _, err = Apply(ctx, cl, testConfig, io.Discard)
+		if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "container registry "+n.Registry) {
+			t.Errorf("%s: apply error %v", c.mode, err)
+		}
+		for _, want := range c.says {
+			if err != nil && !strings.Contains(err.Error(), want) {
+				t.Errorf("%s: apply error does not say %q: %v", c.mode, want, err)
+			}
+		}
+		if len(f.writes) != 0 || *f.registries[n.Registry].Properties.RoleAssignmentMode != c.mode {
+			t.Errorf("%s: apply wrote %v; registry mode now %s", c.mode, f.writes, *f.registries[n.Registry].Properties.RoleAssignmentMode)
+		}
+	}
+
+	// Switched back to legacy mode by hand, or reporting no mode: updated in place.
+	for _, mode := range []*armcontainerregistry.RoleAssignmentMode{ptr(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions), nil} {
+		f, cl := newFakeAzure(t)
+		if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		r := f.registries[n.Registry]
+		r.Properties.RoleAssignmentMode = mode
+		f.registries[n.Registry] = r
+		plan, err := Plan(ctx, cl, testConfig)
+		if err != nil || !hasStep(plan, n.Registry, "exists") {
+			t.Errorf("mode %v: plan %+v, %v", mode, plan, err)
+		}
+		if _, _, err := Apply(ctx, cl, testConfig, io.Discard); err != nil {
+			t.Errorf("mode %v: %v", mode, err)
+		}
+		if got := f.registries[n.Registry].Properties.RoleAssignmentMode; got == nil || *got != armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions {
+			t.Errorf("mode %v: apply sent %v", mode, got)
+		}
+	}
+}
+
 // TestSigningRolesScopedToObjects: the signing identity's Key Vault roles are on the signing key,
 // certificate and secret only, and the grants of earlier versions (Crypto User and Certificate
 // User on the whole vault, then Crypto User on the key) are withdrawn, but only once the roles

@@ -20,8 +20,11 @@ type taggedResource struct {
 	kind, name string
 	// tags reads the resource; a missing one is an error isNotFound matches. conflict, when not
 	// empty, says why updating the existing resource to the desired settings would give up
-	// something the deployment holds: Plan shows it as refused and Apply refuses before writing.
+	// something the deployment holds or an administrator set (an HSM-backed key, a registry's ABAC
+	// mode): Plan shows it as refused and Apply refuses before writing.
 	tags func(ctx context.Context) (tags map[string]*string, conflict string, err error)
+	// refusal is the error a conflict is refused with in apply; ErrDowngrade if nil.
+	refusal error
 	// createDetail is the detail of the plan step that creates the resource.
 	createDetail string
 	// planMissing adds the plan step of a resource that does not exist, where that takes more
@@ -57,12 +60,12 @@ func coreResources(cl *Clients, cfg Config, seen *existingProps) []taggedResourc
 		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
 			return planDeletedVault(ctx, cl, cfg, steps)
 		}},
-		{kind: "container registry", name: n.Registry, tags: func(ctx context.Context) (map[string]*string, string, error) {
+		{kind: "container registry", name: n.Registry, refusal: ErrUnsupported, tags: func(ctx context.Context) (map[string]*string, string, error) {
 			r, err := cl.Registries.Get(ctx, rg, n.Registry, nil)
 			if err == nil {
 				seen.registry = &r.Registry
 			}
-			return r.Tags, "", err
+			return r.Tags, registryConflict(r.Registry), err
 		}, planMissing: func(ctx context.Context, steps []Step) ([]Step, error) {
 			return planCreateGlobal(ctx, cl, cfg, "container registry", n.Registry, steps)
 		}},
@@ -86,6 +89,38 @@ func vaultConflict(v armkeyvault.Vault, cfg Config) string {
 	}
 	return "the vault is Premium and its signing key is HSM-backed, but --hsm was not given: apply would make the vault Standard and replace the key with a software one; " +
 		`pass --hsm (or "hsm": true in the config file), or destroy the deployment first to move to a software key`
+}
+
+// ErrUnsupported is the error of an apply refused because an existing resource of the deployment
+// has a setting that apply would undo and cannot serve yet, such as a registry in ABAC mode.
+var ErrUnsupported = errors.New("refused: the existing resource has a setting apply does not support")
+
+// registryConflict says why the existing registry r cannot be updated to what apply sends, or ""
+// if it can. Apply sends RoleAssignmentMode LegacyRegistryPermissions, because the roles it grants
+// on the registry, AcrPush to the signing identity and AcrPull to the cluster, are legacy ACR roles,
+// which a registry in ABAC mode (AbacRepositoryPermissions, the portal's "RBAC Registry + ABAC
+// Repository Permissions") does not honour (Microsoft Learn,
+// container-registry-rbac-abac-repository-permissions). An administrator can move an existing
+// registry to ABAC mode, which stops AcrPush, AcrPull and AcrDelete on it by design; the update
+// would quietly move it back and make every such assignment work again. A mode apply does not
+// know is refused the same way. A registry that reports no mode is taken as legacy, the mode apply
+// has always sent.
+func registryConflict(r armcontainerregistry.Registry) string {
+	if r.Properties == nil || r.Properties.RoleAssignmentMode == nil {
+		return ""
+	}
+	switch m := *r.Properties.RoleAssignmentMode; m {
+	case armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions:
+		return ""
+	case armcontainerregistry.RoleAssignmentModeAbacRepositoryPermissions:
+		return "the registry's role assignment permissions mode is " + string(m) + " (RBAC Registry + ABAC Repository Permissions), and apply would switch it back to " +
+			string(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions) + ", under which every AcrPush, AcrPull and AcrDelete assignment on it works again: " +
+			"apply grants AcrPush (signing identity) and AcrPull (cluster), which registries in ABAC mode do not honour; they would need the Container Registry Repository Writer " +
+			"and Reader roles instead, which apply does not support yet. Switch the registry back to legacy mode yourself if that is intended, or choose another --name-prefix"
+	default:
+		return "the registry's role assignment permissions mode is " + string(m) + ", which apply does not know, and apply would switch it to " +
+			string(armcontainerregistry.RoleAssignmentModeLegacyRegistryPermissions) + ": switch it yourself if that is intended, or choose another --name-prefix"
+	}
 }
 
 // existingProps are the properties of the deployment's existing vault and the existing registry
@@ -173,7 +208,11 @@ func checkResources(ctx context.Context, cfg Config, rs []taggedResource, o owne
 			return fmt.Errorf("%s %s exists and was %w (no %s=%s tag): apply refuses to overwrite and adopt it; choose another --name-prefix",
 				r.kind, r.name, ErrNotOwned, TagKey, cfg.NamePrefix)
 		case conflict != "":
-			return fmt.Errorf("%s %s: %w: %s", r.kind, r.name, ErrDowngrade, conflict)
+			refusal := r.refusal
+			if refusal == nil {
+				refusal = ErrDowngrade
+			}
+			return fmt.Errorf("%s %s: %w: %s", r.kind, r.name, refusal, conflict)
 		}
 		o[ownedKey(r.kind, r.name)] = tags
 	}
