@@ -56,6 +56,12 @@ the Entra ID emulator's tenant. Like the managed identity on Azure, that identit
 the signing key, sign with it and read its certificate chain: the emulated vault refuses it
 anything else, and MAA refuses it the attestation policy. It is good for the stack's emulators on
 loopback only, but do not paste it where others read it.
+
+env prints nothing, and exits 1 naming the check that failed, unless the state directory is the
+user's own and writable by no one else, its state.json and stack.pid are the
+user's files that no one else may write (nor read, state.json: mode 0600), and the process
+stack.pid names is the stack's, running as the user: otherwise another user could choose what the
+shell that runs eval exports (the plugin directory notation runs, the CA bundle it trusts).
 `},
 		{name: "status", summary: "report whether the stack runs and each component answers", output: true, help: `Report whether the local stack runs and whether each of its components answers: the HTTPS
 emulators a request, the TPM simulator a TPM command, the registry a connection. For a component
@@ -66,10 +72,15 @@ Exit status:
   1  the stack runs, but a component does not answer (the TPM after "local tpm stop", for one)
   2  usage error
   3  the stack is not running
+  4  the state directory, or a file or the process of the stack, is refused: not the user's own,
+     or writable by others; the message says why
 `},
 		{name: "down", summary: "stop the stack; no process is left behind", help: `Stop the stack and wait until its process is gone. The state directory is kept (keys,
 certificates, the registry's content) for the next up. Removing it starts afresh, with a new
 signing key: what was signed with the old one no longer verifies.
+
+In a state directory that is not the user's own, or whose pid file names another user's process,
+down stops, writes and removes nothing, and exits 1 saying why.
 `},
 		{name: "tpm", args: "stop|start", summary: "stop|start: make the stack's TPM unavailable / available again", help: `stop makes the stack's TPM unavailable, as a failed TPM would be: signing must then fail closed.
 start makes it available again, with its state kept.
@@ -95,6 +106,7 @@ Commands:
 	fmt.Fprint(w, `
 Every command takes --state DIR, the stack's state directory (default
 $XDG_STATE_HOME/attested-kv/local). Run "attest-bootstrap local COMMAND --help" for its flags.
+Every command refuses a state directory that is not the user's own or that others may write to.
 `)
 }
 
@@ -192,9 +204,13 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		writeUp(stderr, st, already, dir, stateFlag(*stateDir, dir))
 		return 0
 	case "env":
+		// Nothing goes to stdout unless the state is the user's own: the output is eval'd.
 		st, _, err := localstack.Status(ctx, dir)
-		if err != nil {
+		if errors.Is(err, localstack.ErrNotRunning) {
 			return fail(fmt.Errorf("%w; start it with: attest-bootstrap local up%s", err, stateFlag(*stateDir, dir)))
+		}
+		if err != nil {
+			return fail(err)
 		}
 		if *output == "json" {
 			m := map[string]string{}
@@ -210,6 +226,10 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 0
 	case "status":
 		st, comps, err := localstack.Status(ctx, dir)
+		if err != nil && !errors.Is(err, localstack.ErrNotRunning) {
+			fmt.Fprintln(stderr, "attest-bootstrap local status:", err)
+			return statusRefused
+		}
 		if err != nil {
 			if *output == "json" {
 				cliutil.WriteJSON(stdout, map[string]any{"running": false, "state": dir})
@@ -261,6 +281,9 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	localHelp(stderr)
 	return 2
 }
+
+// statusRefused is the exit status of status for a state directory it refuses (see its help).
+const statusRefused = 4
 
 // writeUp writes what up started, or found running (already), for the stack st in dir; stateArg
 // is the --state flag the commands it suggests need.

@@ -2,7 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -110,6 +117,157 @@ func TestWriteUp(t *testing.T) {
 				if strings.Contains(b.String(), n) {
 					t.Errorf("%q in:\n%s", n, b.String())
 				}
+			}
+		})
+	}
+}
+
+// fakeStack makes dir (which must exist) look like the state directory of a running stack, as up
+// leaves it: stack.pid naming a live process whose command line is the stack's for
+// dir, and state.json, 0600, naming that process, its exports pointing into dir. The process is a
+// shell that runs a script named "local" (argv: sh local serve --state DIR) as uid, so that as
+// root it can be another user's, as in the attack that env must refuse; it is killed when the
+// test ends. It returns the process's pid.
+func fakeStack(t *testing.T, dir string, uid int) int {
+	t.Helper()
+	// The script's directory must be open to uid.
+	scripts, err := os.MkdirTemp("", "fakeserve")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(scripts) })
+	if err := os.Chmod(scripts, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(scripts, "local"), []byte("sleep 600\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "local", "serve", "--state", dir)
+	cmd.Dir = scripts
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if uid != os.Getuid() {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		syscall.Kill(-pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	st := localstack.State{
+		Version: localstack.StateVersion, PID: pid, StartedAt: time.Now(),
+		CABundlePath: filepath.Join(dir, "tls", "ca-bundle.pem"), NotationConfig: filepath.Join(dir, "notation", "config"),
+		NotationLibexec: filepath.Join(dir, "notation", "libexec"), ControlSocket: filepath.Join(dir, "control.sock"),
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string][]byte{
+		"stack.pid":  []byte(strconv.Itoa(pid) + "\n"),
+		"state.json": b,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pid
+}
+
+// alive reports whether process pid runs (and has not exited unreaped).
+func alive(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := strings.LastIndexByte(string(stat), ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
+}
+
+// TestLocalRefusesUntrustedState: env, whose output users eval, prints nothing and exits 1,
+// naming the check that failed, for a state directory that others may write to or that another
+// user owns, a state.json or stack.pid that others may write (or read, state.json) or another
+// user owns, and a stack process that another user runs (its command line mimicking the
+// stack's); status, down and tpm refuse them too, print nothing on stdout, and signal nothing.
+// The user's own stack is exported. The cases of another user's files and processes need
+// root (chown, and starting a process as uid 65534).
+func TestLocalRefusesUntrustedState(t *testing.T) {
+	const nobody = 65534
+	for _, tc := range []struct {
+		name      string
+		root      bool
+		procUID   int // the fake stack's process's uid; 0 = this user's
+		setup     func(t *testing.T, dir string)
+		wantError string // "" = env exports
+	}{
+		{name: "the user's own stack"},
+		{name: "directory mode 0777", setup: func(t *testing.T, dir string) { os.Chmod(dir, 0o777) }, wantError: "is writable by others (mode 0777)"},
+		{name: "directory mode 0775", setup: func(t *testing.T, dir string) { os.Chmod(dir, 0o775) }, wantError: "is writable by others (mode 0775)"},
+		{name: "state.json mode 0644", setup: func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, "state.json"), 0o644) }, wantError: "state.json has mode 0644, which lets others read it; it must be 0600"},
+		{name: "state.json mode 0666", setup: func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, "state.json"), 0o666) }, wantError: "state.json has mode 0666"},
+		{name: "stack.pid mode 0666", setup: func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, "stack.pid"), 0o666) }, wantError: "stack.pid has mode 0666, which lets others write it"},
+		{name: "directory of another user", root: true, setup: func(t *testing.T, dir string) { os.Chown(dir, nobody, nobody) }, wantError: "belongs to uid 65534, not to this user"},
+		{name: "state.json of another user", root: true, setup: func(t *testing.T, dir string) { os.Chown(filepath.Join(dir, "state.json"), nobody, nobody) }, wantError: "state.json belongs to uid 65534"},
+		{name: "stack.pid of another user", root: true, setup: func(t *testing.T, dir string) { os.Chown(filepath.Join(dir, "stack.pid"), nobody, nobody) }, wantError: "stack.pid belongs to uid 65534"},
+		{name: "stack process of another user", root: true, procUID: nobody, wantError: "which runs as uid 65534, not as this user"},
+		{name: "all of another user's", root: true, procUID: nobody, setup: func(t *testing.T, dir string) {
+			for _, name := range []string{"stack.pid", "state.json", "."} {
+				os.Chown(filepath.Join(dir, name), nobody, nobody)
+			}
+			os.Chmod(dir, 0o777)
+		}, wantError: "belongs to uid 65534"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.root && os.Getuid() != 0 {
+				t.Skip("needs root: another user's files and processes")
+			}
+			dir := filepath.Join(t.TempDir(), "state")
+			if err := os.Mkdir(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			uid := os.Getuid()
+			if tc.procUID != 0 {
+				uid = tc.procUID
+			}
+			pid := fakeStack(t, dir, uid)
+			if tc.setup != nil {
+				tc.setup(t, dir)
+			}
+			ctx := context.Background()
+			for _, args := range [][]string{{"env"}, {"env", "-o", "json"}} {
+				var o, e strings.Builder
+				code := run(ctx, append(append([]string{"local"}, args...), "--state", dir), &o, &e)
+				if tc.wantError == "" {
+					if code != 0 || !strings.Contains(o.String(), filepath.Join(dir, "notation", "libexec")) {
+						t.Errorf("%s: exit %d, stdout %q, stderr %q; want the exports", args, code, o.String(), e.String())
+					}
+					continue
+				}
+				if code == 0 || o.Len() != 0 || !strings.Contains(e.String(), tc.wantError) {
+					t.Errorf("%s: exit %d, stdout %q, stderr %q; want a failure with %q and nothing on stdout", args, code, o.String(), e.String(), tc.wantError)
+				}
+			}
+			if tc.wantError == "" {
+				return
+			}
+			for _, args := range [][]string{{"status"}, {"status", "-o", "json"}, {"tpm", "stop"}, {"down"}} {
+				var o, e strings.Builder
+				code := run(ctx, append(append([]string{"local"}, args...), "--state", dir), &o, &e)
+				want := 1
+				if args[0] == "status" {
+					want = statusRefused
+				}
+				if code != want || o.Len() != 0 || !strings.Contains(e.String(), tc.wantError) {
+					t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d, %q and nothing on stdout", args, code, o.String(), e.String(), want, tc.wantError)
+				}
+			}
+			if !alive(pid) {
+				t.Errorf("down signalled the process %d it refused", pid)
 			}
 		})
 	}

@@ -422,18 +422,27 @@ func writeState(p paths, st *State) error {
 }
 
 // ReadState reads state.json of the stack in dir. It returns an error wrapping os.ErrNotExist
-// when no stack has published one.
+// when no stack has published one, and an *UnsafeStateError for a state.json that is not a
+// regular file of this user's that no one else may read or write.
 func ReadState(dir string) (*State, error) {
-	b, err := os.ReadFile(paths{dir}.state())
+	return readStateFile(paths{dir}.state())
+}
+
+// readStateFile reads a state the stack published, at path (state.json, or its copy
+// last-state.json): a regular file of this user's, mode 0600 at most (writeState's: it holds the
+// emulated tenant's client secret, and names the plugin directory and CA bundle that env
+// exports), of this build's StateVersion.
+func readStateFile(path string) (*State, error) {
+	b, err := readOwnFile(path, "state file", 0o077, maxStateFile)
 	if err != nil {
 		return nil, err
 	}
 	var st State
 	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("%s: %w", paths{dir}.state(), err)
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	if st.Version != StateVersion {
-		return nil, fmt.Errorf("%s: state version %d, this build reads %d", paths{dir}.state(), st.Version, StateVersion)
+		return nil, fmt.Errorf("%s: state version %d, this build reads %d", path, st.Version, StateVersion)
 	}
 	return &st, nil
 }

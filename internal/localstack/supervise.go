@@ -1,13 +1,13 @@
 package localstack
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -56,8 +56,11 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 	if timeout == 0 {
 		timeout = 60 * time.Second
 	}
-	if st, err := runningState(opts.StateDir); err == nil {
+	var unsafe *UnsafeStateError
+	if st, err := runningState(hostProc, opts.StateDir); err == nil {
 		return st, true, nil
+	} else if errors.As(err, &unsafe) {
+		return nil, false, err
 	}
 	// A stack that holds the directory but has not published its state yet (one started by an
 	// Up that was interrupted) is waited for, not doubled.
@@ -118,8 +121,27 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 
 // Down stops the stack and waits until its process is gone. It returns ErrNotRunning if there
 // was nothing to stop.
+//
+// In a state directory that the user may not trust, as env would not (an *UnsafeStateError: the
+// directory, its state.json or stack.pid, or the process that names, not the user's own or open
+// to others), Down signals, writes and removes nothing.
 func Down(ctx context.Context, stateDir string) error {
+	return down(ctx, hostProc, stateDir)
+}
+
+// down is Down with the proc file system passed in.
+func down(ctx context.Context, proc procFS, stateDir string) error {
 	p := paths{stateDir}
+	if err := checkStateDir(stateDir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return ErrNotRunning
+		}
+		return err
+	}
+	var unsafe *UnsafeStateError
+	if _, err := ReadState(stateDir); errors.As(err, &unsafe) {
+		return err
+	}
 	// Under Up's lock: an up running meanwhile would start a stack whose files this removes.
 	upLock, err := lockFile(p.upLock(), true)
 	switch {
@@ -129,7 +151,10 @@ func Down(ctx context.Context, stateDir string) error {
 		return err
 	}
 	defer upLock.Close()
-	pid, pidErr := stackPID(stateDir)
+	pid, pidErr := stackPID(proc, stateDir)
+	if errors.As(pidErr, &unsafe) {
+		return pidErr
+	}
 	if pidErr != nil {
 		running, err := serving(p)
 		if err != nil {
@@ -146,15 +171,15 @@ func Down(ctx context.Context, stateDir string) error {
 		os.Remove(p.control())
 		return ErrNotRunning
 	}
-	proc, _ := os.FindProcess(pid)
-	if err := proc.Signal(syscall.SIGTERM); err != nil {
+	process, _ := os.FindProcess(pid)
+	if err := process.Signal(syscall.SIGTERM); err != nil {
 		os.Remove(p.pid())
 		return ErrNotRunning
 	}
 	deadline := time.Now().Add(15 * time.Second)
-	for alive(pid) {
+	for proc.alive(pid) {
 		if time.Now().After(deadline) {
-			proc.Signal(syscall.SIGKILL)
+			process.Signal(syscall.SIGKILL)
 			time.Sleep(100 * time.Millisecond)
 			break
 		}
@@ -164,7 +189,7 @@ func Down(ctx context.Context, stateDir string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if alive(pid) {
+	if proc.alive(pid) {
 		return fmt.Errorf("the stack (pid %d) did not stop", pid)
 	}
 	os.Remove(p.pid())
@@ -183,9 +208,11 @@ type ComponentStatus struct {
 	Hint string `json:"hint,omitempty"`
 }
 
-// Status reports each component of a running stack.
+// Status reports each component of a running stack. It returns an error wrapping ErrNotRunning
+// if no stack runs for stateDir, and an *UnsafeStateError for a state directory, state file, pid
+// file or stack process that is not the user's own or that others may change.
 func Status(ctx context.Context, stateDir string) (*State, []ComponentStatus, error) {
-	st, err := runningState(stateDir)
+	st, err := runningState(hostProc, stateDir)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -256,7 +283,7 @@ func InjectKeyVaultFault(ctx context.Context, stateDir, op string, status, n int
 
 // control calls the stack's control socket and decodes a JSON answer into out, if given.
 func control(ctx context.Context, stateDir, method, path string, out any) error {
-	st, err := runningState(stateDir)
+	st, err := runningState(hostProc, stateDir)
 	if err != nil {
 		return err
 	}
@@ -289,23 +316,44 @@ func controlSocket(ctx context.Context, socket, method, path string, out any) er
 	return nil
 }
 
-// runningState returns the state of a stack whose process is alive.
-func runningState(stateDir string) (*State, error) {
-	pid, err := stackPID(stateDir)
+// runningState returns the state of a stack whose process is alive, after checking that the
+// user may trust it: the state directory is the user's own and writable by no one else
+// (checkStateDir); stack.pid and state.json are regular files of the user's that no one else
+// may write (nor read, state.json); the process stack.pid names runs the stack's command for the
+// directory as the user. The state is what `local env` exports, so any of these failing is an
+// error naming the check (an *UnsafeStateError), not a state. No stack is an error wrapping
+// ErrNotRunning.
+func runningState(proc procFS, stateDir string) (*State, error) {
+	if err := checkStateDir(stateDir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, ErrNotRunning
+		}
+		return nil, err
+	}
+	var unsafe *UnsafeStateError
+	pid, err := stackPID(proc, stateDir)
+	if errors.As(err, &unsafe) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, ErrNotRunning
 	}
 	st, err := ReadState(stateDir)
+	if errors.As(err, &unsafe) {
+		return nil, err
+	}
 	if err != nil || st.PID != pid {
 		return nil, fmt.Errorf("%w (process %d has not published its state)", ErrNotRunning, pid)
 	}
 	return st, nil
 }
 
-// stackPID reads the pid file and checks that the process is alive and is our stack for this
-// state directory, so that a recycled pid is never signalled.
-func stackPID(stateDir string) (int, error) {
-	b, err := os.ReadFile(paths{stateDir}.pid())
+// stackPID reads the pid file and checks that the process is alive, is our stack for this
+// state directory, so that a recycled pid is never signalled, and runs as this user. A pid file
+// or process the user may not trust is an *UnsafeStateError.
+func stackPID(proc procFS, stateDir string) (int, error) {
+	pidFile := paths{stateDir}.pid()
+	b, err := readOwnFile(pidFile, "pid file", 0o022, maxPIDFile)
 	if err != nil {
 		return 0, err
 	}
@@ -313,15 +361,18 @@ func stackPID(stateDir string) (int, error) {
 	if err != nil || pid <= 0 {
 		return 0, fmt.Errorf("bad pid file")
 	}
-	if !alive(pid) {
+	if !proc.alive(pid) {
 		return 0, ErrNotRunning
 	}
-	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	argv, err := proc.cmdline(pid)
 	if err != nil {
 		return 0, err
 	}
-	if !isStackCommand(strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00"), stateDir) {
+	if !isStackCommand(argv, stateDir) {
 		return 0, fmt.Errorf("pid %d is not the local stack of %s", pid, stateDir)
+	}
+	if err := proc.ownedByUser(pid, pidFile); err != nil {
+		return 0, err
 	}
 	return pid, nil
 }
@@ -351,10 +402,14 @@ func serving(p paths) (bool, error) {
 // waitForState waits up to timeout for the running stack of stateDir to publish its state.
 func waitForState(ctx context.Context, stateDir string, timeout time.Duration) (*State, error) {
 	deadline := time.Now().Add(timeout)
+	var unsafe *UnsafeStateError
 	for {
-		st, err := runningState(stateDir)
+		st, err := runningState(hostProc, stateDir)
 		if err == nil {
 			return st, nil
+		}
+		if errors.As(err, &unsafe) {
+			return nil, err
 		}
 		if time.Now().After(deadline) {
 			return nil, fmt.Errorf("a local stack holds %s but did not become ready within %s (%w); see %s", stateDir, timeout, err, paths{stateDir}.log())
@@ -365,21 +420,6 @@ func waitForState(ctx context.Context, stateDir string, timeout time.Duration) (
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil {
-		return false
-	}
-	// A zombie (exited, not yet reaped) counts as gone.
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) && stat[i+2] == 'Z' {
-		return false
-	}
-	return true
 }
 
 func probeHTTPS(ctx context.Context, name, url, rootPath string, okStatus ...int) ComponentStatus {
