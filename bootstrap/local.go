@@ -46,6 +46,12 @@ replaced with a new key), up says so: run eval "$(attest-bootstrap local env)" a
 shells. If it was the Key Vault emulator's port that moved, ATTEST_KEY_ID names the same key at
 another URL, and the images signed before (whose tokens bind the key id as it was) must be signed
 again.
+
+The state directory must be the user's own, writable by no one else. up makes a new or empty
+directory the stack's: it writes .attested-kv-local-stack into it before anything else. It refuses
+a directory that holds anything else without that file, and writes, truncates and removes nothing
+in it: choose an empty or new directory. (A state directory an earlier version's stack left, with
+nothing but the stack's files in it, is taken and marked.)
 `},
 		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:
@@ -57,8 +63,8 @@ the signing key, sign with it and read its certificate chain: the emulated vault
 anything else, and MAA refuses it the attestation policy. It is good for the stack's emulators on
 loopback only, but do not paste it where others read it.
 
-env prints nothing, and exits 1 naming the check that failed, unless the state directory is the
-user's own and writable by no one else, its state.json and stack.pid are the
+env prints nothing, and exits 1 naming the check that failed, unless the state directory is a
+stack's, is the user's own and writable by no one else, its state.json and stack.pid are the
 user's files that no one else may write (nor read, state.json: mode 0600), and the process
 stack.pid names is the stack's, running as the user: otherwise another user could choose what the
 shell that runs eval exports (the plugin directory notation runs, the CA bundle it trusts).
@@ -73,14 +79,15 @@ Exit status:
   2  usage error
   3  the stack is not running
   4  the state directory, or a file or the process of the stack, is refused: not the user's own,
-     or writable by others; the message says why
+     writable by others, or not a stack's; the message says why
 `},
 		{name: "down", summary: "stop the stack; no process is left behind", help: `Stop the stack and wait until its process is gone. The state directory is kept (keys,
 certificates, the registry's content) for the next up. Removing it starts afresh, with a new
 signing key: what was signed with the old one no longer verifies.
 
-In a state directory that is not the user's own, or whose pid file names another user's process,
-down stops, writes and removes nothing, and exits 1 saying why.
+In a directory that is not a stack's state directory (no .attested-kv-local-stack), or one that
+is not the user's own, or whose pid file names another user's process, down stops, writes and
+removes nothing, and exits 1 saying why.
 `},
 		{name: "tpm", args: "stop|start", summary: "stop|start: make the stack's TPM unavailable / available again", help: `stop makes the stack's TPM unavailable, as a failed TPM would be: signing must then fail closed.
 start makes it available again, with its state kept.
@@ -106,7 +113,9 @@ Commands:
 	fmt.Fprint(w, `
 Every command takes --state DIR, the stack's state directory (default
 $XDG_STATE_HOME/attested-kv/local). Run "attest-bootstrap local COMMAND --help" for its flags.
-Every command refuses a state directory that is not the user's own or that others may write to.
+Every command refuses a state directory that is not the user's own or that others may write to,
+and one that holds other things than a stack's (up marks the directory it makes the stack's with
+.attested-kv-local-stack, and takes an empty or new one only).
 `)
 }
 

@@ -123,7 +123,7 @@ func TestWriteUp(t *testing.T) {
 }
 
 // fakeStack makes dir (which must exist) look like the state directory of a running stack, as up
-// leaves it: stack.pid naming a live process whose command line is the stack's for
+// leaves it: the marker, stack.pid naming a live process whose command line is the stack's for
 // dir, and state.json, 0600, naming that process, its exports pointing into dir. The process is a
 // shell that runs a script named "local" (argv: sh local serve --state DIR) as uid, so that as
 // root it can be another user's, as in the attack that env must refuse; it is killed when the
@@ -166,8 +166,9 @@ func fakeStack(t *testing.T, dir string, uid int) int {
 		t.Fatal(err)
 	}
 	for name, content := range map[string][]byte{
-		"stack.pid":  []byte(strconv.Itoa(pid) + "\n"),
-		"state.json": b,
+		localstack.MarkerName: []byte("marker\n"),
+		"stack.pid":           []byte(strconv.Itoa(pid) + "\n"),
+		"state.json":          b,
 	} {
 		if err := os.WriteFile(filepath.Join(dir, name), content, 0o600); err != nil {
 			t.Fatal(err)
@@ -192,9 +193,10 @@ func alive(pid int) bool {
 // TestLocalRefusesUntrustedState: env, whose output users eval, prints nothing and exits 1,
 // naming the check that failed, for a state directory that others may write to or that another
 // user owns, a state.json or stack.pid that others may write (or read, state.json) or another
-// user owns, and a stack process that another user runs (its command line mimicking the
-// stack's); status, down and tpm refuse them too, print nothing on stdout, and signal nothing.
-// The user's own stack is exported. The cases of another user's files and processes need
+// user owns, a stack process that another user runs (its command line mimicking the stack's), and
+// a directory without the stack's marker that holds other files; status, down and tpm refuse them
+// too, print nothing on stdout, and signal nothing. The user's own stack, and one an earlier
+// version left (no marker), are exported. The cases of another user's files and processes need
 // root (chown, and starting a process as uid 65534).
 func TestLocalRefusesUntrustedState(t *testing.T) {
 	const nobody = 65534
@@ -206,17 +208,22 @@ func TestLocalRefusesUntrustedState(t *testing.T) {
 		wantError string // "" = env exports
 	}{
 		{name: "the user's own stack"},
+		{name: "an earlier version's stack", setup: func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, localstack.MarkerName)) }},
 		{name: "directory mode 0777", setup: func(t *testing.T, dir string) { os.Chmod(dir, 0o777) }, wantError: "is writable by others (mode 0777)"},
 		{name: "directory mode 0775", setup: func(t *testing.T, dir string) { os.Chmod(dir, 0o775) }, wantError: "is writable by others (mode 0775)"},
 		{name: "state.json mode 0644", setup: func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, "state.json"), 0o644) }, wantError: "state.json has mode 0644, which lets others read it; it must be 0600"},
 		{name: "state.json mode 0666", setup: func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, "state.json"), 0o666) }, wantError: "state.json has mode 0666"},
 		{name: "stack.pid mode 0666", setup: func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, "stack.pid"), 0o666) }, wantError: "stack.pid has mode 0666, which lets others write it"},
+		{name: "no marker, other files", setup: func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, localstack.MarkerName))
+			os.WriteFile(filepath.Join(dir, "notes.txt"), nil, 0o600)
+		}, wantError: "not a local stack's state directory"},
 		{name: "directory of another user", root: true, setup: func(t *testing.T, dir string) { os.Chown(dir, nobody, nobody) }, wantError: "belongs to uid 65534, not to this user"},
 		{name: "state.json of another user", root: true, setup: func(t *testing.T, dir string) { os.Chown(filepath.Join(dir, "state.json"), nobody, nobody) }, wantError: "state.json belongs to uid 65534"},
 		{name: "stack.pid of another user", root: true, setup: func(t *testing.T, dir string) { os.Chown(filepath.Join(dir, "stack.pid"), nobody, nobody) }, wantError: "stack.pid belongs to uid 65534"},
 		{name: "stack process of another user", root: true, procUID: nobody, wantError: "which runs as uid 65534, not as this user"},
 		{name: "all of another user's", root: true, procUID: nobody, setup: func(t *testing.T, dir string) {
-			for _, name := range []string{"stack.pid", "state.json", "."} {
+			for _, name := range []string{localstack.MarkerName, "stack.pid", "state.json", "."} {
 				os.Chown(filepath.Join(dir, name), nobody, nobody)
 			}
 			os.Chmod(dir, 0o777)
@@ -270,5 +277,49 @@ func TestLocalRefusesUntrustedState(t *testing.T) {
 				t.Errorf("down signalled the process %d it refused", pid)
 			}
 		})
+	}
+}
+
+// TestLocalForeignDir: in a directory that is not a stack's (no marker) and holds the user's own
+// files, state.json and stack.pid among them, up refuses (naming the marker, and saying to
+// choose an empty or new directory) and down, env and status refuse; the directory stays as it
+// was: no file removed, truncated or added (no lock file, no log, no marker).
+func TestLocalForeignDir(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{"state.json": `{"project": "mine"}`, "stack.pid": "12345\n", "stack.log": "my log\n", "Makefile": "all:\n"}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"up"}, 1, "is not empty and has no " + localstack.MarkerName},
+		{[]string{"up"}, 1, "local up takes an empty or new directory only: choose one"},
+		{[]string{"down"}, 1, "not a local stack's state directory"},
+		{[]string{"env"}, 1, "not a local stack's state directory"},
+		{[]string{"status"}, statusRefused, "not a local stack's state directory"},
+	} {
+		var o, e strings.Builder
+		code := run(ctx, append(append([]string{"local"}, tc.args...), "--state", dir), &o, &e)
+		if code != tc.code || o.Len() != 0 || !strings.Contains(e.String(), tc.want) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want %d and %q", tc.args, code, o.String(), e.String(), tc.code, tc.want)
+		}
+	}
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(des) != len(files) {
+		t.Errorf("the directory holds %d entries, want its %d files alone: %v", len(des), len(files), des)
+	}
+	for name, content := range files {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || string(b) != content {
+			t.Errorf("%s: %q, %v; want %q", name, b, err, content)
+		}
 	}
 }

@@ -86,7 +86,7 @@ func TestProcUIDs(t *testing.T) {
 // is this test's own, seen through a stand-in proc file system that gives it another owner.
 func TestRunningStateForeignProcess(t *testing.T) {
 	dir := t.TempDir()
-	if err := prepareStateDir(dir); err != nil {
+	if err := claimStateDir(dir); err != nil {
 		t.Fatal(err)
 	}
 	pid := os.Getpid()

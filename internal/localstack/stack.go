@@ -88,6 +88,7 @@ type State struct {
 // Paths of the state directory's files.
 type paths struct{ dir string }
 
+func (p paths) marker() string       { return filepath.Join(p.dir, MarkerName) }
 func (p paths) state() string        { return filepath.Join(p.dir, "state.json") }
 func (p paths) lastState() string    { return filepath.Join(p.dir, "last-state.json") }
 func (p paths) pid() string          { return filepath.Join(p.dir, "stack.pid") }
@@ -141,14 +142,15 @@ type Options struct {
 
 // Run starts every component in this process, publishes state.json and blocks until ctx is done;
 // then it stops everything and removes state.json. It is what `attest-bootstrap local serve`
-// runs in the background process, and what tests call directly.
+// runs in the background process, and what tests call directly. It takes the state directory as
+// Up does: a new or empty one (which it marks), or one with the marker (MarkerName).
 func Run(ctx context.Context, opts Options) error {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	p := paths{opts.StateDir}
-	if err := prepareStateDir(p.dir); err != nil {
+	if err := claimStateDir(p.dir); err != nil {
 		return err
 	}
 	// One stack per state directory, held for the process's life: a second one would take over

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -14,19 +15,35 @@ import (
 // bytes, one of them the terminating NUL).
 const maxSocketPath = 107
 
+// MarkerName is the file that marks a directory as a local stack's state directory. Up writes it
+// into the directory it creates, or finds empty, before anything else; the stack's commands
+// write, truncate or remove nothing in a directory without it (but for one an earlier version's
+// stack left, which up marks).
+const MarkerName = ".attested-kv-local-stack"
+
+// markerText is the content of the marker file, for whoever finds it.
+const markerText = "This directory is the state directory of an attested-kv local stack (attest-bootstrap local).\n" +
+	"It holds private keys: keep it private. Removing the whole directory starts afresh, with a new signing key.\n"
+
 // Bounds of the small files the stack's commands read from the state directory.
 const (
-	maxPIDFile   = 64
-	maxStateFile = 1 << 20
+	maxMarkerFile = 4 << 10
+	maxPIDFile    = 64
+	maxStateFile  = 1 << 20
 )
+
+// ErrNotStackDir reports a state directory that is not a local stack's: it has no marker
+// (MarkerName) and does not hold an earlier version's stack either. The stack's commands write,
+// truncate or remove nothing in it.
+var ErrNotStackDir = errors.New("not a local stack's state directory")
 
 // UnsafeStateError reports a state directory, a file in it or the process its pid file names that
 // is not the user's own, or that others may change. The stack's commands refuse it: trusting it
 // would let another user choose what `local env` exports (the plugin directory notation runs
 // plugins from, the CA bundle) or which process `local down` signals.
 type UnsafeStateError struct {
-	// What is refused: "state directory", "state file" or "pid file" (also for the process it
-	// names).
+	// What is refused: "state directory", "state file", "pid file" (also for the process it
+	// names) or "marker file".
 	What string
 	// Path is its path.
 	Path string
@@ -164,6 +181,140 @@ func access(perm fs.FileMode) string {
 		return "read"
 	}
 	return "execute"
+}
+
+// dirKind is what a state directory holds, as the stack's commands see it.
+type dirKind int
+
+const (
+	dirMissing dirKind = iota // no such directory
+	dirEmpty                  // empty: up may make it the stack's
+	dirMarked                 // the stack's: it holds the marker
+	dirEarlier                // the stack's, from a version before the marker (earlierStack)
+	dirForeign                // anything else: nothing is written, truncated or removed in it
+)
+
+// inspectStateDir checks the state directory as checkStateDir does and tells what it holds,
+// without changing anything.
+func inspectStateDir(dir string) (dirKind, error) {
+	if err := checkStateDir(dir); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return dirMissing, nil
+		}
+		return dirForeign, err
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return dirForeign, fmt.Errorf("state directory: %w", err)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return dirForeign, fmt.Errorf("state directory %s: %w", dir, err)
+	}
+	for _, name := range names {
+		if name == MarkerName {
+			if _, err := readOwnFile(paths{dir}.marker(), "marker file", 0o022, maxMarkerFile); err != nil {
+				return dirForeign, err
+			}
+			return dirMarked, nil
+		}
+	}
+	switch {
+	case len(names) == 0:
+		return dirEmpty, nil
+	case earlierStack(dir, names):
+		return dirEarlier, nil
+	}
+	return dirForeign, nil
+}
+
+// earlierStack reports whether the directory dir, whose entries are names, is the state directory
+// of a stack of a version before the marker: it holds nothing but the files the stack makes, and
+// the state the stack published (state.json, or last-state.json once it stopped) reads as its own.
+func earlierStack(dir string, names []string) bool {
+	for _, name := range names {
+		if !isStackEntry(name) {
+			return false
+		}
+	}
+	p := paths{dir}
+	for _, path := range []string{p.state(), p.lastState()} {
+		if _, err := readStateFile(path); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// isStackEntry reports whether name is the name of an entry the stack makes in its state
+// directory, or of the temporary file atomicfile.Write leaves of one when interrupted.
+func isStackEntry(name string) bool {
+	if n, _, ok := strings.Cut(name, ".tmp-"); ok && strings.HasPrefix(n, ".") {
+		name = n[1:]
+	}
+	switch name {
+	case MarkerName, "state.json", "last-state.json", "stack.pid", "up.lock", "serve.lock", "stack.log",
+		"control.sock", "plugin.log", "os-release",
+		"tls", "vtpm", "maa", "tpm", "registry", "keyvault", "notation", "tokens":
+		return true
+	}
+	return false
+}
+
+// stackDir checks, without changing anything, that dir is the state directory of a stack that
+// the user may trust: checkStateDir's checks, and the marker (or an earlier version's stack). A
+// missing or empty directory is ErrNotRunning; any other directory without the marker an error
+// wrapping ErrNotStackDir.
+func stackDir(dir string) error {
+	kind, err := inspectStateDir(dir)
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case dirMissing, dirEmpty:
+		return ErrNotRunning
+	case dirForeign:
+		return fmt.Errorf("%w: %s has no %s, the file local up leaves in the state directory it makes; give the --state local up ran with", ErrNotStackDir, dir, MarkerName)
+	}
+	return nil
+}
+
+// claimStateDir makes dir the stack's state directory, for up and serve: it creates it if needed
+// and checks it (prepareStateDir), then writes the marker into it if it is empty, or if an earlier
+// version's stack left it; a directory that holds anything else is refused with an error wrapping
+// ErrNotStackDir, and nothing in it changes.
+func claimStateDir(dir string) error {
+	if err := prepareStateDir(dir); err != nil {
+		return err
+	}
+	kind, err := inspectStateDir(dir)
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case dirMarked:
+		return nil
+	case dirForeign:
+		return fmt.Errorf("%w: %s is not empty and has no %s, the file local up leaves in the state directory it makes; local up takes an empty or new directory only: choose one", ErrNotStackDir, dir, MarkerName)
+	}
+	// Empty, or an earlier stack's (dirMissing cannot be: prepareStateDir made it). Another up may
+	// write the marker at the same time: whichever comes first makes it.
+	f, err := os.OpenFile(paths{dir}.marker(), os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("state directory marker: %w", err)
+	}
+	if _, err := f.WriteString(markerText); err != nil {
+		f.Close()
+		return fmt.Errorf("state directory marker: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("state directory marker: %w", err)
+	}
+	return nil
 }
 
 // errLocked is the error of lockFile for a lock another process holds.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -98,6 +99,20 @@ func TestOSReleaseFor(t *testing.T) {
 	}
 }
 
+// entries returns the names in dir, sorted.
+func entries(t *testing.T, dir string) []string {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, de := range des {
+		names = append(names, de.Name())
+	}
+	return names
+}
+
 // writeFiles writes files (name -> content; a name ending in / is a directory) into dir, 0600.
 func writeFiles(t *testing.T, dir string, files map[string]string) {
 	t.Helper()
@@ -115,9 +130,111 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 	}
 }
 
+// stackStateJSON is a state.json as the stack writes it.
+const stackStateJSON = `{"version": 1, "pid": 12345, "maaURL": "https://127.0.0.1:1"}`
+
+// TestClaimStateDir: up (and serve) make a new or empty directory the stack's by writing the
+// marker into it, keep a marked one, and mark one an earlier version's stack left (the stack's
+// files only, with a state that reads as the stack's); a directory that holds anything else is
+// refused with ErrNotStackDir, naming the marker, and nothing in it changes.
+func TestClaimStateDir(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		files   map[string]string // nil: the directory does not exist
+		refused bool
+	}{
+		{"new", nil, false},
+		{"empty", map[string]string{}, false},
+		{"marked", map[string]string{MarkerName: markerText, "stack.log": "x", "notes.txt": "the user's"}, false},
+		{"earlier stack, stopped", map[string]string{"last-state.json": stackStateJSON, "keyvault/": "", "tls/": "", "stack.log": "", "up.lock": "", "serve.lock": ""}, false},
+		{"earlier stack, running", map[string]string{"state.json": stackStateJSON, "last-state.json": stackStateJSON, "stack.pid": "12345\n", "control.sock": "", "registry/": ""}, false},
+		{"earlier stack, interrupted write", map[string]string{"last-state.json": stackStateJSON, ".last-state.json.tmp-123": "{"}, false},
+		{"a project's state.json", map[string]string{"state.json": `{"project": "x"}`, "stack.pid": "1\n"}, true},
+		{"a stack's state among other files", map[string]string{"state.json": stackStateJSON, "stack.pid": "12345\n", "go.mod": "module x\n"}, true},
+		{"the stack's names, no state", map[string]string{"registry/": "", "tokens/": ""}, true},
+		{"another version's state", map[string]string{"last-state.json": `{"version": 2}`}, true},
+		{"a state others may read", map[string]string{"last-state.json": stackStateJSON}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "state")
+			if tc.files != nil {
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					t.Fatal(err)
+				}
+				writeFiles(t, dir, tc.files)
+				if tc.name == "a state others may read" {
+					os.Chmod(filepath.Join(dir, "last-state.json"), 0o644)
+				}
+			}
+			var before []string
+			if tc.files != nil {
+				before = entries(t, dir)
+			}
+			err := claimStateDir(dir)
+			if tc.refused {
+				if !errors.Is(err, ErrNotStackDir) || !strings.Contains(err.Error(), MarkerName) || !strings.Contains(err.Error(), "choose one") {
+					t.Fatalf("claimStateDir: %v; want ErrNotStackDir naming %s", err, MarkerName)
+				}
+				if after := entries(t, dir); !slices.Equal(after, before) {
+					t.Errorf("the refused directory changed from %q to %q", before, after)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := os.ReadFile(filepath.Join(dir, MarkerName))
+			if err != nil || string(b) != markerText && tc.name != "marked" {
+				t.Errorf("marker: %q, %v", b, err)
+			}
+			if err := claimStateDir(dir); err != nil {
+				t.Errorf("claimed again: %v", err)
+			}
+			if err := stackDir(dir); err != nil && !errors.Is(err, ErrNotRunning) {
+				t.Errorf("stackDir of the claimed directory: %v", err)
+			}
+		})
+	}
+}
+
+// TestStackDirReadOnly: the check every command but up runs changes nothing: an earlier
+// version's stack directory is accepted but not marked, a foreign one is refused with
+// ErrNotStackDir, and a missing or empty one is ErrNotRunning without being created.
+func TestStackDirReadOnly(t *testing.T) {
+	base := t.TempDir()
+	earlier := filepath.Join(base, "earlier")
+	os.Mkdir(earlier, 0o700)
+	writeFiles(t, earlier, map[string]string{"last-state.json": stackStateJSON, "keyvault/": ""})
+	foreign := filepath.Join(base, "foreign")
+	os.Mkdir(foreign, 0o700)
+	writeFiles(t, foreign, map[string]string{"state.json": stackStateJSON, "README": "mine"})
+	empty := filepath.Join(base, "empty")
+	os.Mkdir(empty, 0o700)
+	missing := filepath.Join(base, "missing")
+	for _, tc := range []struct {
+		dir  string
+		want error
+	}{{earlier, nil}, {foreign, ErrNotStackDir}, {empty, ErrNotRunning}, {missing, ErrNotRunning}} {
+		var before []string
+		if tc.dir != missing {
+			before = entries(t, tc.dir)
+		}
+		if err := stackDir(tc.dir); !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("stackDir(%s): %v, want %v", filepath.Base(tc.dir), err, tc.want)
+		}
+		if tc.dir == missing {
+			if _, err := os.Stat(missing); err == nil {
+				t.Errorf("stackDir created %s", missing)
+			}
+		} else if after := entries(t, tc.dir); !slices.Equal(after, before) {
+			t.Errorf("stackDir(%s) changed the directory from %q to %q", filepath.Base(tc.dir), before, after)
+		}
+	}
+}
+
 // TestUntrustedStateRefused: every command's check refuses, with an *UnsafeStateError naming the
 // cause, a state directory that others may write to or that is a symbolic link, and a
-// state.json or stack.pid that is not a regular file of the user's or that others may
+// state.json, stack.pid or marker that is not a regular file of the user's or that others may
 // write (or read, state.json); as root, it also refuses them owned by another user.
 func TestUntrustedStateRefused(t *testing.T) {
 	for _, tc := range []struct {
@@ -152,13 +269,14 @@ func TestUntrustedStateRefused(t *testing.T) {
 			return dir
 		}, false, "stack.pid is not a regular file"},
 		{"stack.pid of another user", func(t *testing.T, dir string) string { chown(t, paths{dir}.pid()); return dir }, true, "stack.pid belongs to uid 65534"},
+		{"marker mode 0666", func(t *testing.T, dir string) string { os.Chmod(paths{dir}.marker(), 0o666); return dir }, false, "marker file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.root && os.Getuid() != 0 {
 				t.Skip("only root can give a file to another user")
 			}
 			dir := filepath.Join(t.TempDir(), "state")
-			if err := prepareStateDir(dir); err != nil {
+			if err := claimStateDir(dir); err != nil {
 				t.Fatal(err)
 			}
 			// The stack's process is this test's, seen through a stand-in proc file system.
@@ -188,5 +306,47 @@ func chown(t *testing.T, path string) {
 	t.Helper()
 	if err := os.Lchown(path, 65534, 65534); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDownForeignDir: down in a directory that is not a stack's (no marker), holding the user's
+// own state.json and stack.pid, refuses with ErrNotStackDir and leaves the directory as it was:
+// the files kept, no lock file made. In the stack's directory with no stack running, it removes
+// a state.json only if it reads as the stack's.
+func TestDownForeignDir(t *testing.T) {
+	for _, state := range []string{`{"project": "x"}`, stackStateJSON} {
+		dir := t.TempDir()
+		writeFiles(t, dir, map[string]string{"state.json": state, "stack.pid": "12345\n", "Makefile": "all:\n"})
+		before := entries(t, dir)
+		if err := Down(context.Background(), dir); !errors.Is(err, ErrNotStackDir) {
+			t.Errorf("Down: %v; want ErrNotStackDir", err)
+		}
+		if after := entries(t, dir); !slices.Equal(after, before) {
+			t.Errorf("down changed the directory from %q to %q", before, after)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, "state.json")); string(b) != state {
+			t.Errorf("state.json is now %q", b)
+		}
+	}
+
+	marked := t.TempDir()
+	if err := claimStateDir(marked); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, marked, map[string]string{"state.json": `{"project": "x"}`})
+	if err := Down(context.Background(), marked); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Down: %v; want ErrNotRunning", err)
+	}
+	if _, err := os.Stat(filepath.Join(marked, "state.json")); err != nil {
+		t.Errorf("down removed a state.json that is not the stack's: %v", err)
+	}
+	writeFiles(t, marked, map[string]string{"state.json": stackStateJSON, "stack.pid": "999999999\n"})
+	if err := Down(context.Background(), marked); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Down: %v; want ErrNotRunning", err)
+	}
+	for _, name := range []string{"state.json", "stack.pid"} {
+		if _, err := os.Stat(filepath.Join(marked, name)); err == nil {
+			t.Errorf("down kept the stale %s", name)
+		}
 	}
 }

@@ -42,9 +42,15 @@ type StartOptions struct {
 //
 // Concurrent Up calls for one directory run one after the other (a lock in the directory), so
 // that two of them never start two stacks; StateDir should come from ResolveStateDir.
+//
+// The state directory must be the user's own and writable by no one else. Up makes a new or empty
+// directory the stack's by writing the marker (MarkerName) into it first, and refuses a directory
+// that holds anything else without the marker (an error wrapping ErrNotStackDir) before it writes,
+// truncates or removes anything in it; a directory an earlier version's stack left, without the
+// marker, gets it.
 func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool, err error) {
 	p := paths{opts.StateDir}
-	if err := prepareStateDir(p.dir); err != nil {
+	if err := claimStateDir(p.dir); err != nil {
 		return nil, false, err
 	}
 	upLock, err := lockFile(p.upLock(), true)
@@ -71,7 +77,7 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 		return st, err == nil, err
 	}
 	// A stale state.json from a crashed stack must not be taken for the new one's.
-	os.Remove(p.state())
+	removeStale(p)
 	logf, err := os.OpenFile(p.log(), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, false, fmt.Errorf("stack log: %w", err)
@@ -122,9 +128,10 @@ func Up(ctx context.Context, opts StartOptions) (st *State, alreadyRunning bool,
 // Down stops the stack and waits until its process is gone. It returns ErrNotRunning if there
 // was nothing to stop.
 //
-// In a state directory that the user may not trust, as env would not (an *UnsafeStateError: the
-// directory, its state.json or stack.pid, or the process that names, not the user's own or open
-// to others), Down signals, writes and removes nothing.
+// In a state directory that is not the stack's (no marker: an error wrapping ErrNotStackDir) or
+// that the user may not trust, as env would not (an *UnsafeStateError: the directory, its
+// state.json or stack.pid, or the process that names, not the user's own or open to others),
+// Down signals, writes and removes nothing.
 func Down(ctx context.Context, stateDir string) error {
 	return down(ctx, hostProc, stateDir)
 }
@@ -132,10 +139,7 @@ func Down(ctx context.Context, stateDir string) error {
 // down is Down with the proc file system passed in.
 func down(ctx context.Context, proc procFS, stateDir string) error {
 	p := paths{stateDir}
-	if err := checkStateDir(stateDir); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return ErrNotRunning
-		}
+	if err := stackDir(stateDir); err != nil {
 		return err
 	}
 	var unsafe *UnsafeStateError
@@ -166,14 +170,12 @@ func down(ctx context.Context, proc procFS, stateDir string) error {
 			return fmt.Errorf("a local stack holds %s, but its pid file does not name it (%v): stop it by its process (attest-bootstrap local serve --state %s)", stateDir, pidErr, stateDir)
 		}
 		// Whatever a crashed stack left is stale.
-		os.Remove(p.state())
-		os.Remove(p.pid())
-		os.Remove(p.control())
+		removeStale(p)
 		return ErrNotRunning
 	}
 	process, _ := os.FindProcess(pid)
 	if err := process.Signal(syscall.SIGTERM); err != nil {
-		os.Remove(p.pid())
+		removeStale(p)
 		return ErrNotRunning
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -192,10 +194,25 @@ func down(ctx context.Context, proc procFS, stateDir string) error {
 	if proc.alive(pid) {
 		return fmt.Errorf("the stack (pid %d) did not stop", pid)
 	}
-	os.Remove(p.pid())
-	os.Remove(p.state())
-	os.Remove(p.control())
+	removeStale(p)
 	return nil
+}
+
+// removeStale removes the files a stack that is not running left in p: its pid file, a
+// state.json that reads as its state, and its control socket; a file that is not what the stack
+// writes there stays.
+func removeStale(p paths) {
+	if b, err := readOwnFile(p.pid(), "pid file", 0o022, maxPIDFile); err == nil {
+		if _, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			os.Remove(p.pid())
+		}
+	}
+	if _, err := ReadState(p.dir); err == nil {
+		os.Remove(p.state())
+	}
+	if fi, err := os.Lstat(p.control()); err == nil && fi.Mode().Type() == fs.ModeSocket {
+		os.Remove(p.control())
+	}
 }
 
 // ComponentStatus is the health of one component.
@@ -209,8 +226,9 @@ type ComponentStatus struct {
 }
 
 // Status reports each component of a running stack. It returns an error wrapping ErrNotRunning
-// if no stack runs for stateDir, and an *UnsafeStateError for a state directory, state file, pid
-// file or stack process that is not the user's own or that others may change.
+// if no stack runs for stateDir; one wrapping ErrNotStackDir for a directory that is not a
+// stack's, and an *UnsafeStateError for a state directory, state file, pid file or stack process
+// that is not the user's own or that others may change.
 func Status(ctx context.Context, stateDir string) (*State, []ComponentStatus, error) {
 	st, err := runningState(hostProc, stateDir)
 	if err != nil {
@@ -317,17 +335,14 @@ func controlSocket(ctx context.Context, socket, method, path string, out any) er
 }
 
 // runningState returns the state of a stack whose process is alive, after checking that the
-// user may trust it: the state directory is the user's own and writable by no one else
-// (checkStateDir); stack.pid and state.json are regular files of the user's that no one else
+// user may trust it: the state directory is the user's own, writable by no one else, and the
+// stack's (stackDir); stack.pid and state.json are regular files of the user's that no one else
 // may write (nor read, state.json); the process stack.pid names runs the stack's command for the
 // directory as the user. The state is what `local env` exports, so any of these failing is an
-// error naming the check (an *UnsafeStateError), not a state. No stack is an error wrapping
-// ErrNotRunning.
+// error naming the check (an *UnsafeStateError, or one wrapping ErrNotStackDir), not a state.
+// No stack is an error wrapping ErrNotRunning.
 func runningState(proc procFS, stateDir string) (*State, error) {
-	if err := checkStateDir(stateDir); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, ErrNotRunning
-		}
+	if err := stackDir(stateDir); err != nil {
 		return nil, err
 	}
 	var unsafe *UnsafeStateError
