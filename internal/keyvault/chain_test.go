@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,38 +48,68 @@ func newPKI(t *testing.T) *pki {
 	return p
 }
 
+// TestBuildChain: each refusal names the rule it applies, so that a row refused by another rule
+// (a duplicate that is also a left-over certificate) does not pass for the wrong reason.
 func TestBuildChain(t *testing.T) {
 	p := newPKI(t)
 	otherKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	// impostor has the intermediate's subject and the root's signature, but another key: the
+	// leaf's issuer by name only.
+	impostorKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	impostor := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "inter"}, IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign},
+		p.root, impostorKey.Public(), p.rootKey)
+	// ownKeyLeaf names the intermediate as its issuer but is signed with its own key: its
+	// signature verifies with its own key, yet it is not self-signed. x509.CreateCertificate
+	// takes the issuer name from parent and checks parent's key against the signer's, so parent
+	// is the intermediate with the leaf's key.
+	asInter := *p.inter
+	asInter.PublicKey = p.leafKey.Public()
+	ownKeyLeaf := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "signer"}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, BasicConstraintsValid: true}, &asInter, p.leafKey.Public(), p.leafKey)
+	if ownKeyLeaf.CheckSignature(ownKeyLeaf.SignatureAlgorithm, ownKeyLeaf.RawTBSCertificate, ownKeyLeaf.Signature) != nil {
+		t.Fatal("the own-key leaf must verify with its own key")
+	}
+	// namesake is a leaf whose subject is its issuer's name, signed by the intermediate: issuer
+	// and subject agree, yet it is not self-signed.
+	namesake := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "inter"}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, BasicConstraintsValid: true}, p.inter, otherKey.Public(), p.interKey)
 	tests := []struct {
 		name  string
 		pub   crypto.PublicKey
 		certs []*x509.Certificate
-		ok    bool
+		// wantErr is in the error of a refused chain; "" means the chain leaf, inter, root.
+		wantErr string
 	}{
-		{"ordered", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.root}, true},
-		{"unordered", p.leafKey.Public(), []*x509.Certificate{p.root, p.leaf, p.inter}, true},
-		{"duplicate", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.inter, p.root}, false},
-		{"missing intermediate", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.root}, false},
-		{"extra certificate", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.root, p.strayRoot}, false},
-		{"two leaves for the key", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.leafBadKU, p.inter, p.root}, false},
-		{"no leaf for the key", otherKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.root}, false},
+		{"ordered", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.root}, ""},
+		{"unordered", p.leafKey.Public(), []*x509.Certificate{p.root, p.leaf, p.inter}, ""},
+		{"leaf named as its issuer", otherKey.Public(), []*x509.Certificate{p.inter, namesake, p.root}, ""},
+		{"duplicate", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.inter, p.root}, `"CN=inter" appears twice`},
+		{"missing intermediate", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.root}, `the issuer "CN=inter" of "CN=signer" is missing`},
+		{"impostor issuer: the name, another key", p.leafKey.Public(), []*x509.Certificate{p.leaf, impostor, p.root}, `the issuer "CN=inter" of "CN=signer" is missing`},
+		{"signed by its own key under another issuer's name", p.leafKey.Public(), []*x509.Certificate{ownKeyLeaf}, `the issuer "CN=inter" of "CN=signer" is missing`},
+		{"extra certificate", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.root, p.strayRoot}, `1 certificate(s) do not belong to the chain, e.g. "CN=stray"`},
+		{"two leaves for the key", p.leafKey.Public(), []*x509.Certificate{p.leaf, p.leafBadKU, p.inter, p.root}, "two certificates hold the signing key"},
+		{"no leaf for the key", otherKey.Public(), []*x509.Certificate{p.leaf, p.inter, p.root}, "no certificate holds the Key Vault key's public key"},
 	}
 	for _, tc := range tests {
-		chain, err := BuildChain(tc.pub, tc.certs)
-		if tc.ok != (err == nil) {
-			t.Errorf("%s: %v", tc.name, err)
-			continue
-		}
-		if err != nil {
-			if !errors.Is(err, ErrCertificateChain) {
-				t.Errorf("%s: %v is not ErrCertificateChain", tc.name, err)
+		t.Run(tc.name, func(t *testing.T) {
+			chain, err := BuildChain(tc.pub, tc.certs)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("BuildChain: %v, want an error containing %q", err, tc.wantErr)
+				}
+				if !errors.Is(err, ErrCertificateChain) {
+					t.Fatalf("%v is not ErrCertificateChain", err)
+				}
+				return
 			}
-			continue
-		}
-		if len(chain) != 3 || chain[0] != p.leaf || chain[1] != p.inter || chain[2] != p.root {
-			t.Errorf("%s: wrong order", tc.name)
-		}
+			if err != nil {
+				t.Fatalf("BuildChain: %v", err)
+			}
+			if len(chain) != 3 || !tc.pub.(*rsa.PublicKey).Equal(chain[0].PublicKey) || chain[1] != p.inter || chain[2] != p.root {
+				t.Fatalf("chain of %d certificates, want leaf, inter, root", len(chain))
+			}
+		})
 	}
 }
 
