@@ -1,16 +1,23 @@
 package keyvault_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -206,19 +213,172 @@ func TestSignerAgainstEmulators(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Sign: %v", err)
 				}
-				if len(sig) == 0 || len(chain) != 1 {
-					t.Fatalf("signature %d bytes, chain %d", len(sig), len(chain))
+				if len(chain) != 1 {
+					t.Fatalf("chain of %d certificates", len(chain))
 				}
 				switch chain[0].PublicKey.(type) {
 				case *rsa.PublicKey, *ecdsa.PublicKey:
 				default:
 					t.Fatalf("leaf key %T", chain[0].PublicKey)
 				}
+				if err := checkWithLeaf(chain[0], tc.alg, []byte("payload to sign"), sig); err != nil {
+					t.Fatalf("the signature does not verify with the leaf: %v", err)
+				}
 			}
 		})
 	}
 	if n := e.vault.Count("sign", http.StatusOK); n != 2*len(tests) {
 		t.Fatalf("vault saw %d successful signs, want %d", n, 2*len(tests))
+	}
+}
+
+// checkWithLeaf verifies sig over payload with leaf's key as a Notation verifier would, through
+// crypto/x509 rather than the package's own verify: RSASSA-PSS with the salt as long as the hash,
+// or ECDSA, whose JWS form r||s x509 wants as ASN.1.
+func checkWithLeaf(leaf *x509.Certificate, alg signature.Algorithm, payload, sig []byte) error {
+	algs := map[signature.Algorithm]x509.SignatureAlgorithm{
+		signature.AlgorithmPS256: x509.SHA256WithRSAPSS, signature.AlgorithmPS384: x509.SHA384WithRSAPSS, signature.AlgorithmPS512: x509.SHA512WithRSAPSS,
+		signature.AlgorithmES256: x509.ECDSAWithSHA256, signature.AlgorithmES384: x509.ECDSAWithSHA384, signature.AlgorithmES512: x509.ECDSAWithSHA512,
+	}
+	xalg, ok := algs[alg]
+	if !ok {
+		return fmt.Errorf("algorithm %v", alg)
+	}
+	if k, ok := leaf.PublicKey.(*ecdsa.PublicKey); ok {
+		n := (k.Curve.Params().BitSize + 7) / 8
+		if len(sig) != 2*n {
+			return fmt.Errorf("ECDSA signature of %d bytes, want %d", len(sig), 2*n)
+		}
+		der, err := asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(sig[:n]), new(big.Int).SetBytes(sig[n:])})
+		if err != nil {
+			return err
+		}
+		sig = der
+	}
+	return leaf.CheckSignature(xalg, payload, sig)
+}
+
+// signAnswer stands between the Key Vault clients and the vault and changes Key Vault's answer
+// to sign, as a faulty or hostile vault (or whoever is on the path) could: the digest is signed
+// by the key at signAt instead of the key asked for, and the answer's kid is replaced with kid.
+type signAnswer struct {
+	inner policy.Transporter
+	// signAt, when set, is the path of the key (/keys/NAME/VERSION) that signs instead.
+	signAt string
+	// kid, when set, replaces the kid of a successful sign answer.
+	kid string
+}
+
+func (a signAnswer) Do(req *http.Request) (*http.Response, error) {
+	if req.Method != http.MethodPost || !strings.HasSuffix(req.URL.Path, "/sign") {
+		return a.inner.Do(req)
+	}
+	if a.signAt != "" {
+		req = req.Clone(req.Context())
+		req.URL.Path, req.URL.RawPath = a.signAt+"/sign", ""
+	}
+	resp, err := a.inner.Do(req)
+	if err != nil || a.kid == "" || resp.StatusCode != http.StatusOK {
+		return resp, err
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		return nil, err
+	}
+	body["kid"] = a.kid
+	b, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body, resp.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(b)))
+	return resp, nil
+}
+
+// TestSignerChecksKeyVaultsAnswer: Sign returns nothing unless Key Vault's answer is a signature
+// by the leaf's key (ErrSignature otherwise: another key's, another version's, or the latest
+// version's after the key was rotated under an id without version) under the kid of the key
+// opened (ErrInvalidKeyID otherwise, even when the signature itself is the key's).
+func TestSignerChecksKeyVaultsAnswer(t *testing.T) {
+	e := newEnv(t)
+	sigKey := []string{"digitalSignature"}
+	opened := e.createCertificate(t, "opened", "RSA", 2048, "", sigKey)
+	openedNext := e.createCertificate(t, "opened", "RSA", 2048, "", sigKey) // a second version
+	other := e.createCertificate(t, "other", "RSA", 2048, "", sigKey)
+	rotating := e.createCertificate(t, "rotating", "RSA", 2048, "", sigKey)
+	rotatingLatest := rotating[:strings.LastIndex(rotating, "/")]
+	path := func(keyURL string) string { return strings.TrimPrefix(keyURL, e.vaultSr.URL) }
+	tests := []struct {
+		name string
+		// id is the key id opened; before runs between opening and signing.
+		id     string
+		before func()
+		answer signAnswer
+		// wantErr is the error Sign must return; nil when it must sign.
+		wantErr error
+	}{
+		{name: "Key Vault's answer as sent", id: opened},
+		{name: "signature by another key, under the kid opened", id: opened,
+			answer: signAnswer{signAt: path(other), kid: opened}, wantErr: keyvault.ErrSignature},
+		{name: "signature by the key's other version, under the kid opened", id: opened,
+			answer: signAnswer{signAt: path(openedNext), kid: opened}, wantErr: keyvault.ErrSignature},
+		{name: "the latest version's signature after a rotation", id: rotatingLatest,
+			before: func() { e.createCertificate(t, "rotating", "RSA", 2048, "", sigKey) }, wantErr: keyvault.ErrSignature},
+		{name: "signature by another key, under its kid", id: opened,
+			answer: signAnswer{signAt: path(other)}, wantErr: keyvault.ErrInvalidKeyID},
+		{name: "the key's signature under another key's kid", id: opened,
+			answer: signAnswer{kid: other}, wantErr: keyvault.ErrInvalidKeyID},
+		{name: "the key's signature under another version's kid", id: opened,
+			answer: signAnswer{kid: openedNext}, wantErr: keyvault.ErrInvalidKeyID},
+		{name: "the key's signature under the secret's id", id: opened,
+			answer: signAnswer{kid: strings.Replace(opened, "/keys/", "/secrets/", 1)}, wantErr: keyvault.ErrInvalidKeyID},
+		{name: "the key's signature under a kid without version", id: opened,
+			answer: signAnswer{kid: opened[:strings.LastIndex(opened, "/")]}, wantErr: keyvault.ErrInvalidKeyID},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			kid, err := keyvault.ParseKeyID(tc.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			opts := e.opts
+			a := tc.answer
+			a.inner = e.opts.Transport
+			opts.Transport = a
+			s, err := keyvault.NewSigner(context.Background(), kid, keyvault.Options{Credential: e.credential(t, clientID, secret), ClientOptions: opts})
+			if err != nil {
+				t.Fatalf("NewSigner: %v", err)
+			}
+			if tc.before != nil {
+				tc.before()
+			}
+			signs := e.vault.Count("sign", http.StatusOK)
+			sig, chain, err := s.Sign([]byte("payload"))
+			if n := e.vault.Count("sign", http.StatusOK) - signs; n != 1 {
+				t.Fatalf("Key Vault made %d signatures, want 1", n)
+			}
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Sign: %v", err)
+				}
+				if err := checkWithLeaf(chain[0], signature.AlgorithmPS256, []byte("payload"), sig); err != nil {
+					t.Fatalf("the signature does not verify with the leaf: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Sign: %v, want %v", err, tc.wantErr)
+			}
+			for _, other := range []error{keyvault.ErrSignature, keyvault.ErrInvalidKeyID} {
+				if other != tc.wantErr && errors.Is(err, other) {
+					t.Fatalf("Sign: %v, want %v and not %v", err, tc.wantErr, other)
+				}
+			}
+			if sig != nil || chain != nil {
+				t.Fatalf("Sign refused Key Vault's answer but returned a signature of %d bytes and %d certificates", len(sig), len(chain))
+			}
+		})
 	}
 }
 
