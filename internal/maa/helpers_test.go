@@ -26,19 +26,20 @@ var (
 	signingKey   *rsa.PrivateKey // the instance's token signing key
 	attackerKey  *rsa.PrivateKey // a key the verifier must never trust
 	ephemeralKey *rsa.PrivateKey // the TPM ephemeral key of the client tests
+	weakKey      *rsa.PrivateKey // RSA-1024, shorter than MinRSAKeyBits
 )
 
 func testKeys(tb testing.TB) {
 	tb.Helper()
 	keysOnce.Do(func() {
-		gen := func() *rsa.PrivateKey {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
+		gen := func(bits int) *rsa.PrivateKey {
+			k, err := rsa.GenerateKey(rand.Reader, bits)
 			if err != nil {
 				panic(err)
 			}
 			return k
 		}
-		signingKey, attackerKey, ephemeralKey = gen(), gen(), gen()
+		signingKey, attackerKey, ephemeralKey, weakKey = gen(2048), gen(2048), gen(2048), gen(1024)
 	})
 }
 

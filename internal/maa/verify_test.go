@@ -3,6 +3,7 @@ package maa
 import (
 	"context"
 	"crypto/hmac"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -391,6 +392,9 @@ func TestNewStaticKeySet(t *testing.T) {
 		{"symmetric key", []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"a"}]}`), false},
 		{"no kid", []byte(strings.Replace(string(publicJWKS(t, signingKey, testKID)), `"kid":"`+testKID+`",`, "", 1)), false},
 		{"encryption key", []byte(strings.Replace(string(publicJWKS(t, signingKey, testKID)), `"use":"sig"`, `"use":"enc"`, 1)), false},
+		{"alg PS256", []byte(strings.Replace(string(publicJWKS(t, signingKey, testKID)), `"alg":"RS256"`, `"alg":"PS256"`, 1)), false},
+		{"RSA-1024", publicJWKS(t, weakKey, testKID), false},
+		{"RSA-1024, x5c only", x5cOnlyJWKS(t, weakKey, testKID), false},
 		{"not JSON", []byte("keys"), false},
 		{"empty", []byte(`{"keys":[]}`), false},
 	}
@@ -406,6 +410,56 @@ func TestNewStaticKeySet(t *testing.T) {
 			got, _ := ks.Keys(context.Background(), testKID)
 			if len(got) != 1 || !signingKey.PublicKey.Equal(got[0].Key) {
 				t.Fatalf("keys = %v", got)
+			}
+		})
+	}
+}
+
+// TestVerifyRefusesUnusableKeys: a token signed with a key the instance publishes under its kid is
+// still refused (ErrUnknownKey) when that key is not one MAA signs with: RSA shorter than
+// MinRSAKeyBits, or restricted to another algorithm than RS256. The keys come from the instance's
+// /certs on loopback, and for the last row from a key set that hands out whatever it holds.
+func TestVerifyRefusesUnusableKeys(t *testing.T) {
+	testKeys(t)
+	jwk := func(key *rsa.PrivateKey, kid, alg string) json.RawMessage {
+		return mustJSON(t, jose.JSONWebKey{Key: &key.PublicKey, KeyID: kid, Algorithm: alg, Use: "sig"})
+	}
+	var x5c struct{ Keys []json.RawMessage }
+	if err := json.Unmarshal(x5cOnlyJWKS(t, weakKey, "weak-x5c"), &x5c); err != nil {
+		t.Fatal(err)
+	}
+	certs := newJWKSServer(t, mustJSON(t, map[string]any{"keys": []json.RawMessage{
+		jwk(signingKey, testKID, "RS256"), jwk(weakKey, "weak", "RS256"), x5c.Keys[0], jwk(signingKey, "ps256", "PS256"),
+	}}))
+	remote := NewRemoteKeySet(testInstance, JWKSOptions{HTTPClient: certs.Client()})
+	remote.url = certs.URL + CertsPath
+	// unfiltered holds what it is given, as a KeySet of another package may.
+	unfiltered := &StaticKeySet{keys: []jose.JSONWebKey{{Key: &weakKey.PublicKey, KeyID: "weak", Algorithm: "RS256", Use: "sig"}}}
+	tests := []struct {
+		name string
+		keys KeySet
+		key  *rsa.PrivateKey
+		kid  string
+		ok   bool
+	}{
+		{"RSA-2048, RS256", remote, signingKey, testKID, true},
+		{"RSA-1024", remote, weakKey, "weak", false},
+		{"RSA-1024, x5c only", remote, weakKey, "weak-x5c", false},
+		{"alg PS256", remote, signingKey, "ps256", false},
+		{"RSA-1024 from a key set that does not filter", unfiltered, weakKey, "weak", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			v := newTestVerifier(t, tc.keys, testNow)
+			_, err := v.Verify(context.Background(), signJOSE(t, tc.key, tc.kid, validClaims(testNow, "n"), nil), "n")
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrUnknownKey) || CheckName(err) != CheckKey {
+				t.Fatalf("Verify: %v, want ErrUnknownKey from check %q", err, CheckKey)
 			}
 		})
 	}
