@@ -91,6 +91,20 @@ func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
 		return input + "." + b64url(mac.Sum(nil))
 	}
 
+	// sloppyNonce encodes nonce with a padding bit set: base64 that a lenient decoder reads as
+	// nonce, and that no encoder writes.
+	sloppyNonce := func() string {
+		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+		enc := base64.StdEncoding.EncodeToString([]byte(nonce))
+		i := strings.IndexByte(enc, '=') - 1
+		sloppy := enc[:i] + string(alphabet[strings.IndexByte(alphabet, enc[i])+1]) + enc[i+1:]
+		if b, err := base64.StdEncoding.DecodeString(sloppy); err != nil || string(b) != nonce {
+			t.Fatalf("%s does not decode leniently to the nonce: %q, %v", sloppy, b, err)
+		}
+		return sloppy
+	}()
+	failed := func(check, msg string) string { return `MAA token: check "` + check + `" failed: ` + msg }
+
 	tests := []struct {
 		name      string
 		token     string
@@ -146,6 +160,16 @@ func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
 			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired},
 		{name: "exp not a number", token: valid(func(c map[string]any) { c["exp"] = "tomorrow" }),
 			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired},
+		{name: "exp beyond 2^40 seconds", token: valid(func(c map[string]any) { c["exp"] = int64(1<<40 + 1) }),
+			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired, wantMsg: failed(CheckExpiry, "claim exp is out of range")},
+		{name: "exp negative", token: valid(func(c map[string]any) { c["exp"] = -1 }),
+			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired, wantMsg: failed(CheckExpiry, "claim exp is out of range")},
+		{name: "exp a decimal beyond 2^40 seconds", token: valid(func(c map[string]any) { c["exp"] = json.Number("1e13") }),
+			nonce: nonce, wantCheck: CheckExpiry, wantErr: ErrExpired, wantMsg: failed(CheckExpiry, "claim exp is not a valid date")},
+		{name: "nbf negative", token: valid(func(c map[string]any) { c["nbf"] = -1 }),
+			nonce: nonce, wantCheck: CheckNotBefore, wantErr: ErrNotYetValid, wantMsg: failed(CheckNotBefore, "claim nbf is out of range")},
+		{name: "nbf a negative decimal", token: valid(func(c map[string]any) { c["nbf"] = json.Number("-0.5") }),
+			nonce: nonce, wantCheck: CheckNotBefore, wantErr: ErrNotYetValid, wantMsg: failed(CheckNotBefore, "claim nbf is not a valid date")},
 		{name: "not yet valid", token: valid(func(c map[string]any) { c["nbf"] = now.Add(2 * time.Minute).Unix() }),
 			nonce: nonce, wantCheck: CheckNotBefore, wantErr: ErrNotYetValid},
 		{name: "too old", token: valid(func(c map[string]any) { c["iat"] = now.Add(-7 * time.Minute).Unix() }),
@@ -167,6 +191,9 @@ func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
 			nonce: nonce, wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
 		{name: "nonce sent unencoded", token: valid(func(c map[string]any) {
 			c[ClaimRuntime] = map[string]any{ClaimClientPayload: map[string]any{NonceKey: nonce}}
+		}), nonce: nonce, wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
+		{name: "nonce in base64 with a padding bit set", token: valid(func(c map[string]any) {
+			c[ClaimRuntime] = map[string]any{ClaimClientPayload: map[string]any{NonceKey: sloppyNonce}}
 		}), nonce: nonce, wantCheck: CheckNonce, wantErr: ErrNonceMismatch},
 		{name: "truncated", token: valid(nil)[:200], nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
 		{name: "truncated inside the signature", token: func() string { s := valid(nil); return s[:len(s)-6] }(),
@@ -698,6 +725,7 @@ func TestClientPayloadNonce(t *testing.T) {
 		{"no nonce", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{}}}, "", false},
 		{"not a string", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": 1}}}, "", false},
 		{"unpadded", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": "MTIzNA"}}}, "", false},
+		{"padding bits set", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": "MTIzNB=="}}}, "", false},
 		{"url alphabet", map[string]any{ClaimRuntime: map[string]any{ClaimClientPayload: map[string]any{"nonce": "-_8="}}}, "", false},
 	}
 	for _, tc := range tests {
