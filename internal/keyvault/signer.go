@@ -214,8 +214,10 @@ func (s *Signer) Sign(payload []byte) ([]byte, []*x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("Key Vault sign with %s: %w", s.id.Name, withRBACHint(err, "to sign"))
 	}
-	// The signature's kid names the key opened, spelt as NewSigner checked it (sameSpelling,
-	// which also reads a malformed kid without crashing).
+	// The signature's kid has the name and version of the key opened, spelt as NewSigner checked
+	// it (sameSpelling, which also reads a malformed kid without crashing). The vault's host is
+	// not compared (a port or a host in another case would differ in spelling only): what proves
+	// the key is the check of the signature against the leaf below.
 	if err := sameSpelling(s.id, rsp.KID); err != nil {
 		return nil, nil, fmt.Errorf("Key Vault signed with another key than the one opened: %w", err)
 	}
