@@ -461,6 +461,233 @@ func TestEvidenceRefusals(t *testing.T) {
 	}
 }
 
+// replaceAK replaces the AK at AKHandle by a key the simulator creates from template (a primary
+// key of the endorsement hierarchy, made persistent at AKHandle as the provisioner makes the AK),
+// and the AK certificate by one the test CA issues for that key: a TPM provisioned like an Azure
+// vTPM in everything but the kind of its AK.
+func replaceAK(t *testing.T, x *testTPM, template tpm2.TPMTPublic) {
+	t.Helper()
+	old, err := tpm2.ReadPublic{ObjectHandle: tpm2.TPMHandle(AKHandle)}.Execute(x.t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.EvictControl{
+		Auth:             tpm2.TPMRHOwner,
+		ObjectHandle:     tpm2.NamedHandle{Handle: tpm2.TPMHandle(AKHandle), Name: old.Name},
+		PersistentHandle: tpm2.TPMHandle(AKHandle),
+	}).Execute(x.t); err != nil {
+		t.Fatalf("evicting the AK: %v", err)
+	}
+	created, err := tpm2.CreatePrimary{PrimaryHandle: tpm2.TPMRHEndorsement, InPublic: tpm2.New2B(template)}.Execute(x.t)
+	if err != nil {
+		t.Fatalf("CreatePrimary: %v", err)
+	}
+	defer flush(x.t, created.ObjectHandle)
+	if _, err := (tpm2.EvictControl{
+		Auth:             tpm2.TPMRHOwner,
+		ObjectHandle:     tpm2.NamedHandle{Handle: created.ObjectHandle, Name: created.Name},
+		PersistentHandle: tpm2.TPMHandle(AKHandle),
+	}).Execute(x.t); err != nil {
+		t.Fatalf("persisting the key at the AK handle: %v", err)
+	}
+	area, err := created.OutPublic.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tpm2.Pub(*area)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := testCA(t).IssueAKCertificate(pub, "00000000-0000-4000-8000-000000000001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := undefineNV(x.t, AKCertIndex); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeAKCert(x.t, cert.Raw); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rewritingTPM relays commands to a real (simulated) TPM and lets rewrite alter the successful
+// response to each command of code cc: a TPM or a transport that misreports. It counts the
+// responses it altered, so that a test can tell the alteration happened.
+type rewritingTPM struct {
+	transport.TPM
+	cc      tpm2.TPMCC
+	rewrite func(cmd, rsp []byte) bool // reports whether it altered rsp
+	n       int
+}
+
+func (r *rewritingTPM) Send(cmd []byte) ([]byte, error) {
+	rsp, err := r.TPM.Send(cmd)
+	if err != nil || len(cmd) < HeaderSize || tpm2.TPMCC(binary.BigEndian.Uint32(cmd[6:10])) != r.cc ||
+		len(rsp) < HeaderSize || binary.BigEndian.Uint32(rsp[6:10]) != 0 {
+		return rsp, err
+	}
+	rsp = bytes.Clone(rsp)
+	if r.rewrite(cmd, rsp) {
+		r.n++
+	}
+	return rsp, nil
+}
+
+// flipSignature flips a bit of the signature in a TPM2_Quote or TPM2_Certify response: after the
+// header and parameterSize, a TPM2B_ATTEST, then a TPMT_SIGNATURE (sigAlg, hashAlg, TPM2B
+// signature; TPM 2.0 Part 3).
+func flipSignature(_, rsp []byte) bool {
+	off := HeaderSize + 4
+	if len(rsp) < off+2 {
+		return false
+	}
+	off += 2 + int(binary.BigEndian.Uint16(rsp[off:])) + 4
+	if len(rsp) < off+2 || binary.BigEndian.Uint16(rsp[off:]) == 0 || len(rsp) < off+2+int(binary.BigEndian.Uint16(rsp[off:])) {
+		return false
+	}
+	rsp[off+2+10] ^= 1
+	return true
+}
+
+// TestEvidenceRefusesAKOfWrongType: the key at the AK handle must be an RSA key for restricted
+// signing, which signs only what the TPM itself attests (a quote, a certification), not an
+// unrestricted signing key, which signs any digest it is given, nor a decryption key. Each is put
+// at the AK handle of the simulator with a certificate of its own, so that nothing but the AK's
+// kind is wrong.
+func TestEvidenceRefusesAKOfWrongType(t *testing.T) {
+	unrestricted := AKTemplate()
+	unrestricted.ObjectAttributes.Restricted = false
+	// An unrestricted key for both signing and decryption has no scheme of its own (Part 1).
+	signDecrypt := unrestricted
+	signDecrypt.ObjectAttributes.Decrypt = true
+	signDecrypt.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+		Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+		Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+		KeyBits:   2048,
+	})
+	ecc := tpm2.TPMTPublic{
+		Type:             tpm2.TPMAlgECC,
+		NameAlg:          tpm2.TPMAlgSHA256,
+		ObjectAttributes: AKTemplate().ObjectAttributes,
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgECC, &tpm2.TPMSECCParms{
+			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
+			Scheme: tpm2.TPMTECCScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSigSchemeECDSA{HashAlg: tpm2.TPMAlgSHA256}),
+			},
+			CurveID: tpm2.TPMECCNistP256,
+			KDF:     tpm2.TPMTKDFScheme{Scheme: tpm2.TPMAlgNull},
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgECC, &tpm2.TPMSECCPoint{
+			X: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)}, Y: tpm2.TPM2BECCParameter{Buffer: make([]byte, 32)},
+		}),
+	}
+	// misreport sets and clears TPMA_OBJECT bits in a TPM2_ReadPublic response of the AK: header,
+	// then outPublic's size, type and nameAlg, then objectAttributes (Part 2, TPMT_PUBLIC).
+	misreport := func(set, clear uint32) func(cmd, rsp []byte) bool {
+		return func(cmd, rsp []byte) bool {
+			const attrs = HeaderSize + 2 + 2 + 2
+			if binary.BigEndian.Uint32(cmd[HeaderSize:]) != AKHandle || len(rsp) < attrs+4 {
+				return false
+			}
+			a := binary.BigEndian.Uint32(rsp[attrs:])
+			binary.BigEndian.PutUint32(rsp[attrs:], a&^clear|set)
+			return true
+		}
+	}
+	const (
+		attrDecrypt = 1 << 17 // TPMA_OBJECT decrypt
+		attrSign    = 1 << 18 // TPMA_OBJECT sign / encrypt
+	)
+	tests := []struct {
+		name     string
+		template tpm2.TPMTPublic
+		// rewrite, if set, alters the TPM's TPM2_ReadPublic responses.
+		rewrite func(cmd, rsp []byte) bool
+		want    error
+	}{
+		// The control: the AK's own template, replaced the same way, is accepted.
+		{name: "restricted RSA signing key", template: AKTemplate()},
+		{name: "unrestricted signing key", template: unrestricted, want: ErrAKType},
+		{name: "unrestricted signing and decryption key", template: signDecrypt, want: ErrAKType},
+		{name: "restricted decryption key (a storage key)", template: tpm2.RSASRKTemplate, want: ErrAKType},
+		{name: "ECC restricted signing key", template: ecc, want: ErrAKType},
+		// A TPM makes no restricted key that both signs and decrypts, nor an RSA key that does
+		// neither (TPM_RC_ATTRIBUTES), so only a TPM or transport that misreports the AK can
+		// present one.
+		{name: "restricted signing key reported as also decrypting", template: AKTemplate(), rewrite: misreport(attrDecrypt, 0), want: ErrAKType},
+		{name: "restricted signing key reported as not signing", template: AKTemplate(), rewrite: misreport(0, attrSign), want: ErrAKType},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x, _, _ := provisioned(t, "")
+			replaceAK(t, x, tc.template)
+			var tp transport.TPM = x.t
+			rw := &rewritingTPM{TPM: x.t, cc: tpm2.TPMCCReadPublic, rewrite: tc.rewrite}
+			if tc.rewrite != nil {
+				tp = rw
+			}
+			dev := New(nopCloser{tp}, WithEventLogPath(""))
+			_, err := dev.Evidence(context.Background())
+			if tc.want == nil {
+				if err != nil {
+					t.Fatalf("Evidence: %v", err)
+				}
+				dev.Close()
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Evidence: %v, want %v", err, tc.want)
+			}
+			if tc.rewrite != nil && rw.n == 0 {
+				t.Fatal("the AK's public area was not altered")
+			}
+			if hs := transientHandles(t, x.t); len(hs) != 0 {
+				t.Fatalf("failed Evidence left transient handles %v", hs)
+			}
+		})
+	}
+}
+
+// TestEvidenceChecksTPMSignatures: Evidence checks the AK's signatures on the quote and on the
+// certification of the ephemeral key before it returns them, so that a TPM or transport fault
+// shows here, naming the check, rather than as MAA's refusal. The transport between the Device
+// and the simulator flips a bit of the signature in the TPM's response.
+func TestEvidenceChecksTPMSignatures(t *testing.T) {
+	tests := []struct {
+		name string
+		cc   tpm2.TPMCC
+		want error
+		says string
+	}{
+		{"quote", tpm2.TPMCCQuote, ErrQuote, "TPM quote does not verify: crypto/rsa: verification error"},
+		{"certification of the ephemeral key", tpm2.TPMCCCertify, ErrCertify, "does not verify: signature: crypto/rsa: verification error"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			x, _, _ := provisioned(t, "")
+			rw := &rewritingTPM{TPM: x.t, cc: tc.cc, rewrite: flipSignature}
+			dev := New(nopCloser{rw}, WithEventLogPath(""))
+			_, err := dev.Evidence(context.Background())
+			if !errors.Is(err, tc.want) || !errors.Is(err, rsa.ErrVerification) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("Evidence: %v, want %v saying %q", err, tc.want, tc.says)
+			}
+			if rw.n != 1 {
+				t.Fatalf("%d signatures altered, want 1", rw.n)
+			}
+			if hs := transientHandles(t, x.t); len(hs) != 0 {
+				t.Fatalf("failed Evidence left transient handles %v", hs)
+			}
+			// The same Device, the transport no longer altering anything, gathers evidence.
+			rw.rewrite = func(_, _ []byte) bool { return false }
+			if _, err := dev.Evidence(context.Background()); err != nil {
+				t.Fatalf("Evidence once the signatures are intact: %v", err)
+			}
+			dev.Close()
+		})
+	}
+}
+
 // TestEventLogUnreadable: an event log that exists but cannot be read stops the evidence, and a
 // permission error (what a non-root build user meets on the kernel's root-only log) says why and
 // the two ways out.

@@ -612,7 +612,9 @@ func TestNullPrimaryQualifiedName(t *testing.T) {
 }
 
 // TestCheckCertification alters a genuine certification of the ephemeral key in each of the ways
-// checkCertification must notice, and gives it the genuine certification of a child key.
+// checkCertification must notice, and gives it the genuine certification of a child key and a
+// genuine quote. Each refusal must name the check that made it: several alterations would also
+// fail a later check, which must not be what catches them.
 func TestCheckCertification(t *testing.T) {
 	x, _, _ := provisioned(t, "")
 	ak, err := readAK(x.t)
@@ -662,25 +664,49 @@ func TestCheckCertification(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// A genuine quote: the AK's signature over a TPMS_ATTEST of another type.
+	q, err := quote(x.t, ak, pcrSelection(AzurePCRs))
+	if err != nil {
+		t.Fatalf("quote: %v", err)
+	}
+
 	flip := func(b []byte, i int) []byte { b = bytes.Clone(b); b[i] ^= 1; return b }
+	// says is what the error must say: the check that refused it, not only ErrCertify.
+	const (
+		badSig   = "signature: crypto/rsa: verification error"
+		badName  = "it certifies Name"
+		notNull  = "not a primary key of the NULL hierarchy"
+		notCerti = "not a CERTIFY attestation"
+	)
 	tests := []struct {
 		name      string
 		info, sig []byte
 		key       ephemeralKey
-		ok        bool
+		says      string // "" = accepted
 	}{
-		{"genuine", ck.info, ck.sig, *key, true},
-		{"signature altered", ck.info, flip(ck.sig, 10), *key, false},
-		{"attestation altered", flip(ck.info, len(ck.info)-1), ck.sig, *key, false},
-		{"public area of another key", ck.info, ck.sig, ephemeralKey{handle: key.handle, name: key.name, pub: other.pub}, false},
-		{"TPM names the loaded key otherwise", ck.info, ck.sig, ephemeralKey{handle: key.handle, name: other.name, pub: key.pub}, false},
-		{"child of a NULL-hierarchy key", childCert.CertifyInfo.Bytes(), childSig.Sig.Buffer, child, false},
+		{"genuine", ck.info, ck.sig, *key, ""},
+		{"signature altered", ck.info, flip(ck.sig, 10), *key, badSig},
+		{"attestation altered", flip(ck.info, len(ck.info)-1), ck.sig, *key, badSig},
+		// The key presented is another one, consistent in itself (its public area has the Name the
+		// TPM reports for it): only the Name the AK certified tells.
+		{"certification of another key", ck.info, ck.sig, *other, badName},
+		{"public area of another key", ck.info, ck.sig, ephemeralKey{handle: key.handle, name: key.name, pub: other.pub}, badName},
+		{"TPM names the loaded key otherwise", ck.info, ck.sig, ephemeralKey{handle: key.handle, name: other.name, pub: key.pub}, badName},
+		{"child of a NULL-hierarchy key", childCert.CertifyInfo.Bytes(), childSig.Sig.Buffer, child, notNull},
+		// Signed by the AK, but a quote, not a certification.
+		{"quote given as the certification", q.Quote, q.QuoteSignature, *key, notCerti},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			err := checkCertification(tc.info, tc.sig, &tc.key, ak)
-			if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrCertify)) {
-				t.Fatalf("checkCertification: %v, want ok = %v (or ErrCertify)", err, tc.ok)
+			if tc.says == "" {
+				if err != nil {
+					t.Fatalf("checkCertification: %v, want it accepted", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrCertify) || !strings.Contains(err.Error(), tc.says) {
+				t.Fatalf("checkCertification: %v, want ErrCertify saying %q", err, tc.says)
 			}
 		})
 	}
