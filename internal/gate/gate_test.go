@@ -28,6 +28,7 @@ import (
 	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/emulator/tsa"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/token"
@@ -152,12 +153,22 @@ func request(envType string, cfg map[string]string) *plugin.GenerateEnvelopeRequ
 	}
 }
 
+// TestGenerateEnvelopeSignsOnlyAfterAttestation signs with each envelope type: the envelope
+// verifies, carries the stored token's SHA-256 and issuer as signed attributes and the expiry
+// notation asked for, and the stored token is bound to this image digest and key id.
 func TestGenerateEnvelopeSignsOnlyAfterAttestation(t *testing.T) {
 	f := newFixture(t)
 	g := New(f.deps(t))
+	wantNonce, err := binding.Compute(testDigest, testKeyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const expiry = 90 * 24 * time.Hour // notation sign --expiry 90d
 	for _, envType := range []string{"application/jose+json", "application/cose"} {
 		t.Run(envType, func(t *testing.T) {
-			rsp, err := g.GenerateEnvelope(context.Background(), request(envType, f.cfg))
+			req := request(envType, f.cfg)
+			req.ExpiryDurationInSeconds = uint64(expiry / time.Second)
+			rsp, err := g.GenerateEnvelope(context.Background(), req)
 			if err != nil {
 				t.Fatalf("GenerateEnvelope: %v", err)
 			}
@@ -183,9 +194,20 @@ func TestGenerateEnvelopeSignsOnlyAfterAttestation(t *testing.T) {
 			if attrs[AttrIssuer] != f.maaSrv.URL {
 				t.Fatalf("issuer attribute %v", attrs[AttrIssuer])
 			}
-			_, claims, _ := maa.ParseUnverified(entries[0].Raw)
-			if n, _ := maa.ClientPayloadNonce(claims); n == "" {
-				t.Fatal("stored token carries no binding")
+			// Both envelopes keep whole seconds, and the expiry is a whole number of them after
+			// the signing time.
+			signed := content.SignerInfo.SignedAttributes
+			if got := signed.Expiry.Sub(signed.SigningTime); got != expiry {
+				t.Fatalf("expiry %v, signing time %v: %v apart, want %v", signed.Expiry, signed.SigningTime, got, expiry)
+			}
+			for _, e := range entries {
+				_, claims, err := maa.ParseUnverified(e.Raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if n, err := maa.ClientPayloadNonce(claims); n != wantNonce {
+					t.Fatalf("stored token's nonce %q (%v), want the binding of %s and %s, %s", n, err, testDigest, testKeyID, wantNonce)
+				}
 			}
 		})
 	}
@@ -666,6 +688,70 @@ func (k hangingKey) Open(ctx context.Context) (signature.Signer, error) {
 	return k.f.signer, nil
 }
 
+// lateKey is a KeySource whose Open returns, once the request's context has ended, a local
+// signer, which signs whatever its context (a signer that does not watch it). If cancel is set,
+// Open ends the context itself, as notation does when the user interrupts it.
+type lateKey struct {
+	f      *fixture
+	n      *atomic.Int32 // uses of the signer's private key
+	cancel context.CancelFunc
+}
+
+func (lateKey) Warm(context.Context) {}
+
+func (k lateKey) Open(ctx context.Context) (signature.Signer, error) {
+	if k.cancel != nil {
+		k.cancel()
+	}
+	<-ctx.Done()
+	return countingSigner{LocalSigner: k.f.signer, n: k.n, clock: new(atomic.Int64)}, nil
+}
+
+// TestNoSignatureOnceTheContextEnded: a request whose context ended (cancelled, or its timeout)
+// while the key was opened signs nothing, even when the key source returns a signer that would
+// sign regardless, and keeps no token.
+func TestNoSignatureOnceTheContextEnded(t *testing.T) {
+	f := newFixture(t)
+	tests := []struct {
+		name    string
+		cancel  bool
+		kv      []string
+		code    plugin.ErrorCode
+		message string
+	}{
+		{name: "cancelled", cancel: true, code: plugin.ErrorCodeGeneric, message: "opening the Key Vault key: context canceled"},
+		{name: "timeout", kv: []string{KeyTimeout, "1s"}, code: plugin.ErrorCodeTimeout, message: "opening the Key Vault key: context deadline exceeded (the signature took longer than the plugin config timeout 1s)"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var signs, opened atomic.Int32
+			d := f.deps(t)
+			d.Key = func(string, Config, *slog.Logger) (KeySource, error) {
+				opened.Add(1)
+				k := lateKey{f: f, n: &signs}
+				if tt.cancel {
+					k.cancel = cancel
+				}
+				return k, nil
+			}
+			cfg := f.with(append([]string{KeyTokenDir, t.TempDir()}, tt.kv...)...)
+			_, err := New(d).GenerateEnvelope(ctx, request("application/jose+json", cfg))
+			var perr *plugin.Error
+			if !errors.As(err, &perr) || perr.ErrCode != tt.code || !strings.Contains(perr.Message, tt.message) {
+				t.Fatalf("err = %v, want %s naming %q", err, tt.code, tt.message)
+			}
+			if opened.Load() != 1 || signs.Load() != 0 {
+				t.Fatalf("key sources made %d, signatures %d: want the key opened and nothing signed", opened.Load(), signs.Load())
+			}
+			if _, err := token.NewStore(cfg[KeyTokenDir]).List(testDigest); !errors.Is(err, token.ErrNotFound) {
+				t.Fatalf("a token was stored: %v", err)
+			}
+		})
+	}
+}
+
 // TestHangingServicesTimeOut: notation waits for the plugin without a limit, so a service that
 // never answers must end in TIMEOUT, within the timeout config or the token's max_token_age, and
 // nothing is signed.
@@ -725,9 +811,12 @@ func TestConfigErrorsBeforeAttestation(t *testing.T) {
 		name    string
 		cfg     map[string]string
 		digest  string
+		envType string // "" = application/jose+json
 		message string
 	}{
 		{name: "token_dir cannot be created", cfg: f.with(KeyTokenDir, filepath.Join(file, "tokens")), message: KeyTokenDir},
+		// Found by the envelope's construction only after Key Vault, if not checked first.
+		{name: "envelope type notation does not send", cfg: f.cfg, envType: "application/pkcs7-signature", message: "signature envelope type"},
 		{name: "TSA root certificate missing", cfg: f.with(KeyTimestampURL, "https://tsa.example", KeyTimestampRootCert, filepath.Join(t.TempDir(), "none.pem")), message: KeyTimestampRootCert},
 		{name: "sha384 target the store does not keep", cfg: f.cfg, digest: "sha384:" + strings.Repeat("ab", 48), message: "want sha256 or sha512"},
 	}
@@ -745,7 +834,11 @@ func TestConfigErrorsBeforeAttestation(t *testing.T) {
 				opened.Add(1)
 				return fakeKey{f}, nil
 			}
-			req := request("application/jose+json", tt.cfg)
+			envType := "application/jose+json"
+			if tt.envType != "" {
+				envType = tt.envType
+			}
+			req := request(envType, tt.cfg)
 			if tt.digest != "" {
 				req.Payload, _ = json.Marshal(map[string]any{"targetArtifact": map[string]any{
 					"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": tt.digest, "size": 1234,
