@@ -271,13 +271,14 @@ func writeFile(t *testing.T, path string) {
 func TestStoreOwner(t *testing.T) {
 	const subject = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
 	for _, tc := range []struct {
-		name  string
-		setup func(dir string) error
+		name string
+		// setup runs in the subtest: t is the subtest's, so that its Skip skips the subtest.
+		setup func(t *testing.T, dir string) error
 		err   string
 	}{
-		{"own and closed", func(string) error { return nil }, ""},
-		{"writable by others", func(dir string) error { return os.Chmod(dir, 0o777) }, "writable by others"},
-		{"another user's", func(dir string) error {
+		{"own and closed", func(*testing.T, string) error { return nil }, ""},
+		{"writable by others", func(_ *testing.T, dir string) error { return os.Chmod(dir, 0o777) }, "writable by others"},
+		{"another user's", func(t *testing.T, dir string) error {
 			if os.Getuid() != 0 {
 				t.Skip("only root can give a directory to another user")
 			}
@@ -289,7 +290,7 @@ func TestStoreOwner(t *testing.T) {
 			if _, err := s.Put(subject, "a.b.c"); err != nil {
 				t.Fatal(err)
 			}
-			if err := tc.setup(s.Dir()); err != nil {
+			if err := tc.setup(t, s.Dir()); err != nil {
 				t.Fatal(err)
 			}
 			errP := s.Prepare()
