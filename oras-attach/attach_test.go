@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -364,4 +365,84 @@ func TestAttachSignatureReads(t *testing.T) {
 			t.Fatalf("exit %d, attached %v, stderr %q; want 1, the named token listed and the unnamed one's error", code, out, stderr)
 		}
 	})
+}
+
+// TestAttachPastFalseReferrer: a referrer whose annotation names the stored token but that holds
+// other bytes (whoever can push can attach one) does not count as the token attached: attach
+// pushes the real token, lists its referrer and marks it published; beside the genuine referrer
+// attach pushes nothing and lists the genuine one.
+func TestAttachPastFalseReferrer(t *testing.T) {
+	chain := attesttest.New(t)
+	repo, name := attesttest.Registry(t)
+	signer := attesttest.Signer(t, "attested signer")
+	const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
+	ctx := context.Background()
+	store := token.NewStore(t.TempDir() + "/tokens")
+	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
+	// liar attaches to img a token referrer annotated with tok's SHA-256 that holds other bytes.
+	liar := func(t *testing.T, img ocispec.Descriptor, tok string) ocispec.Descriptor {
+		t.Helper()
+		cfg, err := oras.PushBytes(ctx, repo, referrer.ArtifactType, []byte("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layer, err := oras.PushBytes(ctx, repo, referrer.LayerMediaType, []byte("eyJhbGciOiJSUzI1NiJ9.eyJsaWFyIjoxfQ.c2ln"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, referrer.ArtifactType, oras.PackManifestOptions{
+			Subject: &img, Layers: []ocispec.Descriptor{layer}, ConfigDescriptor: &cfg,
+			ManifestAnnotations: map[string]string{referrer.AnnotationTokenSHA256: sha(tok)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	tests := []struct {
+		name     string
+		attached bool // the genuine referrer is attached before attach runs
+		stdout   string
+	}{
+		{name: "a false referrer only", stdout: "Attached token to "},
+		{name: "a false referrer beside the genuine one", attached: true, stdout: "Token already attached to "},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img := attesttest.PushImage(t, repo, fmt.Sprintf("false referrer %d", i))
+			b, err := binding.Compute(img.Digest.String(), keyID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok := chain.Token(t, b)
+			attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
+			if _, err := store.Put(img.Digest.String(), tok); err != nil {
+				t.Fatal(err)
+			}
+			var genuine digest.Digest
+			if tc.attached {
+				d, err := referrer.Attach(ctx, repo, img, referrer.Token{Raw: tok, Issuer: chain.URL, IssuedAt: time.Now()})
+				if err != nil {
+					t.Fatal(err)
+				}
+				genuine = d.Digest
+			}
+			lie := liar(t, img, tok)
+			code, stdout, stderr := runCmd("attach", name+"@"+img.Digest.String(), "--token-dir", store.Dir())
+			if code != 0 || !strings.Contains(stdout, tc.stdout) || strings.Contains(stdout, lie.Digest.String()) {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 0, %q, and not the false referrer %s", code, stdout, stderr, tc.stdout, lie.Digest)
+			}
+			ix := referrer.NewIndex(ctx, repo, img)
+			f, errs := ix.Find(ctx, sha(tok))
+			if f == nil || f.Raw != tok || f.Descriptor.Digest == lie.Digest || ix.Len() != 2 || len(errs) != 0 {
+				t.Fatalf("after attach: %d referrers, the token's %+v, %v; want it and the false one", ix.Len(), f, errs)
+			}
+			if !strings.Contains(stdout, "Digest: "+f.Descriptor.Digest.String()) || (tc.attached && f.Descriptor.Digest != genuine) {
+				t.Fatalf("stdout %q does not name the token's referrer %s", stdout, f.Descriptor.Digest)
+			}
+			if ok, repos, err := store.Attached(img.Digest.String(), sha(tok)); err != nil || !ok || len(repos) != 1 || repos[0] != name {
+				t.Fatalf("mark: %v, %q, %v; want %s", ok, repos, err, name)
+			}
+		})
+	}
 }
