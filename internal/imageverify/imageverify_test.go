@@ -200,6 +200,17 @@ func TestVerify(t *testing.T) {
 			f.attach(t, img, tok)
 		}
 	}
+	// signedWith signs the image with the trusted key, with a fresh token bound to it and keyID
+	// attached, and the signed attributes attrs returns for the token.
+	signedWith := func(attrs func(tok string) []signature.Attribute) func(t *testing.T, img ocispec.Descriptor) {
+		return func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			if _, _, err := f.repo.PushSignature(context.Background(), jwsMediaType, envelope(t, f.signer, img, attrs(tok), time.Now()), img, nil); err != nil {
+				t.Fatal(err)
+			}
+			f.attach(t, img, tok)
+		}
+	}
 	tests := []struct {
 		name   string
 		setup  func(t *testing.T, img ocispec.Descriptor)
@@ -207,6 +218,10 @@ func TestVerify(t *testing.T) {
 		failed string
 	}{
 		{name: "signed from an attested machine", setup: signedBy(f.signer)},
+		{name: "signed with the token attributes, by envelope", setup: signedWith(func(tok string) []signature.Attribute { return tokenAttributes(tok, f.maaURL) })},
+		{name: "no token attributes", setup: signedWith(func(string) []signature.Attribute { return nil }), failed: CheckAttribute},
+		{name: "no issuer attribute", setup: signedWith(func(tok string) []signature.Attribute { return tokenAttributes(tok, f.maaURL)[:1] }), failed: CheckAttribute},
+		{name: "no token attribute", setup: signedWith(func(tok string) []signature.Attribute { return tokenAttributes(tok, f.maaURL)[1:] }), failed: CheckAttribute},
 		{name: "no signature", setup: func(t *testing.T, img ocispec.Descriptor) {
 			f.attach(t, img, f.token(t, bind(img, keyID)))
 		}, failed: CheckSignature},

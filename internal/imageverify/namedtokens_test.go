@@ -3,20 +3,25 @@ package imageverify
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/notaryproject/notation-core-go/signature"
 	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/referrer"
 )
 
@@ -171,5 +176,170 @@ func TestNamedTokens(t *testing.T) {
 	// The listing not served: NamedTokens's error.
 	if _, err := NamedTokens(context.Background(), signatureRepository{Repository: f.repo, listErr: down}, lone); !errors.Is(err, down) {
 		t.Fatalf("listing not served: %v", err)
+	}
+}
+
+// envelope returns a JWS signature envelope by s of subject made as the attested-kv plugin makes
+// it, with attrs as its extended signed attributes (attesttest.SignImage always sets both).
+func envelope(t *testing.T, s signature.Signer, subject ocispec.Descriptor, attrs []signature.Attribute, at time.Time) []byte {
+	t.Helper()
+	payload, err := json.Marshal(map[string]any{"targetArtifact": subject})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := signature.NewEnvelope(jwsMediaType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := env.Sign(&signature.SignRequest{
+		Payload: signature.Payload{ContentType: binding.NotaryPayloadType, Content: payload}, Signer: s, SigningTime: at,
+		SigningScheme: signature.SigningSchemeX509, ExtendedSignedAttributes: attrs,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return blob
+}
+
+const jwsMediaType = "application/jose+json"
+
+// tokenAttributes are the signed attributes naming the token raw and the issuer.
+func tokenAttributes(raw, issuer string) []signature.Attribute {
+	return []signature.Attribute{{Key: binding.AttrTokenSHA256, Value: hexSHA(raw)}, {Key: binding.AttrIssuer, Value: issuer}}
+}
+
+// editJWS returns the JWS envelope blob with edit applied to its JSON fields (payload, protected,
+// header, signature).
+func editJWS(t *testing.T, blob []byte, edit func(fields map[string]any)) []byte {
+	t.Helper()
+	var fields map[string]any
+	if err := json.Unmarshal(blob, &fields); err != nil {
+		t.Fatal(err)
+	}
+	edit(fields)
+	b, err := json.Marshal(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestNamedTokensBrokenEnvelopes: a signature attached to the image whose envelope is not intact
+// (a byte of the signature flipped, or a payload put in after signing that targets this image) or
+// does not parse or is empty does not name its token, and is ignored with the reason, beside the
+// genuine signature, whose token is named.
+func TestNamedTokensBrokenEnvelopes(t *testing.T) {
+	f := newFixture(t)
+	other := f.pushImage(t, "the image the envelope was signed for")
+	tests := []struct {
+		name string
+		// broken returns the envelope attached to img, naming the token named.
+		broken func(t *testing.T, img ocispec.Descriptor, named string) []byte
+		want   string
+	}{
+		{"a signature byte flipped", func(t *testing.T, img ocispec.Descriptor, named string) []byte {
+			return editJWS(t, envelope(t, f.signer, img, tokenAttributes(named, f.maaURL), time.Now()), func(fields map[string]any) {
+				sig, err := base64.RawURLEncoding.DecodeString(fields["signature"].(string))
+				if err != nil {
+					t.Fatal(err)
+				}
+				sig[len(sig)/2] ^= 1
+				fields["signature"] = base64.RawURLEncoding.EncodeToString(sig)
+			})
+		}, "envelope is not intact"},
+		{"the payload replaced by one targeting the image", func(t *testing.T, img ocispec.Descriptor, named string) []byte {
+			return editJWS(t, envelope(t, f.signer, other, tokenAttributes(named, f.maaURL), time.Now()), func(fields map[string]any) {
+				p, err := json.Marshal(map[string]any{"targetArtifact": img})
+				if err != nil {
+					t.Fatal(err)
+				}
+				fields["payload"] = base64.RawURLEncoding.EncodeToString(p)
+			})
+		}, "envelope is not intact"},
+		{"not JSON", func(*testing.T, ocispec.Descriptor, string) []byte { return []byte("not an envelope") }, "envelope does not parse"},
+		{"empty", func(*testing.T, ocispec.Descriptor, string) []byte { return nil }, `layer of media type "application/jose+json" and 0 bytes is not a signature envelope`},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img, tok := f.attested(t, fmt.Sprintf("broken envelope %d", i))
+			named := "a token named by a broken signature " + tc.name
+			if _, _, err := f.repo.PushSignature(context.Background(), jwsMediaType, tc.broken(t, img, named), img, nil); err != nil {
+				t.Fatal(err)
+			}
+			names, err := NamedTokens(context.Background(), f.repo, img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := names.Names(hexSHA(tok)); !ok || err != nil {
+				t.Fatalf("Names(the genuine signature's token) = %v, %v", ok, err)
+			}
+			if ok, err := names.Names(hexSHA(named)); ok || err != nil {
+				t.Fatalf("Names(the broken signature's token) = %v, %v; want false", ok, err)
+			}
+			if ig := names.Ignored(); len(ig) != 1 || !strings.Contains(ig[0].Error(), tc.want) {
+				t.Fatalf("ignored %v; want one error containing %q", ig, tc.want)
+			}
+		})
+	}
+}
+
+// TestNamedTokensListing: signatures listed with a descriptor that is not a signature manifest's
+// (another media type, a size of 0 or beyond the limit, though the registry holds the genuine
+// manifest under that digest) are ignored without being fetched; at most 256 signatures are read,
+// and a listing with more says so (Truncated).
+func TestNamedTokensListing(t *testing.T) {
+	f := newFixture(t)
+	img, tok := f.attested(t, "listing")
+	var genuine []ocispec.Descriptor
+	if err := f.repo.ListSignatures(context.Background(), img, func(p []ocispec.Descriptor) error { genuine = append(genuine, p...); return nil }); err != nil || len(genuine) != 1 {
+		t.Fatalf("signatures %v, %v", genuine, err)
+	}
+	listedAs := func(edit func(d *ocispec.Descriptor)) []ocispec.Descriptor {
+		d := genuine[0]
+		edit(&d)
+		return []ocispec.Descriptor{d}
+	}
+	// junk lists n descriptors of another media type besides the registry's.
+	junk := func(n int) []ocispec.Descriptor {
+		var ds []ocispec.Descriptor
+		for i := range n {
+			ds = append(ds, ocispec.Descriptor{MediaType: "application/vnd.example.not-a-manifest", Digest: digest.FromString(fmt.Sprint(i)), Size: 10})
+		}
+		return ds
+	}
+	notManifest := "not a signature manifest"
+	tests := []struct {
+		name      string
+		extra     []ocispec.Descriptor
+		ignored   int    // signatures ignored, each with want
+		want      string // in each ignored error
+		truncated bool
+	}{
+		{"listed as a layer", listedAs(func(d *ocispec.Descriptor) { d.MediaType = "application/vnd.oci.image.layer.v1.tar" }), 1, notManifest, false},
+		{"listed with size 0", listedAs(func(d *ocispec.Descriptor) { d.Size = 0 }), 1, notManifest, false},
+		{"listed beyond the manifest size limit", listedAs(func(d *ocispec.Descriptor) { d.Size = maxSignatureManifest + 1 }), 1, notManifest, false},
+		{"255 listed", junk(maxListedSignatures - 2), maxListedSignatures - 2, notManifest, false},
+		{"256 listed", junk(maxListedSignatures - 1), maxListedSignatures - 1, notManifest, false},
+		{"257 listed", junk(maxListedSignatures), maxListedSignatures - 1, notManifest, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			names, err := NamedTokens(context.Background(), signatureRepository{Repository: f.repo, extra: tc.extra}, img)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := names.Names(hexSHA(tok)); !ok || err != nil {
+				t.Fatalf("Names(the genuine signature's token) = %v, %v", ok, err)
+			}
+			ig := names.Ignored()
+			if len(ig) != tc.ignored || names.Truncated() != tc.truncated {
+				t.Fatalf("ignored %d (%v), truncated %v; want %d ignored, truncated %v", len(ig), ig, names.Truncated(), tc.ignored, tc.truncated)
+			}
+			for _, e := range ig {
+				if !strings.Contains(e.Error(), tc.want) {
+					t.Fatalf("ignored %v; want it to contain %q", e, tc.want)
+				}
+			}
+		})
 	}
 }
