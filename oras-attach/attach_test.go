@@ -446,3 +446,28 @@ func TestAttachPastFalseReferrer(t *testing.T) {
 		})
 	}
 }
+
+// TestTagReferenceRefused: attach and verify refuse an image given by tag, even one the registry
+// resolves, with a usage error (exit 2) that says to give the digest: a tag can move between
+// signing and deployment. verify refuses it before it reads any file (here a trust policy that
+// does not exist).
+func TestTagReferenceRefused(t *testing.T) {
+	repo, name := attesttest.Registry(t)
+	img := attesttest.PushImage(t, repo, "tagged")
+	if err := repo.Tag(context.Background(), img, "v1"); err != nil {
+		t.Fatal(err)
+	}
+	ref := name + ":v1"
+	want := fmt.Sprintf("%q: give the image by digest (REGISTRY/REPO@sha256:...), not by tag", ref)
+	for _, args := range [][]string{
+		{"attach", ref, "--token-dir", t.TempDir()},
+		{"verify", ref, "--attestation-url", "https://x.weu.attest.azure.net", "--key-id", "https://v.vault.azure.net/keys/k/1", "--trust-policy", t.TempDir() + "/none.json"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			code, stdout, stderr := runCmd(args...)
+			if code != 2 || !strings.Contains(stderr, want) || stdout != "" {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want 2 and %q", code, stdout, stderr, want)
+			}
+		})
+	}
+}
