@@ -122,6 +122,10 @@ func TestRunRefusesInput(t *testing.T) {
 		b, _ := json.Marshal(map[string]any{"config": cfg, "referenceDesc": desc})
 		return bytes.NewReader(b)
 	}
+	// maxAge is a config that reaches the maxTokenAge check, with d as maxTokenAge.
+	maxAge := func(d string) map[string]any {
+		return map[string]any{"attestationURL": "https://x.weu.attest.azure.net", "keyID": "https://v.vault.azure.net/keys/k/1", "maxTokenAge": d}
+	}
 	tests := []struct {
 		name    string
 		env     map[string]string // changes to env
@@ -141,6 +145,9 @@ func TestRunRefusesInput(t *testing.T) {
 		{"a key in another case", nil, withJSON(map[string]any{"Rules": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "Rules"`},
 		{"a key twice", nil, strings.NewReader(`{"config":{"rules":"/a.cel","rules":"/b.cel"},"referenceDesc":{}}`), "verifier config: a key appears twice"},
 		{"key id spelt otherwise than Key Vault writes it", nil, withJSON(map[string]any{"attestationURL": "https://x.weu.attest.azure.net", "keyID": "https://v.vault.azure.net/keys/k/1/"}, tokenDesc), `keyID: binding: invalid input: key id "https://v.vault.azure.net/keys/k/1/" is another spelling of "https://v.vault.azure.net/keys/k/1"`},
+		{"maxTokenAge negative", nil, withJSON(maxAge("-5m"), tokenDesc), `verifier config: maxTokenAge "-5m": want a duration such as 5m`},
+		{"maxTokenAge zero", nil, withJSON(maxAge("0s"), tokenDesc), `verifier config: maxTokenAge "0s": want a duration such as 5m`},
+		{"maxTokenAge not a duration", nil, withJSON(maxAge("5"), tokenDesc), `verifier config: maxTokenAge "5": want a duration such as 5m`},
 		{"referrer without a digest", nil, withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
 		{"referrer of another artifact type", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
 		{"referrer with a malformed digest", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
