@@ -65,7 +65,10 @@ func TestCompiledBaselineCurrent(t *testing.T) {
 }
 
 // TestCompiledBaselineSameResults checks that the compiled baseline and the source decide alike,
-// rule by rule, on the real claim sets and on every mutation of the baseline test.
+// rule by rule, on the real claim sets and on every mutation of the baseline test. Only the
+// decisions are compared: loadCompiled takes the rules' names, lines and digest from the source,
+// as Parse does, so comparing those would compare the source with itself (that the compiled file
+// names the source's digest is TestLoadCompiledRefuses's "other rules" case).
 func TestCompiledBaselineSameResults(t *testing.T) {
 	loaded, err := loadCompiled(baselineName, baselineSource, baselineCompiled)
 	if err != nil {
@@ -75,14 +78,6 @@ func TestCompiledBaselineSameResults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if loaded.Digest() != parsed.Digest() || len(loaded.Rules()) != len(parsed.Rules()) {
-		t.Fatal("the compiled baseline names other rules than the source")
-	}
-	for i, r := range loaded.Rules() {
-		if r != parsed.Rules()[i] {
-			t.Errorf("rule %d: compiled %+v, source %+v", i, r, parsed.Rules()[i])
-		}
-	}
 	claimSets := []map[string]any{{}, realClaims(t), realJWTClaims(t)}
 	for _, m := range baselineMutations {
 		c := realClaims(t)
@@ -91,6 +86,9 @@ func TestCompiledBaselineSameResults(t *testing.T) {
 	}
 	for i, c := range claimSets {
 		a, b := loaded.Evaluate(c), parsed.Evaluate(c)
+		if len(a.Rules) != len(b.Rules) || len(b.Rules) == 0 {
+			t.Fatalf("claim set %d: the compiled baseline evaluated %d rules, the source %d", i, len(a.Rules), len(b.Rules))
+		}
 		for j := range a.Rules {
 			if a.Rules[j] != b.Rules[j] {
 				t.Errorf("claim set %d, rule %s: compiled %+v, source %+v", i, a.Rules[j].Name, a.Rules[j], b.Rules[j])
