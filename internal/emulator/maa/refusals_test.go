@@ -2,10 +2,17 @@ package maa
 
 import (
 	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +28,26 @@ func TestAttestRefusals(t *testing.T) {
 	e := newEnv(t)
 	// A second restricted signing key in the same TPM, certified by nobody.
 	otherAK := e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHEndorsement, akTemplate(2)))
+	// A leaked AK, for the checks that only evidence no TPM signs can reach.
+	leaked := newSoftwareAK(t, e.ca)
+
+	// useAK makes ak the AK of c: its public area, a certificate from the trusted CA, and the
+	// quote and certification signed by it.
+	useAK := func(t *testing.T, c *collected, ak tpmKey) {
+		c.akPub = ak.pub
+		c.akCert = e.ca.issueAKCert(t, ak.rsa, akCertOptions{}).Raw
+		c.quote, c.quoteSig = e.tpm.quote(t, ak, azurePCRs)
+		c.certifyInfo, c.certifySig = e.tpm.certify(t, c.eph, ak)
+	}
+	// useEph replaces the ephemeral key of c with one the TPM creates in the NULL hierarchy from
+	// AZGA's template, PolicyPCR over PCRs 0-7 included, changed by alter; the AK certifies it.
+	useEph := func(t *testing.T, c *collected, alter func(*tpm2.TPMTPublic)) {
+		tmpl := ephemeralTemplate(e.tpm.policyPCRDigestOnTPM(t, azurePCRs))
+		alter(&tmpl)
+		e.unload(c.eph)
+		c.eph = e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHNull, tmpl))
+		c.certifyInfo, c.certifySig = e.tpm.certify(t, c.eph, e.ak)
+	}
 
 	type testCase struct {
 		name string
@@ -110,15 +137,45 @@ func TestAttestRefusals(t *testing.T) {
 			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)}).Raw
 		}, status: 400, code: CodeAikCertNotValidNow},
 		{name: "AK cert is the intermediate", evidence: func(t *testing.T, c *collected) { c.akCert = e.ca.inter.Raw }, status: 400, code: CodeAikCertInvalid, msg: "CA"},
+		{name: "AK cert for key encipherment only", evidence: func(t *testing.T, c *collected) {
+			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{keyUsage: x509.KeyUsageKeyEncipherment}).Raw
+		}, status: 400, code: CodeAikCertInvalid, msg: "key usage"},
 		{name: "AK cert for another key", evidence: func(t *testing.T, c *collected) {
 			c.akCert = e.ca.issueAKCert(t, otherAK.rsa, akCertOptions{}).Raw
 		}, status: 400, code: CodeAikKeyMismatch},
 		{name: "AikPub not a TPM2B_PUBLIC", evidence: func(t *testing.T, c *collected) { c.akPub = c.akPub[:len(c.akPub)-1] }, status: 400, code: CodeAikPubInvalid},
-		{name: "AikPub with trailing bytes", evidence: func(t *testing.T, c *collected) { c.akPub = append(c.akPub, 0) }, status: 400, code: CodeAikPubInvalid},
+		{name: "AikPub longer than its size field", evidence: func(t *testing.T, c *collected) { c.akPub = append(c.akPub, 0) }, status: 400, code: CodeAikPubInvalid, msg: "size field"},
+		{name: "AikPub with trailing bytes inside its size", evidence: func(t *testing.T, c *collected) { c.akPub = growTPM2B(c.akPub) },
+			status: 400, code: CodeAikPubInvalid, msg: "trailing or non-canonical"},
 		{name: "AikPub is a decryption key", evidence: func(t *testing.T, c *collected) {
 			c.akPub = c.eph.pub
 			c.akCert = e.ca.issueAKCert(t, c.eph.rsa, akCertOptions{}).Raw
 		}, status: 400, code: CodeAikPubInvalid, msg: "restricted signing"},
+		{name: "AK duplicable with its parent", evidence: func(t *testing.T, c *collected) {
+			// fixedTPM clear, fixedParent set: only a child key can be so.
+			tmpl := akTemplate(3)
+			tmpl.ObjectAttributes.FixedTPM = false
+			e.unload(c.eph)
+			ak := e.loaded(t, e.tpm.createUnderDuplicableParent(t, tmpl))
+			c.eph = e.ephemeralKey(t, azurePCRs)
+			useAK(t, c, ak)
+		}, status: 400, code: CodeAikPubInvalid, msg: "fixedTPM=false fixedParent=true sensitiveDataOrigin=true"},
+		{name: "AK signs with RSASSA-PSS", evidence: func(t *testing.T, c *collected) {
+			tmpl := akTemplate(3)
+			rsaParms(tmpl).Scheme = tpm2.TPMTRSAScheme{
+				Scheme:  tpm2.TPMAlgRSAPSS,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSigSchemeRSAPSS{HashAlg: tpm2.TPMAlgSHA256}),
+			}
+			useAK(t, c, e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHEndorsement, tmpl)))
+		}, status: 400, code: CodeAikPubInvalid, msg: "not RSASSA"},
+		{name: "AK signs with RSASSA SHA-384", evidence: func(t *testing.T, c *collected) {
+			tmpl := akTemplate(3)
+			rsaParms(tmpl).Scheme = tpm2.TPMTRSAScheme{
+				Scheme:  tpm2.TPMAlgRSASSA,
+				Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSigSchemeRSASSA{HashAlg: tpm2.TPMAlgSHA384}),
+			}
+			useAK(t, c, e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHEndorsement, tmpl)))
+		}, status: 400, code: CodeAikPubInvalid, msg: "does not use SHA-256"},
 
 		// Quote.
 		{name: "quote signed by another key", evidence: func(t *testing.T, c *collected) {
@@ -126,6 +183,20 @@ func TestAttestRefusals(t *testing.T) {
 		}, status: 400, code: CodeQuoteSignatureInvalid},
 		{name: "quote signature truncated", evidence: func(t *testing.T, c *collected) { c.quoteSig = c.quoteSig[:255] }, status: 400, code: CodeQuoteSignatureInvalid},
 		{name: "quote bytes altered", evidence: func(t *testing.T, c *collected) { c.quote[len(c.quote)-1] ^= 1 }, status: 400, code: CodeQuoteSignatureInvalid},
+		{name: "quote signed by the AK with TPM2_Sign", evidence: func(t *testing.T, c *collected) {
+			// The AK's quote with another magic: what TPM2_Sign lets the AK sign.
+			c.quote[3] ^= 1
+			c.quoteSig = e.tpm.signWithTicket(t, e.ak, c.quote)
+		}, status: 400, code: CodeQuoteInvalid, msg: "not generated by a TPM"},
+		{name: "quote with trailing bytes under the AK's signature", evidence: func(t *testing.T, c *collected) {
+			c.quote = append(c.quote, 0)
+			leaked.resign(t, c)
+		}, status: 400, code: CodeQuoteInvalid, msg: "trailing or non-canonical"},
+		{name: "quote of the SHA-1 bank", evidence: func(t *testing.T, c *collected) {
+			sel := pcrSelection(azurePCRs)
+			sel.PCRSelections[0].Hash = tpm2.TPMAlgSHA1
+			c.quote, c.quoteSig = e.tpm.quoteSelection(t, e.ak, sel)
+		}, status: 400, code: CodePcrSelectionMismatch, msg: "not SHA-256"},
 		{name: "certify info sent as the quote", evidence: func(t *testing.T, c *collected) {
 			c.quote, c.quoteSig = c.certifyInfo, c.certifySig
 		}, status: 400, code: CodeQuoteInvalid, msg: "type"},
@@ -187,6 +258,68 @@ func TestAttestRefusals(t *testing.T) {
 			c.eph = e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHNull, tmpl))
 			c.certifyInfo, c.certifySig = e.tpm.certify(t, c.eph, e.ak)
 		}, status: 400, code: CodeEncKeyInvalid, msg: "signing"},
+		{name: "ephemeral key is restricted", evidence: func(t *testing.T, c *collected) {
+			// A restricted decryption key must have a symmetric algorithm (the TPM refuses one
+			// without); only the restricted check names the attribute.
+			useEph(t, c, func(p *tpm2.TPMTPublic) {
+				p.ObjectAttributes.Restricted = true
+				rsaParms(*p).Symmetric = aes128CFB()
+			})
+		}, status: 400, code: CodeEncKeyInvalid, msg: "EncKeyPub is restricted"},
+		{name: "ephemeral key duplicable with its parent", evidence: func(t *testing.T, c *collected) {
+			// fixedTPM clear, fixedParent set: only a child key can be so.
+			tmpl := ephemeralTemplate(e.tpm.policyPCRDigestOnTPM(t, azurePCRs))
+			tmpl.ObjectAttributes.FixedTPM = false
+			e.unload(c.eph)
+			c.eph = e.loaded(t, e.tpm.createUnderDuplicableParent(t, tmpl))
+			c.certifyInfo, c.certifySig = e.tpm.certify(t, c.eph, e.ak)
+		}, status: 400, code: CodeEncKeyInvalid, msg: "fixedTPM=false fixedParent=true sensitiveDataOrigin=true"},
+		{name: "ephemeral key is RSA-1024", evidence: func(t *testing.T, c *collected) {
+			useEph(t, c, func(p *tpm2.TPMTPublic) {
+				rsaParms(*p).KeyBits = 1024
+				p.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 128)})
+			})
+		}, status: 400, code: CodeEncKeyInvalid, msg: "RSA-1024; the ephemeral key is RSA-2048"},
+		{name: "ephemeral key decrypts OAEP only", evidence: func(t *testing.T, c *collected) {
+			useEph(t, c, func(p *tpm2.TPMTPublic) {
+				rsaParms(*p).Scheme = tpm2.TPMTRSAScheme{
+					Scheme:  tpm2.TPMAlgOAEP,
+					Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgOAEP, &tpm2.TPMSEncSchemeOAEP{HashAlg: tpm2.TPMAlgSHA256}),
+				}
+			})
+		}, status: 400, code: CodeEncKeyInvalid, msg: "cannot decrypt RSAES-PKCS1-v1_5"},
+		{name: "ephemeral key named with SHA-384", evidence: func(t *testing.T, c *collected) {
+			useEph(t, c, func(p *tpm2.TPMTPublic) {
+				p.NameAlg = tpm2.TPMAlgSHA384
+				p.AuthPolicy.Buffer = e.tpm.policyPCRDigestOnTPMWith(t, tpm2.TPMAlgSHA384, azurePCRs)
+			})
+		}, status: 400, code: CodeEncKeyInvalid, msg: "nameAlg is 0xc, not SHA-256"},
+		{name: "EncKeyPub with trailing bytes inside its size", evidence: func(t *testing.T, c *collected) { c.eph.pub = growTPM2B(c.eph.pub) },
+			status: 400, code: CodeEncKeyInvalid, msg: "trailing or non-canonical"},
+		{name: "certify info for a software key signed by the AK with TPM2_Sign", evidence: func(t *testing.T, c *collected) {
+			// What a TPM2_Sign-made certification could do: vouch for a key held outside any TPM,
+			// with the PCR policy and every attribute of the real one, which could open the token.
+			outside := testRSAKey(t)
+			tmpl := ephemeralTemplate(e.tpm.policyPCRDigestOnTPM(t, azurePCRs))
+			tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: outside.N.FillBytes(make([]byte, 256))})
+			e.unload(c.eph)
+			c.eph = tpmKey{pub: tpm2.Marshal(tpm2.New2B(tmpl)), rsa: &outside.PublicKey}
+			a := mustUnmarshal[tpm2.TPMSAttest](t, c.certifyInfo)
+			ci, err := a.Attested.Certify()
+			if err != nil {
+				t.Fatal(err)
+			}
+			ci.Name.Buffer = objectName(tpm2.TPMAlgSHA256, tpm2.Marshal(tmpl))
+			a.Magic ^= 1
+			c.certifyInfo = tpm2.Marshal(a)
+			c.certifySig = e.tpm.signWithTicket(t, e.ak, c.certifyInfo)
+		}, status: 400, code: CodeCertifyInfoInvalid, msg: "not generated by a TPM"},
+		{name: "certify info from other TPM firmware", evidence: func(t *testing.T, c *collected) {
+			a := mustUnmarshal[tpm2.TPMSAttest](t, c.certifyInfo)
+			a.FirmwareVersion ^= 1
+			c.certifyInfo = tpm2.Marshal(a)
+			leaked.resign(t, c)
+		}, status: 400, code: CodeEvidenceBootMismatch, msg: "firmware"},
 		{name: "ephemeral key is the AK", evidence: func(t *testing.T, c *collected) {
 			e.unload(c.eph)
 			c.eph = e.ak
@@ -276,4 +409,67 @@ func mustStd(s string) []byte {
 		panic(err)
 	}
 	return b
+}
+
+// softwareAK stands for a leaked AK: a software RSA key whose AikPub claims all an Azure AK's
+// does (restricted, fixedTPM, RSASSA SHA-256; nothing in a public area proves where its private
+// key lives) and whose certificate the trusted CA issued. Rows sign with it TPMS_ATTEST structures
+// that carry TPM_GENERATED_VALUE and that no TPM signs, to reach the checks made after the
+// signatures: the signature check cannot tell them from a TPM's.
+type softwareAK struct {
+	key       *rsa.PrivateKey
+	pub, cert []byte
+}
+
+func newSoftwareAK(t testing.TB, ca *testCA) softwareAK {
+	t.Helper()
+	key := testRSAKey(t)
+	tmpl := akTemplate(0)
+	tmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: key.N.FillBytes(make([]byte, 256))})
+	return softwareAK{key: key, pub: tpm2.Marshal(tpm2.New2B(tmpl)), cert: ca.issueAKCert(t, &key.PublicKey, akCertOptions{}).Raw}
+}
+
+// resign makes a the AK of c and signs c's quote and certification with it, as they are.
+func (a softwareAK) resign(t testing.TB, c *collected) {
+	t.Helper()
+	c.akPub, c.akCert = a.pub, a.cert
+	c.quoteSig, c.certifySig = a.sign(t, c.quote), a.sign(t, c.certifyInfo)
+}
+
+func (a softwareAK) sign(t testing.TB, msg []byte) []byte {
+	t.Helper()
+	d := sha256.Sum256(msg)
+	sig, err := rsa.SignPKCS1v15(rand.Reader, a.key, crypto.SHA256, d[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sig
+}
+
+// rsaParms returns the RSA parameters of tmpl, shared with it: changing them changes tmpl.
+func rsaParms(tmpl tpm2.TPMTPublic) *tpm2.TPMSRSAParms {
+	p, err := tmpl.Parameters.RSADetail()
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// growTPM2B appends a byte to a TPM2B structure and counts it in the size field.
+func growTPM2B(b []byte) []byte {
+	out := append(slices.Clone(b), 0)
+	binary.BigEndian.PutUint16(out, uint16(len(out)-2))
+	return out
+}
+
+func mustUnmarshal[T tpm2.Marshallable, P interface {
+	*T
+	tpm2.Unmarshallable
+}](t testing.TB, b []byte) *T {
+	t.Helper()
+	v, err := tpm2.Unmarshal[T, P](b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

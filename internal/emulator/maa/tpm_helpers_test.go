@@ -117,13 +117,7 @@ func (x *testTPM) createPrimary(t testing.TB, h tpm2.TPMHandle, tmpl tpm2.TPMTPu
 	if err != nil {
 		t.Fatal(err)
 	}
-	parms, _ := pub.Parameters.RSADetail()
-	unique, _ := pub.Unique.RSA()
-	key, err := tpm2.RSAPub(parms, unique)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tpmKey{handle: rsp.ObjectHandle, name: rsp.Name, pub: tpm2.Marshal(rsp.OutPublic), rsa: key}
+	return tpmKey{handle: rsp.ObjectHandle, name: rsp.Name, pub: tpm2.Marshal(rsp.OutPublic), rsa: tpmRSAPub(t, pub)}
 }
 
 // persistAK makes ak persistent at handle (Azure's AK lives at 0x81000003) and returns it there.
@@ -187,10 +181,16 @@ func (x *testTPM) readPCRs(t testing.TB, pcrs []uint32) [][]byte {
 // signature.
 func (x *testTPM) quote(t testing.TB, ak tpmKey, pcrs []uint32) ([]byte, []byte) {
 	t.Helper()
+	return x.quoteSelection(t, ak, pcrSelection(pcrs))
+}
+
+// quoteSelection is quote over any PCR selection (another bank, several banks).
+func (x *testTPM) quoteSelection(t testing.TB, ak tpmKey, sel tpm2.TPMLPCRSelection) ([]byte, []byte) {
+	t.Helper()
 	rsp, err := tpm2.Quote{
 		SignHandle: ak.auth(tpm2.PasswordAuth(nil)),
 		InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
-		PCRSelect:  pcrSelection(pcrs),
+		PCRSelect:  sel,
 	}.Execute(x.tpm)
 	if err != nil {
 		t.Fatalf("Quote: %v", err)
@@ -212,20 +212,123 @@ func (x *testTPM) certify(t testing.TB, obj, ak tpmKey) ([]byte, []byte) {
 	return rsp.CertifyInfo.Bytes(), rsaSig(t, rsp.Signature)
 }
 
+// rsaSig returns the raw signature bytes of an RSASSA or RSAPSS signature (PcrSignature carries
+// no scheme: the emulator verifies it as RSASSA-PKCS1-v1_5 SHA-256 whatever the key signed with).
 func rsaSig(t testing.TB, sig tpm2.TPMTSignature) []byte {
 	t.Helper()
-	s, err := sig.Signature.RSASSA()
+	if s, err := sig.Signature.RSASSA(); err == nil {
+		return s.Sig.Buffer
+	}
+	s, err := sig.Signature.RSAPSS()
 	if err != nil {
-		t.Fatalf("signature is not RSASSA: %v", err)
+		t.Fatalf("signature is neither RSASSA nor RSAPSS: %v", err)
 	}
 	return s.Sig.Buffer
+}
+
+// signWithTicket signs msg with the (restricted) key k the one way TPM2_Sign allows a restricted
+// key to sign data it did not generate: TPM2_Hash first, whose ticket vouches that msg does not
+// begin with TPM_GENERATED_VALUE. It is what anyone who can use the AK can sign; a TPMS_ATTEST so
+// signed differs from a TPM's own in its magic alone.
+func (x *testTPM) signWithTicket(t testing.TB, k tpmKey, msg []byte) []byte {
+	t.Helper()
+	h, err := tpm2.Hash{Data: tpm2.TPM2BMaxBuffer{Buffer: msg}, HashAlg: tpm2.TPMAlgSHA256, Hierarchy: tpm2.TPMRHEndorsement}.Execute(x.tpm)
+	if err != nil {
+		t.Fatalf("Hash: %v", err)
+	}
+	rsp, err := tpm2.Sign{
+		KeyHandle:  k.auth(tpm2.PasswordAuth(nil)),
+		Digest:     h.OutHash,
+		InScheme:   tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+		Validation: h.Validation,
+	}.Execute(x.tpm)
+	if err != nil {
+		t.Fatalf("Sign: %v", err)
+	}
+	return rsaSig(t, rsp.Signature)
+}
+
+// duplicableParentTemplate is a storage key (RSA-2048 restricted decryption, AES-128-CFB) with
+// fixedTPM and fixedParent clear: a primary key must have both set or both clear, so a key with
+// fixedTPM clear and fixedParent set exists only as the child of such a parent, which can be
+// duplicated to another TPM, or to software, with its children.
+func duplicableParentTemplate() tpm2.TPMTPublic {
+	return tpm2.TPMTPublic{
+		Type:    tpm2.TPMAlgRSA,
+		NameAlg: tpm2.TPMAlgSHA256,
+		ObjectAttributes: tpm2.TPMAObject{
+			SensitiveDataOrigin: true, UserWithAuth: true, Restricted: true, Decrypt: true, NoDA: true,
+		},
+		Parameters: tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
+			Symmetric: aes128CFB(),
+			Scheme:    tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgNull},
+			KeyBits:   2048,
+		}),
+		Unique: tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: make([]byte, 256)}),
+	}
+}
+
+func aes128CFB() tpm2.TPMTSymDefObject {
+	return tpm2.TPMTSymDefObject{
+		Algorithm: tpm2.TPMAlgAES,
+		KeyBits:   tpm2.NewTPMUSymKeyBits(tpm2.TPMAlgAES, tpm2.TPMKeyBits(128)),
+		Mode:      tpm2.NewTPMUSymMode(tpm2.TPMAlgAES, tpm2.TPMAlgCFB),
+	}
+}
+
+// createUnderDuplicableParent creates and loads a key from tmpl as the child of a
+// duplicableParentTemplate primary in the NULL hierarchy, which it then flushes (the simulator
+// holds only three loaded objects). The child is loaded, not flushed.
+func (x *testTPM) createUnderDuplicableParent(t testing.TB, tmpl tpm2.TPMTPublic) tpmKey {
+	t.Helper()
+	parent := x.createPrimary(t, tpm2.TPMRHNull, duplicableParentTemplate())
+	defer x.flush(t, parent.handle)
+	auth := parent.auth(tpm2.PasswordAuth(nil))
+	c, err := tpm2.Create{ParentHandle: auth, InPublic: tpm2.New2B(tmpl)}.Execute(x.tpm)
+	if err != nil {
+		t.Fatalf("Create: %v", err)
+	}
+	l, err := tpm2.Load{ParentHandle: auth, InPrivate: c.OutPrivate, InPublic: c.OutPublic}.Execute(x.tpm)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	pub, err := c.OutPublic.Contents()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tpmKey{handle: l.ObjectHandle, name: l.Name, pub: tpm2.Marshal(c.OutPublic), rsa: tpmRSAPub(t, pub)}
+}
+
+// tpmRSAPub is the RSA public key of an RSA public area.
+func tpmRSAPub(t testing.TB, pub *tpm2.TPMTPublic) *rsa.PublicKey {
+	t.Helper()
+	parms, err := pub.Parameters.RSADetail()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unique, err := pub.Unique.RSA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := tpm2.RSAPub(parms, unique)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
 }
 
 // policyPCRDigestOnTPM computes the PolicyPCR digest over the current values of pcrs with a trial
 // session: the TPM's own computation, independent of the emulator's PolicyCalculator.
 func (x *testTPM) policyPCRDigestOnTPM(t testing.TB, pcrs []uint32) []byte {
 	t.Helper()
-	sess, closer, err := tpm2.PolicySession(x.tpm, tpm2.TPMAlgSHA256, 16, tpm2.Trial())
+	return x.policyPCRDigestOnTPMWith(t, tpm2.TPMAlgSHA256, pcrs)
+}
+
+// policyPCRDigestOnTPMWith is policyPCRDigestOnTPM in a trial session of hash alg (the nameAlg of
+// the key the policy is for).
+func (x *testTPM) policyPCRDigestOnTPMWith(t testing.TB, alg tpm2.TPMIAlgHash, pcrs []uint32) []byte {
+	t.Helper()
+	sess, closer, err := tpm2.PolicySession(x.tpm, alg, 16, tpm2.Trial())
 	if err != nil {
 		t.Fatalf("trial session: %v", err)
 	}
@@ -326,6 +429,8 @@ type akCertOptions struct {
 	notBefore          time.Time
 	notAfter           time.Time
 	criticalDirNameSAN bool
+	// keyUsage replaces digitalSignature when not zero.
+	keyUsage x509.KeyUsage
 }
 
 func (ca *testCA) issueAKCert(t testing.TB, key *rsa.PublicKey, o akCertOptions) *x509.Certificate {
@@ -339,11 +444,14 @@ func (ca *testCA) issueAKCert(t testing.TB, key *rsa.PublicKey, o akCertOptions)
 	if o.notAfter.IsZero() {
 		o.notAfter = time.Now().AddDate(1, 0, 0)
 	}
+	if o.keyUsage == 0 {
+		o.keyUsage = x509.KeyUsageDigitalSignature
+	}
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
 		SerialNumber: serial, Subject: pkix.Name{CommonName: o.cn},
 		NotBefore: o.notBefore, NotAfter: o.notAfter,
-		KeyUsage:              x509.KeyUsageDigitalSignature,
+		KeyUsage:              o.keyUsage,
 		UnknownExtKeyUsage:    []asn1.ObjectIdentifier{oidTCGAIKCertificate},
 		BasicConstraintsValid: true,
 	}
