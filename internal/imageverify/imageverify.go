@@ -521,12 +521,19 @@ func (c *candidate) fail(name, detail string) []candidate {
 // tokenIndex waits for the listing of the token referrers of subject.
 func evaluate(ctx context.Context, repo Repository, reference string, subject, sd ocispec.Descriptor, tokenIndex func() *referrer.Index, want string, o Options) []candidate {
 	c := candidate{signature: sd.Digest.String()}
-	blob, blobDesc, err := repo.FetchSignatureBlob(ctx, sd)
-	if err != nil {
+	// Read as NamedTokens reads: a manifest that is not a signature's (anyone who can push can
+	// attach one) is a signature that fails, not an image that cannot be checked; only the
+	// registry's failure to serve it is (a *referrer.ReadError).
+	blob, mediaType, err := readSignature(ctx, repo, sd)
+	var re *referrer.ReadError
+	switch {
+	case errors.As(err, &re):
 		c.readErr = fmt.Errorf("fetching signature %s: %w", sd.Digest, err)
 		return c.fail(CheckSignature, c.readErr.Error())
+	case err != nil:
+		return c.fail(CheckSignature, fmt.Sprintf("signature %s is not a usable Notation signature: %v", sd.Digest, err))
 	}
-	outcome, err := o.Notation.Verify(ctx, subject, blob, notation.VerifierVerifyOptions{ArtifactReference: reference, SignatureMediaType: blobDesc.MediaType})
+	outcome, err := o.Notation.Verify(ctx, subject, blob, notation.VerifierVerifyOptions{ArtifactReference: reference, SignatureMediaType: mediaType})
 	if err != nil {
 		if notationConfigError(err) {
 			c.readErr = fmt.Errorf("verifying signature %s: the Notation trust policy or trust store cannot be used: %w", sd.Digest, err)

@@ -25,6 +25,7 @@ import (
 	_ "github.com/notaryproject/notation-core-go/signature/jws"
 	"github.com/notaryproject/notation-go"
 	"github.com/notaryproject/notation-go/dir"
+	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	"github.com/notaryproject/notation-go/verifier/truststore"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -441,20 +442,27 @@ func TestVerifyRefusesInstanceURL(t *testing.T) {
 }
 
 // lastRepository lists the signatures in the registry's order but with those for which last
-// is true at the end, and can make the token listing, the signature fetch or the reads of the
-// token referrers fail.
+// is true at the end, and can make the token listing, the fetch of signature manifests or the
+// reads of the token referrers fail.
 type lastRepository struct {
 	Repository
 	last              func(ocispec.Descriptor) bool
 	listErr, fetchErr error
 	// fetchFails chooses the signatures whose fetch fails with fetchErr; nil means all.
 	fetchFails func(ocispec.Descriptor) bool
-	// tokenFetch, when set, is called before each fetch of a token referrer's manifest or
-	// layer; an error it returns is the fetch's.
+	// tokenFetch, when set, is called before each fetch of anything but a signature manifest (a
+	// token referrer's manifest or layer, a signature's envelope); an error it returns is the
+	// fetch's.
 	tokenFetch func(ctx context.Context, d ocispec.Descriptor) error
 }
 
 func (r lastRepository) Fetch(ctx context.Context, d ocispec.Descriptor) (io.ReadCloser, error) {
+	if d.ArtifactType == nregistry.ArtifactTypeNotation { // a signature manifest
+		if r.fetchErr != nil && (r.fetchFails == nil || r.fetchFails(d)) {
+			return nil, r.fetchErr
+		}
+		return r.Repository.Fetch(ctx, d)
+	}
 	if r.tokenFetch != nil {
 		if err := r.tokenFetch(ctx, d); err != nil {
 			return nil, err
@@ -479,13 +487,6 @@ func (r lastRepository) Referrers(ctx context.Context, desc ocispec.Descriptor, 
 		return r.listErr
 	}
 	return r.Repository.Referrers(ctx, desc, artifactType, fn)
-}
-
-func (r lastRepository) FetchSignatureBlob(ctx context.Context, desc ocispec.Descriptor) ([]byte, ocispec.Descriptor, error) {
-	if r.fetchErr != nil && (r.fetchFails == nil || r.fetchFails(desc)) {
-		return nil, ocispec.Descriptor{}, r.fetchErr
-	}
-	return r.Repository.FetchSignatureBlob(ctx, desc)
 }
 
 // TestSignatureFlood: signatures attached to push the genuine one beyond MaxSignatures make a

@@ -343,3 +343,57 @@ func TestNamedTokensListing(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyJunkSignatures: Verify reads signatures as NamedTokens does. A manifest of the Notary
+// signature type that is not a usable signature fails as a signature, so an image with only such
+// manifests is refused rather than reported as impossible to check; beside a genuine signature it
+// changes nothing; a registry that does not serve it is still an error.
+func TestVerifyJunkSignatures(t *testing.T) {
+	f := newFixture(t)
+	junkOnly := f.pushImage(t, "junk only")
+	twoLayers := pushFakeSignature(t, f, junkOnly, "application/jose+json", "{}", "{ }")
+	pushFakeSignature(t, f, junkOnly, "application/octet-stream", "not an envelope")
+	genuine, _ := f.attested(t, "junk beside the genuine signature")
+	pushFakeSignature(t, f, genuine, "application/jose+json", "{}", "{ }")
+	down := errors.New("503 service unavailable")
+
+	for _, tc := range []struct {
+		name   string
+		repo   Repository
+		img    ocispec.Descriptor
+		passed bool
+		detail string // a substring of the failed signature check; "" with err
+		err    bool
+	}{
+		{name: "only junk", repo: f.repo, img: junkOnly, detail: "is not a usable Notation signature"},
+		{name: "junk beside the genuine signature", repo: f.repo, img: genuine, passed: true},
+		{name: "the registry does not serve the junk", img: junkOnly, err: true, repo: signatureRepository{Repository: f.repo, fail: func(d ocispec.Descriptor) error {
+			if d.Digest == twoLayers.Digest {
+				return down
+			}
+			return nil
+		}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, err := Verify(context.Background(), tc.repo, f.reference+"@"+tc.img.Digest.String(), tc.img, f.opts)
+			if tc.err {
+				if err == nil || !errors.Is(err, down) {
+					t.Fatalf("Verify = %+v, %v; want the registry's error", res, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Verify: %v; want a judgement of the image", err)
+			}
+			if res.Passed != tc.passed {
+				t.Fatalf("Passed = %v, want %v: %+v", res.Passed, tc.passed, res.Checks)
+			}
+			if !tc.passed {
+				last := res.Checks[len(res.Checks)-1]
+				if last.Name != CheckSignature || last.Passed || !strings.Contains(last.Detail, tc.detail) {
+					t.Fatalf("last check %+v, want the signature check failed naming %q", last, tc.detail)
+				}
+			}
+		})
+	}
+}
