@@ -21,7 +21,7 @@ const (
 	tokenSynopses = `  oras-attest token fetch  --nonce VALUE [--attestation-url URL] [--tpm ADDR] [--out FILE]
   oras-attest token verify FILE|- [--attestation-url URL] [--nonce VALUE] [--max-age DURATION] [--rules FILE] [--jwks FILE] [-o json]
   oras-attest token show   FILE|- [-o json]
-  oras-attest token prune  --older-than DURATION [--token-dir DIR] [--dry-run] [--include-unattached] [-o json]
+  oras-attest token prune  --older-than DURATION [--token-dir DIR] [--require-repository REPO]... [--dry-run] [--include-unattached] [-o json]
 `
 	rulesSynopses = `  oras-attest rules test --rules FILE --claims FILE [-o json]
 `
@@ -47,7 +47,8 @@ lists them first. Attach marks each token it publishes with the repositories (RE
 published it to, and prune lists them with each token: the mark means "published to these
 repositories", and only those. An image copied to another repository before attach (a promotion
 to another registry) needs its token attached there too: attach it there before pruning, or copy
-the image with its referrers (oras cp -r) after attach. Older tokens attach never published are
+the image with its referrers (oras cp -r) after attach; --require-repository REGISTRY/REPO
+(repeatable) keeps each token whose mark does not record it. Older tokens attach never published are
 kept and counted: a pruned token can no longer be attached, and the signature naming it never
 verified. --include-unattached removes them too.
 

@@ -146,6 +146,30 @@ func TestTokenPrune(t *testing.T) {
 			left: all,
 		},
 		{
+			name: "a token not attached to the promotion target kept",
+			args: []string{"--token-dir", "DIR", "--older-than", "24h", "--require-repository", "regb.example/app"},
+			code: 0,
+			stdout: []string{
+				"removed " + subjectB + " token " + prefix("h.b-older.sig") + ", stored 72h0m0s ago, attached to rega.example/app, regb.example/app\n",
+				"removed 1 token of 1 image from DIR, older than 24h0m0s", "; 1 newer token kept; 1 older token not attached to regb.example/app kept (attach them there first)\n",
+			},
+			left: []string{"h.a-old.sig", "h.a-recent.sig"},
+		},
+		{
+			name:   "both repositories required",
+			args:   []string{"--token-dir", "DIR", "--older-than", "24h", "--require-repository", "rega.example/app", "--require-repository", "regb.example/app"},
+			code:   0,
+			stdout: []string{"removed 1 token of 1 image from DIR", "; 1 older token not attached to rega.example/app and regb.example/app kept"},
+			left:   []string{"h.a-old.sig", "h.a-recent.sig"},
+		},
+		{
+			name:   "a required repository with a tag refused",
+			args:   []string{"--token-dir", "DIR", "--older-than", "24h", "--require-repository", "regb.example/app:v1"},
+			code:   2,
+			stderr: `oras-attest token prune: --require-repository "regb.example/app:v1": want a repository REGISTRY/REPO, without a tag or digest`,
+			left:   all,
+		},
+		{
 			name:   "nothing old enough",
 			args:   []string{"--token-dir", "DIR", "--older-than", "100h"},
 			code:   0,
@@ -387,5 +411,38 @@ func TestTokenPruneJSON(t *testing.T) {
 				t.Errorf("old token after a prune with dry run %v: %v", dryRun, err)
 			}
 		})
+	}
+}
+
+// TestTokenPruneJSONRequiredRepositories: -o json names the repositories required and counts the
+// tokens kept for want of them.
+func TestTokenPruneJSONRequiredRepositories(t *testing.T) {
+	subject := "sha256:" + strings.Repeat("d", 64)
+	dir := filepath.Join(t.TempDir(), "tokens")
+	store := token.NewStore(dir)
+	e, err := store.Put(subject, "h.old.sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(e.Path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.MarkAttached(subject, e.SHA256, "rega.example/app"); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runCmd("token", "prune", "--token-dir", dir, "--older-than", "24h", "--require-repository", "regc.example/app", "-o", "json")
+	if code != 0 {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	var res pruneResult
+	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+		t.Fatalf("%v: %s", err, stdout)
+	}
+	if len(res.Removed) != 0 || res.NotAttachedEverywhere != 1 || !slices.Equal(res.RequiredRepositories, []string{"regc.example/app"}) {
+		t.Fatalf("result %+v, want nothing removed and 1 token kept as not attached to regc.example/app", res)
+	}
+	if _, err := os.Stat(e.Path); err != nil {
+		t.Fatalf("the token kept is gone: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"oras.land/oras-go/v2/registry"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/cliutil"
@@ -404,9 +405,13 @@ type pruneResult struct {
 	Skipped   []token.Skipped `json:"skipped"`
 	// Temporary counts the leftovers of interrupted stores removed, and Unattached the old
 	// tokens kept because attach never published them (token.PruneResult).
-	Temporary  int    `json:"temporary"`
-	Unattached int    `json:"unattached"`
-	Error      string `json:"error,omitempty"`
+	Temporary  int `json:"temporary"`
+	Unattached int `json:"unattached"`
+	// RequiredRepositories are the --require-repository values, and NotAttachedEverywhere the
+	// old published tokens kept because their mark does not record each of them.
+	RequiredRepositories  []string `json:"requiredRepositories"`
+	NotAttachedEverywhere int      `json:"notAttachedEverywhere"`
+	Error                 string   `json:"error,omitempty"`
 }
 
 // tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
@@ -419,6 +424,7 @@ func tokenPrune(args []string, io cmdIO) int {
 	tokenDir.add(fs)
 	dryRun := fs.Bool("dry-run", false, "list the tokens that would be removed, and remove nothing")
 	unattached := fs.Bool("include-unattached", false, "remove, too, old tokens attach never published from this store: the signatures naming them can then never be verified")
+	required := fs.StringArray("require-repository", nil, "keep each token whose mark does not record this repository REGISTRY/REPO (repeatable): a promotion target that still needs it")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
@@ -428,6 +434,15 @@ func tokenPrune(args []string, io cmdIO) int {
 	}
 	if fs.NArg() != 0 {
 		return usageError(fs, fmt.Errorf("unexpected argument %q", fs.Arg(0)))
+	}
+	repos := []string{}
+	for _, r := range *required {
+		// Spelt as attach records it: oras-go's parse and print of REGISTRY/REPO.
+		ref, err := registry.ParseReference(r)
+		if err != nil || ref.Reference != "" || !token.ValidRepository(ref.Registry+"/"+ref.Repository) {
+			return usageError(fs, fmt.Errorf("--require-repository %q: want a repository REGISTRY/REPO, without a tag or digest", r))
+		}
+		repos = append(repos, ref.Registry+"/"+ref.Repository)
 	}
 	if !fs.Changed("older-than") {
 		return usageError(fs, fmt.Errorf("--older-than is required: a pruned token can no longer be attached, so choose how old a token must be to go, such as %s", pruneExample))
@@ -442,16 +457,16 @@ func tokenPrune(args []string, io cmdIO) int {
 		return fail(err)
 	}
 	now := time.Now()
-	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan)}
+	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan), RequiredRepositories: repos}
 	if _, serr := os.Stat(store.Dir()); os.IsNotExist(serr) {
 		// Nothing to prune; but a mistyped --token-dir looks just like this.
 		fmt.Fprintf(io.stderr, "oras-attest token prune: %s does not exist: is it the plugin's token_dir (--token-dir, ATTEST_TOKEN_DIR)?\n", store.Dir())
 	}
-	pr, err := store.Prune(res.Before, token.PruneOptions{DryRun: *dryRun, Unattached: *unattached})
-	if err != nil && len(pr.Removed) == 0 && pr.Kept == 0 && len(pr.Skipped) == 0 && pr.Temporary == 0 && pr.Unattached == 0 {
+	pr, err := store.Prune(res.Before, token.PruneOptions{DryRun: *dryRun, Unattached: *unattached, Repositories: repos})
+	if err != nil && len(pr.Removed) == 0 && pr.Kept == 0 && len(pr.Skipped) == 0 && pr.Temporary == 0 && pr.Unattached == 0 && pr.NotEverywhere == 0 {
 		return fail(err) // nothing read to report: {"error": ...}
 	}
-	res.Removed, res.Kept, res.Skipped, res.Temporary, res.Unattached = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary, pr.Unattached
+	res.Removed, res.Kept, res.Skipped, res.Temporary, res.Unattached, res.NotAttachedEverywhere = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary, pr.Unattached, pr.NotEverywhere
 	for _, s := range res.Skipped {
 		fmt.Fprintf(io.stderr, "oras-attest token prune: skipped %s: %s\n", s.Path, s.Reason)
 	}
@@ -484,6 +499,9 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	kept := plural(res.Kept, "newer token") + " kept"
 	if res.Unattached > 0 {
 		kept += "; " + plural(res.Unattached, "older token") + " attach never published kept (attach the images first, or --include-unattached removes them, and the signatures naming them can then never be verified)"
+	}
+	if res.NotAttachedEverywhere > 0 {
+		kept += "; " + plural(res.NotAttachedEverywhere, "older token") + " not attached to " + strings.Join(res.RequiredRepositories, " and ") + " kept (attach them there first)"
 	}
 	if res.Temporary > 0 {
 		// What a store interrupted by a crash left (never a token).

@@ -57,6 +57,9 @@ type PruneResult struct {
 	// Unattached counts the tokens older than the cutoff that were kept because no attach marked
 	// them published (MarkAttached), Prune being asked to keep those.
 	Unattached int
+	// NotEverywhere counts the tokens older than the cutoff that attach published, kept because
+	// their mark does not record every repository of PruneOptions.Repositories.
+	NotEverywhere int
 }
 
 // PruneOptions are Prune's choices besides the cutoff.
@@ -66,6 +69,11 @@ type PruneOptions struct {
 	// Unattached removes, too, the tokens no attach marked published: their signatures can then
 	// never be verified. By default they are kept, and counted.
 	Unattached bool
+	// Repositories, when set, keeps each old token attach published unless its mark records
+	// every one of these repositories (REGISTRY/REPO, as attach names them): a token a promotion
+	// target still needs is kept until it is attached there. A mark written before marks recorded
+	// repositories records none. Unmarked tokens removed with Unattached are not judged by it.
+	Repositories []string
 }
 
 // Prune removes the tokens whose file was last modified before olderThan and that attach marked
@@ -118,7 +126,12 @@ func (s *Store) Prune(olderThan time.Time, opts PruneOptions) (PruneResult, erro
 	if err := s.ownerError(&st); err != nil {
 		return res, err
 	}
-	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: opts.DryRun, unattached: opts.Unattached, res: &res}
+	for _, r := range opts.Repositories {
+		if !validRepository(r) {
+			return res, fmt.Errorf("token store: %q is not a repository REGISTRY/REPO", r)
+		}
+	}
+	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: opts.DryRun, unattached: opts.Unattached, required: opts.Repositories, res: &res}
 	p.store(root, s.dir)
 	if len(p.errs) > 0 {
 		return res, fmt.Errorf("token store: pruning %s: %w", s.dir, errors.Join(p.errs...))
@@ -138,6 +151,7 @@ type pruner struct {
 	changed    time.Time
 	dryRun     bool
 	unattached bool
+	required   []string // PruneOptions.Repositories
 	res        *PruneResult
 	errs       []error
 }
@@ -227,6 +241,10 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 		repos := []string{}
 		if marked {
 			repos = append(repos, markRepositories(d, h+attachedSuffix)...)
+			if !containsAll(repos, p.required) {
+				p.res.NotEverywhere++
+				continue
+			}
 		}
 		if !p.dryRun {
 			err := unix.Unlinkat(int(d.Fd()), name, 0)
@@ -365,3 +383,17 @@ func (p *pruner) rmdir(d *os.File, path, name string, mtime time.Time) {
 func isHexSHA256(h string) bool {
 	return len(h) == 64 && strings.Trim(h, "0123456789abcdef") == ""
 }
+
+// containsAll reports whether every name of want is in have.
+func containsAll(have, want []string) bool {
+	for _, w := range want {
+		if !slices.Contains(have, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidRepository reports whether name is a repository REGISTRY/REPO as attach records it in a
+// mark (oras-go's parse and print of it, without a tag or digest).
+func ValidRepository(name string) bool { return validRepository(name) }

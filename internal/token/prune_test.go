@@ -692,3 +692,79 @@ func TestMarkAttachedConcurrently(t *testing.T) {
 		t.Fatalf("%d repositories recorded (%q, %v), want %d", len(repos), repos, err, n)
 	}
 }
+
+// TestPruneRequiredRepositories: with PruneOptions.Repositories, an old published token goes only
+// if its mark records each of them; a mark that records none (written before marks recorded
+// repositories) keeps its token, and an unmarked token goes only with Unattached, whatever the
+// repositories asked for.
+func TestPruneRequiredRepositories(t *testing.T) {
+	subject := "sha256:" + strings.Repeat("b", 64)
+	old := time.Now().Add(-48 * time.Hour)
+	const a, b = "reg.example/app", "prod.example/app"
+	for _, c := range []struct {
+		name       string
+		required   []string
+		unattached bool
+		removed    []string // the tokens removed; the others stay
+		notEvery   int
+		err        string
+	}{
+		{name: "none asked", removed: []string{"h.a.sig", "h.ab.sig", "h.legacy.sig"}},
+		{name: "the promotion target", required: []string{b}, removed: []string{"h.ab.sig"}, notEvery: 2},
+		{name: "both", required: []string{a, b}, removed: []string{"h.ab.sig"}, notEvery: 2},
+		{name: "the first only", required: []string{a}, removed: []string{"h.a.sig", "h.ab.sig"}, notEvery: 1},
+		{name: "unattached too", required: []string{b}, unattached: true, removed: []string{"h.ab.sig", "h.none.sig"}, notEvery: 2},
+		{name: "not a repository", required: []string{"prod.example/app:v1"}, err: "is not a repository"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := NewStore(filepath.Join(t.TempDir(), "tokens"))
+			entries := map[string]Entry{}
+			for _, raw := range []string{"h.a.sig", "h.ab.sig", "h.legacy.sig", "h.none.sig"} {
+				e, err := s.Put(subject, raw)
+				if err != nil {
+					t.Fatal(err)
+				}
+				entries[raw] = e
+			}
+			for raw, repos := range map[string][]string{"h.a.sig": {a}, "h.ab.sig": {a, b}} {
+				for _, r := range repos {
+					if err := s.MarkAttached(subject, entries[raw].SHA256, r); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			// A mark as attach wrote it before marks recorded repositories: empty.
+			writeAt(t, strings.TrimSuffix(entries["h.legacy.sig"].Path, ".jwt")+".attached", old)
+			for _, e := range entries {
+				if err := os.Chtimes(e.Path, old, old); err != nil {
+					t.Fatal(err)
+				}
+			}
+			res, err := s.Prune(time.Now().Add(-time.Hour), PruneOptions{Repositories: c.required, Unattached: c.unattached})
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) || len(res.Removed) != 0 {
+					t.Fatalf("Prune = %+v, %v; want an error naming %q and nothing removed", res, err, c.err)
+				}
+				for raw, e := range entries {
+					if _, err := os.Stat(e.Path); err != nil {
+						t.Fatalf("%s: %v", raw, err)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var removed []string
+			for raw, e := range entries {
+				if _, err := os.Stat(e.Path); errors.Is(err, fs.ErrNotExist) {
+					removed = append(removed, raw)
+				}
+			}
+			slices.Sort(removed)
+			if !slices.Equal(removed, c.removed) || len(res.Removed) != len(c.removed) || res.NotEverywhere != c.notEvery {
+				t.Fatalf("removed %v (%d reported), %d kept as not attached everywhere; want %v, %d", removed, len(res.Removed), res.NotEverywhere, c.removed, c.notEvery)
+			}
+		})
+	}
+}
