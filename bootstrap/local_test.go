@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -139,7 +140,9 @@ func fakeStack(t *testing.T, dir string, uid int) int {
 	if err := os.Chmod(scripts, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(scripts, "local"), []byte("sleep 600\n"), 0o644); err != nil {
+	// sleep is not the script's last command: a shell may exec its last command in place of
+	// itself, and the process's command line would then be sleep's, not the stack's.
+	if err := os.WriteFile(filepath.Join(scripts, "local"), []byte("while :; do sleep 600; done\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command("sh", "local", "serve", "--state", dir)
@@ -156,6 +159,17 @@ func fakeStack(t *testing.T, dir string, uid int) int {
 		syscall.Kill(-pid, syscall.SIGKILL)
 		cmd.Wait()
 	})
+	// Start returns once execve has begun; the new command line shows in /proc a moment later
+	// (read before, it is empty). A stack publishes its state only once it runs, so wait as long.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if bytes.Contains(b, []byte("serve\x00--state")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fake stack's command line is %q", b)
+		}
+	}
 	st := localstack.State{
 		Version: localstack.StateVersion, PID: pid, StartedAt: time.Now(),
 		CABundlePath: filepath.Join(dir, "tls", "ca-bundle.pem"), NotationConfig: filepath.Join(dir, "notation", "config"),
