@@ -51,7 +51,8 @@ The state directory must be the user's own, writable by no one else. up makes a 
 directory the stack's: it writes .attested-kv-local-stack into it before anything else. It refuses
 a directory that holds anything else without that file, and writes, truncates and removes nothing
 in it: choose an empty or new directory. (A state directory an earlier version's stack left, with
-nothing but the stack's files in it, is taken and marked.)
+nothing but the stack's files in it, its state, vault or TLS bundle among them, is taken and
+marked; the error says how to mark one by hand.)
 `},
 		{name: "env", summary: "print the shell exports for the running stack", output: true, help: `Print the shell exports for the running stack (ATTEST_*, AZURE_*, NOTATION_CONFIG,
 NOTATION_LIBEXEC, SSL_CERT_FILE, SSL_CERT_DIR); use them with:

@@ -25,9 +25,10 @@ func (p procFS) file(pid int, name string) string {
 }
 
 // alive reports whether process pid exists and has not exited: a zombie (exited, not yet reaped)
-// counts as gone.
+// counts as gone. Another user's process exists too (kill answers EPERM): whether it may be
+// trusted is for the checks that follow (ownedByUser), not a reason to call it gone.
 func (p procFS) alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil {
+	if err := syscall.Kill(pid, 0); err != nil && !errors.Is(err, syscall.EPERM) {
 		return false
 	}
 	stat, err := os.ReadFile(p.file(pid, "stat"))

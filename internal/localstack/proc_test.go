@@ -122,3 +122,18 @@ func TestRunningStateForeignProcess(t *testing.T) {
 		}
 	}
 }
+
+// TestAliveOtherUsersProcess: a process of another user exists (kill answers EPERM), so that the
+// ownership check runs and refuses it, rather than the stack being taken for stopped. Only a user
+// without root's privileges gets EPERM: make test runs this as nobody (make test-unprivileged).
+func TestAliveOtherUsersProcess(t *testing.T) {
+	if os.Getuid() == 0 {
+		t.Skip("root may signal any process; make test-unprivileged runs this as nobody")
+	}
+	if !hostProc.alive(1) {
+		t.Fatal("process 1, another user's, is taken for gone")
+	}
+	if err := hostProc.ownedByUser(1, "stack.pid"); err == nil {
+		t.Fatal("process 1 passes as this user's")
+	}
+}

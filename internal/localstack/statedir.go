@@ -1,6 +1,7 @@
 package localstack
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -231,7 +232,10 @@ func inspectStateDir(dir string) (dirKind, error) {
 
 // earlierStack reports whether the directory dir, whose entries are names, is the state directory
 // of a stack of a version before the marker: it holds nothing but the files the stack makes, and
-// the state the stack published (state.json, or last-state.json once it stopped) reads as its own.
+// the state the stack published (state.json, or last-state.json once it stopped) reads as its
+// own, or, for a stack stopped before last-state.json existed or whose up failed, a file only the
+// stack writes is there as the user's own: the emulated vault's state (0600) or the stack's TLS
+// bundle.
 func earlierStack(dir string, names []string) bool {
 	for _, name := range names {
 		if !isStackEntry(name) {
@@ -244,7 +248,21 @@ func earlierStack(dir string, names []string) bool {
 			return true
 		}
 	}
+	if _, err := readOwnFile(p.vaultState(), "vault state", 0o077, maxEarlierArtefact); err == nil {
+		return true
+	}
+	if b, err := readOwnFile(p.caBundle(), "TLS bundle", 0o022, maxEarlierArtefact); err == nil && bytes.Contains(b, []byte("-----BEGIN CERTIFICATE-----")) {
+		return true
+	}
 	return false
+}
+
+// maxEarlierArtefact bounds the reads of earlierStack.
+const maxEarlierArtefact = 4 << 20
+
+// adoptHint tells how to let local up take a directory an earlier stack left without the marker.
+func adoptHint(dir string) string {
+	return fmt.Sprintf("if it is a local stack's state directory of an earlier version, create %s in it to keep its signing key and images", filepath.Join(dir, MarkerName))
 }
 
 // isStackEntry reports whether name is the name of an entry the stack makes in its state
@@ -275,7 +293,7 @@ func stackDir(dir string) error {
 	case dirMissing, dirEmpty:
 		return ErrNotRunning
 	case dirForeign:
-		return fmt.Errorf("%w: %s has no %s, the file local up leaves in the state directory it makes; give the --state local up ran with", ErrNotStackDir, dir, MarkerName)
+		return fmt.Errorf("%w: %s has no %s, the file local up leaves in the state directory it makes; give the --state local up ran with (%s)", ErrNotStackDir, dir, MarkerName, adoptHint(dir))
 	}
 	return nil
 }
@@ -296,7 +314,7 @@ func claimStateDir(dir string) error {
 	case dirMarked:
 		return nil
 	case dirForeign:
-		return fmt.Errorf("%w: %s is not empty and has no %s, the file local up leaves in the state directory it makes; local up takes an empty or new directory only: choose one", ErrNotStackDir, dir, MarkerName)
+		return fmt.Errorf("%w: %s is not empty and has no %s, the file local up leaves in the state directory it makes; local up takes an empty or new directory only: choose one (%s)", ErrNotStackDir, dir, MarkerName, adoptHint(dir))
 	}
 	// Empty, or an earlier stack's (dirMissing cannot be: prepareStateDir made it). Another up may
 	// write the marker at the same time: whichever comes first makes it.

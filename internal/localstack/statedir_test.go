@@ -124,6 +124,9 @@ func writeFiles(t *testing.T, dir string, files map[string]string) {
 			}
 			continue
 		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -149,6 +152,12 @@ func TestClaimStateDir(t *testing.T) {
 		{"earlier stack, stopped", map[string]string{"last-state.json": stackStateJSON, "keyvault/": "", "tls/": "", "stack.log": "", "up.lock": "", "serve.lock": ""}, false},
 		{"earlier stack, running", map[string]string{"state.json": stackStateJSON, "last-state.json": stackStateJSON, "stack.pid": "12345\n", "control.sock": "", "registry/": ""}, false},
 		{"earlier stack, interrupted write", map[string]string{"last-state.json": stackStateJSON, ".last-state.json.tmp-123": "{"}, false},
+		// Stopped by a version before last-state.json (down removes state.json), or whose up
+		// failed before it published its state: the vault's state or the TLS bundle says whose.
+		{"earlier stack, stopped, no state file: the vault's state", map[string]string{"keyvault/state.json": `{"version":1}`, "tls/": "", "registry/": "", "tokens/": "", "stack.log": "", "up.lock": ""}, false},
+		{"earlier stack, no state file: the TLS bundle", map[string]string{"tls/ca-bundle.pem": "-----BEGIN CERTIFICATE-----\nMA==\n-----END CERTIFICATE-----\n", "vtpm/": ""}, false},
+		{"a vault state others may read", map[string]string{"keyvault/state.json": `{"version":1}`}, true},
+		{"a TLS bundle without a certificate", map[string]string{"tls/ca-bundle.pem": "notes"}, true},
 		{"a project's state.json", map[string]string{"state.json": `{"project": "x"}`, "stack.pid": "1\n"}, true},
 		{"a stack's state among other files", map[string]string{"state.json": stackStateJSON, "stack.pid": "12345\n", "go.mod": "module x\n"}, true},
 		{"the stack's names, no state", map[string]string{"registry/": "", "tokens/": ""}, true},
@@ -165,6 +174,9 @@ func TestClaimStateDir(t *testing.T) {
 				if tc.name == "a state others may read" {
 					os.Chmod(filepath.Join(dir, "last-state.json"), 0o644)
 				}
+				if tc.name == "a vault state others may read" {
+					os.Chmod(filepath.Join(dir, "keyvault", "state.json"), 0o644)
+				}
 			}
 			var before []string
 			if tc.files != nil {
@@ -172,7 +184,7 @@ func TestClaimStateDir(t *testing.T) {
 			}
 			err := claimStateDir(dir)
 			if tc.refused {
-				if !errors.Is(err, ErrNotStackDir) || !strings.Contains(err.Error(), MarkerName) || !strings.Contains(err.Error(), "choose one") {
+				if !errors.Is(err, ErrNotStackDir) || !strings.Contains(err.Error(), MarkerName) || !strings.Contains(err.Error(), "choose one") || !strings.Contains(err.Error(), "create "+filepath.Join(dir, MarkerName)+" in it to keep its signing key") {
 					t.Fatalf("claimStateDir: %v; want ErrNotStackDir naming %s", err, MarkerName)
 				}
 				if after := entries(t, dir); !slices.Equal(after, before) {
