@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -68,8 +69,8 @@ func CheckKeyID(keyID string) error {
 }
 
 // canonicalURL reports whether keyID, when it is an https URL (a Key Vault key id), is written in
-// its one canonical form, and returns that form: scheme and host in lower case, no default port,
-// no trailing dot on the host, no trailing slash, no empty query ("?") or fragment ("#").
+// its one canonical form, and returns that form: scheme and host in lower case, no default port
+// and no empty one, a port in plain decimal, no trailing dot on the host, no trailing slash, no empty query ("?") or fragment ("#").
 // Different spellings of one key would give different bindings, so a token made under one
 // spelling would be refused by a verifier configured with another, as bound to "another key". The name and version are Key Vault's to spell: the signer compares them with
 // the key id the vault reports. Key ids that are not https URLs are left as they are.
@@ -80,9 +81,22 @@ func canonicalURL(keyID string) (string, bool) {
 	}
 	c := *u
 	c.Scheme = "https"
-	host := strings.ToLower(strings.TrimSuffix(u.Host, ":443"))
+	// The port as a plain decimal number, none for an empty one or https's 443.
+	host := strings.ToLower(u.Host)
 	if h, port, err := net.SplitHostPort(host); err == nil {
-		host = net.JoinHostPort(strings.TrimSuffix(h, "."), port)
+		h = strings.TrimSuffix(h, ".")
+		n, err := strconv.ParseUint(port, 10, 16)
+		switch {
+		case port == "" || err == nil && n == 443:
+			host = h
+			if strings.Contains(h, ":") { // IPv6
+				host = "[" + h + "]"
+			}
+		case err == nil:
+			host = net.JoinHostPort(h, strconv.FormatUint(n, 10))
+		default:
+			host = net.JoinHostPort(h, port)
+		}
 	} else {
 		host = strings.TrimSuffix(host, ".")
 	}

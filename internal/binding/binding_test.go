@@ -77,6 +77,12 @@ func TestCheckKeyID(t *testing.T) {
 		{"https://v.vault.azure.net/keys/k/1/", false},
 		{"https://V.vault.azure.net/keys/k/1", false},
 		{"https://v.vault.azure.net/keys/k/1?", false},
+		{"https://v.vault.azure.net:/keys/k/1", false},
+		{"https://v.vault.azure.net:0443/keys/k/1", false},
+		{"https://127.0.0.1:08443/keys/k/1", false},
+		{"https://[::1]:443/keys/k/1", false},
+		{"https://[::1]:8443/keys/k/1", true},
+		{"https://[::1]/keys/k/1", true},
 	} {
 		err := CheckKeyID(tt.key)
 		if (err == nil) != tt.ok || (err != nil && !errors.Is(err, ErrInvalidInput)) {

@@ -61,7 +61,7 @@ func Open(ref string, o Options) (*remote.Repository, registry.Reference, error)
 	// ACR serves HTTPS only, and over plain http whoever is on the path can rewrite the
 	// registry's WWW-Authenticate challenge to send the credential (an ACR refresh token that can
 	// push, or a docker password) to a token server of their choosing: refused.
-	if o.PlainHTTP && IsAzureRegistry(r.Host()) {
+	if o.PlainHTTP && isACRHost(r.Host()) {
 		return nil, registry.Reference{}, fmt.Errorf("%s is an Azure container registry, which serves https only: plain http is refused, since it would expose the registry credential", r.Host())
 	}
 	repo.PlainHTTP = o.PlainHTTP || isLoopback(r.Host())
@@ -94,14 +94,32 @@ func isLoopback(hostport string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-// IsAzureRegistry reports whether hostport names an Azure container registry (*.azurecr.io, in
-// any case: host names are case-insensitive), the registries AzureCredential is used for.
+// IsAzureRegistry reports whether hostport names an Azure container registry of the public cloud
+// (*.azurecr.io, in any case: host names are case-insensitive, and with or without the root's
+// trailing dot), the registries AzureCredential is used for.
 func IsAzureRegistry(hostport string) bool {
+	return strings.HasSuffix(registryHost(hostport), ".azurecr.io")
+}
+
+// isACRHost reports whether hostport names an Azure container registry of any cloud: the public
+// one, Azure China (*.azurecr.cn) or Azure Government (*.azurecr.us). All serve https only.
+func isACRHost(hostport string) bool {
+	host := registryHost(hostport)
+	for _, suffix := range []string{".azurecr.io", ".azurecr.cn", ".azurecr.us"} {
+		if strings.HasSuffix(host, suffix) {
+			return true
+		}
+	}
+	return false
+}
+
+// registryHost is the host of hostport in lower case, without a port or the root's trailing dot.
+func registryHost(hostport string) string {
 	host := hostport
 	if h, _, err := net.SplitHostPort(hostport); err == nil {
 		host = h
 	}
-	return strings.HasSuffix(strings.ToLower(host), ".azurecr.io")
+	return strings.TrimSuffix(strings.ToLower(host), ".")
 }
 
 func credentialFunc(hostport string, o Options, hc *http.Client) (auth.CredentialFunc, error) {

@@ -74,6 +74,10 @@ func TestAzureRegistryNeverPlainHTTP(t *testing.T) {
 		{"myreg.azurecr.io/app:v1", Options{PlainHTTP: true}, false},
 		{"MyReg.AzureCR.io:443/app:v1", Options{PlainHTTP: true, Username: "u", Password: "p"}, false},
 		{"myreg.azurecr.io/app:v1", Options{PlainHTTP: true, AzureCredential: staticCred{new([]string)}}, false},
+		{"myreg.azurecr.io./app:v1", Options{PlainHTTP: true, Username: "u", Password: "p"}, false},
+		{"myreg.azurecr.io.:80/app:v1", Options{PlainHTTP: true}, false},
+		{"myreg.azurecr.cn/app:v1", Options{PlainHTTP: true}, false},
+		{"myreg.azurecr.us/app:v1", Options{PlainHTTP: true}, false},
 		{"myreg.azurecr.io/app:v1", Options{}, true},
 		{"registry.internal:5000/app:v1", Options{PlainHTTP: true}, true},
 	} {
