@@ -384,14 +384,22 @@ func isHexSHA256(h string) bool {
 	return len(h) == 64 && strings.Trim(h, "0123456789abcdef") == ""
 }
 
-// containsAll reports whether every name of want is in have.
+// containsAll reports whether every repository of want is in have (sameRepository).
 func containsAll(have, want []string) bool {
 	for _, w := range want {
-		if !slices.Contains(have, w) {
+		if !slices.ContainsFunc(have, func(h string) bool { return sameRepository(h, w) }) {
 			return false
 		}
 	}
 	return true
+}
+
+// sameRepository reports whether the repositories REGISTRY/REPO a and b are one: the registry is
+// a host name, whose case does not count; the repository's path is compared as it is.
+func sameRepository(a, b string) bool {
+	ra, pa, _ := strings.Cut(a, "/")
+	rb, pb, _ := strings.Cut(b, "/")
+	return strings.EqualFold(ra, rb) && pa == pb
 }
 
 // ValidRepository reports whether name is a repository REGISTRY/REPO as attach records it in a

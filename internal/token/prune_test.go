@@ -713,6 +713,9 @@ func TestPruneRequiredRepositories(t *testing.T) {
 		{name: "the promotion target", required: []string{b}, removed: []string{"h.ab.sig"}, notEvery: 2},
 		{name: "both", required: []string{a, b}, removed: []string{"h.ab.sig"}, notEvery: 2},
 		{name: "the first only", required: []string{a}, removed: []string{"h.a.sig", "h.ab.sig"}, notEvery: 1},
+		// Host names are case-insensitive.
+		{name: "the registry in another case", required: []string{"PROD.example/app"}, removed: []string{"h.ab.sig"}, notEvery: 2},
+		{name: "another repository of the registry", required: []string{"prod.example/app2"}, notEvery: 3},
 		{name: "unattached too", required: []string{b}, unattached: true, removed: []string{"h.ab.sig", "h.none.sig"}, notEvery: 2},
 		{name: "not a repository", required: []string{"prod.example/app:v1"}, err: "is not a repository"},
 	} {

@@ -277,7 +277,7 @@ func (s *Store) MarkAttached(subject, sha256Hex, repository string) error {
 	switch {
 	case err == nil:
 		repos = parseMark(b)
-		if slices.Contains(repos, repository) {
+		if slices.ContainsFunc(repos, func(r string) bool { return sameRepository(r, repository) }) {
 			return nil
 		}
 	case !errors.Is(err, fs.ErrNotExist):
