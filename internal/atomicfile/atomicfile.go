@@ -118,19 +118,27 @@ func ReadRegular(path string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return ReadOpened(f, limit)
+}
+
+// ReadOpened reads the opened file f, at most limit bytes, if it is a regular file: what
+// ReadRegular does once it has opened the path, for callers that open it themselves (relative to
+// a directory, or checking its owner first). It does not close f. Errors are ReadRegular's, named
+// by f.Name().
+func ReadOpened(f *os.File, limit int64) ([]byte, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: %w: mode %s", path, ErrNotRegular, fi.Mode())
+		return nil, fmt.Errorf("%s: %w: mode %s", f.Name(), ErrNotRegular, fi.Mode())
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("%s: %w", f.Name(), err)
 	}
 	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: %w: more than %d bytes", path, ErrTooLarge, limit)
+		return nil, fmt.Errorf("%s: %w: more than %d bytes", f.Name(), ErrTooLarge, limit)
 	}
 	return data, nil
 }

@@ -1,11 +1,9 @@
 package localstack
 
 import (
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"slices"
 )
 
@@ -24,13 +22,8 @@ type restart struct {
 // read (another version's), starts afresh.
 func loadRestart(p paths) *restart {
 	r := &restart{}
-	b, err := os.ReadFile(p.lastState())
-	if err != nil {
-		return r
-	}
-	var prev State
-	if json.Unmarshal(b, &prev) == nil && prev.Version == StateVersion {
-		r.prev = prev
+	if prev, err := readStateFile(p.lastState()); err == nil {
+		r.prev = *prev
 	}
 	return r
 }

@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
 )
 
 // maxSocketPath is the longest path a Unix socket can be bound to on Linux (sun_path is 108
@@ -161,12 +162,9 @@ func readOwnFile(path, what string, deny fs.FileMode, limit int64) ([]byte, erro
 		}
 		return refuse(fmt.Sprintf("has mode %#o, which lets others %s it; %s", fi.Mode().Perm(), access(open), rule))
 	}
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	data, err := atomicfile.ReadOpened(f, limit)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s %s: more than %d bytes", what, path, limit)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return data, nil
 }

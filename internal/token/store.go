@@ -27,7 +27,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -330,27 +329,17 @@ func lockDir(dir string) (func(), error) {
 	return func() { unix.Close(fd) }, nil // closing the last descriptor releases the lock
 }
 
-// readMark reads at most maxMarkSize bytes of the mark at path, which must be a regular file
+// readMark reads the mark at path (at most maxMarkSize bytes), which must be a regular file
 // (a symbolic link is not followed).
 func readMark(path string) ([]byte, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	return readRegular(os.NewFile(uintptr(fd), path))
+	return atomicfile.ReadRegular(path, maxMarkSize)
 }
 
-// readRegular reads at most maxMarkSize bytes of f, which must be a regular file, and closes it.
+// readRegular reads f, which must be a regular file of at most maxMarkSize bytes (as many as a
+// mark of MaxAttachedRepositories repositories can take), and closes it.
 func readRegular(f *os.File) ([]byte, error) {
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", f.Name())
-	}
-	return io.ReadAll(io.LimitReader(f, maxMarkSize))
+	return atomicfile.ReadOpened(f, maxMarkSize)
 }
 
 // parseMark returns the repositories of the mark b, in order, each once; a line that is not a

@@ -329,12 +329,12 @@ func loadState(path string) (map[string][]*keyVersion, map[string][]*certVersion
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
 		return nil, nil, fmt.Errorf("%w: mode %#o lets others read or write it; it holds the vault's private keys and must be 0600", ErrStateAccess, perm)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxStateFile+1))
+	data, err := atomicfile.ReadOpened(f, maxStateFile)
+	if errors.Is(err, atomicfile.ErrTooLarge) {
+		return nil, nil, fmt.Errorf("%w: %w", ErrStateInvalid, err)
+	}
 	if err != nil {
 		return nil, nil, err
-	}
-	if len(data) > maxStateFile {
-		return nil, nil, fmt.Errorf("%w: more than %d bytes", ErrStateInvalid, maxStateFile)
 	}
 	keys, certs, err := parseState(data)
 	if err != nil {
