@@ -67,15 +67,16 @@ var opPermissions = map[string]opPermission{
 }
 
 // authorizeRBAC refuses principal the operation op on the object name unless an assignment at
-// the vault's scope or the object's grants its data action. An operation the emulator does not
-// know needs nothing here (it is answered 404 anyway).
+// the vault's scope or the object's grants its data action. An operation without a data action
+// in opPermissions is refused: a route added without one must not be open to every identity.
 func (s *Server) authorizeRBAC(principal, op, name string) error {
 	if s.cfg.Assignments == nil {
 		return nil
 	}
 	p, ok := opPermissions[op]
 	if !ok {
-		return nil
+		return &apiError{status: http.StatusForbidden, code: "Forbidden", inner: "ForbiddenByRbac",
+			message: "operation " + op + " has no data action in the emulator's RBAC table"}
 	}
 	object := p.kind + "/" + name
 	for _, a := range s.cfg.Assignments {

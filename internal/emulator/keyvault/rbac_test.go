@@ -1,6 +1,7 @@
 package keyvault
 
 import (
+	"errors"
 	"net/http"
 	"testing"
 )
@@ -53,5 +54,19 @@ func TestRBAC(t *testing.T) {
 				t.Fatalf("refusal %v, want code Forbidden, innererror ForbiddenByRbac", body)
 			}
 		})
+	}
+}
+
+// TestRBACUnknownOperation: an operation missing from the RBAC table is refused, even to a
+// principal granted every data action, so a route added without an entry is not open to all.
+func TestRBACUnknownOperation(t *testing.T) {
+	s, _ := newVaultWith(t, Config{Assignments: []Assignment{{Principal: "app", DataActions: []string{"Microsoft.KeyVault/vaults/*"}}}})
+	if err := s.authorizeRBAC("app", "keys/get", "k"); err != nil {
+		t.Fatalf("a known operation granted by the wildcard: %v", err)
+	}
+	err := s.authorizeRBAC("app", "keys/purge", "k")
+	var ae *apiError
+	if !errors.As(err, &ae) || ae.status != http.StatusForbidden || ae.inner != "ForbiddenByRbac" {
+		t.Fatalf("an operation without a data action: %v, want 403 ForbiddenByRbac", err)
 	}
 }
