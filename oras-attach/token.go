@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"oras.land/oras-go/v2/registry"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/cliutil"
@@ -437,12 +436,10 @@ func tokenPrune(args []string, io cmdIO) int {
 	}
 	repos := []string{}
 	for _, r := range *required {
-		// Spelt as attach records it: oras-go's parse and print of REGISTRY/REPO.
-		ref, err := registry.ParseReference(r)
-		if err != nil || ref.Reference != "" || !token.ValidRepository(ref.Registry+"/"+ref.Repository) {
+		if !token.ValidRepository(r) { // spelt as attach records it
 			return usageError(fs, fmt.Errorf("--require-repository %q: want a repository REGISTRY/REPO, without a tag or digest", r))
 		}
-		repos = append(repos, ref.Registry+"/"+ref.Repository)
+		repos = append(repos, r)
 	}
 	if !fs.Changed("older-than") {
 		return usageError(fs, fmt.Errorf("--older-than is required: a pruned token can no longer be attached, so choose how old a token must be to go, such as %s", pruneExample))

@@ -389,7 +389,7 @@ func readSignature(ctx context.Context, repo Repository, sd ocispec.Descriptor) 
 		return nil, "", fmt.Errorf("listed, but the registry does not hold the manifest (a stale entry of the referrers index): %w", err)
 	}
 	if err != nil {
-		return nil, "", &referrer.ReadError{What: "signature " + sd.Digest.String() + ": fetching the manifest", Err: err}
+		return nil, "", &referrer.ReadError{What: "fetching signature " + sd.Digest.String() + ": its manifest", Err: err}
 	}
 	var m struct {
 		Layers []ocispec.Descriptor `json:"layers"` // image manifest
@@ -414,7 +414,7 @@ func readSignature(ctx context.Context, repo Repository, sd ocispec.Descriptor) 
 		return nil, "", fmt.Errorf("the registry does not hold the envelope %s: %w", l.Digest, err)
 	}
 	if err != nil {
-		return nil, "", &referrer.ReadError{What: "signature " + sd.Digest.String() + ": fetching the envelope " + l.Digest.String(), Err: err}
+		return nil, "", &referrer.ReadError{What: "fetching signature " + sd.Digest.String() + ": its envelope " + l.Digest.String(), Err: err}
 	}
 	return blob, l.MediaType, nil
 }
@@ -527,8 +527,8 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	blob, mediaType, err := readSignature(ctx, repo, sd)
 	var re *referrer.ReadError
 	switch {
-	case errors.As(err, &re):
-		c.readErr = fmt.Errorf("fetching signature %s: %w", sd.Digest, err)
+	case errors.As(err, &re): // it names the signature and what was fetched
+		c.readErr = err
 		return c.fail(CheckSignature, c.readErr.Error())
 	case err != nil:
 		return c.fail(CheckSignature, fmt.Sprintf("signature %s is not a usable Notation signature: %v", sd.Digest, err))
