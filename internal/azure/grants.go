@@ -70,9 +70,13 @@ func madeByApply(a *armauthorization.RoleAssignment) (scope, principal, role str
 		return "", "", "", false
 	}
 	principal = *a.Properties.PrincipalID
-	def := *a.Properties.RoleDefinitionID
-	role = def[strings.LastIndex(def, "/")+1:]
+	role = roleOf(*a.Properties.RoleDefinitionID)
 	return scope, principal, role, strings.EqualFold(*a.Name, assignmentName(scope, principal, role))
+}
+
+// roleOf is the role definition's GUID, the last segment of its id.
+func roleOf(definitionID string) string {
+	return definitionID[strings.LastIndex(definitionID, "/")+1:]
 }
 
 // scopeOf is an assignment's scope: its scope property, or, when ARM leaves that out, the part
@@ -373,7 +377,7 @@ func assignedOn(ctx context.Context, cl *Clients, principal string, a signingAss
 	}
 	for _, l := range list {
 		if p := l.Properties; p.PrincipalID != nil && strings.EqualFold(*p.PrincipalID, principal) && p.RoleDefinitionID != nil &&
-			strings.EqualFold((*p.RoleDefinitionID)[strings.LastIndex(*p.RoleDefinitionID, "/")+1:], a.role) {
+			strings.EqualFold(roleOf(*p.RoleDefinitionID), a.role) {
 			if p.CreatedOn == nil {
 				return time.Now(), false, nil
 			}
