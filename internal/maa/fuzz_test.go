@@ -2,6 +2,7 @@ package maa
 
 import (
 	"context"
+	"crypto/rsa"
 	"encoding/base64"
 	"testing"
 	"time"
@@ -92,6 +93,48 @@ func FuzzDecodeEncryptedToken(f *testing.F) {
 		}
 		if _, err := r.open(make([]byte, 7)); err == nil {
 			t.Fatal("opened with a key of the wrong size")
+		}
+	})
+}
+
+// FuzzParseJWKS feeds arbitrary documents to the JWKS parser (MAA's /certs answer): nothing may
+// panic, and every key it keeps must be what Verify may use, read as go-jose reads it: an RSA
+// public key of at least MinRSAKeyBits with a kid, restricted to no use but "sig" and no
+// algorithm but RS256.
+func FuzzParseJWKS(f *testing.F) {
+	testKeys(f)
+	f.Add(publicJWKS(f, signingKey, testKID))
+	f.Add(x5cOnlyJWKS(f, signingKey, testKID))
+	f.Add(publicJWKS(f, weakKey, testKID))
+	// A key whose members, read without regard to case and keeping the last, looked usable.
+	f.Add(withMembers(publicJWKS(f, signingKey, testKID), `"use":"sig"`, `"use":"enc","USE":"sig"`))
+	f.Add(withMembers(x5cOnlyJWKS(f, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","alg":"PS256","Alg":"RS256"`))
+	f.Add([]byte(`{"keys":[{"kty":"EC","kid":"k","crv":"P-256","x":"","y":""}]}`))
+	f.Add([]byte(`{"keys":[]}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		keys, err := parseJWKS(data, nil)
+		if err != nil {
+			if len(keys) != 0 {
+				t.Fatalf("error %v with %d keys", err, len(keys))
+			}
+			return
+		}
+		if len(keys) == 0 {
+			t.Fatal("no error and no key")
+		}
+		for _, k := range keys {
+			pub, ok := k.Key.(*rsa.PublicKey)
+			switch {
+			case !ok || pub.N == nil || pub.N.BitLen() < MinRSAKeyBits:
+				t.Fatalf("kept key %T", k.Key)
+			case k.KeyID == "":
+				t.Fatal("kept a key without a kid")
+			case k.Use != "" && k.Use != "sig":
+				t.Fatalf("kept a key restricted to use %q", k.Use)
+			case k.Algorithm != "" && k.Algorithm != SigningAlgorithm:
+				t.Fatalf("kept a key restricted to algorithm %q", k.Algorithm)
+			}
 		}
 	})
 }

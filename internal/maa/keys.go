@@ -5,7 +5,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	josejson "github.com/go-jose/go-jose/v4/json"
 )
 
 // KeySet gives the verifier the instance's token signing keys. Keys come only from the instance
@@ -222,14 +222,19 @@ func (r *RemoteKeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, error) {
 // with a kid, not restricted to another use or algorithm. A key may carry only x5c (as MAA's
 // /certs does), in which case its public key is the first certificate's. Unusable entries are
 // skipped; a set with no usable key is an error.
+//
+// Members are read with go-jose's JSON decoder, which matches names case-sensitively and refuses
+// duplicates, as go-jose reads the keys themselves: with encoding/json, which takes "USE" for
+// "use" and keeps the last of two, the checks could read one kid, use or algorithm and the key
+// kept carry another.
 func parseJWKS(data []byte, log *slog.Logger) ([]jose.JSONWebKey, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	var set struct {
-		Keys []json.RawMessage `json:"keys"`
+		Keys []josejson.RawMessage `json:"keys"`
 	}
-	if err := json.Unmarshal(data, &set); err != nil {
+	if err := josejson.Unmarshal(data, &set); err != nil {
 		return nil, fmt.Errorf("JWKS is not JSON {\"keys\": [...]}: %w", err)
 	}
 	var keys []jose.JSONWebKey
@@ -247,8 +252,9 @@ func parseJWKS(data []byte, log *slog.Logger) ([]jose.JSONWebKey, error) {
 	return keys, nil
 }
 
-// parseJWK reads one usable key of a JWKS.
-func parseJWK(raw json.RawMessage) (jose.JSONWebKey, error) {
+// parseJWK reads one usable key of a JWKS. The kid, use and algorithm are checked on the key as
+// parsed, the one Verify uses.
+func parseJWK(raw josejson.RawMessage) (jose.JSONWebKey, error) {
 	var meta struct {
 		Kty string   `json:"kty"`
 		Kid string   `json:"kid"`
@@ -257,18 +263,11 @@ func parseJWK(raw json.RawMessage) (jose.JSONWebKey, error) {
 		N   string   `json:"n"`
 		X5c []string `json:"x5c"`
 	}
-	if err := json.Unmarshal(raw, &meta); err != nil {
+	if err := josejson.Unmarshal(raw, &meta); err != nil {
 		return jose.JSONWebKey{}, err
 	}
-	switch {
-	case meta.Kty != "RSA":
+	if meta.Kty != "RSA" {
 		return jose.JSONWebKey{}, fmt.Errorf("kty %.20q is not RSA", meta.Kty)
-	case meta.Kid == "":
-		return jose.JSONWebKey{}, errors.New("no kid")
-	case meta.Use != "" && meta.Use != "sig":
-		return jose.JSONWebKey{}, fmt.Errorf("use %.20q is not sig", meta.Use)
-	case meta.Alg != "" && meta.Alg != SigningAlgorithm:
-		return jose.JSONWebKey{}, fmt.Errorf("alg %.20q is not %s", meta.Alg, SigningAlgorithm)
 	}
 	var k jose.JSONWebKey
 	if meta.N == "" && len(meta.X5c) > 0 {
@@ -284,6 +283,14 @@ func parseJWK(raw json.RawMessage) (jose.JSONWebKey, error) {
 		k = jose.JSONWebKey{Key: cert.PublicKey, KeyID: meta.Kid, Algorithm: meta.Alg, Use: meta.Use, Certificates: []*x509.Certificate{cert}}
 	} else if err := k.UnmarshalJSON(raw); err != nil {
 		return jose.JSONWebKey{}, err
+	}
+	switch {
+	case k.KeyID == "":
+		return jose.JSONWebKey{}, errors.New("no kid")
+	case k.Use != "" && k.Use != "sig":
+		return jose.JSONWebKey{}, fmt.Errorf("use %.20q is not sig", k.Use)
+	case k.Algorithm != "" && k.Algorithm != SigningAlgorithm:
+		return jose.JSONWebKey{}, fmt.Errorf("alg %.20q is not %s", k.Algorithm, SigningAlgorithm)
 	}
 	pub, err := usableRSAKey(k.Key)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -424,6 +425,17 @@ func TestNewStaticKeySet(t *testing.T) {
 		{"RSA-1024, x5c only", x5cOnlyJWKS(t, weakKey, testKID), false},
 		{"not JSON", []byte("keys"), false},
 		{"empty", []byte(`{"keys":[]}`), false},
+		// Members are read as go-jose reads the key: by their exact names, and never twice. With
+		// encoding/json the checks took "USE" for "use" (the last of the two), or "KID" for the
+		// kid go-jose does not see, and kept a key restricted to encryption or PS256, or
+		// without a kid.
+		{"use enc, then USE sig", withMembers(publicJWKS(t, signingKey, testKID), `"use":"sig"`, `"use":"enc","USE":"sig"`), false},
+		{"alg PS256, then ALG RS256", withMembers(publicJWKS(t, signingKey, testKID), `"alg":"RS256"`, `"alg":"PS256","ALG":"RS256"`), false},
+		{"kid in capitals only", withMembers(publicJWKS(t, signingKey, testKID), `"kid":"`+testKID+`"`, `"KID":"`+testKID+`"`), false},
+		{"kid twice", withMembers(publicJWKS(t, signingKey, testKID), `"kid":"`+testKID+`"`, `"kid":"other","kid":"`+testKID+`"`), false},
+		{"x5c only, use enc, then USE sig", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","use":"enc","USE":"sig"`), false},
+		{"x5c only, kty in capitals only", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"KTY":"RSA"`), false},
+		{"keys twice", []byte(`{"keys":[],"keys":` + strings.TrimSuffix(strings.TrimPrefix(string(publicJWKS(t, signingKey, testKID)), `{"keys":`), `}`) + `}`), false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -440,6 +452,14 @@ func TestNewStaticKeySet(t *testing.T) {
 			}
 		})
 	}
+}
+
+// withMembers returns jwks with the member old, which must be in it, replaced by members.
+func withMembers(jwks []byte, old, members string) []byte {
+	if !strings.Contains(string(jwks), old) {
+		panic(fmt.Sprintf("%s not in %s", old, jwks))
+	}
+	return []byte(strings.Replace(string(jwks), old, members, 1))
 }
 
 // TestVerifyRefusesUnusableKeys: a token signed with a key the instance publishes under its kid is
