@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
+
+	"github.com/attested-kv/attested-kv/internal/binding"
 )
 
 func TestParseKeyID(t *testing.T) {
@@ -66,6 +68,43 @@ func FuzzParseKeyID(f *testing.F) {
 		}
 		if id.Name == "" || (id.Kind != KindKeys && id.Kind != KindCertificates) || id.VaultURL == "" {
 			t.Fatalf("accepted %q as %+v", s, id)
+		}
+	})
+}
+
+// FuzzKeyIDSpelling: a key id that both the binding (CheckKeyID) and the signer (ParseKeyID)
+// accept is written exactly as the signer reads it, its vault URL, kind, name and version joined
+// by slashes: no trailing slash, escaped character or dot segment that the signer would read past
+// while the binding covers it (the host's case and port are TestCheckKeyID's).
+func FuzzKeyIDSpelling(f *testing.F) {
+	for _, s := range []string{
+		"https://v1.vault.azure.net/keys/sign/0123456789abcdef0123456789abcdef",
+		"https://v1.vault.azure.net/keys/sign",
+		"https://127.0.0.1:8443/certificates/c",
+		"https://[::1]:8443/keys/k/1",
+		"https://v1.vault.azure.net/keys/sign/",
+		"https://V1.vault.azure.net/keys/sign",
+		"https://v1.vault.azure.net:443/keys/sign",
+		"https://v1.vault.azure.net./keys/sign",
+		"https://v%31.vault.azure.net/keys/sign",
+		"https://v1.vault.azure.net/keys/si%67n",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		if binding.CheckKeyID(raw) != nil {
+			return
+		}
+		id, err := ParseKeyID(raw)
+		if err != nil {
+			return
+		}
+		want := id.VaultURL + "/" + id.Kind + "/" + id.Name
+		if id.Version != "" {
+			want += "/" + id.Version
+		}
+		if raw != want {
+			t.Fatalf("%q is accepted as a spelling of %q", raw, want)
 		}
 	})
 }
