@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -134,6 +135,58 @@ func TestAttach(t *testing.T) {
 	res, err := store.Prune(time.Now().Add(-time.Hour), token.PruneOptions{})
 	if err != nil || len(res.Removed) != 1 || res.Removed[0].SHA256 != sha(signedTok) || res.Unattached != 2 {
 		t.Fatalf("prune after attach: %+v, %v; want the attached token removed and the 2 others kept", res, err)
+	}
+}
+
+// TestAttachIssuedAt: attach reads a token's iat as the verifiers do (maa.NumericDate), so a
+// NumericDate with a fraction or an exponent, which RFC 7519 allows and Verify accepts, is attached
+// with its date; a token without iat, or with one that is not a date, is refused.
+func TestAttachIssuedAt(t *testing.T) {
+	repo, name := attesttest.Registry(t)
+	signer := attesttest.Signer(t, "attested signer")
+	img := attesttest.PushImage(t, repo, "image")
+	b64 := base64.RawURLEncoding.EncodeToString
+	tokenWith := func(iat string) string {
+		claims := `{"iss":"https://a.attest.azure.net",` + iat + `"x-ms-runtime":{"client-payload":{"nonce":"` + base64.StdEncoding.EncodeToString([]byte("b")) + `"}}}`
+		return b64([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + b64([]byte(claims)) + "." + b64([]byte("signature"))
+	}
+	tests := []struct {
+		name, iat string
+		code      int
+		created   string // the referrer's creation annotation
+		stderr    string
+	}{
+		{"integer", `"iat":1700000000,`, 0, "2023-11-14T22:13:20Z", ""},
+		{"fraction", `"iat":1700000000.75,`, 0, "2023-11-14T22:13:20Z", ""},
+		{"exponent", `"iat":1.7e9,`, 0, "2023-11-14T22:13:20Z", ""},
+		{"missing", ``, 1, "", "claim iat is missing"},
+		{"string", `"iat":"1700000000",`, 1, "", "claim iat is not a number"},
+		{"negative", `"iat":-1,`, 1, "", "claim iat is out of range"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			raw := tokenWith(tc.iat)
+			attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, raw, "https://a.attest.azure.net", time.Now())
+			p := t.TempDir() + "/token.jwt"
+			if err := os.WriteFile(p, []byte(raw), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			var o, e strings.Builder
+			code := run(context.Background(), []string{"attach", "-o", "json", name + "@" + img.Digest.String(), "--token", p}, strings.NewReader(""), &o, &e)
+			if code != tc.code || !strings.Contains(e.String(), tc.stderr) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, e.String(), tc.code, tc.stderr)
+			}
+			if tc.code != 0 {
+				return
+			}
+			var out []ocispec.Descriptor
+			if err := json.Unmarshal([]byte(o.String()), &out); err != nil || len(out) != 1 {
+				t.Fatalf("JSON output %q: %v", o.String(), err)
+			}
+			if got := out[0].Annotations[ocispec.AnnotationCreated]; got != tc.created {
+				t.Fatalf("created %q, want %q", got, tc.created)
+			}
+		})
 	}
 }
 

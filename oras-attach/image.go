@@ -385,9 +385,13 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 		if err != nil {
 			return done(1, fmt.Errorf("token %s: %w", sha, err))
 		}
-		iat, err := numericDate(claims["iat"])
+		// Read as the verifiers read it.
+		iat, ok, err := maa.NumericDate(claims, "iat")
+		if err == nil && !ok {
+			err = errors.New("claim iat is missing")
+		}
 		if err != nil {
-			return done(1, fmt.Errorf("token %s: iat: %w", sha, err))
+			return done(1, fmt.Errorf("token %s: %w", sha, err))
 		}
 		desc, err := referrer.Attach(ctx, repo, subject, referrer.Token{Raw: raw, Issuer: iss, Binding: nonce, IssuedAt: iat})
 		if err != nil {
@@ -422,18 +426,6 @@ func ignoredNote(names *imageverify.TokenNames) string {
 		note += "; more signatures are attached than were read"
 	}
 	return note
-}
-
-// numericDate reads a JWT NumericDate claim as decoded by ParseUnverified.
-func numericDate(v any) (time.Time, error) {
-	switch n := v.(type) {
-	case float64:
-		return time.Unix(int64(n), 0), nil
-	case interface{ Int64() (int64, error) }:
-		i, err := n.Int64()
-		return time.Unix(i, 0), err
-	}
-	return time.Time{}, fmt.Errorf("not a number: %v", v)
 }
 
 func verifyImage(ctx context.Context, args []string, io cmdIO) int {

@@ -203,7 +203,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 	}
 
 	now := v.now()
-	exp, ok, err := numericDate(claims, "exp")
+	exp, ok, err := NumericDate(claims, "exp")
 	switch {
 	case err != nil:
 		return nil, fail(CheckExpiry, ErrExpired, "%v", err)
@@ -214,7 +214,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 			exp.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), v.skew)
 	}
 
-	nbf, hasNBF, err := numericDate(claims, "nbf")
+	nbf, hasNBF, err := NumericDate(claims, "nbf")
 	switch {
 	case err != nil:
 		return nil, fail(CheckNotBefore, ErrNotYetValid, "%v", err)
@@ -223,7 +223,7 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 			nbf.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339), v.skew)
 	}
 
-	iat, ok, err := numericDate(claims, "iat")
+	iat, ok, err := NumericDate(claims, "iat")
 	switch {
 	case err != nil:
 		return nil, fail(CheckAge, ErrTooOld, "%v", err)
@@ -463,8 +463,9 @@ func readJSONValue(dec *jsontext.Decoder) (any, error) {
 	return nil, fmt.Errorf("unexpected JSON token %v", tok)
 }
 
-// numericDate reads a NumericDate claim (seconds since the epoch, possibly fractional).
-func numericDate(claims map[string]any, name string) (time.Time, bool, error) {
+// NumericDate reads the NumericDate claim name (seconds since the epoch, possibly fractional) of
+// claims as ParseUnverified returns them, as Verify reads it; ok is false when the claim is absent.
+func NumericDate(claims map[string]any, name string) (t time.Time, ok bool, err error) {
 	v, ok := claims[name]
 	if !ok {
 		return time.Time{}, false, nil
