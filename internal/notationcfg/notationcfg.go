@@ -44,7 +44,7 @@ type Trust struct {
 	Identities []string
 }
 
-// maxTrustPolicyFile bounds how much of an existing trustpolicy.json WriteTrust reads.
+// maxTrustPolicyFile bounds how much of a trustpolicy.json WriteTrust and NewVerifier read.
 const maxTrustPolicyFile = 1 << 20
 
 // ErrNotTrustPolicy reports an existing trustpolicy.json that WriteTrust cannot read as a
@@ -397,8 +397,14 @@ func WriteSigningKey(configDir string, k SigningKey) error {
 // NewVerifier returns a Notation verifier for the trust policy file and the directory holding
 // the trust store (the directory that contains "truststore/"), as notation itself would load
 // them from NOTATION_CONFIG.
+//
+// The file is read as notation reads it: a symbolic link, or anything but a regular file, is
+// refused, so that this verifier never judges with a policy notation itself would not load.
 func NewVerifier(trustPolicyPath, configDir string) (notation.Verifier, error) {
-	b, err := os.ReadFile(trustPolicyPath)
+	b, err := atomicfile.ReadRegular(trustPolicyPath, maxTrustPolicyFile)
+	if errors.Is(err, atomicfile.ErrNotRegular) {
+		err = fmt.Errorf("%w (notation, too, loads only a regular file)", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("trust policy: %w", err)
 	}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/notaryproject/notation-go/dir"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 
 	"github.com/attested-kv/attested-kv/internal/testcert"
@@ -240,6 +241,56 @@ func TestWriteTrustRefusesSymlink(t *testing.T) {
 		t.Errorf("the symlink was replaced: %v, %v", fi.Mode(), err)
 	}
 	checkUnchanged(t, dir, target, content)
+}
+
+// TestNewVerifierLoadsAsNotation: NewVerifier (oras-attest verify's trust policy) loads a trust
+// policy file exactly when notation's own loader (trustpolicy.LoadDocument, pointed at the same
+// directory) does: a symbolic link or a directory is refused by both.
+func TestNewVerifierLoadsAsNotation(t *testing.T) {
+	content := "{\"version\": \"1.0\", \"trustPolicies\": [" + otherScoped + "]}\n"
+	saved := dir.UserConfigDir
+	t.Cleanup(func() { dir.UserConfigDir = saved })
+	tests := []struct {
+		name  string
+		setup func(t *testing.T, path string)
+		ok    bool
+	}{
+		{"regular file", func(t *testing.T, path string) {
+			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"symbolic link to a policy", func(t *testing.T, path string) {
+			target := filepath.Join(t.TempDir(), "policy.json")
+			if err := os.WriteFile(target, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(target, path); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"directory", func(t *testing.T, path string) {
+			if err := os.Mkdir(path, 0o700); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+		{"missing", func(t *testing.T, path string) {}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := t.TempDir()
+			path := filepath.Join(cfg, "trustpolicy.json")
+			tc.setup(t, path)
+			_, err := NewVerifier(path, cfg)
+			if (err == nil) != tc.ok {
+				t.Fatalf("NewVerifier: %v, want ok=%v", err, tc.ok)
+			}
+			dir.UserConfigDir = cfg
+			if _, nerr := trustpolicy.LoadDocument(); (nerr == nil) != tc.ok {
+				t.Fatalf("notation's loader: %v, want ok=%v (NewVerifier: %v)", nerr, tc.ok, err)
+			}
+		})
+	}
 }
 
 func checkRefused(t *testing.T, err, want error, statement, scope string) {
