@@ -7,11 +7,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -187,6 +190,124 @@ func TestAttachIssuedAt(t *testing.T) {
 				t.Fatalf("created %q, want %q", got, tc.created)
 			}
 		})
+	}
+}
+
+// TestTokenPruneCheckRegistry: with --check-registry, prune removes a token attach published only
+// once each repository its mark records still lists it; a token the registry lost, one whose mark
+// records no repository, and one whose registry cannot be reached are kept, each with its reason,
+// on a dry run too. A token attach never published, removed with --include-unattached, has
+// nothing to check.
+func TestTokenPruneCheckRegistry(t *testing.T) {
+	chain := attesttest.New(t)
+	repo, name := attesttest.Registry(t)
+	signer := attesttest.Signer(t, "attested signer")
+	const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
+	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
+	dir := t.TempDir() + "/tokens"
+	store := token.NewStore(dir)
+	// signed pushes and signs an image, and stores its token.
+	signed := func(payload string) (ocispec.Descriptor, string) {
+		img := attesttest.PushImage(t, repo, payload)
+		b, err := binding.Compute(img.Digest.String(), keyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok := chain.Token(t, b)
+		attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
+		if _, err := store.Put(img.Digest.String(), tok); err != nil {
+			t.Fatal(err)
+		}
+		return img, tok
+	}
+	attach := func(img ocispec.Descriptor) {
+		var o, e strings.Builder
+		if code := run(context.Background(), []string{"attach", name + "@" + img.Digest.String(), "--token-dir", dir}, strings.NewReader(""), &o, &e); code != 0 {
+			t.Fatalf("attach: exit %d: %s", code, e.String())
+		}
+	}
+	kept, keptTok := signed("kept in the registry")
+	attach(kept)
+	// A token the registry does not list although its mark records the repository: what a
+	// referrer deleted since (by hand, by a retention rule) or lost to a concurrent rewrite of a
+	// referrers index leaves.
+	lost, lostTok := signed("lost by the registry")
+	if err := store.MarkAttached(lost.Digest.String(), sha(lostTok), name); err != nil {
+		t.Fatal(err)
+	}
+	legacy, legacyTok := signed("marked before marks recorded repositories")
+	if err := os.WriteFile(filepath.Join(dir, "sha256", legacy.Digest.Encoded(), sha(legacyTok)+".attached"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gone, goneTok := signed("in a registry that does not answer")
+	// A closed port on loopback: the connection is refused at once.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String() + "/app"
+	l.Close()
+	if err := store.MarkAttached(gone.Digest.String(), sha(goneTok), closed); err != nil {
+		t.Fatal(err)
+	}
+	never, neverTok := signed("never attached")
+	old := time.Now().Add(-48 * time.Hour)
+	for _, e := range []struct {
+		img ocispec.Descriptor
+		raw string
+	}{{kept, keptTok}, {lost, lostTok}, {legacy, legacyTok}, {gone, goneTok}, {never, neverTok}} {
+		if err := os.Chtimes(filepath.Join(dir, "sha256", e.img.Digest.Encoded(), sha(e.raw)+".jwt"), old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reasons := map[string]string{
+		sha(lostTok):   name + "@" + lost.Digest.String() + " holds no token referrer with this token: attach it there again",
+		sha(legacyTok): "not checked: its mark records no repository",
+		sha(goneTok):   "not checked in " + closed + ": resolving",
+	}
+	prune := func(t *testing.T, args ...string) pruneResult {
+		t.Helper()
+		var o, e strings.Builder
+		code := run(context.Background(), append([]string{"token", "prune", "--older-than", "1h", "--check-registry", "--include-unattached", "--token-dir", dir, "-o", "json"}, args...), strings.NewReader(""), &o, &e)
+		var res pruneResult
+		if err := json.Unmarshal([]byte(o.String()), &res); code != 0 || err != nil {
+			t.Fatalf("exit %d (%v), stdout %s, stderr %s", code, err, o.String(), e.String())
+		}
+		if !res.CheckRegistry || len(res.Unconfirmed) != len(reasons) {
+			t.Fatalf("unconfirmed %+v, want %d", res.Unconfirmed, len(reasons))
+		}
+		for _, u := range res.Unconfirmed {
+			if want, ok := reasons[u.SHA256]; !ok || !strings.Contains(u.Reason, want) {
+				t.Errorf("token %s kept with %q, want %q", u.SHA256, u.Reason, want)
+			}
+		}
+		removed := []string{}
+		for _, p := range res.Removed {
+			removed = append(removed, p.SHA256)
+		}
+		slices.Sort(removed)
+		want := []string{sha(keptTok), sha(neverTok)}
+		slices.Sort(want)
+		if !slices.Equal(removed, want) {
+			t.Fatalf("removed %v, want %v", removed, want)
+		}
+		return res
+	}
+	t.Run("dry run", func(t *testing.T) { prune(t, "--dry-run") })
+	t.Run("prune", func(t *testing.T) { prune(t) })
+	left, err := filepath.Glob(filepath.Join(dir, "sha256", "*", "*.jwt"))
+	if err != nil || len(left) != len(reasons) {
+		t.Fatalf("tokens left %v (%v), want the %d unconfirmed", left, err, len(reasons))
+	}
+	// The text output names each token kept and why.
+	var o, e strings.Builder
+	if code := run(context.Background(), []string{"token", "prune", "--older-than", "1h", "--check-registry", "--token-dir", dir}, strings.NewReader(""), &o, &e); code != 0 ||
+		!strings.Contains(o.String(), "kept "+lost.Digest.String()+" token "+sha(lostTok)[:12]) || !strings.Contains(o.String(), "3 older tokens kept that a registry does not list, or could not be asked") {
+		t.Fatalf("text: exit %d, stdout %s, stderr %s", code, o.String(), e.String())
+	}
+	// The registry flags go with --check-registry only.
+	if code := run(context.Background(), []string{"token", "prune", "--older-than", "1h", "--plain-http", "--token-dir", dir}, strings.NewReader(""), &o, &e); code != 2 || !strings.Contains(e.String(), "--plain-http is for --check-registry") {
+		t.Fatalf("--plain-http alone: exit %d, stderr %s", code, e.String())
 	}
 }
 

@@ -141,7 +141,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 			"fetch":  func(a []string) int { return tokenFetch(ctx, a, cio) },
 			"verify": func(a []string) int { return tokenVerify(ctx, a, cio) },
 			"show":   func(a []string) int { return tokenShow(a, cio) },
-			"prune":  func(a []string) int { return tokenPrune(a, cio) },
+			"prune":  func(a []string) int { return tokenPrune(ctx, a, cio) },
 		})
 	}
 	fmt.Fprintf(stderr, "oras-attest: unknown command %q\n\n%s", args[0], usage)

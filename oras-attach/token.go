@@ -410,13 +410,17 @@ type pruneResult struct {
 	// old published tokens kept because their mark does not record each of them.
 	RequiredRepositories  []string `json:"requiredRepositories"`
 	NotAttachedEverywhere int      `json:"notAttachedEverywhere"`
-	Error                 string   `json:"error,omitempty"`
+	// CheckRegistry is --check-registry, and Unconfirmed the old published tokens it kept, with
+	// the reason: a repository that does not list the token, or could not be asked.
+	CheckRegistry bool                `json:"checkRegistry"`
+	Unconfirmed   []token.Unconfirmed `json:"unconfirmed"`
+	Error         string              `json:"error,omitempty"`
 }
 
 // tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
 // the user must choose: attach can no longer publish a token once it is pruned. Each token
 // removed is listed with the repositories attach published it to: only those have it.
-func tokenPrune(args []string, io cmdIO) int {
+func tokenPrune(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest token prune", "oras-attest token prune --older-than DURATION [flags]", io.stderr)
 	olderThan := fs.Duration("older-than", 0, "remove the tokens stored longer ago than this that attach published (to the repositories listed, and only those), at least 1h (required)")
 	var tokenDir tokenDirFlag
@@ -424,11 +428,26 @@ func tokenPrune(args []string, io cmdIO) int {
 	dryRun := fs.Bool("dry-run", false, "list the tokens that would be removed, and remove nothing")
 	unattached := fs.Bool("include-unattached", false, "remove, too, old tokens attach never published from this store: the signatures naming them can then never be verified")
 	required := fs.StringArray("require-repository", nil, "keep each token whose mark does not record this repository REGISTRY/REPO (repeatable): a promotion target that still needs it")
+	check := fs.Bool("check-registry", false, "remove a published token only once each repository its mark records still lists it as a token referrer of its image (reads the registries; -u, --password-stdin and --plain-http as for attach)")
+	var reg registryFlags
+	reg.add(fs)
+	timeout := timeoutFlag{def: 10 * time.Minute, usage: "time limit of the registry reads of --check-registry; a token not checked by then is kept"}
+	timeout.add(fs)
 	output := fs.StringP("output", "o", "text", "output format: text or json")
 	if code, done := parse(fs, args, io.stdout); done {
 		return code
 	}
 	if err := cliutil.CheckFormat(*output); err != nil {
+		return usageError(fs, err)
+	}
+	if !*check {
+		for _, f := range []string{"username", "password-stdin", "plain-http", "timeout"} {
+			if fs.Changed(f) {
+				return usageError(fs, fmt.Errorf("--%s is for --check-registry", f))
+			}
+		}
+	}
+	if err := timeout.check(); err != nil {
 		return usageError(fs, err)
 	}
 	if fs.NArg() != 0 {
@@ -453,17 +472,28 @@ func tokenPrune(args []string, io cmdIO) int {
 	if err != nil {
 		return fail(err)
 	}
+	opts := token.PruneOptions{DryRun: *dryRun, Unattached: *unattached, Repositories: repos}
+	if *check {
+		ro, err := reg.options(io)
+		if err != nil {
+			return usageError(fs, err)
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = timeout.context(ctx)
+		defer cancel()
+		opts.Confirm = newRegistryCheck(ctx, ro).confirm
+	}
 	now := time.Now()
-	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan), RequiredRepositories: repos}
+	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan), RequiredRepositories: repos, CheckRegistry: *check}
 	if _, serr := os.Stat(store.Dir()); os.IsNotExist(serr) {
 		// Nothing to prune; but a mistyped --token-dir looks just like this.
 		fmt.Fprintf(io.stderr, "oras-attest token prune: %s does not exist: is it the plugin's token_dir (--token-dir, ATTEST_TOKEN_DIR)?\n", store.Dir())
 	}
-	pr, err := store.Prune(res.Before, token.PruneOptions{DryRun: *dryRun, Unattached: *unattached, Repositories: repos})
-	if err != nil && len(pr.Removed) == 0 && pr.Kept == 0 && len(pr.Skipped) == 0 && pr.Temporary == 0 && pr.Unattached == 0 && pr.NotEverywhere == 0 {
+	pr, err := store.Prune(res.Before, opts)
+	if err != nil && pr.Empty() {
 		return fail(err) // nothing read to report: {"error": ...}
 	}
-	res.Removed, res.Kept, res.Skipped, res.Temporary, res.Unattached, res.NotAttachedEverywhere = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary, pr.Unattached, pr.NotEverywhere
+	res.Removed, res.Kept, res.Skipped, res.Temporary, res.Unattached, res.NotAttachedEverywhere, res.Unconfirmed = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary, pr.Unattached, pr.NotEverywhere, pr.Unconfirmed
 	for _, s := range res.Skipped {
 		fmt.Fprintf(io.stderr, "oras-attest token prune: skipped %s: %s\n", s.Path, s.Reason)
 	}
@@ -492,6 +522,9 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 		subjects[p.Subject] = true
 		fmt.Fprintf(w, "%s %s token %s, stored %s ago, %s\n", verb, p.Subject, p.SHA256[:12], now.Sub(p.Modified).Round(time.Minute), publishedTo(p))
 	}
+	for _, u := range res.Unconfirmed {
+		fmt.Fprintf(w, "kept %s token %s, stored %s ago, %s: %s\n", u.Subject, u.SHA256[:12], now.Sub(u.Modified).Round(time.Minute), publishedTo(u.Pruned), u.Reason)
+	}
 	cutoff := fmt.Sprintf("older than %s (stored before %s)", res.OlderThan, res.Before.Local().Format(time.RFC3339))
 	kept := plural(res.Kept, "newer token") + " kept"
 	if res.Unattached > 0 {
@@ -499,6 +532,9 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	}
 	if res.NotAttachedEverywhere > 0 {
 		kept += "; " + plural(res.NotAttachedEverywhere, "older token") + " not attached to " + strings.Join(res.RequiredRepositories, " and ") + " kept (attach them there first)"
+	}
+	if len(res.Unconfirmed) > 0 {
+		kept += "; " + plural(len(res.Unconfirmed), "older token") + " kept that a registry does not list, or could not be asked (--check-registry; see above)"
 	}
 	if res.Temporary > 0 {
 		// What a store interrupted by a crash left (never a token).

@@ -60,6 +60,22 @@ type PruneResult struct {
 	// NotEverywhere counts the tokens older than the cutoff that attach published, kept because
 	// their mark does not record every repository of PruneOptions.Repositories.
 	NotEverywhere int
+	// Unconfirmed are the tokens that would have been removed, kept because
+	// PruneOptions.Confirm refused them, with its reason.
+	Unconfirmed []Unconfirmed
+}
+
+// Empty reports whether the result holds nothing: no token, leftover or entry was read.
+func (r PruneResult) Empty() bool {
+	return len(r.Removed) == 0 && r.Kept == 0 && len(r.Skipped) == 0 && r.Temporary == 0 &&
+		r.Unattached == 0 && r.NotEverywhere == 0 && len(r.Unconfirmed) == 0
+}
+
+// Unconfirmed is a token Prune kept because PruneOptions.Confirm refused its removal.
+type Unconfirmed struct {
+	Pruned
+	// Reason is Confirm's error.
+	Reason string `json:"reason"`
 }
 
 // PruneOptions are Prune's choices besides the cutoff.
@@ -74,6 +90,10 @@ type PruneOptions struct {
 	// target still needs is kept until it is attached there. A mark written before marks recorded
 	// repositories records none. Unmarked tokens removed with Unattached are not judged by it.
 	Repositories []string
+	// Confirm, when set, is asked about each token Prune is about to remove (on a dry run too),
+	// once every other rule lets it go: an error keeps the token, and is reported in Unconfirmed.
+	// oras-attest's --check-registry asks the registries whether they still hold the token.
+	Confirm func(Pruned) error
 }
 
 // Prune removes the tokens whose file was last modified before olderThan and that attach marked
@@ -107,7 +127,7 @@ type PruneOptions struct {
 // An error on one entry does not stop the others: the result holds what was done, and the
 // error names each entry that failed.
 func (s *Store) Prune(olderThan time.Time, opts PruneOptions) (PruneResult, error) {
-	res := PruneResult{Removed: []Pruned{}, Skipped: []Skipped{}}
+	res := PruneResult{Removed: []Pruned{}, Skipped: []Skipped{}, Unconfirmed: []Unconfirmed{}}
 	// The store's directory itself is opened as the other methods find it, through a link.
 	fd, err := unix.Open(s.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOENT) {
@@ -131,7 +151,7 @@ func (s *Store) Prune(olderThan time.Time, opts PruneOptions) (PruneResult, erro
 			return res, fmt.Errorf("token store: %q is not a repository REGISTRY/REPO", r)
 		}
 	}
-	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: opts.DryRun, unattached: opts.Unattached, required: opts.Repositories, res: &res}
+	p := pruner{olderThan: olderThan, changed: time.Now().Add(-dirGrace), dryRun: opts.DryRun, unattached: opts.Unattached, required: opts.Repositories, confirm: opts.Confirm, res: &res}
 	p.store(root, s.dir)
 	if len(p.errs) > 0 {
 		return res, fmt.Errorf("token store: pruning %s: %w", s.dir, errors.Join(p.errs...))
@@ -152,6 +172,7 @@ type pruner struct {
 	dryRun     bool
 	unattached bool
 	required   []string // PruneOptions.Repositories
+	confirm    func(Pruned) error
 	res        *PruneResult
 	errs       []error
 }
@@ -246,6 +267,13 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 				continue
 			}
 		}
+		pruned := Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file, Attached: marked, Repositories: repos}
+		if p.confirm != nil {
+			if err := p.confirm(pruned); err != nil {
+				p.res.Unconfirmed = append(p.res.Unconfirmed, Unconfirmed{Pruned: pruned, Reason: err.Error()})
+				continue
+			}
+		}
 		if !p.dryRun {
 			err := unix.Unlinkat(int(d.Fd()), name, 0)
 			if errors.Is(err, unix.ENOENT) {
@@ -261,7 +289,7 @@ func (p *pruner) subject(d *os.File, path, subject string) {
 				}
 			}
 		}
-		p.res.Removed = append(p.res.Removed, Pruned{Subject: subject, SHA256: h, Modified: mtime, Path: file, Attached: marked, Repositories: repos})
+		p.res.Removed = append(p.res.Removed, pruned)
 	}
 }
 

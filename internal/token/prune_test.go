@@ -771,3 +771,57 @@ func TestPruneRequiredRepositories(t *testing.T) {
 		})
 	}
 }
+
+// TestPruneConfirm: Confirm is asked about each token Prune would remove, and only those (not a
+// newer token, nor an old one kept unpublished), with the token's subject, hash and mark, on a
+// dry run too; a token it refuses is kept and listed with the reason, the others go.
+func TestPruneConfirm(t *testing.T) {
+	subject := "sha256:" + strings.Repeat("c", 64)
+	old, now := time.Now().Add(-48*time.Hour), time.Now()
+	s := NewStore(filepath.Join(t.TempDir(), "tokens"))
+	yes := putAt(t, s, subject, "h.yes.sig", old)
+	no := putAt(t, s, subject, "h.no.sig", old)
+	putAt(t, s, subject, "h.newer.sig", now)
+	putAt(t, s, subject, "h.unpublished.sig", old)
+	for _, e := range []Entry{yes, no} {
+		if err := s.MarkAttached(subject, e.SHA256, "reg.example/app"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(e.Path, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dry := range []bool{true, false} {
+		var asked []string
+		confirm := func(p Pruned) error {
+			asked = append(asked, p.SHA256)
+			if p.Subject != subject || !p.Attached || !slices.Equal(p.Repositories, []string{"reg.example/app"}) {
+				t.Errorf("asked about %+v", p)
+			}
+			if p.SHA256 == no.SHA256 {
+				return errors.New("not in the registry")
+			}
+			return nil
+		}
+		res, err := s.Prune(now.Add(-time.Hour), PruneOptions{DryRun: dry, Confirm: confirm})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(asked)
+		want := []string{yes.SHA256, no.SHA256}
+		slices.Sort(want)
+		if !slices.Equal(asked, want) {
+			t.Fatalf("dry run %v: asked about %v, want %v", dry, asked, want)
+		}
+		if len(res.Removed) != 1 || res.Removed[0].SHA256 != yes.SHA256 || len(res.Unconfirmed) != 1 ||
+			res.Unconfirmed[0].SHA256 != no.SHA256 || res.Unconfirmed[0].Reason != "not in the registry" || res.Kept != 1 || res.Unattached != 1 {
+			t.Fatalf("dry run %v: %+v", dry, res)
+		}
+	}
+	if _, err := s.Get(subject, no.SHA256); err != nil {
+		t.Fatalf("the unconfirmed token is gone: %v", err)
+	}
+	if _, err := s.Get(subject, yes.SHA256); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("the confirmed token is still there: %v", err)
+	}
+}
