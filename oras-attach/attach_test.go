@@ -20,10 +20,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/notaryproject/notation-core-go/signature"
 	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
+	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -193,6 +195,23 @@ func TestAttachIssuedAt(t *testing.T) {
 	}
 }
 
+// signAndStore pushes an image of payload to repo, signs it with signer naming a token chain
+// issued for it and keyID (as the plugin signs), and stores the token in store.
+func signAndStore(t *testing.T, chain *attesttest.Chain, repo *remote.Repository, signer signature.Signer, store *token.Store, keyID, payload string) (ocispec.Descriptor, string) {
+	t.Helper()
+	img := attesttest.PushImage(t, repo, payload)
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := chain.Token(t, b)
+	attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
+	if _, err := store.Put(img.Digest.String(), tok); err != nil {
+		t.Fatal(err)
+	}
+	return img, tok
+}
+
 // TestTokenPruneCheckRegistry: with --check-registry, prune removes a token attach published only
 // once each repository its mark records still lists it; a token the registry lost, one whose mark
 // records no repository, and one whose registry cannot be reached are kept, each with its reason,
@@ -206,19 +225,8 @@ func TestTokenPruneCheckRegistry(t *testing.T) {
 	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
 	dir := t.TempDir() + "/tokens"
 	store := token.NewStore(dir)
-	// signed pushes and signs an image, and stores its token.
 	signed := func(payload string) (ocispec.Descriptor, string) {
-		img := attesttest.PushImage(t, repo, payload)
-		b, err := binding.Compute(img.Digest.String(), keyID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok := chain.Token(t, b)
-		attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
-		if _, err := store.Put(img.Digest.String(), tok); err != nil {
-			t.Fatal(err)
-		}
-		return img, tok
+		return signAndStore(t, chain, repo, signer, store, keyID, payload)
 	}
 	attach := func(img ocispec.Descriptor) {
 		var o, e strings.Builder
@@ -434,20 +442,9 @@ func TestAttachSignatureReads(t *testing.T) {
 	sigRepo := imageverify.NewRepository(repo)
 	store := token.NewStore(t.TempDir() + "/tokens")
 	sha := func(raw string) string { s := sha256.Sum256([]byte(raw)); return hex.EncodeToString(s[:]) }
-	// signed pushes an image, signs it with a token bound to it and stores the token.
 	signed := func(t *testing.T, content string) (ocispec.Descriptor, string) {
 		t.Helper()
-		img := attesttest.PushImage(t, repo, content)
-		b, err := binding.Compute(img.Digest.String(), keyID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tok := chain.Token(t, b)
-		attesttest.SignImage(t, sigRepo, signer, img, tok, chain.URL, time.Now())
-		if _, err := store.Put(img.Digest.String(), tok); err != nil {
-			t.Fatal(err)
-		}
-		return img, tok
+		return signAndStore(t, chain, repo, signer, store, keyID, content)
 	}
 	// junk attaches to img a manifest of the Notary signature type with two layers.
 	junk := func(t *testing.T, img ocispec.Descriptor) ocispec.Descriptor {
@@ -583,16 +580,7 @@ func TestAttachPastFalseReferrer(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			img := attesttest.PushImage(t, repo, fmt.Sprintf("false referrer %d", i))
-			b, err := binding.Compute(img.Digest.String(), keyID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tok := chain.Token(t, b)
-			attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
-			if _, err := store.Put(img.Digest.String(), tok); err != nil {
-				t.Fatal(err)
-			}
+			img, tok := signAndStore(t, chain, repo, signer, store, keyID, fmt.Sprintf("false referrer %d", i))
 			var genuine digest.Digest
 			if tc.attached {
 				d, err := referrer.Attach(ctx, repo, img, referrer.Token{Raw: tok, Issuer: chain.URL, IssuedAt: time.Now()})
