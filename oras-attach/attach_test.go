@@ -258,12 +258,44 @@ func TestTokenPruneCheckRegistry(t *testing.T) {
 	if err := store.MarkAttached(gone.Digest.String(), sha(goneTok), closed); err != nil {
 		t.Fatal(err)
 	}
+	// Attached to the first repository, and recorded in a second (a copy of the image) that does
+	// not list it: the first repository's answer is not enough.
+	copyRepo, copyName := attesttest.Registry(t)
+	half, halfTok := signed("attached to one of its two repositories")
+	attach(half)
+	if c := attesttest.PushImage(t, copyRepo, "attached to one of its two repositories"); c.Digest != half.Digest {
+		t.Fatalf("the copy is %s, not %s", c.Digest, half.Digest)
+	}
+	if err := store.MarkAttached(half.Digest.String(), sha(halfTok), copyName); err != nil {
+		t.Fatal(err)
+	}
+	// Not listed, beside a token referrer that is not well-formed (a layer of another type): the
+	// token may be the one not read.
+	junk, junkTok := signed("beside a referrer that cannot be read")
+	if err := store.MarkAttached(junk.Digest.String(), sha(junkTok), name); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	cfg, err := oras.PushBytes(ctx, repo, referrer.ArtifactType, []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer, err := oras.PushBytes(ctx, repo, "application/octet-stream", []byte(junkTok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, referrer.ArtifactType, oras.PackManifestOptions{
+		Subject: &junk, Layers: []ocispec.Descriptor{layer}, ConfigDescriptor: &cfg,
+		ManifestAnnotations: map[string]string{referrer.AnnotationTokenSHA256: sha(junkTok)},
+	}); err != nil {
+		t.Fatal(err)
+	}
 	never, neverTok := signed("never attached")
 	old := time.Now().Add(-48 * time.Hour)
 	for _, e := range []struct {
 		img ocispec.Descriptor
 		raw string
-	}{{kept, keptTok}, {lost, lostTok}, {legacy, legacyTok}, {gone, goneTok}, {never, neverTok}} {
+	}{{kept, keptTok}, {lost, lostTok}, {legacy, legacyTok}, {gone, goneTok}, {half, halfTok}, {junk, junkTok}, {never, neverTok}} {
 		if err := os.Chtimes(filepath.Join(dir, "sha256", e.img.Digest.Encoded(), sha(e.raw)+".jwt"), old, old); err != nil {
 			t.Fatal(err)
 		}
@@ -272,6 +304,8 @@ func TestTokenPruneCheckRegistry(t *testing.T) {
 		sha(lostTok):   name + "@" + lost.Digest.String() + " holds no token referrer with this token: attach it there again",
 		sha(legacyTok): "not checked: its mark records no repository",
 		sha(goneTok):   "not checked in " + closed + ": resolving",
+		sha(halfTok):   copyName + "@" + half.Digest.String() + " holds no token referrer with this token",
+		sha(junkTok):   "not found in " + name + "@" + junk.Digest.String() + ", and 1 of its 1 token referrers could not be read",
 	}
 	prune := func(t *testing.T, args ...string) pruneResult {
 		t.Helper()
@@ -310,12 +344,61 @@ func TestTokenPruneCheckRegistry(t *testing.T) {
 	// The text output names each token kept and why.
 	var o, e strings.Builder
 	if code := run(context.Background(), []string{"token", "prune", "--older-than", "1h", "--check-registry", "--token-dir", dir}, strings.NewReader(""), &o, &e); code != 0 ||
-		!strings.Contains(o.String(), "kept "+lost.Digest.String()+" token "+sha(lostTok)[:12]) || !strings.Contains(o.String(), "3 older tokens kept that a registry does not list, or could not be asked") {
+		!strings.Contains(o.String(), "kept "+lost.Digest.String()+" token "+sha(lostTok)[:12]) || !strings.Contains(o.String(), "5 older tokens kept that a registry does not list, or could not be asked") {
 		t.Fatalf("text: exit %d, stdout %s, stderr %s", code, o.String(), e.String())
 	}
-	// The registry flags go with --check-registry only.
-	if code := run(context.Background(), []string{"token", "prune", "--older-than", "1h", "--plain-http", "--token-dir", dir}, strings.NewReader(""), &o, &e); code != 2 || !strings.Contains(e.String(), "--plain-http is for --check-registry") {
-		t.Fatalf("--plain-http alone: exit %d, stderr %s", code, e.String())
+	// The registry flags go with --check-registry only, and its limit must leave it time.
+	for _, args := range [][]string{{"--plain-http"}, {"--username", "u"}, {"--password-stdin"}, {"--timeout", "1m"}, {"--check-registry", "--timeout", "0s"}} {
+		var o, e strings.Builder
+		want := "--" + strings.TrimPrefix(args[0], "--") + " is for --check-registry"
+		if args[0] == "--check-registry" {
+			want = "--timeout 0s: want a duration above 0"
+		}
+		if code := run(context.Background(), append([]string{"token", "prune", "--older-than", "1h", "--token-dir", dir}, args...), strings.NewReader(""), &o, &e); code != 2 || !strings.Contains(e.String(), want) {
+			t.Fatalf("%v: exit %d, stderr %s; want 2 and %q", args, code, e.String(), want)
+		}
+	}
+}
+
+// TestTokenPruneCheckRegistryTimeout: a registry that accepts the connection and never answers
+// does not hang prune --check-registry: at its --timeout the token is kept, the limit named.
+func TestTokenPruneCheckRegistryTimeout(t *testing.T) {
+	release := make(chan struct{})
+	silent := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(silent.Close)
+	t.Cleanup(func() { close(release) }) // runs first: no handler is left waiting on Close
+	repository := strings.TrimPrefix(silent.URL, "http://") + "/app"
+	store := token.NewStore(t.TempDir() + "/tokens")
+	subject := "sha256:" + strings.Repeat("e", 64)
+	e, err := store.Put(subject, "h.waiting.sig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := store.MarkAttached(subject, e.SHA256, repository); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(e.Path, old, old); err != nil {
+		t.Fatal(err)
+	}
+	var o, stderr strings.Builder
+	began := time.Now()
+	code := run(t.Context(), []string{"token", "prune", "--older-than", "1h", "--check-registry", "--timeout", "300ms", "--token-dir", store.Dir(), "-o", "json"}, strings.NewReader(""), &o, &stderr)
+	if took := time.Since(began); took > 5*time.Second {
+		t.Fatalf("prune returned after %s", took)
+	}
+	var res pruneResult
+	if err := json.Unmarshal([]byte(o.String()), &res); code != 0 || err != nil || len(res.Removed) != 0 || len(res.Unconfirmed) != 1 ||
+		!strings.Contains(res.Unconfirmed[0].Reason, "not checked in "+repository) || !strings.Contains(res.Unconfirmed[0].Reason, "time limit reached (--timeout 300ms)") {
+		t.Fatalf("exit %d (%v), stdout %s, stderr %s", code, err, o.String(), stderr.String())
+	}
+	if _, err := os.Stat(e.Path); err != nil {
+		t.Fatalf("the token is gone: %v", err)
 	}
 }
 

@@ -407,6 +407,12 @@ func TestTokenPruneJSON(t *testing.T) {
 			if len(res.Skipped) != 1 || res.Skipped[0].Path != filepath.Join(dir, "notes") || res.Skipped[0].Reason == "" {
 				t.Errorf("skipped %+v, want the file notes", res.Skipped)
 			}
+			// Lists are lists, empty ones too, for a script reading them.
+			for _, member := range []string{`"skipped": [`, `"requiredRepositories": []`, `"unconfirmed": []`, `"checkRegistry": false`} {
+				if !strings.Contains(stdout, member) {
+					t.Errorf("JSON output without %s: %s", member, stdout)
+				}
+			}
 			if _, err := os.Stat(e.Path); dryRun != (err == nil) {
 				t.Errorf("old token after a prune with dry run %v: %v", dryRun, err)
 			}

@@ -434,6 +434,8 @@ func TestNewStaticKeySet(t *testing.T) {
 		{"kid in capitals only", withMembers(publicJWKS(t, signingKey, testKID), `"kid":"`+testKID+`"`, `"KID":"`+testKID+`"`), false},
 		{"kid twice", withMembers(publicJWKS(t, signingKey, testKID), `"kid":"`+testKID+`"`, `"kid":"other","kid":"`+testKID+`"`), false},
 		{"x5c only, use enc, then USE sig", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","use":"enc","USE":"sig"`), false},
+		{"x5c only, alg PS256", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","alg":"PS256"`), false},
+		{"x5c only, use enc", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","use":"enc"`), false},
 		{"x5c only, kty in capitals only", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"KTY":"RSA"`), false},
 		{"keys twice", []byte(`{"keys":[],"keys":` + strings.TrimSuffix(strings.TrimPrefix(string(publicJWKS(t, signingKey, testKID)), `{"keys":`), `}`) + `}`), false},
 	}
@@ -795,5 +797,37 @@ func TestRemoteKeySetPrefetch(t *testing.T) {
 	up.Store(true)
 	if _, err := newTestVerifier(t, keys, testNow).Verify(ctx, signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n"); err != nil {
 		t.Fatalf("after a failed prefetch: %v", err)
+	}
+}
+
+// TestNumericDate: a NumericDate claim is read as RFC 7519 defines it, seconds since the epoch,
+// a fraction and an exponent included; a negative, too large or non-numeric one is refused.
+func TestNumericDate(t *testing.T) {
+	tests := []struct {
+		name  string
+		claim any
+		want  time.Time
+		ok    bool
+		err   string
+	}{
+		{"integer", json.Number("1700000000"), time.Unix(1700000000, 0), true, ""},
+		{"fraction", json.Number("1700000000.75"), time.Unix(1700000000, 75e7), true, ""},
+		{"exponent", json.Number("1.7e9"), time.Unix(1700000000, 0), true, ""},
+		{"absent", nil, time.Time{}, false, ""},
+		{"negative", json.Number("-1"), time.Time{}, false, "out of range"},
+		{"too large", json.Number("1e13"), time.Time{}, false, "not a valid date"},
+		{"string", "1700000000", time.Time{}, false, "not a number"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			claims := map[string]any{}
+			if tc.claim != nil {
+				claims["iat"] = tc.claim
+			}
+			got, ok, err := NumericDate(claims, "iat")
+			if !got.Equal(tc.want) || ok != tc.ok || (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("NumericDate = %v, %v, %v; want %v, %v, %q", got, ok, err, tc.want, tc.ok, tc.err)
+			}
+		})
 	}
 }

@@ -14,12 +14,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/notaryproject/notation-go/dir"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
@@ -254,12 +256,14 @@ func TestNewVerifierLoadsAsNotation(t *testing.T) {
 		name  string
 		setup func(t *testing.T, path string)
 		ok    bool
+		// notRegular: the refusal is atomicfile.ErrNotRegular, saying notation refuses it too.
+		notRegular bool
 	}{
 		{"regular file", func(t *testing.T, path string) {
 			if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, true},
+		}, true, false},
 		{"symbolic link to a policy", func(t *testing.T, path string) {
 			target := filepath.Join(t.TempDir(), "policy.json")
 			if err := os.WriteFile(target, []byte(content), 0o600); err != nil {
@@ -268,13 +272,13 @@ func TestNewVerifierLoadsAsNotation(t *testing.T) {
 			if err := os.Symlink(target, path); err != nil {
 				t.Fatal(err)
 			}
-		}, false},
+		}, false, true},
 		{"directory", func(t *testing.T, path string) {
 			if err := os.Mkdir(path, 0o700); err != nil {
 				t.Fatal(err)
 			}
-		}, false},
-		{"missing", func(t *testing.T, path string) {}, false},
+		}, false, true},
+		{"missing", func(t *testing.T, path string) {}, false, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -285,11 +289,23 @@ func TestNewVerifierLoadsAsNotation(t *testing.T) {
 			if (err == nil) != tc.ok {
 				t.Fatalf("NewVerifier: %v, want ok=%v", err, tc.ok)
 			}
+			if tc.notRegular && (!errors.Is(err, atomicfile.ErrNotRegular) || !strings.Contains(err.Error(), "notation, too, loads only a regular file")) {
+				t.Fatalf("NewVerifier: %v, want atomicfile.ErrNotRegular and notation named", err)
+			}
 			dir.UserConfigDir = cfg
 			if _, nerr := trustpolicy.LoadDocument(); (nerr == nil) != tc.ok {
 				t.Fatalf("notation's loader: %v, want ok=%v (NewVerifier: %v)", nerr, tc.ok, err)
 			}
 		})
+	}
+	// Beyond notation: a file larger than any trust policy is not read whole.
+	cfg := t.TempDir()
+	path := filepath.Join(cfg, "trustpolicy.json")
+	if err := os.WriteFile(path, []byte(content+strings.Repeat(" ", maxTrustPolicyFile)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewVerifier(path, cfg); !errors.Is(err, atomicfile.ErrTooLarge) {
+		t.Fatalf("NewVerifier of a %d-byte file: %v, want atomicfile.ErrTooLarge", maxTrustPolicyFile+len(content), err)
 	}
 }
 

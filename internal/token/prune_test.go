@@ -825,3 +825,24 @@ func TestPruneConfirm(t *testing.T) {
 		t.Fatalf("the confirmed token is still there: %v", err)
 	}
 }
+
+// TestPruneResultEmpty: a result is empty only when nothing at all was read; each field alone
+// makes it not empty, so that an error beside it is reported with what was done.
+func TestPruneResultEmpty(t *testing.T) {
+	if !(PruneResult{Removed: []Pruned{}, Skipped: []Skipped{}, Unconfirmed: []Unconfirmed{}}).Empty() {
+		t.Fatal("a result with nothing in it is not empty")
+	}
+	for name, r := range map[string]PruneResult{
+		"Removed":       {Removed: []Pruned{{}}},
+		"Kept":          {Kept: 1},
+		"Skipped":       {Skipped: []Skipped{{}}},
+		"Temporary":     {Temporary: 1},
+		"Unattached":    {Unattached: 1},
+		"NotEverywhere": {NotEverywhere: 1},
+		"Unconfirmed":   {Unconfirmed: []Unconfirmed{{}}},
+	} {
+		if r.Empty() {
+			t.Errorf("a result with only %s is empty", name)
+		}
+	}
+}
