@@ -216,6 +216,9 @@ func decodeInput(b []byte) (Input, time.Duration, error) {
 		}
 		return Input{}, 0, fmt.Errorf("verifier input is not JSON: %v", err)
 	}
+	if err := checkInputKeys(b); err != nil {
+		return in, 0, fmt.Errorf("verifier input: %v", err)
+	}
 	timeout, err := parseTimeout(in.Config.Timeout)
 	if err != nil {
 		return in, 0, fmt.Errorf("verifier config: %v", err)
@@ -224,6 +227,40 @@ func decodeInput(b []byte) (Input, time.Duration, error) {
 		return in, 0, err
 	}
 	return in, timeout, nil
+}
+
+// inputKeys are Input's JSON names.
+var inputKeys = []string{"config", "storeConfig", "referenceDesc"}
+
+// checkInputKeys refuses an input b whose top level names a member twice, or names one of
+// Input's members in another case. encoding/json, which decodes the input, would merge two config
+// objects into one (checkConfigKeys checks each alone) and take "CONFIG" for "config", so that
+// what is decoded would not be one object as written. Ratify writes the input itself, from one
+// map; other members are left to it.
+func checkInputKeys(b []byte) error {
+	dec := jsontext.NewDecoder(bytes.NewReader(b))
+	if _, err := dec.ReadToken(); err != nil { // '{': json.Unmarshal has decoded b
+		return err
+	}
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if errors.Is(err, jsontext.ErrDuplicateName) {
+			return fmt.Errorf("a member appears twice: %v", err)
+		}
+		if err != nil {
+			return err
+		}
+		name := tok.String()
+		for _, k := range inputKeys {
+			if name != k && strings.EqualFold(name, k) {
+				return fmt.Errorf("member %.60q is %q in another case", name, k)
+			}
+		}
+		if err := dec.SkipValue(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ratifyKeys are the keys Ratify itself puts in a verifier's config besides the verifier's own

@@ -144,6 +144,11 @@ func TestRunRefusesInput(t *testing.T) {
 		{"misspelt rule file", nil, withJSON(map[string]any{"rule": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "rule"`},
 		{"a key in another case", nil, withJSON(map[string]any{"Rules": "/etc/attested-kv/vm-pins.cel"}, tokenDesc), `verifier config: unknown key "Rules"`},
 		{"a key twice", nil, strings.NewReader(`{"config":{"rules":"/a.cel","rules":"/b.cel"},"referenceDesc":{}}`), "verifier config: a key appears twice"},
+		// encoding/json would merge the two objects: the keys of each are the verifier's, but not
+		// the whole.
+		{"config twice", nil, strings.NewReader(`{"config":{"attestationURL":"https://x.weu.attest.azure.net"},"config":{"keyID":"https://v.vault.azure.net/keys/k/1"},"referenceDesc":{}}`), "verifier input: a member appears twice"},
+		{"config in another case", nil, strings.NewReader(`{"config":{"attestationURL":"https://x.weu.attest.azure.net"},"CONFIG":{"keyID":"https://v.vault.azure.net/keys/k/1"},"referenceDesc":{}}`), `verifier input: member "CONFIG" is "config" in another case`},
+		{"referenceDesc in another case", nil, strings.NewReader(`{"config":{},"referenceDesc":{},"ReferenceDesc":{}}`), `verifier input: member "ReferenceDesc" is "referenceDesc" in another case`},
 		{"key id spelt otherwise than Key Vault writes it", nil, withJSON(map[string]any{"attestationURL": "https://x.weu.attest.azure.net", "keyID": "https://v.vault.azure.net/keys/k/1/"}, tokenDesc), `keyID: binding: invalid input: key id "https://v.vault.azure.net/keys/k/1/" is another spelling of "https://v.vault.azure.net/keys/k/1"`},
 		{"maxTokenAge negative", nil, withJSON(maxAge("-5m"), tokenDesc), `verifier config: maxTokenAge "-5m": want a duration such as 5m`},
 		{"maxTokenAge zero", nil, withJSON(maxAge("0s"), tokenDesc), `verifier config: maxTokenAge "0s": want a duration such as 5m`},
