@@ -10,7 +10,10 @@ package imageverify
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -21,13 +24,15 @@ import (
 	"time"
 
 	"github.com/notaryproject/notation-core-go/signature"
-	_ "github.com/notaryproject/notation-core-go/signature/cose" // NamedTokens parses both envelope types
-	_ "github.com/notaryproject/notation-core-go/signature/jws"
+	"github.com/notaryproject/notation-core-go/signature/cose" // NamedTokens parses both envelope types
+	"github.com/notaryproject/notation-core-go/signature/jws"
 	"github.com/notaryproject/notation-go"
 	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	"github.com/notaryproject/notation-go/verifier/truststore"
+	"github.com/notaryproject/tspclient-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	gocose "github.com/veraison/go-cose"
 	"oras.land/oras-go/v2/content"
 	"oras.land/oras-go/v2/errdef"
 	"oras.land/oras-go/v2/registry/remote"
@@ -416,7 +421,122 @@ func readSignature(ctx context.Context, repo Repository, sd ocispec.Descriptor) 
 	if err != nil {
 		return nil, "", &referrer.ReadError{What: "fetching signature " + sd.Digest.String() + ": its envelope " + l.Digest.String(), Err: err}
 	}
+	if err := checkEnvelopeKeys(blob, l.MediaType); err != nil {
+		return nil, "", err
+	}
 	return blob, l.MediaType, nil
+}
+
+// Bounds of the certificates checkEnvelopeKeys lets through.
+const (
+	// maxChainCertificates bounds a signature's certificate chain and the certificates of its
+	// timestamp countersignature (a chain of a leaf, an intermediate or two and a root).
+	maxChainCertificates = 10
+	// maxRSAKeyBits bounds the RSA keys of the certificates above the signing one (a CA's key
+	// may be longer than Notation's key specs); RSA verification costs the square of the size.
+	maxRSAKeyBits = 8192
+)
+
+// checkEnvelopeKeys refuses, before any signature in it is checked, an envelope whose
+// certificates hold keys Notation would not sign with, or more certificates than a chain has.
+// notation-core-go checks a JWS with its first certificate's key, and the chain, certificate by
+// certificate, with each issuer's key (in Verify, and already in Content), and notation-go a
+// timestamp countersignature with the TSA's, before any of them judges the key; crypto/rsa
+// verifies with a key of any size, at a cost that grows with its square, and no deadline
+// interrupts it. Whoever can push could otherwise attach a signature whose 1M-bit certificate key
+// takes 15 s of CPU to check (in a 32 MiB envelope, hours). The signing certificate must have one
+// of Notation's key specs (RSA 2048, 3072 or 4096 bits, ECDSA P-256, P-384 or P-521), as
+// notation-core-go requires of the keys it signs with; the other certificates an RSA key of at
+// most maxRSAKeyBits or an ECDSA key. The certificates are read as notation-core-go reads them
+// (envelopeCertificates), with none of its checks.
+func checkEnvelopeKeys(blob []byte, mediaType string) error {
+	chainDER, ts, err := envelopeCertificates(blob, mediaType)
+	if err != nil {
+		return fmt.Errorf("envelope does not parse: %w", err)
+	}
+	if len(chainDER) == 0 || len(chainDER) > maxChainCertificates {
+		return fmt.Errorf("signature with %d certificates: want 1 to %d", len(chainDER), maxChainCertificates)
+	}
+	chain := make([]*x509.Certificate, len(chainDER))
+	for i, der := range chainDER {
+		if chain[i], err = x509.ParseCertificate(der); err != nil {
+			return fmt.Errorf("certificate %d of the chain: %w", i, err)
+		}
+	}
+	if _, err := signature.ExtractKeySpec(chain[0]); err != nil {
+		return fmt.Errorf("signing certificate %q: %w", chain[0].Subject, err)
+	}
+	if err := boundedKeys("certificate chain", chain[1:]); err != nil {
+		return err
+	}
+	if len(ts) == 0 {
+		return nil
+	}
+	token, err := tspclient.ParseSignedToken(ts)
+	if err != nil {
+		return fmt.Errorf("timestamp countersignature does not parse: %w", err)
+	}
+	if len(token.Certificates) > maxChainCertificates {
+		return fmt.Errorf("timestamp countersignature with %d certificates: want at most %d", len(token.Certificates), maxChainCertificates)
+	}
+	return boundedKeys("timestamp countersignature", token.Certificates)
+}
+
+// envelopeCertificates returns the certificate chain (DER) and the timestamp countersignature of
+// a JWS or COSE Notation envelope, decoded as notation-core-go v1.3 decodes them (jws.ParseEnvelope
+// with encoding/json into its header's fields, cose.ParseEnvelope with go-cose and the same
+// unprotected header labels), but without its checks.
+func envelopeCertificates(blob []byte, mediaType string) (chain [][]byte, timestamp []byte, err error) {
+	switch mediaType {
+	case jws.MediaTypeEnvelope:
+		var e struct {
+			Header struct {
+				TimestampSignature []byte   `json:"io.cncf.notary.timestampSignature,omitempty"`
+				CertChain          [][]byte `json:"x5c"`
+			} `json:"header"`
+		}
+		if err := json.Unmarshal(blob, &e); err != nil {
+			return nil, nil, err
+		}
+		return e.Header.CertChain, e.Header.TimestampSignature, nil
+	case cose.MediaTypeEnvelope:
+		var msg gocose.Sign1Message
+		if err := msg.UnmarshalCBOR(blob); err != nil {
+			return nil, nil, err
+		}
+		certs, _ := msg.Headers.Unprotected[gocose.HeaderLabelX5Chain].([]any)
+		for _, c := range certs {
+			der, ok := c.([]byte)
+			if !ok {
+				return nil, nil, errors.New("x5chain holds something other than certificates")
+			}
+			chain = append(chain, der)
+		}
+		timestamp, _ = msg.Headers.Unprotected[coseTimestampLabel].([]byte)
+		return chain, timestamp, nil
+	}
+	return nil, nil, fmt.Errorf("media type %.80q is not a Notation envelope", mediaType)
+}
+
+// coseTimestampLabel is the COSE unprotected header of the timestamp countersignature
+// (notation-core-go's signature/cose headerLabelTimestampSignature).
+const coseTimestampLabel = "io.cncf.notary.timestampSignature"
+
+// boundedKeys refuses a certificate of certs, named by where, whose key is neither an RSA key of
+// at most maxRSAKeyBits nor an ECDSA key.
+func boundedKeys(where string, certs []*x509.Certificate) error {
+	for _, cert := range certs {
+		switch k := cert.PublicKey.(type) {
+		case *rsa.PublicKey:
+			if n := k.N.BitLen(); n > maxRSAKeyBits {
+				return fmt.Errorf("%s: certificate %q has an RSA key of %d bits, more than %d", where, cert.Subject, n, maxRSAKeyBits)
+			}
+		case *ecdsa.PublicKey:
+		default:
+			return fmt.Errorf("%s: certificate %q has a %T key, neither RSA nor ECDSA", where, cert.Subject, cert.PublicKey)
+		}
+	}
+	return nil
 }
 
 // listSignatures lists at most maxListedSignatures signatures of subject, in the registry's
