@@ -716,3 +716,53 @@ func TestTagReferenceRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestTokenPruneCheckRegistryAsksOnce: prune --check-registry asks a repository about an image
+// once, whatever the number of its tokens, a failed answer included: the image's other tokens are
+// kept for the same reason without asking again (each ask costing the client's retries).
+func TestTokenPruneCheckRegistryAsksOnce(t *testing.T) {
+	var requests atomic.Int64
+	notFound := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		requests.Add(1)
+		http.Error(w, `{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}`, http.StatusNotFound)
+	}))
+	t.Cleanup(notFound.Close)
+	repository := strings.TrimPrefix(notFound.URL, "http://") + "/app"
+	store := token.NewStore(t.TempDir() + "/tokens")
+	subject := "sha256:" + strings.Repeat("f", 64)
+	old := time.Now().Add(-48 * time.Hour)
+	put := func(raw string) {
+		e, err := store.Put(subject, raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := store.MarkAttached(subject, e.SHA256, repository); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(e.Path, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prune := func(tokens int) int64 {
+		requests.Store(0)
+		var o, e strings.Builder
+		code := run(t.Context(), []string{"token", "prune", "--older-than", "1h", "--check-registry", "--dry-run", "--token-dir", store.Dir(), "-o", "json"}, strings.NewReader(""), &o, &e)
+		var res pruneResult
+		if err := json.Unmarshal([]byte(o.String()), &res); code != 0 || err != nil || len(res.Unconfirmed) != tokens || len(res.Removed) != 0 {
+			t.Fatalf("exit %d (%v), stdout %s, stderr %s", code, err, o.String(), e.String())
+		}
+		for _, u := range res.Unconfirmed {
+			if u.Reason != res.Unconfirmed[0].Reason || !strings.Contains(u.Reason, "not checked in "+repository) {
+				t.Fatalf("reasons %+v", res.Unconfirmed)
+			}
+		}
+		return requests.Load()
+	}
+	put("h.first.sig")
+	one := prune(1)
+	put("h.second.sig")
+	put("h.third.sig")
+	if three := prune(3); one == 0 || three != one {
+		t.Fatalf("%d requests for one token, %d for three of the same image; want the same, above 0", one, three)
+	}
+}

@@ -23,13 +23,21 @@ type registryCheck struct {
 	// repos are the repositories opened so far, by REGISTRY/REPO: one client, and one set of
 	// registry tokens, per repository.
 	repos map[string]*remote.Repository
-	// indexes are the token referrers listed so far, by REGISTRY/REPO@DIGEST: an image signed
-	// many times is listed once.
-	indexes map[string]*referrer.Index
+	// subject is the image whose listings indexes holds, by REGISTRY/REPO@DIGEST, failures
+	// included: an image signed many times is listed once in each repository, and only one image's
+	// listings are kept at a time (Prune goes through the store image by image).
+	subject string
+	indexes map[string]listing
+}
+
+// listing is the token referrers of an image listed in one repository, or why they were not.
+type listing struct {
+	ix  *referrer.Index
+	err error
 }
 
 func newRegistryCheck(ctx context.Context, opts registryclient.Options) *registryCheck {
-	return &registryCheck{ctx: ctx, opts: opts, repos: map[string]*remote.Repository{}, indexes: map[string]*referrer.Index{}}
+	return &registryCheck{ctx: ctx, opts: opts, repos: map[string]*remote.Repository{}}
 }
 
 // confirm is token.PruneOptions.Confirm: nil once every repository of p's mark holds p. A token
@@ -73,11 +81,22 @@ func (c *registryCheck) holds(repository, subject, sha string) error {
 }
 
 // index lists the token referrers of the image ref (repository@subject), opening the repository
-// the first time; a listing that failed is not kept, so the next token asks again.
+// the first time. A failure is kept like a listing: the image's other tokens are kept for the same
+// reason, without asking a registry that failed (after its retries) again.
 func (c *registryCheck) index(repository, ref, subject string) (*referrer.Index, error) {
-	if ix, ok := c.indexes[ref]; ok {
-		return ix, nil
+	if subject != c.subject {
+		c.subject, c.indexes = subject, map[string]listing{}
 	}
+	l, ok := c.indexes[ref]
+	if !ok {
+		l.ix, l.err = c.list(repository, ref, subject)
+		c.indexes[ref] = l
+	}
+	return l.ix, l.err
+}
+
+// list opens the repository the first time and lists the token referrers of ref.
+func (c *registryCheck) list(repository, ref, subject string) (*referrer.Index, error) {
 	repo, ok := c.repos[repository]
 	if !ok {
 		o := c.opts
@@ -102,6 +121,5 @@ func (c *registryCheck) index(repository, ref, subject string) (*referrer.Index,
 	if err := ix.Err(); err != nil {
 		return nil, err
 	}
-	c.indexes[ref] = ix
 	return ix, nil
 }

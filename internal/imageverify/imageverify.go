@@ -543,7 +543,9 @@ func boundedKeys(where string, certs []*x509.Certificate) error {
 // order; more reports that the registry has more.
 func listSignatures(ctx context.Context, repo Repository, subject ocispec.Descriptor) (sigs []ocispec.Descriptor, more bool, err error) {
 	err = repo.ListSignatures(ctx, subject, func(page []ocispec.Descriptor) error {
-		sigs = append(sigs, page...)
+		for _, d := range page {
+			sigs = append(sigs, referrer.Trim(d, thumbprintAnnotation))
+		}
 		if len(sigs) > maxListedSignatures {
 			sigs, more = sigs[:maxListedSignatures], true
 			return errStop

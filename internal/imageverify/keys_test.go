@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"math/big"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,8 @@ import (
 	"github.com/notaryproject/notation-core-go/signature"
 	"github.com/notaryproject/notation-core-go/signature/cose"
 	"github.com/notaryproject/notation-core-go/signature/jws"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	gocose "github.com/veraison/go-cose"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -201,5 +204,27 @@ func TestBoundedKeys(t *testing.T) {
 		if (err == nil) != tc.ok {
 			t.Errorf("%s: %v, want ok=%v", tc.name, err, tc.ok)
 		}
+	}
+}
+
+// TestListSignaturesTrims: the signature descriptors a listing keeps hold only what is read of
+// them (media type, digest, size, artifact type and the chain's thumbprints), whatever the
+// registry put in them.
+func TestListSignaturesTrims(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "trimmed listing")
+	big := strings.Repeat("x", 5<<10)
+	d := ocispec.Descriptor{
+		MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("s"), Size: 10, ArtifactType: "application/vnd.cncf.notary.signature",
+		Data: []byte(big), URLs: []string{big},
+		Annotations: map[string]string{thumbprintAnnotation: `["ab"]`, "junk": big},
+	}
+	sigs, _, err := listSignatures(context.Background(), signatureRepository{Repository: f.repo, extra: []ocispec.Descriptor{d}}, img)
+	if err != nil || len(sigs) != 1 {
+		t.Fatalf("signatures %v: %v", sigs, err)
+	}
+	want := ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, ArtifactType: d.ArtifactType, Annotations: map[string]string{thumbprintAnnotation: `["ab"]`}}
+	if !reflect.DeepEqual(sigs[0], want) {
+		t.Fatalf("kept %+v, want %+v", sigs[0], want)
 	}
 }

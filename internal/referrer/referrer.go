@@ -263,7 +263,9 @@ type readResult struct {
 func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Index {
 	ix := &Index{repo: repo, reads: map[string]readResult{}}
 	err := repo.Referrers(ctx, subject, ArtifactType, func(page []ocispec.Descriptor) error {
-		ix.descs = append(ix.descs, page...)
+		for _, d := range page {
+			ix.descs = append(ix.descs, Trim(d, AnnotationTokenSHA256, AnnotationIssuer, AnnotationBinding, AnnotationCreated))
+		}
 		if len(ix.descs) > MaxListed {
 			ix.descs, ix.truncated = ix.descs[:MaxListed], true
 			return errListTruncated
@@ -274,6 +276,28 @@ func NewIndex(ctx context.Context, repo Target, subject ocispec.Descriptor) *Ind
 		ix.err = &ReadError{What: "listing referrers of " + subject.Digest.String(), Err: err}
 	}
 	return ix
+}
+
+// maxKeptAnnotation bounds the value of an annotation Trim keeps.
+const maxKeptAnnotation = 4 << 10
+
+// Trim returns the listed descriptor d with only what a reader of a referrers listing needs: its
+// media type, digest, size and artifact type, and the annotations of keys whose value is at most
+// 4 KiB. A listing's descriptors are kept while their referrers are read, and whoever answers the
+// listing decides what they carry: each page may hold up to 4 MiB (oras-go's MaxMetadataBytes) of
+// annotations, embedded data and URLs, which, kept page after page, made 800 MiB live of a
+// hostile registry's 32 pages.
+func Trim(d ocispec.Descriptor, keys ...string) ocispec.Descriptor {
+	t := ocispec.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, ArtifactType: d.ArtifactType}
+	for _, k := range keys {
+		if v, ok := d.Annotations[k]; ok && len(v) <= maxKeptAnnotation {
+			if t.Annotations == nil {
+				t.Annotations = map[string]string{}
+			}
+			t.Annotations[k] = v
+		}
+	}
+	return t
 }
 
 // Err is the listing's error, a *ReadError: the registry could not list the referrers.

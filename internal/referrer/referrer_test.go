@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	_ "github.com/distribution/distribution/v3/registry/storage/driver/inmemory"
 	"github.com/olareg/olareg"
 	"github.com/olareg/olareg/config"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2"
 	"oras.land/oras-go/v2/content"
@@ -733,5 +735,53 @@ func pushTwoLayers(t *testing.T, repo *remote.Repository, subject ocispec.Descri
 	}
 	if _, err := oras.PackManifest(ctx, repo, oras.PackManifestVersion1_1, ArtifactType, oras.PackManifestOptions{Subject: &subject, Layers: layers}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// listingTarget answers a referrers listing with pages, and nothing else.
+type listingTarget struct {
+	Target
+	pages [][]ocispec.Descriptor
+}
+
+func (l listingTarget) Referrers(_ context.Context, _ ocispec.Descriptor, _ string, fn func([]ocispec.Descriptor) error) error {
+	for _, p := range l.pages {
+		if err := fn(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// TestNewIndexTrims: the descriptors a listing keeps hold only what is read of them (media type,
+// digest, size, artifact type and the token referrer's annotations, each at most 4 KiB), whatever
+// the registry put in them: a hostile one could fill each page with megabytes of annotations,
+// embedded data and URLs, and the listing keeps its descriptors while the referrers are read.
+func TestNewIndexTrims(t *testing.T) {
+	big := strings.Repeat("x", maxKeptAnnotation+1)
+	d := ocispec.Descriptor{
+		MediaType: ocispec.MediaTypeImageManifest, ArtifactType: ArtifactType, Size: 123,
+		Digest: "sha256:" + digest.Digest(strings.Repeat("a", 64)),
+		Data:   []byte(big), URLs: []string{big},
+		Annotations: map[string]string{
+			AnnotationTokenSHA256: strings.Repeat("b", 64), AnnotationCreated: "2026-01-01T00:00:00Z",
+			AnnotationIssuer: big, "junk": big,
+		},
+	}
+	ix := NewIndex(context.Background(), listingTarget{pages: [][]ocispec.Descriptor{{d}, {d}}}, ocispec.Descriptor{Digest: d.Digest})
+	if ix.Err() != nil || ix.Len() != 2 {
+		t.Fatalf("listing: %v, %d descriptors", ix.Err(), ix.Len())
+	}
+	want := ocispec.Descriptor{
+		MediaType: d.MediaType, ArtifactType: d.ArtifactType, Size: d.Size, Digest: d.Digest,
+		Annotations: map[string]string{AnnotationTokenSHA256: strings.Repeat("b", 64), AnnotationCreated: "2026-01-01T00:00:00Z"},
+	}
+	for _, got := range ix.descs {
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("kept %+v, want %+v", got, want)
+		}
+	}
+	if got := Trim(ocispec.Descriptor{Digest: d.Digest}, AnnotationTokenSHA256); got.Annotations != nil {
+		t.Fatalf("Trim made annotations: %+v", got)
 	}
 }
