@@ -23,3 +23,26 @@ func TestShortLivedGC(t *testing.T) {
 		}
 	}
 }
+
+// TestShortLivedMemoryLimit: without GOMEMLIMIT, ShortLivedGC sets its soft memory limit; with
+// it, the limit in force stays.
+func TestShortLivedMemoryLimit(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	const none = int64(1<<63 - 1) // math.MaxInt64: no limit
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(none))
+	tests := []struct {
+		env  string
+		want int64
+	}{
+		{"", shortLivedMemoryLimit},
+		{"1GiB", none},
+	}
+	for _, tc := range tests {
+		t.Setenv("GOMEMLIMIT", tc.env)
+		debug.SetMemoryLimit(none)
+		ShortLivedGC()
+		if got := debug.SetMemoryLimit(-1); got != tc.want {
+			t.Errorf("GOMEMLIMIT=%q: limit %d, want %d", tc.env, got, tc.want)
+		}
+	}
+}
