@@ -9,8 +9,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
-	"encoding/json"
 	"math/big"
 	"reflect"
 	"strings"
@@ -81,23 +79,13 @@ func withChain(t *testing.T, blob []byte, mediaType string, chain [][]byte, ts [
 		}
 		return b
 	}
-	var env map[string]any
-	if err := json.Unmarshal(blob, &env); err != nil {
-		t.Fatal(err)
-	}
-	var x5c []string
-	for _, der := range chain {
-		x5c = append(x5c, base64.StdEncoding.EncodeToString(der))
-	}
-	env["header"].(map[string]any)["x5c"] = x5c
-	if ts != nil {
-		env["header"].(map[string]any)["io.cncf.notary.timestampSignature"] = ts
-	}
-	b, err := json.Marshal(env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return editJWS(t, blob, func(fields map[string]any) {
+		header := fields["header"].(map[string]any)
+		header["x5c"] = chain // [][]byte: JSON arrays of base64
+		if ts != nil {
+			header["io.cncf.notary.timestampSignature"] = ts
+		}
+	})
 }
 
 // TestSignatureKeysBounded: a signature whose certificates hold a key Notation would not sign with

@@ -548,14 +548,7 @@ func TestPruneKeepsUnattached(t *testing.T) {
 			s := NewStore(dir)
 			entries := map[string]Entry{}
 			for _, raw := range []string{"h.published.sig", "h.unpublished.sig"} {
-				e, err := s.Put(subject, raw)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := os.Chtimes(e.Path, old, old); err != nil {
-					t.Fatal(err)
-				}
-				entries[raw] = e
+				entries[raw] = putAt(t, s, subject, raw, old)
 			}
 			if err := s.MarkAttached(subject, entries["h.published.sig"].SHA256, "reg.example/app"); err != nil {
 				t.Fatal(err)
@@ -603,17 +596,7 @@ func TestMarkAttachedRepositories(t *testing.T) {
 	subject := "sha256:" + strings.Repeat("a", 64)
 	old := time.Now().Add(-48 * time.Hour)
 	s := NewStore(filepath.Join(t.TempDir(), "tokens"))
-	put := func(raw string) Entry {
-		t.Helper()
-		e, err := s.Put(subject, raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chtimes(e.Path, old, old); err != nil {
-			t.Fatal(err)
-		}
-		return e
-	}
+	put := func(raw string) Entry { return putAt(t, s, subject, raw, old) }
 	two, legacy, many := put("h.two.sig"), put("h.legacy.sig"), put("h.many.sig")
 
 	// The promotion case: published to regA first, then to regB; regA again adds nothing.
@@ -785,9 +768,6 @@ func TestPruneConfirm(t *testing.T) {
 	putAt(t, s, subject, "h.unpublished.sig", old)
 	for _, e := range []Entry{yes, no} {
 		if err := s.MarkAttached(subject, e.SHA256, "reg.example/app"); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chtimes(e.Path, old, old); err != nil {
 			t.Fatal(err)
 		}
 	}

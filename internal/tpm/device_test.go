@@ -68,6 +68,17 @@ var testCA = func() func(t testing.TB) *CA {
 	}
 }()
 
+// replaceAKCert writes der at AKCertIndex in place of the AK certificate provisioning wrote.
+func replaceAKCert(t testing.TB, x *testTPM, der []byte) {
+	t.Helper()
+	if err := undefineNV(x.t, AKCertIndex); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeAKCert(x.t, der); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // provisioned returns a simulator provisioned like an Azure vTPM and a Device on it that reads
 // its event log from logPath ("" = none).
 func provisioned(t testing.TB, logPath string) (*testTPM, *Device, *x509.Certificate) {
@@ -403,12 +414,7 @@ func TestEvidenceRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := undefineNV(x.t, AKCertIndex); err != nil {
-				t.Fatal(err)
-			}
-			if err := writeAKCert(x.t, cert.Raw); err != nil {
-				t.Fatal(err)
-			}
+			replaceAKCert(t, x, cert.Raw)
 			return dev
 		}, ErrAKCertMismatch, false},
 		{"Azure's placeholder AK certificate", func(t *testing.T) *Device {
@@ -421,12 +427,7 @@ func TestEvidenceRefusals(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := undefineNV(x.t, AKCertIndex); err != nil {
-				t.Fatal(err)
-			}
-			if err := writeAKCert(x.t, der); err != nil {
-				t.Fatal(err)
-			}
+			replaceAKCert(t, x, der)
 			return dev
 		}, ErrAKCertNotProvisioned, false},
 		{"event log unreadable", func(t *testing.T) *Device {
@@ -502,12 +503,7 @@ func replaceAK(t *testing.T, x *testTPM, template tpm2.TPMTPublic) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := undefineNV(x.t, AKCertIndex); err != nil {
-		t.Fatal(err)
-	}
-	if err := writeAKCert(x.t, cert.Raw); err != nil {
-		t.Fatal(err)
-	}
+	replaceAKCert(t, x, cert.Raw)
 }
 
 // rewritingTPM relays commands to a real (simulated) TPM and lets rewrite alter the successful
@@ -1153,12 +1149,7 @@ func TestAKCertificateReadInNVBufferChunks(t *testing.T) {
 			if len(der) <= nvChunk {
 				t.Fatalf("certificate of %d bytes fits one read", len(der))
 			}
-			if err := undefineNV(x.t, AKCertIndex); err != nil {
-				t.Fatal(err)
-			}
-			if err := writeAKCert(x.t, der); err != nil {
-				t.Fatal(err)
-			}
+			replaceAKCert(t, x, der)
 			proxy := &nvBufferTPM{TPM: x.t, bufferMax: tc.bufferMax, capFails: tc.capFails}
 			dev := New(nopCloser{proxy}, WithEventLogPath(""))
 			ev, err := dev.Evidence(context.Background())

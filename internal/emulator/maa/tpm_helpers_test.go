@@ -113,11 +113,17 @@ func (x *testTPM) createPrimary(t testing.TB, h tpm2.TPMHandle, tmpl tpm2.TPMTPu
 	if err != nil {
 		t.Fatalf("CreatePrimary: %v", err)
 	}
-	pub, err := rsp.OutPublic.Contents()
+	return loadedKey(t, rsp.ObjectHandle, rsp.Name, rsp.OutPublic)
+}
+
+// loadedKey is the tpmKey of the object loaded at handle with the given name and public area.
+func loadedKey(t testing.TB, handle tpm2.TPMHandle, name tpm2.TPM2BName, out tpm2.TPM2BPublic) tpmKey {
+	t.Helper()
+	pub, err := out.Contents()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tpmKey{handle: rsp.ObjectHandle, name: rsp.Name, pub: tpm2.Marshal(rsp.OutPublic), rsa: tpmRSAPub(t, pub)}
+	return tpmKey{handle: handle, name: name, pub: tpm2.Marshal(out), rsa: tpmRSAPub(t, pub)}
 }
 
 // persistAK makes ak persistent at handle (Azure's AK lives at 0x81000003) and returns it there.
@@ -292,11 +298,7 @@ func (x *testTPM) createUnderDuplicableParent(t testing.TB, tmpl tpm2.TPMTPublic
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	pub, err := c.OutPublic.Contents()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tpmKey{handle: l.ObjectHandle, name: l.Name, pub: tpm2.Marshal(c.OutPublic), rsa: tpmRSAPub(t, pub)}
+	return loadedKey(t, l.ObjectHandle, l.Name, c.OutPublic)
 }
 
 // tpmRSAPub is the RSA public key of an RSA public area.

@@ -1,6 +1,7 @@
 package maa
 
 import (
+	"crypto/rsa"
 	"errors"
 	"slices"
 	"strings"
@@ -15,6 +16,34 @@ type publicAreaCase struct {
 	alter func(p *tpm2.TPMTPublic, parms *tpm2.TPMSRSAParms)
 	// msg is a part of the refusal only the check under test writes; "" means accepted.
 	msg string
+}
+
+// primaryKeyCases are the properties both the ephemeral key and the AK must have as primary RSA
+// keys the TPM created: fixedTPM and fixedParent both set (or both clear), sensitiveDataOrigin set,
+// and the exponent 65537.
+var primaryKeyCases = []publicAreaCase{
+	{name: "fixedTPM clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.FixedTPM = false },
+		msg: "fixedTPM=false fixedParent=true sensitiveDataOrigin=true"},
+	{name: "fixedParent clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.FixedParent = false },
+		msg: "fixedTPM=true fixedParent=false sensitiveDataOrigin=true"},
+	{name: "sensitiveDataOrigin clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.SensitiveDataOrigin = false },
+		msg: "fixedTPM=true fixedParent=true sensitiveDataOrigin=false"},
+	{name: "exponent 3", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) { r.Exponent = 3 }, msg: "public exponent 3"},
+}
+
+// runPublicAreaCases runs check on the public area of k changed by each case: refused with code
+// and the case's message, or accepted with k's own key.
+func runPublicAreaCases(t *testing.T, k tpmKey, cases []publicAreaCase, code string, check func(*tpm2.TPMTPublic) (*rsa.PublicKey, error)) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			key, err := check(alterPublicArea(t, k.pub, tc.alter))
+			checkPublicAreaVerdict(t, err, code, tc.msg)
+			if err == nil && !key.Equal(k.rsa) {
+				t.Fatalf("accepted with %v, not the TPM's key", key)
+			}
+		})
+	}
 }
 
 // TestCheckEphemeralKeyAttributes changes, one at a time, each property checkEphemeralKey requires
@@ -39,12 +68,6 @@ func TestCheckEphemeralKeyAttributes(t *testing.T) {
 		{name: "decrypt clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.Decrypt = false }, msg: "not a decryption key"},
 		{name: "sign set", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.SignEncrypt = true }, msg: "is a signing key"},
 		{name: "restricted set", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.Restricted = true }, msg: "EncKeyPub is restricted"},
-		{name: "fixedTPM clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.FixedTPM = false },
-			msg: "fixedTPM=false fixedParent=true sensitiveDataOrigin=true"},
-		{name: "fixedParent clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.FixedParent = false },
-			msg: "fixedTPM=true fixedParent=false sensitiveDataOrigin=true"},
-		{name: "sensitiveDataOrigin clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.SensitiveDataOrigin = false },
-			msg: "fixedTPM=true fixedParent=true sensitiveDataOrigin=false"},
 		{name: "userWithAuth set", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.UserWithAuth = true }, msg: "userWithAuth"},
 		{name: "encryptedDuplication set", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.EncryptedDuplication = true },
 			msg: "encryptedDuplication"},
@@ -58,18 +81,8 @@ func TestCheckEphemeralKeyAttributes(t *testing.T) {
 		{name: "OAEP scheme", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) {
 			r.Scheme = tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgOAEP, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgOAEP, &tpm2.TPMSEncSchemeOAEP{HashAlg: tpm2.TPMAlgSHA256})}
 		}, msg: "scheme 0x17 cannot decrypt"},
-		{name: "exponent 3", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) { r.Exponent = 3 }, msg: "public exponent 3"},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			pub := alterPublicArea(t, k.pub, tc.alter)
-			key, err := checkEphemeralKey(pub)
-			checkPublicAreaVerdict(t, err, CodeEncKeyInvalid, tc.msg)
-			if err == nil && !key.Equal(k.rsa) {
-				t.Fatalf("checkEphemeralKey returned %v, not the TPM's key", key)
-			}
-		})
-	}
+	runPublicAreaCases(t, k, append(cases, primaryKeyCases...), CodeEncKeyInvalid, checkEphemeralKey)
 }
 
 // TestParseAKPubAttributes changes, one at a time, each property parseAKPub requires of the
@@ -90,30 +103,16 @@ func TestParseAKPubAttributes(t *testing.T) {
 			msg: "sign=true restricted=false decrypt=false"},
 		{name: "decrypt set", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.Decrypt = true },
 			msg: "sign=true restricted=true decrypt=true"},
-		{name: "fixedTPM clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.FixedTPM = false },
-			msg: "fixedTPM=false fixedParent=true sensitiveDataOrigin=true"},
-		{name: "fixedParent clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.FixedParent = false },
-			msg: "fixedTPM=true fixedParent=false sensitiveDataOrigin=true"},
-		{name: "sensitiveDataOrigin clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.SensitiveDataOrigin = false },
-			msg: "fixedTPM=true fixedParent=true sensitiveDataOrigin=false"},
 		{name: "RSAPSS scheme", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) {
 			r.Scheme = tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgRSAPSS, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSAPSS, &tpm2.TPMSSigSchemeRSAPSS{HashAlg: tpm2.TPMAlgSHA256})}
 		}, msg: "scheme 0x16, not RSASSA"},
 		{name: "RSASSA with SHA-384", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) {
 			r.Scheme = tpm2.TPMTRSAScheme{Scheme: tpm2.TPMAlgRSASSA, Details: tpm2.NewTPMUAsymScheme(tpm2.TPMAlgRSASSA, &tpm2.TPMSSigSchemeRSASSA{HashAlg: tpm2.TPMAlgSHA384})}
 		}, msg: "does not use SHA-256"},
-		{name: "exponent 3", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) { r.Exponent = 3 }, msg: "public exponent 3"},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			pub := alterPublicArea(t, k.pub, tc.alter)
-			key, err := parseAKPub(tpm2.Marshal(tpm2.New2B(*pub)))
-			checkPublicAreaVerdict(t, err, CodeAikPubInvalid, tc.msg)
-			if err == nil && !key.Equal(k.rsa) {
-				t.Fatalf("parseAKPub returned %v, not the TPM's key", key)
-			}
-		})
-	}
+	runPublicAreaCases(t, k, append(cases, primaryKeyCases...), CodeAikPubInvalid, func(pub *tpm2.TPMTPublic) (*rsa.PublicKey, error) {
+		return parseAKPub(tpm2.Marshal(tpm2.New2B(*pub)))
+	})
 }
 
 // alterPublicArea parses a fresh copy of the TPM2B_PUBLIC tpm2bPub and applies alter to it.
