@@ -51,7 +51,7 @@ func TestAttach(t *testing.T) {
 	}
 	signed := attesttest.PushImage(t, repo, "signed")
 	signedTok := tokenFor(signed)
-	attesttest.SignImage(t, imageverify.NewRepository(repo), signer, signed, signedTok, chain.URL, time.Now())
+	attesttest.SignImage(t, nregistry.NewRepository(repo), signer, signed, signedTok, chain.URL, time.Now())
 	other := attesttest.PushImage(t, repo, "other")
 	otherTok := tokenFor(other)
 	unsigned := attesttest.PushImage(t, repo, "unsigned")
@@ -171,7 +171,7 @@ func TestAttachIssuedAt(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			raw := tokenWith(tc.iat)
-			attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, raw, "https://a.attest.azure.net", time.Now())
+			attesttest.SignImage(t, nregistry.NewRepository(repo), signer, img, raw, "https://a.attest.azure.net", time.Now())
 			p := t.TempDir() + "/token.jwt"
 			if err := os.WriteFile(p, []byte(raw), 0o600); err != nil {
 				t.Fatal(err)
@@ -205,7 +205,7 @@ func signAndStore(t *testing.T, chain *attesttest.Chain, repo *remote.Repository
 		t.Fatal(err)
 	}
 	tok := chain.Token(t, b)
-	attesttest.SignImage(t, imageverify.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
+	attesttest.SignImage(t, nregistry.NewRepository(repo), signer, img, tok, chain.URL, time.Now())
 	if _, err := store.Put(img.Digest.String(), tok); err != nil {
 		t.Fatal(err)
 	}

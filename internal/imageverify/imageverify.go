@@ -151,10 +151,12 @@ func (r *Result) failed() Check {
 	return Check{}
 }
 
-// Repository is what Verify reads from the registry.
+// Repository is what Verify reads from the registry: content, the token referrers, and the
+// Notation signatures listed. A signature is read only through readSignature, with its bounds and
+// checks, so the interface offers no other way to fetch one.
 type Repository interface {
 	referrer.Target
-	nregistry.Repository
+	ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error
 }
 
 // Verify examines subject (reference is its full name@digest, used by the trust policy's
@@ -863,12 +865,4 @@ func NewRepository(r *remote.Repository) Repository {
 
 func (r remoteRepository) ListSignatures(ctx context.Context, desc ocispec.Descriptor, fn func([]ocispec.Descriptor) error) error {
 	return r.sigs.ListSignatures(ctx, desc, fn)
-}
-
-func (r remoteRepository) FetchSignatureBlob(ctx context.Context, desc ocispec.Descriptor) ([]byte, ocispec.Descriptor, error) {
-	return r.sigs.FetchSignatureBlob(ctx, desc)
-}
-
-func (r remoteRepository) PushSignature(ctx context.Context, mediaType string, blob []byte, subject ocispec.Descriptor, annotations map[string]string) (ocispec.Descriptor, ocispec.Descriptor, error) {
-	return r.sigs.PushSignature(ctx, mediaType, blob, subject, annotations)
 }

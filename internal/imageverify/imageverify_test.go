@@ -156,7 +156,7 @@ func (f *fixture) pushImage(t *testing.T, content string) ocispec.Descriptor {
 func (f *fixture) token(t *testing.T, nonce string) string { return f.chain.Token(t, nonce) }
 
 func (f *fixture) sign(t *testing.T, s signature.LocalSigner, subject ocispec.Descriptor, tokenRaw, issuer string, at time.Time) {
-	attesttest.SignImage(t, f.repo, s, subject, tokenRaw, issuer, at)
+	attesttest.SignImage(t, nregistry.NewRepository(f.remote), s, subject, tokenRaw, issuer, at)
 }
 
 // attested pushes an image and gives it what an attested build does: a token bound to it and
@@ -206,7 +206,7 @@ func TestVerify(t *testing.T) {
 	signedWith := func(attrs func(tok string) []signature.Attribute) func(t *testing.T, img ocispec.Descriptor) {
 		return func(t *testing.T, img ocispec.Descriptor) {
 			tok := f.token(t, bind(img, keyID))
-			if _, _, err := f.repo.PushSignature(context.Background(), jwsMediaType, envelope(t, f.signer, img, attrs(tok), time.Now()), img, nil); err != nil {
+			if _, _, err := nregistry.NewRepository(f.remote).PushSignature(context.Background(), jwsMediaType, envelope(t, f.signer, img, attrs(tok), time.Now()), img, nil); err != nil {
 				t.Fatal(err)
 			}
 			f.attach(t, img, tok)

@@ -59,7 +59,7 @@ func (r signatureRepository) Fetch(ctx context.Context, d ocispec.Descriptor) (i
 
 // retargeted pushes every signature as a referrer of to, whatever image it signs.
 type retargeted struct {
-	Repository
+	nregistry.Repository
 	to ocispec.Descriptor
 }
 
@@ -101,7 +101,7 @@ func TestNamedTokens(t *testing.T) {
 	twoLayers := pushFakeSignature(t, f, img, "application/jose+json", "{}", "{ }")
 	pushFakeSignature(t, f, img, "application/octet-stream", "not an envelope")
 	// A genuine signature of the other image, attached to this one.
-	attesttest.SignImage(t, retargeted{Repository: f.repo, to: img}, f.signer, other, otherTok, f.maaURL, time.Now())
+	attesttest.SignImage(t, retargeted{Repository: nregistry.NewRepository(f.remote), to: img}, f.signer, other, otherTok, f.maaURL, time.Now())
 	stale := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: nregistry.ArtifactTypeNotation, Digest: digest.FromString("deleted signature manifest"), Size: 600}
 
 	down := errors.New("503 service unavailable")
@@ -263,7 +263,7 @@ func TestNamedTokensBrokenEnvelopes(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			img, tok := f.attested(t, fmt.Sprintf("broken envelope %d", i))
 			named := "a token named by a broken signature " + tc.name
-			if _, _, err := f.repo.PushSignature(context.Background(), jwsMediaType, tc.broken(t, img, named), img, nil); err != nil {
+			if _, _, err := nregistry.NewRepository(f.remote).PushSignature(context.Background(), jwsMediaType, tc.broken(t, img, named), img, nil); err != nil {
 				t.Fatal(err)
 			}
 			names, err := NamedTokens(context.Background(), f.repo, img)

@@ -24,13 +24,13 @@ import (
 	"time"
 
 	"github.com/notaryproject/notation-core-go/signature"
+	nregistry "github.com/notaryproject/notation-go/registry"
 	"github.com/notaryproject/notation-go/verifier/trustpolicy"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/binding"
-	"github.com/attested-kv/attested-kv/internal/imageverify"
 	"github.com/attested-kv/attested-kv/internal/referrer"
 	"github.com/attested-kv/attested-kv/policy/ratify/verifier"
 )
@@ -111,7 +111,7 @@ func (f *fixture) signed(t *testing.T, content, issuer string, nonceFor func(oci
 	t.Helper()
 	img := attesttest.PushImage(t, f.reg, content)
 	tok := f.chain.Token(t, nonceFor(img))
-	attesttest.SignImage(t, imageverify.NewRepository(f.reg), f.signer, img, tok, issuer, time.Now())
+	attesttest.SignImage(t, nregistry.NewRepository(f.reg), f.signer, img, tok, issuer, time.Now())
 	ref, err := referrer.Attach(context.Background(), f.reg, img, referrer.Token{Raw: tok, Issuer: issuer, IssuedAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
