@@ -215,7 +215,7 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 0
 	case "env":
 		// Nothing goes to stdout unless the state is the user's own: the output is eval'd.
-		st, _, err := localstack.Status(ctx, dir)
+		st, err := localstack.Running(dir)
 		if errors.Is(err, localstack.ErrNotRunning) {
 			return fail(fmt.Errorf("%w; start it with: attest-bootstrap local up%s", err, stateFlag(*stateDir, dir)))
 		}

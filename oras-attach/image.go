@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/pflag"
 	"oras.land/oras-go/v2/errdef"
+	"oras.land/oras-go/v2/registry"
 	"oras.land/oras-go/v2/registry/remote"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
@@ -170,12 +171,7 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 	if err != nil {
 		return nil, 2, err
 	}
-	if ro.Username == "" {
-		if ro.AzureCredential, err = azureCredential(ref); err != nil {
-			return nil, 2, err
-		}
-	}
-	repo, parsed, err := registryclient.Open(ref, ro)
+	repo, parsed, err := openRepository(ref, ro)
 	if err != nil {
 		return nil, 2, err
 	}
@@ -189,6 +185,19 @@ func (r *registryFlags) open(ctx context.Context, ref string, io cmdIO) (*image,
 	}
 	repository := parsed.Registry + "/" + parsed.Repository
 	return &image{repo: repo, subject: subject, name: repository + "@" + subject.Digest.String(), repository: repository}, 0, nil
+}
+
+// openRepository opens the repository of ref with the registry options ro, and for an Azure
+// container registry, when ro names no user, the Entra ID credential (azureCredential).
+func openRepository(ref string, ro registryclient.Options) (*remote.Repository, registry.Reference, error) {
+	if ro.Username == "" {
+		cred, err := azureCredential(ref)
+		if err != nil {
+			return nil, registry.Reference{}, err
+		}
+		ro.AzureCredential = cred
+	}
+	return registryclient.Open(ref, ro)
 }
 
 // azureCredential returns the Entra ID credential for ref's registry when it is an Azure

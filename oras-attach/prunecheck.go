@@ -99,16 +99,8 @@ func (c *registryCheck) index(repository, ref, subject string) (*referrer.Index,
 func (c *registryCheck) list(repository, ref, subject string) (*referrer.Index, error) {
 	repo, ok := c.repos[repository]
 	if !ok {
-		o := c.opts
-		if o.Username == "" {
-			cred, err := azureCredential(ref)
-			if err != nil {
-				return nil, err
-			}
-			o.AzureCredential = cred
-		}
 		var err error
-		if repo, _, err = registryclient.Open(ref, o); err != nil {
+		if repo, _, err = openRepository(ref, c.opts); err != nil {
 			return nil, err
 		}
 		c.repos[repository] = repo

@@ -225,6 +225,12 @@ type ComponentStatus struct {
 	Hint string `json:"hint,omitempty"`
 }
 
+// Running returns the state of the stack running for stateDir, with Status's checks and errors,
+// without probing its components: what `local env` needs.
+func Running(stateDir string) (*State, error) {
+	return runningState(hostProc, stateDir)
+}
+
 // Status reports each component of a running stack. It returns an error wrapping ErrNotRunning
 // if no stack runs for stateDir; one wrapping ErrNotStackDir for a directory that is not a
 // stack's, and an *UnsafeStateError for a state directory, state file, pid file or stack process

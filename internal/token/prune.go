@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/attested-kv/attested-kv/internal/atomicfile"
 )
 
 // Pruned is a token Prune removed, or would remove on a dry run.
@@ -147,7 +149,7 @@ func (s *Store) Prune(olderThan time.Time, opts PruneOptions) (PruneResult, erro
 		return res, err
 	}
 	for _, r := range opts.Repositories {
-		if !validRepository(r) {
+		if !ValidRepository(r) {
 			return res, fmt.Errorf("token store: %q is not a repository REGISTRY/REPO", r)
 		}
 	}
@@ -301,7 +303,9 @@ func markRepositories(d *os.File, name string) []string {
 	if err != nil {
 		return nil
 	}
-	b, err := readRegular(os.NewFile(uintptr(fd), filepath.Join(d.Name(), name)))
+	f := os.NewFile(uintptr(fd), filepath.Join(d.Name(), name))
+	defer f.Close()
+	b, err := atomicfile.ReadOpened(f, maxMarkSize)
 	if err != nil {
 		return nil
 	}
@@ -429,7 +433,3 @@ func sameRepository(a, b string) bool {
 	rb, pb, _ := strings.Cut(b, "/")
 	return strings.EqualFold(ra, rb) && pa == pb
 }
-
-// ValidRepository reports whether name is a repository REGISTRY/REPO as attach records it in a
-// mark (oras-go's parse and print of it, without a tag or digest).
-func ValidRepository(name string) bool { return validRepository(name) }

@@ -257,7 +257,7 @@ const maxMarkSize = MaxAttachedRepositories * (maxRepositoryName + 1)
 // two repositories at once both stay recorded. A token the store does not hold is an
 // ErrNotFound error. Losing a mark only makes Prune keep its token.
 func (s *Store) MarkAttached(subject, sha256Hex, repository string) error {
-	if !validRepository(repository) {
+	if !ValidRepository(repository) {
 		return fmt.Errorf("token store: %.100q is not a repository name REGISTRY/REPO", repository)
 	}
 	e, err := s.Get(subject, sha256Hex)
@@ -335,28 +335,21 @@ func readMark(path string) ([]byte, error) {
 	return atomicfile.ReadRegular(path, maxMarkSize)
 }
 
-// readRegular reads f, which must be a regular file of at most maxMarkSize bytes (as many as a
-// mark of MaxAttachedRepositories repositories can take), and closes it.
-func readRegular(f *os.File) ([]byte, error) {
-	defer f.Close()
-	return atomicfile.ReadOpened(f, maxMarkSize)
-}
-
 // parseMark returns the repositories of the mark b, in order, each once; a line that is not a
 // repository name is ignored.
 func parseMark(b []byte) []string {
 	var repos []string
 	for _, line := range strings.Split(string(b), "\n") {
-		if validRepository(line) && !slices.Contains(repos, line) {
+		if ValidRepository(line) && !slices.Contains(repos, line) {
 			repos = append(repos, line)
 		}
 	}
 	return repos
 }
 
-// validRepository reports whether name is a repository REGISTRY/REPO as oras-go parses and
-// prints it, without a tag or digest.
-func validRepository(name string) bool {
+// ValidRepository reports whether name is a repository REGISTRY/REPO as attach records it in a
+// mark: as oras-go parses and prints it, without a tag or digest.
+func ValidRepository(name string) bool {
 	if name == "" || len(name) > maxRepositoryName {
 		return false
 	}
