@@ -121,6 +121,83 @@ func ReadRegular(path string, limit int64) ([]byte, error) {
 	return ReadOpened(f, limit)
 }
 
+// ErrNotOwned and ErrOpenToOthers are ReadOwned's refusals of a regular file: one that another
+// user owns, one whose mode lets others in.
+var (
+	ErrNotOwned     = errors.New("not this user's file")
+	ErrOpenToOthers = errors.New("open to other users")
+)
+
+// RefusedError is ReadOwned's refusal of a file for what it is. Err is ErrNotRegular,
+// ErrNotOwned or ErrOpenToOthers; Reason says why in words ("is a symbolic link, not the file
+// itself", "belongs to uid 65534, not to this user (uid 0)", ...), for the caller to name the
+// file; Owner and Mode are the file's, when it was opened.
+type RefusedError struct {
+	Path   string
+	Err    error
+	Reason string
+	Owner  int
+	Mode   fs.FileMode
+}
+
+// Error returns the path and the reason.
+func (e *RefusedError) Error() string { return e.Path + " " + e.Reason }
+
+// Unwrap returns Err.
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// ReadOwned reads the file at path, at most limit bytes, if it is a regular file of this user (the
+// effective uid) whose mode has none of the bits of deny (0o022: no one else may write it; 0o077:
+// no one else may read or write it), as ReadRegular opens and checks it: without following a
+// symbolic link or blocking, checking the file opened. A file refused for what it is is a
+// *RefusedError, a larger file an error wrapping ErrTooLarge, a missing path one wrapping
+// fs.ErrNotExist.
+func ReadOwned(path string, deny fs.FileMode, limit int64) ([]byte, error) {
+	refuse := func(err error, reason string, owner int, mode fs.FileMode) ([]byte, error) {
+		return nil, &RefusedError{Path: path, Err: err, Reason: reason, Owner: owner, Mode: mode}
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return refuse(ErrNotRegular, "is a symbolic link, not the file itself", -1, fs.ModeSymlink)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || !ok {
+		return refuse(ErrNotRegular, fmt.Sprintf("is not a regular file (mode %s)", fi.Mode()), -1, fi.Mode())
+	}
+	if uid := os.Geteuid(); int(st.Uid) != uid {
+		return refuse(ErrNotOwned, fmt.Sprintf("belongs to uid %d, not to this user (uid %d)", st.Uid, uid), int(st.Uid), fi.Mode())
+	}
+	if open := fi.Mode().Perm() & deny; open != 0 {
+		rule := "no one but the user may write it"
+		if deny&0o044 != 0 {
+			rule = "it must be 0600"
+		}
+		return refuse(ErrOpenToOthers, fmt.Sprintf("has mode %#o, which lets others %s it; %s", fi.Mode().Perm(), access(open), rule), int(st.Uid), fi.Mode())
+	}
+	return ReadOpened(f, limit)
+}
+
+// access names what the permission bits perm (of group and others) allow.
+func access(perm fs.FileMode) string {
+	switch r, w := perm&0o044 != 0, perm&0o022 != 0; {
+	case r && w:
+		return "read and write"
+	case w:
+		return "write"
+	case r:
+		return "read"
+	}
+	return "execute"
+}
+
 // ReadOpened reads the opened file f, at most limit bytes, if it is a regular file: what
 // ReadRegular does once it has opened the path, for callers that open it themselves (relative to
 // a directory, or checking its owner first). It does not close f. Errors are ReadRegular's, named

@@ -358,3 +358,74 @@ func TestReadRegular(t *testing.T) {
 		}
 	}
 }
+
+// TestReadOwned: ReadOwned reads a regular file of this user closed to others as deny asks, and
+// refuses, with the sentinel of the reason, a symbolic link, a FIFO (without blocking), a file
+// open to others, another user's file (as root), one over the limit, and a missing path.
+func TestReadOwned(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	own := write("own", 0o600, "data")
+	readable := write("readable", 0o644, "data")
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(own, link); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		path string
+		deny os.FileMode
+		want error // nil: read
+	}{
+		{"own 0600, no one else may read", own, 0o077, nil},
+		{"0644, no one else may write", readable, 0o022, nil},
+		{"0644, no one else may read", readable, 0o077, ErrOpenToOthers},
+		{"symbolic link", link, 0o077, ErrNotRegular},
+		{"FIFO", fifo, 0o077, ErrNotRegular},
+		{"over the limit", write("large", 0o600, "0123456789"), 0o077, ErrTooLarge},
+		{"missing", filepath.Join(dir, "missing"), 0o077, fs.ErrNotExist},
+	}
+	if os.Geteuid() == 0 {
+		other := write("other", 0o600, "data")
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		tests = append(tests, struct {
+			name string
+			path string
+			deny os.FileMode
+			want error
+		}{"another user's", other, 0o077, ErrNotOwned})
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			data, err := ReadOwned(tc.path, tc.deny, 8)
+			if tc.want == nil {
+				if err != nil || string(data) != "data" {
+					t.Fatalf("ReadOwned = %q, %v", data, err)
+				}
+				return
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("ReadOwned: %v, want %v", err, tc.want)
+			}
+			var refused *RefusedError
+			if isRefusal := tc.want == ErrNotRegular || tc.want == ErrNotOwned || tc.want == ErrOpenToOthers; errors.As(err, &refused) != isRefusal {
+				t.Fatalf("ReadOwned: %v (%T): a *RefusedError exactly for a refusal of what the file is", err, err)
+			}
+		})
+	}
+}

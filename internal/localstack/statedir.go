@@ -127,59 +127,18 @@ func checkStateDir(dir string) error {
 }
 
 // readOwnFile reads the file at path, at most limit bytes, if it is a regular file of this user
-// whose mode has none of the bits of deny (0o022: no one else may write it; 0o077: no one else
-// may read or write it). It opens without following a symbolic link and without blocking, and
-// checks the opened file, so nothing can swap the path between the check and the read. A file
-// refused for what it is is an *UnsafeStateError naming it as what; a missing one an error
-// wrapping fs.ErrNotExist.
+// whose mode has none of the bits of deny (atomicfile.ReadOwned). A file refused for what it is
+// is an *UnsafeStateError naming it as what; a missing one an error wrapping fs.ErrNotExist.
 func readOwnFile(path, what string, deny fs.FileMode, limit int64) ([]byte, error) {
-	refuse := func(reason string) ([]byte, error) {
-		return nil, &UnsafeStateError{What: what, Path: path, Reason: reason}
-	}
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, syscall.ELOOP) {
-		return refuse("is a symbolic link, not the file itself")
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.Mode().IsRegular() || !ok {
-		return refuse(fmt.Sprintf("is not a regular file (mode %s)", fi.Mode()))
-	}
-	if int(st.Uid) != os.Getuid() {
-		return refuse(fmt.Sprintf("belongs to uid %d, not to this user (uid %d)", st.Uid, os.Getuid()))
-	}
-	if open := fi.Mode().Perm() & deny; open != 0 {
-		rule := "no one but the user may write it"
-		if deny&0o044 != 0 {
-			rule = "it must be 0600"
-		}
-		return refuse(fmt.Sprintf("has mode %#o, which lets others %s it; %s", fi.Mode().Perm(), access(open), rule))
-	}
-	data, err := atomicfile.ReadOpened(f, limit)
-	if err != nil {
+	data, err := atomicfile.ReadOwned(path, deny, limit)
+	var refused *atomicfile.RefusedError
+	switch {
+	case errors.As(err, &refused):
+		return nil, &UnsafeStateError{What: what, Path: path, Reason: refused.Reason}
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	return data, nil
-}
-
-// access names what the permission bits perm (of group and others) allow.
-func access(perm fs.FileMode) string {
-	switch r, w := perm&0o044 != 0, perm&0o022 != 0; {
-	case r && w:
-		return "read and write"
-	case w:
-		return "write"
-	case r:
-		return "read"
-	}
-	return "execute"
+	return data, err
 }
 
 // dirKind is what a state directory holds, as the stack's commands see it.

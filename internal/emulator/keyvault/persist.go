@@ -14,7 +14,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"syscall"
 	"time"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
@@ -301,39 +300,20 @@ func writableTime(t time.Time) bool {
 // A file refused for what it is (a link, not a regular file, another user's, open to others) is
 // an ErrStateAccess error; one whose content does not parse, an ErrStateInvalid error.
 func loadState(path string) (map[string][]*keyVersion, map[string][]*certVersion, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
-	if errors.Is(err, fs.ErrNotExist) {
+	data, err := atomicfile.ReadOwned(path, 0o077, maxStateFile)
+	var refused *atomicfile.RefusedError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
 		return map[string][]*keyVersion{}, map[string][]*certVersion{}, nil
-	}
-	if errors.Is(err, syscall.ELOOP) {
-		return nil, nil, fmt.Errorf("%w: a symbolic link, not the state file itself", ErrStateAccess)
-	}
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%w: not a regular file (mode %s)", ErrStateAccess, fi.Mode())
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return nil, nil, errors.New("no owner reported")
-	}
-	if int(st.Uid) != os.Geteuid() {
-		return nil, nil, fmt.Errorf("%w: owned by uid %d, not by this user (uid %d); it holds the vault's private keys", ErrStateAccess, st.Uid, os.Geteuid())
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
-		return nil, nil, fmt.Errorf("%w: mode %#o lets others read or write it; it holds the vault's private keys and must be 0600", ErrStateAccess, perm)
-	}
-	data, err := atomicfile.ReadOpened(f, maxStateFile)
-	if errors.Is(err, atomicfile.ErrTooLarge) {
+	case errors.Is(err, atomicfile.ErrNotOwned) && errors.As(err, &refused):
+		return nil, nil, fmt.Errorf("%w: owned by uid %d, not by this user (uid %d); it holds the vault's private keys", ErrStateAccess, refused.Owner, os.Geteuid())
+	case errors.Is(err, atomicfile.ErrOpenToOthers) && errors.As(err, &refused):
+		return nil, nil, fmt.Errorf("%w: mode %#o lets others read or write it; it holds the vault's private keys and must be 0600", ErrStateAccess, refused.Mode.Perm())
+	case errors.As(err, &refused):
+		return nil, nil, fmt.Errorf("%w: %s", ErrStateAccess, refused.Reason)
+	case errors.Is(err, atomicfile.ErrTooLarge):
 		return nil, nil, fmt.Errorf("%w: %w", ErrStateInvalid, err)
-	}
-	if err != nil {
+	case err != nil:
 		return nil, nil, err
 	}
 	keys, certs, err := parseState(data)
