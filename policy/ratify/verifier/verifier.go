@@ -238,23 +238,37 @@ var inputKeys = []string{"config", "storeConfig", "referenceDesc"}
 // what is decoded would not be one object as written. Ratify writes the input itself, from one
 // map; other members are left to it.
 func checkInputKeys(b []byte) error {
+	return eachMember(b, "member", func(name string) error {
+		for _, k := range inputKeys {
+			if name != k && strings.EqualFold(name, k) {
+				return fmt.Errorf("member %.60q is %q in another case", name, k)
+			}
+		}
+		return nil
+	})
+}
+
+// eachMember calls check with the name of each member of the JSON object b, as written, and
+// refuses a name given twice (calling the members what): the walk checkInputKeys and
+// checkConfigKeys share. A b that is not an object (null) has no members.
+func eachMember(b []byte, what string, check func(name string) error) error {
 	dec := jsontext.NewDecoder(bytes.NewReader(b))
-	if _, err := dec.ReadToken(); err != nil { // '{': json.Unmarshal has decoded b
+	if dec.PeekKind() != '{' {
+		return nil
+	}
+	if _, err := dec.ReadToken(); err != nil {
 		return err
 	}
 	for dec.PeekKind() != '}' {
 		tok, err := dec.ReadToken()
 		if errors.Is(err, jsontext.ErrDuplicateName) {
-			return fmt.Errorf("a member appears twice: %v", err)
+			return fmt.Errorf("a %s appears twice: %v", what, err)
 		}
 		if err != nil {
 			return err
 		}
-		name := tok.String()
-		for _, k := range inputKeys {
-			if name != k && strings.EqualFold(name, k) {
-				return fmt.Errorf("member %.60q is %q in another case", name, k)
-			}
+		if err := check(tok.String()); err != nil {
+			return err
 		}
 		if err := dec.SkipValue(); err != nil {
 			return err
@@ -305,29 +319,13 @@ func (c *Config) UnmarshalJSON(b []byte) error {
 // duplicates; the names are checked here exactly, so that what is decoded is what the operator
 // wrote.
 func checkConfigKeys(b []byte) error {
-	dec := jsontext.NewDecoder(bytes.NewReader(b))
-	if dec.PeekKind() != '{' {
-		return nil // null: the required settings are reported missing later
-	}
-	if _, err := dec.ReadToken(); err != nil {
-		return err
-	}
-	for dec.PeekKind() != '}' {
-		tok, err := dec.ReadToken()
-		if err != nil {
-			if errors.Is(err, jsontext.ErrDuplicateName) {
-				return fmt.Errorf("a key appears twice: %v", err)
-			}
-			return err
-		}
-		if name := tok.String(); !slices.Contains(configKeys, name) {
+	// null: the required settings are reported missing later.
+	return eachMember(b, "key", func(name string) error {
+		if !slices.Contains(configKeys, name) {
 			return fmt.Errorf("unknown key %.60q (keys are case-sensitive; this verifier knows %s)", name, strings.Join(configKeys, ", "))
 		}
-		if err := dec.SkipValue(); err != nil {
-			return err
-		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // errTimeout is why the verification's context ends at the verifier's timeout; calls that
