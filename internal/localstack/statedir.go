@@ -161,6 +161,15 @@ func inspectStateDir(dir string) (dirKind, error) {
 		}
 		return dirForeign, err
 	}
+	// The marker is read first: the directory is listed only without it (every command checks
+	// the directory, the stack's start-up polls several times).
+	_, err := readOwnFile(paths{dir}.marker(), "marker file", 0o022, maxMarkerFile)
+	switch {
+	case err == nil:
+		return dirMarked, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return dirForeign, err
+	}
 	f, err := os.Open(dir)
 	if err != nil {
 		return dirForeign, fmt.Errorf("state directory: %w", err)
@@ -169,14 +178,6 @@ func inspectStateDir(dir string) (dirKind, error) {
 	f.Close()
 	if err != nil {
 		return dirForeign, fmt.Errorf("state directory %s: %w", dir, err)
-	}
-	for _, name := range names {
-		if name == MarkerName {
-			if _, err := readOwnFile(paths{dir}.marker(), "marker file", 0o022, maxMarkerFile); err != nil {
-				return dirForeign, err
-			}
-			return dirMarked, nil
-		}
 	}
 	switch {
 	case len(names) == 0:
