@@ -17,44 +17,56 @@ import (
 	"github.com/attested-kv/attested-kv/internal/token"
 )
 
+// stack is a local stack started for one test, with the runner's environment set as after
+// `eval "$(attest-bootstrap local env)"`, and HOME in a directory of the test's own.
+type stack struct {
+	state, work string
+	env         map[string]string // local env -o json
+	reg         string            // the registry's host:port
+}
+
+// upStack starts a local stack that the test's cleanup stops, and points r at it.
+func upStack(t *testing.T, r *runner) *stack {
+	t.Helper()
+	s := &stack{state: t.TempDir(), work: t.TempDir()}
+	r.must("attest-bootstrap", "local", "up", "--state", s.state)
+	t.Cleanup(func() { r.run("attest-bootstrap", "local", "down", "--state", s.state) })
+	if err := json.Unmarshal([]byte(r.must("attest-bootstrap", "local", "env", "--state", s.state, "-o", "json")), &s.env); err != nil {
+		t.Fatal(err)
+	}
+	r.env = append(os.Environ(), "HOME="+s.work, "XDG_CONFIG_HOME="+filepath.Join(s.work, "config"))
+	for k, v := range s.env {
+		r.env = append(r.env, k+"="+v)
+	}
+	s.reg = s.env["ATTEST_REGISTRY"]
+	// `local env` prints the emulated tenant's client secret by design (it is what the shell
+	// exports); every output after it is checked for secrets where a test does so.
+	r.outputs.Reset()
+	return s
+}
+
+// push pushes a small artifact as the image name:v1 and returns its digest.
+func (s *stack) push(t *testing.T, r *runner, name string) string {
+	t.Helper()
+	f := filepath.Join(s.work, name+".txt")
+	if err := os.WriteFile(f, []byte("image "+name), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.must("oras", "push", "--disable-path-validation", s.reg+"/"+name+":v1", f)
+	return strings.TrimSpace(r.must("oras", "resolve", s.reg+"/"+name+":v1"))
+}
+
 // TestSigningChainOnLocalStack is the chain a build script runs, with the real notation v1.3.2
 // and oras v1.3.6 CLIs (tools/go.mod): push an image, `notation sign` through the attested-kv
 // plugin (JWS and COSE), `notation verify`, `oras-attest attach`, `oras discover`,
 // `oras-attest verify`; then the fail-closed cases, each leaving no signature behind.
 func TestSigningChainOnLocalStack(t *testing.T) {
 	r := newRunner(t)
-	for _, tool := range []string{"notation", "oras"} {
-		if _, err := os.Stat(filepath.Join(r.bin, tool)); err != nil {
-			t.Fatalf("%s CLI missing in %s: run make tools", tool, r.bin)
-		}
-	}
-	state := t.TempDir()
-	work := t.TempDir()
-	r.must("attest-bootstrap", "local", "up", "--state", state)
-	t.Cleanup(func() { r.run("attest-bootstrap", "local", "down", "--state", state) })
-
-	var env map[string]string
-	if err := json.Unmarshal([]byte(r.must("attest-bootstrap", "local", "env", "--state", state, "-o", "json")), &env); err != nil {
-		t.Fatal(err)
-	}
-	r.env = append(os.Environ(), "HOME="+work, "XDG_CONFIG_HOME="+filepath.Join(work, "config"))
-	for k, v := range env {
-		r.env = append(r.env, k+"="+v)
-	}
-	reg := env["ATTEST_REGISTRY"]
+	r.need("notation", "oras")
+	s := upStack(t, r)
+	state, work, env, reg := s.state, s.work, s.env, s.reg
 	ctx := context.Background()
-	// `local env` prints the emulated tenant's client secret by design (it is what the shell
-	// exports); every output after it is checked for secrets at the end.
-	r.outputs.Reset()
-
-	push := func(name string) string {
-		t.Helper()
-		f := filepath.Join(work, name+".txt")
-		os.WriteFile(f, []byte("image "+name), 0o644)
-		cmd := []string{"push", "--disable-path-validation", reg + "/" + name + ":v1", f}
-		r.must("oras", cmd...)
-		return strings.TrimSpace(r.must("oras", "resolve", reg+"/"+name+":v1"))
-	}
+	push := func(name string) string { return s.push(t, r, name) }
 	referrers := func(ref string) map[string]int {
 		t.Helper()
 		var d struct {

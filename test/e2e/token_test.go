@@ -54,6 +54,16 @@ func (r *runner) must(name string, args ...string) string {
 	return out
 }
 
+// need fails the test unless each of tools was built into the runner's bin directory.
+func (r *runner) need(tools ...string) {
+	r.t.Helper()
+	for _, tool := range tools {
+		if _, err := os.Stat(filepath.Join(r.bin, tool)); err != nil {
+			r.t.Fatalf("%s CLI missing in %s: run make test-e2e, which builds it", tool, r.bin)
+		}
+	}
+}
+
 func newRunner(t *testing.T) *runner {
 	bin := os.Getenv("ATTEST_E2E_BIN")
 	if bin == "" {
