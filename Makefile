@@ -105,7 +105,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	  done; \
 	done
 
-bench: build tools ## Go benchmarks and command timings on the local stack -> bench/results.md
+bench: build tools $(BIN)/ratify ## Go benchmarks and command timings on the local stack -> bench/results.md
 	./scripts/bench.sh
 
 demo: build tools ## run the whole chain locally on the local stack

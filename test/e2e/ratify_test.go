@@ -3,11 +3,17 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -28,24 +34,13 @@ const signatureType = "application/vnd.cncf.notary.signature"
 // and token both verify.
 func TestRatifyOnLocalStack(t *testing.T) {
 	r := newRunner(t)
-	r.need("notation", "oras", "ratify", "ratify-maa-verifier")
-	s := upStack(t, r)
-
-	// A signed image with its token, and the images of the refusals.
-	sign := func(name string) (ref, dig string) {
-		t.Helper()
-		dig = s.push(t, r, name)
-		ref = s.reg + "/" + name + "@" + dig
-		r.must("notation", "sign", "--key", localstack.SigningKeyName, ref)
-		return ref, dig
-	}
-	good, goodDigest := sign("app")
-	r.must("oras-attest", "attach", good)
-	bare, _ := sign("bare") // signed, token never attached
+	f := newRatifyFixture(t, r)
+	s, good := f.stack, f.image
+	bare := f.sign(t, "bare") // signed, token never attached
 	// Signed, with another image's token attached by hand: what someone who can push but cannot
 	// attest would try. oras-attest attach would refuse it; oras attaches anything.
-	swapped, _ := sign("swapped")
-	tokens, err := token.NewStore(s.env["ATTEST_TOKEN_DIR"]).List(goodDigest)
+	swapped := f.sign(t, "swapped")
+	tokens, err := token.NewStore(s.env["ATTEST_TOKEN_DIR"]).List(f.digest)
 	if err != nil || len(tokens) != 1 {
 		t.Fatalf("tokens of %s: %d, %v", good, len(tokens), err)
 	}
@@ -54,19 +49,6 @@ func TestRatifyOnLocalStack(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.must("oras", "attach", "--disable-path-validation", "--artifact-type", referrer.ArtifactType, swapped, jwt+":application/jwt")
-
-	var inspect struct {
-		Signatures []struct {
-			Certificates []struct {
-				SHA256Fingerprint string
-			} `json:"certificates"`
-		}
-	}
-	if err := json.Unmarshal([]byte(r.must("notation", "inspect", "-o", "json", good)), &inspect); err != nil || len(inspect.Signatures) != 1 || len(inspect.Signatures[0].Certificates) == 0 {
-		t.Fatalf("notation inspect: %v %+v", err, inspect)
-	}
-	leaf := inspect.Signatures[0].Certificates[0].SHA256Fingerprint
-	certs := filepath.Join(s.env["NOTATION_CONFIG"], "truststore", "x509", "ca", localstack.SigningKeyName)
 
 	tests := []struct {
 		name    string
@@ -91,7 +73,7 @@ func TestRatifyOnLocalStack(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := ratifyConfig(t, r, s, leaf, certs, tc.edit)
+			cfg := f.config(t, true, tc.edit)
 			out := r.must("ratify", "verify", "--config", cfg, "--subject", tc.image)
 			var res struct {
 				IsSuccess       bool // omitted by Ratify when false
@@ -128,17 +110,166 @@ func TestRatifyOnLocalStack(t *testing.T) {
 			}
 		})
 	}
+
+	// As a cluster asks: Gatekeeper's external data request to `ratify serve`, one image a key.
+	t.Run("ratify serve", func(t *testing.T) {
+		url := f.serve(t, f.config(t, true, nil))
+		for image, want := range map[string]bool{good: true, bare: false, swapped: false} {
+			if got, body := admit(t, url, image); got != want {
+				t.Fatalf("ratify serve answers isSuccess %v for %s, want %v:\n%s", got, image, want, body)
+			}
+		}
+	})
 }
 
-// ratifyConfig writes the `ratify verify` config made of the shipped Kubernetes manifests, filled
-// in for the local stack, and returns its path. What only a cluster has is replaced by the CLI's
-// equivalent: the store reads the stack's plain-HTTP registry with Docker credentials instead of
-// an Entra ID identity, and Ratify's Notation verifier takes the signing root from a directory
-// (trust store "ca:certs") instead of a KeyManagementProvider. The maa-token verifier's
-// parameters are the manifest's, with its placeholders and certificate directory filled in; edit,
-// if not nil, changes them.
-func ratifyConfig(t *testing.T, r *runner, s *stack, leaf, certs string, edit func(map[string]any)) string {
+// BenchmarkRatifyAdmission is what the token verifier adds to an admission: the time `ratify
+// serve` takes to answer Gatekeeper's external data request for one signed and attested image,
+// with the shipped verifiers and policy (Notation and the token, "notation+token") and with
+// Ratify's Notation verifier alone ("notation"). Ratify's result cache is off, as by default.
+func BenchmarkRatifyAdmission(b *testing.B) {
+	r := newRunner(b)
+	f := newRatifyFixture(b, r)
+	for _, bc := range []struct {
+		name  string
+		token bool
+	}{{"notation", false}, {"notation+token", true}} {
+		url := f.serve(b, f.config(b, bc.token, nil))
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if ok, body := admit(b, url, f.image); !ok {
+					b.Fatalf("refused:\n%s", body)
+				}
+			}
+		})
+	}
+}
+
+// ratifyFixture is a local stack with one image signed by the attested-kv plugin and its token
+// attached, and what a Ratify config needs to trust it.
+type ratifyFixture struct {
+	r      *runner
+	stack  *stack
+	image  string // registry/app@digest
+	digest string
+	leaf   string // SHA-256 of the signing certificate, as attest-bootstrap apply reports it
+	certs  string // a directory holding the signing root
+}
+
+func newRatifyFixture(t testing.TB, r *runner) *ratifyFixture {
 	t.Helper()
+	r.need("notation", "oras", "ratify", "ratify-maa-verifier")
+	f := &ratifyFixture{r: r, stack: upStack(t, r)}
+	f.image = f.sign(t, "app")
+	f.digest = f.image[strings.LastIndexByte(f.image, '@')+1:]
+	r.must("oras-attest", "attach", f.image)
+	var inspect struct {
+		Signatures []struct {
+			Certificates []struct {
+				SHA256Fingerprint string
+			} `json:"certificates"`
+		}
+	}
+	if err := json.Unmarshal([]byte(r.must("notation", "inspect", "-o", "json", f.image)), &inspect); err != nil || len(inspect.Signatures) != 1 || len(inspect.Signatures[0].Certificates) == 0 {
+		t.Fatalf("notation inspect: %v %+v", err, inspect)
+	}
+	f.leaf = inspect.Signatures[0].Certificates[0].SHA256Fingerprint
+	f.certs = filepath.Join(f.stack.env["NOTATION_CONFIG"], "truststore", "x509", "ca", localstack.SigningKeyName)
+	return f
+}
+
+// sign pushes the image name and signs it with the attested-kv plugin; it returns its reference
+// by digest.
+func (f *ratifyFixture) sign(t testing.TB, name string) string {
+	t.Helper()
+	ref := f.stack.reg + "/" + name + "@" + f.stack.push(t, f.r, name)
+	f.r.must("notation", "sign", "--key", localstack.SigningKeyName, ref)
+	return ref
+}
+
+// serve starts `ratify serve` with the config file cfg on loopback, stopped by the cleanup, and
+// returns the URL of its Gatekeeper verification endpoint once it answers.
+func (f *ratifyFixture) serve(t testing.TB, cfg string) string {
+	t.Helper()
+	addr := freeAddr(t)
+	cmd := exec.Command(filepath.Join(f.r.bin, "ratify"), "serve", "--config", cfg, "--http", addr, "--health-port", freeAddr(t))
+	cmd.Env = f.r.env
+	var log bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	url := "http://" + addr + "/ratify/gatekeeper/v1/verify"
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		rsp, err := http.Post(url, "application/json", strings.NewReader(`{"apiVersion":"externaldata.gatekeeper.sh/v1beta1","kind":"ProviderRequest","request":{"keys":[]}}`))
+		if err == nil {
+			rsp.Body.Close()
+			return url
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("ratify serve did not answer in 20 s: %v\n%s", err, log.String())
+		}
+	}
+}
+
+// freeAddr is a loopback address with a port nothing listens on at the time of the call.
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// admit sends Gatekeeper's external data request for image to the Ratify endpoint url and returns
+// Ratify's verdict on it and the whole answer.
+func admit(t testing.TB, url, image string) (bool, string) {
+	t.Helper()
+	req, _ := json.Marshal(map[string]any{"apiVersion": "externaldata.gatekeeper.sh/v1beta1", "kind": "ProviderRequest",
+		"request": map[string]any{"keys": []string{image}}})
+	rsp, err := http.Post(url, "application/json", bytes.NewReader(req))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rsp.Body.Close()
+	body, err := io.ReadAll(rsp.Body)
+	if err != nil || rsp.StatusCode != http.StatusOK {
+		t.Fatalf("ratify serve: HTTP %d, %v: %s", rsp.StatusCode, err, body)
+	}
+	// What Ratify's ConstraintTemplate reads: a system error or an item error denies, and so does
+	// an item whose value is not isSuccess true.
+	var res struct {
+		Response struct {
+			SystemError string
+			Items       []struct {
+				Key   string
+				Error string
+				Value struct{ IsSuccess bool }
+			}
+		}
+	}
+	if err := json.Unmarshal(body, &res); err != nil || len(res.Response.Items) != 1 || res.Response.Items[0].Key != image {
+		t.Fatalf("ratify serve answer: %v: %s", err, body)
+	}
+	it := res.Response.Items[0]
+	return res.Response.SystemError == "" && it.Error == "" && it.Value.IsSuccess, string(body)
+}
+
+// config writes the `ratify verify` and `ratify serve` config made of the shipped Kubernetes
+// manifests, filled in for the local stack, and returns its path. What only a cluster has is
+// replaced by the CLI's equivalent: the store reads the stack's plain-HTTP registry with Docker
+// credentials instead of an Entra ID identity, and Ratify's Notation verifier takes the signing
+// root from a directory (trust store "ca:certs") instead of a KeyManagementProvider. The
+// maa-token verifier's parameters are the manifest's, with its placeholders and certificate
+// directory filled in; edit, if not nil, changes them. Without token, the maa-token verifier and
+// its artifact type are left out of the config: Ratify's Notation verification alone.
+func (f *ratifyFixture) config(t testing.TB, token bool, edit func(map[string]any)) string {
+	t.Helper()
+	r, s, leaf, certs := f.r, f.stack, f.leaf, f.certs
 	plugins := filepath.Join(s.work, "ratify-plugins")
 	if err := os.MkdirAll(plugins, 0o755); err != nil {
 		t.Fatal(err)
@@ -149,6 +280,7 @@ func ratifyConfig(t *testing.T, r *runner, s *stack, leaf, certs string, edit fu
 	}
 	fill := strings.NewReplacer("${ATTESTATION_URL}", s.env["ATTEST_URL"], "${KEY_ID}", s.env["ATTEST_KEY_ID"], "${CERT_SHA256}", leaf)
 	var verifiers []map[string]any
+	found := map[string]bool{}
 	for _, doc := range manifests(t, "verifiers.yaml", fill) {
 		if doc.Kind != "Verifier" {
 			continue
@@ -159,6 +291,7 @@ func ratifyConfig(t *testing.T, r *runner, s *stack, leaf, certs string, edit fu
 			v["type"] = doc.Spec.Type
 		}
 		v["verificationCerts"] = []string{certs}
+		found[doc.Spec.ArtifactTypes] = true
 		switch doc.Spec.ArtifactTypes {
 		case signatureType:
 			delete(v, "verificationCertStores")
@@ -167,14 +300,17 @@ func ratifyConfig(t *testing.T, r *runner, s *stack, leaf, certs string, edit fu
 				p.(map[string]any)["trustStores"] = []string{"ca:certs"}
 			}
 		case referrer.ArtifactType:
+			if !token {
+				continue
+			}
 			if edit != nil {
 				edit(v)
 			}
 		}
 		verifiers = append(verifiers, v)
 	}
-	if len(verifiers) != 2 {
-		t.Fatalf("verifiers.yaml holds %d Verifiers, want the notation and the maa-token ones", len(verifiers))
+	if len(found) != 2 || !found[signatureType] || !found[referrer.ArtifactType] {
+		t.Fatalf("verifiers.yaml holds Verifiers for %v, want the signature and the token", found)
 	}
 	policy := manifests(t, "policy.yaml", fill)
 	if len(policy) != 1 || policy[0].Spec.Type != "config-policy" {
@@ -182,6 +318,9 @@ func ratifyConfig(t *testing.T, r *runner, s *stack, leaf, certs string, edit fu
 	}
 	pp := policy[0].Spec.Parameters
 	pp["name"] = "configPolicy"
+	if !token {
+		delete(pp["artifactVerificationPolicies"].(map[string]any), referrer.ArtifactType)
+	}
 	cfg := map[string]any{
 		"store":    map[string]any{"version": "1.0.0", "plugins": []any{map[string]any{"name": "oras", "useHttp": true}}},
 		"policy":   map[string]any{"version": "1.0.0", "plugin": pp},
@@ -191,15 +330,15 @@ func ratifyConfig(t *testing.T, r *runner, s *stack, leaf, certs string, edit fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.CreateTemp(s.work, "ratify-*.json")
+	out, err := os.CreateTemp(s.work, "ratify-*.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	if _, err := f.Write(b); err != nil {
+	defer out.Close()
+	if _, err := out.Write(b); err != nil {
 		t.Fatal(err)
 	}
-	return f.Name()
+	return out.Name()
 }
 
 // manifest is the part of a Ratify custom resource that the CLI config takes.
@@ -212,7 +351,7 @@ type manifest struct {
 }
 
 // manifests reads the resources of policy/k8s/name with fill applied to its text.
-func manifests(t *testing.T, name string, fill *strings.Replacer) []manifest {
+func manifests(t testing.TB, name string, fill *strings.Replacer) []manifest {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", name))
 	if err != nil {

@@ -26,7 +26,7 @@ type stack struct {
 }
 
 // upStack starts a local stack that the test's cleanup stops, and points r at it.
-func upStack(t *testing.T, r *runner) *stack {
+func upStack(t testing.TB, r *runner) *stack {
 	t.Helper()
 	s := &stack{state: t.TempDir(), work: t.TempDir()}
 	r.must("attest-bootstrap", "local", "up", "--state", s.state)
@@ -46,7 +46,7 @@ func upStack(t *testing.T, r *runner) *stack {
 }
 
 // push pushes a small artifact as the image name:v1 and returns its digest.
-func (s *stack) push(t *testing.T, r *runner, name string) string {
+func (s *stack) push(t testing.TB, r *runner, name string) string {
 	t.Helper()
 	f := filepath.Join(s.work, name+".txt")
 	if err := os.WriteFile(f, []byte("image "+name), 0o644); err != nil {

@@ -17,7 +17,7 @@ import (
 )
 
 type runner struct {
-	t   *testing.T
+	t   testing.TB
 	bin string
 	env []string
 	// outputs collects everything the commands printed, for the no-secrets check.
@@ -64,7 +64,7 @@ func (r *runner) need(tools ...string) {
 	}
 }
 
-func newRunner(t *testing.T) *runner {
+func newRunner(t testing.TB) *runner {
 	bin := os.Getenv("ATTEST_E2E_BIN")
 	if bin == "" {
 		t.Skip("ATTEST_E2E_BIN not set; run through make test-e2e")
