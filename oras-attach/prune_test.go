@@ -445,7 +445,7 @@ func TestTokenPruneJSONRequiredRepositories(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &res); err != nil {
 		t.Fatalf("%v: %s", err, stdout)
 	}
-	if len(res.Removed) != 0 || res.NotAttachedEverywhere != 1 || !slices.Equal(res.RequiredRepositories, []string{"regc.example/app"}) {
+	if len(res.Removed) != 0 || res.NotEverywhere != 1 || !slices.Equal(res.RequiredRepositories, []string{"regc.example/app"}) {
 		t.Fatalf("result %+v, want nothing removed and 1 token kept as not attached to regc.example/app", res)
 	}
 	if _, err := os.Stat(e.Path); err != nil {

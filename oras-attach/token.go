@@ -391,30 +391,20 @@ const minPruneAge = time.Hour
 // pruneExample is the --older-than an error suggests: 30 days.
 const pruneExample = 30 * 24 * time.Hour
 
-// pruneResult is token prune's JSON output. Removed lists the tokens removed or, with DryRun,
-// that would be removed; Skipped the entries of the token directory that are not the store's,
-// left alone. Error is set when pruning failed part way, after removing Removed.
+// pruneResult is token prune's JSON output: what the store's Prune did (token.PruneResult: the
+// tokens removed or, with DryRun, that would be removed, and those kept, with why), with the
+// choices it was run with. Error is set when pruning failed part way, after removing Removed.
 type pruneResult struct {
-	TokenDir  string          `json:"tokenDir"`
-	DryRun    bool            `json:"dryRun"`
-	OlderThan string          `json:"olderThan"`
-	Before    time.Time       `json:"before"`
-	Removed   []token.Pruned  `json:"removed"`
-	Kept      int             `json:"kept"`
-	Skipped   []token.Skipped `json:"skipped"`
-	// Temporary counts the leftovers of interrupted stores removed, and Unattached the old
-	// tokens kept because attach never published them (token.PruneResult).
-	Temporary  int `json:"temporary"`
-	Unattached int `json:"unattached"`
-	// RequiredRepositories are the --require-repository values, and NotAttachedEverywhere the
-	// old published tokens kept because their mark does not record each of them.
-	RequiredRepositories  []string `json:"requiredRepositories"`
-	NotAttachedEverywhere int      `json:"notAttachedEverywhere"`
-	// CheckRegistry is --check-registry, and Unconfirmed the old published tokens it kept, with
-	// the reason: a repository that does not list the token, or could not be asked.
-	CheckRegistry bool                `json:"checkRegistry"`
-	Unconfirmed   []token.Unconfirmed `json:"unconfirmed"`
-	Error         string              `json:"error,omitempty"`
+	TokenDir  string    `json:"tokenDir"`
+	DryRun    bool      `json:"dryRun"`
+	OlderThan string    `json:"olderThan"`
+	Before    time.Time `json:"before"`
+	token.PruneResult
+	// RequiredRepositories are the --require-repository values, and CheckRegistry is
+	// --check-registry.
+	RequiredRepositories []string `json:"requiredRepositories"`
+	CheckRegistry        bool     `json:"checkRegistry"`
+	Error                string   `json:"error,omitempty"`
 }
 
 // tokenPrune removes from the token store the tokens stored longer ago than --older-than, which
@@ -493,7 +483,7 @@ func tokenPrune(ctx context.Context, args []string, io cmdIO) int {
 	if err != nil && pr.Empty() {
 		return fail(err) // nothing read to report: {"error": ...}
 	}
-	res.Removed, res.Kept, res.Skipped, res.Temporary, res.Unattached, res.NotAttachedEverywhere, res.Unconfirmed = pr.Removed, pr.Kept, pr.Skipped, pr.Temporary, pr.Unattached, pr.NotEverywhere, pr.Unconfirmed
+	res.PruneResult = pr
 	for _, s := range res.Skipped {
 		fmt.Fprintf(io.stderr, "oras-attest token prune: skipped %s: %s\n", s.Path, s.Reason)
 	}
@@ -530,8 +520,8 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 	if res.Unattached > 0 {
 		kept += "; " + plural(res.Unattached, "older token") + " attach never published kept (attach the images first, or --include-unattached removes them, and the signatures naming them can then never be verified)"
 	}
-	if res.NotAttachedEverywhere > 0 {
-		kept += "; " + plural(res.NotAttachedEverywhere, "older token") + " not attached to " + strings.Join(res.RequiredRepositories, " and ") + " kept (attach them there first)"
+	if res.NotEverywhere > 0 {
+		kept += "; " + plural(res.NotEverywhere, "older token") + " not attached to " + strings.Join(res.RequiredRepositories, " and ") + " kept (attach them there first)"
 	}
 	if len(res.Unconfirmed) > 0 {
 		kept += "; " + plural(len(res.Unconfirmed), "older token") + " kept that a registry does not list, or could not be asked (--check-registry; see above)"

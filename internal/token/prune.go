@@ -47,24 +47,24 @@ type Skipped struct {
 type PruneResult struct {
 	// Removed are the tokens removed (on a dry run: that would be removed), in the order of
 	// the layout: algorithm, subject, token name.
-	Removed []Pruned
+	Removed []Pruned `json:"removed"`
 	// Kept counts the tokens not older than the cutoff.
-	Kept int
+	Kept int `json:"kept"`
 	// Skipped are the entries that are not the store's, left as they are.
-	Skipped []Skipped
+	Skipped []Skipped `json:"skipped"`
 	// Temporary counts the temporary files of Puts that never finished (a crash between writing
 	// and renaming), older than the cutoff, removed (on a dry run: that would be removed). Those
 	// of a Put still running are newer, and left alone without a word.
-	Temporary int
+	Temporary int `json:"temporary"`
 	// Unattached counts the tokens older than the cutoff that were kept because no attach marked
 	// them published (MarkAttached), Prune being asked to keep those.
-	Unattached int
+	Unattached int `json:"unattached"`
 	// NotEverywhere counts the tokens older than the cutoff that attach published, kept because
 	// their mark does not record every repository of PruneOptions.Repositories.
-	NotEverywhere int
+	NotEverywhere int `json:"notAttachedEverywhere"`
 	// Unconfirmed are the tokens that would have been removed, kept because
 	// PruneOptions.Confirm refused them, with its reason.
-	Unconfirmed []Unconfirmed
+	Unconfirmed []Unconfirmed `json:"unconfirmed"`
 }
 
 // Empty reports whether the result holds nothing: no token, leftover or entry was read.
