@@ -105,7 +105,11 @@ func TestRatifyOnLocalStack(t *testing.T) {
 					}
 				}
 			}
-			if wantTok := map[bool]int{true: 1}[tc.want != ""]; sig != 1 || tok != wantTok {
+			wantTok := 1
+			if tc.want == "" {
+				wantTok = 0
+			}
+			if sig != 1 || tok != wantTok {
 				t.Fatalf("%d signature and %d token reports, want 1 and %d:\n%s", sig, tok, wantTok, out)
 			}
 		})
