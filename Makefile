@@ -82,6 +82,9 @@ $(BIN)/staticcheck: tools/lint/go.mod tools/lint/go.sum
 	cd tools/lint && $(GO) build -trimpath -o $(BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 
 # Every fuzz target of the module runs for FUZZTIME (go test -fuzz takes one target at a time).
+# The targets are read from the test files (func FuzzXxx(f *testing.F), gofmt's spelling) rather
+# than listed with go test -list, which links every package's test binary (a minute here); a name
+# go test then does not find fails the run instead of fuzzing nothing.
 # Its seeds are the f.Add calls in the target and testdata/fuzz/<Target> (inputs that widened
 # coverage in earlier runs, kept so that every plain go test replays them).
 # A run that ends with Go's "context deadline exceeded" coordinator error but found no failing
@@ -91,9 +94,9 @@ $(BIN)/staticcheck: tools/lint/go.mod tools/lint/go.sum
 # deadline to race (3 of 19 targets hit it in one make test on this 2-core machine).
 fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	@set -e; for pkg in $$($(GO) list ./...); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz' || true); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)([A-Za-z_][A-Za-z0-9_]* \*testing\.F) {$$/\1/p' $$dir/*_test.go 2>/dev/null); do \
 	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
-	    dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
 	    if ! $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg > /tmp/fuzz.$$$$.log 2>&1; then \
 	      cat /tmp/fuzz.$$$$.log; \
 	      if grep -q 'context deadline exceeded' /tmp/fuzz.$$$$.log && ! git -C $$dir status --porcelain -- testdata/fuzz | grep -q .; then \
@@ -101,6 +104,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 20s)
 	        $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZRETRY) $$pkg; \
 	      else rm -f /tmp/fuzz.$$$$.log; exit 1; fi; \
 	    fi; \
+	    if grep -q 'no fuzz tests to fuzz' /tmp/fuzz.$$$$.log; then \
+	      echo "$$f is not a fuzz target go test finds in $$pkg (a build constraint?)"; rm -f /tmp/fuzz.$$$$.log; exit 1; fi; \
 	    rm -f /tmp/fuzz.$$$$.log; \
 	  done; \
 	done
