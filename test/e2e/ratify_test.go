@@ -194,8 +194,9 @@ func (f *ratifyFixture) sign(t testing.TB, name string) string {
 // returns the URL of its Gatekeeper verification endpoint once it answers.
 func (f *ratifyFixture) serve(t testing.TB, cfg string) string {
 	t.Helper()
-	addr := freeAddr(t)
-	cmd := exec.Command(filepath.Join(f.r.bin, "ratify"), "serve", "--config", cfg, "--http", addr, "--health-port", freeAddr(t))
+	addrs := freeAddrs(t, 2)
+	addr := addrs[0]
+	cmd := exec.Command(filepath.Join(f.r.bin, "ratify"), "serve", "--config", cfg, "--http", addr, "--health-port", addrs[1])
 	cmd.Env = f.r.env
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
@@ -218,15 +219,20 @@ func (f *ratifyFixture) serve(t testing.TB, cfg string) string {
 	}
 }
 
-// freeAddr is a loopback address with a port nothing listens on at the time of the call.
-func freeAddr(t testing.TB) string {
+// freeAddrs returns n distinct loopback addresses with ports nothing listens on at the time of
+// the call (all are held open until it returns, so that none is handed out twice).
+func freeAddrs(t testing.TB, n int) []string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var addrs []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs = append(addrs, l.Addr().String())
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // admit sends Gatekeeper's external data request for image to the Ratify endpoint url and returns
