@@ -66,6 +66,9 @@ func TestRatifyOnLocalStack(t *testing.T) {
 			edit: func(m map[string]any) { m["signingCertSHA256"] = []string{strings.Repeat("ab", 32)} }},
 		{name: "misspelt setting", image: good, want: `unknown key "maxTokenage"`,
 			edit: func(m map[string]any) { m["maxTokenage"] = m["maxTokenAge"]; delete(m, "maxTokenAge") }},
+		// Ratify hands the verifier the subject as it was named, here by tag (its own Notation
+		// verifier resolves it); in a cluster, its tag-to-digest mutation names images by digest.
+		{name: "image named by tag", image: s.reg + "/app:v1", want: "is not a digest reference"},
 		{name: "another key", image: good, want: `check "binding" failed`,
 			edit: func(m map[string]any) {
 				m["keyID"] = strings.Replace(s.env["ATTEST_KEY_ID"], "/keys/"+localstack.SigningKeyName+"/", "/keys/other/", 1)
