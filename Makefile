@@ -71,11 +71,14 @@ $(BIN)/ratify: tools/ratify/go.mod tools/ratify/go.sum
 	@mkdir -p $(BIN)
 	cd tools/ratify && CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ratify github.com/ratify-project/ratify/cmd/ratify
 
+# The end-to-end tests are behind the e2e build tag, which ./... leaves out: vetted on their own.
 lint: $(BIN)/staticcheck ## gofmt, go vet and staticcheck (staticcheck.conf)
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	$(BIN)/staticcheck ./...
+	$(GO) vet -tags e2e ./test/e2e/...
+	$(BIN)/staticcheck -tags e2e ./test/e2e/...
 
 $(BIN)/staticcheck: tools/lint/go.mod tools/lint/go.sum
 	@mkdir -p $(BIN)
