@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,6 +127,29 @@ func TestRatifyOnLocalStack(t *testing.T) {
 			if got, body := admit(t, url, image); got != want {
 				t.Fatalf("ratify serve answers isSuccess %v for %s, want %v:\n%s", got, image, want, body)
 			}
+		}
+		// Admissions at once (a deployment scaling up): one verifier process each, all answered
+		// alike.
+		const n = 8
+		got := make(chan string, 2*n)
+		var wg sync.WaitGroup
+		for i := range 2 * n {
+			image, want := good, true
+			if i%2 == 1 {
+				image, want = swapped, false
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if ok, body, err := ask(url, image); err != nil || ok != want {
+					got <- fmt.Sprintf("%s: %v %s", image, err, body)
+				}
+			}()
+		}
+		wg.Wait()
+		close(got)
+		for body := range got {
+			t.Errorf("a concurrent admission was answered otherwise than the same one alone:\n%s", body)
 		}
 	})
 }
@@ -242,16 +267,25 @@ func freeAddrs(t testing.TB, n int) []string {
 // Ratify's verdict on it and the whole answer.
 func admit(t testing.TB, url, image string) (bool, string) {
 	t.Helper()
+	ok, body, err := ask(url, image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ok, body
+}
+
+// ask is admit for any goroutine: an answer that is not one it can read is an error.
+func ask(url, image string) (bool, string, error) {
 	req, _ := json.Marshal(map[string]any{"apiVersion": "externaldata.gatekeeper.sh/v1beta1", "kind": "ProviderRequest",
 		"request": map[string]any{"keys": []string{image}}})
 	rsp, err := http.Post(url, "application/json", bytes.NewReader(req))
 	if err != nil {
-		t.Fatal(err)
+		return false, "", err
 	}
 	defer rsp.Body.Close()
 	body, err := io.ReadAll(rsp.Body)
 	if err != nil || rsp.StatusCode != http.StatusOK {
-		t.Fatalf("ratify serve: HTTP %d, %v: %s", rsp.StatusCode, err, body)
+		return false, "", fmt.Errorf("ratify serve: HTTP %d, %v: %s", rsp.StatusCode, err, body)
 	}
 	// What Ratify's ConstraintTemplate reads: a system error or an item error denies, and so does
 	// an item whose value is not isSuccess true.
@@ -266,10 +300,10 @@ func admit(t testing.TB, url, image string) (bool, string) {
 		}
 	}
 	if err := json.Unmarshal(body, &res); err != nil || len(res.Response.Items) != 1 || res.Response.Items[0].Key != image {
-		t.Fatalf("ratify serve answer: %v: %s", err, body)
+		return false, "", fmt.Errorf("ratify serve answer: %v: %s", err, body)
 	}
 	it := res.Response.Items[0]
-	return res.Response.SystemError == "" && it.Error == "" && it.Value.IsSuccess, string(body)
+	return res.Response.SystemError == "" && it.Error == "" && it.Value.IsSuccess, string(body), nil
 }
 
 // config writes the `ratify verify` and `ratify serve` config made of the shipped Kubernetes
