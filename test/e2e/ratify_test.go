@@ -105,7 +105,7 @@ func TestRatifyOnLocalStack(t *testing.T) {
 					}
 				case referrer.ArtifactType:
 					tok++
-					if rep.VerifierName != "maa-token" || rep.IsSuccess != tc.success || !strings.Contains(rep.Message, tc.want) {
+					if rep.VerifierName != "ratify-maa-verifier" || rep.IsSuccess != tc.success || !strings.Contains(rep.Message, tc.want) {
 						t.Fatalf("token report %+v, want isSuccess %v and a message naming %q", rep, tc.success, tc.want)
 					}
 				}
@@ -321,7 +321,8 @@ func (f *ratifyFixture) config(t testing.TB, token bool, edit func(map[string]an
 	if err := os.MkdirAll(plugins, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// Ratify finds an exec verifier by its type in pluginBinDirs, as the Dockerfile installs it.
+	// Ratify finds an exec verifier by its type, or its name without one, in pluginBinDirs, as the
+	// Dockerfile installs it.
 	if err := os.Link(filepath.Join(r.bin, "ratify-maa-verifier"), filepath.Join(plugins, "ratify-maa-verifier")); err != nil && !os.IsExist(err) {
 		t.Fatal(err)
 	}

@@ -26,8 +26,9 @@ type Input struct {
 type Config struct {
 	// Name is the verifier's name in Ratify's config; it names the result ([Name] if empty).
 	Name string `json:"name"`
-	// Type is the verifier's type in Ratify's config, by which Ratify finds the binary; it types
-	// the result ([Name] if empty).
+	// Type is the verifier's type in Ratify's config, by which Ratify finds the binary (by Name
+	// when it is empty, and in a cluster Ratify then passes Name here); it types the result
+	// ([Name] if empty).
 	Type string `json:"type"`
 	// AttestationURL is the MAA instance tokens must come from. Required.
 	AttestationURL string `json:"attestationURL"`

@@ -24,8 +24,10 @@ import (
 	"github.com/attested-kv/attested-kv/internal/registryclient"
 )
 
-// Name is the verifier's name and type in Ratify's config.
-const Name = "maa-token"
+// Name is the verifier's name in Ratify's config as policy/k8s/verifiers.yaml ships it: the
+// binary's, by which Ratify finds it (that Verifier has no type; verifiers.yaml says why). It names
+// the results given before the config is read, and those of a config without a name or type.
+const Name = "ratify-maa-verifier"
 
 // maxInput bounds stdin.
 const maxInput = 1 << 20
@@ -103,10 +105,6 @@ func Run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 	if e := CheckVersion(getenv("RATIFY_VERIFIER_VERSION")); e != nil {
 		return fail("%v", e)
 	}
-	subjectRef := getenv("RATIFY_VERIFIER_SUBJECT")
-	if subjectRef == "" || !strings.Contains(subjectRef, "@") {
-		return fail("RATIFY_VERIFIER_SUBJECT %q is not a digest reference: name the image by digest, or keep Ratify's tag-to-digest mutation on (chart value provider.enableMutation)", subjectRef)
-	}
 	b, err := io.ReadAll(io.LimitReader(stdin, maxInput+1))
 	switch {
 	case err != nil:
@@ -123,6 +121,11 @@ func Run(ctx context.Context, getenv func(string) string, stdin io.Reader) Resul
 	}
 	if err != nil {
 		return fail("%v", err)
+	}
+	// Checked once the config is read, so that this refusal too carries the configured name.
+	subjectRef := getenv("RATIFY_VERIFIER_SUBJECT")
+	if subjectRef == "" || !strings.Contains(subjectRef, "@") {
+		return fail("RATIFY_VERIFIER_SUBJECT %q is not a digest reference: name the image by digest, or keep Ratify's tag-to-digest mutation on (chart value provider.enableMutation)", subjectRef)
 	}
 	o, cleanup, err := options(in.Config)
 	if err != nil {

@@ -1,0 +1,153 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+)
+
+// TestManifestsMatchRatifyCRDs checks the Ratify resources of policy/k8s against the schemas of
+// the CRDs that Ratify's chart installs (charts/ratify/crds of the pinned v1.4.6 module, the
+// chart policy/k8s/README.md installs): each kind is one of them, its version is served, and every
+// field is one the schema declares, with the declared type. The API server would prune a field
+// the schema does not declare (a misspelt artifactTypes, say), or kubectl's strict field
+// validation refuse it; neither runs here, for want of a cluster.
+func TestManifestsMatchRatifyCRDs(t *testing.T) {
+	r := newRunner(t)
+	r.need("ratify") // the module is in the module cache once tools/ratify is built
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/ratify-project/ratify")
+	cmd.Dir = filepath.Join("..", "..", "tools", "ratify")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("locating the Ratify module: %v", err)
+	}
+	crdDir := filepath.Join(strings.TrimSpace(string(out)), "charts", "ratify", "crds")
+	schemas := map[string]map[string]any{} // "group/version kind" -> openAPIV3Schema
+	files, _ := filepath.Glob(filepath.Join(crdDir, "*.yaml"))
+	for _, f := range files {
+		var crd struct {
+			Spec struct {
+				Group    string
+				Names    struct{ Kind string }
+				Versions []struct {
+					Name   string
+					Served bool
+					Schema struct {
+						OpenAPIV3Schema map[string]any `json:"openAPIV3Schema"`
+					}
+				}
+			}
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(b, &crd); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		for _, v := range crd.Spec.Versions {
+			if v.Served {
+				schemas[crd.Spec.Group+"/"+v.Name+" "+crd.Spec.Names.Kind] = v.Schema.OpenAPIV3Schema
+			}
+		}
+	}
+	if len(schemas) == 0 {
+		t.Fatalf("no CRD schemas in %s", crdDir)
+	}
+	// The placeholders README.md step 0 fills in are strings wherever they stand.
+	fill := strings.NewReplacer("${ATTESTATION_URL}", "https://x.weu.attest.azure.net", "${KEY_ID}", "https://v.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef",
+		"${CERT_SHA256}", strings.Repeat("ab", 32), "${RATIFY_CLIENT_ID}", "00000000-0000-0000-0000-000000000000", "${SIGNING_ROOT_PEM}", "-----BEGIN CERTIFICATE-----")
+	checked := map[string]int{}
+	for _, name := range []string{"kmp.yaml", "policy.yaml", "store.yaml", "verifiers.yaml"} {
+		b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(fill.Replace(string(b)), "\n---\n") {
+			var obj map[string]any
+			if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			key := fmt.Sprint(obj["apiVersion"], " ", obj["kind"])
+			schema, ok := schemas[key]
+			if !ok {
+				t.Errorf("%s: %s is not a kind and version Ratify's CRDs serve", name, key)
+				continue
+			}
+			for _, p := range mismatches(obj, schema, "") {
+				t.Errorf("%s: %s: %s", name, key, p)
+			}
+			checked[fmt.Sprint(obj["kind"])]++
+		}
+	}
+	for _, kind := range []string{"KeyManagementProvider", "Policy", "Store", "Verifier"} {
+		if checked[kind] == 0 {
+			t.Errorf("no %s checked", kind)
+		}
+	}
+}
+
+// mismatches lists where v does not fit the OpenAPI v3 schema s of a CRD: a field s does not
+// declare (unless it keeps unknown fields), or a value of another type.
+func mismatches(v any, s map[string]any, path string) []string {
+	if path == "" {
+		path = "."
+	}
+	var out []string
+	typ, _ := s["type"].(string)
+	switch x := v.(type) {
+	case map[string]any:
+		if typ != "object" {
+			return []string{fmt.Sprintf("%s is an object, the schema says %s", path, typ)}
+		}
+		if keep, _ := s["x-kubernetes-preserve-unknown-fields"].(bool); keep {
+			return nil
+		}
+		props, _ := s["properties"].(map[string]any)
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			if path == "." && k == "metadata" {
+				continue // ObjectMeta, which the API server checks itself
+			}
+			ps, ok := props[k].(map[string]any)
+			if !ok {
+				out = append(out, fmt.Sprintf("%s%s is not a field of the schema", strings.TrimSuffix(path, ".")+".", k))
+				continue
+			}
+			out = append(out, mismatches(x[k], ps, strings.TrimSuffix(path, ".")+"."+k)...)
+		}
+	case []any:
+		if typ != "array" {
+			return []string{fmt.Sprintf("%s is a list, the schema says %s", path, typ)}
+		}
+		items, _ := s["items"].(map[string]any)
+		for i, e := range x {
+			out = append(out, mismatches(e, items, fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	case string:
+		if typ != "string" {
+			out = append(out, fmt.Sprintf("%s is a string, the schema says %s", path, typ))
+		}
+	case bool:
+		if typ != "boolean" {
+			out = append(out, fmt.Sprintf("%s is a boolean, the schema says %s", path, typ))
+		}
+	case float64:
+		if typ != "integer" && typ != "number" {
+			out = append(out, fmt.Sprintf("%s is a number, the schema says %s", path, typ))
+		}
+	}
+	return out
+}
