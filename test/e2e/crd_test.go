@@ -3,6 +3,8 @@
 package e2e
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,15 +23,7 @@ import (
 // the schema does not declare (a misspelt artifactTypes, say), or kubectl's strict field
 // validation refuse it; neither runs here, for want of a cluster.
 func TestManifestsMatchRatifyCRDs(t *testing.T) {
-	r := newRunner(t)
-	r.need("ratify") // the module is in the module cache once tools/ratify is built
-	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/ratify-project/ratify")
-	cmd.Dir = filepath.Join("..", "..", "tools", "ratify")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("locating the Ratify module: %v", err)
-	}
-	crdDir := filepath.Join(strings.TrimSpace(string(out)), "charts", "ratify", "crds")
+	crdDir := filepath.Join(ratifyModule(t), "charts", "ratify", "crds")
 	schemas := map[string]map[string]any{} // "group/version kind" -> openAPIV3Schema
 	files, _ := filepath.Glob(filepath.Join(crdDir, "*.yaml"))
 	for _, f := range files {
@@ -93,6 +87,63 @@ func TestManifestsMatchRatifyCRDs(t *testing.T) {
 			t.Errorf("no %s checked", kind)
 		}
 	}
+}
+
+// TestConstraintMatchesRatifyTemplate checks policy/k8s/constraint.yaml against Ratify's
+// ConstraintTemplate (library/default/template.yaml of the pinned module), which README.md has
+// the operator fetch by commit and check by SHA-256: the pinned hash is that file's, and the
+// constraint is of the kind the template creates.
+func TestConstraintMatchesRatifyTemplate(t *testing.T) {
+	tmpl, err := os.ReadFile(filepath.Join(ratifyModule(t), "library", "default", "template.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(tmpl)
+	if pin := hex.EncodeToString(sum[:]) + "  ratify-template.yaml"; !strings.Contains(string(readme), pin) {
+		t.Errorf("policy/k8s/README.md does not pin the template of the Ratify module (%s)", pin)
+	}
+	var template struct {
+		Kind string
+		Spec struct {
+			CRD struct {
+				Spec struct {
+					Names struct{ Kind string }
+				}
+			}
+		}
+	}
+	if err := yaml.Unmarshal(tmpl, &template); err != nil || template.Kind != "ConstraintTemplate" {
+		t.Fatalf("template.yaml: %v %+v", err, template)
+	}
+	b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", "constraint.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var constraint struct{ APIVersion, Kind string }
+	if err := yaml.Unmarshal(b, &constraint); err != nil {
+		t.Fatal(err)
+	}
+	if constraint.APIVersion != "constraints.gatekeeper.sh/v1beta1" || constraint.Kind != template.Spec.CRD.Spec.Names.Kind {
+		t.Errorf("constraint.yaml is a %s %s; the template creates constraints.gatekeeper.sh/v1beta1 %s", constraint.APIVersion, constraint.Kind, template.Spec.CRD.Spec.Names.Kind)
+	}
+}
+
+// ratifyModule is the directory of the Ratify module tools/ratify pins, in the module cache.
+func ratifyModule(t *testing.T) string {
+	t.Helper()
+	r := newRunner(t)
+	r.need("ratify") // the module is in the module cache once tools/ratify is built
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/ratify-project/ratify")
+	cmd.Dir = filepath.Join("..", "..", "tools", "ratify")
+	out, err := cmd.Output()
+	if err != nil || strings.TrimSpace(string(out)) == "" {
+		t.Fatalf("locating the Ratify module: %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 // mismatches lists where v does not fit the OpenAPI v3 schema s of a CRD: a field s does not
