@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -130,6 +131,66 @@ func TestConstraintMatchesRatifyTemplate(t *testing.T) {
 	if constraint.APIVersion != "constraints.gatekeeper.sh/v1beta1" || constraint.Kind != template.Spec.CRD.Spec.Names.Kind {
 		t.Errorf("constraint.yaml is a %s %s; the template creates constraints.gatekeeper.sh/v1beta1 %s", constraint.APIVersion, constraint.Kind, template.Spec.CRD.Spec.Names.Kind)
 	}
+}
+
+// TestRatifyChartValues checks the values policy/k8s/README.md sets on `helm install` of Ratify
+// against the values.yaml of the chart it installs (charts/ratify of the pinned module): helm
+// takes a misspelt key without a word, and the setting is then simply not made.
+func TestRatifyChartValues(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(ratifyModule(t), "charts", "ratify", "values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var values map[string]any
+	if err := yaml.Unmarshal(b, &values); err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The install command: its line and the continuation lines after it.
+	var command []string
+	lines := strings.Split(string(readme), "\n")
+	for i, l := range lines {
+		if strings.Contains(l, "helm install ratify ") {
+			for j := i; j < len(lines); j++ {
+				command = append(command, lines[j])
+				if !strings.HasSuffix(strings.TrimSpace(lines[j]), "\\") {
+					break
+				}
+			}
+			break
+		}
+	}
+	keys := regexp.MustCompile(`--set '?([A-Za-z0-9_.]+)=`).FindAllStringSubmatch(strings.Join(command, "\n"), -1)
+	if len(keys) == 0 {
+		t.Fatalf("no --set in the README's helm install of Ratify: %q", command)
+	}
+	for _, k := range keys {
+		v, ok := lookup(values, k[1])
+		if !ok {
+			t.Errorf("--set %s: not a value of Ratify's chart", k[1])
+		} else if _, section := v.(map[string]any); section {
+			t.Errorf("--set %s: a section of Ratify's chart values, not a value", k[1])
+		}
+	}
+}
+
+// lookup returns the value at the dotted path of values, and whether there is one (it may be
+// null).
+func lookup(values map[string]any, path string) (any, bool) {
+	var v any = values
+	for _, p := range strings.Split(path, ".") {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if v, ok = m[p]; !ok {
+			return nil, false
+		}
+	}
+	return v, true
 }
 
 // ratifyModule is the directory of the Ratify module tools/ratify pins, in the module cache.
