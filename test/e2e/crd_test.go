@@ -62,11 +62,7 @@ func TestManifestsMatchRatifyCRDs(t *testing.T) {
 		"${CERT_SHA256}", strings.Repeat("ab", 32), "${RATIFY_CLIENT_ID}", "00000000-0000-0000-0000-000000000000", "${SIGNING_ROOT_PEM}", "-----BEGIN CERTIFICATE-----")
 	checked := map[string]int{}
 	for _, name := range []string{"kmp.yaml", "policy.yaml", "store.yaml", "verifiers.yaml"} {
-		b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, doc := range strings.Split(fill.Replace(string(b)), "\n---\n") {
+		for _, doc := range k8sDocs(t, name, fill) {
 			var obj map[string]any
 			if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
 				t.Fatalf("%s: %v", name, err)
@@ -99,10 +95,7 @@ func TestConstraintMatchesRatifyTemplate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := k8sFile(t, "README.md")
 	sum := sha256.Sum256(tmpl)
 	if pin := hex.EncodeToString(sum[:]) + "  ratify-template.yaml"; !strings.Contains(string(readme), pin) {
 		t.Errorf("policy/k8s/README.md does not pin the template of the Ratify module (%s)", pin)
@@ -120,12 +113,8 @@ func TestConstraintMatchesRatifyTemplate(t *testing.T) {
 	if err := yaml.Unmarshal(tmpl, &template); err != nil || template.Kind != "ConstraintTemplate" {
 		t.Fatalf("template.yaml: %v %+v", err, template)
 	}
-	b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", "constraint.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var constraint struct{ APIVersion, Kind string }
-	if err := yaml.Unmarshal(b, &constraint); err != nil {
+	if err := yaml.Unmarshal(k8sFile(t, "constraint.yaml"), &constraint); err != nil {
 		t.Fatal(err)
 	}
 	if constraint.APIVersion != "constraints.gatekeeper.sh/v1beta1" || constraint.Kind != template.Spec.CRD.Spec.Names.Kind {
@@ -145,10 +134,7 @@ func TestRatifyChartValues(t *testing.T) {
 	if err := yaml.Unmarshal(b, &values); err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", "README.md"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	readme := k8sFile(t, "README.md")
 	// The install command: its line and the continuation lines after it.
 	var command []string
 	lines := strings.Split(string(readme), "\n")

@@ -401,12 +401,8 @@ type manifest struct {
 // manifests reads the resources of policy/k8s/name with fill applied to its text.
 func manifests(t testing.TB, name string, fill *strings.Replacer) []manifest {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", name))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []manifest
-	for _, doc := range strings.Split(fill.Replace(string(b)), "\n---\n") {
+	for _, doc := range k8sDocs(t, name, fill) {
 		var m manifest
 		if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -414,4 +410,20 @@ func manifests(t testing.TB, name string, fill *strings.Replacer) []manifest {
 		out = append(out, m)
 	}
 	return out
+}
+
+// k8sFile is the file policy/k8s/name.
+func k8sFile(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "policy", "k8s", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// k8sDocs are the YAML documents of policy/k8s/name, with fill applied to its text.
+func k8sDocs(t testing.TB, name string, fill *strings.Replacer) []string {
+	t.Helper()
+	return strings.Split(fill.Replace(string(k8sFile(t, name))), "\n---\n")
 }
