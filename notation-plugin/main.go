@@ -84,8 +84,9 @@ Plugin config (--plugin-config key=value):
   key_cache            directory keeping the TPM context of the ephemeral key so the next
                        attestation loads it instead of deriving it again (valid until the PCRs
                        change or the TPM resets), default $XDG_CACHE_HOME/attested-kv/tpm; off = none
-  os_release           os-release file describing the OS to MAA, default /etc/os-release; it must
-                       have a numeric VERSION_ID (Azure's client refuses to attest without one)
+  os_release           os-release file describing the OS to MAA, default /etc/os-release; read
+                       as Azure's client reads it (no VERSION_ID, or one not numeric: version 1.0;
+                       a VERSION_ID of 0.x is refused, as Azure's client refuses it)
 
 Nothing is signed unless a fresh MAA token, bound to the image digest and the key id, verifies
 and passes the claim rules. Never put secrets in the plugin config: 'notation sign -d' prints it.

@@ -83,7 +83,7 @@ type Config struct {
 	// cache. The key_cache setting: unset = the user's cache directory, "off" = none, or a path.
 	KeyCacheDir string
 	// OSRelease is the os-release file whose NAME and VERSION_ID describe the guest OS to MAA;
-	// "" = maa.DefaultOSReleasePath. For hosts whose own has no numeric VERSION_ID.
+	// "" = maa.DefaultOSReleasePath. For hosts whose own is missing or has a VERSION_ID of 0.x.
 	OSRelease string
 }
 

@@ -71,8 +71,8 @@ type signing struct {
 }
 
 // osReleaseFor chooses the os-release the stack's attestations send: the host's (at host), unless
-// it has no numeric VERSION_ID (Arch, Debian testing), which Azure's client and the MAA emulator
-// refuse; then one of the stack's own, naming the emulated VM's OS.
+// cannot be read or gives major version 0 (a VERSION_ID of 0.x), which Azure's client and the MAA
+// emulator refuse; then one of the stack's own, naming the emulated VM's OS.
 func (s *signing) osReleaseFor(p paths, host string) error {
 	if info, err := maa.ReadOSRelease(host); err == nil && info.VersionMajor != 0 {
 		return nil

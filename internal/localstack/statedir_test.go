@@ -65,8 +65,9 @@ func TestResolveStateDir(t *testing.T) {
 	}
 }
 
-// TestOSReleaseFor: the stack describes the host's OS to MAA when its os-release has a numeric
-// VERSION_ID, and an os-release of its own otherwise, which the MAA client accepts.
+// TestOSReleaseFor: the stack describes the host's OS to MAA when the MAA client accepts its
+// os-release (as Azure's client, it reads a missing or non-numeric VERSION_ID as 1.0), and an
+// os-release of its own otherwise.
 func TestOSReleaseFor(t *testing.T) {
 	dir := t.TempDir()
 	for _, tc := range []struct {
@@ -74,13 +75,17 @@ func TestOSReleaseFor(t *testing.T) {
 		own        bool
 	}{
 		{"Debian 12", "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\n", false},
-		{"rolling release", "NAME=\"Arch Linux\"\nBUILD_ID=rolling\n", true},
-		{"testing", "NAME=\"Debian GNU/Linux\"\nVERSION_CODENAME=trixie\n", true},
+		{"rolling release", "NAME=\"Arch Linux\"\nBUILD_ID=rolling\n", false},
+		{"testing", "NAME=\"Debian GNU/Linux\"\nVERSION_CODENAME=trixie\n", false},
+		{"version 0", "NAME=\"Pre-release\"\nVERSION_ID=\"0.9\"\n", true},
+		{"no os-release", "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			host := filepath.Join(t.TempDir(), "os-release")
-			if err := os.WriteFile(host, []byte(tc.host), 0o644); err != nil {
-				t.Fatal(err)
+			if tc.host != "" {
+				if err := os.WriteFile(host, []byte(tc.host), 0o644); err != nil {
+					t.Fatal(err)
+				}
 			}
 			var s signing
 			if err := s.osReleaseFor(paths{dir}, host); err != nil {

@@ -39,8 +39,8 @@ type ClientOptions struct {
 	// Tokens and evidence are never logged.
 	Logger *slog.Logger
 	// OS is the OS description sent to MAA; nil means ReadOSRelease(DefaultOSReleasePath). Its
-	// VersionMajor must not be 0 (missing os-release or VERSION_ID): Attest refuses to send it,
-	// with ErrOSVersion, as Azure's own client does.
+	// VersionMajor must not be 0 (os-release missing, or a VERSION_ID of 0.x): Attest refuses to
+	// send it, with ErrOSVersion, as Azure's own client does.
 	OS *OSInfo
 	// MaxAttempts bounds the attestation attempts; 0 means DefaultMaxAttempts.
 	MaxAttempts int

@@ -582,9 +582,19 @@ func TestReadOSRelease(t *testing.T) {
 		{"ubuntu", "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n", OSInfo{"Linux", "Ubuntu", 22, 4, OSBuildLinux}},
 		{"no minor", "NAME='Red Hat Enterprise Linux'\nVERSION_ID=9\n", OSInfo{"Linux", "Red Hat Enterprise Linux", 9, 0, OSBuildLinux}},
 		{"three parts", "# comment\nNAME=\"Azure Linux\"\nVERSION_ID=\"3.0.20240101\"\n", OSInfo{"Linux", "Azure Linux", 3, 0, OSBuildLinux}},
-		{"no version", "NAME=\"Arch Linux\"\n", OSInfo{"Linux", "Arch Linux", 0, 0, OSBuildLinux}},
 		{"no name", "VERSION_ID=12\n", OSInfo{"Linux", "Linux", 12, 0, OSBuildLinux}},
-		{"escapes", "NAME=\"Debian \\\"GNU\\\"\"\nVERSION_ID=\"rolling\"\n", OSInfo{"Linux", "Debian \"GNU\"", 0, 0, OSBuildLinux}},
+		{"version 0", "NAME=Test\nVERSION_ID=0.9\n", OSInfo{"Linux", "Test", 0, 9, OSBuildLinux}},
+		{"trailing letters", "NAME=Test\nVERSION_ID=22.04abc\n", OSInfo{"Linux", "Test", 22, 4, OSBuildLinux}},
+		// Where AZGA's GetOSInfo cannot read a version it sends 1.0; so does the client (the cases
+		// of AZGA's own GetOSInfo tests: "garbage", "1.ad", no VERSION_ID).
+		{"no version", "NAME=\"Arch Linux\"\n", OSInfo{"Linux", "Arch Linux", 1, 0, OSBuildLinux}},
+		{"escapes", "NAME=\"Debian \\\"GNU\\\"\"\nVERSION_ID=\"rolling\"\n", OSInfo{"Linux", "Debian \"GNU\"", 1, 0, OSBuildLinux}},
+		{"minor not numeric", "NAME=Test\nVERSION_ID=\"22.x\"\n", OSInfo{"Linux", "Test", 1, 0, OSBuildLinux}},
+		{"AZGA 1.ad", "NAME=Test-OS\nVERSION_ID=\"1.ad\"\n", OSInfo{"Linux", "Test-OS", 1, 0, OSBuildLinux}},
+		{"empty minor", "NAME=Test\nVERSION_ID=22.\n", OSInfo{"Linux", "Test", 1, 0, OSBuildLinux}},
+		{"empty", "NAME=Test\nVERSION_ID=\n", OSInfo{"Linux", "Test", 1, 0, OSBuildLinux}},
+		{"beyond int32", "NAME=Test\nVERSION_ID=2147483648\n", OSInfo{"Linux", "Test", 1, 0, OSBuildLinux}},
+		{"int32 max", "NAME=Test\nVERSION_ID=2147483647.1\n", OSInfo{"Linux", "Test", 2147483647, 1, OSBuildLinux}},
 	}
 	dir := t.TempDir()
 	for _, tc := range tests {
@@ -605,8 +615,9 @@ func TestReadOSRelease(t *testing.T) {
 }
 
 // TestAttestRefusesOSVersionZero: AZGA refuses to send a request whose OS major version is 0,
-// which is what a missing os-release or VERSION_ID gives; so does the client, before the TPM or
-// MAA is asked, with an error that says what to fix.
+// which is what a missing os-release or a VERSION_ID of 0.x gives; so does the client, before the
+// TPM or MAA is asked, with an error that says what to fix. A missing or non-numeric VERSION_ID is
+// sent as 1.0, as AZGA sends it.
 func TestAttestRefusesOSVersionZero(t *testing.T) {
 	testKeys(t)
 	dir := t.TempDir()
@@ -619,8 +630,6 @@ func TestAttestRefusesOSVersionZero(t *testing.T) {
 		wantMsg   string
 	}{
 		{name: "no os-release", wantErr: true, wantMsg: "no such file"},
-		{name: "no VERSION_ID", osRelease: "NAME=\"Arch Linux\"\nBUILD_ID=rolling\n", wantErr: true, wantMsg: "VERSION_ID"},
-		{name: "VERSION_ID not numeric", osRelease: "NAME=\"Debian GNU/Linux\"\nVERSION_ID=\"rolling\"\n", wantErr: true, wantMsg: "VERSION_ID"},
 		{name: "VERSION_ID 0", osRelease: "NAME=Test\nVERSION_ID=0.9\n", wantErr: true, wantMsg: "VERSION_ID"},
 		{name: "empty OSInfo given", opt: &OSInfo{}, wantErr: true, wantMsg: "ClientOptions.OS"},
 		{name: "numeric VERSION_ID", osRelease: "NAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\n"}, // the fake MAA wants testOS

@@ -18,8 +18,8 @@ var (
 	// could answer in MAA's place.
 	ErrNotForEvidence = errors.New("token not issued for this TPM's evidence")
 	// ErrOSVersion means the OS description has major version 0 (os-release missing, or its
-	// VERSION_ID absent or not numeric): Azure's own client refuses to send such a request, so
-	// neither do we (see checkOSVersion).
+	// VERSION_ID 0.x): Azure's own client refuses to send such a request, so neither do we (see
+	// checkOSVersion).
 	ErrOSVersion = errors.New("OS major version is 0")
 )
 

@@ -24,17 +24,19 @@ type OSInfo struct {
 
 // checkOSVersion refuses an OS description with VersionMajor 0, before anything is sent: AZGA's
 // AttestationParameters::Validate refuses to send a request whose distro_version_major is 0, and
-// this client sends what AZGA sends. UNCONFIRMED: what real MAA does with OSVersionMajor 0
-// (refuse it, or issue a token with x-ms-azurevm-osversion-major 0); we follow AZGA rather than
-// find out on a build VM. from says where the description came from, and why it has no version.
+// this client sends what AZGA sends. ReadOSRelease gives 0 only for a VERSION_ID whose major
+// number is 0 (as AZGA's parser does); a missing os-release, and an empty OSInfo given by the
+// caller, give 0 too. UNCONFIRMED: what real MAA does with OSVersionMajor 0 (refuse it, or issue a
+// token with x-ms-azurevm-osversion-major 0); we follow AZGA rather than find out on a build VM.
+// from says where the description came from, and why it has no version.
 func checkOSVersion(o OSInfo, from string) error {
 	if o.VersionMajor != 0 {
 		return nil
 	}
 	return fmt.Errorf("%w (%s): the major version is the leading number of VERSION_ID in os-release "+
-		"(%s), which is missing, has no VERSION_ID, or a VERSION_ID that does not start with a number; "+
-		"Azure's guest attestation client refuses to attest so. The VM image must have an os-release "+
-		"with a numeric VERSION_ID (e.g. VERSION_ID=\"22.04\"), or the caller must set ClientOptions.OS",
+		"(%s), which is missing, or has a VERSION_ID whose major number is 0; Azure's guest "+
+		"attestation client refuses to attest so. The VM image must have an os-release (os-release(5)), "+
+		"or the caller must set ClientOptions.OS",
 		ErrOSVersion, from, DefaultOSReleasePath)
 }
 
@@ -44,10 +46,16 @@ func defaultOSInfo() OSInfo {
 }
 
 // ReadOSRelease reads an os-release file (os-release(5)) and returns its NAME and VERSION_ID as
-// AZGA reports them: Type "Linux", Distro = NAME (default "Linux", as os-release(5) specifies),
-// VersionMajor.VersionMinor = the leading numbers of VERSION_ID ("22.04" -> 22, 4; "9" -> 9, 0;
-// missing or non-numeric parts -> 0), Build = OSBuildLinux. A VersionMajor of 0 is returned
-// without error; the Client refuses to send it (ErrOSVersion).
+// AZGA (Azure's guest attestation client, GetOSInfo) reports them: Type "Linux", Distro = NAME,
+// VersionMajor.VersionMinor from VERSION_ID ("22.04" -> 22, 4; "9" -> 9, 0; "3.0.20240101" ->
+// 3, 0), Build = OSBuildLinux. Where AZGA cannot read a version it sends 1.0, and so does this:
+// VERSION_ID missing (Arch Linux), or not numbers ("rolling", "22.x", "22."); see
+// parseOSVersion. A VERSION_ID whose major number is 0 gives VersionMajor 0, without error; the
+// Client refuses to send it (ErrOSVersion), as AZGA does.
+//
+// One divergence: without NAME, AZGA fails ("Distro name not found"); this reports "Linux", the
+// default os-release(5) gives NAME. Whether MAA accepts that name is UNCONFIRMED, and nothing
+// here depends on it (the OS claims repeat what the client said; policy/rules/baseline.cel).
 func ReadOSRelease(path string) (OSInfo, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -81,11 +89,31 @@ func ReadOSRelease(path string) (OSInfo, error) {
 	if err := sc.Err(); err != nil {
 		return OSInfo{}, fmt.Errorf("reading os-release %s: %w", path, err)
 	}
-	major, rest, _ := strings.Cut(versionID, ".")
-	minor, _, _ := strings.Cut(rest, ".")
-	info.VersionMajor = leadingUint32(major)
-	info.VersionMinor = leadingUint32(minor)
+	info.VersionMajor, info.VersionMinor = parseOSVersion(versionID)
 	return info, nil
+}
+
+// azgaDefaultMajor and azgaDefaultMinor are the version AZGA sends when os-release has no
+// VERSION_ID or one it cannot parse ("1.0" in AttestationClientImpl::GetOSInfo).
+const azgaDefaultMajor, azgaDefaultMinor = 1, 0
+
+// parseOSVersion reads a VERSION_ID as AZGA's ParseVersionString does: the major number before the
+// first ".", and the minor number after it if there is a "."; each must start with a decimal
+// number (what follows the digits is ignored, as std::stoi ignores it) that fits an int32. If
+// either does not, or v is empty, the version is AZGA's default, 1.0. A leading sign or space,
+// which std::stoi would take, is not a number here either (no os-release has one).
+func parseOSVersion(v string) (major, minor uint32) {
+	majorPart, minorPart, hasMinor := strings.Cut(v, ".")
+	major, ok := leadingInt32(majorPart)
+	if !ok {
+		return azgaDefaultMajor, azgaDefaultMinor
+	}
+	if hasMinor {
+		if minor, ok = leadingInt32(minorPart); !ok {
+			return azgaDefaultMajor, azgaDefaultMinor
+		}
+	}
+	return major, minor
 }
 
 // unquoteOSRelease removes shell-style quotes and backslash escapes from an os-release value.
@@ -110,15 +138,16 @@ func unquoteOSRelease(v string) string {
 	return b.String()
 }
 
-// leadingUint32 parses the leading decimal digits of s, 0 if there are none or they overflow.
-func leadingUint32(s string) uint32 {
+// leadingInt32 parses the leading decimal digits of s; ok is false if there are none or they do
+// not fit an int32 (std::stoi's range).
+func leadingInt32(s string) (uint32, bool) {
 	end := 0
 	for end < len(s) && s[end] >= '0' && s[end] <= '9' {
 		end++
 	}
-	n, err := strconv.ParseUint(s[:end], 10, 32)
+	n, err := strconv.ParseUint(s[:end], 10, 31)
 	if err != nil {
-		return 0
+		return 0, false
 	}
-	return uint32(n)
+	return uint32(n), true
 }

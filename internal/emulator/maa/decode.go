@@ -118,11 +118,11 @@ func decodeAttestationInfo(raw []byte) (*evidence, error) {
 		return nil, refuse(CodeUnsupportedOSType, "OSType %q is not supported: the emulator issues Linux guest claims only", ev.osType)
 	}
 	// AZGA's AttestationParameters::Validate refuses to send a request with distro_version_major
-	// 0 (what a missing os-release or VERSION_ID gives), so real MAA never sees one from Azure's
+	// 0 (only a VERSION_ID of 0.x gives it: AZGA sends 1.0 for a missing or unreadable one), so real MAA never sees one from Azure's
 	// client. UNCONFIRMED: what real MAA does with OSVersionMajor 0; we follow AZGA and refuse it,
 	// so that the emulator never accepts what Azure's client would not send.
 	if info.OSVersionMajor == 0 {
-		return nil, refuse(CodeInvalidOSVersion, "OSVersionMajor is 0: Azure's guest attestation client refuses to send it (os-release missing, or VERSION_ID absent or not numeric)")
+		return nil, refuse(CodeInvalidOSVersion, "OSVersionMajor is 0: Azure's guest attestation client refuses to send it (os-release VERSION_ID 0.x)")
 	}
 
 	// ClientPayload values are base64 of the caller's strings (AZGA AttestationParameters.cpp);
