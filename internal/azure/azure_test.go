@@ -2101,3 +2101,27 @@ func TestKeepRegistrySettings(t *testing.T) {
 		})
 	}
 }
+
+// TestRoleNotVisibleYet: an assignment refused because its new role or principal has not
+// replicated yet is retried whatever the status ARM gives it; other refusals are not.
+func TestRoleNotVisibleYet(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		code   string
+		want   bool
+	}{
+		{http.StatusBadRequest, "RoleDefinitionDoesNotExist", true},
+		{http.StatusNotFound, "RoleDefinitionDoesNotExist", true},
+		{http.StatusBadRequest, "PrincipalNotFound", true},
+		{http.StatusNotFound, "PrincipalNotFound", true},
+		{http.StatusBadRequest, "InvalidRoleAssignmentId", false},
+		{http.StatusNotFound, "ResourceNotFound", false},
+		{http.StatusForbidden, "AuthorizationFailed", false},
+		{http.StatusBadRequest, "", false},
+	} {
+		re := &azcore.ResponseError{StatusCode: tc.status, ErrorCode: tc.code}
+		if got := roleNotVisibleYet(re); got != tc.want {
+			t.Errorf("roleNotVisibleYet(%d %s) = %v, want %v", tc.status, tc.code, got, tc.want)
+		}
+	}
+}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"strings"
 
@@ -174,10 +173,13 @@ func destroyCustomRole(ctx context.Context, cl *Clients, cfg Config, r customRol
 }
 
 // roleNotVisibleYet says whether an assignment was refused because its role, or its principal,
-// was created moments before and is not visible to role assignments yet. The error code ARM
-// answers for the role meanwhile (400 RoleDefinitionDoesNotExist) is UNCONFIRMED.
+// was created moments before and is not visible to role assignments yet: the error codes
+// RoleDefinitionDoesNotExist and PrincipalNotFound, whatever the status. ARM is reported to answer
+// the first with 400 and with 404 while a new custom role replicates (public troubleshooting
+// pages; which one when is UNCONFIRMED), so the status is not what decides. retryWhile bounds the
+// wait (RBACRetry), after which the error is returned as it came.
 func roleNotVisibleYet(re *azcore.ResponseError) bool {
-	return re.StatusCode == http.StatusBadRequest && (re.ErrorCode == "RoleDefinitionDoesNotExist" || re.ErrorCode == "PrincipalNotFound")
+	return re.ErrorCode == "RoleDefinitionDoesNotExist" || re.ErrorCode == "PrincipalNotFound"
 }
 
 // sameRole reports whether a role grants exactly want's actions and data actions, and nothing
