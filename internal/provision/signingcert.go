@@ -209,8 +209,10 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 		if a == nil || a.Enabled == nil {
 			state = "not reported as enabled"
 		}
-		// A deleted certificate keeps its name while soft-deleted (Key Vault answers a create of
-		// it with a conflict until it is purged or recovered: UNCONFIRMED here).
+		// A deleted certificate keeps its name while soft-deleted: Key Vault answers a create of
+		// the name with 409 Conflict, inner error ObjectIsDeletedButRecoverable, until it is
+		// purged or recovered (shown for keys by azure-sdk-for-cpp's live tests and for secrets by
+		// the .NET SDK's samples; for certificates UNCONFIRMED, by analogy).
 		return nil, fmt.Errorf("certificate %s version %s is %s: %w: apply does not replace a signing certificate an administrator disabled; enable it, or delete it (and purge it), then run apply again",
 			c.Name, got.ID.Version(), state, ErrCertificateDisabled)
 	}

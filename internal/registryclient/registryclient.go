@@ -153,10 +153,11 @@ func ExchangeACRToken(ctx context.Context, hc *http.Client, registryHost string,
 	if err != nil {
 		return "", fmt.Errorf("Entra ID token for %s: %w", registryHost, err)
 	}
-	// No tenant field: the SDK's exchange options make it optional, and clients that work against
-	// ACR send only the access token, whose tid names the tenant anyway. UNCONFIRMED whether ACR
-	// needs it for a token of a guest tenant (reference/oras-ratify.md lists it, from ACR's
-	// AAD-OAuth.md example).
+	// No tenant field: Microsoft's own Go client (azcontainerregistry, acquireRefreshToken in
+	// authentication_policy.go) sends exactly grant_type, service and access_token, and its
+	// exchange options make tenant optional; the access token's tid names the tenant anyway.
+	// UNCONFIRMED whether ACR needs it for a token of a guest tenant (reference/oras-ratify.md
+	// lists it, from ACR's AAD-OAuth.md example).
 	form := url.Values{"grant_type": {"access_token"}, "service": {registryHost}, "access_token": {at.Token}}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -60,9 +60,11 @@ import (
 // most maxKeyCacheFile bytes. Anything else at its path is a cache miss: it is not removed, and
 // the atomic write of the derived key's context replaces the entry (never what a link points to).
 //
-// UNCONFIRMED: that the Linux kernel resource manager (/dev/tpmrm0) maps the handle TPM2_ContextLoad
-// returns into the caller's space (its response-handle mapping suggests so). If it does not, the
-// ReadPublic check below fails and the key is derived afresh.
+// The Linux kernel resource manager (/dev/tpmrm0) maps the handle TPM2_ContextLoad returns into
+// the caller's space: tpm2_map_response_header (drivers/char/tpm/tpm2-space.c) maps the returned
+// transient handle of every command whose attributes have rHandle, as TPM2_ContextLoad's do (it
+// returns loadedHandle). Not run against a kernel TPM here (the tests use a simulator); were it
+// otherwise, the ReadPublic check below would fail and the key would be derived afresh.
 
 // maxKeyCacheFile bounds the cache file: a TPM2B_PUBLIC of an RSA-2048 key and a TPMS_CONTEXT.
 const maxKeyCacheFile = 8 << 10
