@@ -10,7 +10,7 @@ FUZZTIME ?= 20s
 FUZZRETRY ?= 3000x
 BENCHTIME ?= 1s
 
-.PHONY: all build tools dist ratify-plugin test test-unit test-unprivileged test-e2e lint fuzz bench demo clean help
+.PHONY: all build tools dist ratify-plugin baseline-current test test-unit test-unprivileged test-e2e lint fuzz bench demo clean help
 
 all: build
 
@@ -29,7 +29,7 @@ build: ## build every binary of the project into ./bin
 
 # The tarball is reproducible: same sources, same bytes (file order, times, owners and modes
 # fixed whatever the builder's umask; gzip -n records no name or time), so its SHA-256, which Image Builder checks, can be rebuilt.
-dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image, and its .sha256
+dist: tools baseline-current ## linux/amd64 tarball of notation, notation-attested-kv and oras-attest for the build-agent image, and its .sha256
 	@mkdir -p $(BIN)/dist
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/notation-attested-kv ./notation-plugin
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/dist/oras-attest ./oras-attach
@@ -37,8 +37,13 @@ dist: tools ## linux/amd64 tarball of notation, notation-attested-kv and oras-at
 	tar -C $(BIN)/dist --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --mode=a+rX,u+w,go-w -cf - notation notation-attested-kv oras-attest | gzip -n > $(BIN)/attested-kv-linux-amd64.tar.gz
 	cd $(BIN) && sha256sum attested-kv-linux-amd64.tar.gz | tee attested-kv-linux-amd64.tar.gz.sha256
 
-ratify-plugin: ## linux/amd64 ratify-maa-verifier for the Ratify image (policy/k8s/Dockerfile)
+ratify-plugin: baseline-current ## linux/amd64 ratify-maa-verifier for the Ratify image (policy/k8s/Dockerfile)
 	GOOS=linux GOARCH=amd64 CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/linux-amd64/ratify-maa-verifier ./policy/ratify
+
+# The compiled baseline rules (policy/rules/baseline.celpb) decide what the shipped binaries accept:
+# what ships is built only if they are byte for byte what baseline.cel compiles to.
+baseline-current: ## check that policy/rules/baseline.celpb is what baseline.cel compiles to
+	$(GO) test -count=1 -run '^TestCompiledBaselineCurrent$$' ./policy/rules
 
 tools: $(BIN)/notation $(BIN)/oras ## build the pinned notation and oras CLIs (tools/go.mod) into ./bin
 

@@ -21,10 +21,14 @@ import (
 // per process.
 //
 // The file is generated from baseline.cel by `go test ./policy/rules -run
-// TestCompiledBaselineCurrent -update`, and that test fails when the file is not exactly what
-// baseline.cel compiles to with the linked cel-go. It is checked again at every load: it must
-// name the digest of baseline.cel's rules, hold one expression per rule, and each expression
-// must plan as a bool. Anything else makes Baseline compile the source instead.
+// TestCompiledBaselineCurrent -update`, and that test fails when the file is not byte for byte
+// what baseline.cel compiles to with the linked cel-go. That test is what ties the file to the
+// source: it runs in make test (CI), and make dist and make ratify-plugin run it before they build
+// what ships. The checks at every load catch a stale file, not a forged one: it must name the
+// digest of baseline.cel's rules (a line anyone editing the file could copy), hold one expression
+// per rule, and each expression must plan as a bool; anything else makes Baseline compile the
+// source instead. Review a change of baseline.celpb as a change of the rules: the names, lines and
+// digest the tools print come from baseline.cel, the decisions from this file.
 
 //go:embed baseline.celpb
 var baselineCompiled []byte
