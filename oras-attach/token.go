@@ -15,6 +15,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	"github.com/attested-kv/attested-kv/internal/cliutil"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/token"
 	"github.com/attested-kv/attested-kv/internal/tpm"
@@ -276,6 +277,9 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 			fmt.Fprintf(io.stdout, "token verified: issuer %s, issued %s ago, expires %s, sha256 %s, %d claim rules of %s passed\n",
 				res.Issuer, time.Since(*res.IssuedAt).Round(time.Second), res.Expiry.Local().Format(time.RFC3339), res.SHA256,
 				len(rs.Rules()), res.RuleSet)
+			if !rs.Reads(maa.ClaimVMID) {
+				fmt.Fprintln(io.stdout, "note:", imageverify.UnpinnedVM)
+			}
 		}
 	}
 	if refusal != nil {

@@ -67,6 +67,7 @@ func TestTokenVerifyRules(t *testing.T) {
 	failing := writeRules(t, "attestation-type: claims[\"x-ms-attestation-type\"] == \"azurevm\"\nfail: claims[\"secureboot\"] == false\n")
 	missing := writeRules(t, "absent-claim: claims[\"x-ms-no-such-claim\"] == true\n")
 	lenient := writeRules(t, "attestation-type: claims[\"x-ms-attestation-type\"] == \"azurevm\"\n")
+	anyVM := writeRules(t, "some-vm: claims[\"x-ms-azurevm-vmid\"] != \"\"\n")
 	syntax := writeRules(t, "this is not a rule\n")
 	notBool := writeRules(t, "not-bool: 1 + 1\n")
 
@@ -85,7 +86,15 @@ func TestTokenVerifyRules(t *testing.T) {
 			name:   "baseline passes a healthy token",
 			args:   verify(healthy),
 			code:   0,
-			stdout: []string{"ok   signature\n", "ok   nonce\n", "ok   rule secure-boot\n", "ok   rule no-kernel-debug\n", "ok   rule pcrs-0-7-attested\n", "claim rules of baseline.cel passed"},
+			stdout: []string{"ok   signature\n", "ok   nonce\n", "ok   rule secure-boot\n", "ok   rule no-kernel-debug\n", "ok   rule pcrs-0-7-attested\n", "claim rules of baseline.cel passed",
+				"note: no rule reads x-ms-azurevm-vmid: a token of any Trusted Launch VM that asks the instance passes them"},
+		},
+		{
+			name:      "rules that read the VM id: no note",
+			args:      verify(healthy, "--rules", anyVM),
+			code:      0,
+			stdout:    []string{"ok   rule some-vm\n", "1 claim rules of " + anyVM + " passed"},
+			notStdout: []string{"note:"},
 		},
 		{
 			name: "baseline refuses a token without secure boot, naming each failed rule",

@@ -769,8 +769,22 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	if err := o.Rules.Evaluate(t.Claims()).Err(); err != nil {
 		return c.fail(CheckRules, err.Error())
 	}
-	c.ok(CheckRules, fmt.Sprintf("%d rules of %s passed", len(o.Rules.Rules()), o.Rules.Name()))
+	c.ok(CheckRules, rulesPassed(o.Rules))
 	return []candidate{c}
+}
+
+// UnpinnedVM says what a rule set that reads no VM id leaves open. The verifiers add it to what
+// they report of the rules, passed, so that the gap shows where the result is read.
+const UnpinnedVM = "no rule reads " + maa.ClaimVMID + ": a token of any Trusted Launch VM that asks the instance passes them " +
+	"(pin your build VMs: README, \"What a verified image proves\")"
+
+// rulesPassed is the rules check's detail when rs passed.
+func rulesPassed(rs *rules.Set) string {
+	d := fmt.Sprintf("%d rules of %s passed", len(rs.Rules()), rs.Name())
+	if !rs.Reads(maa.ClaimVMID) {
+		d += "; " + UnpinnedVM
+	}
+	return d
 }
 
 // bindingMismatch says what a token bound to got, not to digest and keyID, is bound to, when it

@@ -833,3 +833,61 @@ func TestVersionless(t *testing.T) {
 		}
 	}
 }
+
+// TestVMPin: a rule set that pins the VM id of the token's machine passes, one that pins another
+// fails the rules check, and the rules check of a set that reads no VM id says that any Trusted
+// Launch VM's token passes it.
+func TestVMPin(t *testing.T) {
+	f := newFixture(t)
+	img, tok := f.attested(t, "vm pin")
+	_, claims, err := maa.ParseUnverified(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmid, _ := claims[maa.ClaimVMID].(string)
+	if vmid == "" {
+		t.Fatalf("the emulator's token has no %s", maa.ClaimVMID)
+	}
+	pin := func(id string) *rules.Set {
+		rs, err := rules.Parse("pinned.cel", []byte(fmt.Sprintf("build-vms: claims[%q].upperAscii() in [%q]\n", maa.ClaimVMID, id)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs
+	}
+	tests := []struct {
+		name       string
+		rules      *rules.Set
+		failed     string
+		unpinnedVM bool // the rules check says no rule reads the VM id
+	}{
+		{"no pin", f.opts.Rules, "", true},
+		{"this VM pinned", pin(strings.ToUpper(vmid)), "", false},
+		{"another VM pinned", pin("7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B"), CheckRules, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			o := f.opts
+			o.Rules = tc.rules
+			res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Passed != (tc.failed == "") || res.FailedCheck() != tc.failed {
+				t.Fatalf("passed %v, failed %q (%+v); want failed %q", res.Passed, res.FailedCheck(), res.Checks, tc.failed)
+			}
+			if !res.Passed {
+				return
+			}
+			var detail string
+			for _, c := range res.Checks {
+				if c.Name == CheckRules {
+					detail = c.Detail
+				}
+			}
+			if strings.Contains(detail, UnpinnedVM) != tc.unpinnedVM {
+				t.Fatalf("rules check %q; want the unpinned-VM note: %v", detail, tc.unpinnedVM)
+			}
+		})
+	}
+}

@@ -80,7 +80,7 @@ func loadCompiled(name string, src, bin []byte) (*Set, error) {
 		if err != nil {
 			return nil, fmt.Errorf("rule %q: %w", r.Name, err)
 		}
-		s.rules = append(s.rules, compiled{rule: r, prg: prg})
+		s.rules = append(s.rules, compiled{rule: r, prg: prg, reads: claimsRead(ast)})
 	}
 	if len(rest) != 0 {
 		return nil, errors.New("more compiled expressions than rules")

@@ -12,12 +12,15 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
 
 	"github.com/google/cel-go/cel"
+	celast "github.com/google/cel-go/common/ast"
+	"github.com/google/cel-go/common/operators"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/common/types/ref"
 	"github.com/google/cel-go/ext"
@@ -91,8 +94,9 @@ type Rule struct {
 }
 
 type compiled struct {
-	rule Rule
-	prg  cel.Program
+	rule  Rule
+	prg   cel.Program
+	reads []string // the claims the rule reads by name (claimsRead)
 }
 
 // Set is a compiled rule file. It is immutable and safe for concurrent use.
@@ -205,7 +209,7 @@ func Parse(name string, src []byte) (*Set, error) {
 		if err != nil {
 			return nil, &ParseError{File: name, Line: r.Line, Rule: r.Name, Err: err}
 		}
-		s.rules = append(s.rules, compiled{rule: r, prg: prg})
+		s.rules = append(s.rules, compiled{rule: r, prg: prg, reads: claimsRead(ast)})
 	}
 	return s, nil
 }
@@ -363,6 +367,46 @@ func (s *Set) Rules() []Rule {
 		out[i] = c.rule
 	}
 	return out
+}
+
+// Reads reports whether a rule of the set reads the claim name by name: claims["name"],
+// claims[?"name"], claims.name or claims.?name. It is a hint that the set constrains the claim,
+// not a proof: a rule may read a claim and accept any value, and a rule that finds it by looping
+// over the claim set is not counted. The verifiers use it to say when no rule pins the VM.
+func (s *Set) Reads(name string) bool {
+	for _, c := range s.rules {
+		if slices.Contains(c.reads, name) {
+			return true
+		}
+	}
+	return false
+}
+
+// claimsRead returns the claim names a checked rule reads by name (see Set.Reads).
+func claimsRead(a *cel.Ast) []string {
+	isClaims := func(e celast.Expr) bool { return e.Kind() == celast.IdentKind && e.AsIdent() == claimsVar }
+	var names []string
+	celast.PreOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		switch e.Kind() {
+		case celast.SelectKind: // claims.name
+			if s := e.AsSelect(); isClaims(s.Operand()) {
+				names = append(names, s.FieldName())
+			}
+		case celast.CallKind: // claims["name"], claims[?"name"], claims.?name
+			c := e.AsCall()
+			switch c.FunctionName() {
+			case operators.Index, operators.OptIndex, operators.OptSelect:
+			default:
+				return
+			}
+			if args := c.Args(); len(args) == 2 && isClaims(args[0]) && args[1].Kind() == celast.LiteralKind {
+				if s, ok := args[1].AsLiteral().(types.String); ok {
+					names = append(names, string(s))
+				}
+			}
+		}
+	}))
+	return names
 }
 
 // Digest returns "sha256:" and the hex SHA-256 of the normalized rule text (each rule as

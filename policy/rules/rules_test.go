@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -491,5 +492,53 @@ func TestLoadOrBaseline(t *testing.T) {
 	}
 	if _, err := LoadOrBaseline("/nonexistent/rules.cel"); err == nil {
 		t.Fatal("a missing rule file loaded")
+	}
+}
+
+// TestReads: a set reads a claim when a rule reads it by name, by index or by selection, plain
+// or optional; a presence test, a loop over the claim set or a computed name is not a read.
+func TestReads(t *testing.T) {
+	const vmid = "x-ms-azurevm-vmid"
+	tests := []struct {
+		name, rule string
+		claim      string
+		want       bool
+	}{
+		{"index", `claims["x-ms-azurevm-vmid"].upperAscii() in ["7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B"]`, vmid, true},
+		{"optional index", `claims[?"x-ms-azurevm-vmid"].orValue("") == "A"`, vmid, true},
+		{"select", `claims.secureboot == true`, "secureboot", true},
+		{"optional select", `claims.?secureboot.orValue(false)`, "secureboot", true},
+		{"inside a macro", `[1].all(i, claims["x-ms-azurevm-vmid"] != "")`, vmid, true},
+		{"another claim", `claims["secureboot"] == true`, vmid, false},
+		{"presence only", `"x-ms-azurevm-vmid" in claims`, vmid, false},
+		{"loop over the claims", `claims.exists(k, k == "x-ms-azurevm-vmid")`, vmid, false},
+		{"computed name", `claims["x-ms-azurevm-" + "vmid"] == "A"`, vmid, false},
+		{"string alone", `"x-ms-azurevm-vmid" != ""`, vmid, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Parse("t.cel", []byte("other: claims.secureboot == true || true\nr: "+tc.rule+"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.Reads(tc.claim); got != tc.want {
+				t.Errorf("Reads(%q) = %v, want %v", tc.claim, got, tc.want)
+			}
+		})
+	}
+	// The shipped baseline pins no VM (README: what to pin), and reads secureboot; the compiled
+	// form and the source agree on every rule.
+	src, err := Parse(baselineName, baselineSource)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := Baseline()
+	if b.Reads(vmid) || !b.Reads("secureboot") || src.Reads(vmid) || !src.Reads("secureboot") {
+		t.Errorf("baseline reads %s: %v (source %v), secureboot: %v (source %v)", vmid, b.Reads(vmid), src.Reads(vmid), b.Reads("secureboot"), src.Reads("secureboot"))
+	}
+	for i := range src.rules {
+		if got, want := b.rules[i].reads, src.rules[i].reads; !slices.Equal(got, want) {
+			t.Errorf("rule %s: the compiled baseline reads %q, the source %q", src.rules[i].rule.Name, got, want)
+		}
 	}
 }
