@@ -441,7 +441,7 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest verify", "oras-attest verify REGISTRY/REPO@DIGEST --attestation-url URL --key-id KEY_URL [flags]", io.stderr)
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "the MAA instance tokens must come from (env ATTEST_URL)")
 	keyID := fs.String("key-id", os.Getenv("ATTEST_KEY_ID"), "the Key Vault key id the image must be signed with (env ATTEST_KEY_ID)")
-	maxAge := fs.Duration("max-age", defaultMaxAge, "largest age of the token at the signing time")
+	maxAge := fs.Duration("max-age", defaultMaxAge, "largest age of the token at the signing time (at most 1h)")
 	rulesFile := fs.String("rules", "", "CEL claim rule file (default: the built-in baseline)")
 	jwks := fs.String("jwks", "", "token signing keys from this JWKS file instead of {instance}/certs (offline use)")
 	pins := fs.StringSlice("signing-cert-sha256", nil, "SHA-256 fingerprint(s) of the signing certificate (certificateThumbprintSha256 of attest-bootstrap apply): only a signature by that certificate counts; needed when the trust store holds a CA or other keys")
@@ -470,6 +470,9 @@ func verifyImage(ctx context.Context, args []string, io cmdIO) int {
 	}
 	if err := checkPositive("--max-age", *maxAge, defaultMaxAge); err != nil {
 		return fail(2, err)
+	}
+	if *maxAge > maa.MaxSigningAge {
+		return fail(2, fmt.Errorf("--max-age %s: at most %s, the oldest token the plugin signs with (its max_token_age has the same bound)", *maxAge, maa.MaxSigningAge))
 	}
 	if *url == "" || *keyID == "" {
 		return fail(2, errors.New("--attestation-url and --key-id are required (they pin where the token and the signature must come from)"))

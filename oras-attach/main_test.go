@@ -69,6 +69,7 @@ func TestDurationFlags(t *testing.T) {
 		{append(tverify, "--max-age", "-1m"), "oras-attest token verify: --max-age -1m0s: want a duration above 0"},
 		{append(tverify, "--timeout", "0"), "oras-attest token verify: --timeout 0s: want a duration above 0, such as 30s"},
 		{append(verify, "--max-age", "0"), "oras-attest verify: --max-age 0s: want a duration above 0, such as 5m0s"},
+		{append(verify, "--max-age", "61m"), "oras-attest verify: --max-age 1h1m0s: at most 1h0m0s, the oldest token the plugin signs with"},
 		{append(verify, "--timeout", "0"), "oras-attest verify: --timeout 0s: want a duration above 0, such as 2m0s"},
 		{append(attach, "--timeout", "-5s"), "oras-attest attach: --timeout -5s: want a duration above 0, such as 2m0s"},
 		{append(prune, "--older-than", "0"), "oras-attest token prune: --older-than 0s: want 1h0m0s or more"},

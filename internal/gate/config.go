@@ -51,8 +51,9 @@ const (
 	// so a shorter age refuses every token.
 	MinMaxTokenAge = time.Second
 	// MaxMaxTokenAge bounds max_token_age: a token is fetched for each signature, so a long age only
-	// widens the window a stolen token could be replayed in.
-	MaxMaxTokenAge = time.Hour
+	// widens the window a stolen token could be replayed in. The image verifiers have the same
+	// bound (maa.MaxSigningAge).
+	MaxMaxTokenAge = maa.MaxSigningAge
 	// DefaultTimeout bounds one generate-envelope request. notation (v1.3.2) runs a plugin with a
 	// context that only an interrupt ends (exec.CommandContext under signal.NotifyContext), and a
 	// service that accepts the connection and never answers (Entra ID, the managed identity

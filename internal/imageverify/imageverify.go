@@ -171,6 +171,9 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if o.Notation == nil || o.TokenKeys == nil || o.Rules == nil || o.AttestationURL == "" || o.KeyID == "" || o.MaxTokenAge <= 0 {
 		return nil, errors.New("imageverify: Notation, AttestationURL, TokenKeys, KeyID, MaxTokenAge and Rules are required")
 	}
+	if o.MaxTokenAge > maa.MaxSigningAge {
+		return nil, fmt.Errorf("imageverify: MaxTokenAge %s is above %s, the oldest token the plugin signs with", o.MaxTokenAge, maa.MaxSigningAge)
+	}
 	maxSigs := o.MaxSignatures
 	if maxSigs <= 0 {
 		maxSigs = DefaultMaxSignatures

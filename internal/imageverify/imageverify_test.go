@@ -891,3 +891,27 @@ func TestVMPin(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxTokenAgeBound: a maximum token age above the plugin's bound is a configuration error;
+// at the bound the image verifies.
+func TestMaxTokenAgeBound(t *testing.T) {
+	f := newFixture(t)
+	img, _ := f.attested(t, "max age")
+	for _, tc := range []struct {
+		age     time.Duration
+		wantErr bool
+	}{{maa.MaxSigningAge, false}, {maa.MaxSigningAge + time.Second, true}} {
+		o := f.opts
+		o.MaxTokenAge = tc.age
+		res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o)
+		if tc.wantErr {
+			if err == nil || !strings.Contains(err.Error(), "MaxTokenAge") {
+				t.Errorf("MaxTokenAge %s: %v, want a configuration error", tc.age, err)
+			}
+			continue
+		}
+		if err != nil || !res.Passed {
+			t.Errorf("MaxTokenAge %s: %v, %+v", tc.age, err, res)
+		}
+	}
+}

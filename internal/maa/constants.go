@@ -22,6 +22,11 @@ const (
 	// DefaultMinRefreshInterval is how often, at most, a RemoteKeySet refetches the JWKS when it
 	// meets an unknown kid.
 	DefaultMinRefreshInterval = 30 * time.Second
+	// MaxSigningAge is the oldest a token may be when a signature is made with it: the bound of
+	// the plugin's max_token_age (the plugin refuses to sign with an older one) and of the image
+	// verifiers' maximum token age (oras-attest verify --max-age, the Ratify verifier's
+	// maxTokenAge), which would otherwise accept tokens no signing under the gate could have used.
+	MaxSigningAge = time.Hour
 	// DefaultSkew is the clock skew allowed on exp, nbf and iat when VerifierOptions.Skew is 0.
 	DefaultSkew = 60 * time.Second
 	// MinRSAKeyBits is the smallest RSA modulus accepted for a token signing key.

@@ -81,6 +81,9 @@ func buildOptions(c Config) (imageverify.Options, string, error) {
 		if err != nil || d <= 0 {
 			return o, "", fmt.Errorf("maxTokenAge %q: want a duration such as 5m", c.MaxTokenAge)
 		}
+		if d > maa.MaxSigningAge {
+			return o, "", fmt.Errorf("maxTokenAge %q: at most %s, the oldest token the plugin signs with", c.MaxTokenAge, maa.MaxSigningAge)
+		}
 		o.MaxTokenAge = d
 	}
 	rs, err := rules.LoadOrBaseline(c.Rules)

@@ -35,7 +35,7 @@ type Config struct {
 	// KeyID is the signing key id (the Key Vault key URL) the token must be bound to. Required.
 	KeyID string `json:"keyID"`
 	// MaxTokenAge is a Go duration, the largest gap allowed between the token's issue and the
-	// signing; default "5m".
+	// signing; default "5m", at most "1h" (maa.MaxSigningAge).
 	MaxTokenAge string `json:"maxTokenAge"`
 	// Timeout is a Go duration bounding the whole verification, default "3s" ([DefaultTimeout]),
 	// at most "30s". A verification that does not finish in time is a failure naming the timeout.

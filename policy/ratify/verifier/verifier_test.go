@@ -153,6 +153,7 @@ func TestRunRefusesInput(t *testing.T) {
 		{"maxTokenAge negative", nil, withJSON(maxAge("-5m"), tokenDesc), `verifier config: maxTokenAge "-5m": want a duration such as 5m`},
 		{"maxTokenAge zero", nil, withJSON(maxAge("0s"), tokenDesc), `verifier config: maxTokenAge "0s": want a duration such as 5m`},
 		{"maxTokenAge not a duration", nil, withJSON(maxAge("5"), tokenDesc), `verifier config: maxTokenAge "5": want a duration such as 5m`},
+		{"maxTokenAge above the plugin's bound", nil, withJSON(maxAge("2h"), tokenDesc), `verifier config: maxTokenAge "2h": at most 1h0m0s, the oldest token the plugin signs with`},
 		{"referrer without a digest", nil, withJSON(nil, ocispec.Descriptor{ArtifactType: "application/spdx+json"}), "referenceDesc has no digest"},
 		{"referrer of another artifact type", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.ArtifactType = "application/spdx+json"; return d }()), "is not the MAA token artifact type"},
 		{"referrer with a malformed digest", nil, withJSON(nil, func() ocispec.Descriptor { d := tokenDesc; d.Digest = "sha256:1"; return d }()), "is not a valid digest"},
