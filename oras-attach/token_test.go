@@ -83,9 +83,9 @@ func TestTokenVerifyRules(t *testing.T) {
 		stderr    string
 	}{
 		{
-			name:   "baseline passes a healthy token",
-			args:   verify(healthy),
-			code:   0,
+			name: "baseline passes a healthy token",
+			args: verify(healthy),
+			code: 0,
 			stdout: []string{"ok   signature\n", "ok   nonce\n", "ok   rule secure-boot\n", "ok   rule no-kernel-debug\n", "ok   rule pcrs-0-7-attested\n", "claim rules of baseline.cel passed",
 				"note: no rule reads x-ms-azurevm-vmid: a token of any Trusted Launch VM that asks the instance passes them"},
 		},
