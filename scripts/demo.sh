@@ -64,6 +64,24 @@ oras discover "$IMAGE"
 step "verify before deployment: signature, token referrer, issuer, freshness at signing, binding to image and key, claim rules"
 oras-attest verify "$IMAGE"
 
+# The baseline admits a token of any Trusted Launch VM that asks the instance (verify says so
+# above); a rule on the VM id admits the build VMs only. The stack's TPM is one VM: its id is in
+# its token.
+VMID="$(oras-attest token show "$WORK/token.jwt" -o json | sed -n 's/^ *"x-ms-azurevm-vmid": *"\([0-9A-Fa-f-]*\)",*$/\1/p')"
+[ -n "$VMID" ] || { echo "no x-ms-azurevm-vmid in the token"; exit 1; }
+pin() { cat policy/rules/baseline.cel; printf '\nbuild-vms: claims["x-ms-azurevm-vmid"].upperAscii() in ["%s"]\n' "$1"; }
+pin "$VMID" > "$WORK/this-vm.cel"
+pin "7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B" > "$WORK/other-vm.cel"
+
+step "pin the build VM: the baseline rules and one on this VM's id ($VMID)"
+oras-attest verify "$IMAGE" --rules "$WORK/this-vm.cel"
+
+step "refused: signing where the rules name another build VM (the plugin's rules, before Key Vault)"
+if notation sign --plugin-config rules="$WORK/other-vm.cel" "$IMAGE"; then echo "UNEXPECTED: signed"; exit 1; fi; refused
+
+step "refused: deploying where the rules name another build VM"
+if oras-attest verify "$IMAGE" --rules "$WORK/other-vm.cel"; then echo "UNEXPECTED: verified"; exit 1; fi; refused
+
 step "refused: signing while the TPM is unavailable (Key Vault is never called)"
 attest-bootstrap local tpm stop --state "$STATE"
 if notation sign "$IMAGE"; then echo "UNEXPECTED: signed"; exit 1; fi; refused
@@ -78,4 +96,4 @@ if oras-attest verify "$OTHER"; then echo "UNEXPECTED: verified"; exit 1; fi; re
 step "stop the stack"
 attest-bootstrap local down --state "$STATE"
 echo
-echo "demo finished: attested signing and verification passed; forged, re-bound, TPM-less and token-less attempts refused"
+echo "demo finished: attested signing and verification passed, with the build VM pinned too; forged, re-bound, other-VM, TPM-less and token-less attempts refused"
