@@ -674,8 +674,8 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	if detail := notEnforced(outcome); detail != "" {
 		return c.fail(CheckSignature, detail)
 	}
+	chain := outcome.EnvelopeContent.SignerInfo.CertificateChain
 	if len(o.SigningCertSHA256) > 0 {
-		chain := outcome.EnvelopeContent.SignerInfo.CertificateChain
 		if len(chain) == 0 {
 			return c.fail(CheckSignature, "the signature carries no certificate chain")
 		}
@@ -687,7 +687,11 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	signed := outcome.EnvelopeContent.SignerInfo.SignedAttributes
 	st := signed.SigningTime
 	c.signingTime = &st
-	c.ok(CheckSignature, fmt.Sprintf("signature %s verified, signed at %s", sd.Digest, st.UTC().Format(time.RFC3339)))
+	detail := fmt.Sprintf("signature %s verified, signed at %s", sd.Digest, st.UTC().Format(time.RFC3339))
+	if len(o.SigningCertSHA256) == 0 && len(chain) > 1 {
+		detail += "; " + UnpinnedKey
+	}
+	c.ok(CheckSignature, detail)
 
 	tokenSHA, issuer := tokenAttrs(signed)
 	if tokenSHA == "" || issuer == "" {
@@ -775,6 +779,13 @@ func evaluate(ctx context.Context, repo Repository, reference string, subject, s
 	c.ok(CheckRules, rulesPassed(o.Rules))
 	return []candidate{c}
 }
+
+// UnpinnedKey says what verifying without a pinned signing certificate leaves open when the
+// signing certificate was issued by another (a CA, as with Key Vault's integrated CAs): the token
+// is bound to the expected key id, but nothing ties that key id to the certificate that signed.
+// The signature check adds it to its detail, passed.
+const UnpinnedKey = "no signing certificate is pinned and this one was issued by a CA: if the trust store holds that CA, " +
+	"a signature by any key it certifies passes (pin the certificate: oras-attest --signing-cert-sha256, the Ratify verifier's signingCertSHA256)"
 
 // UnpinnedVM says what a rule set that reads no VM id leaves open. The verifiers add it to what
 // they report of the rules, passed, so that the gap shows where the result is read.

@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,7 @@ import (
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/notationcfg"
 	"github.com/attested-kv/attested-kv/internal/referrer"
+	"github.com/attested-kv/attested-kv/internal/testcert"
 	"github.com/attested-kv/attested-kv/policy/rules"
 )
 
@@ -913,5 +915,73 @@ func TestMaxTokenAgeBound(t *testing.T) {
 		if err != nil || !res.Passed {
 			t.Errorf("MaxTokenAge %s: %v, %+v", tc.age, err, res)
 		}
+	}
+}
+
+// caSigner returns an RSA-2048 code-signing key whose certificate a CA of its own issued; the
+// chain is the leaf and the CA.
+func caSigner(t *testing.T, cn string) signature.LocalSigner {
+	t.Helper()
+	caKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := func(cn string) pkix.Name {
+		return pkix.Name{CommonName: cn, Organization: []string{"attested-kv tests"}, Country: []string{"ZZ"}, Province: []string{"Local"}}
+	}
+	ca := testcert.Issue(t, &x509.Certificate{
+		Subject: name(cn + " CA"), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}, nil, caKey.Public(), caKey)
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := testcert.Issue(t, &x509.Certificate{
+		Subject: name(cn), BasicConstraintsValid: true, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning},
+	}, ca, key.Public(), caKey)
+	s, err := signature.NewLocalSigner([]*x509.Certificate{leaf, ca}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestKeyPin: a signature whose certificate a CA issued passes with the CA in the trust store,
+// and, unless the signing certificate is pinned, its check says that any key the CA certifies
+// would pass; a self-signed certificate in the trust store says nothing more.
+func TestKeyPin(t *testing.T) {
+	f := newFixture(t)
+	issued := caSigner(t, "CA-issued signer")
+	tests := []struct {
+		name        string
+		signer      signature.LocalSigner
+		pins        []string
+		unpinnedKey bool
+	}{
+		{"self-signed, no pin", f.signer, nil, false},
+		{"CA-issued, no pin", issued, nil, true},
+		{"CA-issued, pinned", issued, []string{certSHA256(t, issued)}, false},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			img := f.pushImage(t, "key pin "+string(rune('a'+i)))
+			b, err := binding.Compute(img.Digest.String(), keyID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok := f.token(t, b)
+			f.sign(t, tc.signer, img, tok, f.maaURL, time.Now())
+			f.attach(t, img, tok)
+			o := f.opts
+			o.Notation = f.notationTrusting(t, tc.signer)
+			o.SigningCertSHA256 = tc.pins
+			res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o)
+			if err != nil || !res.Passed {
+				t.Fatalf("%v, %+v", err, res)
+			}
+			if got := strings.Contains(res.Checks[0].Detail, UnpinnedKey); res.Checks[0].Name != CheckSignature || got != tc.unpinnedKey {
+				t.Fatalf("%s check %q; want the unpinned-key note: %v", res.Checks[0].Name, res.Checks[0].Detail, tc.unpinnedKey)
+			}
+		})
 	}
 }
