@@ -68,7 +68,12 @@ func (a *AttestationProviders) url(rg, name string) string {
 }
 
 // Create creates or updates a provider in the AAD trust model (no policy signing certificates,
-// so unsigned policies are accepted): PUT with {"location", "tags", "properties": {}}.
+// so unsigned policies are accepted): PUT with {"location", "tags", "properties": {}}. The
+// 2021-06-01 API adds tpmAttestationAuthentication, which can require callers of the provider's
+// TPM attestation APIs to authenticate; this api-version cannot set it, and what the service
+// defaults to, and whether it covers /attest/AzureGuest, are UNCONFIRMED (reference/azure-sdk.md
+// §2.3). The plugin's MAA client sends no credential, as Azure's guest attestation client; a 401
+// from the instance says to check the setting.
 func (a *AttestationProviders) Create(ctx context.Context, rg, name, location string, tags map[string]*string) (*Provider, error) {
 	body, _ := json.Marshal(map[string]any{"location": location, "tags": tags, "properties": map[string]any{}})
 	req, err := runtime.NewRequest(ctx, http.MethodPut, a.url(rg, name))

@@ -331,6 +331,13 @@ func (c *Client) post(ctx context.Context, body []byte) ([]byte, *attemptError) 
 			ra = parseRetryAfter(resp.Header.Get("Retry-After"))
 		}
 		return nil, &attemptError{err: se, retryable: true, sentinel: ErrUnavailable, retryAfter: ra}
+	case resp.StatusCode == http.StatusUnauthorized:
+		// An attestation provider has an ARM setting, tpmAttestationAuthentication, that can
+		// require callers of its TPM attestation APIs to be authenticated (reference/azure-sdk.md
+		// §2.3). This client sends no credential, as Azure's guest attestation client sends none
+		// (AttestationLibUtils.cpp); UNCONFIRMED whether the setting covers AzureGuest.
+		return nil, &attemptError{err: fmt.Errorf("MAA %s: %w: the instance wants an authenticated caller, and this client sends "+
+			"no credential (as Azure's guest attestation client); check the attestation provider's tpmAttestationAuthentication setting", c.instance, se)}
 	default:
 		return nil, &attemptError{err: fmt.Errorf("MAA %s: %w", c.instance, se)}
 	}

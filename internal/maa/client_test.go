@@ -291,7 +291,7 @@ func TestAttest(t *testing.T) {
 		{name: "401 capitalised CloudError keys",
 			respond:      status(401, `{"Error":{"Code":"Unauthorized","Message":"no"}}`),
 			wantService:  &ServiceError{StatusCode: 401, Code: "Unauthorized", Message: "no"},
-			wantRequests: 1},
+			wantRequests: 1, wantMsg: "HTTP 401 Unauthorized: no: the instance wants an authenticated caller, and this client sends no credential (as Azure's guest attestation client); check the attestation provider's tpmAttestationAuthentication setting"},
 		{name: "404 plain text",
 			respond:      status(404, "not here\n"),
 			wantService:  &ServiceError{StatusCode: 404, Message: "not here"},

@@ -1,7 +1,9 @@
 package maa
 
 import (
+	"reflect"
 	"slices"
+	"strings"
 	"unicode/utf8"
 
 	wire "github.com/attested-kv/attested-kv/internal/maa"
@@ -57,6 +59,13 @@ func decodeAttestationInfo(raw []byte) (*evidence, error) {
 	var info wire.AttestationInfo
 	if err := decodeStrictJSON(raw, &info); err != nil {
 		return nil, refuse(CodeInvalidAttestationInfoJSON, "AttestationInfo is not a valid document: %v", err)
+	}
+	// Azure's client writes every member of AttestationInfo, always (AZGA
+	// AttestationParameters::ToJson; ClientPayload is null when there is none), so a document
+	// without one did not come from it. Whether real MAA refuses it is UNCONFIRMED; the emulator
+	// does, as it refuses OSVersionMajor 0, so that a client dropping a member fails here.
+	if missing := missingMembers(raw, reflect.TypeFor[wire.AttestationInfo]()); len(missing) > 0 {
+		return nil, refuse(CodeInvalidAttestationInfoJSON, "AttestationInfo lacks %s, which Azure's guest attestation client always sends", strings.Join(missing, ", "))
 	}
 	if info.AttestationProtocolVersion != wire.ProtocolVersion {
 		return nil, refuse(CodeUnsupportedProtocolVersion, "AttestationProtocolVersion %q is not supported; want %q",
@@ -118,11 +127,15 @@ func decodeAttestationInfo(raw []byte) (*evidence, error) {
 		return nil, refuse(CodeUnsupportedOSType, "OSType %q is not supported: the emulator issues Linux guest claims only", ev.osType)
 	}
 	// AZGA's AttestationParameters::Validate refuses to send a request with distro_version_major
-	// 0 (only a VERSION_ID of 0.x gives it: AZGA sends 1.0 for a missing or unreadable one), so real MAA never sees one from Azure's
-	// client. UNCONFIRMED: what real MAA does with OSVersionMajor 0; we follow AZGA and refuse it,
-	// so that the emulator never accepts what Azure's client would not send.
+	// 0 (only a VERSION_ID of 0.x gives it: AZGA sends 1.0 for a missing or unreadable one), or
+	// with an empty distro name or build, so real MAA never sees one from Azure's client.
+	// UNCONFIRMED: what real MAA does with them; we follow AZGA and refuse them, so that the
+	// emulator never accepts what Azure's client would not send.
 	if info.OSVersionMajor == 0 {
 		return nil, refuse(CodeInvalidOSVersion, "OSVersionMajor is 0: Azure's guest attestation client refuses to send it (os-release VERSION_ID 0.x)")
+	}
+	if ev.osDistro == "" || ev.osBuild == "" {
+		return nil, refuse(CodeInvalidAttestationInfoJSON, "OSDistro or OSBuild is empty: Azure's guest attestation client refuses to send either empty")
 	}
 
 	// ClientPayload values are base64 of the caller's strings (AZGA AttestationParameters.cpp);

@@ -40,6 +40,10 @@
 //
 // # Approximations (what real MAA does here is not public)
 //
+//   - Authentication: the emulator serves /attest/AzureGuest to anyone, as Azure's guest
+//     attestation client expects (it sends no credential). A real provider's
+//     tpmAttestationAuthentication setting may require one; UNCONFIRMED whether it covers
+//     AzureGuest (the client explains a 401).
 //   - Freshness: MAA's replay defences are UNCONFIRMED. The emulator remembers the SHA-256 of
 //     every EncKeyCertifyInfo it issued a token for, for the token lifetime, and refuses it again.
 //     The cache is bounded and never forgets a live entry: an AK holding

@@ -125,6 +125,27 @@ func TestAttestRefusals(t *testing.T) {
 			i.TpmInfo.AikCert = i.TpmInfo.AikCert[:64] + "\n" + i.TpmInfo.AikCert[64:]
 		}, status: 400, code: CodeInvalidFieldEncoding, msg: "AikCert"},
 		{name: "missing EncKeyPub", info: func(i *wire.AttestationInfo) { i.TpmInfo.EncKeyPub = "" }, status: 400, code: CodeInvalidFieldEncoding, msg: "EncKeyPub"},
+		{name: "empty OS distro", info: func(i *wire.AttestationInfo) { i.OSDistro = "" }, status: 400, code: CodeInvalidAttestationInfoJSON, msg: "OSDistro or OSBuild is empty"},
+		{name: "empty OS build", info: func(i *wire.AttestationInfo) { i.OSBuild = "" }, status: 400, code: CodeInvalidAttestationInfoJSON, msg: "OSDistro or OSBuild is empty"},
+		{name: "AttestationInfo without ClientPayload and TcgLogs", body: func(t *testing.T, valid []byte) []byte {
+			var doc map[string]any
+			if err := json.Unmarshal(innerDocument(t, valid), &doc); err != nil {
+				t.Fatal(err)
+			}
+			delete(doc, "ClientPayload")
+			delete(doc, "TcgLogs")
+			b, _ := json.Marshal(doc)
+			return rawRequestBody(t, b)
+		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: "lacks ClientPayload, TcgLogs"},
+		{name: "AttestationInfo without OSVersionMinor", body: func(t *testing.T, valid []byte) []byte {
+			var doc map[string]any
+			if err := json.Unmarshal(innerDocument(t, valid), &doc); err != nil {
+				t.Fatal(err)
+			}
+			delete(doc, "OSVersionMinor")
+			b, _ := json.Marshal(doc)
+			return rawRequestBody(t, b)
+		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: "lacks OSVersionMinor"},
 		{name: "client payload not base64", info: func(i *wire.AttestationInfo) { i.ClientPayload = map[string]string{"nonce": "not base64!"} }, status: 400, code: CodeInvalidClientPayload},
 
 		// AK certificate.

@@ -220,3 +220,20 @@ func decodeBase64URL(s string) ([]byte, error) {
 	}
 	return base64.RawURLEncoding.Strict().DecodeString(s)
 }
+
+// missingMembers returns, sorted, the JSON names of t's fields that the top-level object in data
+// lacks (a member whose value is null is present). data has already decoded into t.
+func missingMembers(data []byte, t reflect.Type) []string {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(data, &obj); err != nil {
+		return nil
+	}
+	var missing []string
+	for name := range jsonFields(t) {
+		if _, ok := obj[name]; !ok {
+			missing = append(missing, name)
+		}
+	}
+	slices.Sort(missing)
+	return missing
+}
