@@ -21,7 +21,7 @@ import (
 const AttestationScope = "https://attest.azure.net/.default"
 
 // PolicyClient sets and reads an instance's attestation policy on MAA's data plane:
-// PUT and GET {instance}/policies/{type}?api-version=2022-08-01. There is no Go data-plane SDK,
+// PUT and GET {instance}/policies/{type}?api-version=2025-06-01. There is no Go data-plane SDK,
 // so the requests go through an azcore pipeline (bearer token, retries, the HTTPS check).
 type PolicyClient struct {
 	instance string

@@ -33,9 +33,12 @@ package maa
 const (
 	AttestPath       = "/attest/AzureGuest"
 	AttestAPIVersion = "2020-10-01"
-	// PolicyAPIVersion is the data-plane api-version for GET/PUT /policies/{type}
-	// (Azure REST specs, attestation data-plane 2022-08-01; reference/azure-sdk.md §5).
-	PolicyAPIVersion = "2022-08-01"
+	// PolicyAPIVersion is the data-plane api-version for GET/PUT /policies/{type}: the first
+	// stable version whose spec lists AzureGuest among the policy types (Azure REST specs,
+	// attestation data-plane stable/2025-06-01/attestation.json, Policy_Get and Policy_Set; the
+	// 2022-08-01 spec of reference/azure-sdk.md §5 lists SgxEnclave, OpenEnclave, SevSnpVm and Tpm
+	// only, so a service that checks the type per version could refuse AzureGuest there).
+	PolicyAPIVersion = "2025-06-01"
 	// CertsPath serves the instance's token signing keys as a JWKS.
 	CertsPath = "/certs"
 	// OpenIDConfigPath serves the OpenID metadata (issuer, jwks_uri).

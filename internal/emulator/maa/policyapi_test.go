@@ -106,7 +106,7 @@ func TestPolicyRefusals(t *testing.T) {
 		code, msg               string
 	}{
 		{"unknown type", "PUT", policyURL("SgxEnclave"), unsignedPolicyJWS(DefaultPolicy), bearer, 400, CodeUnsupportedAttestationType, "SgxEnclave"},
-		{"wrong api-version", "PUT", "/policies/AzureGuest?api-version=2020-10-01", unsignedPolicyJWS(DefaultPolicy), bearer, 400, CodeUnsupportedAPIVersion, "2022-08-01"},
+		{"wrong api-version", "PUT", "/policies/AzureGuest?api-version=2020-10-01", unsignedPolicyJWS(DefaultPolicy), bearer, 400, CodeUnsupportedAPIVersion, "2025-06-01"},
 		{"no api-version", "GET", "/policies/AzureGuest", "", bearer, 400, CodeUnsupportedAPIVersion, "api-version"},
 		{"no bearer", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(DefaultPolicy), nil, 401, CodeUnauthorized, "Bearer"},
 		{"bad method", "DELETE", policyURL("AzureGuest"), "", bearer, 405, CodeMethodNotAllowed, "DELETE"},

@@ -342,8 +342,8 @@ func (s *Server) record(rec RequestRecord) {
 //	POST /attest/AzureGuest?api-version=2020-10-01
 //	GET  /certs
 //	GET  /.well-known/openid-configuration
-//	GET  /policies/AzureGuest?api-version=2022-08-01
-//	PUT  /policies/AzureGuest?api-version=2022-08-01
+//	GET  /policies/AzureGuest?api-version=2025-06-01
+//	PUT  /policies/AzureGuest?api-version=2025-06-01
 //
 // Every error is answered as a CloudError {"error":{"code","message"}}.
 func (s *Server) Handler() http.Handler {
