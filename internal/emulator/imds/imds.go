@@ -14,8 +14,10 @@
 //     resource URI without "/.default"), and at most one of client_id and object_id choosing a
 //     user-assigned identity; msi_res_id is not emulated (400);
 //   - the identity: the one named; else the system-assigned one; else, if the VM has exactly one
-//     user-assigned identity and no system-assigned one, that one (UNCONFIRMED that IMDS picks it
-//     rather than refusing); a name the VM does not have: 400 invalid_request "Identity not found";
+//     user-assigned identity and no system-assigned one, that one (implied by Microsoft Learn's
+//     how-to-use-vm-token, which calls client_id and object_id "Required, if your VM has multiple
+//     user-assigned managed identities", though not stated outright); a name the VM does not
+//     have: 400 invalid_request "Identity not found";
 //   - the answer: {"access_token", "client_id", "expires_in", "expires_on", "ext_expires_in",
 //     "not_before", "resource", "token_type": "Bearer"}, the numbers as decimal strings, as IMDS
 //     writes them.
