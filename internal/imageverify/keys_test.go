@@ -2,19 +2,24 @@ package imageverify
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
+	"fmt"
 	"math/big"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/digitorus/timestamp"
 	"github.com/notaryproject/notation-core-go/signature"
 	"github.com/notaryproject/notation-core-go/signature/cose"
 	"github.com/notaryproject/notation-core-go/signature/jws"
@@ -23,6 +28,7 @@ import (
 	gocose "github.com/veraison/go-cose"
 
 	"github.com/attested-kv/attested-kv/internal/binding"
+	"github.com/attested-kv/attested-kv/internal/testcert"
 )
 
 // certWithKey returns the DER of a certificate for the public key pub, which need not have a
@@ -40,6 +46,54 @@ func certWithKey(t *testing.T, cn string, pub any) []byte {
 		t.Fatal(err)
 	}
 	return der
+}
+
+// timestampToken returns an RFC 3161 timestamp token (a CMS SignedData over a TSTInfo) signed by
+// a TSA key of its own, carrying the TSA's certificate and the extra CA certificates above it:
+// the countersignature a Notation envelope holds.
+func timestampToken(t *testing.T, extra int) []byte {
+	t.Helper()
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	// The CAs from the root down, each issuing the next; the last issues the TSA's certificate.
+	var chain []*x509.Certificate // nearest the TSA first, as the SignedData lists them
+	var parent *x509.Certificate
+	parentKey := newKey()
+	for i := range extra {
+		k := newKey()
+		signer := parentKey
+		if parent == nil {
+			signer = k // the root signs itself
+		}
+		ca := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: fmt.Sprintf("ca %d", i)}, IsCA: true, BasicConstraintsValid: true,
+			KeyUsage: x509.KeyUsageCertSign}, parent, &k.PublicKey, signer)
+		chain = append([]*x509.Certificate{ca}, chain...)
+		parent, parentKey = ca, k
+	}
+	key := newKey()
+	tsaSigner := parentKey
+	if parent == nil {
+		tsaSigner = key
+	}
+	tsa := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "tsa"}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping}}, parent, &key.PublicKey, tsaSigner)
+	sum := sha256.Sum256([]byte("signature"))
+	ts := timestamp.Timestamp{HashAlgorithm: crypto.SHA256, HashedMessage: sum[:], Time: time.Now(), Policy: asn1.ObjectIdentifier{1, 2, 3},
+		SerialNumber: big.NewInt(1), AddTSACertificate: true, Certificates: chain}
+	resp, err := ts.CreateResponseWithOpts(tsa, key, crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := timestamp.ParseResponse(resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return parsed.RawToken
 }
 
 // rsaModulus returns an RSA public key whose modulus is a random odd number of bits bits.
@@ -116,6 +170,8 @@ func TestSignatureKeysBounded(t *testing.T) {
 		{"11 certificates", [][]byte{leaf, leaf, leaf, leaf, leaf, leaf, leaf, leaf, leaf, leaf, leaf}, nil, "signature with 11 certificates: want 1 to 10"},
 		{"no certificate", [][]byte{}, nil, "signature with 0 certificates: want 1 to 10"},
 		{"a timestamp countersignature that does not parse", [][]byte{leaf}, []byte("not CMS"), "timestamp countersignature does not parse"},
+		{"a timestamp countersignature with 10 certificates", [][]byte{leaf}, timestampToken(t, 9), ""},
+		{"a timestamp countersignature with 11 certificates", [][]byte{leaf}, timestampToken(t, 10), "timestamp countersignature with 11 certificates: want at most 10"},
 	}
 	for _, mediaType := range []string{jws.MediaTypeEnvelope, cose.MediaTypeEnvelope} {
 		// A genuine envelope of the type, signed by the fixture's signer.
