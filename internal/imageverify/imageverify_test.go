@@ -263,6 +263,28 @@ func TestVerify(t *testing.T) {
 		{name: "no token referrer", setup: func(t *testing.T, img ocispec.Descriptor) {
 			f.sign(t, f.signer, img, f.token(t, bind(img, keyID)), f.maaURL, time.Now())
 		}, failed: CheckReferrer},
+		// The token is found by the SHA-256 of the bytes read, never by the annotation: a referrer
+		// annotated with the signed token's hash that holds another token, bound alike, is not it.
+		{name: "referrer annotated as the signed token, holding another", setup: func(t *testing.T, img ocispec.Descriptor) {
+			signed, substitute := f.token(t, bind(img, keyID)), f.token(t, bind(img, keyID))
+			f.sign(t, f.signer, img, signed, f.maaURL, time.Now())
+			ctx := context.Background()
+			cfg, err := oras.PushBytes(ctx, f.remote, referrer.ArtifactType, []byte("{}"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			layer, err := oras.PushBytes(ctx, f.remote, referrer.LayerMediaType, []byte(substitute))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sum := sha256.Sum256([]byte(signed))
+			if _, err := oras.PackManifest(ctx, f.remote, oras.PackManifestVersion1_1, referrer.ArtifactType, oras.PackManifestOptions{
+				Subject: &img, Layers: []ocispec.Descriptor{layer}, ConfigDescriptor: &cfg,
+				ManifestAnnotations: map[string]string{referrer.AnnotationTokenSHA256: hex.EncodeToString(sum[:])},
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}, failed: CheckReferrer},
 		{name: "token for another digest", setup: func(t *testing.T, img ocispec.Descriptor) {
 			tok := f.token(t, bind(other, keyID))
 			f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
