@@ -242,3 +242,37 @@ func (s failingSigner) Sign([]byte) ([]byte, []*x509.Certificate, error) {
 }
 
 func (s failingSigner) KeySpec() (signature.KeySpec, error) { return s.key.KeySpec() }
+
+// TestSignNeedsTheKeysAttestation: sign, the only path to Key Vault, refuses before opening the
+// key an Attestation that is missing, holds no token, or was made for another key id than the
+// request's; with the request's key id it goes on to open the key. GenerateEnvelope always
+// attests with the request's key id, so only this test reaches the refusals.
+func TestSignNeedsTheKeysAttestation(t *testing.T) {
+	const keyID = "https://v.vault.azure.net/keys/k/0123456789abcdef0123456789abcdef"
+	var opened atomic.Int32
+	key := keyFunc(func() (signature.Signer, error) { opened.Add(1); return nil, errors.New("key opened") })
+	req := &plugin.GenerateEnvelopeRequest{KeyID: keyID}
+	g := New(Deps{})
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct {
+		name string
+		att  *Attestation
+	}{
+		{"no attestation", nil},
+		{"no token", &Attestation{keyID: keyID}},
+		{"another key", &Attestation{token: &maa.Token{}, keyID: "https://v.vault.azure.net/keys/other/0123456789abcdef0123456789abcdef"}},
+		{"the key without its version", &Attestation{token: &maa.Token{}, keyID: "https://v.vault.azure.net/keys/k"}},
+	} {
+		_, err := g.sign(context.Background(), tc.att, key, Config{}, nil, req, log)
+		var ae *attestError
+		if !errors.As(err, &ae) || !strings.Contains(err.Error(), "no attestation for this key") {
+			t.Errorf("%s: %v, want the attestation refusal", tc.name, err)
+		}
+	}
+	if n := opened.Load(); n != 0 {
+		t.Fatalf("the key was opened %d times for attestations of no use", n)
+	}
+	if _, err := g.sign(context.Background(), &Attestation{token: &maa.Token{}, keyID: keyID}, key, Config{}, nil, req, log); err == nil || !strings.Contains(err.Error(), "key opened") || opened.Load() != 1 {
+		t.Fatalf("with the request's key id: %v, %d opens; want the key opened once", err, opened.Load())
+	}
+}
