@@ -68,6 +68,9 @@ type EventLogOptions struct {
 	// "UEFI Debug Mode", the first event on PCR 7 (TCG PC Client Platform Firmware Profile,
 	// PCR[7] measurements), which verifiers take to mean the boot may have been altered.
 	UEFIDebugger bool
+	// EmptyDBX measures an empty dbx (no revocations), where the log otherwise revokes one boot
+	// loader hash.
+	EmptyDBX bool
 }
 
 // BuildEventLog returns a TCG event log in the crypto-agile format (SHA-256 bank only) of a UEFI
@@ -104,7 +107,11 @@ func BuildEventLog(o EventLogOptions) ([]byte, []PCRExtend, error) {
 	b.event(7, evEFIVariableDriverConfig, variableData(efiGlobalVariable, "PK", signatureList(efiCertX509, pk.Raw)))
 	b.event(7, evEFIVariableDriverConfig, variableData(efiGlobalVariable, "KEK", signatureList(efiCertX509, kek.Raw)))
 	b.event(7, evEFIVariableDriverConfig, variableData(efiImageSecurityDB, "db", signatureList(efiCertX509, db.Raw)))
-	b.event(7, evEFIVariableDriverConfig, variableData(efiImageSecurityDB, "dbx", signatureList(efiCertSHA256, revoked[:])))
+	dbx := signatureList(efiCertSHA256, revoked[:])
+	if o.EmptyDBX {
+		dbx = nil
+	}
+	b.event(7, evEFIVariableDriverConfig, variableData(efiImageSecurityDB, "dbx", dbx))
 	b.event(1, evEFIVariableBoot, variableData(efiGlobalVariable, "BootOrder", []byte{0, 0}))
 	b.event(1, evEFIVariableBoot, variableData(efiGlobalVariable, "Boot0000", loadOption("ubuntu")))
 	for pcr := 0; pcr <= 7; pcr++ {

@@ -624,3 +624,57 @@ func TestPolicyDenyThenAttest(t *testing.T) {
 		t.Fatalf("attest after permit policy: %d %s", status, body)
 	}
 }
+
+// TestAttestMeasuredBoot checks two claims of a replayed log built like the local stack's:
+// x-ms-azurevm-dbxvalidated is false when the measured dbx is empty (the other Secure Boot claims
+// stay true), and the baseline rules then refuse the token on that rule alone; and a quoted PCR
+// that moved from its reset value with no event in the log is a mismatch (go-attestation would
+// take such a PCR as verified).
+func TestAttestMeasuredBoot(t *testing.T) {
+	attestLog := func(t *testing.T, opts tpmsim.EventLogOptions, dropEventsOf int) (int, []byte, *instance, *env, *collected) {
+		t.Helper()
+		raw, extends, err := tpmsim.BuildEventLog(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if dropEventsOf >= 0 {
+			raw, _ = dropPCR(t, raw, extends, dropEventsOf) // the TPM still gets the PCR's extends
+		}
+		e := newEnv(t)
+		for _, x := range extends {
+			e.tpm.extend(t, x.PCR, x.Digest)
+		}
+		in := newInstance(t, e, func(c *Config) { c.DefaultSecureBootKeys = tpmsimKeys(t) })
+		c := e.collect(t)
+		c.tcgLog = raw
+		status, body := in.attest(t, requestBody(t, c.info()))
+		return status, body, in, e, c
+	}
+	t.Run("empty dbx", func(t *testing.T) {
+		status, body, in, e, c := attestLog(t, tpmsim.EventLogOptions{SecureBoot: true, EmptyDBX: true}, -1)
+		if status != http.StatusOK {
+			t.Fatalf("attest: %d %s", status, body)
+		}
+		_, claims := in.verifyJWT(t, openToken(t, e.tpm, c.eph, azurePCRs, body))
+		for k, want := range map[string]bool{"secureboot": true, "x-ms-azurevm-dbvalidated": true, "x-ms-azurevm-dbxvalidated": false} {
+			if claims[k] != want {
+				t.Errorf("claim %s = %v, want %v", k, claims[k], want)
+			}
+		}
+		var failed []string
+		for _, r := range rules.Baseline().Evaluate(claims).Rules {
+			if !r.Passed {
+				failed = append(failed, r.Name)
+			}
+		}
+		if !slices.Equal(failed, []string{"dbx-validated"}) {
+			t.Errorf("baseline rules failed %v, want [dbx-validated]", failed)
+		}
+	})
+	t.Run("PCR changed without events", func(t *testing.T) {
+		status, body, _, _, _ := attestLog(t, tpmsim.EventLogOptions{SecureBoot: true}, 1)
+		if status != http.StatusBadRequest || !bytes.Contains(body, []byte(CodeTcgLogMismatch)) || !bytes.Contains(body, []byte("no event for PCR 1")) {
+			t.Fatalf("attest: %d %s, want %s for PCR 1", status, body, CodeTcgLogMismatch)
+		}
+	})
+}
