@@ -77,6 +77,9 @@ type envelope struct {
 	keyBytes     int
 	keySizeBits  int // KeySizeInBits announced; 0 = keyBytes*8
 	cipher       string
+	blockMode    string // "" = GCM
+	padding      string // "" = PKCS7
+	trailing     bool   // data after the inner JSON document
 	ivSize       int
 	tamperTag    bool
 	paddedToken  bool
@@ -96,6 +99,12 @@ func (e envelope) body(t *testing.T) []byte {
 	}
 	if e.ivSize == 0 {
 		e.ivSize = 12
+	}
+	if e.blockMode == "" {
+		e.blockMode = BlockModeGCM
+	}
+	if e.padding == "" {
+		e.padding = BlockPaddingPKC
 	}
 	key := make([]byte, e.keyBytes)
 	iv := make([]byte, e.ivSize)
@@ -123,7 +132,7 @@ func (e envelope) body(t *testing.T) []byte {
 	doc := map[string]any{
 		"EncryptedInnerKey": std(wrapped),
 		"EncryptionParams": map[string]any{
-			"BlockMode": BlockModeGCM, "BlockPadding": BlockPaddingPKC, "Cipher": e.cipher,
+			"BlockMode": e.blockMode, "BlockPadding": e.padding, "Cipher": e.cipher,
 			"KeySizeInBits": e.keySizeBits, "Iv": std(iv),
 		},
 		"AuthenticationData": std(tag),
@@ -136,7 +145,11 @@ func (e envelope) body(t *testing.T) []byte {
 	if e.paddedToken {
 		enc = base64.URLEncoding
 	}
-	return mustJSON(t, AttestResponse{Token: enc.EncodeToString(mustJSON(t, doc))})
+	inner := mustJSON(t, doc)
+	if e.trailing {
+		inner = append(inner, []byte(` {}`)...)
+	}
+	return mustJSON(t, AttestResponse{Token: enc.EncodeToString(inner)})
 }
 
 // fakeMAA is a loopback TLS server for /attest/AzureGuest that checks each request's encoding and
@@ -323,6 +336,12 @@ func TestAttest(t *testing.T) {
 		{name: "cipher not AES", respond: ok(envelope{cipher: "DES"}), wantErr: []error{ErrResponse}, wantRequests: 1,
 			wantMsg: "unsupported cipher"},
 		{name: "16-byte IV", respond: ok(envelope{ivSize: 16}), wantErr: []error{ErrResponse}, wantRequests: 1},
+		{name: "block mode not GCM", respond: ok(envelope{blockMode: "CBC"}), wantErr: []error{ErrResponse}, wantRequests: 1,
+			wantMsg: `unsupported block mode "CBC"`},
+		{name: "block padding not PKCS7", respond: ok(envelope{padding: "None"}), wantErr: []error{ErrResponse}, wantRequests: 1,
+			wantMsg: `unsupported block padding "None"`},
+		{name: "data after the encrypted token document", respond: ok(envelope{trailing: true}), wantErr: []error{ErrResponse}, wantRequests: 1,
+			wantMsg: "trailing data after the JSON document"},
 		{name: "unknown envelope field ignored, as AZGA does", respond: ok(envelope{unknownField: true}), wantRequests: 1},
 		{name: "plaintext not a JWS", respond: ok(envelope{jwt: "hello"}), wantErr: []error{ErrResponse}, wantRequests: 1},
 		{name: "200 body over the limit, no retry", respond: status(200, strings.Repeat(" ", MaxResponseSize+1)),
