@@ -190,3 +190,27 @@ func TestOSReleaseConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestParseConfigAttestationType: attestation_type may be left out or name AzureGuest, in any
+// case; any other type (another TEE's evidence) is refused, naming the key.
+func TestParseConfigAttestationType(t *testing.T) {
+	for _, tc := range []struct {
+		setting *string
+		ok      bool
+	}{
+		{nil, true},
+		{ptr("AzureGuest"), true},
+		{ptr("azureguest"), true},
+		{ptr("SgxEnclave"), false},
+		{ptr("Tpm"), false},
+	} {
+		m := map[string]string{KeyAttestationURL: "https://maa.example"}
+		if tc.setting != nil {
+			m[KeyAttestationType] = *tc.setting
+		}
+		c, err := ParseConfig(m)
+		if tc.ok && (err != nil || c.AttestationType == "") || !tc.ok && (err == nil || !strings.Contains(err.Error(), KeyAttestationType)) {
+			t.Errorf("%s=%v: %+v, %v; want accepted: %v", KeyAttestationType, tc.setting, c.AttestationType, err, tc.ok)
+		}
+	}
+}
