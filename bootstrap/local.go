@@ -103,6 +103,9 @@ func localHelp(w io.Writer) {
 
 The local stack stands in for Azure on loopback: MAA, Entra ID and Key Vault emulators (HTTPS), a
 TPM 2.0 simulator provisioned like an Azure vTPM, and an OCI registry, in one background process.
+It is for one user's trials and tests: the TPM simulator and the registry take no credentials, so
+every local user can reach them (the registry holds its port on 127.0.0.1 and ::1 alike, so that
+no one else can answer for localhost:PORT).
 
 Commands:
 `)

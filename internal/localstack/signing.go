@@ -146,7 +146,7 @@ func startSigning(p paths, tlsConfig *tls.Config, r *restart, log *slog.Logger, 
 		}
 		return nil, err
 	}
-	regLn, err := keepPort(r, "registry", r.prev.Registry, listenTCP)
+	regLn, err := keepPort(r, "registry", r.prev.Registry, listenLoopback)
 	if err != nil {
 		entraLn.Close()
 		vaultLn.Close()

@@ -60,6 +60,16 @@ func TestRun(t *testing.T) {
 			t.Errorf("%s does not answer: %s", c.Name, c.Detail)
 		}
 	}
+	// Clients reach the registry as localhost:PORT, which may resolve to ::1 first: the stack
+	// holds that address's port too, so no one else can serve it.
+	if l, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		l.Close()
+		port := strings.TrimPrefix(st.Registry, "localhost:")
+		if squat, err := net.Listen("tcp6", net.JoinHostPort("::1", port)); err == nil {
+			squat.Close()
+			t.Errorf("[::1]:%s, the registry's port on the IPv6 loopback, was free to take", port)
+		}
+	}
 }
 
 // component returns the status of the component name.
@@ -166,7 +176,8 @@ func TestRestartKeepsEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	third, _ := runStack(t, dir)
+	third, stopThird := runStack(t, dir)
+	stopThird()
 	moved(second, third)
 	if d := same(second, third); !slices.Contains(d, "registry") {
 		t.Errorf("with the registry's port taken, the restart changed %v; want the registry among them", d)
@@ -176,5 +187,20 @@ func TestRestartKeepsEnvironment(t *testing.T) {
 	}
 	if !slices.Contains(third.EnvChanged, "ATTEST_REGISTRY") {
 		t.Errorf("changed %q; want ATTEST_REGISTRY among them", third.EnvChanged)
+	}
+
+	// Another local user holds the registry's port on ::1 only, where localhost may resolve
+	// first: the registry moves rather than share localhost:PORT with it.
+	if l, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		l.Close()
+		squat, err := net.Listen("tcp6", net.JoinHostPort("::1", strings.TrimPrefix(third.Registry, "localhost:")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer squat.Close()
+		fourth, _ := runStack(t, dir)
+		if d := same(third, fourth); !slices.Contains(d, "registry") {
+			t.Errorf("with the registry's port taken on ::1, the restart changed %v; want the registry among them", d)
+		}
 	}
 }
