@@ -71,7 +71,8 @@ Plugin config (--plugin-config key=value):
   tcg_log              TCG event log, default /sys/kernel/security/tpm0/binary_bios_measurements
                        (root-only by default: a log that exists but cannot be read stops the signing;
                        give the build user read access rather than sending none, since MAA derives
-                       the Secure Boot claims from it)
+                       the Secure Boot claims from it); "" sends none, as does a missing file at the
+                       default path only (a path given that does not exist stops the signing)
   credential_type      environment, workloadid, managedid, azurecli; unset = DefaultAzureCredential
   client_id            managed identity / workload identity client id; needs credential_type
                        managedid or workloadid (any other type would ignore it and sign as

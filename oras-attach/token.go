@@ -69,7 +69,7 @@ func tokenFetch(ctx context.Context, args []string, io cmdIO) int {
 	fs := newFlags("oras-attest token fetch", "oras-attest token fetch --nonce VALUE [flags]", io.stderr)
 	url := fs.String("attestation-url", os.Getenv("ATTEST_URL"), "MAA instance URL (env ATTEST_URL)")
 	tpmAddr := fs.String("tpm", cliutil.EnvOr("ATTEST_TPM", tpm.DefaultDevice), "TPM: device path, swtpm:HOST:PORT, mssim:HOST:PORT or unix:PATH (env ATTEST_TPM)")
-	tcgLog := fs.String("tcg-log", cliutil.EnvOr("ATTEST_TCG_LOG", tpm.DefaultEventLogPath), "firmware TCG event log; a missing file is sent as an empty log (env ATTEST_TCG_LOG)")
+	tcgLog := fs.String("tcg-log", cliutil.EnvOr("ATTEST_TCG_LOG", tpm.DefaultEventLogPath), "firmware TCG event log; \"\" sends none, as does a missing file at the default path only (env ATTEST_TCG_LOG)")
 	osRelease := fs.String("os-release", os.Getenv("ATTEST_OS_RELEASE"), "os-release file describing the OS to MAA, read as Azure's client reads it (env ATTEST_OS_RELEASE; default /etc/os-release)")
 	keyCache := fs.String("key-cache", "", "directory keeping the TPM context of the ephemeral key between attestations (default: the user's cache directory; \"off\": none)")
 	nonce := fs.String("nonce", "", "value MAA echoes in the token's client payload (required)")

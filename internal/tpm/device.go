@@ -284,15 +284,17 @@ func (d *Device) AKCertificate(ctx context.Context) (*x509.Certificate, error) {
 	return x509.ParseCertificate(der)
 }
 
-// readEventLog reads the TCG log. A missing file (or no path) is an empty log, as in AZGA ("TCG
-// logs not found on device"); any other read error stops the evidence: sending no log when one
+// readEventLog reads the TCG log. No path, or no file at DefaultEventLogPath (a VM whose firmware
+// gives none), is an empty log, as in AZGA ("TCG logs not found on device"). Any other failure
+// stops the evidence, a missing file at a path someone chose included (a misspelt path would
+// otherwise be sent as no log, and MAA's refusal would not say why): sending no log when one
 // exists would silently change the claims MAA issues.
 func (d *Device) readEventLog() ([]byte, error) {
 	if d.eventLogPath == "" {
 		return nil, nil
 	}
 	f, err := os.Open(d.eventLogPath)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) && d.eventLogPath == DefaultEventLogPath {
 		d.log.Info("no TCG event log; sending an empty one", "path", d.eventLogPath)
 		return nil, nil
 	}
@@ -322,6 +324,11 @@ func (d *Device) eventLogError(err error) error {
 			"log path (the plugin's tcg_log, oras-attach's --tcg-log) to \"\" to attest deliberately "+
 			"without it, knowing that MAA then has no log to derive the Secure Boot claims from, so "+
 			"expect secureboot not to be true and the baseline rule secure-boot to refuse the token: %w",
+			ErrEventLog, d.eventLogPath, DefaultEventLogPath, err)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: %s does not exist (only a log missing at the default path, %s, is sent as none): "+
+			"correct the TCG log path (the plugin's tcg_log, oras-attest's --tcg-log), or set it to \"\" to send none: %w",
 			ErrEventLog, d.eventLogPath, DefaultEventLogPath, err)
 	}
 	return fmt.Errorf("%w: %s: %w (point the TCG log path elsewhere, or to \"\" to send none)", ErrEventLog, d.eventLogPath, err)

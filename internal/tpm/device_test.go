@@ -434,9 +434,13 @@ func TestEvidenceRefusals(t *testing.T) {
 			x, _, _ := provisioned(t, "")
 			return New(x.t, WithEventLogPath(dir)) // a directory: exists, cannot be read as a file
 		}, ErrEventLog, false},
-		{"event log absent", func(t *testing.T) *Device {
+		{"event log absent at a chosen path", func(t *testing.T) *Device {
 			x, _, _ := provisioned(t, "")
 			return New(x.t, WithEventLogPath(filepath.Join(dir, "missing")))
+		}, ErrEventLog, false},
+		{"no event log path", func(t *testing.T) *Device {
+			x, _, _ := provisioned(t, "")
+			return New(x.t, WithEventLogPath(""))
 		}, nil, true},
 	}
 	for _, tc := range tests {
@@ -702,6 +706,8 @@ func TestEventLogUnreadable(t *testing.T) {
 	}{
 		{"permission denied", unreadable, false, true, []string{unreadable, "readable only by root", "run as a user that can read it", `tcg_log`, `to ""`, "secureboot"}},
 		{"a directory", dir, true, false, []string{dir, `to ""`}},
+		{"missing at a chosen path", filepath.Join(dir, "binary_bios_measurments"), true, false,
+			[]string{"binary_bios_measurments does not exist", DefaultEventLogPath, "tcg_log", "--tcg-log", `to ""`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1167,5 +1173,18 @@ func TestAKCertificateReadInNVBufferChunks(t *testing.T) {
 				t.Fatalf("AKCertificate: %v", err)
 			}
 		})
+	}
+}
+
+// TestEventLogMissingAtDefaultPath: a VM whose firmware gives no log (nothing at the kernel's
+// path) attests with an empty one, as Azure's client does.
+func TestEventLogMissingAtDefaultPath(t *testing.T) {
+	if _, err := os.Stat(DefaultEventLogPath); !errors.Is(err, fs.ErrNotExist) {
+		t.Skipf("%s: %v; this machine has a log there", DefaultEventLogPath, err)
+	}
+	x, _, _ := provisioned(t, "")
+	ev, err := New(x.t).Evidence(context.Background())
+	if err != nil || len(ev.TCGLog) != 0 {
+		t.Fatalf("Evidence: %v, log of %d bytes; want an empty log", err, len(ev.TCGLog))
 	}
 }
