@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/pflag"
 	"oras.land/oras-go/v2/errdef"
@@ -227,8 +228,13 @@ func printCheck(w io.Writer, passed bool, text string) {
 
 // splitDigestRef requires IMAGE@sha256:...: a tag could move between signing and deployment.
 func splitDigestRef(ref string) error {
-	if !strings.Contains(ref, "@") {
+	i := strings.LastIndex(ref, "@")
+	if i < 0 {
 		return fmt.Errorf("%q: give the image by digest (REGISTRY/REPO@sha256:...), not by tag", ref)
+	}
+	if _, err := digest.Parse(ref[i+1:]); err != nil {
+		// An empty one is what IMAGE=REPO@$(oras resolve REPO:TAG) gives when the resolve failed.
+		return fmt.Errorf("%q: the digest after @ is not one (%v): want sha256: and 64 hex digits, as oras resolve prints", ref, err)
 	}
 	return nil
 }

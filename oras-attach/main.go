@@ -54,8 +54,9 @@ verified. --include-unattached removes them too.
 
 Exit status: 0 verified, or done; 1 refused, or failed (a registry, MAA or the TPM, a file that
 cannot be read); 2 usage error (a flag, an argument, or what a file given holds, is wrong).
-With -o json, a failure that has no result to print (no checks, no list of referrers) prints
-{"error": "MESSAGE"} on stdout, besides the message on stderr.
+With -o json, a failure (status 1) that has no result to print (no checks, no list of referrers)
+prints {"error": "MESSAGE"} on stdout, besides the message on stderr; a usage error (status 2) is
+reported on stderr only.
 
 Environment defaults (as printed by "attest-bootstrap local env"):
   ATTEST_URL       the MAA instance URL (--attestation-url)

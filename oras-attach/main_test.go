@@ -72,6 +72,8 @@ func TestDurationFlags(t *testing.T) {
 		{append(verify, "--max-age", "61m"), "oras-attest verify: --max-age 1h1m0s: at most 1h0m0s, the oldest token the plugin signs with"},
 		{append(verify, "--timeout", "0"), "oras-attest verify: --timeout 0s: want a duration above 0, such as 2m0s"},
 		{append(attach, "--timeout", "-5s"), "oras-attest attach: --timeout -5s: want a duration above 0, such as 2m0s"},
+		{[]string{"verify", "localhost:1/app@", "--attestation-url", url, "--key-id", "https://v.vault.azure.net/keys/k/1"}, `oras-attest verify: "localhost:1/app@": the digest after @ is not one`},
+		{[]string{"attach", "localhost:1/app@sha256:abc"}, `oras-attest attach: "localhost:1/app@sha256:abc": the digest after @ is not one`},
 		{append(prune, "--older-than", "0"), "oras-attest token prune: --older-than 0s: want 1h0m0s or more"},
 		{append(prune, "--older-than", "30m"), "oras-attest token prune: --older-than 30m0s: want 1h0m0s or more"},
 	}
