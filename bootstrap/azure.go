@@ -33,7 +33,7 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	configFile := fs.String("config", "", "YAML or JSON file with the settings below (flags override it); keys: subscriptionId, tenantId, resourceGroup, location, namePrefix, operatorPrincipalId, operatorPrincipalType, clusterPrincipalId, purgeProtection, hsm, imageBuilder, buildLayer {artifactsUrl, artifactsSha256, vmSize, run}, replicas; an unknown key is an error")
 	fs.StringVar(&cfg.SubscriptionID, "subscription", os.Getenv("AZURE_SUBSCRIPTION_ID"), "subscription id (env AZURE_SUBSCRIPTION_ID)")
 	fs.StringVar(&cfg.TenantID, "tenant", os.Getenv("AZURE_TENANT_ID"), "Entra ID tenant id (env AZURE_TENANT_ID)")
-	fs.StringVar(&cfg.ResourceGroup, "resource-group", "", "resource group (created if absent)")
+	fs.StringVar(&cfg.ResourceGroup, "resource-group", "", "resource group (apply creates it if absent)")
 	fs.StringVar(&cfg.Location, "location", "", "Azure region, e.g. westeurope")
 	fs.StringVar(&cfg.NamePrefix, "name-prefix", "", "prefix of every resource name (3-12 lower-case letters and digits)")
 	fs.StringVar(&cfg.OperatorPrincipalID, "operator-object-id", "", "object id of the user or service principal running apply (gets Certificates Officer and Attestation Contributor, which apply withdraws from an operator named before; it needs Microsoft.Authorization/roleDefinitions/write for the custom signer role, e.g. Owner)")
@@ -52,7 +52,7 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	notationDir := fs.String("notation-config", "", "apply: write the Notation trust policy and trust store for the certificate here (default: NOTATION_CONFIG or notation's own directory)")
 	purge := fs.Bool("purge", false, "destroy: purge the soft-deleted vault")
 	output := fs.StringP("output", "o", "text", "output format: text or json")
-	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit (with --run-image-build the default is 3h: the build itself may take up to "+azure.BuildTimeout.String()+")")
+	timeout := fs.Duration("timeout", 30*time.Minute, "overall time limit (for apply --run-image-build the default is 3h: the build itself may take up to "+azure.BuildTimeout.String()+")")
 	fs = commandFlags(fs, cmd)
 	usage := func(w io.Writer) {
 		fmt.Fprintf(w, "Usage: attest-bootstrap %s [flags]\n\n%s\n\nFlags:\n%s", cmd, azureHelp(cmd), fs.FlagUsages())

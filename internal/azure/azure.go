@@ -93,14 +93,22 @@ var prefixPattern = regexp.MustCompile(`^[a-z][a-z0-9]{2,11}$`)
 
 // Validate checks the config.
 func (c Config) Validate() error {
+	// Each setting by its flag and its key in a config file, in the order of the help.
 	var missing []string
-	for name, v := range map[string]string{"subscription": c.SubscriptionID, "tenant": c.TenantID, "resource group": c.ResourceGroup, "location": c.Location, "operator principal": c.OperatorPrincipalID} {
-		if v == "" {
-			missing = append(missing, name)
+	for _, s := range []struct{ flag, key, v string }{
+		{"--subscription", "subscriptionId", c.SubscriptionID},
+		{"--tenant", "tenantId", c.TenantID},
+		{"--resource-group", "resourceGroup", c.ResourceGroup},
+		{"--location", "location", c.Location},
+		{"--name-prefix", "namePrefix", c.NamePrefix},
+		{"--operator-object-id", "operatorPrincipalId", c.OperatorPrincipalID},
+	} {
+		if s.v == "" {
+			missing = append(missing, s.flag+" ("+s.key+")")
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("missing: %s", strings.Join(missing, ", "))
+		return fmt.Errorf("missing settings, given by flag or config file key: %s", strings.Join(missing, ", "))
 	}
 	if !prefixPattern.MatchString(c.NamePrefix) {
 		return fmt.Errorf("name prefix %q: want 3-12 lower-case letters and digits, starting with a letter", c.NamePrefix)

@@ -793,6 +793,14 @@ func TestConfigValidate(t *testing.T) {
 	if c.Validate() == nil {
 		t.Error("missing operator accepted")
 	}
+	// All missing: every one is named, by flag and config key, in the help's order, every time.
+	const want = "missing settings, given by flag or config file key: --subscription (subscriptionId), --tenant (tenantId), " +
+		"--resource-group (resourceGroup), --location (location), --name-prefix (namePrefix), --operator-object-id (operatorPrincipalId)"
+	for range 5 {
+		if err := (Config{}).Validate(); err == nil || err.Error() != want {
+			t.Fatalf("empty config: %v\nwant %s", err, want)
+		}
+	}
 }
 
 // TestDestroyKeepsGroupWithForeignResources: a group carrying our tag is deleted only when
