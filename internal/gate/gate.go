@@ -281,7 +281,12 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 	ready := time.Now()
 	<-compiled
 	if rulesErr != nil {
-		return nil, validationf("claim rules: %v", rulesErr)
+		// The rules package's errors name the claim rules already.
+		msg := rulesErr.Error()
+		if !strings.HasPrefix(msg, "claim rules") {
+			msg = "claim rules: " + msg
+		}
+		return nil, validationf("%s", msg)
 	}
 	if err != nil {
 		return nil, err

@@ -323,7 +323,7 @@ func TestFailClosed(t *testing.T) {
 			return d
 		}, code: plugin.ErrorCodeAccessDenied, message: "max age is 5m0s"},
 		{name: "claim rule false (baseline: no secure boot measured)", cfg: f.with(KeyRules, ""), code: plugin.ErrorCodeAccessDenied, message: `claim rule "secure-boot"`},
-		{name: "rule file missing", cfg: f.with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "rules.cel"},
+		{name: "rule file missing", cfg: f.with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "claim rules: open /nonexistent/rules.cel"},
 		{name: "rule file missing and MAA down: the rules are reported", cfg: f.with(KeyRules, "/nonexistent/rules.cel", KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeValidation, message: "rules.cel"},
 		{name: "no attestation_url", cfg: f.with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
 		{name: "unknown config key", cfg: f.with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
@@ -355,6 +355,9 @@ func TestFailClosed(t *testing.T) {
 			}
 			if perr.ErrCode != tc.code || !strings.Contains(perr.Message, tc.message) || !strings.HasPrefix(perr.Message, tc.prefix) {
 				t.Fatalf("got %s %q, want %s containing %q, starting %q", perr.ErrCode, perr.Message, tc.code, tc.message, tc.prefix)
+			}
+			if strings.Contains(perr.Message, "claim rules: claim rules") {
+				t.Fatalf("%q says what failed twice", perr.Message)
 			}
 			if f.signerN.Load() != before {
 				t.Fatal("the signer (Key Vault) was reached")

@@ -177,7 +177,11 @@ func (v *Verifier) Verify(ctx context.Context, raw string, nonce string) (*Token
 		}
 	}
 	if len(candidates) == 0 {
-		return nil, fail(CheckKey, ErrUnknownKey, "kid %.80q is not a signing key of %s (checked its published keys, refreshed at most once)", kid, v.issuer)
+		checked := "checked its published keys, refreshed at most once"
+		if _, static := v.keys.(*StaticKeySet); static {
+			checked = "checked the key set given for it (a JWKS file), not the keys it publishes"
+		}
+		return nil, fail(CheckKey, ErrUnknownKey, "kid %.80q is not a signing key of %s (%s)", kid, v.issuer, checked)
 	}
 
 	jws, err := jose.ParseSignedCompact(raw, []jose.SignatureAlgorithm{jose.RS256})

@@ -364,8 +364,17 @@ func TestRemoteKeySetRefresh(t *testing.T) {
 	if n := certs.hits.Load(); n != 1 {
 		t.Fatalf("first use: %d fetches, want 1", n)
 	}
-	if _, err := v.Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) || CheckName(err) != CheckKey {
+	if _, err := v.Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) || CheckName(err) != CheckKey || !strings.Contains(err.Error(), "checked its published keys") {
 		t.Fatalf("unknown kid: %v", err)
+	}
+	// With a key set given (oras-attest --jwks, the Ratify verifier's jwksPath), the refusal says
+	// that set was checked, not what the instance publishes.
+	static, err := NewStaticKeySet(publicJWKS(t, signingKey, testKID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newTestVerifier(t, static, testNow).Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) || !strings.Contains(err.Error(), "the key set given for it (a JWKS file)") {
+		t.Fatalf("unknown kid, static keys: %v", err)
 	}
 	if n := certs.hits.Load(); n != 1 {
 		t.Fatalf("unknown kid within MinRefreshInterval: %d fetches, want 1", n)
