@@ -480,8 +480,13 @@ func tokenPrune(ctx context.Context, args []string, io cmdIO) int {
 	now := time.Now()
 	res := pruneResult{TokenDir: store.Dir(), DryRun: *dryRun, OlderThan: olderThan.String(), Before: now.Add(-*olderThan), RequiredRepositories: repos, CheckRegistry: *check}
 	if _, serr := os.Stat(store.Dir()); os.IsNotExist(serr) {
-		// Nothing to prune; but a mistyped --token-dir looks just like this.
-		fmt.Fprintf(io.stderr, "oras-attest token prune: %s does not exist: is it the plugin's token_dir (--token-dir, ATTEST_TOKEN_DIR)?\n", store.Dir())
+		// The default store of a machine that never signed holds nothing to prune; a store named
+		// that does not exist is a mistyped --token-dir (in a cron job, it would prune nothing
+		// every night, unseen).
+		if tokenDir.dir != "" {
+			return fail(fmt.Errorf("token store %s (--token-dir or ATTEST_TOKEN_DIR) does not exist: is it the plugin's token_dir?", store.Dir()))
+		}
+		fmt.Fprintf(io.stderr, "oras-attest token prune: %s, the default token store, does not exist: nothing to prune (the plugin's token_dir is elsewhere? give it with --token-dir)\n", store.Dir())
 	}
 	pr, err := store.Prune(res.Before, opts)
 	if err != nil && pr.Empty() {
