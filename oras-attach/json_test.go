@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -134,5 +135,34 @@ func TestJSONErrors(t *testing.T) {
 	// A usage error prints nothing on stdout.
 	if code, stdout, _ := runCmd("verify", missing, "-o", "json", "--timeout", "0"); code != 2 || stdout != "" {
 		t.Fatalf("usage error: exit %d, stdout %q", code, stdout)
+	}
+}
+
+// TestRulesTestJSON: rules test -o json names its result as the other commands do: passed, then
+// each rule's name, line, passed and, for a failure only, reason.
+func TestRulesTestJSON(t *testing.T) {
+	rulesFile := writeRules(t, "ok: claims[\"a\"] == 1\nbad: claims[\"a\"] == 2\n")
+	claims := writeFile(t, "claims.json", `{"a": 1}`)
+	code, stdout, stderr := runCmd("rules", "test", "--rules", rulesFile, "--claims", claims, "-o", "json")
+	if code != 1 {
+		t.Fatalf("exit %d (%s), want 1: a rule failed", code, stderr)
+	}
+	var got struct {
+		Passed *bool  `json:"passed"`
+		Set    string `json:"set"`
+		Digest string `json:"digest"`
+		Rules  []map[string]any
+	}
+	dec := json.NewDecoder(strings.NewReader(stdout))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&got); err != nil {
+		t.Fatalf("%v in %s", err, stdout)
+	}
+	want := []map[string]any{
+		{"name": "ok", "line": 1.0, "passed": true},
+		{"name": "bad", "line": 2.0, "passed": false, "reason": "evaluated to false"},
+	}
+	if got.Passed == nil || *got.Passed || got.Set != rulesFile || !strings.HasPrefix(got.Digest, "sha256:") || !reflect.DeepEqual(got.Rules, want) {
+		t.Fatalf("%s", stdout)
 	}
 }

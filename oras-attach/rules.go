@@ -54,7 +54,11 @@ func rulesTest(args []string, io cmdIO) int {
 	}
 	res := rs.Evaluate(claims)
 	if *output == "json" {
-		cliutil.WriteJSON(io.stdout, res)
+		// Named as the other commands' results are: passed, then what was checked.
+		cliutil.WriteJSON(io.stdout, struct {
+			Passed bool `json:"passed"`
+			rules.Result
+		}{res.Err() == nil, res})
 	} else {
 		for _, r := range res.Rules {
 			text := r.Name

@@ -429,23 +429,23 @@ const (
 // RuleResult is the outcome of one rule.
 type RuleResult struct {
 	// Name is the rule's name.
-	Name string
+	Name string `json:"name"`
 	// Line is the line the rule starts on in its file.
-	Line int
+	Line int `json:"line"`
 	// Passed is true only if the expression evaluated to true.
-	Passed bool
+	Passed bool `json:"passed"`
 	// Reason says why a rule failed (see ReasonFalse and friends); empty if it passed.
-	Reason string
+	Reason string `json:"reason,omitempty"`
 }
 
 // Result is the outcome of evaluating a Set: every rule, in file order.
 type Result struct {
 	// Set is the name of the rule set (Set.Name).
-	Set string
+	Set string `json:"set"`
 	// Digest is the set's Digest, so a log line can say which rules were applied.
-	Digest string
+	Digest string `json:"digest"`
 	// Rules holds one entry per rule, in file order.
-	Rules []RuleResult
+	Rules []RuleResult `json:"rules"`
 }
 
 // Failed returns the rules that did not pass, in file order.
