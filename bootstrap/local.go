@@ -259,7 +259,11 @@ func runLocal(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			}
 		}
 		if *output == "json" {
-			cliutil.WriteJSON(stdout, map[string]any{"running": true, "healthy": healthy, "pid": st.PID, "state": dir, "startedAt": st.StartedAt, "components": comps, "warnings": st.Warnings})
+			warnings := st.Warnings
+			if warnings == nil {
+				warnings = []string{} // a list, empty, as a JSON reader expects
+			}
+			cliutil.WriteJSON(stdout, map[string]any{"running": true, "healthy": healthy, "pid": st.PID, "state": dir, "startedAt": st.StartedAt, "components": comps, "warnings": warnings})
 		} else {
 			writeStatus(stdout, st, dir, comps)
 		}

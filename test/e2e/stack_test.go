@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -31,14 +32,18 @@ func TestLocalStackSupervision(t *testing.T) {
 		t.Helper()
 		out, _, _ := r.run("attest-bootstrap", "local", "status", "--state", dir, "-o", "json")
 		var s struct {
-			Running bool `json:"running"`
-			PID     int  `json:"pid"`
+			Running  bool            `json:"running"`
+			PID      int             `json:"pid"`
+			Warnings json.RawMessage `json:"warnings"`
 		}
 		if err := json.Unmarshal([]byte(out), &s); err != nil {
 			t.Fatalf("status: %v: %s", err, out)
 		}
 		if !s.Running {
 			return 0
+		}
+		if !bytes.HasPrefix(s.Warnings, []byte("[")) {
+			t.Errorf("status warnings %s, want a list (empty if none)", s.Warnings)
 		}
 		return s.PID
 	}
