@@ -54,5 +54,18 @@ Ratify runs it with RATIFY_VERIFIER_COMMAND=VERIFY, RATIFY_VERIFIER_SUBJECT,
 RATIFY_VERIFIER_VERSION (the verifier config's version: 1.0.0, the default of a Verifier resource,
 is the one supported) and the verifier config on stdin; it prints the verification result as JSON.
 Another version is refused with {"code": 6, ...} on stdout and exit status 1, as Ratify's plugin
-skeleton does. See policy/k8s/README.md.
+skeleton does. See policy/k8s/README.md and policy/k8s/verifiers.yaml.
+
+Verifier parameters (keys are case-sensitive; an unknown key refuses every image):
+  attestationURL     the MAA instance tokens must come from (required)
+  keyID              the Key Vault key id the token must be bound to (required)
+  trustPolicyDoc     a Notation trust policy document (required)
+  verificationCerts  directories or files of trusted root certificates, the trust store
+                     "ca:certs" (required)
+  signingCertSHA256  SHA-256 fingerprints of the signing certificates that count
+  maxTokenAge        largest gap between the token's issue and the signing, default 5m, at most 1h
+  timeout            limit of the whole verification, default 3s, at most 30s
+  rules              claim rule file, default the built-in Trusted Launch baseline (which admits
+                     any Trusted Launch VM's token: pin x-ms-azurevm-vmid in a rule file)
+  jwksPath           pinned MAA token keys, for clusters that cannot reach the instance
 `

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -381,5 +382,20 @@ func TestVerifierRefusesVersion(t *testing.T) {
 	var e verifier.Error
 	if err := json.Unmarshal(stdout.Bytes(), &e); err != nil || e.Code != verifier.CodeVersionNotSupported || !strings.Contains(e.Msg, `"9.9.9"`) || !strings.Contains(e.Details, "1.0.0") {
 		t.Fatalf("stdout %q (%v): want Ratify's error JSON with code 6 naming 9.9.9", stdout.String(), err)
+	}
+}
+
+// TestUsageListsEveryParameter: the help names each key of the verifier's config an operator
+// sets (the config type's JSON names, but those Ratify fills in itself), so it cannot fall behind.
+func TestUsageListsEveryParameter(t *testing.T) {
+	typ := reflect.TypeFor[verifier.Config]()
+	for i := range typ.NumField() {
+		name, _, _ := strings.Cut(typ.Field(i).Tag.Get("json"), ",")
+		if name == "name" || name == "type" {
+			continue // Ratify's own
+		}
+		if !strings.Contains(usage, "\n  "+name+" ") {
+			t.Errorf("the help does not list %q", name)
+		}
 	}
 }
