@@ -166,13 +166,19 @@ func (f *fixture) sign(t *testing.T, s signature.LocalSigner, subject ocispec.De
 // returns the image and the token.
 func (f *fixture) attested(t *testing.T, content string) (ocispec.Descriptor, string) {
 	t.Helper()
+	return f.attestedBy(t, content, f.signer)
+}
+
+// attestedBy is attested with the signature by s.
+func (f *fixture) attestedBy(t *testing.T, content string, s signature.LocalSigner) (ocispec.Descriptor, string) {
+	t.Helper()
 	img := f.pushImage(t, content)
 	b, err := binding.Compute(img.Digest.String(), keyID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tok := f.token(t, b)
-	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.sign(t, s, img, tok, f.maaURL, time.Now())
 	f.attach(t, img, tok)
 	return img, tok
 }
@@ -986,14 +992,7 @@ func TestKeyPin(t *testing.T) {
 	}
 	for i, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			img := f.pushImage(t, "key pin "+string(rune('a'+i)))
-			b, err := binding.Compute(img.Digest.String(), keyID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tok := f.token(t, b)
-			f.sign(t, tc.signer, img, tok, f.maaURL, time.Now())
-			f.attach(t, img, tok)
+			img, _ := f.attestedBy(t, "key pin "+string(rune('a'+i)), tc.signer)
 			o := f.opts
 			o.Notation = f.notationTrusting(t, tc.signer)
 			o.SigningCertSHA256 = tc.pins
