@@ -57,6 +57,9 @@ func call(t testing.TB, h http.Handler, method, path, token string, body any) (*
 		b, _ = json.Marshal(v)
 	}
 	req := httptest.NewRequest(method, "https://vault.example"+path, bytes.NewReader(b))
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json") // as azcore sends every body
+	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
@@ -353,5 +356,38 @@ func TestSignKeyVersion(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestVaultWantsJSONBodies: a body is read only when sent as application/json (UTF-8), as
+// Azure's SDKs send it; a client sending it otherwise fails here rather than against Azure.
+func TestVaultWantsJSONBodies(t *testing.T) {
+	_, h := newVault(t)
+	const v = "?api-version=7.5"
+	if rec, _ := call(t, h, "POST", "/keys/rsa/create"+v, "good", map[string]any{"kty": "RSA", "key_size": 2048}); rec.Code != 200 {
+		t.Fatalf("create: %d", rec.Code)
+	}
+	body, _ := json.Marshal(map[string]any{"alg": "PS256", "value": base64.RawURLEncoding.EncodeToString(make([]byte, 32))})
+	for _, tc := range []struct {
+		contentType string
+		status      int
+	}{
+		{"application/json", 200},
+		{"application/json; charset=utf-8", 200},
+		{"", 400},
+		{"text/plain", 400},
+		{"application/json; charset=utf-16", 400},
+		{"application/x-www-form-urlencoded", 400},
+	} {
+		req := httptest.NewRequest("POST", "https://vault.example/keys/rsa/sign"+v, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer good")
+		if tc.contentType != "" {
+			req.Header.Set("Content-Type", tc.contentType)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != tc.status || tc.status != 200 && !strings.Contains(rec.Body.String(), "want application/json") {
+			t.Errorf("Content-Type %q: %d %s, want %d", tc.contentType, rec.Code, rec.Body.String(), tc.status)
+		}
 	}
 }
