@@ -15,6 +15,7 @@ import (
 	"os"
 
 	"github.com/notaryproject/notation-plugin-framework-go/cli"
+	"github.com/notaryproject/notation-plugin-framework-go/plugin"
 
 	"github.com/attested-kv/attested-kv/internal/cliutil"
 	"github.com/attested-kv/attested-kv/internal/gate"
@@ -34,9 +35,11 @@ func main() {
 }
 
 // forPeople answers the invocations a person makes, which the plugin framework would answer
-// with a bare "Invalid command, ..." (no newline, no pointer to help): help (-h, --help, help) is
-// the usage on stdout, exit 0; no arguments at all is the usage on stderr, exit 2. done is false
-// for anything else, which the framework handles.
+// with a bare "Invalid command, ..." (no newline, no pointer to help, exit 1): help (-h, --help,
+// help) is the usage on stdout, exit 0; no arguments at all is the usage on stderr, exit 2; a
+// first argument that is no plugin command of Notation's protocol (--version, a typo) is a usage
+// error naming it, exit 2. done is false for the protocol's commands, which the framework handles
+// (it refuses those this plugin does not implement, as Notation expects).
 func forPeople(args []string, stdout, stderr io.Writer) (code int, done bool) {
 	switch {
 	case len(args) == 0:
@@ -45,8 +48,18 @@ func forPeople(args []string, stdout, stderr io.Writer) (code int, done bool) {
 	case len(args) == 1 && (args[0] == "--help" || args[0] == "-h" || args[0] == "help"):
 		fmt.Fprint(stdout, usage)
 		return 0, true
+	case !protocolCommands[args[0]]:
+		fmt.Fprintf(stderr, "notation-attested-kv: unknown command %.60q: Notation runs this plugin with get-plugin-metadata, generate-envelope or version (see --help)\n", args[0])
+		return 2, true
 	}
 	return 0, false
+}
+
+// protocolCommands are the commands of Notation's plugin protocol (notation-plugin-framework-go
+// plugin.Command), implemented by this plugin or not.
+var protocolCommands = map[string]bool{
+	string(plugin.CommandGetMetadata): true, string(plugin.CommandDescribeKey): true, string(plugin.CommandGenerateSignature): true,
+	string(plugin.CommandGenerateEnvelope): true, string(plugin.CommandVerifySignature): true, string(plugin.Version): true,
 }
 
 const usage = `notation-attested-kv: the Notation plugin "attested-kv".

@@ -21,7 +21,9 @@ func TestForPeople(t *testing.T) {
 		{[]string{"help"}, 0, true, usage, ""},
 		{[]string{"get-plugin-metadata"}, 0, false, "", ""},
 		{[]string{"generate-envelope"}, 0, false, "", ""},
-		{[]string{"bogus"}, 0, false, "", ""},
+		{[]string{"describe-key"}, 0, false, "", ""}, // the framework refuses it: not a capability of this plugin
+		{[]string{"bogus"}, 2, true, "", "notation-attested-kv: unknown command \"bogus\": Notation runs this plugin with get-plugin-metadata, generate-envelope or version (see --help)\n"},
+		{[]string{"--version"}, 2, true, "", "notation-attested-kv: unknown command \"--version\": Notation runs this plugin with get-plugin-metadata, generate-envelope or version (see --help)\n"},
 	}
 	for _, tc := range tests {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
