@@ -225,11 +225,19 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	res := &Result{Subject: subject.Digest.String()}
 	best := -1
 	var bestReadErr error
+	// Where each candidate stopped, for a refusal to name the others' too: the one reported got
+	// furthest, but the one the reader meant may be another (signed with the key id verified
+	// against, its token not attached yet).
+	var stops []string
+	bestStop := -1
 	record := func(c candidate) bool {
 		n := c.passedCount()
+		if !c.passed() && len(c.checks) > 0 {
+			stops = append(stops, fmt.Sprintf("%s (signature %.19s)", c.checks[len(c.checks)-1].Name, c.signature))
+		}
 		switch {
 		case n > best:
-			best, bestReadErr = n, c.readErr
+			best, bestReadErr, bestStop = n, c.readErr, len(stops)-1
 			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime, res.TokenReferrer = c.checks, c.signature, c.tokenSHA, c.signingTime, c.referrer
 		case n == best && bestReadErr == nil:
 			// A candidate as far along that could not be read may be the genuine one: the
@@ -254,6 +262,14 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	// configuration could not be read: that is not a judgement of the image.
 	if bestReadErr != nil {
 		return nil, bestReadErr
+	}
+	if others := slices.Delete(slices.Clone(stops), bestStop, bestStop+1); len(others) > 0 {
+		const shown = 3
+		more := ""
+		if len(others) > shown {
+			more, others = fmt.Sprintf(" and %d more", len(others)-shown), others[:shown]
+		}
+		res.Checks[len(res.Checks)-1].Detail += fmt.Sprintf("; the image's other signatures stopped at: %s%s", strings.Join(others, ", "), more)
 	}
 	if skipped > 0 || listedMore {
 		res.SignaturesNotExamined = max(skipped, 1)

@@ -1006,3 +1006,30 @@ func TestKeyPin(t *testing.T) {
 		})
 	}
 }
+
+// TestRefusalNamesOtherSignatures: a refusal reports the signature that got furthest, and says
+// where the image's other signatures stopped: the one the reader meant may be another (here, one
+// whose token was not attached yet, beside one whose token is bound to another key).
+func TestRefusalNamesOtherSignatures(t *testing.T) {
+	f := newFixture(t)
+	img := f.pushImage(t, "two signatures")
+	other, err := binding.Compute(img.Digest.String(), keyID+"0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := f.token(t, other)
+	f.sign(t, f.signer, img, tok, f.maaURL, time.Now())
+	f.attach(t, img, tok) // bound to another key: fails the binding check
+	mine, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.sign(t, f.signer, img, f.token(t, mine), f.maaURL, time.Now()) // its token not attached
+	res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, f.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Passed || res.FailedCheck() != CheckBinding || !strings.Contains(res.FailedDetail(), "; the image's other signatures stopped at: token-referrer (signature sha256:") {
+		t.Fatalf("passed %v, failed %s: %s", res.Passed, res.FailedCheck(), res.FailedDetail())
+	}
+}
