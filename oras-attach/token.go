@@ -172,6 +172,8 @@ type verifyResult struct {
 	RuleSet       string         `json:"ruleSet,omitempty"`
 	RuleSetDigest string         `json:"ruleSetDigest,omitempty"`
 	Checks        []checkOutcome `json:"checks"`
+	// Notes say what a verified token does not prove (imageverify.UnpinnedVM).
+	Notes []string `json:"notes,omitempty"`
 }
 
 // checkOutcome is one check of token verify. Rule and Reason are set for a claim rule's check
@@ -265,6 +267,9 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 		}
 	}
 	res.Verified = refusal == nil
+	if res.Verified && !rs.Reads(maa.ClaimVMID) {
+		res.Notes = append(res.Notes, imageverify.UnpinnedVM)
+	}
 	if *output == "json" {
 		cliutil.WriteJSON(io.stdout, res)
 	} else {
@@ -277,8 +282,8 @@ func tokenVerify(ctx context.Context, args []string, io cmdIO) int {
 			fmt.Fprintf(io.stdout, "token verified: issuer %s, issued %s ago, expires %s, sha256 %s, %d claim rules of %s passed\n",
 				res.Issuer, time.Since(*res.IssuedAt).Round(time.Second), res.Expiry.Local().Format(time.RFC3339), res.SHA256,
 				len(rs.Rules()), res.RuleSet)
-			if !rs.Reads(maa.ClaimVMID) {
-				fmt.Fprintln(io.stdout, "note:", imageverify.UnpinnedVM)
+			for _, n := range res.Notes {
+				fmt.Fprintln(io.stdout, "note:", n)
 			}
 		}
 	}
@@ -484,7 +489,8 @@ func tokenPrune(ctx context.Context, args []string, io cmdIO) int {
 		// that does not exist is a mistyped --token-dir (in a cron job, it would prune nothing
 		// every night, unseen).
 		if tokenDir.dir != "" {
-			return fail(fmt.Errorf("token store %s (--token-dir or ATTEST_TOKEN_DIR) does not exist: is it the plugin's token_dir?", store.Dir()))
+			return fail(fmt.Errorf("token store %s (--token-dir or ATTEST_TOKEN_DIR) does not exist: is it the plugin's token_dir? "+
+				"(the plugin makes it at its first signature: before that there is nothing to prune; create it, mode 0700, to prune from the start)", store.Dir()))
 		}
 		fmt.Fprintf(io.stderr, "oras-attest token prune: %s, the default token store, does not exist: nothing to prune (the plugin's token_dir is elsewhere? give it with --token-dir)\n", store.Dir())
 	}

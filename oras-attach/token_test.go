@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
 	"github.com/attested-kv/attested-kv/policy/rules"
 )
 
@@ -268,6 +270,34 @@ func TestTokenVerifyRulesJSON(t *testing.T) {
 				if failed[i] != tc.failed[i] {
 					t.Errorf("failed rule %d: %+v, want %+v", i, failed[i], tc.failed[i])
 				}
+			}
+		})
+	}
+}
+
+// TestTokenVerifyJSONNotes: a verified token's JSON result carries the unpinned-VM note, as the
+// text does, while the rules read no VM id; rules that read it leave no note.
+func TestTokenVerifyJSONNotes(t *testing.T) {
+	const nonce = "N-notes"
+	healthy := issue(t, "secure boot", nonce, attesttest.WithSecureBoot())
+	anyVM := writeRules(t, "some-vm: claims[\"x-ms-azurevm-vmid\"] != \"\"\n")
+	for _, tc := range []struct {
+		name  string
+		rules []string
+		notes []string
+	}{
+		{"baseline", nil, []string{imageverify.UnpinnedVM}},
+		{"rules reading the VM id", []string{"--rules", anyVM}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"token", "verify", healthy.token, "--attestation-url", healthy.url, "--jwks", healthy.jwks, "--nonce", nonce, "-o", "json"}, tc.rules...)
+			code, stdout, stderr := runCmd(args...)
+			var res verifyResult
+			if err := json.Unmarshal([]byte(stdout), &res); code != 0 || err != nil || !res.Verified {
+				t.Fatalf("exit %d, %v: %s %s", code, err, stdout, stderr)
+			}
+			if !slices.Equal(res.Notes, tc.notes) {
+				t.Fatalf("notes %q, want %q", res.Notes, tc.notes)
 			}
 		})
 	}

@@ -263,14 +263,6 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	if bestReadErr != nil {
 		return nil, bestReadErr
 	}
-	if others := slices.Delete(slices.Clone(stops), bestStop, bestStop+1); len(others) > 0 {
-		const shown = 3
-		more := ""
-		if len(others) > shown {
-			more, others = fmt.Sprintf(" and %d more", len(others)-shown), others[:shown]
-		}
-		res.Checks[len(res.Checks)-1].Detail += fmt.Sprintf("; the image's other signatures stopped at: %s%s", strings.Join(others, ", "), more)
-	}
 	if skipped > 0 || listedMore {
 		res.SignaturesNotExamined = max(skipped, 1)
 		more := fmt.Sprintf("%d more are", skipped)
@@ -278,6 +270,16 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 			more = fmt.Sprintf("more than %d more are", skipped)
 		}
 		res.Checks[len(res.Checks)-1].Detail += fmt.Sprintf("; only %d of the image's signatures were examined and %s attached: whoever can push to the repository may have attached signatures that hide the genuine one", len(sigs), more)
+	}
+	// After the note on signatures not examined, which a consumer that shortens the detail (the
+	// Ratify verifier's message) must keep.
+	if others := slices.Delete(slices.Clone(stops), bestStop, bestStop+1); len(others) > 0 {
+		const shown = 3
+		more := ""
+		if len(others) > shown {
+			more, others = fmt.Sprintf(" and %d more", len(others)-shown), others[:shown]
+		}
+		res.Checks[len(res.Checks)-1].Detail += fmt.Sprintf("; the image's other signatures stopped at: %s%s", strings.Join(others, ", "), more)
 	}
 	return res, nil
 }

@@ -70,7 +70,7 @@ type signing struct {
 	osRelease string
 }
 
-// osReleaseFor chooses the os-release the stack's attestations send: the host's (at host), unless
+// osReleaseFor chooses the os-release the stack's attestations send: the host's (at host), unless it
 // cannot be read or gives major version 0 (a VERSION_ID of 0.x), which Azure's client and the MAA
 // emulator refuse; then one of the stack's own, naming the emulated VM's OS.
 func (s *signing) osReleaseFor(p paths, host string) error {

@@ -163,7 +163,9 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer lock.Close()
-	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
+	// The token store too, so that oras-attest token prune with the exported ATTEST_TOKEN_DIR
+	// finds it before anything was signed.
+	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir(), p.tokenDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}

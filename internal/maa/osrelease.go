@@ -35,8 +35,8 @@ func checkOSVersion(o OSInfo, from string) error {
 	}
 	return fmt.Errorf("%w (%s): the major version is the leading number of VERSION_ID in os-release "+
 		"(%s), which is missing, or has a VERSION_ID whose major number is 0; Azure's guest "+
-		"attestation client refuses to attest so. The VM image must have an os-release (os-release(5)), "+
-		"or the caller must set ClientOptions.OS",
+		"attestation client refuses to attest so. Give an os-release whose VERSION_ID does not start "+
+		"with 0 (the plugin's os_release, oras-attest's --os-release), or set ClientOptions.OS",
 		ErrOSVersion, from, DefaultOSReleasePath)
 }
 
@@ -53,9 +53,12 @@ func defaultOSInfo() OSInfo {
 // parseOSVersion. A VERSION_ID whose major number is 0 gives VersionMajor 0, without error; the
 // Client refuses to send it (ErrOSVersion), as AZGA does.
 //
-// One divergence: without NAME, AZGA fails ("Distro name not found"); this reports "Linux", the
-// default os-release(5) gives NAME. Whether MAA accepts that name is UNCONFIRMED, and nothing
-// here depends on it (the OS claims repeat what the client said; policy/rules/baseline.cel).
+// Divergences, where this follows os-release(5) and AZGA does not: without NAME (or with an empty
+// one) AZGA fails ("Distro name not found", or its Validate), where this reports "Linux", the
+// default os-release(5) gives NAME; and values are unquoted as os-release(5) specifies (single
+// quotes and backslash escapes too), where AZGA only deletes double quotes, so VERSION_ID='9' is
+// 9.0 here and 1.0 from AZGA. Whether MAA accepts that name is UNCONFIRMED, and nothing here
+// depends on either (the OS claims repeat what the client said; policy/rules/baseline.cel).
 func ReadOSRelease(path string) (OSInfo, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

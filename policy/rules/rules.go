@@ -370,9 +370,10 @@ func (s *Set) Rules() []Rule {
 }
 
 // Reads reports whether a rule of the set reads the claim name by name: claims["name"],
-// claims[?"name"], claims.name or claims.?name. It is a hint that the set constrains the claim,
-// not a proof: a rule may read a claim and accept any value, and a rule that finds it by looping
-// over the claim set is not counted. The verifiers use it to say when no rule pins the VM.
+// claims[?"name"], claims.name or claims.?name (a presence test, has(claims.name) or "name" in
+// claims, is not a read). It is a hint that the set constrains the claim, not a proof: a rule
+// may read a claim and accept any value, and a rule that finds it by looping over the claim set
+// is not counted. The verifiers use it to say when no rule pins the VM.
 func (s *Set) Reads(name string) bool {
 	for _, c := range s.rules {
 		if slices.Contains(c.reads, name) {
@@ -388,8 +389,8 @@ func claimsRead(a *cel.Ast) []string {
 	var names []string
 	celast.PreOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
 		switch e.Kind() {
-		case celast.SelectKind: // claims.name
-			if s := e.AsSelect(); isClaims(s.Operand()) {
+		case celast.SelectKind: // claims.name; not has(claims.name), which tests presence only
+			if s := e.AsSelect(); isClaims(s.Operand()) && !s.IsTestOnly() {
 				names = append(names, s.FieldName())
 			}
 		case celast.CallKind: // claims["name"], claims[?"name"], claims.?name

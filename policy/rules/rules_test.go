@@ -511,13 +511,16 @@ func TestReads(t *testing.T) {
 		{"inside a macro", `[1].all(i, claims["x-ms-azurevm-vmid"] != "")`, vmid, true},
 		{"another claim", `claims["secureboot"] == true`, vmid, false},
 		{"presence only", `"x-ms-azurevm-vmid" in claims`, vmid, false},
+		{"presence by has()", `has(claims.secureboot)`, "secureboot", false},
+		{"presence by has(), quoted name", "has(claims.`x-ms-azurevm-vmid`)", vmid, false},
+		{"quoted name read", "claims.`x-ms-azurevm-vmid` == \"A\"", vmid, true},
 		{"loop over the claims", `claims.exists(k, k == "x-ms-azurevm-vmid")`, vmid, false},
 		{"computed name", `claims["x-ms-azurevm-" + "vmid"] == "A"`, vmid, false},
 		{"string alone", `"x-ms-azurevm-vmid" != ""`, vmid, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := Parse("t.cel", []byte("other: claims.secureboot == true || true\nr: "+tc.rule+"\n"))
+			s, err := Parse("t.cel", []byte("other: true\nr: "+tc.rule+"\n"))
 			if err != nil {
 				t.Fatal(err)
 			}
