@@ -101,6 +101,9 @@ func runAzure(ctx context.Context, cmd string, args []string, stdout, stderr io.
 	cl.Certificates = func(ctx context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error) {
 		return provision.EnsureSigningCertificate(ctx, vaultURL, cred, &azcertificates.ClientOptions{}, c)
 	}
+	cl.CertificatePlan = func(ctx context.Context, vaultURL string, c provision.SigningCertificate) (string, string, error) {
+		return provision.PlanSigningCertificate(ctx, vaultURL, cred, &azcertificates.ClientOptions{}, c)
+	}
 
 	var steps []azure.Step
 	switch cmd {

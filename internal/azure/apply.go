@@ -49,7 +49,8 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	default:
 		return steps, fmt.Errorf("resource group %s: %w", cfg.ResourceGroup, err)
 	}
-	if steps, err = planResources(ctx, cfg, coreResources(cl, cfg, nil), rgExists, steps); err != nil {
+	seen := &existingProps{}
+	if steps, err = planResources(ctx, cfg, coreResources(cl, cfg, seen), rgExists, steps); err != nil {
 		return steps, err
 	}
 	if cl.RoleDefinitions == nil {
@@ -68,7 +69,7 @@ func Plan(ctx context.Context, cl *Clients, cfg Config) ([]Step, error) {
 	}
 	steps = append(steps,
 		Step{Kind: "attestation policy", Name: AttestationType, Action: "set", Detail: "from policy/maa/azureguest.txt"},
-		Step{Kind: "certificate", Name: n.Certificate, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"},
+		planCertificate(ctx, cl, cfg, seen),
 		Step{Kind: "role assignments", Name: "identity, operator, cluster", Action: "ensure", Detail: "the signer role (" + cfg.signerRole().what + ") on the signing key, Certificate User on its certificate and Secrets User on its secret, AcrPush for the identity; Certificates Officer and Attestation Contributor for the operator; AcrPull for the cluster"},
 		Step{Kind: "role assignments", Name: "of earlier versions", Action: "revoke", Detail: "if an earlier version granted them (Key Vault Crypto User, and Certificate User and Secrets User on the whole vault): the roles above replace them, and they are withdrawn once those have had " + RoleSettle.String() + " to take effect"},
 	)
@@ -245,17 +246,10 @@ func Apply(ctx context.Context, cl *Clients, cfg Config, w io.Writer) (*Outputs,
 		return fail("role assignment", "Key Vault Certificates Officer (operator)", err)
 	}
 	done("role assignment", "Key Vault Certificates Officer (operator)", "ensured", "")
-	kt := "RSA"
-	if cfg.HSM {
-		kt = "RSA-HSM"
-	}
 	var cert *provision.Result
 	if err := retryForbidden(ctx, w, func() error {
 		var err error
-		cert, err = cl.Certificates(ctx, out.KeyVaultURL, provision.SigningCertificate{
-			Name: n.Certificate, Subject: "CN=" + cfg.NamePrefix + " attested signer, O=attested-kv, ST=Azure, C=ZZ",
-			KeyType: kt, KeySize: 3072,
-		})
+		cert, err = cl.Certificates(ctx, out.KeyVaultURL, cfg.signingCertificate())
 		return err
 	}); err != nil {
 		if errors.Is(err, provision.ErrCertificateDisabled) {
@@ -1066,4 +1060,43 @@ func foreignResources(ctx context.Context, cl *Clients, cfg Config) (foreign []s
 		foreign = append(foreign, name)
 	}
 	return foreign, withTag, nil
+}
+
+// signingCertificate is the signing certificate apply ensures.
+func (c Config) signingCertificate() provision.SigningCertificate {
+	kt := "RSA"
+	if c.HSM {
+		kt = "RSA-HSM"
+	}
+	return provision.SigningCertificate{
+		Name: NamesFor(c.NamePrefix).Certificate, Subject: "CN=" + c.NamePrefix + " attested signer, O=attested-kv, ST=Azure, C=ZZ",
+		KeyType: kt, KeySize: 3072,
+	}
+}
+
+// planCertificate is the plan's certificate step: what apply will do with the certificate of an
+// existing vault, read (a new version has a new key: what was signed before stops verifying
+// against the trust store apply writes), or, when there is no vault yet or it cannot be read,
+// that it is created if absent.
+func planCertificate(ctx context.Context, cl *Clients, cfg Config, seen *existingProps) Step {
+	c := cfg.signingCertificate()
+	step := Step{Kind: "certificate", Name: c.Name, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"}
+	if cl.CertificatePlan == nil || seen.vault == nil || seen.vault.VaultURI == nil {
+		return step
+	}
+	action, detail, err := cl.CertificatePlan(ctx, *seen.vault.VaultURI, c)
+	switch {
+	case err != nil:
+		step.Detail += " (the existing one could not be read: " + err.Error() + ")"
+	case action == provision.PlanCreate:
+		step.Action, step.Detail = "create", "RSA-3072 code-signing certificate"
+	case action == provision.PlanKeep:
+		step.Action, step.Detail = "keep", "version "+detail
+	case action == provision.PlanNewVersion:
+		step.Action, step.Detail = "new version", "with a new key (the current one does not match: "+detail+
+			"); what was signed with the current certificate will no longer verify against the trust store apply writes, and the signingCertSHA256 pin changes"
+	case action == provision.PlanRefuse:
+		step.Action, step.Detail = "refused", detail
+	}
+	return step
 }

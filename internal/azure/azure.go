@@ -160,6 +160,9 @@ type Clients struct {
 	PolicySetter func(ctx context.Context, attestURI string) (PolicySetter, error)
 	// Certificates creates the signing certificate on the vault's data plane.
 	Certificates func(ctx context.Context, vaultURL string, c provision.SigningCertificate) (*provision.Result, error)
+	// CertificatePlan says what Certificates would do, changing nothing
+	// (provision.PlanSigningCertificate); nil leaves Plan to say "created if absent".
+	CertificatePlan func(ctx context.Context, vaultURL string, c provision.SigningCertificate) (action, detail string, err error)
 }
 
 // PolicySetter sets an attestation policy (satisfied by *maa.PolicyClient).

@@ -299,7 +299,13 @@ func newFakeAzure(t *testing.T) (*fakeAzure, *Clients) {
 			if !ok {
 				return notFound[armkeyvault.VaultsClientGetResponse]()
 			}
-			v := armkeyvault.Vault{Tags: p.Tags, Properties: p.Properties}
+			// ARM reports the vault's URI with its properties, as it does to a create.
+			props := armkeyvault.VaultProperties{}
+			if p.Properties != nil {
+				props = *p.Properties
+			}
+			props.VaultURI = ptr("https://" + name + ".vault.azure.net/")
+			v := armkeyvault.Vault{Tags: p.Tags, Properties: &props}
 			return respond(http.StatusOK, armkeyvault.VaultsClientGetResponse{Vault: v})
 		},
 		Delete: func(_ context.Context, rg, name string, _ *armkeyvault.VaultsClientDeleteOptions) (azfake.Responder[armkeyvault.VaultsClientDeleteResponse], azfake.ErrorResponder) {
@@ -650,12 +656,29 @@ func TestApplyPlanDestroy(t *testing.T) {
 	ctx := context.Background()
 	n := NamesFor("demo1")
 
+	// The certificate's plan is asked of the vault apply will use, once it exists.
+	var certPlanURL string
+	certPlan := struct {
+		action, detail string
+		err            error
+	}{provision.PlanKeep, "v1", nil}
+	cl.CertificatePlan = func(_ context.Context, vaultURL string, c provision.SigningCertificate) (string, string, error) {
+		certPlanURL = vaultURL
+		if c.Name != n.Certificate || c.KeySize != 3072 {
+			t.Errorf("certificate plan asked for %+v", c)
+		}
+		return certPlan.action, certPlan.detail, certPlan.err
+	}
+
 	plan, err := Plan(ctx, cl, testConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if plan[0].Action != "create" || len(f.writes) != 0 {
 		t.Fatalf("plan on an empty subscription: %+v, writes %v", plan, f.writes)
+	}
+	if certPlanURL != "" || !hasStepDetail(plan, n.Certificate, "ensure", "created if absent") {
+		t.Fatalf("certificate plan without a vault: asked of %q, %+v", certPlanURL, plan)
 	}
 
 	out, _, err := Apply(ctx, cl, testConfig, io.Discard)
@@ -730,6 +753,25 @@ func TestApplyPlanDestroy(t *testing.T) {
 	plan, err = Plan(ctx, cl, testConfig)
 	if err != nil || plan[0].Action != "exists" {
 		t.Fatalf("plan after apply: %+v %v", plan, err)
+	}
+	// With the vault there, the plan says what apply will do with its certificate: above all a
+	// new version, whose new key leaves what was signed before unverifiable.
+	if want := "https://" + n.Vault + ".vault.azure.net/"; certPlanURL != want || !hasStepDetail(plan, n.Certificate, "keep", "version v1") {
+		t.Fatalf("certificate plan asked of %q (want %q): %+v", certPlanURL, want, plan)
+	}
+	for _, tc := range []struct {
+		action, detail string
+		err            error
+		step, says     string
+	}{
+		{provision.PlanNewVersion, "key size: have 2048, want 3072", nil, "new version", "key size: have 2048, want 3072); what was signed with the current certificate will no longer verify"},
+		{provision.PlanRefuse, "certificate sig version v1 is disabled", nil, "refused", "is disabled"},
+		{"", "", errors.New("403 Forbidden"), "ensure", "the existing one could not be read: 403 Forbidden"},
+	} {
+		certPlan.action, certPlan.detail, certPlan.err = tc.action, tc.detail, tc.err
+		if plan, err = Plan(ctx, cl, testConfig); err != nil || !hasStepDetail(plan, n.Certificate, tc.step, tc.says) {
+			t.Fatalf("certificate plan %q: %+v %v", tc.action, plan, err)
+		}
 	}
 
 	// Destroy removes what apply created, and purges only when asked.

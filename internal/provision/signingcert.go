@@ -197,12 +197,67 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 	case err != nil:
 		return nil, fmt.Errorf("reading certificate %s: %w", c.Name, err)
 	}
-	if got.ID == nil {
-		return nil, errors.New("certificate without id")
-	}
-	cert, err := x509.ParseCertificate(got.CER)
+	cert, diffs, err := judge(got.Certificate, c)
 	if err != nil {
-		return nil, fmt.Errorf("certificate %s: %w", c.Name, err)
+		return nil, err
+	}
+	if len(diffs) > 0 {
+		res, err := CreateSigningCertificate(ctx, vaultURL, cred, opts, c)
+		if err != nil {
+			return nil, fmt.Errorf("replacing certificate %s version %s (%s): %w", c.Name, got.ID.Version(), strings.Join(diffs, "; "), err)
+		}
+		res.Replaced = diffs
+		return res, nil
+	}
+	return &Result{KeyID: strings.TrimSuffix(vaultURL, "/") + "/keys/" + c.Name + "/" + got.ID.Version(), Certificate: cert}, nil
+}
+
+// Plan actions of PlanSigningCertificate.
+const (
+	PlanCreate     = "create"      // no certificate of the name
+	PlanKeep       = "keep"        // the current version is reused
+	PlanNewVersion = "new version" // a new version, with a new key, replaces the current one
+	PlanRefuse     = "refuse"      // apply would stop: a disabled certificate, or an HSM downgrade
+)
+
+// PlanSigningCertificate says, changing nothing, what EnsureSigningCertificate would do with c:
+// one of the Plan actions, and for PlanNewVersion what does not match, for PlanRefuse why. It
+// reads the certificate only (certificates/read). An error means it could not be read.
+func PlanSigningCertificate(ctx context.Context, vaultURL string, cred azcore.TokenCredential, opts *azcertificates.ClientOptions, c SigningCertificate) (action, detail string, err error) {
+	client, err := azcertificates.NewClient(vaultURL, cred, opts)
+	if err != nil {
+		return "", "", err
+	}
+	got, err := client.GetCertificate(ctx, c.Name, "", nil)
+	var re *azcore.ResponseError
+	switch {
+	case errors.As(err, &re) && re.StatusCode == http.StatusNotFound:
+		return PlanCreate, "", nil
+	case err != nil:
+		return "", "", fmt.Errorf("reading certificate %s: %w", c.Name, err)
+	}
+	_, diffs, err := judge(got.Certificate, c)
+	switch {
+	case errors.Is(err, ErrCertificateDisabled), errors.Is(err, ErrKeyDowngrade):
+		return PlanRefuse, err.Error(), nil
+	case err != nil:
+		return "", "", err
+	case len(diffs) > 0:
+		return PlanNewVersion, strings.Join(diffs, "; "), nil
+	}
+	return PlanKeep, got.ID.Version(), nil
+}
+
+// judge decides what to do with got, the current version of c's certificate: refuse it (an
+// error wrapping ErrCertificateDisabled or ErrKeyDowngrade, or one saying it cannot be read),
+// replace it (diffs, what does not match), or reuse it (no diffs). cert is its leaf.
+func judge(got azcertificates.Certificate, c SigningCertificate) (cert *x509.Certificate, diffs []string, err error) {
+	if got.ID == nil {
+		return nil, nil, errors.New("certificate without id")
+	}
+	cert, err = x509.ParseCertificate(got.CER)
+	if err != nil {
+		return nil, nil, fmt.Errorf("certificate %s: %w", c.Name, err)
 	}
 	if a := got.Attributes; a == nil || a.Enabled == nil || !*a.Enabled {
 		state := "disabled"
@@ -213,21 +268,13 @@ func EnsureSigningCertificate(ctx context.Context, vaultURL string, cred azcore.
 		// the name with 409 Conflict, inner error ObjectIsDeletedButRecoverable, until it is
 		// purged or recovered (shown for keys by azure-sdk-for-cpp's live tests and for secrets by
 		// the .NET SDK's samples; for certificates UNCONFIRMED, by analogy).
-		return nil, fmt.Errorf("certificate %s version %s is %s: %w: apply does not replace a signing certificate an administrator disabled; enable it, or delete it (and purge it), then run apply again",
+		return nil, nil, fmt.Errorf("certificate %s version %s is %s: %w: apply does not replace a signing certificate an administrator disabled; enable it, or delete it (and purge it), then run apply again",
 			c.Name, got.ID.Version(), state, ErrCertificateDisabled)
 	}
 	if got.Policy != nil && got.Policy.KeyProperties != nil && isHSM(got.Policy.KeyProperties.KeyType) && !isHSM(c.policy().KeyProperties.KeyType) {
-		return nil, fmt.Errorf("certificate %s: %w: its key is %s and a new version would have a %s key", c.Name, ErrKeyDowngrade, *got.Policy.KeyProperties.KeyType, *c.policy().KeyProperties.KeyType)
+		return nil, nil, fmt.Errorf("certificate %s: %w: its key is %s and a new version would have a %s key", c.Name, ErrKeyDowngrade, *got.Policy.KeyProperties.KeyType, *c.policy().KeyProperties.KeyType)
 	}
-	if diffs := mismatches(got.Certificate, cert, c.policy(), time.Now()); len(diffs) > 0 {
-		res, err := CreateSigningCertificate(ctx, vaultURL, cred, opts, c)
-		if err != nil {
-			return nil, fmt.Errorf("replacing certificate %s version %s (%s): %w", c.Name, got.ID.Version(), strings.Join(diffs, "; "), err)
-		}
-		res.Replaced = diffs
-		return res, nil
-	}
-	return &Result{KeyID: strings.TrimSuffix(vaultURL, "/") + "/keys/" + c.Name + "/" + got.ID.Version(), Certificate: cert}, nil
+	return cert, mismatches(got, cert, c.policy(), time.Now()), nil
 }
 
 // mismatches lists how the enabled certificate version got (whose leaf is cert) falls short of the

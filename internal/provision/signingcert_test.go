@@ -345,6 +345,22 @@ func TestEnsureSigningCertificate(t *testing.T) {
 			}
 			opts := &azcertificates.ClientOptions{DisableChallengeResourceVerification: true}
 			opts.Transport = srv.Client()
+
+			// The plan says what Ensure then does, and changes nothing.
+			action, detail, err := PlanSigningCertificate(context.Background(), srv.URL, staticToken{}, opts, c)
+			wantAction, wantDetail := PlanKeep, "v1"
+			switch {
+			case tt.refused != nil:
+				wantAction, wantDetail = PlanRefuse, tt.refused.Error()
+			case tt.edit == nil:
+				wantAction, wantDetail = PlanCreate, ""
+			case tt.replaced != "":
+				wantAction, wantDetail = PlanNewVersion, tt.replaced
+			}
+			if err != nil || action != wantAction || !strings.Contains(detail, wantDetail) || len(vault.created) != 0 {
+				t.Fatalf("plan: %q %q, %v, %d versions created; want %q mentioning %q, none created", action, detail, err, len(vault.created), wantAction, wantDetail)
+			}
+
 			res, err := EnsureSigningCertificate(context.Background(), srv.URL, staticToken{}, opts, c)
 			if tt.refused != nil {
 				if !errors.Is(err, tt.refused) || len(vault.created) != 0 {
