@@ -502,7 +502,7 @@ func TestAttachNoStoredToken(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := runCmd(append([]string{"attach", ref}, tc.args...)...)
-			if code != 1 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "give it with --token-dir or ATTEST_TOKEN_DIR\n") {
+			if code != 1 || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "give it with --token-dir or ATTEST_TOKEN_DIR; ") || !strings.HasSuffix(stderr, "oras discover shows them, oras-attest verify checks them\n") {
 				t.Fatalf("exit %d, stderr %q; want 1 and %q", code, stderr, tc.want)
 			}
 		})

@@ -307,7 +307,8 @@ func attach(ctx context.Context, args []string, io cmdIO) int {
 		entries, err := store.List(subject.Digest.String())
 		if errors.Is(err, token.ErrNotFound) {
 			// The error names the directory looked in; the plugin may keep its tokens elsewhere.
-			return fail(1, fmt.Errorf("%w (%s): was the image signed with the attested-kv plugin on this machine? If the plugin's token_dir is another directory, give it with --token-dir or ATTEST_TOKEN_DIR", err, which))
+			return fail(1, fmt.Errorf("%w (%s): was the image signed with the attested-kv plugin on this machine? If the plugin's token_dir is another directory, give it with --token-dir or ATTEST_TOKEN_DIR; "+
+				"if its tokens were attached and then pruned (token prune), they are on the registry already: oras discover shows them, oras-attest verify checks them", err, which))
 		}
 		if err != nil {
 			return fail(1, err)
