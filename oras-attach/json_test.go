@@ -14,6 +14,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/attesttest"
 	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/policy/rules"
 )
 
 // writeFile writes content to name in a new temporary directory and returns its path.
@@ -164,5 +165,50 @@ func TestRulesTestJSON(t *testing.T) {
 	}
 	if got.Passed == nil || *got.Passed || got.Set != rulesFile || !strings.HasPrefix(got.Digest, "sha256:") || !reflect.DeepEqual(got.Rules, want) {
 		t.Fatalf("%s", stdout)
+	}
+}
+
+// TestRulesPinVM: rules pin-vm adds to a rule file one rule admitting the given VM ids only (in
+// upper case, as tokens carry them, whatever case they are given in); the result passes the
+// pinned VM's claims and refuses another's. A malformed id, none, or a base file that already has
+// the rule are usage errors.
+func TestRulesPinVM(t *testing.T) {
+	base := writeRules(t, "attestation-type: claims[\"x-ms-attestation-type\"] == \"azurevm\"\n")
+	out := filepath.Join(t.TempDir(), "pinned.cel")
+	code, _, stderr := runCmd("rules", "pin-vm", "--rules", base, "--vm-id", "7f3c2a9e-1b4d-4e8f-9a6b-2c5d8e1f0a3b", "--out", out)
+	if code != 0 || !strings.Contains(stderr, "wrote "+out+" (2 rules") {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, tc := range []struct {
+		vmid string
+		code int
+	}{
+		{"7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B", 0},
+		{"11111111-2222-3333-4444-555555555555", 1},
+	} {
+		claims := writeFile(t, "claims.json", `{"x-ms-attestation-type": "azurevm", "x-ms-azurevm-vmid": "`+tc.vmid+`"}`)
+		if code, stdout, stderr := runCmd("rules", "test", "--rules", out, "--claims", claims); code != tc.code {
+			t.Errorf("VM %s: exit %d, want %d\n%s%s", tc.vmid, code, tc.code, stdout, stderr)
+		}
+	}
+	// The baseline by default, on standard output, every id once.
+	code, stdout, _ := runCmd("rules", "pin-vm", "--vm-id", "7f3c2a9e-1b4d-4e8f-9a6b-2c5d8e1f0a3b", "--vm-id", "7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B")
+	if code != 0 || !strings.HasPrefix(stdout, string(rules.BaselineSource()[:40])) ||
+		!strings.HasSuffix(stdout, `build-vms: claims["x-ms-azurevm-vmid"].upperAscii() in ["7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B"]`+"\n") {
+		t.Fatalf("exit %d:\n%s", code, stdout)
+	}
+	pinnedAlready := writeRules(t, "build-vms: true\n")
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{nil, "give each build VM's id with --vm-id"},
+		{[]string{"--vm-id", "vm-1"}, `--vm-id "vm-1": want a VM id`},
+		{[]string{"--vm-id", "7f3c2a9e-1b4d-4e8f-9a6b-2c5d8e1f0a3b", "--rules", pinnedAlready}, "first defined on line 1"},
+	} {
+		code, stdout, stderr := runCmd(append([]string{"rules", "pin-vm"}, tc.args...)...)
+		if code != 2 || stdout != "" || !strings.Contains(stderr, tc.says) {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2 saying %q", tc.args, code, stdout, stderr, tc.says)
+		}
 	}
 }

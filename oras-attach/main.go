@@ -24,6 +24,7 @@ const (
   oras-attest token prune  --older-than DURATION [--token-dir DIR] [--require-repository REPO]... [--dry-run] [--include-unattached] [-o json]
 `
 	rulesSynopses = `  oras-attest rules test --rules FILE --claims FILE [-o json]
+  oras-attest rules pin-vm --vm-id ID [--vm-id ID ...] [--rules FILE] [--out FILE]
 `
 )
 
@@ -80,7 +81,7 @@ type group struct {
 
 var (
 	tokenGroup = group{name: "token", names: "fetch, verify, show or prune", synopses: tokenSynopses}
-	rulesGroup = group{name: "rules", names: "test", synopses: rulesSynopses}
+	rulesGroup = group{name: "rules", names: "test or pin-vm", synopses: rulesSynopses}
 )
 
 // usage is the group's usage: its subcommands' synopses.
@@ -134,7 +135,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "rules":
 		cio := cmdIO{stdin: stdin, stdout: stdout, stderr: stderr}
 		return rulesGroup.dispatch(args[1:], stdout, stderr, map[string]func([]string) int{
-			"test": func(a []string) int { return rulesTest(a, cio) },
+			"test":   func(a []string) int { return rulesTest(a, cio) },
+			"pin-vm": func(a []string) int { return rulesPinVM(a, cio) },
 		})
 	case "token":
 		cio := cmdIO{stdin: stdin, stdout: stdout, stderr: stderr}

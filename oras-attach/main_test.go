@@ -99,7 +99,7 @@ func TestCommandGroups(t *testing.T) {
 		lists  string // a synopsis the group's usage holds
 	}{
 		{[]string{"token"}, 2, "", "oras-attest token: missing subcommand (fetch, verify, show or prune)\n\nUsage:\n", "oras-attest token prune  --older-than DURATION"},
-		{[]string{"rules"}, 2, "", "oras-attest rules: missing subcommand (test)\n\nUsage:\n", "oras-attest rules test --rules FILE --claims FILE"},
+		{[]string{"rules"}, 2, "", "oras-attest rules: missing subcommand (test or pin-vm)\n\nUsage:\n", "oras-attest rules pin-vm --vm-id ID"},
 		{[]string{"token", "list"}, 2, "", "oras-attest: unknown command \"token list\"\n\nUsage:\n", "oras-attest token fetch "},
 		{[]string{"rules", "check"}, 2, "", "oras-attest: unknown command \"rules check\"\n\nUsage:\n", "oras-attest rules test "},
 		{[]string{"token", "--help"}, 0, "Usage:\n", "", "oras-attest token verify FILE|-"},

@@ -66,12 +66,11 @@ oras-attest verify "$IMAGE"
 
 # The baseline admits a token of any Trusted Launch VM that asks the instance (verify says so
 # above); a rule on the VM id admits the build VMs only. The stack's TPM is one VM: its id is in
-# its token.
+# the token this machine fetched and verified above (on Azure: az vm show --query vmId).
 VMID="$(oras-attest token show "$WORK/token.jwt" -o json | sed -n 's/^ *"x-ms-azurevm-vmid": *"\([0-9A-Fa-f-]*\)",*$/\1/p')"
 [ -n "$VMID" ] || { echo "no x-ms-azurevm-vmid in the token"; exit 1; }
-pin() { cat policy/rules/baseline.cel; printf '\nbuild-vms: claims["x-ms-azurevm-vmid"].upperAscii() in ["%s"]\n' "$1"; }
-pin "$VMID" > "$WORK/this-vm.cel"
-pin "7F3C2A9E-1B4D-4E8F-9A6B-2C5D8E1F0A3B" > "$WORK/other-vm.cel"
+oras-attest rules pin-vm --vm-id "$VMID" --out "$WORK/this-vm.cel"
+oras-attest rules pin-vm --vm-id 7f3c2a9e-1b4d-4e8f-9a6b-2c5d8e1f0a3b --out "$WORK/other-vm.cel"
 
 step "pin the build VM: the baseline rules and one on this VM's id ($VMID)"
 oras-attest verify "$IMAGE" --rules "$WORK/this-vm.cel"

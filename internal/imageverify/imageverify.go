@@ -808,7 +808,7 @@ const UnpinnedKey = "no signing certificate is pinned and this one was issued by
 // UnpinnedVM says what a rule set that reads no VM id leaves open. The verifiers add it to what
 // they report of the rules, passed, so that the gap shows where the result is read.
 const UnpinnedVM = "no rule reads " + maa.ClaimVMID + ": a token of any Trusted Launch VM that asks the instance passes them " +
-	"(pin your build VMs: README, \"What a verified image proves\")"
+	"(pin your build VMs: oras-attest rules pin-vm; README, \"What a verified image proves\")"
 
 // rulesPassed is the rules check's detail when rs passed.
 func rulesPassed(rs *rules.Set) string {
