@@ -1080,7 +1080,11 @@ func (c Config) signingCertificate() provision.SigningCertificate {
 // that it is created if absent.
 func planCertificate(ctx context.Context, cl *Clients, cfg Config, seen *existingProps) Step {
 	c := cfg.signingCertificate()
-	step := Step{Kind: "certificate", Name: c.Name, Action: "ensure", Detail: "RSA-3072 code-signing certificate, created if absent"}
+	what := fmt.Sprintf("%s-%d code-signing certificate", strings.TrimSuffix(c.KeyType, "-HSM"), c.KeySize)
+	if strings.HasSuffix(c.KeyType, "-HSM") {
+		what += " (HSM key)"
+	}
+	step := Step{Kind: "certificate", Name: c.Name, Action: "ensure", Detail: what + ", created if absent"}
 	if cl.CertificatePlan == nil || seen.vault == nil || seen.vault.VaultURI == nil {
 		return step
 	}
@@ -1089,7 +1093,7 @@ func planCertificate(ctx context.Context, cl *Clients, cfg Config, seen *existin
 	case err != nil:
 		step.Detail += " (the existing one could not be read: " + err.Error() + ")"
 	case action == provision.PlanCreate:
-		step.Action, step.Detail = "create", "RSA-3072 code-signing certificate"
+		step.Action, step.Detail = "create", what
 	case action == provision.PlanKeep:
 		step.Action, step.Detail = "keep", "version "+detail
 	case action == provision.PlanNewVersion:

@@ -86,7 +86,7 @@ type KeySource interface {
 type Deps struct {
 	Attester func(ctx context.Context, c Config, log *slog.Logger) (Attester, error)
 	Verifier func(c Config) (TokenVerifier, error)
-	Rules    func(c Config) (ClaimRules, error)
+	Rules    func(c Config) (ClaimRules, error) // its errors name the claim rules (as package rules's do)
 	Key      func(keyID string, c Config, log *slog.Logger) (KeySource, error)
 	Now      func() time.Time
 	Version  string
@@ -281,12 +281,7 @@ func (g *Gate) attest(ctx context.Context, cfg Config, subject, keyID string, lo
 	ready := time.Now()
 	<-compiled
 	if rulesErr != nil {
-		// The rules package's errors name the claim rules already.
-		msg := rulesErr.Error()
-		if !strings.HasPrefix(msg, "claim rules") {
-			msg = "claim rules: " + msg
-		}
-		return nil, validationf("%s", msg)
+		return nil, validationf("%v", rulesErr) // Deps.Rules's errors name the claim rules
 	}
 	if err != nil {
 		return nil, err

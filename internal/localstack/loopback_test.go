@@ -10,14 +10,20 @@ import (
 	"testing"
 )
 
-// ipv6Loopback skips t on a machine without an IPv6 loopback.
-func ipv6Loopback(t *testing.T) {
+// listenBoth skips t on a machine without an IPv6 loopback, else listens with listenLoopback on
+// a port the system chooses and returns the listener and its port.
+func listenBoth(t *testing.T) (net.Listener, string) {
 	t.Helper()
 	l, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {
 		t.Skipf("no IPv6 loopback here: %v", err)
 	}
 	l.Close()
+	if l, err = listenLoopback("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return l, port
 }
 
 // TestListenLoopback: the registry's port is held on 127.0.0.1 and ::1 alike, so that no one
@@ -25,13 +31,8 @@ func ipv6Loopback(t *testing.T) {
 // port someone holds on ::1 is refused (keepPort then takes another). (A system-chosen port taken
 // on ::1 is retried; which port the system gives cannot be arranged, so that path is not tested.)
 func TestListenLoopback(t *testing.T) {
-	ipv6Loopback(t)
-	l, err := listenLoopback("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, port := listenBoth(t)
 	defer l.Close()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
 	if !strings.HasPrefix(l.Addr().String(), "127.0.0.1:") {
 		t.Fatalf("address %s, want 127.0.0.1", l.Addr())
 	}
@@ -76,12 +77,7 @@ func TestListenLoopback(t *testing.T) {
 
 // TestDualListenerClose: closing ends Accept with net.ErrClosed and frees both addresses.
 func TestDualListenerClose(t *testing.T) {
-	ipv6Loopback(t)
-	l, err := listenLoopback("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l, port := listenBoth(t)
 	done := make(chan error, 1)
 	go func() { _, err := l.Accept(); done <- err }()
 	if err := l.Close(); err != nil {

@@ -38,6 +38,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
 	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
+	"github.com/attested-kv/attested-kv/internal/token"
 	"github.com/attested-kv/attested-kv/internal/tpm"
 	"github.com/attested-kv/attested-kv/internal/tpmsim"
 )
@@ -163,12 +164,15 @@ func Run(ctx context.Context, opts Options) error {
 		return err
 	}
 	defer lock.Close()
-	// The token store too, so that oras-attest token prune with the exported ATTEST_TOKEN_DIR
-	// finds it before anything was signed.
-	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir(), p.tokenDir()} {
+	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}
+	}
+	// The token store as the plugin makes it, so that oras-attest token prune with the exported
+	// ATTEST_TOKEN_DIR finds it before anything was signed.
+	if err := token.NewStore(p.tokenDir()).Prepare(); err != nil {
+		return fmt.Errorf("state directory: %w", err)
 	}
 	// The vault's directory is made durably: lost in a crash with its state file, the stack would
 	// come back with a new signing key.
