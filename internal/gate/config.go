@@ -10,6 +10,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/redact"
 	"github.com/attested-kv/attested-kv/internal/tpm"
 )
 
@@ -160,7 +161,7 @@ func ParseConfig(m map[string]string) (Config, error) {
 	}
 	if c.TimestampURL != "" {
 		if u, err := url.Parse(c.TimestampURL); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return Config{}, fmt.Errorf("plugin config %s=%q: want an http(s) URL of an RFC 3161 timestamping authority", KeyTimestampURL, c.TimestampURL)
+			return Config{}, fmt.Errorf("plugin config %s=%q: want an http(s) URL of an RFC 3161 timestamping authority", KeyTimestampURL, redact.URL(c.TimestampURL))
 		}
 		if c.TimestampRootCert == "" {
 			return Config{}, fmt.Errorf("plugin config %s needs %s (the TSA's root certificate, to check the timestamp)", KeyTimestampURL, KeyTimestampRootCert)

@@ -70,6 +70,20 @@ func TestParseConfigAttestationURL(t *testing.T) {
 	}
 }
 
+// TestParseConfigTimestampURLNotEchoed: a timestamp_url that is refused is shown without its
+// password, as attestation_url is.
+func TestParseConfigTimestampURLNotEchoed(t *testing.T) {
+	for _, url := range []string{"ftps://alice:s3cret@tsa.example/", "https://alice:s3cret@", "https://alice:s3cret@%zz/"} {
+		_, err := ParseConfig(map[string]string{KeyAttestationURL: "https://maa.example", KeyTimestampURL: url, KeyTimestampRootCert: "/r.pem"})
+		if err == nil || !strings.Contains(err.Error(), KeyTimestampURL) {
+			t.Errorf("%s: err = %v; want a refusal naming %s", url, err, KeyTimestampURL)
+		}
+		if err != nil && strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: the error shows the password: %v", url, err)
+		}
+	}
+}
+
 // TestParseConfigDurations: max_token_age and timeout are between 1s and 1h, as their errors say.
 func TestParseConfigDurations(t *testing.T) {
 	get := map[string]func(Config) time.Duration{

@@ -1,6 +1,7 @@
 package keyvault
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
@@ -8,7 +9,10 @@ import (
 	"strings"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
+
+	"github.com/attested-kv/attested-kv/internal/redact"
 )
 
 // Credential types of the plugin config key credential_type, as notation-azure-kv names them.
@@ -60,8 +64,31 @@ func (o CredentialOptions) Check() error {
 
 // NewCredential returns the credential o names, once o.Check passes. On a build VM prefer
 // managedid with the client id of the identity the bootstrap attached: a credential chain may
-// pick a surprise identity.
+// pick a surprise identity. Its errors are redacted (RedactErrors).
 func NewCredential(o CredentialOptions) (azcore.TokenCredential, error) {
+	cred, err := newCredential(o)
+	if err != nil {
+		return nil, err
+	}
+	return RedactErrors(cred), nil
+}
+
+// RedactErrors returns cred with its errors redacted (package redact): an identity library's error
+// may quote the identity service's answer, token included (MSAL does, for an answer it cannot
+// decode), and these errors reach notation's output, the plugin's log and admission denials.
+func RedactErrors(cred azcore.TokenCredential) azcore.TokenCredential {
+	return redactingCredential{cred}
+}
+
+type redactingCredential struct{ cred azcore.TokenCredential }
+
+// GetToken implements azcore.TokenCredential.
+func (c redactingCredential) GetToken(ctx context.Context, opts policy.TokenRequestOptions) (azcore.AccessToken, error) {
+	tok, err := c.cred.GetToken(ctx, opts)
+	return tok, redact.Error(err)
+}
+
+func newCredential(o CredentialOptions) (azcore.TokenCredential, error) {
 	if err := o.Check(); err != nil {
 		return nil, err
 	}

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,6 +67,9 @@ type env struct {
 	tokenRequests atomic.Int32 // POSTs to Entra ID's token endpoint
 	vaultRequests atomic.Int32 // requests to Key Vault
 	vaultDelay    atomic.Int64 // added to every Key Vault response: a network round trip
+	// floatExpiry makes Entra ID's token answers carry expires_in as 3600.0, which MSAL cannot
+	// decode: its error then quotes the whole answer, access token included.
+	floatExpiry atomic.Bool
 }
 
 func newEnv(t testing.TB) *env { return newEnvFor(t, kvemu.Resource) }
@@ -83,6 +87,15 @@ func newEnvFor(t testing.TB, resource string) *env {
 	entraSr := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/oauth2/v2.0/token") {
 			e.tokenRequests.Add(1)
+			if e.floatExpiry.Load() {
+				rec := httptest.NewRecorder()
+				entraH.ServeHTTP(rec, r)
+				body := regexp.MustCompile(`"expires_in":\s*(\d+)`).ReplaceAll(rec.Body.Bytes(), []byte(`"expires_in":$1.0`))
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(rec.Code)
+				w.Write(body)
+				return
+			}
 		}
 		entraH.ServeHTTP(w, r)
 	}))

@@ -32,6 +32,7 @@ import (
 	kvemu "github.com/attested-kv/attested-kv/internal/emulator/keyvault"
 	emu "github.com/attested-kv/attested-kv/internal/emulator/maa"
 	"github.com/attested-kv/attested-kv/internal/gate"
+	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
 	"github.com/attested-kv/attested-kv/internal/notationcfg"
 	"github.com/attested-kv/attested-kv/internal/provision"
@@ -208,7 +209,10 @@ func (s *signing) credential(roots *x509.CertPool) (azcore.TokenCredential, azco
 		Transport: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}},
 	}
 	cred, err := azidentity.NewClientSecretCredential(s.tenant, s.operatorID, s.operatorSecret, &azidentity.ClientSecretCredentialOptions{ClientOptions: opts, DisableInstanceDiscovery: true})
-	return cred, opts, err
+	if err != nil {
+		return nil, opts, err
+	}
+	return keyvault.RedactErrors(cred), opts, nil
 }
 
 // provision ensures the signing certificate through the Azure SDK, as attest-bootstrap apply does

@@ -165,16 +165,6 @@ func CheckInstance(instance string) error {
 	return err
 }
 
-// redactedURL is s for display: without its password (url.URL.Redacted), or a placeholder if it
-// does not parse (url.Parse's error would quote it whole).
-func redactedURL(s string) string {
-	u, err := url.Parse(s)
-	if err != nil {
-		return "(not a URL)"
-	}
-	return u.Redacted()
-}
-
 // Instance returns the normalised instance URL, without a trailing slash.
 func (c *Client) Instance() string { return c.instance }
 

@@ -15,6 +15,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	josejson "github.com/go-jose/go-jose/v4/json"
+
+	"github.com/attested-kv/attested-kv/internal/redact"
 )
 
 // KeySet gives the verifier the instance's token signing keys. Keys come only from the instance
@@ -113,7 +115,7 @@ func NewRemoteKeySet(instance string, o JWKSOptions) *RemoteKeySet {
 		now:        time.Now,
 	}
 	if inst, err := parseInstance(instance); err != nil {
-		ks.url, ks.urlErr = redactedURL(trimSlash(instance))+CertsPath, fmt.Errorf("refusing to fetch the signing keys: %w", err)
+		ks.url, ks.urlErr = redact.URL(trimSlash(instance))+CertsPath, fmt.Errorf("refusing to fetch the signing keys: %w", err)
 	} else {
 		ks.url = inst + CertsPath
 	}

@@ -7,11 +7,13 @@ package registryclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -22,6 +24,8 @@ import (
 	"oras.land/oras-go/v2/registry/remote/auth"
 	"oras.land/oras-go/v2/registry/remote/credentials"
 	"oras.land/oras-go/v2/registry/remote/retry"
+
+	"github.com/attested-kv/attested-kv/internal/redact"
 )
 
 // ACRScope is the Entra ID scope of Azure Container Registry's token exchange.
@@ -130,7 +134,7 @@ func credentialFunc(hostport string, o Options, hc *http.Client) (auth.Credentia
 	if err != nil {
 		return nil, fmt.Errorf("docker credentials: %w", err)
 	}
-	docker := credentials.Credential(store)
+	docker := hideDockerErrors(credentials.Credential(store))
 	if o.AzureCredential == nil || !IsAzureRegistry(hostport) {
 		return docker, nil
 	}
@@ -144,6 +148,25 @@ func credentialFunc(hostport string, o Options, hc *http.Client) (auth.Credentia
 		}
 		return auth.Credential{Username: acrNullUser, Password: rt}, nil
 	}, nil
+}
+
+// hideDockerErrors returns f with errors that do not quote the docker config: oras-go's error for
+// an auth entry that is not base64(user:password) quotes the entry, decoded (the secret), and these
+// errors reach oras-attest's output and the admission denials the Ratify verifier writes. A missing
+// credential helper is still named (an *exec.Error quotes the program only).
+func hideDockerErrors(f auth.CredentialFunc) auth.CredentialFunc {
+	return func(ctx context.Context, host string) (auth.Credential, error) {
+		c, err := f(ctx, host)
+		if err == nil {
+			return c, nil
+		}
+		msg := fmt.Sprintf("reading the credentials for %s from the docker config ($DOCKER_CONFIG/config.json, else ~/.docker/config.json) failed; the cause is not shown, since it may quote the secret: check the entry, or log in again (oras login, docker login)", host)
+		var ee *exec.Error
+		if errors.As(err, &ee) {
+			msg = fmt.Sprintf("reading the credentials for %s from the docker config's credential helper: %v", host, ee)
+		}
+		return auth.EmptyCredential, redact.Hide(msg, err)
+	}
 }
 
 // ExchangeACRToken trades an Entra ID access token for an ACR refresh token
@@ -166,7 +189,12 @@ func ExchangeACRToken(ctx context.Context, hc *http.Client, registryHost string,
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	rsp, err := hc.Do(req)
+	// The form holds the Entra ID access token: a redirect is not followed (Go's client would send
+	// the form again to wherever it points, plain http included) but refused below as any other
+	// answer than 200.
+	noRedirect := *hc
+	noRedirect.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	rsp, err := noRedirect.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("ACR token exchange at %s: %w", registryHost, err)
 	}

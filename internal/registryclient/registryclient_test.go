@@ -2,11 +2,14 @@ package registryclient
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -120,5 +123,58 @@ func TestReferrerPagesBounded(t *testing.T) {
 	err = repo.Referrers(ctx, subject, "application/wanted", func([]ocispec.Descriptor) error { return nil })
 	if !errors.Is(err, errdef.ErrTooManyPages) || pages.Load() != MaxReferrerPages {
 		t.Fatalf("after %d pages: %v; want ErrTooManyPages after %d", pages.Load(), err, MaxReferrerPages)
+	}
+}
+
+// TestExchangeDoesNotFollowRedirects: the exchange form holds the Entra ID access token; a
+// registry (or whoever answers for it) that redirects the exchange gets a refusal, and the
+// redirect's target never receives the form.
+func TestExchangeDoesNotFollowRedirects(t *testing.T) {
+	var stolen atomic.Int32
+	sink := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		stolen.Add(1)
+		w.Write([]byte(`{"refresh_token":"acr-refresh"}`))
+	}))
+	defer sink.Close()
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Redirect(w, r, sink.URL+"/steal", code)
+		}))
+		var scopes []string
+		rt, err := ExchangeACRToken(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "https://"), staticCred{&scopes})
+		srv.Close()
+		if err == nil || rt != "" || !strings.Contains(err.Error(), fmt.Sprint(code)) {
+			t.Errorf("redirect %d: refresh token %q, err %v; want a refusal naming the status", code, rt, err)
+		}
+	}
+	if n := stolen.Load(); n != 0 {
+		t.Fatalf("the redirect's target received the exchange %d times", n)
+	}
+}
+
+// TestDockerConfigErrorsHideTheEntry: oras-go's error for a docker config auth entry that is not
+// base64(user:password) quotes the decoded entry; the credential function's error names the host
+// and the config, not the entry.
+func TestDockerConfigErrorsHideTheEntry(t *testing.T) {
+	const secretText = "ghp_NotBase64UserPasswordSecret"
+	dir := t.TempDir()
+	cfg := fmt.Sprintf(`{"auths":{"registry.example":{"auth":%q}}}`, base64.StdEncoding.EncodeToString([]byte(secretText)))
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+	f, err := credentialFunc("registry.example", Options{}, http.DefaultClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f(context.Background(), "registry.example")
+	if err == nil {
+		t.Fatal("a malformed auth entry was accepted")
+	}
+	if strings.Contains(err.Error(), secretText) || !strings.Contains(err.Error(), "registry.example") {
+		t.Fatalf("err = %q; want the host named and the entry left out", err)
+	}
+	if inner := errors.Unwrap(err); inner == nil || !strings.Contains(inner.Error(), secretText) {
+		t.Fatalf("oras-go's own error = %v; want it to quote the entry (else this test proves nothing)", inner)
 	}
 }
