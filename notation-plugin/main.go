@@ -2,7 +2,7 @@
 // an Azure Key Vault key only after this VM's TPM has been attested by Microsoft Azure Attestation
 // and the token has been verified (see internal/gate). Notation runs it; users run
 //
-//	notation plugin install --file notation-attested-kv
+//	notation plugin install --file ./notation-attested-kv
 //	notation key add NAME --plugin attested-kv --id https://VAULT.vault.azure.net/keys/KEY/VERSION \
 //	    --plugin-config attestation_url=https://INSTANCE.attest.azure.net
 //	notation sign --key NAME REGISTRY/REPO@sha256:...
@@ -68,10 +68,15 @@ Notation runs this program; it reads a JSON request on stdin and writes the resp
 Commands: get-plugin-metadata, generate-envelope, version.
 
 Install and use:
-  notation plugin install --file notation-attested-kv
-  notation key add NAME --plugin attested-kv --id https://VAULT.vault.azure.net/keys/KEY[/VERSION] \
+  notation plugin install --file ./notation-attested-kv
+  notation key add NAME --plugin attested-kv --id https://VAULT.vault.azure.net/keys/KEY/VERSION \
       --plugin-config attestation_url=https://INSTANCE.attest.azure.net
   notation sign --key NAME REGISTRY/REPO@sha256:...
+
+The key id is the keyId attest-bootstrap writes (the key's version included). The token is bound to
+the key id as written, so the verifiers (oras-attest verify --key-id, Ratify's keyID) are given the
+same; a key id without a version is taken (Key Vault's latest version signs) but must then be
+given to them without one too.
 
 Plugin config (--plugin-config key=value):
   attestation_url      MAA instance URL (required)

@@ -60,14 +60,16 @@ prints {"error": "MESSAGE"} on stdout, besides the message on stderr; a usage er
 reported on stderr only.
 
 Environment defaults (as printed by "attest-bootstrap local env"):
-  ATTEST_URL       the MAA instance URL (--attestation-url)
-  ATTEST_TPM       the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
-  ATTEST_TCG_LOG   the firmware event log (--tcg-log)
-  ATTEST_KEY_ID    the Key Vault key id signatures must be made with (--key-id)
-  ATTEST_TOKEN_DIR the token store attach reads and token prune prunes, the plugin's token_dir
-                   (--token-dir; default $XDG_STATE_HOME/attested-kv/tokens, else
-                   ~/.local/state/attested-kv/tokens)
-  NOTATION_CONFIG  where the Notation trust policy and trust store live
+  ATTEST_URL        the MAA instance URL (--attestation-url)
+  ATTEST_TPM        the TPM address (--tpm): /dev/tpmrm0, swtpm:HOST:PORT, mssim:HOST:PORT, unix:PATH
+  ATTEST_TCG_LOG    the firmware event log (--tcg-log)
+  ATTEST_OS_RELEASE the os-release file describing the OS to MAA (--os-release; default
+                    /etc/os-release)
+  ATTEST_KEY_ID     the Key Vault key id signatures must be made with (--key-id)
+  ATTEST_TOKEN_DIR  the token store attach reads and token prune prunes, the plugin's token_dir
+                    (--token-dir; default $XDG_STATE_HOME/attested-kv/tokens, else
+                    ~/.local/state/attested-kv/tokens)
+  NOTATION_CONFIG   where the Notation trust policy and trust store live
 
 Run "oras-attest token fetch --help" and so on for each command's flags.
 `

@@ -222,7 +222,7 @@ func TestTokenPrune(t *testing.T) {
 			args:   []string{"--token-dir", "DIR", "--older-than", "24h"},
 			setup:  unmark,
 			code:   0,
-			stdout: []string{"no token in DIR is older than 24h0m0s", "; 1 newer token kept; 2 older tokens attach never published kept (attach the images first, or --include-unattached removes them"},
+			stdout: []string{"no token in DIR older than 24h0m0s (stored before ", ") can be removed; 1 newer token kept; 2 older tokens attach never published kept (attach the images first, or --include-unattached removes them"},
 			left:   all,
 		},
 		{

@@ -546,6 +546,9 @@ func printPruned(w io.Writer, res pruneResult, now time.Time) {
 		kept += "; " + plural(res.Temporary, "leftover") + " of an interrupted store " + map[bool]string{true: "would be removed", false: "removed"}[res.DryRun]
 	}
 	switch {
+	case len(res.Removed) == 0 && res.Unattached+res.NotEverywhere+len(res.Unconfirmed) > 0:
+		// Older tokens exist, all kept: "no token is older" would contradict the reasons below.
+		fmt.Fprintf(w, "no token in %s %s can be removed; %s\n", res.TokenDir, cutoff, kept)
 	case len(res.Removed) == 0:
 		fmt.Fprintf(w, "no token in %s is %s; %s\n", res.TokenDir, cutoff, kept)
 	case res.DryRun:
