@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -189,12 +190,22 @@ func (g *Gate) GenerateEnvelope(ctx context.Context, req *plugin.GenerateEnvelop
 	return rsp, nil
 }
 
+// maxExpirySeconds is the longest signature expiry a request may ask for: the longest
+// time.Duration, in whole seconds.
+const maxExpirySeconds = uint64(math.MaxInt64 / int64(time.Second))
+
 func (g *Gate) generate(ctx context.Context, cfg Config, req *plugin.GenerateEnvelopeRequest, log *slog.Logger) (*plugin.GenerateEnvelopeResponse, error) {
 	if req.PayloadType != PayloadType {
 		return nil, validationf("payload type %q is not %q", req.PayloadType, PayloadType)
 	}
 	if req.SignatureEnvelopeType != "application/jose+json" && req.SignatureEnvelopeType != "application/cose" {
 		return nil, validationf("signature envelope type %q: want application/jose+json or application/cose", req.SignatureEnvelopeType)
+	}
+	// time.Duration counts nanoseconds in an int64: a longer expiry would wrap around, to a
+	// signature that expires before it is made or at any other time. notation's --expiry is a
+	// time.Duration, so it never asks for one.
+	if req.ExpiryDurationInSeconds > maxExpirySeconds {
+		return nil, validationf("signature expiry of %d seconds is beyond the %d a time.Duration holds (about 292 years)", req.ExpiryDurationInSeconds, uint64(maxExpirySeconds))
 	}
 	subject, err := targetDigest(req.Payload)
 	if err != nil {

@@ -331,6 +331,7 @@ func TestFailClosed(t *testing.T) {
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
 		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
 		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},
+		{name: "expiry beyond a time.Duration", req: func(r *plugin.GenerateEnvelopeRequest) { r.ExpiryDurationInSeconds = 1<<55 + 1 }, code: plugin.ErrorCodeValidation, message: "signature expiry of 36028797018963969 seconds"},
 		{name: "key id in another spelling", req: func(r *plugin.GenerateEnvelopeRequest) { r.KeyID += "/" }, code: plugin.ErrorCodeValidation, message: "give it as " + strconv.Quote(testKeyID), prefix: "binding: invalid input: key id "},
 	}
 	for _, tc := range tests {
