@@ -257,3 +257,24 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// LockDir takes an exclusive lock (flock) of the directory dir, waiting for it, and returns its
+// release: writers that read a file, change it and write it back take it around the whole, so that
+// two of them at once do not lose one's change. It serialises only the writers that take it.
+func LockDir(dir string) (release func(), err error) {
+	fd, err := syscall.Open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
+	}
+	for {
+		err = syscall.Flock(fd, syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		syscall.Close(fd)
+		return nil, &fs.PathError{Op: "flock", Path: dir, Err: err}
+	}
+	return func() { syscall.Close(fd) }, nil // closing the last descriptor releases the lock
+}

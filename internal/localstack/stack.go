@@ -165,7 +165,7 @@ func Run(ctx context.Context, opts Options) error {
 	}
 	defer lock.Close()
 	for _, d := range []string{p.tlsDir(), p.vtpmDir(), p.maaDir(), p.tpmDir()} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+		if err := atomicfile.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
+	"github.com/attested-kv/attested-kv/internal/safepath"
 )
 
 // maxSocketPath is the longest path a Unix socket can be bound to on Linux (sun_path is 108
@@ -88,7 +89,9 @@ func ResolveStateDir(dir string) (string, error) {
 // does, and that its control socket's path is not too long. An existing directory's mode is never
 // changed: it may be shared on purpose.
 func prepareStateDir(dir string) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	// Durably: each directory made has its parent synced, or the keys and tokens kept in it,
+	// each synced when written, could vanish with it in a power loss.
+	if err := atomicfile.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
 	if err := checkStateDir(dir); err != nil {
@@ -104,8 +107,17 @@ func prepareStateDir(dir string) error {
 // and that no one else can write to it: it holds private keys, the plugin notation runs and the
 // trust store, and the state that `local env` exports, so a directory another user owns (such as
 // one they created first under /tmp) or may write to is refused with an *UnsafeStateError, as is
-// a symbolic link. A missing directory is an error wrapping fs.ErrNotExist.
+// a symbolic link, and so is one under a directory another user can change (safepath). A missing
+// directory is an error wrapping fs.ErrNotExist.
 func checkStateDir(dir string) error {
+	// The directories above it too: whoever may rename an entry above it can put a directory
+	// of their own at its path after this check, with a plugin of theirs for notation to run.
+	var unsafe *safepath.UnsafeError
+	if err := safepath.CheckParents(dir); errors.As(err, &unsafe) {
+		return &UnsafeStateError{What: "state directory", Path: dir, Reason: fmt.Sprintf("can be redirected by another user: %s %s; choose a directory under directories only you (or root) can change, e.g. the default", unsafe.Component, unsafe.Reason)}
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	fi, err := os.Lstat(dir)
 	if err != nil {
 		return fmt.Errorf("state directory: %w", err)

@@ -250,7 +250,8 @@ func TestStackDirReadOnly(t *testing.T) {
 }
 
 // TestUntrustedStateRefused: every command's check refuses, with an *UnsafeStateError naming the
-// cause, a state directory that others may write to or that is a symbolic link, and a
+// cause, a state directory that others may write to, redirect (a directory above it writable by
+// all, or another user's) or that is a symbolic link, and a
 // state.json, stack.pid or marker that is not a regular file of the user's or that others may
 // write (or read, state.json); as root, it also refuses them owned by another user.
 func TestUntrustedStateRefused(t *testing.T) {
@@ -270,6 +271,10 @@ func TestUntrustedStateRefused(t *testing.T) {
 			return link
 		}, false, "is a symbolic link"},
 		{"directory of another user", func(t *testing.T, dir string) string { chown(t, dir); return dir }, true, "belongs to uid 65534, not to this user"},
+		// Whoever may rename entries above it can swap in a directory of their own, with a
+		// plugin of theirs, after the check.
+		{"a directory above writable by all", func(t *testing.T, dir string) string { os.Chmod(filepath.Dir(dir), 0o777); return dir }, false, "can be redirected by another user: directory "},
+		{"a directory above of another user", func(t *testing.T, dir string) string { chown(t, filepath.Dir(dir)); return dir }, true, "belongs to uid 65534; choose a directory under directories only you"},
 		{"state.json mode 0644", func(t *testing.T, dir string) string { os.Chmod(paths{dir}.state(), 0o644); return dir }, false, "state.json has mode 0644, which lets others read it; it must be 0600"},
 		{"state.json mode 0660", func(t *testing.T, dir string) string { os.Chmod(paths{dir}.state(), 0o660); return dir }, false, "has mode 0660, which lets others read and write it"},
 		{"state.json a symbolic link", func(t *testing.T, dir string) string {

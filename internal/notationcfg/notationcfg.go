@@ -118,6 +118,14 @@ func WriteTrust(configDir string, t Trust) error {
 	if err := alone.Validate(); err != nil {
 		return fmt.Errorf("notation trust policy: %w", err)
 	}
+	// The policy is read, merged and written back: two writers at once (two applies writing the
+	// user's notation configuration) would each write their merge, and one's statement would be
+	// lost. They take the configuration directory's lock; notation's own commands do not.
+	release, err := lockConfigDir(configDir)
+	if err != nil {
+		return err
+	}
+	defer release()
 	policyPath := filepath.Join(configDir, dir.PathTrustPolicy)
 	policy, err := mergeTrustPolicy(policyPath, ours)
 	if err != nil {
@@ -361,6 +369,11 @@ type SigningKey struct {
 
 // WriteSigningKey adds or replaces k in configDir/signingkeys.json, keeping other keys.
 func WriteSigningKey(configDir string, k SigningKey) error {
+	release, err := lockConfigDir(configDir) // read, changed, written back: as WriteTrust
+	if err != nil {
+		return err
+	}
+	defer release()
 	path := filepath.Join(configDir, dir.PathSigningKeys)
 	var keys config.SigningKeys
 	if b, err := os.ReadFile(path); err == nil {
@@ -388,10 +401,20 @@ func WriteSigningKey(configDir string, k SigningKey) error {
 	if err != nil {
 		return err
 	}
-	if err := atomicfile.MkdirAll(configDir, 0o700); err != nil {
-		return err
-	}
 	return atomicfile.Write(path, append(b, '\n'), 0o600)
+}
+
+// lockConfigDir creates the configuration directory if needed and takes its lock, for a read,
+// change and write back of a file in it.
+func lockConfigDir(configDir string) (func(), error) {
+	if err := atomicfile.MkdirAll(configDir, 0o700); err != nil {
+		return nil, err
+	}
+	release, err := atomicfile.LockDir(configDir)
+	if err != nil {
+		return nil, fmt.Errorf("notation configuration: %w", err)
+	}
+	return release, nil
 }
 
 // NewVerifier returns a Notation verifier for the trust policy file and the directory holding

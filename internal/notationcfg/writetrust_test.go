@@ -10,11 +10,13 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -433,4 +435,47 @@ func FuzzMergeTrustPolicy(f *testing.F) {
 			t.Fatalf("%d statements named %q, want 1", n, ours.Name)
 		}
 	})
+}
+
+// TestWriteTrustConcurrent: writers of the same configuration at once (two applies) each keep
+// their statement and signing key: without the directory's lock, each wrote back its own merge
+// and one was lost.
+func TestWriteTrustConcurrent(t *testing.T) {
+	const writers = 8
+	dir := t.TempDir()
+	root := testRoot(t)
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*writers)
+	for i := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("p%d", i)
+			errs <- WriteTrust(dir, Trust{PolicyName: name, StoreName: "s" + name, Scopes: []string{"registry.example/app" + name}, Roots: []*x509.Certificate{root}, Identities: []string{"*"}})
+			errs <- WriteSigningKey(dir, SigningKey{Name: "k" + name, KeyID: "https://v.vault.azure.net/keys/k" + name, Plugin: "attested-kv"})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	policy, err := os.ReadFile(filepath.Join(dir, "trustpolicy.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := os.ReadFile(filepath.Join(dir, "signingkeys.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range writers {
+		if !strings.Contains(string(policy), fmt.Sprintf(`"p%d"`, i)) {
+			t.Errorf("statement p%d lost:\n%s", i, policy)
+		}
+		if !strings.Contains(string(keys), fmt.Sprintf(`"kp%d"`, i)) {
+			t.Errorf("signing key kp%d lost:\n%s", i, keys)
+		}
+	}
 }

@@ -40,6 +40,7 @@ import (
 	"oras.land/oras-go/v2/registry"
 
 	"github.com/attested-kv/attested-kv/internal/atomicfile"
+	"github.com/attested-kv/attested-kv/internal/safepath"
 )
 
 // MaxTokenSize bounds a stored token (MAA tokens are a few KiB).
@@ -124,8 +125,14 @@ func (s *Store) Prepare() error {
 
 // checkOwner refuses a store directory that is not this user's own or that others may write to
 // (such as a shared path another user created first): whoever can write there can delete the
-// tokens of signatures made, or plant others.
+// tokens of signatures made, or plant others. It also refuses one that another user can redirect
+// (safepath.CheckParents: a directory above it or a link on the way that is theirs), since Put
+// writes by path after the check: the token of a signature made would be written to a directory
+// of theirs.
 func (s *Store) checkOwner() error {
+	if err := safepath.CheckParents(s.dir); err != nil {
+		return fmt.Errorf("token store %w (choose another token_dir)", err)
+	}
 	var st unix.Stat_t
 	if err := unix.Stat(s.dir, &st); err != nil {
 		return err
@@ -265,7 +272,7 @@ func (s *Store) MarkAttached(subject, sha256Hex, repository string) error {
 		return err
 	}
 	dir := filepath.Dir(e.Path)
-	unlock, err := lockDir(dir)
+	unlock, err := atomicfile.LockDir(dir)
 	if err != nil {
 		return fmt.Errorf("token store: %w", err)
 	}
@@ -308,25 +315,6 @@ func (s *Store) Attached(subject, sha256Hex string) (bool, []string, error) {
 		return false, nil, fmt.Errorf("token store: %w", err)
 	}
 	return true, parseMark(b), nil
-}
-
-// lockDir takes an exclusive flock of the directory dir and returns its release.
-func lockDir(dir string) (func(), error) {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: dir, Err: err}
-	}
-	for {
-		err = unix.Flock(fd, unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
-			break
-		}
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, &fs.PathError{Op: "flock", Path: dir, Err: err}
-	}
-	return func() { unix.Close(fd) }, nil // closing the last descriptor releases the lock
 }
 
 // readMark reads the mark at path (at most maxMarkSize bytes), which must be a regular file

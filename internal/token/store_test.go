@@ -266,8 +266,9 @@ func writeFile(t *testing.T, path string) {
 	}
 }
 
-// TestStoreOwner: a store directory that others may write to, or that another user owns, is
-// refused by Prepare (before a signature) and by List (before tokens are published).
+// TestStoreOwner: a store directory that others may write to, that another user owns, or that
+// another user can redirect (a directory above it writable by all) is refused by Prepare (before a
+// signature) and by List (before tokens are published).
 func TestStoreOwner(t *testing.T) {
 	const subject = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
 	for _, tc := range []struct {
@@ -284,6 +285,22 @@ func TestStoreOwner(t *testing.T) {
 			}
 			return os.Chown(dir, 65534, 65534)
 		}, "belongs to uid 65534"},
+		// Whoever may write above the store can move it away and put a directory of their own
+		// at its path between Prepare and Put.
+		{"under a directory writable by all", func(_ *testing.T, dir string) error { return os.Chmod(filepath.Dir(dir), 0o777) }, "is writable by all users"},
+		{"through a link into a directory writable by all", func(t *testing.T, dir string) error {
+			shared := filepath.Join(t.TempDir(), "shared")
+			if err := os.Mkdir(shared, 0o700); err != nil {
+				return err
+			}
+			if err := os.Rename(dir, filepath.Join(shared, "tokens")); err != nil {
+				return err
+			}
+			if err := os.Symlink(filepath.Join(shared, "tokens"), dir); err != nil {
+				return err
+			}
+			return os.Chmod(shared, 0o777)
+		}, "is writable by all users"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := NewStore(filepath.Join(t.TempDir(), "tokens"))

@@ -1,0 +1,157 @@
+// Package safepath checks that no other user can redirect a path: that every directory above it,
+// and every symbolic link on the way to it, can be changed only by this user or by root.
+//
+// A directory of one's own (the token store, the local stack's state) is only as private as the
+// directories above it: whoever may rename or replace an entry above it can put a directory of
+// their own at its path after it was checked, and what is written there afterwards, or run from
+// there, is theirs. The rule is OpenSSH's for StrictModes (secure_path in misc.c), extended to
+// symbolic links, which are followed once their owner is checked:
+//   - each directory above the path is owned by root or by this user, and no one else may write
+//     to it, unless its sticky bit is set (as on /tmp: others may add entries but not rename or
+//     remove this user's); group write is allowed when the group is this user's primary group
+//     (the user private groups of Debian and Fedora);
+//   - each symbolic link on the way is owned by root or by this user (a link in a sticky
+//     directory can be replaced only by its owner).
+//
+// The path itself is the caller's to check (its owner and mode rules differ: a token store must
+// be this user's, a system path root's).
+package safepath
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// maxLinks bounds the symbolic links followed, as the kernel's MAXSYMLINKS does.
+const maxLinks = 40
+
+// UnsafeError says which directory or link on the way to Path another user can change.
+type UnsafeError struct {
+	// Path is the path checked.
+	Path string
+	// Component is the directory or link another user can change.
+	Component string
+	// Reason says why.
+	Reason string
+}
+
+func (e *UnsafeError) Error() string {
+	return fmt.Sprintf("%s is not safe: %s %s, so another user could put a directory of their own at its path; use a path under directories only you (or root) can change", e.Path, e.Component, e.Reason)
+}
+
+// CheckParents checks the directories above path and the symbolic links on the way to it,
+// following the links, as the package documentation says. A component that does not exist ends
+// the walk without error: whoever creates it later is the caller. The error is an *UnsafeError
+// when another user can change a component, else the error of reading one.
+//
+// The path is walked as the kernel resolves it, a component at a time (a ".." after a link
+// leaves the link's target, not the link), not cleaned first as filepath.Clean would.
+func CheckParents(path string) error {
+	p := path
+	if !filepath.IsAbs(p) {
+		wd, err := os.Getwd()
+		if err != nil {
+			return err
+		}
+		p = wd + "/" + p
+	}
+	if err := checkDir(path, "/"); err != nil {
+		return err
+	}
+	todo := components(p)
+	cur := "/"
+	links := 0
+	for len(todo) > 0 {
+		name := todo[0]
+		todo = todo[1:]
+		if name == ".." {
+			cur = filepath.Dir(cur) // cur holds no link: its parent is lexical
+			continue
+		}
+		next := filepath.Join(cur, name)
+		fi, err := os.Lstat(next)
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			if err := checkOwner(path, next, fi, "symbolic link"); err != nil {
+				return err
+			}
+			if links++; links > maxLinks {
+				return fmt.Errorf("%s: more than %d symbolic links on the way", path, maxLinks)
+			}
+			target, err := os.Readlink(next)
+			if err != nil {
+				return err
+			}
+			if filepath.IsAbs(target) {
+				cur = "/"
+			}
+			todo = append(components(target), todo...)
+			continue
+		}
+		if len(todo) == 0 {
+			return nil // the path itself: the caller's to check
+		}
+		if !fi.IsDir() {
+			return fmt.Errorf("%s: %s is not a directory", path, next)
+		}
+		if err := checkDir(path, next); err != nil {
+			return err
+		}
+		cur = next
+	}
+	return nil
+}
+
+// components splits p at its slashes, without empty and "." components.
+func components(p string) []string {
+	var out []string
+	for _, c := range strings.Split(p, "/") {
+		if c != "" && c != "." {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// checkDir checks the directory dir above path.
+func checkDir(path, dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if err := checkOwner(path, dir, fi, "directory"); err != nil {
+		return err
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	sticky := fi.Mode()&fs.ModeSticky != 0
+	switch perm := fi.Mode().Perm(); {
+	case sticky:
+		return nil
+	case perm&0o002 != 0:
+		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by all users (mode %#o) without the sticky bit", perm)}
+	case perm&0o020 != 0 && int(st.Gid) != os.Getgid():
+		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by group %d (mode %#o), which is not this user's primary group", st.Gid, perm)}
+	}
+	return nil
+}
+
+// checkOwner refuses a component owned by another user than root and this one.
+func checkOwner(path, name string, fi fs.FileInfo, what string) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: cannot read the owner of %s", path, name)
+	}
+	if st.Uid != 0 && int(st.Uid) != os.Getuid() {
+		return &UnsafeError{Path: path, Component: what + " " + name, Reason: fmt.Sprintf("belongs to uid %d", st.Uid)}
+	}
+	return nil
+}
