@@ -2,7 +2,7 @@
 # The whole chain on the local stack, as a user would run it. Each step prints what it does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="$PWD/bin"
+BIN="${ATTEST_BIN:-$PWD/bin}"
 export PATH="$BIN:$PATH"
 STATE="${ATTEST_DEMO_STATE:-$(mktemp -d /tmp/attested-kv-demo.XXXXXX)}"
 WORK="$(mktemp -d /tmp/attested-kv-demo-work.XXXXXX)"

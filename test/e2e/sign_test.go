@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -32,7 +31,16 @@ func upStack(t testing.TB, r *runner) *stack {
 	s := &stack{state: t.TempDir(), work: t.TempDir()}
 	r.must("attest-bootstrap", "local", "up", "--state", s.state)
 	t.Cleanup(func() { r.run("attest-bootstrap", "local", "down", "--state", s.state) })
-	if err := json.Unmarshal([]byte(r.must("attest-bootstrap", "local", "env", "--state", s.state, "-o", "json")), &s.env); err != nil {
+	// `local env` prints the emulated tenant's client secret by design (it is what the shell
+	// exports): its output alone is left out of the outputs checked for secrets.
+	r.mu.Lock()
+	before := r.outputs.Len()
+	r.mu.Unlock()
+	env := r.must("attest-bootstrap", "local", "env", "--state", s.state, "-o", "json")
+	r.mu.Lock()
+	r.outputs.Truncate(before)
+	r.mu.Unlock()
+	if err := json.Unmarshal([]byte(env), &s.env); err != nil {
 		t.Fatal(err)
 	}
 	r.env = append(os.Environ(), "HOME="+s.work, "XDG_CONFIG_HOME="+filepath.Join(s.work, "config"))
@@ -40,9 +48,6 @@ func upStack(t testing.TB, r *runner) *stack {
 		r.env = append(r.env, k+"="+v)
 	}
 	s.reg = s.env["ATTEST_REGISTRY"]
-	// `local env` prints the emulated tenant's client secret by design (it is what the shell
-	// exports); every output after it is checked for secrets where a test does so.
-	r.outputs.Reset()
 	return s
 }
 
@@ -268,14 +273,6 @@ func TestSigningChainOnLocalStack(t *testing.T) {
 	// tokens are never printed by the commands above (token fetch prints a token only when asked
 	// to, and is not run here), nor written to the plugin's log or the stack's log.
 	t.Run("no secrets in outputs", func(t *testing.T) {
-		secrets := []string{env["AZURE_CLIENT_SECRET"]}
-		filepath.Walk(env["ATTEST_TOKEN_DIR"], func(p string, fi os.FileInfo, err error) error {
-			if err == nil && !fi.IsDir() {
-				b, _ := os.ReadFile(p)
-				secrets = append(secrets, string(b))
-			}
-			return nil
-		})
 		logs := r.outputs.String()
 		for _, f := range []string{filepath.Join(state, "plugin.log"), filepath.Join(state, "stack.log")} {
 			b, err := os.ReadFile(f)
@@ -284,15 +281,10 @@ func TestSigningChainOnLocalStack(t *testing.T) {
 			}
 			logs += string(b)
 		}
-		for _, s := range secrets {
-			if s != "" && strings.Contains(logs, s) {
-				t.Fatalf("a secret (%d bytes) appears in the outputs", len(s))
-			}
+		tokens := storedTokens(t, env["ATTEST_TOKEN_DIR"])
+		if len(tokens) == 0 || env["AZURE_CLIENT_SECRET"] == "" {
+			t.Fatal("no token stored or no client secret: the check would prove nothing")
 		}
-		// Any compact JWS with a JSON header and claims: MAA's tokens and Entra ID's access
-		// tokens (whose headers start with alg, not typ), whatever their header's order.
-		if jwt := regexp.MustCompile(`eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.`).FindString(logs); jwt != "" || strings.Contains(logs, "\"access_token\"") {
-			t.Fatalf("a JWT appears in the outputs (%.20s...)", jwt)
-		}
+		checkNoSecrets(t, logs, append(tokens, env["AZURE_CLIENT_SECRET"]))
 	})
 }
