@@ -2,11 +2,15 @@ package keyvault
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -149,20 +153,62 @@ func TestVaultRules(t *testing.T) {
 	}
 }
 
+// FuzzSignBody feeds arbitrary sign request bodies to a P-256 key: a 200 answer must be an ES256
+// signature (the only algorithm Key Vault allows on that curve) of a value that decodes as
+// base64url to exactly SHA-256's 32 bytes, and must verify with the key over those bytes.
 func FuzzSignBody(f *testing.F) {
+	d := func(n int) string { return base64.RawURLEncoding.EncodeToString(bytes.Repeat([]byte{0xa5}, n)) }
 	f.Add([]byte(`{"alg":"PS256","value":"AAAA"}`))
 	f.Add([]byte(`{"alg":"ES512","value":""}`))
+	// ES256 on the P-256 key: a digest of the right length (signed), with padding, and of the
+	// lengths of SHA-384 and SHA-512 and one byte short (all refused by the length check).
+	f.Add([]byte(`{"alg":"ES256","value":"` + d(32) + `"}`))
+	f.Add([]byte(`{"alg":"ES256","value":"` + base64.URLEncoding.EncodeToString(make([]byte, 32)) + `"}`))
+	f.Add([]byte(`{"alg":"ES256","value":"` + d(48) + `"}`))
+	f.Add([]byte(`{"alg":"ES256","value":"` + d(64) + `"}`))
+	f.Add([]byte(`{"alg":"ES256","value":"` + d(31) + `"}`))
 	_, h := newVault(f)
-	call(f, h, "POST", "/keys/k/create?api-version=7.5", "good", map[string]any{"kty": "EC", "crv": "P-256"})
+	_, created := call(f, h, "POST", "/keys/k/create?api-version=7.5", "good", map[string]any{"kty": "EC", "crv": "P-256"})
+	pub := ecJWK(f, created)
+	// The first ES256 seed gets past every check: the fuzzer starts from a signature made.
+	if rec, out := call(f, h, "POST", "/keys/k/sign?api-version=7.5", "good", map[string]any{"alg": "ES256", "value": d(32)}); rec.Code != 200 {
+		f.Fatalf("the ES256 seed is refused: %d %v", rec.Code, out)
+	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		rec, _ := call(t, h, "POST", "/keys/k/sign?api-version=7.5", "good", body)
-		if rec.Code == 200 {
-			var req signRequest
-			if json.Unmarshal(body, &req) != nil || req.Alg != "ES256" {
-				t.Fatalf("signed for body %q", body)
-			}
+		rec, out := call(t, h, "POST", "/keys/k/sign?api-version=7.5", "good", body)
+		if rec.Code != 200 {
+			return
+		}
+		var req signRequest
+		if json.Unmarshal(body, &req) != nil || req.Alg != "ES256" {
+			t.Fatalf("signed for body %q", body)
+		}
+		// Key Vault's value is base64url; padding is tolerated.
+		digest, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(req.Value, "="))
+		if err != nil || len(digest) != sha256.Size {
+			t.Fatalf("signed a value of %d bytes (%v) with ES256, which needs a %d-byte digest: body %q", len(digest), err, sha256.Size, body)
+		}
+		v, _ := out["value"].(string)
+		sig, err := base64.RawURLEncoding.DecodeString(v)
+		if err != nil || len(sig) != 64 || !ecdsa.Verify(pub, digest, new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])) {
+			t.Fatalf("answered 200 with signature %q, not an ES256 signature of the digest by the key", v)
 		}
 	})
+}
+
+// ecJWK returns the P-256 public key of a key bundle's JWK.
+func ecJWK(tb testing.TB, bundle map[string]any) *ecdsa.PublicKey {
+	tb.Helper()
+	key, _ := bundle["key"].(map[string]any)
+	coord := func(name string) *big.Int {
+		s, _ := key[name].(string)
+		b, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil || len(b) != 32 {
+			tb.Fatalf("key bundle's %s is %q", name, s)
+		}
+		return new(big.Int).SetBytes(b)
+	}
+	return &ecdsa.PublicKey{Curve: elliptic.P256(), X: coord("x"), Y: coord("y")}
 }
 
 // TestKeyOps checks that key_ops are validated on creation and enforced on sign and verify, and
