@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/attested-kv/attested-kv/internal/tpm"
 )
@@ -390,8 +391,18 @@ func readBounded(r io.Reader, limit int64) ([]byte, error) {
 	return data, nil
 }
 
+// Bounds, in bytes and before the "..." that marks a cut, of what parseServiceError keeps of an
+// error answer: its code, its message, and the excerpt of a body that is not a CloudError.
+const (
+	maxErrorCode    = 100
+	maxErrorMessage = 1000
+	maxBodyExcerpt  = 200
+)
+
 // parseServiceError reads a CloudError body ({"error": {"code", "message"}}, or the capitalised
 // keys AZGA also accepts); a body that is not one gives a short printable excerpt as Message.
+// Code and Message are printable UTF-8 (excerpt), of at most maxErrorCode and maxErrorMessage
+// bytes before a "...".
 func parseServiceError(status int, statusText string, body []byte) *ServiceError {
 	se := &ServiceError{StatusCode: status}
 	var doc map[string]json.RawMessage
@@ -407,13 +418,13 @@ func parseServiceError(status int, statusText string, body []byte) *ServiceError
 		}
 	}
 	if se.Code == "" && se.Message == "" {
-		se.Message = excerpt(string(body), 200)
+		se.Message = excerpt(string(body), maxBodyExcerpt)
 		if se.Message == "" {
 			se.Message = strings.TrimSpace(strings.TrimPrefix(statusText, strconv.Itoa(status)))
 		}
 	}
-	se.Code = excerpt(se.Code, 100)
-	se.Message = excerpt(se.Message, 1000)
+	se.Code = excerpt(se.Code, maxErrorCode)
+	se.Message = excerpt(se.Message, maxErrorMessage)
 	return se
 }
 
@@ -427,16 +438,24 @@ func jsonStringField(m map[string]json.RawMessage, keys ...string) string {
 	return ""
 }
 
-// excerpt returns s with non-printable runes replaced, cut to n bytes.
+// excerpt returns s with each rune that is not printable replaced by a space (a byte that is not
+// UTF-8 by U+FFFD, as strings.Map reads it), without leading and trailing white space, and cut to
+// at most n bytes on a rune boundary, "..." marking the cut: valid, printable UTF-8 of at most
+// n+3 bytes. A cut by byte count alone could split a multi-byte character, leaving invalid UTF-8
+// in an error message.
 func excerpt(s string, n int) string {
-	s = strings.Map(func(r rune) rune {
+	s = strings.TrimSpace(strings.Map(func(r rune) rune {
 		if unicode.IsPrint(r) {
 			return r
 		}
 		return ' '
-	}, strings.TrimSpace(s))
+	}, s))
 	if len(s) > n {
-		s = s[:n] + "..."
+		i := max(n, 0)
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i] + "..."
 	}
 	return s
 }

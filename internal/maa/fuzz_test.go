@@ -4,8 +4,12 @@ import (
 	"context"
 	"crypto/rsa"
 	"encoding/base64"
+	"encoding/json"
+	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 func FuzzParseUnverified(f *testing.F) {
@@ -135,6 +139,68 @@ func FuzzParseJWKS(f *testing.F) {
 			case k.Algorithm != "" && k.Algorithm != SigningAlgorithm:
 				t.Fatalf("kept a key restricted to algorithm %q", k.Algorithm)
 			}
+		}
+	})
+}
+
+// FuzzParseServiceError feeds arbitrary error answers (MAA's and the JWKS endpoint's bodies and
+// status lines come from the network) to parseServiceError: Code and Message are valid UTF-8 of
+// printable runes, Code at most maxErrorCode and Message at most maxErrorMessage bytes before the
+// "..." of a cut. A CloudError body made of code and message keeps them as they are when they are
+// short, printable and trimmed already.
+func FuzzParseServiceError(f *testing.F) {
+	euro := strings.Repeat("€", 400) // 3 bytes a rune: the bounds fall inside one
+	f.Add([]byte(`{"error":{"code":"InvalidParameter","message":"PcrQuote is not a TPMS_ATTEST"}}`), "400 Bad Request", "InvalidParameter", "PcrQuote is not a TPMS_ATTEST")
+	f.Add([]byte(`{"Error":{"Code":"Unauthorized","Message":"no"}}`), "401 Unauthorized", "", "no")
+	f.Add([]byte("not here\n"), "404 Not Found", "Unauthorized", "")
+	f.Add([]byte(euro), "503 "+euro, euro, euro)
+	f.Add([]byte(`{"error":{"code":"`+euro+`","message":"`+euro+euro+`"}}`), "", "\x00\t", "\xff\xfe")
+	f.Add([]byte("\xe2\x82"+euro+"\xc3"), "500\u00a0\u2028", "a\u200bb", " padded ")
+	f.Add([]byte{}, "", "", "")
+	valid := func(s string, bound int) bool {
+		if len(s) > bound+len("...") || !utf8.ValidString(s) {
+			return false
+		}
+		for _, r := range s {
+			if !unicode.IsPrint(r) {
+				return false
+			}
+		}
+		return true
+	}
+	check := func(t *testing.T, se *ServiceError, what string) {
+		t.Helper()
+		if se == nil || se.StatusCode != 503 {
+			t.Fatalf("%s: %+v", what, se)
+		}
+		if !valid(se.Code, maxErrorCode) {
+			t.Fatalf("%s: code %q (%d bytes) is over %d bytes or not printable UTF-8", what, se.Code, len(se.Code), maxErrorCode)
+		}
+		if !valid(se.Message, maxErrorMessage) {
+			t.Fatalf("%s: message %q (%d bytes) is over %d bytes or not printable UTF-8", what, se.Message, len(se.Message), maxErrorMessage)
+		}
+		_ = se.Error()
+	}
+	// clean reports whether s is kept as it is: within bound, printable UTF-8 and trimmed.
+	clean := func(s string, bound int) bool {
+		return len(s) <= bound && valid(s, bound) && strings.TrimSpace(s) == s
+	}
+	f.Fuzz(func(t *testing.T, body []byte, statusText, code, message string) {
+		check(t, parseServiceError(503, statusText, body), "body")
+		doc, err := json.Marshal(map[string]any{"error": map[string]string{"code": code, "message": message}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		se := parseServiceError(503, statusText, doc)
+		check(t, se, "CloudError")
+		if code == "" && message == "" {
+			return
+		}
+		if clean(code, maxErrorCode) && se.Code != code {
+			t.Fatalf("code %q read as %q", code, se.Code)
+		}
+		if clean(message, maxErrorMessage) && se.Message != message {
+			t.Fatalf("message %q read as %q", message, se.Message)
 		}
 	})
 }
