@@ -33,7 +33,7 @@ import (
 
 // certWithKey returns the DER of a certificate for the public key pub, which need not have a
 // private key: an RSA modulus of any size is enough to make notation-core-go work for it.
-func certWithKey(t *testing.T, cn string, pub any) []byte {
+func certWithKey(t testing.TB, cn string, pub any) []byte {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -51,7 +51,7 @@ func certWithKey(t *testing.T, cn string, pub any) []byte {
 // timestampToken returns an RFC 3161 timestamp token (a CMS SignedData over a TSTInfo) signed by
 // a TSA key of its own, carrying the TSA's certificate and the extra CA certificates above it:
 // the countersignature a Notation envelope holds.
-func timestampToken(t *testing.T, extra int) []byte {
+func timestampToken(t testing.TB, extra int) []byte {
 	t.Helper()
 	newKey := func() *ecdsa.PrivateKey {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -97,7 +97,7 @@ func timestampToken(t *testing.T, extra int) []byte {
 }
 
 // rsaModulus returns an RSA public key whose modulus is a random odd number of bits bits.
-func rsaModulus(t *testing.T, bits int) *rsa.PublicKey {
+func rsaModulus(t testing.TB, bits int) *rsa.PublicKey {
 	t.Helper()
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), uint(bits)))
 	if err != nil {
@@ -111,7 +111,7 @@ func rsaModulus(t *testing.T, bits int) *rsa.PublicKey {
 // withChain returns the envelope blob with its certificate chain (the unprotected header's x5c
 // or x5chain) replaced by chain, and its timestamp countersignature by ts if set: the header is
 // not signed, so whoever can push can do this to any signature.
-func withChain(t *testing.T, blob []byte, mediaType string, chain [][]byte, ts []byte) []byte {
+func withChain(t testing.TB, blob []byte, mediaType string, chain [][]byte, ts []byte) []byte {
 	t.Helper()
 	if mediaType == cose.MediaTypeEnvelope {
 		var msg gocose.Sign1Message

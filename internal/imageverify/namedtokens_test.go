@@ -210,7 +210,7 @@ func tokenAttributes(raw, issuer string) []signature.Attribute {
 
 // editJWS returns the JWS envelope blob with edit applied to its JSON fields (payload, protected,
 // header, signature).
-func editJWS(t *testing.T, blob []byte, edit func(fields map[string]any)) []byte {
+func editJWS(t testing.TB, blob []byte, edit func(fields map[string]any)) []byte {
 	t.Helper()
 	var fields map[string]any
 	if err := json.Unmarshal(blob, &fields); err != nil {
