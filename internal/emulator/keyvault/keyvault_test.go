@@ -200,15 +200,19 @@ func FuzzSignBody(f *testing.F) {
 func ecJWK(tb testing.TB, bundle map[string]any) *ecdsa.PublicKey {
 	tb.Helper()
 	key, _ := bundle["key"].(map[string]any)
-	coord := func(name string) *big.Int {
+	coord := func(name string) []byte {
 		s, _ := key[name].(string)
 		b, err := base64.RawURLEncoding.DecodeString(s)
 		if err != nil || len(b) != 32 {
 			tb.Fatalf("key bundle's %s is %q", name, s)
 		}
-		return new(big.Int).SetBytes(b)
+		return b
 	}
-	return &ecdsa.PublicKey{Curve: elliptic.P256(), X: coord("x"), Y: coord("y")}
+	pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, coord("x")...), coord("y")...))
+	if err != nil {
+		tb.Fatalf("key bundle's JWK: %v", err)
+	}
+	return pub
 }
 
 // TestKeyOps checks that key_ops are validated on creation and enforced on sign and verify, and
