@@ -26,6 +26,8 @@ import (
 // emulator), the instance's key endpoint, and Key Vault. Each fault either succeeds within a
 // bounded time after retries, or fails closed with the protocol code that names it and without
 // a signature. (TestFailClosed covers the refusals of the evidence, token and rules themselves.)
+// Key Vault is faked here, its errors made in the test; TestKeyVaultFaults injects Key Vault's and
+// Entra ID's faults on the wire, through the production Key Vault source and the Azure SDK.
 func TestFaultMatrix(t *testing.T) {
 	f := newFixture(t)
 	emu := f.chain.Emulator.Handler()

@@ -40,7 +40,8 @@ import (
 // vTPM), the production MAA client and verifier, and the MAA emulator. Key Vault is replaced by a
 // counting local signer here (internal/keyvault has its own tests against the Key Vault emulator;
 // the end-to-end tests run both through notation), so each refusal can assert that nothing reached
-// the signer.
+// the signer. TestKeyVaultFaults is the exception: it signs through the production Key Vault
+// source, against the Entra ID and Key Vault emulators.
 
 const (
 	testKeyID  = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
