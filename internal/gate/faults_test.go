@@ -44,21 +44,7 @@ func TestFaultMatrix(t *testing.T) {
 		t.Cleanup(s.Close)
 		return s.URL
 	}
-	respond := func(status int, body string, hdr ...string) func(http.ResponseWriter) {
-		return func(w http.ResponseWriter) {
-			for i := 0; i+1 < len(hdr); i += 2 {
-				w.Header().Set(hdr[i], hdr[i+1])
-			}
-			w.WriteHeader(status)
-			io.WriteString(w, body)
-		}
-	}
-	reset := func(w http.ResponseWriter) {
-		conn, _, err := w.(http.Hijacker).Hijack()
-		if err == nil {
-			conn.Close()
-		}
-	}
+	respond, reset := faultAnswer, resetConnection
 	kvError := func(status int) error {
 		req, _ := http.NewRequest(http.MethodPost, "https://kv.vault.azure.net/keys/signer/sign", nil)
 		return runtime.NewResponseError(&http.Response{StatusCode: status, Status: http.StatusText(status), Request: req,
@@ -276,5 +262,25 @@ func TestSignNeedsTheKeysAttestation(t *testing.T) {
 	}
 	if _, err := g.sign(context.Background(), &Attestation{token: &maa.Token{}, keyID: keyID}, key, Config{}, nil, req, log); err == nil || !strings.Contains(err.Error(), "key opened") || opened.Load() != 1 {
 		t.Fatalf("with the request's key id: %v, %d opens; want the key opened once", err, opened.Load())
+	}
+}
+
+// faultAnswer returns a handler writing status, the headers hdr (name, value, ...) and body: an
+// injected fault's answer.
+func faultAnswer(status int, body string, hdr ...string) func(http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		for i := 0; i+1 < len(hdr); i += 2 {
+			w.Header().Set(hdr[i], hdr[i+1])
+		}
+		w.WriteHeader(status)
+		io.WriteString(w, body)
+	}
+}
+
+// resetConnection closes the request's connection without an answer.
+func resetConnection(w http.ResponseWriter) {
+	conn, _, err := w.(http.Hijacker).Hijack()
+	if err == nil {
+		conn.Close()
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -227,21 +226,9 @@ func TestKeyVaultFaults(t *testing.T) {
 	t.Setenv("AZURE_AUTHORITY_HOST", st.entraURL+"/")
 
 	respond := func(status int, body string, hdr ...string) func(http.ResponseWriter) {
-		return func(w http.ResponseWriter) {
-			w.Header().Set("Content-Type", "application/json; charset=utf-8")
-			for i := 0; i+1 < len(hdr); i += 2 {
-				w.Header().Set(hdr[i], hdr[i+1])
-			}
-			w.WriteHeader(status)
-			io.WriteString(w, body)
-		}
+		return faultAnswer(status, body, append([]string{"Content-Type", "application/json; charset=utf-8"}, hdr...)...)
 	}
-	reset := func(w http.ResponseWriter) {
-		conn, _, err := w.(http.Hijacker).Hijack()
-		if err == nil {
-			conn.Close()
-		}
-	}
+	reset := resetConnection
 	isSign := func(r *http.Request) bool {
 		return r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/sign")
 	}
