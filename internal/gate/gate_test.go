@@ -482,6 +482,20 @@ func TestTimestamping(t *testing.T) {
 	if _, err := New(f.deps(t)).GenerateEnvelope(context.Background(), request("application/jose+json", cfg)); err == nil {
 		t.Fatal("signed with a timestamp from an untrusted TSA")
 	}
+	// A TSA that refuses, reached with a password in its URL: tspclient-go's error quotes the
+	// URL, and notation shows the plugin's message; the password is not in it, nor in the log.
+	down := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusServiceUnavailable) }))
+	t.Cleanup(down.Close)
+	cfg[KeyTimestampURL] = strings.Replace(down.URL, "http://", "http://tsauser:S3cretTSApass@", 1)
+	cfg[KeyLogFile] = filepath.Join(t.TempDir(), "plugin.log")
+	_, err = New(f.deps(t)).GenerateEnvelope(context.Background(), request("application/jose+json", cfg))
+	logged, _ := os.ReadFile(cfg[KeyLogFile])
+	if err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "tsauser:xxxxx@") {
+		t.Fatalf("err = %v; want the TSA's 503, its URL without the password", err)
+	}
+	if strings.Contains(err.Error(), "S3cretTSApass") || strings.Contains(string(logged), "S3cretTSApass") || len(logged) == 0 {
+		t.Fatalf("the TSA's password is shown: err %v, log %q", err, logged)
+	}
 }
 
 // fakeKey opens the fixture's signer; Warm touches nothing, as the real one touches no Key Vault.

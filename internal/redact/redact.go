@@ -4,8 +4,8 @@
 // included, to the error it returns for an answer it cannot decode ("raw message was: ...").
 //
 // What is removed is what looks like a credential: compact JWS/JWE (Entra ID access tokens, MAA
-// tokens), the values of token, secret and password fields in JSON or in a form, and MSAL's quoted
-// answer. Anything else is left as it is, so that the message still names its cause.
+// tokens), the values of token, secret and password fields in JSON or in a form, URLs' passwords,
+// and MSAL's quoted answer. Anything else is left as it is, so that the message still names its cause.
 package redact
 
 import (
@@ -40,6 +40,9 @@ var patterns = sync.OnceValue(func() []rule {
 		{regexp.MustCompile(`eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?`), redactedJWT},
 		{regexp.MustCompile(`(?i)"(` + names + `)"(\s*:\s*)"(?:[^"\\]|\\.)*"`), `"$1"$2"` + redactedValue + `"`},
 		{regexp.MustCompile(`(?i)\b(` + names + `)=[^&\s"']+`), `$1=` + redactedValue},
+		// A URL's password (scheme://user:password@host), as url.URL.Redacted writes it: a
+		// library that quotes the URL it was given (tspclient-go quotes its TSA's) quotes it.
+		{regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@"']*):[^/\s@"']*@`), `$1:xxxxx@`},
 	}
 })
 

@@ -7,13 +7,11 @@ package registryclient
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -151,22 +149,46 @@ func credentialFunc(hostport string, o Options, hc *http.Client) (auth.Credentia
 }
 
 // hideDockerErrors returns f with errors that do not quote the docker config: oras-go's error for
-// an auth entry that is not base64(user:password) quotes the entry, decoded (the secret), and these
-// errors reach oras-attest's output and the admission denials the Ratify verifier writes. A missing
-// credential helper is still named (an *exec.Error quotes the program only).
+// an entry it cannot decode (config.ErrInvalidConfigFormat, "invalid config format") quotes the
+// entry, decoded: the secret. These errors reach oras-attest's output and the admission denials the
+// Ratify verifier writes, so that one is replaced by a message naming the host and the file; any
+// other (a credential helper's own message, Docker Desktop not running) is kept, redacted.
 func hideDockerErrors(f auth.CredentialFunc) auth.CredentialFunc {
 	return func(ctx context.Context, host string) (auth.Credential, error) {
 		c, err := f(ctx, host)
-		if err == nil {
+		switch {
+		case err == nil:
 			return c, nil
+		case wraps(err, invalidConfigFormat):
+			return auth.EmptyCredential, redact.Hide(fmt.Sprintf("the docker config's entry for %s ($DOCKER_CONFIG/config.json, else ~/.docker/config.json) cannot be read; it is not shown, since it may be the secret: check it, or log in again (oras login, docker login)", host), err)
 		}
-		msg := fmt.Sprintf("reading the credentials for %s from the docker config ($DOCKER_CONFIG/config.json, else ~/.docker/config.json) failed; the cause is not shown, since it may quote the secret: check the entry, or log in again (oras login, docker login)", host)
-		var ee *exec.Error
-		if errors.As(err, &ee) {
-			msg = fmt.Sprintf("reading the credentials for %s from the docker config's credential helper: %v", host, ee)
-		}
-		return auth.EmptyCredential, redact.Hide(msg, err)
+		return auth.EmptyCredential, redact.Error(err)
 	}
+}
+
+// invalidConfigFormat is the message of oras-go's config.ErrInvalidConfigFormat, which its
+// internal package keeps from errors.Is.
+const invalidConfigFormat = "invalid config format"
+
+// wraps reports whether err or an error it wraps has the message msg.
+func wraps(err error, msg string) bool {
+	if err == nil {
+		return false
+	}
+	if err.Error() == msg {
+		return true
+	}
+	switch u := err.(type) {
+	case interface{ Unwrap() error }:
+		return wraps(u.Unwrap(), msg)
+	case interface{ Unwrap() []error }:
+		for _, e := range u.Unwrap() {
+			if wraps(e, msg) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // ExchangeACRToken trades an Entra ID access token for an ACR refresh token

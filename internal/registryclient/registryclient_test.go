@@ -178,3 +178,26 @@ func TestDockerConfigErrorsHideTheEntry(t *testing.T) {
 		t.Fatalf("oras-go's own error = %v; want it to quote the entry (else this test proves nothing)", inner)
 	}
 }
+
+// TestDockerCredentialHelperErrorsKept: a credential helper's own message says what to do (unlock
+// the keychain, start Docker Desktop) and quotes no entry: it is kept, where a malformed entry's
+// error is replaced (TestDockerConfigErrorsHideTheEntry).
+func TestDockerCredentialHelperErrorsKept(t *testing.T) {
+	dir := t.TempDir()
+	helper := filepath.Join(dir, "docker-credential-broken")
+	if err := os.WriteFile(helper, []byte("#!/bin/sh\necho 'the login keychain is locked'\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"credsStore":"broken"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dir)
+	t.Setenv("PATH", dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	f, err := credentialFunc("registry.example", Options{}, http.DefaultClient)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f(context.Background(), "registry.example"); err == nil || !strings.Contains(err.Error(), "the login keychain is locked") {
+		t.Fatalf("err = %v; want the helper's message", err)
+	}
+}

@@ -8,8 +8,12 @@
 // symbolic links, which are followed once their owner is checked:
 //   - each directory above the path is owned by root or by this user, and no one else may write
 //     to it, unless its sticky bit is set (as on /tmp: others may add entries but not rename or
-//     remove this user's); group write is allowed when the group is this user's primary group
-//     (the user private groups of Debian and Fedora);
+//     remove this user's); group write is allowed, as Debian's OpenSSH allows it, only for a user
+//     private group (Debian's and Ubuntu's default, with umask 002): this user's primary group,
+//     which /etc/group lists with no member but this user and no other /etc/passwd entry has as
+//     its primary group, on a directory without a POSIX ACL (whose group bits are the mask of
+//     what named users and groups may do). A group the files do not list (NSS, LDAP) is not
+//     taken as private;
 //   - each symbolic link on the way is owned by root or by this user (a link in a sticky
 //     directory can be replaced only by its owner).
 //
@@ -18,10 +22,12 @@
 package safepath
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 )
@@ -140,8 +146,73 @@ func checkDir(path, dir string) error {
 		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by all users (mode %#o) without the sticky bit", perm)}
 	case perm&0o020 != 0 && int(st.Gid) != os.Getgid():
 		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by group %d (mode %#o), which is not this user's primary group", st.Gid, perm)}
+	case perm&0o020 != 0 && hasACL(dir):
+		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("has a POSIX ACL whose mask lets others write to it (mode %#o)", perm)}
+	case perm&0o020 != 0 && !privateGroup(int(st.Gid)):
+		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by group %d (mode %#o), which %s does not list as this user's alone", st.Gid, perm, groupFile)}
 	}
 	return nil
+}
+
+// The account files privateGroup reads; tests point them elsewhere.
+var groupFile, passwdFile = "/etc/group", "/etc/passwd"
+
+// privateGroup reports whether gid is this user's private group: /etc/group lists it with no
+// member but this user, and no other /etc/passwd entry has it as primary group. Only the files are
+// read (as Go's os/user does without cgo): a group they do not list is not private.
+func privateGroup(gid int) bool {
+	uid := os.Getuid()
+	me, others := "", false
+	passwd, err := os.ReadFile(passwdFile)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(passwd), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 4 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		u, errU := strconv.Atoi(f[2])
+		g, errG := strconv.Atoi(f[3])
+		switch {
+		case errU != nil || errG != nil:
+			continue
+		case u == uid:
+			me = f[0]
+		case g == gid:
+			others = true
+		}
+	}
+	if me == "" || others {
+		return false
+	}
+	groups, err := os.ReadFile(groupFile)
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(groups), "\n") {
+		f := strings.Split(line, ":")
+		if len(f) < 4 || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if g, err := strconv.Atoi(f[2]); err != nil || g != gid {
+			continue
+		}
+		for _, m := range strings.Split(f[3], ",") {
+			if m = strings.TrimSpace(m); m != "" && m != me {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// hasACL reports whether dir has a POSIX access ACL beyond its mode bits. An error other than
+// "none" or "not supported" is taken as one.
+func hasACL(dir string) bool {
+	_, err := syscall.Getxattr(dir, "system.posix_acl_access", nil)
+	return !errors.Is(err, syscall.ENODATA) && !errors.Is(err, syscall.ENOTSUP)
 }
 
 // checkOwner refuses a component owned by another user than root and this one.

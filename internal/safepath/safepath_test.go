@@ -1,17 +1,43 @@
 package safepath
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
 // nobody is the unprivileged user (and group) the tests give components to, as root.
 const nobody = 65534
 
+// accounts points the account files privateGroup reads at files holding passwd and group.
+func accounts(t *testing.T, passwd, group string) {
+	t.Helper()
+	dir := t.TempDir()
+	pf, gf := filepath.Join(dir, "passwd"), filepath.Join(dir, "group")
+	if err := os.WriteFile(pf, []byte(passwd), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(gf, []byte(group), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	oldP, oldG := passwdFile, groupFile
+	passwdFile, groupFile = pf, gf
+	t.Cleanup(func() { passwdFile, groupFile = oldP, oldG })
+}
+
+// upg is this user's passwd and group entries with a user private group.
+func upg() (passwd, group string) {
+	return fmt.Sprintf("me:x:%d:%d::/home/me:/bin/sh\n", os.Getuid(), os.Getgid()), fmt.Sprintf("me:x:%d:\n", os.Getgid())
+}
+
 func TestCheckParents(t *testing.T) {
+	passwd, group := upg()
+	accounts(t, passwd, group)
 	root := os.Getuid() == 0
 	tests := []struct {
 		name     string
@@ -151,5 +177,75 @@ func chown(t *testing.T, p string, uid, gid int) {
 	t.Helper()
 	if err := os.Chown(p, uid, gid); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestGroupWrite: a directory above the path that its group may write to is accepted only when
+// that group is this user's private group (Debian's OpenSSH rule): not when another account has it
+// as primary group or is listed in it, when the files do not list it, or when the directory has a
+// POSIX ACL (whose group bits are the mask of what named users may do).
+func TestGroupWrite(t *testing.T) {
+	uid, gid := os.Getuid(), os.Getgid()
+	me := fmt.Sprintf("me:x:%d:%d::/home/me:/bin/sh\n", uid, gid)
+	tests := []struct {
+		name          string
+		passwd, group string
+		acl           bool
+		refused       string // "" = accepted
+	}{
+		{name: "a user private group", passwd: me, group: fmt.Sprintf("me:x:%d:\n", gid)},
+		{name: "listing this user only", passwd: me, group: fmt.Sprintf("me:x:%d:me\n", gid)},
+		{name: "shared as another account's primary group", passwd: me + fmt.Sprintf("other:x:%d:%d::/home/other:/bin/sh\n", uid+1, gid),
+			group: fmt.Sprintf("users:x:%d:\n", gid), refused: "does not list as this user's alone"},
+		{name: "listing another member", passwd: me, group: fmt.Sprintf("users:x:%d:me,other\n", gid), refused: "does not list as this user's alone"},
+		{name: "not in the files (NSS)", passwd: me, group: "", refused: "does not list as this user's alone"},
+		{name: "with a POSIX ACL", passwd: me, group: fmt.Sprintf("me:x:%d:\n", gid), acl: true, refused: "has a POSIX ACL"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			accounts(t, tc.passwd, tc.group)
+			base := mkdir(t, t.TempDir(), "base", 0o700)
+			d := mkdir(t, base, "proj", 0o770)
+			if err := os.Chown(d, -1, gid); err != nil {
+				t.Fatal(err)
+			}
+			if tc.acl {
+				setACL(t, d, uid+1)
+			}
+			err := CheckParents(filepath.Join(d, "store"))
+			var unsafe *UnsafeError
+			switch {
+			case tc.refused == "" && err != nil:
+				t.Fatalf("CheckParents = %v; want it accepted", err)
+			case tc.refused != "" && (!errors.As(err, &unsafe) || !strings.Contains(err.Error(), tc.refused)):
+				t.Fatalf("CheckParents = %v; want an *UnsafeError containing %q", err, tc.refused)
+			}
+		})
+	}
+}
+
+// setACL gives user other rwx on dir through a POSIX access ACL, written as setfacl writes it
+// (the system.posix_acl_access attribute: version 2, then tag, permissions and id per entry).
+func setACL(t *testing.T, dir string, other int) {
+	t.Helper()
+	const undefined = 0xffffffff
+	entries := []struct {
+		tag, perm uint16
+		id        uint32
+	}{
+		{0x01, 7, undefined},     // user::rwx
+		{0x02, 7, uint32(other)}, // user:other:rwx
+		{0x04, 7, undefined},     // group::rwx
+		{0x10, 7, undefined},     // mask::rwx
+		{0x20, 0, undefined},     // other::---
+	}
+	b := binary.LittleEndian.AppendUint32(nil, 2)
+	for _, e := range entries {
+		b = binary.LittleEndian.AppendUint16(b, e.tag)
+		b = binary.LittleEndian.AppendUint16(b, e.perm)
+		b = binary.LittleEndian.AppendUint32(b, e.id)
+	}
+	if err := syscall.Setxattr(dir, "system.posix_acl_access", b, 0); err != nil {
+		t.Skipf("no POSIX ACLs here: %v", err)
 	}
 }
