@@ -11,6 +11,7 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/keyvault"
 	"github.com/attested-kv/attested-kv/internal/maa"
+	"github.com/attested-kv/attested-kv/internal/redact"
 	"github.com/attested-kv/attested-kv/internal/tpm"
 	"github.com/attested-kv/attested-kv/policy/rules"
 )
@@ -50,13 +51,15 @@ func (e *attestError) Unwrap() error { return e.err }
 //     but was past max_token_age once the key was open or Key Vault had signed, and anything
 //     else.
 //
-// The message is what notation shows the user.
+// The message is what notation shows the user, without what looks like a credential (redact).
 func ToPluginError(err error) *plugin.Error {
 	var perr *plugin.Error
 	if errors.As(err, &perr) {
-		return perr
+		return &plugin.Error{ErrCode: perr.ErrCode, Message: redact.String(perr.Message), Metadata: perr.Metadata}
 	}
-	msg := err.Error()
+	// Redacted: a library's error may quote a credential it was given (tspclient-go quotes the
+	// TSA's URL, password included), and the message goes to notation's output and the log.
+	msg := redact.String(err.Error())
 	var verr *validationError
 	var aerr *attestError
 	var rerr *azcore.ResponseError

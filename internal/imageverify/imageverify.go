@@ -231,13 +231,14 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	var stops []string
 	bestStop := -1
 	record := func(c candidate) bool {
-		n := c.passedCount()
+		n, stop := c.passedCount(), -1
 		if !c.passed() && len(c.checks) > 0 {
 			stops = append(stops, fmt.Sprintf("%s (signature %.19s)", c.checks[len(c.checks)-1].Name, c.signature))
+			stop = len(stops) - 1
 		}
 		switch {
 		case n > best:
-			best, bestReadErr, bestStop = n, c.readErr, len(stops)-1
+			best, bestReadErr, bestStop = n, c.readErr, stop
 			res.Checks, res.Signature, res.TokenSHA256, res.SigningTime, res.TokenReferrer = c.checks, c.signature, c.tokenSHA, c.signingTime, c.referrer
 		case n == best && bestReadErr == nil:
 			// A candidate as far along that could not be read may be the genuine one: the
@@ -273,7 +274,11 @@ func Verify(ctx context.Context, repo Repository, reference string, subject ocis
 	}
 	// After the note on signatures not examined, which a consumer that shortens the detail (the
 	// Ratify verifier's message) must keep.
-	if others := slices.Delete(slices.Clone(stops), bestStop, bestStop+1); len(others) > 0 {
+	others := slices.Clone(stops)
+	if bestStop >= 0 {
+		others = slices.Delete(others, bestStop, bestStop+1)
+	}
+	if len(others) > 0 {
 		const shown = 3
 		more := ""
 		if len(others) > shown {

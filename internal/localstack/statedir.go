@@ -115,7 +115,7 @@ func checkStateDir(dir string) error {
 	var unsafe *safepath.UnsafeError
 	if err := safepath.CheckParents(dir); errors.As(err, &unsafe) {
 		return &UnsafeStateError{What: "state directory", Path: dir, Reason: fmt.Sprintf("can be redirected by another user: %s %s; choose a directory under directories only you (or root) can change, e.g. the default", unsafe.Component, unsafe.Reason)}
-	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	} else if err != nil { // a missing component is not an error of CheckParents
 		return fmt.Errorf("state directory: %w", err)
 	}
 	fi, err := os.Lstat(dir)

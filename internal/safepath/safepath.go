@@ -65,7 +65,11 @@ func CheckParents(path string) error {
 		}
 		p = wd + "/" + p
 	}
-	if err := checkDir(path, "/"); err != nil {
+	root, err := os.Lstat("/")
+	if err != nil {
+		return err
+	}
+	if err := checkDir(path, "/", root); err != nil {
 		return err
 	}
 	todo := components(p)
@@ -87,7 +91,7 @@ func CheckParents(path string) error {
 			return err
 		}
 		if fi.Mode()&fs.ModeSymlink != 0 {
-			if err := checkOwner(path, next, fi, "symbolic link"); err != nil {
+			if _, err := checkOwner(path, next, fi, "symbolic link"); err != nil {
 				return err
 			}
 			if links++; links > maxLinks {
@@ -109,7 +113,7 @@ func CheckParents(path string) error {
 		if !fi.IsDir() {
 			return fmt.Errorf("%s: %s is not a directory", path, next)
 		}
-		if err := checkDir(path, next); err != nil {
+		if err := checkDir(path, next, fi); err != nil {
 			return err
 		}
 		cur = next
@@ -128,28 +132,28 @@ func components(p string) []string {
 	return out
 }
 
-// checkDir checks the directory dir above path.
-func checkDir(path, dir string) error {
-	fi, err := os.Lstat(dir)
+// checkDir checks the directory dir above path, fi its Lstat.
+func checkDir(path, dir string, fi fs.FileInfo) error {
+	st, err := checkOwner(path, dir, fi, "directory")
 	if err != nil {
 		return err
 	}
-	if err := checkOwner(path, dir, fi, "directory"); err != nil {
-		return err
+	unsafe := func(format string, a ...any) error {
+		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf(format, a...)}
 	}
-	st := fi.Sys().(*syscall.Stat_t)
-	sticky := fi.Mode()&fs.ModeSticky != 0
 	switch perm := fi.Mode().Perm(); {
-	case sticky:
+	case fi.Mode()&fs.ModeSticky != 0:
 		return nil
 	case perm&0o002 != 0:
-		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by all users (mode %#o) without the sticky bit", perm)}
-	case perm&0o020 != 0 && int(st.Gid) != os.Getgid():
-		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by group %d (mode %#o), which is not this user's primary group", st.Gid, perm)}
-	case perm&0o020 != 0 && hasACL(dir):
-		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("has a POSIX ACL whose mask lets others write to it (mode %#o)", perm)}
-	case perm&0o020 != 0 && !privateGroup(int(st.Gid)):
-		return &UnsafeError{Path: path, Component: "directory " + dir, Reason: fmt.Sprintf("is writable by group %d (mode %#o), which %s does not list as this user's alone", st.Gid, perm, groupFile)}
+		return unsafe("is writable by all users (mode %#o) without the sticky bit", perm)
+	case perm&0o020 == 0:
+		return nil
+	case int(st.Gid) != os.Getgid():
+		return unsafe("is writable by group %d (mode %#o), which is not this user's primary group", st.Gid, perm)
+	case hasACL(dir):
+		return unsafe("has a POSIX ACL whose mask lets others write to it (mode %#o)", perm)
+	case !privateGroup(int(st.Gid)):
+		return unsafe("is writable by group %d (mode %#o), which %s does not list as this user's alone", st.Gid, perm, groupFile)
 	}
 	return nil
 }
@@ -161,23 +165,13 @@ var groupFile, passwdFile = "/etc/group", "/etc/passwd"
 // member but this user, and no other /etc/passwd entry has it as primary group. Only the files are
 // read (as Go's os/user does without cgo): a group they do not list is not private.
 func privateGroup(gid int) bool {
-	uid := os.Getuid()
 	me, others := "", false
-	passwd, err := os.ReadFile(passwdFile)
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(passwd), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 4 || strings.HasPrefix(line, "#") {
-			continue
-		}
+	for _, f := range entries(passwdFile) { // name:password:uid:gid:...
 		u, errU := strconv.Atoi(f[2])
 		g, errG := strconv.Atoi(f[3])
 		switch {
 		case errU != nil || errG != nil:
-			continue
-		case u == uid:
+		case u == os.Getuid():
 			me = f[0]
 		case g == gid:
 			others = true
@@ -186,15 +180,7 @@ func privateGroup(gid int) bool {
 	if me == "" || others {
 		return false
 	}
-	groups, err := os.ReadFile(groupFile)
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(groups), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 4 || strings.HasPrefix(line, "#") {
-			continue
-		}
+	for _, f := range entries(groupFile) { // name:password:gid:member,member
 		if g, err := strconv.Atoi(f[2]); err != nil || g != gid {
 			continue
 		}
@@ -208,6 +194,22 @@ func privateGroup(gid int) bool {
 	return false
 }
 
+// entries returns the colon-separated fields of the lines of the account file path that have at
+// least four, comments left out; none if it cannot be read.
+func entries(path string) [][]string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	var out [][]string
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Split(line, ":"); len(f) >= 4 && !strings.HasPrefix(line, "#") {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
 // hasACL reports whether dir has a POSIX access ACL beyond its mode bits. An error other than
 // "none" or "not supported" is taken as one.
 func hasACL(dir string) bool {
@@ -215,14 +217,15 @@ func hasACL(dir string) bool {
 	return !errors.Is(err, syscall.ENODATA) && !errors.Is(err, syscall.ENOTSUP)
 }
 
-// checkOwner refuses a component owned by another user than root and this one.
-func checkOwner(path, name string, fi fs.FileInfo, what string) error {
+// checkOwner refuses a component owned by another user than root and this one, and returns its
+// status.
+func checkOwner(path, name string, fi fs.FileInfo, what string) (*syscall.Stat_t, error) {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
-		return fmt.Errorf("%s: cannot read the owner of %s", path, name)
+		return nil, fmt.Errorf("%s: cannot read the owner of %s", path, name)
 	}
 	if st.Uid != 0 && int(st.Uid) != os.Getuid() {
-		return &UnsafeError{Path: path, Component: what + " " + name, Reason: fmt.Sprintf("belongs to uid %d", st.Uid)}
+		return nil, &UnsafeError{Path: path, Component: what + " " + name, Reason: fmt.Sprintf("belongs to uid %d", st.Uid)}
 	}
-	return nil
+	return st, nil
 }
