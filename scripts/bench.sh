@@ -121,6 +121,12 @@ R_JOSE=$(ratio "$BARE" "$JOSE")
 # its own, its nonce being the image's binding) as the in-process Go benchmark measures it (warm
 # connections, no process start), nothing else of the attested path counted.
 R_SIGN_FLOOR=$(awk -v p="$SIGN_PLAIN" -v a="$ATTEST" 'BEGIN { printf "%.2f", (p + a / 1e6) / p }')
+# The same, plus the two plugin processes notation starts for an attested signature
+# (get-plugin-metadata, generate-envelope), each counted at the start-up floor of the plugin's
+# packages only. An attested signature on this machine does not go below it (give or take the
+# local key's signature, which the plain one makes and the attested one does not).
+SIGN_FLOOR_MS=$(awk -v p="$SIGN_PLAIN" -v a="$ATTEST" -v f="$FLOOR_META" 'BEGIN { printf "%.0f", p + a / 1e6 + 2 * f }')
+R_SIGN_FLOOR2=$(ratio "$SIGN_FLOOR_MS" "$SIGN_PLAIN")
 R_IMGVER=$(ratio "$VER_ATT" "$VER_NOT")
 R_MANY=$(ratio "$VER_MANY" "$VER_ATT")
 R_BATCH=$(ratio "$B50" "$B1")
@@ -140,6 +146,7 @@ R_ADMIT=$(ratio "$ADMIT_TOKEN" "$ADMIT_NOTATION")
   echo "| measure | value | baseline | ratio | target | result |"
   echo "|---|---|---|---|---|---|"
   echo "| attested \`notation sign\` vs plain-key \`notation sign\`, same registry and image | ${SIGN_ATT} ms | ${SIGN_PLAIN} ms | ${R_SIGN} | <= 1.3 | $(verdict "$R_SIGN" 1.3 '<=') |"
+  echo "| lower bound of the attested \`notation sign\`: the plain one plus one in-process attestation (Go benchmark below) and two start-up floors of the plugin, nothing else counted | ${SIGN_FLOOR_MS} ms | ${SIGN_PLAIN} ms | ${R_SIGN_FLOOR2} | | floor |"
   echo "| token verification (cached keys) vs bare RS256 verify, as a rate (medians of 5 interleaved runs) | ${VERIFY} ns/op | ${BARE} ns/op | ${R_VERIFY} | >= 0.7 | $(verdict "$R_VERIFY" 0.7 '>=') |"
   echo "| go-jose parse and RS256 verify alone (DESIGN.md's JOSE library, no claims), vs bare RS256: the highest rate token verification can reach with it | ${JOSE} ns/op | ${BARE} ns/op | ${R_JOSE} | | floor |"
   echo "| \`oras-attest verify\` vs \`notation verify\`, same image | ${VER_ATT} ms | ${VER_NOT} ms | ${R_IMGVER} | <= 1.3 | $(verdict "$R_IMGVER" 1.3 '<=') |"
@@ -177,7 +184,7 @@ R_ADMIT=$(ratio "$ADMIT_TOKEN" "$ADMIT_NOTATION")
   echo
   echo "Start-up floors: get-plugin-metadata takes ${META} ms, of which ${FLOOR_META} ms pass before its main runs (the Go runtime and the"
   echo "package initialisation of the libraries it links, CPU ${C_FLOOR_META} ms, ${F_FLOOR_META} page faults); the 20 ms target is"
-  echo "$(awk -v f="$FLOOR_META" 'BEGIN { print (f > 20) ? "below that floor on this machine" : "above that floor on this machine: what is missed is the plugin'"'"'s own start-up work" }')."
+  echo "$(awk -v f="$FLOOR_META" -v m="$META" 'BEGIN { print (f > 20) ? "below that floor on this machine" : (m <= 20) ? "above that floor on this machine, and met" : "above that floor on this machine: what is missed is the plugin'"'"'s own start-up work" }')."
   echo "\`oras-attest verify\` starts from a floor of ${FLOOR_VER} ms where \`notation\` starts in ${NOT_START} ms."
   echo
   echo "Page faults: at ${FAULT_US} µs each on this machine, the $((F_VA - F_VN)) faults \`oras-attest verify\` takes beyond \`notation verify\`"
