@@ -109,6 +109,22 @@ func TestCheckParents(t *testing.T) {
 			symlink(t, "../shared/deep", filepath.Join(base, "safe/link"))
 			return filepath.Join(base, "safe") + "/link/../store"
 		}, refused: "shared is writable by all users"},
+		{name: "a sticky directory above owned by another user", asRoot: true, setup: func(t *testing.T, base string) string {
+			d := mkdir(t, base, "tmp", os.ModeSticky|0o777)
+			chown(t, d, nobody, nobody) // its owner may remove or rename any entry
+			return mkdir(t, base, "tmp/store", 0o700)
+		}, refused: "tmp belongs to uid 65534"},
+		{name: "a directory above of another group, which may not write to it", asRoot: true, setup: func(t *testing.T, base string) string {
+			d := mkdir(t, base, "team", 0o750)
+			chown(t, d, -1, nobody)
+			return mkdir(t, base, "team/store", 0o700)
+		}},
+		{name: "a file on the way", setup: func(t *testing.T, base string) string {
+			if err := os.WriteFile(filepath.Join(base, "f"), nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(base, "f") + "/../store"
+		}, otherErr: true},
 		{name: "a loop of links", setup: func(t *testing.T, base string) string {
 			symlink(t, "b", filepath.Join(base, "a"))
 			symlink(t, "a", filepath.Join(base, "b"))
@@ -191,6 +207,7 @@ func TestGroupWrite(t *testing.T) {
 		name          string
 		passwd, group string
 		acl           bool
+		otherGroup    bool   // the directory's group is 65534, not this user's primary group (needs root)
 		refused       string // "" = accepted
 	}{
 		{name: "a user private group", passwd: me, group: fmt.Sprintf("me:x:%d:\n", gid)},
@@ -200,13 +217,27 @@ func TestGroupWrite(t *testing.T) {
 		{name: "listing another member", passwd: me, group: fmt.Sprintf("users:x:%d:me,other\n", gid), refused: "does not list as this user's alone"},
 		{name: "not in the files (NSS)", passwd: me, group: "", refused: "does not list as this user's alone"},
 		{name: "with a POSIX ACL", passwd: me, group: fmt.Sprintf("me:x:%d:\n", gid), acl: true, refused: "has a POSIX ACL"},
+		{name: "another group, though no one is listed in it (as tty, which setgid programs hold)", passwd: me,
+			group: fmt.Sprintf("me:x:%d:\ntty:x:%d:\n", gid, nobody), otherGroup: true, refused: "which is not this user's primary group"},
+		{name: "this user not in the files (NSS)", passwd: fmt.Sprintf("other:x:%d:%d::/home/other:/bin/sh\n", uid+1, uid+1),
+			group: fmt.Sprintf("me:x:%d:\n", gid), refused: "does not list as this user's alone"},
+		{name: "not in the files, other groups are", passwd: me, group: fmt.Sprintf("staff:x:%d:\n", gid+1), refused: "does not list as this user's alone"},
+		{name: "other groups listing others", passwd: me, group: fmt.Sprintf("users:x:%d:me,other\nme:x:%d:\n", gid+1, gid)},
+		{name: "a comment line listing another member", passwd: me, group: fmt.Sprintf("#me:x:%d:other\nme:x:%d:\n", gid, gid)},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.otherGroup && (os.Getuid() != 0 || gid == nobody) {
+				t.Skip("needs root to give a directory to another group")
+			}
 			accounts(t, tc.passwd, tc.group)
 			base := mkdir(t, t.TempDir(), "base", 0o700)
 			d := mkdir(t, base, "proj", 0o770)
-			if err := os.Chown(d, -1, gid); err != nil {
+			dirGID := gid
+			if tc.otherGroup {
+				dirGID = nobody
+			}
+			if err := os.Chown(d, -1, dirGID); err != nil {
 				t.Fatal(err)
 			}
 			if tc.acl {
