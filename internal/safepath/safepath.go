@@ -162,8 +162,9 @@ func checkDir(path, dir string, fi fs.FileInfo) error {
 var groupFile, passwdFile = "/etc/group", "/etc/passwd"
 
 // privateGroup reports whether gid is this user's private group: /etc/group lists it with no
-// member but this user, and no other /etc/passwd entry has it as primary group. Only the files are
-// read (as Go's os/user does without cgo): a group they do not list is not private.
+// member but this user, in every entry with that gid (groupadd -o makes several, and a member of
+// any of them holds the gid), and no other /etc/passwd entry has it as primary group. Only the
+// files are read (as Go's os/user does without cgo): a group they do not list is not private.
 func privateGroup(gid int) bool {
 	me, others := "", false
 	for _, f := range entries(passwdFile) { // name:password:uid:gid:...
@@ -180,6 +181,7 @@ func privateGroup(gid int) bool {
 	if me == "" || others {
 		return false
 	}
+	listed := false
 	for _, f := range entries(groupFile) { // name:password:gid:member,member
 		if g, err := strconv.Atoi(f[2]); err != nil || g != gid {
 			continue
@@ -189,9 +191,9 @@ func privateGroup(gid int) bool {
 				return false
 			}
 		}
-		return true
+		listed = true
 	}
-	return false
+	return listed
 }
 
 // entries returns the colon-separated fields of the lines of the account file path that have at

@@ -224,6 +224,8 @@ func TestGroupWrite(t *testing.T) {
 		{name: "not in the files, other groups are", passwd: me, group: fmt.Sprintf("staff:x:%d:\n", gid+1), refused: "does not list as this user's alone"},
 		{name: "other groups listing others", passwd: me, group: fmt.Sprintf("users:x:%d:me,other\nme:x:%d:\n", gid+1, gid)},
 		{name: "a comment line listing another member", passwd: me, group: fmt.Sprintf("#me:x:%d:other\nme:x:%d:\n", gid, gid)},
+		{name: "a second entry for the group (groupadd -o) listing another member", passwd: me,
+			group: fmt.Sprintf("me:x:%d:\nshared:x:%d:other\n", gid, gid), refused: "does not list as this user's alone"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
