@@ -42,7 +42,9 @@ var patterns = sync.OnceValue(func() []rule {
 		{regexp.MustCompile(`(?i)\b(` + names + `)=[^&\s"']+`), `$1=` + redactedValue},
 		// A URL's password (scheme://user:password@host), as url.URL.Redacted writes it: a
 		// library that quotes the URL it was given (tspclient-go quotes its TSA's) quotes it.
-		{regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.-]*://[^/\s:@"']*):[^/\s@"']*@`), `$1:xxxxx@`},
+		// As url.Parse reads it, the user name ends at the first ':' and the password at the
+		// last '@' before the path: either may hold an '@' that is not escaped.
+		{regexp.MustCompile(`(?i)\b([a-z][a-z0-9+.-]*://[^/\s:"']*):[^/\s"']*@`), `$1:xxxxx@`},
 	}
 })
 

@@ -46,6 +46,10 @@ func TestString(t *testing.T) {
 			want: `timestamp: POST "http://tsauser:xxxxx@127.0.0.1:4286/ts": bad status: 503`},
 		{name: "a URL's password, the scheme in capitals", in: `POST "HTTPS://alice:S3cret@tsa.example/ts"`, want: `POST "HTTPS://alice:xxxxx@tsa.example/ts"`},
 		{name: "a URL's password holding a colon", in: `POST "https://alice:S3:cret@tsa.example/ts"`, want: `POST "https://alice:xxxxx@tsa.example/ts"`},
+		{name: "a URL's password holding an @", in: `POST "http://tsauser:S3@cret@127.0.0.1:4286/ts": bad status: 503`,
+			want: `POST "http://tsauser:xxxxx@127.0.0.1:4286/ts": bad status: 503`},
+		{name: "a URL's user name holding an @ (an e-mail address)", in: `POST "https://alice@example.com:S3cret@tsa.example/ts"`,
+			want: `POST "https://alice@example.com:xxxxx@tsa.example/ts"`},
 		{name: "a URL without a password stays", in: "GET https://user@host.example:443/x and https://host.example/a:b@c",
 			want: "GET https://user@host.example:443/x and https://host.example/a:b@c"},
 		{name: "nothing to remove", in: "reading key keys/signer: GET https://v.vault.azure.net/keys/signer: 403 Forbidden",
@@ -93,9 +97,10 @@ func TestError(t *testing.T) {
 
 func TestURL(t *testing.T) {
 	tests := map[string]string{
-		"https://alice:S3cr3t@tsa.example/ts": "https://alice:xxxxx@tsa.example/ts",
-		"https://tsa.example/ts":              "https://tsa.example/ts",
-		"https://alice:S3cr3t@%zz":            "(not a URL)",
+		"https://alice:S3cr3t@tsa.example/ts":  "https://alice:xxxxx@tsa.example/ts",
+		"https://tsa.example/ts":               "https://tsa.example/ts",
+		"https://alice:S3cr3t@%zz":             "(not a URL)",
+		"https://alice:S3@cr3t@tsa.example/ts": "https://alice:xxxxx@tsa.example/ts",
 	}
 	for in, want := range tests {
 		if got := URL(in); got != want {
