@@ -181,11 +181,12 @@ func TestDockerConfigErrorsHideTheEntry(t *testing.T) {
 
 // TestDockerCredentialHelperErrorsKept: a credential helper's own message says what to do (unlock
 // the keychain, start Docker Desktop) and quotes no entry: it is kept, where a malformed entry's
-// error is replaced (TestDockerConfigErrorsHideTheEntry).
+// error is replaced (TestDockerConfigErrorsHideTheEntry), but redacted: a token it quotes is not.
 func TestDockerCredentialHelperErrorsKept(t *testing.T) {
+	const token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJl"
 	dir := t.TempDir()
 	helper := filepath.Join(dir, "docker-credential-broken")
-	if err := os.WriteFile(helper, []byte("#!/bin/sh\necho 'the login keychain is locked'\nexit 1\n"), 0o755); err != nil {
+	if err := os.WriteFile(helper, []byte("#!/bin/sh\necho 'the login keychain is locked; cached token "+token+" not used'\nexit 1\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"credsStore":"broken"}`), 0o600); err != nil {
@@ -197,7 +198,35 @@ func TestDockerCredentialHelperErrorsKept(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f(context.Background(), "registry.example"); err == nil || !strings.Contains(err.Error(), "the login keychain is locked") {
-		t.Fatalf("err = %v; want the helper's message", err)
+	_, err = f(context.Background(), "registry.example")
+	if err == nil || !strings.Contains(err.Error(), "the login keychain is locked") || strings.Contains(err.Error(), token) {
+		t.Fatalf("err = %v; want the helper's message without the token", err)
+	}
+	if inner := errors.Unwrap(err); inner == nil || !strings.Contains(inner.Error(), token) {
+		t.Fatalf("oras-go's own error = %v; want it to quote the token (else this test proves nothing)", inner)
+	}
+}
+
+// TestWraps: oras-go's malformed-entry error is found by its message however it is wrapped,
+// errors.Join and several %w included, and only an error with exactly that message matches.
+func TestWraps(t *testing.T) {
+	entry := errors.New(invalidConfigFormat)
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"itself", entry, true},
+		{"wrapped", fmt.Errorf("get credentials: %w", entry), true},
+		{"joined", errors.Join(errors.New("other"), fmt.Errorf("decode: %w", entry)), true},
+		{"one of several %w", fmt.Errorf("%w; %w", errors.New("other"), entry), true},
+		{"quoted, not wrapped", fmt.Errorf("decode: %v", entry), false},
+		{"a message that starts with it", errors.New(invalidConfigFormat + ": the helper's own words"), false},
+		{"nil", nil, false},
+	}
+	for _, tc := range tests {
+		if got := wraps(tc.err, invalidConfigFormat); got != tc.want {
+			t.Errorf("%s: wraps = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }
