@@ -214,6 +214,31 @@ func TestGenerateEnvelopeSignsOnlyAfterAttestation(t *testing.T) {
 	}
 }
 
+// TestLongestExpiry: the longest expiry a time.Duration holds, 9223372036 seconds (math.MaxInt64
+// nanoseconds, about 292 years), is signed as asked; a second more is refused (TestFailClosed).
+func TestLongestExpiry(t *testing.T) {
+	const longest = 9223372036
+	f := newFixture(t)
+	req := request("application/jose+json", f.cfg)
+	req.ExpiryDurationInSeconds = longest
+	rsp, err := New(f.deps(t)).GenerateEnvelope(context.Background(), req)
+	if err != nil {
+		t.Fatalf("GenerateEnvelope with an expiry of %d seconds: %v", longest, err)
+	}
+	env, err := signature.ParseEnvelope(req.SignatureEnvelopeType, rsp.SignatureEnvelope)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content, err := env.Verify()
+	if err != nil {
+		t.Fatalf("envelope does not verify: %v", err)
+	}
+	signed := content.SignerInfo.SignedAttributes
+	if got, want := signed.Expiry.Sub(signed.SigningTime), longest*time.Second; got != want {
+		t.Fatalf("expiry %v after the signing time, want %v", got, want)
+	}
+}
+
 // TestFailClosed: every failure between evidence and a verified token stops the request with the
 // right protocol code, a message naming the cause, and no call to the signer.
 func TestFailClosed(t *testing.T) {
@@ -333,6 +358,7 @@ func TestFailClosed(t *testing.T) {
 		{name: "payload without target", req: func(r *plugin.GenerateEnvelopeRequest) { r.Payload = []byte(`{}`) }, code: plugin.ErrorCodeValidation, message: "targetArtifact"},
 		{name: "payload type", req: func(r *plugin.GenerateEnvelopeRequest) { r.PayloadType = "text/plain" }, code: plugin.ErrorCodeValidation, message: "payload type"},
 		{name: "expiry beyond a time.Duration", req: func(r *plugin.GenerateEnvelopeRequest) { r.ExpiryDurationInSeconds = 1<<55 + 1 }, code: plugin.ErrorCodeValidation, message: "signature expiry of 36028797018963969 seconds"},
+		{name: "expiry a second beyond a time.Duration", req: func(r *plugin.GenerateEnvelopeRequest) { r.ExpiryDurationInSeconds = 9223372037 }, code: plugin.ErrorCodeValidation, message: "signature expiry of 9223372037 seconds"},
 		{name: "key id in another spelling", req: func(r *plugin.GenerateEnvelopeRequest) { r.KeyID += "/" }, code: plugin.ErrorCodeValidation, message: "give it as " + strconv.Quote(testKeyID), prefix: "binding: invalid input: key id "},
 	}
 	for _, tc := range tests {
