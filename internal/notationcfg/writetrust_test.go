@@ -479,3 +479,42 @@ func TestWriteTrustConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestWritersTakeTheLock: WriteTrust and WriteSigningKey wait for the configuration directory's
+// lock (atomicfile.LockDir), which another writer holds here, and write once it is released; each
+// creates the directory when it does not exist yet (a user's first configuration).
+func TestWritersTakeTheLock(t *testing.T) {
+	root := testRoot(t)
+	writers := map[string]func(dir string) error{
+		"WriteTrust": func(dir string) error {
+			return WriteTrust(dir, Trust{PolicyName: "p", StoreName: "s", Scopes: []string{"registry.example/app"}, Roots: []*x509.Certificate{root}, Identities: []string{"*"}})
+		},
+		"WriteSigningKey": func(dir string) error {
+			return WriteSigningKey(dir, SigningKey{Name: "k", KeyID: "https://v.vault.azure.net/keys/k", Plugin: "attested-kv"})
+		},
+	}
+	for name, write := range writers {
+		t.Run(name, func(t *testing.T) {
+			if err := write(filepath.Join(t.TempDir(), "not", "yet")); err != nil {
+				t.Fatalf("into a directory that does not exist yet: %v", err)
+			}
+			dir := t.TempDir()
+			release, err := atomicfile.LockDir(dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- write(dir) }()
+			select {
+			case err := <-done:
+				release()
+				t.Fatalf("%s returned (%v) while another writer held the directory's lock", name, err)
+			case <-time.After(300 * time.Millisecond):
+			}
+			release()
+			if err := <-done; err != nil {
+				t.Fatalf("%s after the lock was released: %v", name, err)
+			}
+		})
+	}
+}
