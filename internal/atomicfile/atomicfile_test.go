@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 var errInjected = errors.New("injected directory sync failure")
@@ -427,5 +428,44 @@ func TestReadOwned(t *testing.T) {
 				t.Fatalf("ReadOwned: %v (%T): a *RefusedError exactly for a refusal of what the file is", err, err)
 			}
 		})
+	}
+}
+
+// TestLockDir: LockDir excludes a second holder of the same directory, even in the same process
+// (flock locks belong to the open file), until the first releases it; it refuses what is not a
+// directory.
+func TestLockDir(t *testing.T) {
+	dir := t.TempDir()
+	release, err := LockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan func(), 1)
+	go func() {
+		r, err := LockDir(dir)
+		if err != nil {
+			t.Error(err)
+			r = func() {}
+		}
+		got <- r
+	}()
+	select {
+	case r := <-got:
+		r()
+		release()
+		t.Fatal("a second LockDir returned while the first held the lock")
+	case <-time.After(300 * time.Millisecond):
+	}
+	release()
+	(<-got)()
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockDir(file); !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("LockDir of a file: %v, want ENOTDIR", err)
+	}
+	if _, err := LockDir(filepath.Join(dir, "gone")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("LockDir of a missing directory: %v, want ErrNotExist", err)
 	}
 }
