@@ -39,6 +39,8 @@ var patterns = sync.OnceValue(func() []rule {
 		// header: "eyJ" is the base64url of `{"`.
 		{regexp.MustCompile(`eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?`), redactedJWT},
 		{regexp.MustCompile(`(?i)"(` + names + `)"(\s*:\s*)"(?:[^"\\]|\\.)*"`), `"$1"$2"` + redactedValue + `"`},
+		// The same JSON quoted in a Go string (%q, strconv.Quote): its quotes are escaped.
+		{regexp.MustCompile(`(?i)\\"(` + names + `)\\"(\s*:\s*)\\"(?:[^"\\]|\\[^"])*\\"`), `\"$1\"$2\"` + redactedValue + `\"`},
 		{regexp.MustCompile(`(?i)\b(` + names + `)=[^&\s"']+`), `$1=` + redactedValue},
 		// A URL's password (scheme://user:password@host), as url.URL.Redacted writes it: a
 		// library that quotes the URL it was given (tspclient-go quotes its TSA's) quotes it.

@@ -34,6 +34,8 @@ func TestString(t *testing.T) {
 		{name: "a JWE", in: "got " + jweToken, want: "got " + redactedJWT},
 		{name: "JSON token fields", in: `{"refresh_token": "r3fr3sh", "Access_Token":"abc\"def", "expires_in": 10}`,
 			want: `{"refresh_token": "` + redactedValue + `", "Access_Token":"` + redactedValue + `", "expires_in": 10}`},
+		{name: "JSON token fields quoted in a Go string (%q)", in: `answer "{\"access_token\":\"opaque-4f2a\",\"Client_Secret\": \"s\\\\3\",\"expires_in\":3600}"`,
+			want: `answer "{\"access_token\":\"` + redactedValue + `\",\"Client_Secret\": \"` + redactedValue + `\",\"expires_in\":3600}"`},
 		{name: "form fields", in: "POST body grant_type=access_token&service=r.azurecr.io&access_token=s3cr3t&password=hunter2 sent",
 			want: "POST body grant_type=access_token&service=r.azurecr.io&access_token=" + redactedValue + "&password=" + redactedValue + " sent"},
 		{name: "other credential fields in JSON, values that are not JWS",
