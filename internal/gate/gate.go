@@ -166,13 +166,15 @@ func (g *Gate) GenerateEnvelope(ctx context.Context, req *plugin.GenerateEnvelop
 	if req.ContractVersion != plugin.ContractVersion {
 		return nil, plugin.NewUnsupportedContractVersionError(req.ContractVersion)
 	}
+	// These refusals come before the log is open; they are made as every other one is, by
+	// ToPluginError (redacted).
 	cfg, err := ParseConfig(req.PluginConfig)
 	if err != nil {
-		return nil, plugin.NewValidationError(err.Error())
+		return nil, ToPluginError(validationf("%v", err))
 	}
 	log, closeLog, err := openLog(cfg.LogFile)
 	if err != nil {
-		return nil, plugin.NewValidationError(err.Error())
+		return nil, ToPluginError(validationf("%v", err))
 	}
 	defer closeLog()
 	limit := fmt.Errorf("the signature took longer than the plugin config %s %s", KeyTimeout, cfg.Timeout)

@@ -352,6 +352,9 @@ func TestFailClosed(t *testing.T) {
 		{name: "rule file missing", cfg: f.with(KeyRules, "/nonexistent/rules.cel"), code: plugin.ErrorCodeValidation, message: "claim rules: open /nonexistent/rules.cel"},
 		{name: "rule file missing and MAA down: the rules are reported", cfg: f.with(KeyRules, "/nonexistent/rules.cel", KeyAttestationURL, "https://"+closed), code: plugin.ErrorCodeValidation, message: "rules.cel"},
 		{name: "no attestation_url", cfg: f.with(KeyAttestationURL, ""), code: plugin.ErrorCodeValidation, message: KeyAttestationURL},
+		// A refusal made before the log is open is redacted as the others are: here the log
+		// file's path, quoted by the error, holds what looks like a token.
+		{name: "log_file refused, its path redacted", cfg: f.with(KeyLogFile, "/nonexistent/eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln/plugin.log"), code: plugin.ErrorCodeValidation, message: "/nonexistent/[redacted token]/plugin.log"},
 		{name: "unknown config key", cfg: f.with("max_token_ages", "1h"), code: plugin.ErrorCodeValidation, message: "max_token_ages"},
 		{name: "client_id without credential_type", cfg: f.with(KeyClientID, "00000000-0000-0000-0000-000000000001"), code: plugin.ErrorCodeValidation, message: "client_id"},
 		{name: "contract version 2.0", req: func(r *plugin.GenerateEnvelopeRequest) { r.ContractVersion = "2.0" }, code: plugin.ErrorCodeUnsupportedContractVersion},
