@@ -631,7 +631,7 @@ func TestPolicyDenyThenAttest(t *testing.T) {
 // that moved from its reset value with no event in the log is a mismatch (go-attestation would
 // take such a PCR as verified).
 func TestAttestMeasuredBoot(t *testing.T) {
-	attestLog := func(t *testing.T, opts tpmsim.EventLogOptions, dropEventsOf int) (int, []byte, *instance, *env, *collected) {
+	attestLog := func(t *testing.T, opts tpmsim.EventLogOptions, dropEventsOf int, edit ...func([]byte) []byte) (int, []byte, *instance, *env, *collected) {
 		t.Helper()
 		raw, extends, err := tpmsim.BuildEventLog(opts)
 		if err != nil {
@@ -639,6 +639,9 @@ func TestAttestMeasuredBoot(t *testing.T) {
 		}
 		if dropEventsOf >= 0 {
 			raw, _ = dropPCR(t, raw, extends, dropEventsOf) // the TPM still gets the PCR's extends
+		}
+		for _, f := range edit {
+			raw = f(raw)
 		}
 		e := newEnv(t)
 		for _, x := range extends {
@@ -677,4 +680,24 @@ func TestAttestMeasuredBoot(t *testing.T) {
 			t.Fatalf("attest: %d %s, want %s for PCR 1", status, body, CodeTcgLogMismatch)
 		}
 	})
+	// EV_NO_ACTION is never extended: a PCR whose only event is one is still a PCR without events.
+	t.Run("PCR changed with only an EV_NO_ACTION event", func(t *testing.T) {
+		status, body, _, _, _ := attestLog(t, tpmsim.EventLogOptions{SecureBoot: true}, 1, func(raw []byte) []byte { return appendNoActionEvent(raw, 1) })
+		if status != http.StatusBadRequest || !bytes.Contains(body, []byte(CodeTcgLogMismatch)) || !bytes.Contains(body, []byte("no event for PCR 1")) {
+			t.Fatalf("attest: %d %s, want %s for PCR 1", status, body, CodeTcgLogMismatch)
+		}
+	})
+}
+
+// appendNoActionEvent appends to a SHA-256-only crypto-agile log an EV_NO_ACTION TCG_PCR_EVENT2
+// on pcr, with a zero digest and four bytes of data.
+func appendNoActionEvent(raw []byte, pcr uint32) []byte {
+	le := binary.LittleEndian
+	out := le.AppendUint32(bytes.Clone(raw), pcr)
+	out = le.AppendUint32(out, eventTypeNoAction)
+	out = le.AppendUint32(out, 1)      // digest count
+	out = le.AppendUint16(out, 0x000B) // TPM_ALG_SHA256
+	out = append(out, make([]byte, 32)...)
+	out = le.AppendUint32(out, 4)
+	return append(out, "note"...)
 }

@@ -7,6 +7,8 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
@@ -30,6 +32,8 @@ func TestAttestRefusals(t *testing.T) {
 	otherAK := e.loaded(t, e.tpm.createPrimary(t, tpm2.TPMRHEndorsement, akTemplate(2)))
 	// A leaked AK, for the checks that only evidence no TPM signs can reach.
 	leaked := newSoftwareAK(t, e.ca)
+	// A CA whose intermediate a row gives the instance as chain material, under no trusted root.
+	chainOnly := newTestCA(t, "Chain-only vTPM")
 
 	// useAK makes ak the AK of c: its public area, a certificate from the trusted CA, and the
 	// quote and certification signed by it.
@@ -57,8 +61,10 @@ func TestAttestRefusals(t *testing.T) {
 		info func(info *wire.AttestationInfo)
 		// body replaces the request body built from the document.
 		body func(t *testing.T, valid []byte) []byte
-		// url replaces the request URL.
-		url string
+		// url replaces the request URL, method the POST.
+		url, method string
+		// cfg changes the instance's configuration.
+		cfg func(*Config)
 		// hdr sets request headers ("" leaves one out).
 		hdr    map[string]string
 		status int
@@ -70,6 +76,7 @@ func TestAttestRefusals(t *testing.T) {
 		{name: "wrong api-version", url: wire.AttestPath + "?api-version=2022-08-01", status: 400, code: CodeUnsupportedAPIVersion, msg: "2020-10-01"},
 		{name: "missing api-version", url: wire.AttestPath, status: 400, code: CodeUnsupportedAPIVersion, msg: "api-version"},
 		{name: "repeated api-version", url: attestURL + "&api-version=2020-10-01", status: 400, code: CodeUnsupportedAPIVersion, msg: "api-version"},
+		{name: "GET with valid evidence", method: http.MethodGet, status: 405, code: CodeMethodNotAllowed, msg: "GET"},
 		{name: "other attestation type", url: "/attest/Tpm?api-version=2020-10-01", status: 400, code: CodeUnsupportedAttestationType, msg: "Tpm"},
 		{name: "sent as text/plain", hdr: map[string]string{"Content-Type": "text/plain"}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "application/json"},
 		{name: "sent without a Content-Type", hdr: map[string]string{"Content-Type": ""}, status: 415, code: CodeUnsupportedMediaTypeOrBody, msg: "no Content-Type"},
@@ -146,6 +153,7 @@ func TestAttestRefusals(t *testing.T) {
 			b, _ := json.Marshal(doc)
 			return rawRequestBody(t, b)
 		}, status: 400, code: CodeInvalidAttestationInfoJSON, msg: "lacks OSVersionMinor"},
+		{name: "OS distro not UTF-8", info: func(i *wire.AttestationInfo) { i.OSDistro = b64("Ubuntu\xff") }, status: 400, code: CodeInvalidFieldEncoding, msg: "OSDistro is not UTF-8"},
 		{name: "client payload not base64", info: func(i *wire.AttestationInfo) { i.ClientPayload = map[string]string{"nonce": "not base64!"} }, status: 400, code: CodeInvalidClientPayload},
 
 		// AK certificate.
@@ -154,6 +162,27 @@ func TestAttestRefusals(t *testing.T) {
 		{name: "AK cert from another CA", evidence: func(t *testing.T, c *collected) {
 			c.akCert = newTestCA(t, "Rogue vTPM").issueAKCert(t, e.ak.rsa, akCertOptions{}).Raw
 		}, status: 400, code: CodeAikCertUntrusted, msg: "Rogue vTPM"},
+		{name: "AK cert under an intermediate that is only chain material", cfg: func(c *Config) { c.Intermediates.AddCert(chainOnly.inter) },
+			evidence: func(t *testing.T, c *collected) {
+				c.akCert = chainOnly.issueAKCert(t, e.ak.rsa, akCertOptions{}).Raw
+			}, status: 400, code: CodeAikCertUntrusted, msg: "Chain-only vTPM"},
+		{name: "AK cert with an empty critical SAN", evidence: func(t *testing.T, c *collected) {
+			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{extensions: []pkix.Extension{criticalSAN(nil)}}).Raw
+		}, status: 400, code: CodeAikCertInvalid, msg: "not a well-formed GeneralNames"},
+		{name: "AK cert with bytes after its critical SAN", evidence: func(t *testing.T, c *collected) {
+			ext := criticalSAN(dirNameGeneralName())
+			ext.Value = append(ext.Value, 0x05, 0x00)
+			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{extensions: []pkix.Extension{ext}}).Raw
+		}, status: 400, code: CodeAikCertInvalid, msg: "not a well-formed GeneralNames"},
+		{name: "AK cert with a critical SAN holding a non-GeneralName", evidence: func(t *testing.T, c *collected) {
+			s, _ := asn1.Marshal("TPM")
+			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{extensions: []pkix.Extension{criticalSAN(s)}}).Raw
+		}, status: 400, code: CodeAikCertInvalid, msg: "not a GeneralName"},
+		{name: "AK cert with an unknown critical extension beside its critical SAN", evidence: func(t *testing.T, c *collected) {
+			null, _ := asn1.Marshal(asn1.NullRawValue)
+			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{criticalDirNameSAN: true,
+				extensions: []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 3, 6, 1, 4, 1, 59999, 9}, Critical: true, Value: null}}}).Raw
+		}, status: 400, code: CodeAikCertUntrusted, msg: "unhandled critical extension"},
 		{name: "AK cert expired", evidence: func(t *testing.T, c *collected) {
 			c.akCert = e.ca.issueAKCert(t, e.ak.rsa, akCertOptions{notBefore: time.Now().Add(-48 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)}).Raw
 		}, status: 400, code: CodeAikCertNotValidNow},
@@ -218,6 +247,13 @@ func TestAttestRefusals(t *testing.T) {
 			sel.PCRSelections[0].Hash = tpm2.TPMAlgSHA1
 			c.quote, c.quoteSig = e.tpm.quoteSelection(t, e.ak, sel)
 		}, status: 400, code: CodePcrSelectionMismatch, msg: "not SHA-256"},
+		{name: "quote of the SHA-256 and SHA-1 banks", evidence: func(t *testing.T, c *collected) {
+			sel := pcrSelection(azurePCRs)
+			sha1 := sel.PCRSelections[0]
+			sha1.Hash = tpm2.TPMAlgSHA1
+			sel.PCRSelections = append(sel.PCRSelections, sha1)
+			c.quote, c.quoteSig = e.tpm.quoteSelection(t, e.ak, sel)
+		}, status: 400, code: CodePcrSelectionMismatch, msg: "selects 2 PCR banks"},
 		{name: "certify info sent as the quote", evidence: func(t *testing.T, c *collected) {
 			c.quote, c.quoteSig = c.certifyInfo, c.certifySig
 		}, status: 400, code: CodeQuoteInvalid, msg: "type"},
@@ -236,6 +272,17 @@ func TestAttestRefusals(t *testing.T) {
 		{name: "PCR value does not match the digest", evidence: func(t *testing.T, c *collected) {
 			c.pcrs[3].digest = sha256Sum([]byte("forged PCR 3"))
 		}, status: 400, code: CodePcrDigestMismatch},
+		{name: "PcrSet names PCR 24", evidence: func(t *testing.T, c *collected) {
+			c.pcrSet = append(c.pcrSet, 24)
+			c.pcrs = append(c.pcrs, pcrValue{index: 24, digest: make([]byte, 32)})
+		}, status: 400, code: CodePcrSetInvalid, msg: "PCRs go up to 23"},
+		{name: "PcrSet repeats a PCR", evidence: func(t *testing.T, c *collected) {
+			c.pcrSet = []uint32{0, 1, 1, 2, 3, 4, 5, 6, 7}
+			c.pcrs = slices.Insert(c.pcrs, 2, c.pcrs[1])
+		}, status: 400, code: CodePcrSetInvalid, msg: "strictly ascending"},
+		{name: "PCRs holds a value beyond PcrSet", evidence: func(t *testing.T, c *collected) {
+			c.pcrs = append(c.pcrs, pcrValue{index: 8, digest: make([]byte, 32)})
+		}, status: 400, code: CodePcrSetInvalid, msg: "PCRs has 9 entries but PcrSet names 8"},
 		{name: "PCR 7 missing from the set", evidence: func(t *testing.T, c *collected) {
 			c.pcrSet, c.pcrs = c.pcrSet[:7], c.pcrs[:7]
 		}, status: 400, code: CodePcrSetInvalid, msg: "lacks PCRs [7]"},
@@ -335,6 +382,18 @@ func TestAttestRefusals(t *testing.T) {
 			c.certifyInfo = tpm2.Marshal(a)
 			c.certifySig = e.tpm.signWithTicket(t, e.ak, c.certifyInfo)
 		}, status: 400, code: CodeCertifyInfoInvalid, msg: "not generated by a TPM"},
+		{name: "certify info with qualifying data", evidence: func(t *testing.T, c *collected) {
+			rsp, err := tpm2.Certify{
+				ObjectHandle:   c.eph.auth(tpm2.PasswordAuth(nil)),
+				SignHandle:     e.ak.auth(tpm2.PasswordAuth(nil)),
+				QualifyingData: tpm2.TPM2BData{Buffer: []byte("nonce")},
+				InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
+			}.Execute(e.tpm.tpm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.certifyInfo, c.certifySig = rsp.CertifyInfo.Bytes(), rsaSig(t, rsp.Signature)
+		}, status: 400, code: CodeCertifyInfoInvalid, msg: "EncKeyCertifyInfo carries 5 bytes of qualifying data"},
 		{name: "certify info naming another signer than the quote", evidence: func(t *testing.T, c *collected) {
 			a := mustUnmarshal[tpm2.TPMSAttest](t, c.certifyInfo)
 			a.QualifiedSigner.Buffer = slices.Clone(a.QualifiedSigner.Buffer)
@@ -348,6 +407,12 @@ func TestAttestRefusals(t *testing.T) {
 			c.certifyInfo = tpm2.Marshal(a)
 			leaked.resign(t, c)
 		}, status: 400, code: CodeEvidenceBootMismatch, msg: "firmware"},
+		{name: "certify info from before a TPM restart", evidence: func(t *testing.T, c *collected) {
+			a := mustUnmarshal[tpm2.TPMSAttest](t, c.certifyInfo)
+			a.ClockInfo.RestartCount ^= 1
+			c.certifyInfo = tpm2.Marshal(a)
+			leaked.resign(t, c)
+		}, status: 400, code: CodeEvidenceBootMismatch, msg: "different TPM boots"},
 		{name: "ephemeral key is the AK", evidence: func(t *testing.T, c *collected) {
 			e.unload(c.eph)
 			c.eph = e.ak
@@ -365,6 +430,11 @@ func TestAttestRefusals(t *testing.T) {
 		{name: "TCG log that does not match the PCRs", evidence: func(t *testing.T, c *collected) {
 			c.tcgLog = readFixture(t, "testdata/rhel8-uefi.bin")
 		}, status: 400, code: CodeTcgLogMismatch},
+		// Policy.
+		{name: "policy re-issuing a service claim with its own value", cfg: func(c *Config) {
+			c.Policy = `version=1.0; authorizationrules { => add(type="secureboot", value=true); => permit(); };
+issuancerules { c:[type=="secureboot", issuer=="AttestationPolicy"] => issue(claim=c); };`
+		}, status: 400, code: CodePolicyEvaluationError, msg: `service claim "secureboot"`},
 		{name: "TCG log garbage", evidence: func(t *testing.T, c *collected) { c.tcgLog = []byte("not an event log") }, status: 400, code: CodeTcgLogInvalid},
 
 		// Last: it reboots the TPM, which unloads otherAK.
@@ -377,7 +447,7 @@ func TestAttestRefusals(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			in := newInstance(t, e, nil)
+			in := newInstance(t, e, tc.cfg)
 			c := e.collect(t)
 			if tc.evidence != nil {
 				tc.evidence(t, c)
@@ -394,7 +464,11 @@ func TestAttestRefusals(t *testing.T) {
 			if tc.url != "" {
 				url = tc.url
 			}
-			status, rsp := in.do(t, http.MethodPost, url, body, tc.hdr)
+			method := http.MethodPost
+			if tc.method != "" {
+				method = tc.method
+			}
+			status, rsp := in.do(t, method, url, body, tc.hdr)
 			ce := cloudError(t, rsp)
 			t.Logf("%d %s: %s", status, ce.Code, ce.Message)
 			if status != tc.status || ce.Code != tc.code || !strings.Contains(ce.Message, tc.msg) {
@@ -481,6 +555,19 @@ func rsaParms(tmpl tpm2.TPMTPublic) *tpm2.TPMSRSAParms {
 		panic(err)
 	}
 	return p
+}
+
+// criticalSAN is a critical subjectAltName extension whose SEQUENCE holds elems.
+func criticalSAN(elems ...[]byte) pkix.Extension {
+	v, _ := asn1.Marshal(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSequence, IsCompound: true, Bytes: bytes.Join(elems, nil)})
+	return pkix.Extension{Id: oidSubjectAltName, Critical: true, Value: v}
+}
+
+// dirNameGeneralName is a GeneralName directoryName ([4]) CN=TPM, the form of TCG SANs.
+func dirNameGeneralName() []byte {
+	dn, _ := asn1.Marshal(pkix.Name{CommonName: "TPM"}.ToRDNSequence())
+	gn, _ := asn1.Marshal(asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: dn})
+	return gn
 }
 
 // growTPM2B appends a byte to a TPM2B structure and counts it in the size field.

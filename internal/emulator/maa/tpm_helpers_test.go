@@ -433,6 +433,8 @@ type akCertOptions struct {
 	criticalDirNameSAN bool
 	// keyUsage replaces digitalSignature when not zero.
 	keyUsage x509.KeyUsage
+	// extensions are added to the certificate as they are.
+	extensions []pkix.Extension
 }
 
 func (ca *testCA) issueAKCert(t testing.TB, key *rsa.PublicKey, o akCertOptions) *x509.Certificate {
@@ -465,6 +467,7 @@ func (ca *testCA) issueAKCert(t testing.TB, key *rsa.PublicKey, o akCertOptions)
 		san, _ := asn1.Marshal(asn1.RawValue{Class: asn1.ClassUniversal, Tag: asn1.TagSequence, IsCompound: true, Bytes: gn})
 		tmpl.ExtraExtensions = []pkix.Extension{{Id: oidSubjectAltName, Critical: true, Value: san}}
 	}
+	tmpl.ExtraExtensions = append(tmpl.ExtraExtensions, o.extensions...)
 	return testcert.Issue(t, tmpl, ca.inter, key, ca.interKey)
 }
 

@@ -29,6 +29,10 @@ var primaryKeyCases = []publicAreaCase{
 	{name: "sensitiveDataOrigin clear", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) { p.ObjectAttributes.SensitiveDataOrigin = false },
 		msg: "fixedTPM=true fixedParent=true sensitiveDataOrigin=false"},
 	{name: "exponent 3", alter: func(_ *tpm2.TPMTPublic, r *tpm2.TPMSRSAParms) { r.Exponent = 3 }, msg: "public exponent 3"},
+	{name: "modulus a byte shorter than keyBits", alter: func(p *tpm2.TPMTPublic, _ *tpm2.TPMSRSAParms) {
+		n, _ := p.Unique.RSA()
+		n.Buffer = n.Buffer[1:]
+	}, msg: "modulus is not 2048 bits"},
 }
 
 // runPublicAreaCases runs check on the public area of k changed by each case: refused with code
