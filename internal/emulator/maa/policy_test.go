@@ -60,6 +60,9 @@ func TestParsePolicyRefuses(t *testing.T) {
 		{"version=1.0; authorizationrules { [type==\"x\", value==d.value] => permit(); };", "not bound"},
 		{"version=1.0; authorizationrules { [type<\"x\"] => permit(); };", "integers only"},
 		{"version=1.0; authorizationrules { [type==1] => permit(); };", "string"},
+		{"version=1.0; authorizationrules { [type==\"x\", value<\"5\"] => deny(); => permit(); };", "integers only"},
+		{"version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type=\"\", value=1); };", "non-empty string"},
+		{"version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type=\"x-ms-runtime\", value=\"x\"); };", "service"},
 		{"version=1.0; authorizationrules { [type==\"x\", type==\"y\"] => permit(); };", "twice"},
 		{"version=1.0; authorizationrules { [kind==\"x\"] => permit(); };", "expected type, issuer or value"},
 		{"version=1.0; authorizationrules { [type==\"x] => permit(); };", "unterminated string"},
@@ -100,6 +103,9 @@ func TestPolicyEvaluate(t *testing.T) {
 		{name: "deny that does not match", policy: `version=1.0; authorizationrules { [type=="secureboot", value==false] => deny(); => permit(); };`},
 		{name: "type mismatch is not equal", policy: `version=1.0; authorizationrules { [type=="x-ms-azurevm-osversion-major", value=="22"] => permit(); };`, denied: true},
 		{name: "integer ordering", policy: `version=1.0; authorizationrules { [type=="x-ms-azurevm-osversion-major", value>20] && [type=="x-ms-azurevm-osversion-major", value<=22] => permit(); };`},
+		{name: "not equal denies", policy: `version=1.0; authorizationrules { [type=="x-ms-azurevm-dbvalidated", value!=true] => deny(); => permit(); };`, denied: true},
+		{name: "not equal that does not hold", policy: `version=1.0; authorizationrules { [type=="secureboot", value!=true] => deny(); => permit(); };`},
+		{name: "less than is strict", policy: `version=1.0; authorizationrules { [type=="x-ms-azurevm-osversion-major", value<22] => permit(); };`, denied: true},
 		{name: "missing claim", policy: `version=1.0; authorizationrules { [type=="x-ms-isolation-tee"] => permit(); };`, denied: true},
 		{name: "multi-valued claim", policy: `version=1.0; authorizationrules { [type=="x-ms-azurevm-attested-pcrs", value==7] => permit(); };`},
 		{name: "add is visible to later rules", policy: `version=1.0; authorizationrules {
@@ -118,6 +124,10 @@ func TestPolicyEvaluate(t *testing.T) {
 			=> issue(type="a", value=1);
 			c:[type=="a"] => issue(type="b", value=c.value); };`,
 			issued: []policyClaim{{Type: "a", Issuer: issuerPolicy, Value: int64(1)}, {Type: "b", Issuer: issuerPolicy, Value: int64(1)}}},
+		{name: "add in issuance rules feeds later rules but is not issued", policy: `version=1.0; authorizationrules { => permit(); }; issuancerules {
+			=> add(type="a", value=1);
+			c:[type=="a"] => issue(type="b", value=c.value); };`,
+			issued: []policyClaim{{Type: "b", Issuer: issuerPolicy, Value: int64(1)}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pol, err := parsePolicy(tc.policy)

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -115,6 +116,7 @@ func TestPolicyRefusals(t *testing.T) {
 		{"issues a service claim", "PUT", policyURL("AzureGuest"), unsignedPolicyJWS(`version=1.0; authorizationrules { => permit(); }; issuancerules { => issue(type="secureboot", value=true); };`), bearer, 400, CodeInvalidPolicy, "service"},
 		{"signed policy", "PUT", policyURL("AzureGuest"), payload(`{"alg":"RS256"}`) + "." + stored(DefaultPolicy) + ".c2ln", bearer, 400, CodePolicySigningNotSupported, "RS256"},
 		{"not a JWS", "PUT", policyURL("AzureGuest"), DefaultPolicy, bearer, 400, CodeInvalidPolicyDocument, "compact JWS"},
+		{"unsigned header with a kid", "PUT", policyURL("AzureGuest"), payload(`{"alg":"none","kid":"k"}`) + "." + stored(DefaultPolicy) + ".", bearer, 400, CodeInvalidPolicyDocument, `unexpected parameter "kid"`},
 		{"signature on alg none", "PUT", policyURL("AzureGuest"), hdrNone + "." + stored(DefaultPolicy) + ".c2ln", bearer, 400, CodeInvalidPolicyDocument, "empty signature"},
 		{"payload not a StoredAttestationPolicy", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"Policy":"x"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "StoredAttestationPolicy"},
 		{"payload key in another case", "PUT", policyURL("AzureGuest"), hdrNone + "." + payload(`{"attestationPolicy":"`+base64.RawURLEncoding.EncodeToString([]byte(DefaultPolicy))+`"}`) + ".", bearer, 400, CodeInvalidPolicyDocument, "case-sensitive"},
@@ -150,6 +152,15 @@ func TestPolicyRefusals(t *testing.T) {
 func TestPolicyAuthorization(t *testing.T) {
 	other := map[string]string{"Authorization": "Bearer some-other-token"}
 	basic := map[string]string{"Authorization": "Basic dXNlcjpwdw=="}
+	// withRoleless accepts the token of bearer as valid but finds no attestation role behind it.
+	withRoleless := func(c *Config) {
+		c.AuthorizePolicyRequest = func(r *http.Request) error {
+			if r.Header.Get("Authorization") != bearer["Authorization"] {
+				return errors.New("token refused by the test authorizer")
+			}
+			return fmt.Errorf("principal p: %w", ErrNoPolicyRole)
+		}
+	}
 	put := unsignedPolicyJWS(`version=1.0; authorizationrules { c:[type=="secureboot", value==true] => permit(); }; issuancerules { };`)
 	for _, tc := range []struct {
 		name       string
@@ -164,6 +175,7 @@ func TestPolicyAuthorization(t *testing.T) {
 		{"no authorizer: PUT without a token", nil, "PUT", nil, 401, "Bearer"},
 		{"authorizer: PUT without a token", withPolicyAdmin, "PUT", nil, 401, "Bearer"},
 		{"authorizer: PUT with Basic auth", withPolicyAdmin, "PUT", basic, 401, "Bearer"},
+		{"authorizer: PUT by a caller without the role", withRoleless, "PUT", bearer, 403, "no attestation role"},
 		{"authorizer: PUT with a refused token", withPolicyAdmin, "PUT", other, 401, "refused by the test authorizer"},
 		{"authorizer: GET with a refused token", withPolicyAdmin, "GET", other, 401, "refused by the test authorizer"},
 		{"authorizer: GET with an accepted token", withPolicyAdmin, "GET", bearer, 200, ""},
@@ -183,8 +195,12 @@ func TestPolicyAuthorization(t *testing.T) {
 				policyToken(t, in, rsp)
 				return
 			}
-			if ce := cloudError(t, rsp); ce.Code != CodeUnauthorized || !strings.Contains(ce.Message, tc.msg) {
-				t.Fatalf("got %+v, want %s containing %q", ce, CodeUnauthorized, tc.msg)
+			code := CodeUnauthorized
+			if tc.status == http.StatusForbidden {
+				code = CodeForbidden
+			}
+			if ce := cloudError(t, rsp); ce.Code != code || !strings.Contains(ce.Message, tc.msg) {
+				t.Fatalf("got %+v, want %s containing %q", ce, code, tc.msg)
 			}
 			if in.srv.currentPolicy().text != DefaultPolicy {
 				t.Error("an unauthorized request changed the policy")

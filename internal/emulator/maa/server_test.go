@@ -200,7 +200,7 @@ func TestDecodeBase64(t *testing.T) {
 			t.Errorf("decodeBase64URL(%q): %v", s, err)
 		}
 	}
-	for _, s := range []string{"YR", "+/8", "YQ=", "YQ\n"} {
+	for _, s := range []string{"YR", "YR==", "+/8", "YQ=", "YQ\n"} {
 		if _, err := decodeBase64URL(s); err == nil {
 			t.Errorf("decodeBase64URL(%q) accepted", s)
 		}
