@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-jose/go-jose/v4/jwt"
 )
 
 func TestTokenEndpoint(t *testing.T) {
@@ -248,5 +250,53 @@ func TestManagedIdentityToken(t *testing.T) {
 	s.Handler().ServeHTTP(rec, req)
 	if rec.Code == http.StatusOK {
 		t.Fatalf("the token endpoint issued a managed identity a token: %s", rec.Body)
+	}
+}
+
+// TestValidateAccessTokenClaims signs, with the tenant's own key, tokens that differ from the ones
+// the token endpoint issues in one claim each, and checks that ValidateAccessToken refuses each:
+// the issuer of another tenant or in another form, another tenant's tid, and a not-before or
+// issued-at time beyond the minute of skew. The token endpoint never issues such a token; these
+// checks are what ValidateAccessToken promises to a relying party all the same.
+func TestValidateAccessTokenClaims(t *testing.T) {
+	now := time.Now()
+	s, err := New(Config{TenantID: "t1", Clients: map[string]string{"app": "s3cret"}, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		alter func(*Claims)
+		ok    bool
+	}{
+		{"as issued", func(*Claims) {}, true},
+		{"issuer of another tenant", func(c *Claims) { c.Issuer = "https://sts.windows.net/t2/" }, false},
+		{"v2.0 issuer", func(c *Claims) { c.Issuer = "https://login.microsoftonline.com/t1/v2.0" }, false},
+		{"another tenant", func(c *Claims) { c.TenantID = "t2" }, false},
+		{"not valid for ten minutes", func(c *Claims) { c.NotBefore = jwt.NewNumericDate(now.Add(10 * time.Minute)) }, false},
+		{"issued ten minutes from now", func(c *Claims) { c.IssuedAt = jwt.NewNumericDate(now.Add(10 * time.Minute)) }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Claims{
+				Claims: jwt.Claims{
+					Issuer: s.Issuer(), Audience: jwt.Audience{ResourceKeyVault}, Subject: ObjectID("app"),
+					IssuedAt: jwt.NewNumericDate(now), NotBefore: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(TokenLifetime)),
+				},
+				TenantID: "t1", ObjectID: ObjectID("app"), AppID: "app",
+			}
+			tc.alter(&c)
+			raw, err := jwt.Signed(s.signer).Claims(c).Serialize()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = s.ValidateAccessToken(raw, ResourceKeyVault)
+			if tc.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tc.ok && !errors.Is(err, ErrTokenInvalid) {
+				t.Fatalf("got %v, want ErrTokenInvalid", err)
+			}
+			t.Log(err)
+		})
 	}
 }
