@@ -34,6 +34,8 @@ func TestToken(t *testing.T) {
 	}{
 		{"user-assigned by client id", "", []string{"a", "b"}, "GET", ok + "&client_id=b", nil, 200, "b"},
 		{"by object id", "", []string{"a", "b"}, "GET", ok + "&object_id=oid-a", nil, 200, "a"},
+		{"by object id, not the first", "", []string{"a", "b"}, "GET", ok + "&object_id=oid-b", nil, 200, "b"},
+		{"object id not on the VM", "", []string{"a", "b"}, "GET", ok + "&object_id=oid-x", nil, 400, "invalid_request"},
 		{"client id case", "", []string{"ab"}, "GET", ok + "&client_id=AB", nil, 200, "ab"},
 		{"system-assigned by default", "s", []string{"a"}, "GET", ok, nil, 200, "s"},
 		{"the one user-assigned by default", "", []string{"a"}, "GET", ok, nil, 200, "a"},
@@ -45,6 +47,7 @@ func TestToken(t *testing.T) {
 		{"POST", "s", nil, "POST", ok, nil, 405, "invalid_request"},
 		{"no api-version", "s", nil, "GET", "/metadata/identity/oauth2/token?resource=https://vault.azure.net", nil, 400, "invalid_request"},
 		{"old api-version", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2017-09-01&resource=https://vault.azure.net", nil, 400, "invalid_request"},
+		{"api-version from the future", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2999-01-01&resource=https://vault.azure.net", nil, 400, "invalid_request"},
 		{"api-version not a date", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=latest&resource=https://vault.azure.net", nil, 400, "invalid_request"},
 		{"no resource", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2018-02-01", nil, 400, "invalid_request"},
 		{"a scope, not a resource", "s", nil, "GET", "/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://vault.azure.net/.default", nil, 400, "invalid_resource"},
