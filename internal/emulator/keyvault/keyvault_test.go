@@ -2,8 +2,11 @@ package keyvault
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -14,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -104,8 +108,13 @@ func TestVaultRules(t *testing.T) {
 	if rec, _ := call(t, h, "POST", "/keys/ec/create"+v, "good", map[string]any{"kty": "EC", "crv": "P-256"}); rec.Code != 200 {
 		t.Fatalf("create ec: %d", rec.Code)
 	}
+	if rec, _ := call(t, h, "POST", "/certificates/pem/create"+v, "good", certBody(map[string]any{}, map[string]any{"subject": "CN=pem"})); rec.Code != 202 {
+		t.Fatalf("create certificate: %d", rec.Code)
+	}
 	d32 := base64.RawURLEncoding.EncodeToString(make([]byte, 32))
 	d48 := base64.RawURLEncoding.EncodeToString(make([]byte, 48))
+	pkcs12 := certBody(map[string]any{}, map[string]any{"subject": "CN=x"})
+	pkcs12["policy"].(map[string]any)["secret_props"] = map[string]any{"contentType": "application/x-pkcs12"}
 	tests := []struct {
 		name, method, path, token string
 		body                      any
@@ -122,6 +131,9 @@ func TestVaultRules(t *testing.T) {
 		{"body not JSON", "POST", "/keys/rsa/sign" + v, "good", []byte("{"), 400, "BadParameter"},
 		{"PS256 ok", "POST", "/keys/rsa/sign" + v, "good", map[string]any{"alg": "PS256", "value": d32}, 200, ""},
 		{"ES256 ok", "POST", "/keys/ec/sign" + v, "good", map[string]any{"alg": "ES256", "value": d32}, 200, ""},
+		{"RSA-1024 key refused", "POST", "/keys/small/create" + v, "good", map[string]any{"kty": "RSA", "key_size": 1024}, 400, "BadParameter"},
+		{"PKCS#12 certificate refused", "POST", "/certificates/p12/create" + v, "good", pkcs12, 400, "BadParameter"},
+		{"secret as PKCS#12 refused", "GET", "/secrets/pem" + v + "&outContentType=application/x-pkcs12", "good", nil, 400, "BadParameter"},
 		{"exportable certificate refused", "POST", "/certificates/c/create" + v, "good", certBody(map[string]any{"exportable": true}, map[string]any{"subject": "CN=x"}), 400, "BadParameter"},
 	}
 	for _, tc := range tests {
@@ -439,5 +451,68 @@ func TestVaultWantsJSONBodies(t *testing.T) {
 		if rec.Code != tc.status || tc.status != 200 && !strings.Contains(rec.Body.String(), "want application/json") {
 			t.Errorf("Content-Type %q: %d %s, want %d", tc.contentType, rec.Code, rec.Body.String(), tc.status)
 		}
+	}
+}
+
+// TestVerifyRefusesWrongSignatures checks the vault's verify: true only for a signature the key
+// made over that digest with that algorithm, PS* only with the salt length of the hash as Key
+// Vault signs, EC only as raw r||s of the curve's size; and a digest of another length than the
+// algorithm's hash is refused (400 BadParameter) as for sign.
+func TestVerifyRefusesWrongSignatures(t *testing.T) {
+	s, h := newVault(t)
+	const v = "?api-version=7.5"
+	call(t, h, "POST", "/keys/rsa/create"+v, "good", map[string]any{"kty": "RSA", "key_size": 2048})
+	call(t, h, "POST", "/keys/ec/create"+v, "good", map[string]any{"kty": "EC", "crv": "P-256"})
+	b64 := base64.RawURLEncoding.EncodeToString
+	d := sha256.Sum256([]byte("signed"))
+	other := sha256.Sum256([]byte("not signed"))
+	sign := func(key, alg string) []byte {
+		t.Helper()
+		rec, out := call(t, h, "POST", "/keys/"+key+"/sign"+v, "good", map[string]any{"alg": alg, "value": b64(d[:])})
+		sig, err := base64.RawURLEncoding.DecodeString(fmt.Sprint(out["value"]))
+		if rec.Code != 200 || err != nil {
+			t.Fatalf("sign %s: %d %s", alg, rec.Code, rec.Body)
+		}
+		return sig
+	}
+	rs256, ps256, es256 := sign("rsa", "RS256"), sign("rsa", "PS256"), sign("ec", "ES256")
+	// A PSS signature by the vault's key with an empty salt: valid PSS, not Key Vault's PS256.
+	kv, err := s.lookupKey("rsa", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noSalt, err := rsa.SignPSS(rand.Reader, kv.priv.(*rsa.PrivateKey), crypto.SHA256, d[:], &rsa.PSSOptions{SaltLength: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, key, alg string
+		digest, sig    []byte
+		status         int
+		valid          bool
+	}{
+		{"RS256", "rsa", "RS256", d[:], rs256, 200, true},
+		{"RS256 over another digest", "rsa", "RS256", other[:], rs256, 200, false},
+		{"PS256", "rsa", "PS256", d[:], ps256, 200, true},
+		{"PS256 with an empty salt", "rsa", "PS256", d[:], noSalt, 200, false},
+		{"ES256", "ec", "ES256", d[:], es256, 200, true},
+		{"ES256 with s padded to 33 bytes", "ec", "ES256", d[:], slices.Concat(es256[:32], []byte{0}, es256[32:]), 200, false},
+		{"ES256 with a 48-byte digest", "ec", "ES256", make([]byte, 48), es256, 400, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec, out := call(t, h, "POST", "/keys/"+tc.key+"/verify"+v, "good", map[string]any{"alg": tc.alg, "digest": b64(tc.digest), "value": b64(tc.sig)})
+			if rec.Code != tc.status {
+				t.Fatalf("status %d (%s), want %d", rec.Code, rec.Body, tc.status)
+			}
+			if tc.status != 200 {
+				if errCode(out) != "BadParameter" {
+					t.Fatalf("error %s, want BadParameter", rec.Body)
+				}
+				return
+			}
+			if out["value"] != tc.valid {
+				t.Fatalf("verify answered %v, want %v", out["value"], tc.valid)
+			}
+		})
 	}
 }

@@ -85,6 +85,7 @@ func TestKeyState(t *testing.T) {
 		{"update with key_ops the key type lacks", "PATCH", "/keys/k/" + v, time.Time{}, map[string]any{"key_ops": []string{"wrapKey"}}, 400, "BadParameter", "", nil},
 		{"update an unknown key", "PATCH", "/keys/nope/" + v, time.Time{}, map[string]any{"attributes": map[string]any{"enabled": false}}, 404, "KeyNotFound", "", nil},
 		{"nbf after exp refused", "POST", "/keys/bad/create" + v, time.Time{}, ec(map[string]any{"nbf": t0 + hour, "exp": t0}), 400, "BadParameter", "", nil},
+		{"nbf equal to exp refused", "POST", "/keys/bad/create" + v, time.Time{}, ec(map[string]any{"nbf": t0, "exp": t0}), 400, "BadParameter", "", nil},
 		{"exportable refused", "POST", "/keys/bad/create" + v, time.Time{}, ec(map[string]any{"exportable": true}), 400, "BadParameter", "", nil},
 		{"nbf as a string refused", "POST", "/keys/bad/create" + v, time.Time{}, ec(map[string]any{"nbf": "2030-01-01"}), 400, "BadParameter", "", nil},
 		{"release_policy refused", "POST", "/keys/bad/create" + v, time.Time{}, map[string]any{"kty": "EC", "release_policy": map[string]any{"data": "e30"}}, 400, "BadParameter", "", nil},
