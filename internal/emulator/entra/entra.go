@@ -389,6 +389,11 @@ func (s *Server) ValidateAccessToken(raw, audience string) (*Claims, error) {
 		}
 		return nil, fmt.Errorf("%w: %v", ErrTokenInvalid, err)
 	}
+	// go-jose checks exp only when the token has one: a token that never expires is not an
+	// Entra ID access token (every one carries exp), so it is refused.
+	if c.Expiry == nil {
+		return nil, fmt.Errorf("%w: no exp claim", ErrTokenInvalid)
+	}
 	if c.TenantID != s.cfg.TenantID {
 		return nil, fmt.Errorf("%w: tenant %q", ErrTokenInvalid, c.TenantID)
 	}

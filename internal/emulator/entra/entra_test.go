@@ -273,6 +273,7 @@ func TestValidateAccessTokenClaims(t *testing.T) {
 		{"issuer of another tenant", func(c *Claims) { c.Issuer = "https://sts.windows.net/t2/" }, false},
 		{"v2.0 issuer", func(c *Claims) { c.Issuer = "https://login.microsoftonline.com/t1/v2.0" }, false},
 		{"another tenant", func(c *Claims) { c.TenantID = "t2" }, false},
+		{"no exp (never expires)", func(c *Claims) { c.Expiry = nil }, false},
 		{"not valid for ten minutes", func(c *Claims) { c.NotBefore = jwt.NewNumericDate(now.Add(10 * time.Minute)) }, false},
 		{"issued ten minutes from now", func(c *Claims) { c.IssuedAt = jwt.NewNumericDate(now.Add(10 * time.Minute)) }, false},
 	} {
