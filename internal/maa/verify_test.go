@@ -1,6 +1,7 @@
 package maa
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/rsa"
@@ -104,6 +105,19 @@ func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
 		}
 		return sloppy
 	}()
+	// sloppySignature is a valid token whose signature segment has a padding bit set: the same
+	// signature to a lenient decoder (go-jose's), so another string for the same token.
+	sloppySignature := func() string {
+		const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+		tok := valid(nil)
+		sloppy := tok[:len(tok)-1] + string(alphabet[strings.IndexByte(alphabet, tok[len(tok)-1])+1])
+		parts := strings.Split(sloppy, ".")
+		want, _ := base64.RawURLEncoding.DecodeString(strings.Split(tok, ".")[2])
+		if b, err := base64.RawURLEncoding.DecodeString(parts[2]); err != nil || !bytes.Equal(b, want) {
+			t.Fatalf("%s does not decode leniently to the signature: %v", parts[2], err)
+		}
+		return sloppy
+	}()
 	failed := func(check, msg string) string { return `MAA token: check "` + check + `" failed: ` + msg }
 
 	tests := []struct {
@@ -203,6 +217,10 @@ func TestVerifyForgeriesAndMalformedTokens(t *testing.T) {
 			wantCheck: CheckFormat, wantErr: ErrMalformed},
 		{name: "padded base64", token: b64url(header(map[string]any{"alg": "RS256", "kid": testKID})) + "=." + b64url(claimsJSON) + ".c2ln",
 			nonce: nonce, wantCheck: CheckFormat, wantErr: ErrMalformed},
+		// Strict base64url: a token has one spelling, so its SHA-256 (the signed attribute) names
+		// it. Mutant killed: parseCompact decoding with base64.RawURLEncoding without Strict().
+		{name: "signature in base64url with a padding bit set", token: sloppySignature, nonce: nonce,
+			wantCheck: CheckFormat, wantErr: ErrMalformed},
 		{name: "header not JSON", token: b64url([]byte("alg=RS256")) + "." + b64url(claimsJSON) + ".c2ln", nonce: nonce,
 			wantCheck: CheckFormat, wantErr: ErrMalformed},
 		{name: "claims an array", token: signRaw(t, signingKey, header(map[string]any{"alg": "RS256", "kid": testKID}), []byte(`[1]`)),
@@ -364,6 +382,9 @@ func TestRemoteKeySetRefresh(t *testing.T) {
 	if n := certs.hits.Load(); n != 1 {
 		t.Fatalf("first use: %d fetches, want 1", n)
 	}
+	// Just under MinRefreshInterval since the fetch: not refetched (mutant killed: the interval
+	// compared shorter than configured).
+	clock = clock.Add(time.Minute - time.Second)
 	if _, err := v.Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) || CheckName(err) != CheckKey || !strings.Contains(err.Error(), "checked its published keys") {
 		t.Fatalf("unknown kid: %v", err)
 	}
@@ -408,12 +429,44 @@ func TestRemoteKeySetUnreachable(t *testing.T) {
 		t.Fatalf("err = %v (check %q), want check %q and ErrKeySource", err, CheckName(err), CheckKeys)
 	}
 
+	// Within MinRefreshInterval the failure is not retried, and still reported as the key
+	// source's, not as a kid the instance does not publish (mutant killed: Keys answering no keys
+	// and no error after a failed fetch).
+	_, err = v.Verify(context.Background(), signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n")
+	if CheckName(err) != CheckKeys || !errors.Is(err, ErrKeySource) || !strings.Contains(err.Error(), "not retried") {
+		t.Fatalf("second attempt within MinRefreshInterval: err = %v (check %q), want check %q and ErrKeySource", err, CheckName(err), CheckKeys)
+	}
+
 	// A server that answers, but not a JWKS.
 	bad := newJWKSServer(t, []byte(`{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"`+testKID+`"}]}`))
 	v = newTestVerifier(t, NewRemoteKeySet(bad.URL, JWKSOptions{HTTPClient: bad.Client()}), testNow)
 	_, err = v.Verify(context.Background(), signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n")
 	if CheckName(err) != CheckKeys || !errors.Is(err, ErrKeySource) {
 		t.Fatalf("symmetric-only JWKS: err = %v", err)
+	}
+
+	// The instance's keys, but in an answer that is not one: over MaxResponseSize (padded with
+	// white space), or with an error status. Mutants killed: the JWKS read unbounded; the status
+	// not checked.
+	jwks := x5cOnlyJWKS(t, signingKey, testKID)
+	for name, h := range map[string]http.HandlerFunc{
+		"JWKS over MaxResponseSize": func(w http.ResponseWriter, r *http.Request) {
+			w.Write(jwks[:len(jwks)-1])
+			w.Write([]byte(strings.Repeat(" ", MaxResponseSize)))
+			w.Write([]byte("}"))
+		},
+		"JWKS with HTTP 500": func(w http.ResponseWriter, r *http.Request) {
+			w.WriteHeader(http.StatusInternalServerError)
+			w.Write(jwks)
+		},
+	} {
+		srv := httptest.NewTLSServer(h)
+		defer srv.Close()
+		v = newTestVerifier(t, NewRemoteKeySet(srv.URL, JWKSOptions{HTTPClient: srv.Client()}), testNow)
+		_, err = v.Verify(context.Background(), signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n")
+		if CheckName(err) != CheckKeys || !errors.Is(err, ErrKeySource) {
+			t.Errorf("%s: err = %v, want check %q and ErrKeySource", name, err, CheckKeys)
+		}
 	}
 }
 
@@ -446,6 +499,10 @@ func TestNewStaticKeySet(t *testing.T) {
 		{"x5c only, alg PS256", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","alg":"PS256"`), false},
 		{"x5c only, use enc", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"kty":"RSA","use":"enc"`), false},
 		{"x5c only, kty in capitals only", withMembers(x5cOnlyJWKS(t, signingKey, testKID), `"kty":"RSA"`, `"KTY":"RSA"`), false},
+		// With n present the key is n's, and an x5c must agree with it (go-jose checks); mutant
+		// killed: the first certificate's key taken whenever x5c is present.
+		{"n of the key, x5c of another", withMembers(publicJWKS(t, signingKey, testKID), `"kty":"RSA"`,
+			`"kty":"RSA","x5c":["`+base64.StdEncoding.EncodeToString(selfSignedCert(t, attackerKey, "other").Raw)+`"]`), false},
 		{"keys twice", []byte(`{"keys":[],"keys":` + strings.TrimSuffix(strings.TrimPrefix(string(publicJWKS(t, signingKey, testKID)), `{"keys":`), `}`) + `}`), false},
 	}
 	for _, tc := range tests {
@@ -806,6 +863,41 @@ func TestRemoteKeySetPrefetch(t *testing.T) {
 	up.Store(true)
 	if _, err := newTestVerifier(t, keys, testNow).Verify(ctx, signJOSE(t, signingKey, testKID, validClaims(testNow, "n"), nil), "n"); err != nil {
 		t.Fatalf("after a failed prefetch: %v", err)
+	}
+}
+
+// TestRemoteKeySetPrefetchKeepsTheRefreshLimit: a prefetch counts as a fetch for
+// MinRefreshInterval, and does not fetch again after a failed fetch within it, so that neither
+// gives a token with an unknown kid a fetch of its own. Mutants killed: Prefetch not recording (or
+// backdating) its fetch time; Prefetch fetching while a failed fetch is not yet retried.
+func TestRemoteKeySetPrefetchKeepsTheRefreshLimit(t *testing.T) {
+	testKeys(t)
+	ctx := context.Background()
+	unknown := signJOSE(t, signingKey, "rotated-in-later", validClaims(testNow, "n"), nil)
+
+	certs := newJWKSServer(t, x5cOnlyJWKS(t, signingKey, testKID))
+	keys := NewRemoteKeySet(certs.URL, JWKSOptions{HTTPClient: certs.Client(), MinRefreshInterval: time.Hour})
+	keys.Prefetch(ctx)
+	if _, err := newTestVerifier(t, keys, testNow).Verify(ctx, unknown, "n"); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("unknown kid after a prefetch: %v", err)
+	}
+	if n := certs.hits.Load(); n != 1 {
+		t.Errorf("prefetch, then an unknown kid within MinRefreshInterval: %d fetches, want 1", n)
+	}
+
+	var hits atomic.Int64
+	down := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+	}))
+	defer down.Close()
+	keys = NewRemoteKeySet(down.URL, JWKSOptions{HTTPClient: down.Client(), MinRefreshInterval: time.Hour})
+	if _, err := newTestVerifier(t, keys, testNow).Verify(ctx, unknown, "n"); !errors.Is(err, ErrKeySource) {
+		t.Fatalf("keys down: %v", err)
+	}
+	keys.Prefetch(ctx)
+	if n := hits.Load(); n != 1 {
+		t.Errorf("a failed fetch, then a prefetch within MinRefreshInterval: %d fetches, want 1", n)
 	}
 }
 
