@@ -21,6 +21,8 @@ func TestCompute(t *testing.T) {
 		{"empty digest", "", k, "", ErrInvalidInput},
 		{"empty key", d, "", "", ErrInvalidInput},
 		{"no algorithm", "abc", k, "", ErrInvalidInput},
+		{"empty algorithm", ":0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", k, "", ErrInvalidInput},
+		{"empty encoded part", "sha256:", k, "", ErrInvalidInput},
 		{"newline in key", d, "k\nx", "", ErrInvalidInput},
 		{"newline in digest", d + "\n", k, "", ErrInvalidInput},
 		// Other spellings of k would bind another key id: refused, naming the canonical one.
@@ -74,6 +76,8 @@ func TestCheckKeyID(t *testing.T) {
 		{"test-key", true},
 		{"", false},
 		{"https://v.vault.azure.net/keys/k/1\n", false},
+		{"https://v.vault.azure.net/keys/k/1\r", false},
+		{"https://v.vault.azure.net/keys/k/1#%6B", false},
 		{"https://v.vault.azure.net/keys/k/1/", false},
 		{"https://V.vault.azure.net/keys/k/1", false},
 		{"https://v.vault.azure.net/keys/k/1?", false},
