@@ -317,6 +317,54 @@ func FuzzReadSignature(f *testing.F) {
 	})
 }
 
+// TestReadSignatureManifest: readSignature reads the envelope of an artifact manifest from its
+// blobs, as notation-go does, and refuses a layer larger than maxSignatureEnvelope from its
+// descriptor, without fetching it. Mutants killed: an artifact manifest's envelope looked for in
+// "layers"; the envelope's size not bounded.
+func TestReadSignatureManifest(t *testing.T) {
+	ctx := context.Background()
+	subject := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("image"), Size: 5}
+	jwsBlobs, _ := fuzzEnvelopes(t, subject)
+	repo := fuzzRepository{memory.New()}
+	layer := content.NewDescriptorFromBytes(jws.MediaTypeEnvelope, jwsBlobs[0])
+	if err := repo.Push(ctx, layer, bytes.NewReader(jwsBlobs[0])); err != nil {
+		t.Fatal(err)
+	}
+	oversized := layer
+	oversized.Size = maxSignatureEnvelope + 1
+	for _, tc := range []struct {
+		name, mediaType string
+		manifest        map[string]any
+		err             string // "" for the envelope read
+	}{
+		{"artifact manifest", mediaTypeArtifactManifest, map[string]any{"mediaType": mediaTypeArtifactManifest, "blobs": []ocispec.Descriptor{layer}}, ""},
+		{"image manifest", ocispec.MediaTypeImageManifest, map[string]any{"schemaVersion": 2, "layers": []ocispec.Descriptor{layer}}, ""},
+		{"envelope over the bound", ocispec.MediaTypeImageManifest, map[string]any{"schemaVersion": 2, "layers": []ocispec.Descriptor{oversized}},
+			"is not a signature envelope"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := json.Marshal(tc.manifest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			sd := content.NewDescriptorFromBytes(tc.mediaType, b)
+			if err := repo.Push(ctx, sd, bytes.NewReader(b)); err != nil {
+				t.Fatal(err)
+			}
+			blob, mt, err := readSignature(ctx, repo, sd)
+			if tc.err == "" {
+				if err != nil || mt != jws.MediaTypeEnvelope || !bytes.Equal(blob, jwsBlobs[0]) {
+					t.Fatalf("readSignature = %d bytes of %q, %v; want the envelope", len(blob), mt, err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("readSignature: %v, want %q", err, tc.err)
+			}
+		})
+	}
+}
+
 // FuzzNamesPinnedCert feeds arbitrary thumbprint annotations (the pusher's word) to
 // namesPinnedCert: it says a pinned certificate is named exactly when the annotation is a JSON
 // array of strings (null elements allowed, as encoding/json allows them) whose first element is

@@ -306,6 +306,13 @@ func TestVerify(t *testing.T) {
 			f.sign(t, f.signer, img, tok, "https://other.weu.attest.azure.net", time.Now())
 			f.attach(t, img, tok)
 		}, failed: CheckIssuer},
+		// The token is the instance's, but the signed issuer is not the pinned instance as written
+		// (mutant killed: the signed issuer compared as a prefix).
+		{name: "signed issuer a path under the pinned instance", setup: func(t *testing.T, img ocispec.Descriptor) {
+			tok := f.token(t, bind(img, keyID))
+			f.sign(t, f.signer, img, tok, f.maaURL+"/other", time.Now())
+			f.attach(t, img, tok)
+		}, failed: CheckIssuer},
 		{name: "token older than allowed at signing", setup: func(t *testing.T, img ocispec.Descriptor) {
 			tok := f.token(t, bind(img, keyID))
 			f.sign(t, f.signer, img, tok, f.maaURL, time.Now().Add(10*time.Minute))
@@ -468,6 +475,32 @@ func TestVerifyRefusesInstanceURL(t *testing.T) {
 		if res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o); err == nil {
 			t.Errorf("AttestationURL %q: result %+v, want an error", u, res)
 		}
+	}
+}
+
+// TestVerifyRefusesUnnormalisedPins: a signing certificate pin not in ParseCertSHA256's form
+// (upper case, colons) is a configuration error, not a pin that no certificate matches, so that
+// every image would be refused as signed by another certificate. Mutant killed: the pin checked
+// only to parse.
+func TestVerifyRefusesUnnormalisedPins(t *testing.T) {
+	f := newFixture(t)
+	img, _ := f.attested(t, "pin spelling")
+	pin := certSHA256(t, f.signer)
+	var colons []string
+	for i := 0; i < len(pin); i += 2 {
+		colons = append(colons, pin[i:i+2])
+	}
+	for _, p := range []string{strings.ToUpper(pin), strings.Join(colons, ":")} {
+		o := f.opts
+		o.SigningCertSHA256 = []string{p}
+		if res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o); err == nil || !strings.Contains(err.Error(), "SigningCertSHA256") {
+			t.Errorf("SigningCertSHA256 %q: result %+v, %v; want a configuration error", p, res, err)
+		}
+	}
+	o := f.opts
+	o.SigningCertSHA256 = []string{pin}
+	if res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o); err != nil || !res.Passed {
+		t.Fatalf("the pin as ParseCertSHA256 gives it: %+v, %v", res, err)
 	}
 }
 
@@ -930,7 +963,7 @@ func TestMaxTokenAgeBound(t *testing.T) {
 	for _, tc := range []struct {
 		age     time.Duration
 		wantErr bool
-	}{{maa.MaxSigningAge, false}, {maa.MaxSigningAge + time.Second, true}} {
+	}{{maa.MaxSigningAge, false}, {maa.MaxSigningAge + time.Second, true}, {0, true}} {
 		o := f.opts
 		o.MaxTokenAge = tc.age
 		res, err := Verify(context.Background(), f.repo, f.reference+"@"+img.Digest.String(), img, o)

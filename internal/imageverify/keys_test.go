@@ -82,6 +82,32 @@ func timestampToken(t testing.TB, extra int) []byte {
 	}
 	tsa := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "tsa"}, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping}}, parent, &key.PublicKey, tsaSigner)
+	return signTimestamp(t, tsa, key, chain)
+}
+
+// timestampTokenByEd25519CA returns a timestamp token whose TSA certificate an Ed25519 CA issued,
+// the CA's certificate included: a key neither RSA nor ECDSA.
+func timestampTokenByEd25519CA(t testing.TB) []byte {
+	t.Helper()
+	caPub, caKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "ed25519 tsa ca"}, IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}, nil, caPub, caKey)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tsa := testcert.Issue(t, &x509.Certificate{Subject: pkix.Name{CommonName: "tsa"}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageTimeStamping}}, ca, &key.PublicKey, caKey)
+	return signTimestamp(t, tsa, key, []*x509.Certificate{ca})
+}
+
+// signTimestamp returns the timestamp token of the TSA tsa, signed with key, carrying tsa and
+// chain.
+func signTimestamp(t testing.TB, tsa *x509.Certificate, key *ecdsa.PrivateKey, chain []*x509.Certificate) []byte {
+	t.Helper()
 	sum := sha256.Sum256([]byte("signature"))
 	ts := timestamp.Timestamp{HashAlgorithm: crypto.SHA256, HashedMessage: sum[:], Time: time.Now(), Policy: asn1.ObjectIdentifier{1, 2, 3},
 		SerialNumber: big.NewInt(1), AddTSACertificate: true, Certificates: chain}
@@ -172,6 +198,9 @@ func TestSignatureKeysBounded(t *testing.T) {
 		{"a timestamp countersignature that does not parse", [][]byte{leaf}, []byte("not CMS"), "timestamp countersignature does not parse"},
 		{"a timestamp countersignature with 10 certificates", [][]byte{leaf}, timestampToken(t, 9), ""},
 		{"a timestamp countersignature with 11 certificates", [][]byte{leaf}, timestampToken(t, 10), "timestamp countersignature with 11 certificates: want at most 10"},
+		// Mutant killed: the countersignature's certificates not bounded (boundedKeys not called).
+		{"a timestamp countersignature by an Ed25519 CA", [][]byte{leaf}, timestampTokenByEd25519CA(t),
+			`timestamp countersignature: certificate "CN=ed25519 tsa ca" has a ed25519.PublicKey key, neither RSA nor ECDSA`},
 	}
 	for _, mediaType := range []string{jws.MediaTypeEnvelope, cose.MediaTypeEnvelope} {
 		// A genuine envelope of the type, signed by the fixture's signer.
