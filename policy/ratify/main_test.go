@@ -110,9 +110,15 @@ func input(c verifier.Config, ref ocispec.Descriptor) map[string]any {
 // issuer, and attaches the token; it returns the image and the token referrer.
 func (f *fixture) signed(t *testing.T, content, issuer string, nonceFor func(ocispec.Descriptor) string) (ocispec.Descriptor, ocispec.Descriptor) {
 	t.Helper()
+	return f.signedAt(t, content, issuer, nonceFor, time.Now())
+}
+
+// signedAt is signed with the signing time at.
+func (f *fixture) signedAt(t *testing.T, content, issuer string, nonceFor func(ocispec.Descriptor) string, at time.Time) (ocispec.Descriptor, ocispec.Descriptor) {
+	t.Helper()
 	img := attesttest.PushImage(t, f.reg, content)
 	tok := f.chain.Token(t, nonceFor(img))
-	attesttest.SignImage(t, nregistry.NewRepository(f.reg), f.signer, img, tok, issuer, time.Now())
+	attesttest.SignImage(t, nregistry.NewRepository(f.reg), f.signer, img, tok, issuer, at)
 	ref, err := referrer.Attach(context.Background(), f.reg, img, referrer.Token{Raw: tok, Issuer: issuer, IssuedAt: time.Now()})
 	if err != nil {
 		t.Fatal(err)
@@ -138,6 +144,17 @@ func TestVerifierProcess(t *testing.T) {
 		t.Fatalf("good image refused with its signing certificate pinned: %+v", res)
 	}
 
+	// Signed two minutes after its token was issued: within the default maxTokenAge (5m).
+	late, lateRef := f.signedAt(t, "signed late", f.chain.URL, bound, time.Now().Add(2*time.Minute))
+	if res := exe(ctx, t, name+"@"+late.Digest.String(), input(cfg, lateRef)); !res.IsSuccess {
+		t.Fatalf("image signed 2m after its token, default maxTokenAge: refused: %+v", res)
+	}
+	// A rule file the good image's token fails, to tell it from the baseline, which it passes.
+	rulesFile := filepath.Join(t.TempDir(), "rules.cel")
+	if err := os.WriteFile(rulesFile, []byte("no-secure-boot: claims[\"secureboot\"] == false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
 	other, _ := f.signed(t, "other", f.chain.URL, bound)
 	bad, badRef := f.signed(t, "bad", f.chain.URL, func(ocispec.Descriptor) string { return bound(other) })
 	withDesc := func(change func(*ocispec.Descriptor)) ocispec.Descriptor { d := ref; change(&d); return d }
@@ -150,6 +167,12 @@ func TestVerifierProcess(t *testing.T) {
 		{"token bound to another image", name + "@" + bad.Digest.String(), input(cfg, badRef), `check "binding" failed: the token is bound to another image`},
 		{"referrer not named by the signature", name + "@" + img.Digest.String(), input(cfg, badRef), "is not the one a trusted signature names"},
 		{"another expected key", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.KeyID = keyID + "0"; return c }(), ref), `check "binding" failed`},
+		// The settings that tighten the verification are applied (mutants killed: maxTokenAge
+		// parsed and not applied; the rules setting loaded and the baseline applied).
+		{"token older at signing than the configured maxTokenAge", name + "@" + late.Digest.String(),
+			input(func() verifier.Config { c := cfg; c.MaxTokenAge = "1m"; return c }(), lateRef), `check "token-age" failed`},
+		{"the configured rules, not the baseline", name + "@" + img.Digest.String(),
+			input(func() verifier.Config { c := cfg; c.Rules = rulesFile; return c }(), ref), `check "rules" failed: claim rule "no-secure-boot" failed`},
 		{"no trust policy", name + "@" + img.Digest.String(), input(func() verifier.Config { c := cfg; c.TrustPolicyDoc = nil; return c }(), ref), "trustPolicyDoc"},
 		{"subject by tag", name + ":latest", input(cfg, ref), "not a digest reference"},
 		{"signed by another certificate than the pinned one", name + "@" + img.Digest.String(), input(func() verifier.Config {

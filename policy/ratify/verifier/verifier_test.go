@@ -132,6 +132,8 @@ func TestRunRefusesInput(t *testing.T) {
 		stdin   io.Reader
 		message string
 	}{
+		// Mutant killed: RATIFY_VERIFIER_COMMAND not checked.
+		{"command not VERIFY", map[string]string{"RATIFY_VERIFIER_COMMAND": "GET"}, withJSON(nil, tokenDesc), `unsupported command "GET" (want VERIFY)`},
 		{"config version not supported", map[string]string{"RATIFY_VERIFIER_VERSION": "9.9.9"}, withJSON(nil, tokenDesc), `plugin doesn't support version "9.9.9"; RATIFY_VERIFIER_VERSION "9.9.9", the verifier config's version, is not one this verifier supports (1.0.0)`},
 		{"config version missing", map[string]string{"RATIFY_VERIFIER_VERSION": ""}, withJSON(nil, tokenDesc), "missing env variables [RATIFY_VERIFIER_VERSION]"},
 		{"input over the limit", nil, strings.NewReader(strings.Repeat(" ", maxInput+1)), "verifier input exceeds the stdin limit of 1048576 bytes"},
