@@ -2,11 +2,24 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	nregistry "github.com/notaryproject/notation-go/registry"
+
+	"github.com/attested-kv/attested-kv/internal/attesttest"
+	"github.com/attested-kv/attested-kv/internal/binding"
+	"github.com/attested-kv/attested-kv/internal/imageverify"
+	"github.com/attested-kv/attested-kv/internal/notationcfg"
+	"github.com/attested-kv/attested-kv/internal/referrer"
 )
 
 // TestAzureCredential: an Entra ID credential is made for Azure container registries only, so
@@ -81,5 +94,65 @@ func TestTimeoutExplain(t *testing.T) {
 		if got := tf.explain(tc.ctx, tc.err).Error(); got != tc.want {
 			t.Errorf("%s: %q, want %q", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestVerifyImage: oras-attest verify passes an image signed from an attested machine, and applies
+// each setting that tightens the verification: --max-age, --signing-cert-sha256 and --rules.
+// Mutants killed: verifyImage passing imageverify the default max age, no pins, or the baseline
+// instead of the rules loaded.
+func TestVerifyImage(t *testing.T) {
+	chain := attesttest.New(t, attesttest.WithSecureBoot()) // the baseline passes
+	repo, name := attesttest.Registry(t)
+	signer, other := attesttest.Signer(t, "attested signer"), attesttest.Signer(t, "another signer")
+	const keyID = "https://kv.vault.azure.net/keys/signer/0123456789abcdef0123456789abcdef"
+	cfg := t.TempDir()
+	certs, _ := signer.CertificateChain()
+	if err := notationcfg.WriteTrust(cfg, notationcfg.Trust{PolicyName: "test", StoreName: "test", Scopes: []string{"*"}, Roots: certs, Identities: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	jwks := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(jwks, chain.Emulator.JWKS(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A rule file the token fails, where the baseline passes it.
+	strict := writeRules(t, "no-secure-boot: claims[\"secureboot\"] == false\n")
+	fingerprint := func(c []byte) string { s := sha256.Sum256(c); return hex.EncodeToString(s[:]) }
+	otherCerts, _ := other.CertificateChain()
+
+	// Signed two minutes after its token was issued.
+	img := attesttest.PushImage(t, repo, "verify image")
+	b, err := binding.Compute(img.Digest.String(), keyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := chain.Token(t, b)
+	attesttest.SignImage(t, nregistry.NewRepository(repo), signer, img, tok, chain.URL, time.Now().Add(2*time.Minute))
+	if _, err := referrer.Attach(context.Background(), repo, img, referrer.Token{Raw: tok, Issuer: chain.URL, IssuedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"verify", name + "@" + img.Digest.String(), "-o", "json", "--attestation-url", chain.URL, "--key-id", keyID, "--jwks", jwks,
+		"--trust-policy", filepath.Join(cfg, "trustpolicy.json"), "--trust-store", cfg}
+	for _, tc := range []struct {
+		name   string
+		extra  []string
+		failed string // the check that fails, "" for a verified image
+	}{
+		{"signed from an attested machine", nil, ""},
+		{"signed 2m after its token, --max-age 1m", []string{"--max-age", "1m"}, imageverify.CheckAge},
+		{"the signing certificate pinned", []string{"--signing-cert-sha256", strings.ToUpper(fingerprint(certs[0].Raw))}, ""},
+		{"another certificate pinned", []string{"--signing-cert-sha256", fingerprint(otherCerts[0].Raw)}, imageverify.CheckSignature},
+		{"rules the token fails", []string{"--rules", strict}, imageverify.CheckRules},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runCmd(append(args, tc.extra...)...)
+			var res imageverify.Result
+			if err := json.Unmarshal([]byte(stdout), &res); err != nil {
+				t.Fatalf("exit %d, stdout %q (%v), stderr %q", code, stdout, err, stderr)
+			}
+			if res.Passed != (tc.failed == "") || res.FailedCheck() != tc.failed || code != map[bool]int{true: 0, false: 1}[res.Passed] {
+				t.Fatalf("exit %d, passed %v, failed check %q (%+v); want failed %q", code, res.Passed, res.FailedCheck(), res.Checks, tc.failed)
+			}
+		})
 	}
 }

@@ -144,6 +144,14 @@ func TestTokenVerifyRules(t *testing.T) {
 			notStdout: []string{"rule "},
 		},
 		{
+			// Mutant killed: --max-age not passed to the verifier (the default 5m applied).
+			name:      "token older than --max-age",
+			args:      verify(healthy, "--max-age", "1ns"),
+			code:      1,
+			stdout:    []string{"ok   signature\n", "FAIL age\n", `token REFUSED: MAA token: check "age" failed`},
+			notStdout: []string{"rule ", "token verified"},
+		},
+		{
 			name:   "rule file with a syntax error",
 			args:   verify(healthy, "--rules", syntax),
 			code:   2,
