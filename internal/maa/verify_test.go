@@ -614,6 +614,9 @@ func TestNewVerifierInstance(t *testing.T) {
 		{"empty query", testInstance + "?", "", "query"},
 		{"user information", "https://user:pass@test.weu.attest.azure.net", "", "user information"},
 		{"fragment", testInstance + "#frag", "", "fragment"},
+		{"empty fragment", testInstance + "#", "", "fragment"},
+		// The issuer is the normalised URL (url.Parse lowers the scheme), what MAA writes in iss.
+		{"scheme in capitals", "HTTPS://test.weu.attest.azure.net", testInstance, ""},
 		{"no host", "https://", "", "no host"},
 	}
 	for _, tc := range tests {
