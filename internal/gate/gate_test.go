@@ -173,14 +173,7 @@ func TestGenerateEnvelopeSignsOnlyAfterAttestation(t *testing.T) {
 			if err != nil {
 				t.Fatalf("GenerateEnvelope: %v", err)
 			}
-			env, err := signature.ParseEnvelope(envType, rsp.SignatureEnvelope)
-			if err != nil {
-				t.Fatal(err)
-			}
-			content, err := env.Verify()
-			if err != nil {
-				t.Fatalf("envelope does not verify: %v", err)
-			}
+			content := verifiedEnvelope(t, envType, rsp.SignatureEnvelope)
 			attrs := map[any]any{}
 			for _, a := range content.SignerInfo.SignedAttributes.ExtendedAttributes {
 				attrs[a.Key] = a.Value
@@ -225,14 +218,7 @@ func TestLongestExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatalf("GenerateEnvelope with an expiry of %d seconds: %v", longest, err)
 	}
-	env, err := signature.ParseEnvelope(req.SignatureEnvelopeType, rsp.SignatureEnvelope)
-	if err != nil {
-		t.Fatal(err)
-	}
-	content, err := env.Verify()
-	if err != nil {
-		t.Fatalf("envelope does not verify: %v", err)
-	}
+	content := verifiedEnvelope(t, req.SignatureEnvelopeType, rsp.SignatureEnvelope)
 	signed := content.SignerInfo.SignedAttributes
 	if got, want := signed.Expiry.Sub(signed.SigningTime), longest*time.Second; got != want {
 		t.Fatalf("expiry %v after the signing time, want %v", got, want)
@@ -490,14 +476,7 @@ func TestTimestamping(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", envType, err)
 		}
-		env, err := signature.ParseEnvelope(envType, rsp.SignatureEnvelope)
-		if err != nil {
-			t.Fatal(err)
-		}
-		content, err := env.Verify()
-		if err != nil {
-			t.Fatal(err)
-		}
+		content := verifiedEnvelope(t, envType, rsp.SignatureEnvelope)
 		if len(content.SignerInfo.UnsignedAttributes.TimestampSignature) == 0 {
 			t.Fatalf("%s: no timestamp countersignature", envType)
 		}
@@ -902,4 +881,19 @@ func TestConfigErrorsBeforeAttestation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// verifiedEnvelope parses a signature envelope of type envType and verifies its signature with the
+// certificate it carries; it fails the test if either step fails.
+func verifiedEnvelope(t testing.TB, envType string, raw []byte) *signature.EnvelopeContent {
+	t.Helper()
+	env, err := signature.ParseEnvelope(envType, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content, err := env.Verify()
+	if err != nil {
+		t.Fatalf("envelope does not verify: %v", err)
+	}
+	return content
 }
