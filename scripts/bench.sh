@@ -117,16 +117,14 @@ ADMIT_NOTATION=$(ns 'BenchmarkRatifyAdmission/notation' | awk '{ printf "%.1f", 
 R_SIGN=$(ratio "$SIGN_ATT" "$SIGN_PLAIN")
 R_VERIFY=$(ratio "$BARE" "$VERIFY")   # rate ratio = time(bare)/time(verify)
 R_JOSE=$(ratio "$BARE" "$JOSE")
-# Lower bound of the sign ratio: the plain signature plus one attestation (every signature needs
-# its own, its nonce being the image's binding) as the in-process Go benchmark measures it (warm
-# connections, no process start), nothing else of the attested path counted.
-R_SIGN_FLOOR=$(awk -v p="$SIGN_PLAIN" -v a="$ATTEST" 'BEGIN { printf "%.2f", (p + a / 1e6) / p }')
-# The same, plus the two plugin processes notation starts for an attested signature
-# (get-plugin-metadata, generate-envelope), each counted at the start-up floor of the plugin's
-# packages only. An attested signature on this machine does not go below it (give or take the
-# local key's signature, which the plain one makes and the attested one does not).
-SIGN_FLOOR_MS=$(awk -v p="$SIGN_PLAIN" -v a="$ATTEST" -v f="$FLOOR_META" 'BEGIN { printf "%.0f", p + a / 1e6 + 2 * f }')
-R_SIGN_FLOOR2=$(ratio "$SIGN_FLOOR_MS" "$SIGN_PLAIN")
+# Lower bound of the attested signature: the plain one, plus one attestation (every signature
+# needs its own, its nonce being the image's binding) as the in-process Go benchmark measures it
+# (warm connections, no process start), plus the two plugin processes notation starts
+# (get-plugin-metadata, generate-envelope) at the start-up floor of the plugin's packages; nothing
+# else of the attested path counted. An attested signature on this machine does not go below it
+# (give or take the local key's signature, which the plain one makes and the attested one does not).
+SIGN_FLOOR_MS=$(awk -v p="$SIGN_PLAIN" -v a="$ATTEST" -v f="$FLOOR_META" 'BEGIN { printf "%.1f", p + a / 1e6 + 2 * f }')
+R_SIGN_FLOOR=$(ratio "$SIGN_FLOOR_MS" "$SIGN_PLAIN")
 R_IMGVER=$(ratio "$VER_ATT" "$VER_NOT")
 R_MANY=$(ratio "$VER_MANY" "$VER_ATT")
 R_BATCH=$(ratio "$B50" "$B1")
@@ -146,7 +144,7 @@ R_ADMIT=$(ratio "$ADMIT_TOKEN" "$ADMIT_NOTATION")
   echo "| measure | value | baseline | ratio | target | result |"
   echo "|---|---|---|---|---|---|"
   echo "| attested \`notation sign\` vs plain-key \`notation sign\`, same registry and image | ${SIGN_ATT} ms | ${SIGN_PLAIN} ms | ${R_SIGN} | <= 1.3 | $(verdict "$R_SIGN" 1.3 '<=') |"
-  echo "| lower bound of the attested \`notation sign\`: the plain one plus one in-process attestation (Go benchmark below) and two start-up floors of the plugin, nothing else counted | ${SIGN_FLOOR_MS} ms | ${SIGN_PLAIN} ms | ${R_SIGN_FLOOR2} | | floor |"
+  echo "| lower bound of the attested \`notation sign\`: the plain one plus one in-process attestation (Go benchmark below) and two start-up floors of the plugin, nothing else counted | ${SIGN_FLOOR_MS} ms | ${SIGN_PLAIN} ms | ${R_SIGN_FLOOR} | | floor |"
   echo "| token verification (cached keys) vs bare RS256 verify, as a rate (medians of 5 interleaved runs) | ${VERIFY} ns/op | ${BARE} ns/op | ${R_VERIFY} | >= 0.7 | $(verdict "$R_VERIFY" 0.7 '>=') |"
   echo "| go-jose parse and RS256 verify alone (DESIGN.md's JOSE library, no claims), vs bare RS256: the highest rate token verification can reach with it | ${JOSE} ns/op | ${BARE} ns/op | ${R_JOSE} | | floor |"
   echo "| \`oras-attest verify\` vs \`notation verify\`, same image | ${VER_ATT} ms | ${VER_NOT} ms | ${R_IMGVER} | <= 1.3 | $(verdict "$R_IMGVER" 1.3 '<=') |"
@@ -172,10 +170,10 @@ R_ADMIT=$(ratio "$ADMIT_TOKEN" "$ADMIT_NOTATION")
   echo "fetched and compiled meanwhile, and share the CPUs with it) ${P_ATTEST} ms; token verification ${P_VERIFY} ms;"
   echo "opening the Key Vault key (Entra ID token, key, certificate chain) ${P_OPEN} ms; Key Vault signature and envelope ${P_SIGN} ms."
   echo "The rest of an attested \`notation sign\` is the plain signing path plus two plugin processes (get-plugin-metadata, generate-envelope)."
-  echo "Every signature needs its own attestation (its MAA nonce is the binding of that image digest and key): with one in-process"
-  echo "attestation (the Go benchmark above) and every other cost at zero, the sign ratio would be ${R_SIGN_FLOOR} on this machine."
-  echo "Each of the plugin's two processes also starts like the calibration program plus its package initialisation (see the"
-  echo "get-plugin-metadata row), and opens its own TLS connections to MAA, Entra ID and Key Vault."
+  echo "Every signature needs its own attestation (its MAA nonce is the binding of that image digest and key), and Key Vault is"
+  echo "called only once the token has passed: the lower-bound row above counts that attestation (in process, warm) and the two"
+  echo "plugin start-ups, every other cost at zero: ${R_SIGN_FLOOR} on this machine, $(awk -v r="$R_SIGN_FLOOR" 'BEGIN { print (r > 1.3) ? "above the 1.3 target, so no attested signature here can meet it" : "within the 1.3 target" }')."
+  echo "Each of the plugin's two processes also opens its own TLS connections to MAA, Entra ID and Key Vault."
   echo
   echo "Admission: Ratify v1 runs an external verifier as a process per token referrer (reference/oras-ratify.md §3.3), which"
   echo "verifies the signature again (only a trusted signature names the token) and fetches the MAA keys over TLS; the start-up floor"
